@@ -1,0 +1,275 @@
+"""Per-unit quantiles from a mergeable log-bucket histogram.
+
+A finite float32 value ``x`` with ``|x| >= min_magnitude`` falls into the bucket given by its sign
+and the top bits of its IEEE-754 representation: exponent plus ``m`` leading mantissa bits. Every
+bucket ``[lo, hi)`` has ``hi - lo <= lo * 2**-m``, so returning the bucket midpoint is within a
+relative error of ``2**-(m + 1)`` of *every* value in it — in particular of the exact order
+statistic, because bucket counts are exact integers. Values with ``|x| < min_magnitude`` share one
+"zero" bucket (ReLU zeros are returned exactly as 0). Counts merge by summation, so a histogram
+split over processes and summed is identical to one built in a single process.
+
+The bucket index is computed with integer operations on the float bits (no logarithm), which
+is what makes a pass over upsampled maps cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LogHistogramSpec",
+    "histogram_bucket_index",
+    "unit_histogram",
+    "quantiles_from_histogram",
+    "quantile_rank",
+]
+
+
+def _float_bits(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+
+
+def _bits_float(bits: Tensor) -> Tensor:
+    return bits.to(torch.int32).view(torch.float32).to(torch.float64)
+
+
+@dataclass(frozen=True)
+class LogHistogramSpec:
+    """Layout of a signed log-bucket histogram.
+
+    Args:
+        relative_accuracy: Worst relative error of a returned quantile (for values whose magnitude
+            lies in ``[min_magnitude, max_magnitude]``). The achieved bound is
+            :attr:`achieved_accuracy`, the largest ``2**-(m+1) <= relative_accuracy``.
+        min_magnitude: Magnitudes below this count as zero (absolute error ``< min_magnitude``).
+        max_magnitude: Magnitudes above this are clamped to the top bucket and counted as
+            overflow.
+
+    Example:
+        >>> spec = LogHistogramSpec(relative_accuracy=0.005)
+        >>> spec.mantissa_bits, spec.achieved_accuracy
+        (7, 0.00390625)
+        >>> spec.num_buckets
+        10207
+    """
+
+    relative_accuracy: float = 0.005
+    min_magnitude: float = 1e-6
+    max_magnitude: float = 1e6
+
+    def __post_init__(self) -> None:
+        if not 0 < self.relative_accuracy < 0.5:
+            raise ValueError(
+                f"`relative_accuracy` must be in (0, 0.5), got {self.relative_accuracy}"
+            )
+        if not 0 < self.min_magnitude < self.max_magnitude < 3e38:
+            raise ValueError(
+                "`min_magnitude` and `max_magnitude` must satisfy 0 < min < max < 3e38, got "
+                f"{self.min_magnitude}, {self.max_magnitude}"
+            )
+
+    @cached_property
+    def mantissa_bits(self) -> int:
+        """Number of leading mantissa bits that define a bucket."""
+        bits = max(0, math.ceil(math.log2(1.0 / self.relative_accuracy) - 1.0 - 1e-12))
+        if bits > 23:
+            raise ValueError("`relative_accuracy` finer than float32 resolution (2**-24)")
+        return bits
+
+    @property
+    def achieved_accuracy(self) -> float:
+        """Guaranteed worst relative error of a returned quantile."""
+        return 2.0 ** -(self.mantissa_bits + 1)
+
+    @property
+    def shift(self) -> int:
+        """Right shift applied to the float bits."""
+        return 23 - self.mantissa_bits
+
+    @cached_property
+    def key_low(self) -> int:
+        """Bucket key of ``min_magnitude``."""
+        return _float_bits(self.min_magnitude) >> self.shift
+
+    @cached_property
+    def key_high(self) -> int:
+        """Bucket key of ``max_magnitude``."""
+        return _float_bits(self.max_magnitude) >> self.shift
+
+    @property
+    def buckets_per_sign(self) -> int:
+        """Buckets on each side of zero."""
+        return self.key_high - self.key_low + 1
+
+    @property
+    def num_buckets(self) -> int:
+        """Total buckets: negatives, one zero bucket, positives."""
+        return 2 * self.buckets_per_sign + 1
+
+    @property
+    def zero_bucket(self) -> int:
+        """Index of the zero bucket."""
+        return self.buckets_per_sign
+
+    def bucket_values(self, device: torch.device | str | None = None) -> Tensor:
+        """Representative (midpoint) value of every bucket, float64, ascending."""
+        keys = torch.arange(self.key_low, self.key_high + 1, dtype=torch.int64)
+        low = _bits_float(keys << self.shift)
+        high = _bits_float((keys + 1) << self.shift)
+        mid = 0.5 * (low + high)
+        values = torch.cat([-mid.flip(0), torch.zeros(1, dtype=torch.float64), mid])
+        return values.to(device)
+
+    def bucket_edges(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """Lower and upper magnitude edge of every bucket (for tests and plots), float64."""
+        keys = torch.arange(self.key_low, self.key_high + 1, dtype=torch.int64)
+        low = _bits_float(keys << self.shift)
+        high = _bits_float((keys + 1) << self.shift)
+        zero = torch.zeros(1, dtype=torch.float64)
+        lower = torch.cat([-high.flip(0), zero, low])
+        upper = torch.cat([-low.flip(0), zero, high])
+        return lower.to(device), upper.to(device)
+
+
+def _wide_keys(values: Tensor, spec: LogHistogramSpec) -> Tensor:
+    """Monotone int32 key in ``[0, 2 * (key_high + 2))`` for every value (in place where possible).
+
+    The float bits are made order-preserving (negatives: flip the 31 low bits), shifted to keep
+    ``m`` mantissa bits and clamped one bucket beyond ``max_magnitude`` on each side, which then
+    holds the overflow.
+    """
+    bits = values.to(torch.float32).contiguous().view(torch.int32)
+    keys = (bits >> 31) & 0x7FFFFFFF
+    keys ^= bits
+    keys >>= spec.shift
+    top = spec.key_high + 1
+    keys.clamp_(-(top + 1), top)
+    keys += top + 1
+    return keys
+
+
+def _compact(wide: Tensor, spec: LogHistogramSpec) -> tuple[Tensor, Tensor]:
+    """Fold ``(..., 2 * (key_high + 2))`` wide counts into the compact layout plus overflow."""
+    top = spec.key_high + 1
+    low = spec.key_low
+    # wide position of magnitude key mk: positive -> mk + top + 1, negative -> top - mk
+    overflow = wide[..., 0] + wide[..., -1]
+    negative = wide[..., 1 : top - low + 1].clone()
+    negative[..., 0] += wide[..., 0]
+    zero = wide[..., top - low + 1 : top + low + 1].sum(-1, keepdim=True)
+    positive = wide[..., top + low + 1 : -1].clone()
+    positive[..., -1] += wide[..., -1]
+    return torch.cat([negative, zero, positive], -1), overflow
+
+
+def histogram_bucket_index(values: Tensor, spec: LogHistogramSpec) -> Tensor:
+    """Bucket index in ``[0, spec.num_buckets)`` of every value (int64, same shape).
+
+    Magnitudes below the bucket holding ``min_magnitude`` go to the zero bucket; magnitudes above
+    ``max_magnitude`` to the outermost bucket of their sign.
+
+    Example:
+        >>> spec = LogHistogramSpec()
+        >>> idx = histogram_bucket_index(torch.tensor([-1.0, 0.0, 1e-9, 1.0]), spec)
+        >>> (idx == spec.zero_bucket).tolist()
+        [False, True, True, False]
+        >>> bool(idx[0] < spec.zero_bucket < idx[3])
+        True
+    """
+    wide = _wide_keys(values, spec).to(torch.int64)
+    top = spec.key_high + 1
+    low = spec.key_low
+    per_sign = spec.buckets_per_sign
+    compact = torch.where(wide <= top - low, (wide - 1).clamp(min=0), wide - 2 * low)
+    compact = compact.clamp(max=spec.num_buckets - 1)
+    is_zero = (wide > top - low) & (wide <= top + low)
+    return compact.masked_fill(is_zero, per_sign)
+
+
+def unit_histogram(
+    values: Tensor, spec: LogHistogramSpec, *, chunk_elements: int = 1 << 20
+) -> tuple[Tensor, Tensor]:
+    """Count the values of each row (unit) of a ``(U, P)`` tensor into histogram buckets.
+
+    Rows are processed in chunks so that the working set stays in cache; the bucket index is pure
+    integer arithmetic on the float bits.
+
+    Args:
+        values: ``(U, P)`` floating tensor, unit-major.
+        spec: The histogram layout.
+        chunk_elements: Approximate number of values handled per chunk.
+
+    Returns:
+        ``(U, spec.num_buckets)`` int64 counts and ``(U,)`` int64 overflow counts (magnitudes
+        beyond ``max_magnitude``, already included in the outermost buckets).
+
+    Example:
+        >>> spec = LogHistogramSpec()
+        >>> counts, overflow = unit_histogram(torch.tensor([[0.0, 0.0, 2.0], [-1.0, 1.0, 3e7]]), spec)
+        >>> counts.sum(1).tolist(), int(counts[0, spec.zero_bucket]), overflow.tolist()
+        ([3, 3], 2, [0, 1])
+    """
+    units, per_unit = values.shape
+    width = 2 * (spec.key_high + 2)
+    counts = torch.empty(units, spec.num_buckets, dtype=torch.int64, device=values.device)
+    overflow = torch.empty(units, dtype=torch.int64, device=values.device)
+    step = max(1, chunk_elements // max(1, per_unit))
+    for start in range(0, units, step):
+        chunk = values[start : start + step]
+        n = chunk.shape[0]
+        keys = _wide_keys(chunk, spec)
+        keys += (torch.arange(n, device=values.device, dtype=torch.int32) * width).unsqueeze(1)
+        wide = torch.bincount(keys.reshape(-1), minlength=n * width).view(n, width)
+        counts[start : start + n], overflow[start : start + n] = _compact(wide, spec)
+    return counts, overflow
+
+
+def quantile_rank(total: Tensor, levels: Tensor) -> Tensor:
+    """The 1-based rank ``k = max(1, ceil(q * N))`` used for the level-``q`` quantile.
+
+    The returned quantile is the ``k``-th smallest value, i.e. ``torch.kthvalue(x, k)``.
+
+    Example:
+        >>> quantile_rank(torch.tensor([100]), torch.tensor([0.99, 0.5, 0.0], dtype=torch.float64)).tolist()
+        [[99, 50, 1]]
+    """
+    n = total.to(torch.float64).unsqueeze(-1)
+    q = levels.to(torch.float64)
+    # Shrink q*N by a relative 1e-12 first so 0.99 * 100 gives 99, not 99.00000000000001.
+    raw = q * n * (1.0 - 1e-12)
+    return torch.ceil(raw).clamp(min=1).to(torch.int64)
+
+
+def quantiles_from_histogram(
+    counts: Tensor, levels: Sequence[float] | Tensor, spec: LogHistogramSpec
+) -> Tensor:
+    """Per-row quantiles from ``(U, num_buckets)`` counts.
+
+    Args:
+        counts: Histogram counts, one row per unit.
+        levels: Quantile levels in ``[0, 1]``, shape ``(Q,)``.
+        spec: The histogram layout the counts were made with.
+
+    Returns:
+        ``(U, Q)`` float64 values; NaN for units that saw no values.
+
+    Example:
+        >>> spec = LogHistogramSpec()
+        >>> values = torch.arange(1, 101, dtype=torch.float32).unsqueeze(0)
+        >>> q = quantiles_from_histogram(unit_histogram(values, spec)[0], [0.5, 0.99], spec)
+        >>> [round(v, 1) for v in q[0].tolist()]
+        [50.1, 99.2]
+    """
+    levels = torch.as_tensor(levels, dtype=torch.float64, device=counts.device).reshape(-1)
+    cumulative = counts.cumsum(1)
+    total = cumulative[:, -1]
+    rank = quantile_rank(total, levels)
+    index = torch.searchsorted(cumulative, rank).clamp(max=counts.shape[1] - 1)
+    values = spec.bucket_values(counts.device)[index]
+    return values.masked_fill(total.unsqueeze(1) == 0, float("nan"))

@@ -1,0 +1,109 @@
+"""Scores from unit–concept counts: IoU, mutual information, information quality ratio.
+
+All functions broadcast: ``intersection`` may be ``(U, C)`` or ``(U, K, C)``, ``unit_area`` then
+``(U,)`` or ``(U, K)``, ``concept_area`` ``(C,)``. Computation is in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "iou_from_counts",
+    "contingency_from_counts",
+    "mutual_information_from_counts",
+    "iqr_from_counts",
+]
+
+
+def _broadcast(
+    intersection: Tensor, unit_area: Tensor, concept_area: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    i = intersection.to(torch.float64)
+    a = unit_area.to(torch.float64).unsqueeze(-1)
+    s = concept_area.to(torch.float64)
+    return i, a, s
+
+
+def iou_from_counts(intersection: Tensor, unit_area: Tensor, concept_area: Tensor) -> Tensor:
+    """``IoU = I / (A + S - I)``, 0 where the union is empty.
+
+    Example:
+        >>> iou_from_counts(torch.tensor([[2, 0]]), torch.tensor([4]), torch.tensor([2, 0]))
+        tensor([[0.5000, 0.0000]], dtype=torch.float64)
+    """
+    i, a, s = _broadcast(intersection, unit_area, concept_area)
+    union = a + s - i
+    return torch.where(union > 0, i / union.clamp(min=1), torch.zeros_like(union))
+
+
+def contingency_from_counts(
+    intersection: Tensor, unit_area: Tensor, concept_area: Tensor, total: Tensor | int
+) -> Tensor:
+    """The 2×2 table ``[[I, A−I], [S−I, N−A−S+I]]`` per entry, shape ``(..., 2, 2)`` int64.
+
+    Row 0: unit on, row 1: unit off; column 0: concept present, column 1: absent.
+
+    Example:
+        >>> contingency_from_counts(torch.tensor([[2]]), torch.tensor([3]), torch.tensor([4]), 10)
+        tensor([[[[2, 1],
+                  [2, 5]]]])
+    """
+    i = intersection.to(torch.int64)
+    a = unit_area.to(torch.int64).unsqueeze(-1).expand_as(i)
+    s = concept_area.to(torch.int64).expand_as(i)
+    n = torch.as_tensor(total, dtype=torch.int64, device=i.device)
+    on_present, on_absent = i, a - i
+    off_present, off_absent = s - i, n - a - s + i
+    top = torch.stack([on_present, on_absent], -1)
+    bottom = torch.stack([off_present, off_absent], -1)
+    return torch.stack([top, bottom], -2)
+
+
+def _xlogx_terms(p: Tensor, q: Tensor) -> Tensor:
+    """``p * log(p / q)`` with 0 where p == 0."""
+    safe = torch.where(p > 0, p / q.clamp(min=1e-300), torch.ones_like(p))
+    return torch.where(p > 0, p * torch.log(safe), torch.zeros_like(p))
+
+
+def _joint(
+    intersection: Tensor, unit_area: Tensor, concept_area: Tensor, total: Tensor | int
+) -> tuple[Tensor, Tensor, Tensor]:
+    table = contingency_from_counts(intersection, unit_area, concept_area, total).to(torch.float64)
+    n = table.sum((-1, -2), keepdim=True).clamp(min=1)
+    p = table / n
+    rows = p.sum(-1, keepdim=True)
+    cols = p.sum(-2, keepdim=True)
+    return p, rows, cols
+
+
+def mutual_information_from_counts(
+    intersection: Tensor, unit_area: Tensor, concept_area: Tensor, total: Tensor | int
+) -> Tensor:
+    """Mutual information (nats) between "unit on" and "concept present".
+
+    Example:
+        >>> mi = mutual_information_from_counts(
+        ...     torch.tensor([[5]]), torch.tensor([5]), torch.tensor([5]), 10)
+        >>> round(float(mi), 4)  # perfectly dependent fair bits: log 2
+        0.6931
+    """
+    p, rows, cols = _joint(intersection, unit_area, concept_area, total)
+    return _xlogx_terms(p, rows * cols).sum((-1, -2))
+
+
+def iqr_from_counts(
+    intersection: Tensor, unit_area: Tensor, concept_area: Tensor, total: Tensor | int
+) -> Tensor:
+    """Information quality ratio ``MI / H(joint)`` in ``[0, 1]``, 0 where the joint entropy is 0.
+
+    Example:
+        >>> iqr = iqr_from_counts(torch.tensor([[5]]), torch.tensor([5]), torch.tensor([5]), 10)
+        >>> round(float(iqr), 4)
+        1.0
+    """
+    p, rows, cols = _joint(intersection, unit_area, concept_area, total)
+    mi = _xlogx_terms(p, rows * cols).sum((-1, -2))
+    entropy = -_xlogx_terms(p, torch.ones_like(p)).sum((-1, -2))
+    return torch.where(entropy > 0, mi / entropy.clamp(min=1e-300), torch.zeros_like(mi))

@@ -1,0 +1,132 @@
+"""Bilinear upsampling of unit activation maps as two small matrix products.
+
+``F.interpolate(mode="bilinear", align_corners=False)`` is separable: every output row is a
+weighted mix of at most two input rows, every output column of at most two input columns. Writing
+the two 1-D resamplings as dense ``(out, in)`` matrices turns the whole upsampling into two
+matrix products, which on CPU is several times faster than ``F.interpolate`` and gives the same
+values to float32 rounding (border pixels are replicated, pixel centres aligned).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+__all__ = ["bilinear_matrix", "upsample_bilinear", "upsample_units_first"]
+
+
+@lru_cache(maxsize=64)
+def _bilinear_matrix_cpu64(in_size: int, out_size: int) -> Tensor:
+    scale = in_size / out_size
+    dst = torch.arange(out_size, dtype=torch.float64)
+    src = ((dst + 0.5) * scale - 0.5).clamp(min=0.0)
+    lo = src.floor().long().clamp(max=in_size - 1)
+    hi = (lo + 1).clamp(max=in_size - 1)
+    frac = src - lo.to(torch.float64)
+    rows = torch.arange(out_size)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    matrix.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    matrix.index_put_((rows, hi), frac, accumulate=True)
+    return matrix
+
+
+def bilinear_matrix(
+    in_size: int,
+    out_size: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """1-D bilinear resampling weights with ``align_corners=False`` semantics.
+
+    Args:
+        in_size: Length of the input axis.
+        out_size: Length of the output axis.
+        dtype: Floating dtype of the returned matrix.
+        device: Device of the returned matrix.
+
+    Returns:
+        A ``(out_size, in_size)`` matrix ``M`` with ``M @ v`` equal to
+        ``F.interpolate(v[None, None], out_size, mode="linear", align_corners=False)``.
+
+    Example:
+        >>> bilinear_matrix(2, 4)
+        tensor([[1.0000, 0.0000],
+                [0.7500, 0.2500],
+                [0.2500, 0.7500],
+                [0.0000, 1.0000]])
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
+    return _bilinear_matrix_cpu64(int(in_size), int(out_size)).to(device=device, dtype=dtype)
+
+
+def _size2(size: int | tuple[int, int] | torch.Size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"`size` must be an int or a pair (H, W), got {size}")
+    return size  # type: ignore[return-value]
+
+
+def upsample_bilinear(activations: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Resize ``(..., h, w)`` maps to ``size`` like ``F.interpolate(mode="bilinear")``.
+
+    Args:
+        activations: Floating tensor whose last two dimensions are ``(h, w)``.
+        size: Target ``(H, W)`` (or one int for a square).
+
+    Returns:
+        Tensor of shape ``(..., H, W)``; the input itself when the size already matches.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> x = torch.randn(2, 3, 4, 5)
+        >>> y = upsample_bilinear(x, (8, 7))
+        >>> ref = F.interpolate(x, (8, 7), mode="bilinear", align_corners=False)
+        >>> bool(torch.allclose(y, ref, atol=1e-6))
+        True
+    """
+    height, width = _size2(size)
+    h, w = activations.shape[-2:]
+    if (h, w) == (height, width):
+        return activations
+    x = activations
+    if not x.is_floating_point():
+        x = x.float()
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    x = x.to(dtype)
+    rows = bilinear_matrix(h, height, dtype=dtype, device=x.device)
+    cols = bilinear_matrix(w, width, dtype=dtype, device=x.device)
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, h, w)
+    out = flat if h == height else torch.matmul(rows, flat)
+    if w != width:
+        out = torch.matmul(out, cols.T)
+    return out.reshape(*lead, height, width)
+
+
+def upsample_units_first(activations: Tensor, size: int | tuple[int, int] | None) -> Tensor:
+    """Upsample ``(B, U, h, w)`` activations and lay them out unit-major as ``(U, B*H*W)``.
+
+    The unit-major layout makes every per-unit statistic a contiguous row operation.
+
+    Args:
+        activations: ``(B, U, h, w)`` floating tensor.
+        size: Target ``(H, W)``; ``None`` keeps ``(h, w)``.
+
+    Returns:
+        Contiguous ``(U, B*H*W)`` tensor.
+
+    Example:
+        >>> upsample_units_first(torch.ones(2, 3, 4, 4), (8, 8)).shape
+        torch.Size([3, 128])
+    """
+    batch, units, h, w = activations.shape
+    x = activations.transpose(0, 1)
+    if size is not None and _size2(size) != (h, w):
+        x = upsample_bilinear(x, size)
+    return x.reshape(units, -1).contiguous()
