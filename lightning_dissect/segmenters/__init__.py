@@ -1,0 +1,49 @@
+"""Concept sources: the segmenter protocol, the synthetic scene world and adapters for real models.
+
+Importing this package does not import ``lightning``, ``torchvision`` or ``transformers``:
+``SyntheticSceneDataModule`` is loaded on first access, and the adapters import their extras only
+when a model is built by name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    CallableSegmenter,
+    ConceptVocabulary,
+    Segmenter,
+    resample_labels,
+    validate_images,
+    validate_segmentation,
+)
+from .synthetic import SyntheticSceneDataset, SyntheticSceneSegmenter
+from .torchvision_adapter import TorchvisionSegmenter
+from .transformers_adapter import TransformersSegmenter
+from .world import SceneWorld
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .datamodule import SyntheticSceneDataModule
+
+__all__ = [
+    "CallableSegmenter",
+    "ConceptVocabulary",
+    "SceneWorld",
+    "Segmenter",
+    "SyntheticSceneDataModule",
+    "SyntheticSceneDataset",
+    "SyntheticSceneSegmenter",
+    "TorchvisionSegmenter",
+    "TransformersSegmenter",
+    "resample_labels",
+    "validate_images",
+    "validate_segmentation",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SyntheticSceneDataModule":
+        from .datamodule import SyntheticSceneDataModule
+
+        return SyntheticSceneDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,503 @@
+"""The segmenter protocol, concept vocabularies and input/output validation.
+
+A *segmenter* turns a batch of images into per-pixel concept labels. Everything the dissection
+needs to know about it is small: the concepts it can name (a :class:`ConceptVocabulary`), the value
+range of the images it expects, and whether it returns one label per pixel or several.
+
+Conventions (see ``docs/segmenters.md``):
+
+* Images are float tensors ``(B, 3, H, W)`` in the segmenter's declared ``value_range``.
+* Single-label output is int64 ``(B, H', W')``; multi-label output is int64 ``(B, L, H', W')``
+  (``L`` label channels, e.g. part and whole).
+* Label ``vocabulary.unlabeled_index`` (0 by default) means "no label" and is skipped by the
+  statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CallableSegmenter",
+    "ConceptVocabulary",
+    "Segmenter",
+    "resample_labels",
+    "resolve_resolution",
+    "validate_images",
+    "validate_segmentation",
+]
+
+NO_CATEGORY = "none"
+
+
+@dataclass(frozen=True)
+class ConceptVocabulary:
+    """The concepts a segmenter can name.
+
+    Args:
+        names: One name per label index.
+        categories: One category per concept (``"object"``, ``"part"``, ``"material"``,
+            ``"colour"``, ...). The "no label" entry has category ``"none"``.
+        unlabeled_index: The label that means "no label" (skipped by the statistics), or ``None``
+            when every label is a real concept.
+        parents: Optional part → whole links: ``parents[k]`` is the index of the concept that
+            concept ``k`` is a part of (``window`` → ``house``), or ``None``.
+
+    Raises:
+        ValueError: If the lengths differ, names repeat, the unlabeled index is out of range or its
+            category is not ``"none"``, or a parent index is invalid.
+
+    Example:
+        >>> vocab = ConceptVocabulary(
+        ...     names=("unlabeled", "house", "window"),
+        ...     categories=("none", "object", "part"),
+        ...     parents=(None, None, 1),
+        ... )
+        >>> vocab.num_concepts, vocab.index("window"), vocab.category_names
+        (3, 2, ('object', 'part'))
+        >>> ConceptVocabulary.from_dict(vocab.to_dict()) == vocab
+        True
+
+    """
+
+    names: tuple[str, ...]
+    categories: tuple[str, ...]
+    unlabeled_index: int | None = 0
+    parents: tuple[int | None, ...] | None = None
+    _lookup: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(str(n) for n in self.names)
+        categories = tuple(str(c) for c in self.categories)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "categories", categories)
+        if len(names) == 0:
+            raise ValueError("ConceptVocabulary needs at least one concept name.")
+        if len(categories) != len(names):
+            raise ValueError(
+                f"ConceptVocabulary has {len(names)} names but {len(categories)} categories; "
+                "give one category per concept."
+            )
+        lookup: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in lookup:
+                raise ValueError(f"ConceptVocabulary: concept name {name!r} appears twice.")
+            lookup[name] = i
+        object.__setattr__(self, "_lookup", lookup)
+        if self.unlabeled_index is not None:
+            u = self.unlabeled_index
+            if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < len(names):
+                raise ValueError(
+                    f"ConceptVocabulary: unlabeled_index={u!r} is not a label in "
+                    f"[0, {len(names)})."
+                )
+            if categories[u] != NO_CATEGORY:
+                raise ValueError(
+                    f"ConceptVocabulary: the unlabeled entry {names[u]!r} must have category "
+                    f"{NO_CATEGORY!r}, not {categories[u]!r}."
+                )
+        if self.parents is not None:
+            parents = tuple(None if p is None else int(p) for p in self.parents)
+            object.__setattr__(self, "parents", parents)
+            if len(parents) != len(names):
+                raise ValueError(
+                    f"ConceptVocabulary has {len(names)} names but {len(parents)} parents."
+                )
+            for i, p in enumerate(parents):
+                if p is None:
+                    continue
+                if not 0 <= p < len(names) or p == i or p == self.unlabeled_index:
+                    raise ValueError(
+                        f"ConceptVocabulary: parent {p} of {names[i]!r} is not another concept."
+                    )
+
+    @property
+    def num_concepts(self) -> int:
+        """Number of labels, including the "no label" entry."""
+        return len(self.names)
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """Sorted unique categories, without ``"none"``."""
+        return tuple(sorted(set(self.categories) - {NO_CATEGORY}))
+
+    def index(self, name: str) -> int:
+        """Label index of a concept name.
+
+        Raises:
+            KeyError: If the vocabulary has no concept of that name.
+
+        """
+        try:
+            return self._lookup[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a concept of this vocabulary") from None
+
+    def parent_table(self) -> Tensor:
+        """Int64 ``(num_concepts,)``: each concept's parent, or the unlabeled index (0) if none.
+
+        Example:
+            >>> ConceptVocabulary(("-", "a", "b"), ("none", "object", "part"),
+            ...                   parents=(None, None, 1)).parent_table()
+            tensor([0, 0, 1])
+
+        """
+        none = 0 if self.unlabeled_index is None else self.unlabeled_index
+        parents = self.parents or (None,) * self.num_concepts
+        return torch.tensor([none if p is None else p for p in parents], dtype=torch.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (plain lists, ints and strings)."""
+        return {
+            "names": list(self.names),
+            "categories": list(self.categories),
+            "unlabeled_index": self.unlabeled_index,
+            "parents": None if self.parents is None else list(self.parents),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConceptVocabulary:
+        """Inverse of :meth:`to_dict`."""
+        parents = data.get("parents")
+        return cls(
+            names=tuple(data["names"]),
+            categories=tuple(data["categories"]),
+            unlabeled_index=data.get("unlabeled_index", 0),
+            parents=None if parents is None else tuple(parents),
+        )
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """What the dissection needs from a segmenter.
+
+    Attributes:
+        vocabulary: The concepts the labels index.
+        value_range: ``(low, high)`` value range of the images it expects, e.g. ``(-1.0, 1.0)``.
+        multilabel: ``True`` if it returns ``(B, L, H', W')`` label channels, ``False`` for
+            ``(B, H', W')``.
+
+    Calling it with float images ``(B, 3, H, W)`` returns int64 labels. Implementations take the
+    output resolution as a constructor argument ``resolution`` (``None`` = the image size); the
+    reference GAN Dissection segmenter runs at 1/2 or 1/4 of the image size.
+
+    Example:
+        >>> seg = CallableSegmenter(
+        ...     lambda x: (x[:, 0] > 0).long(),
+        ...     ConceptVocabulary(("unlabeled", "red"), ("none", "colour")),
+        ... )
+        >>> isinstance(seg, Segmenter)
+        True
+
+    """
+
+    vocabulary: ConceptVocabulary
+    value_range: tuple[float, float]
+    multilabel: bool
+
+    def __call__(self, images: Tensor) -> Tensor:  # pragma: no cover - protocol
+        """Label ``images`` ``(B, 3, H, W)``; int64 ``(B, H', W')`` or ``(B, L, H', W')``."""
+        ...
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def validate_images(
+    images: Tensor,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    name: str = "images",
+) -> None:
+    """Check that ``images`` is a float batch ``(B, 3, H, W)`` inside ``value_range``.
+
+    Values may exceed the range by ``1e-3`` of its width (rounding, resampling overshoot).
+
+    Args:
+        images: The tensor to check.
+        value_range: The declared ``(low, high)`` range.
+        name: What to call the tensor in error messages.
+
+    Raises:
+        TypeError: If ``images`` is not a tensor.
+        ValueError: Naming the problem: rank, channel count, empty batch, dtype, NaN/Inf, or
+            values outside the range (with the range actually found).
+
+    Example:
+        >>> validate_images(torch.zeros(2, 3, 8, 8))
+        >>> validate_images(torch.full((1, 3, 4, 4), 200.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: images: values in [200, 200] given where [-1, 1] is declared; ...
+
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}.")
+    if images.ndim != 4:
+        raise ValueError(
+            f"{name}: expected a 4-D batch (B, 3, H, W), got shape {tuple(images.shape)}"
+            + (" (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else "")
+            + "."
+        )
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"{name}: expected 3 (RGB) channels in dimension 1 of (B, 3, H, W), got shape "
+            f"{tuple(images.shape)}"
+            + (" (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else "")
+            + "."
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (B = 0), shape {tuple(images.shape)}.")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"{name}: empty image, shape {tuple(images.shape)}.")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name}: expected a floating-point tensor, got dtype {images.dtype} (convert with "
+            f"images.float() and scale to the declared range {list(value_range)})."
+        )
+    low, high = float(value_range[0]), float(value_range[1])
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}.")
+    stats = torch.stack([images.amin(), images.amax(), images.isfinite().all().to(images.dtype)])
+    vmin, vmax, finite = (float(v) for v in stats.float().cpu())
+    if not finite:
+        raise ValueError(f"{name}: contains NaN or Inf values.")
+    tol = 1e-3 * (high - low)
+    if vmin < low - tol or vmax > high + tol:
+        raise ValueError(
+            f"{name}: values in [{_fmt(vmin)}, {_fmt(vmax)}] given where "
+            f"[{_fmt(low)}, {_fmt(high)}] is declared; rescale the images (or declare the "
+            "segmenter's value_range to match the generator's output)."
+        )
+
+
+def validate_segmentation(
+    labels: Tensor,
+    vocabulary: ConceptVocabulary,
+    batch_size: int | None = None,
+    name: str = "segmenter output",
+    multilabel: bool | None = None,
+) -> None:
+    """Check a segmenter's output against its vocabulary.
+
+    Args:
+        labels: The labels to check: integer ``(B, H', W')`` or ``(B, L, H', W')``.
+        vocabulary: The vocabulary the labels index.
+        batch_size: The expected ``B`` (the number of images given), or ``None`` to skip.
+        name: What to call the tensor in error messages.
+        multilabel: If given, require rank 4 (``True``) or rank 3 (``False``).
+
+    Raises:
+        TypeError: If ``labels`` is not a tensor.
+        ValueError: Naming the problem: dtype, rank, batch size or labels outside the vocabulary.
+
+    Example:
+        >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
+        >>> validate_segmentation(torch.ones(2, 4, 4, dtype=torch.long), vocab, batch_size=2)
+        >>> validate_segmentation(torch.full((2, 4, 4), 5), vocab, batch_size=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: segmenter returned labels outside its vocabulary: segmenter output has ...
+
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of labels, got {type(labels).__name__}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"{name}: expected integer labels (int64), got dtype {labels.dtype}; "
+            "a segmenter returns label indices, e.g. logits.argmax(1)."
+        )
+    if labels.ndim not in (3, 4):
+        raise ValueError(
+            f"{name}: expected labels of shape (B, H, W) or (B, L, H, W), got shape "
+            f"{tuple(labels.shape)}."
+        )
+    if multilabel is True and labels.ndim != 4:
+        raise ValueError(
+            f"{name}: a multi-label segmenter must return (B, L, H, W), got shape "
+            f"{tuple(labels.shape)}."
+        )
+    if multilabel is False and labels.ndim != 3:
+        raise ValueError(
+            f"{name}: a single-label segmenter must return (B, H, W), got shape "
+            f"{tuple(labels.shape)}."
+        )
+    if batch_size is not None and labels.shape[0] != batch_size:
+        raise ValueError(
+            f"{name}: batch size {labels.shape[0]} does not match the {batch_size} images given "
+            f"(shape {tuple(labels.shape)})."
+        )
+    if labels.numel() == 0:
+        return
+    stats = torch.stack([labels.amin(), labels.amax()]).cpu()
+    lo, hi = int(stats[0]), int(stats[1])
+    if lo < 0 or hi >= vocabulary.num_concepts:
+        raise ValueError(
+            f"segmenter returned labels outside its vocabulary: {name} has labels in "
+            f"[{lo}, {hi}] but the vocabulary has {vocabulary.num_concepts} concepts "
+            f"(valid labels 0..{vocabulary.num_concepts - 1})."
+        )
+
+
+def resolve_resolution(
+    resolution: int | Sequence[int] | None, image_size: tuple[int, int]
+) -> tuple[int, int]:
+    """Turn a ``resolution`` argument into ``(H', W')``; ``None`` means ``image_size``.
+
+    Example:
+        >>> resolve_resolution(None, (64, 64)), resolve_resolution(16, (64, 64))
+        ((64, 64), (16, 16))
+
+    """
+    if resolution is None:
+        return (int(image_size[0]), int(image_size[1]))
+    if isinstance(resolution, int):
+        out = (resolution, resolution)
+    else:
+        out = tuple(int(r) for r in resolution)
+        if len(out) != 2:
+            raise ValueError(f"resolution must be an int or (H, W), got {resolution!r}.")
+    if min(out) < 1:
+        raise ValueError(f"resolution must be positive, got {resolution!r}.")
+    return out  # type: ignore[return-value]
+
+
+def _check_resolution_arg(resolution: int | Sequence[int] | None) -> None:
+    resolve_resolution(resolution, (1, 1))
+
+
+def _nearest_index(size_in: int, size_out: int, device: torch.device) -> Tensor:
+    # Source pixel whose centre is nearest to each output pixel centre (PyTorch "nearest-exact").
+    idx = ((torch.arange(size_out, device=device) + 0.5) * (size_in / size_out)).floor().long()
+    return idx.clamp_(0, size_in - 1)
+
+
+def _cell_index(size_in: int, size_out: int, device: torch.device) -> Tensor:
+    # The output cell containing each input pixel centre (a partition of the input pixels).
+    idx = ((torch.arange(size_in, device=device) + 0.5) * (size_out / size_in)).floor().long()
+    return idx.clamp_(0, size_out - 1)
+
+
+def resample_labels(labels: Tensor, size: tuple[int, int], num_concepts: int) -> Tensor:
+    """Resample integer label maps to ``size`` (the rule every embedded segmenter uses).
+
+    * **Downsampling** (per axis): every input pixel belongs to the output cell that contains its
+      centre; the output label is the most frequent label in the cell (the mode; ties go to the
+      lowest label index). For an integer factor ``f`` the cells are the ``f × f`` blocks.
+    * **Upsampling** (per axis): nearest sample (the input pixel whose centre is nearest, as
+      ``F.interpolate(mode="nearest-exact")``).
+
+    Args:
+        labels: Integer ``(B, H, W)`` or ``(B, L, H, W)``.
+        size: Output ``(H', W')``.
+        num_concepts: Labels are in ``[0, num_concepts)``.
+
+    Returns:
+        Int64 labels ``(B, H', W')`` or ``(B, L, H', W')``.
+
+    Example:
+        >>> x = torch.tensor([[[1, 1, 2, 2], [1, 3, 2, 2], [0, 0, 3, 3], [0, 4, 4, 3]]])
+        >>> resample_labels(x, (2, 2), 5)
+        tensor([[[1, 2],
+                 [0, 3]]])
+
+    """
+    out_h, out_w = size
+    lead = labels.shape[:-2]
+    h, w = labels.shape[-2:]
+    x = labels.reshape(-1, h, w).long()
+    dev = x.device
+    if out_h > h:
+        x = x[:, _nearest_index(h, out_h, dev), :]
+        h = out_h
+    if out_w > w:
+        x = x[:, :, _nearest_index(w, out_w, dev)]
+        w = out_w
+    if (h, w) != (out_h, out_w):
+        rows = _cell_index(h, out_h, dev)
+        cols = _cell_index(w, out_w, dev)
+        cell = (rows[:, None] * out_w + cols[None, :]).reshape(1, h * w)
+        n = x.shape[0]
+        out = torch.empty(n, out_h * out_w, dtype=torch.int64, device=dev)
+        chunk = max(1, (1 << 24) // max(1, out_h * out_w * num_concepts))
+        for s in range(0, n, chunk):
+            xs = x[s : s + chunk].reshape(-1, h * w)
+            counts = torch.zeros(
+                xs.shape[0], out_h * out_w * num_concepts, dtype=torch.int32, device=dev
+            )
+            counts.scatter_add_(
+                1, cell * num_concepts + xs, torch.ones_like(xs, dtype=torch.int32)
+            )
+            out[s : s + chunk] = counts.view(xs.shape[0], out_h * out_w, num_concepts).argmax(-1)
+        x = out.view(n, out_h, out_w)
+    return x.reshape(*lead, out_h, out_w)
+
+
+class CallableSegmenter:
+    """Any function ``images -> labels`` as a :class:`Segmenter`, with validation.
+
+    Args:
+        fn: Called with validated images ``(B, 3, H, W)``; returns integer labels ``(B, H', W')``
+            (or ``(B, L, H', W')`` when ``multilabel``).
+        vocabulary: The concepts the labels index.
+        value_range: The value range ``fn`` expects.
+        multilabel: Whether ``fn`` returns label channels.
+        resolution: Output size (``int`` or ``(H', W')``); ``None`` returns what ``fn`` returns.
+            Otherwise ``fn``'s labels are resampled with :func:`resample_labels`.
+        validate: Validate inputs and outputs (a cheap min/max reduction each).
+
+    Example:
+        >>> vocab = ConceptVocabulary(("unlabeled", "bright"), ("none", "colour"))
+        >>> seg = CallableSegmenter(lambda x: (x.mean(1) > 0).long(), vocab, resolution=2)
+        >>> seg(torch.ones(1, 3, 4, 4)).tolist()
+        [[[1, 1], [1, 1]]]
+
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        vocabulary: ConceptVocabulary,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+        multilabel: bool = False,
+        resolution: int | tuple[int, int] | None = None,
+        validate: bool = True,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"CallableSegmenter needs a callable, got {type(fn).__name__}.")
+        _check_resolution_arg(resolution)
+        self.fn = fn
+        self.vocabulary = vocabulary
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.multilabel = bool(multilabel)
+        self.resolution = resolution
+        self.validate = validate
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """Label ``images``; see the class docstring."""
+        if self.validate:
+            validate_images(images, self.value_range)
+        with torch.inference_mode():
+            labels = self.fn(images)
+        if self.validate:
+            validate_segmentation(
+                labels, self.vocabulary, images.shape[0], multilabel=self.multilabel
+            )
+        labels = labels.long()
+        if self.resolution is not None:
+            size = resolve_resolution(self.resolution, tuple(images.shape[-2:]))
+            if tuple(labels.shape[-2:]) != size:
+                labels = resample_labels(labels, size, self.vocabulary.num_concepts)
+        return labels
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fn={self.fn!r}, concepts={self.vocabulary.num_concepts}, "
+            f"value_range={self.value_range}, multilabel={self.multilabel}, "
+            f"resolution={self.resolution})"
+        )
