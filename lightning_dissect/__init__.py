@@ -1,0 +1,38 @@
+"""lightning-dissect: GAN Dissection as a PyTorch Lightning callback and TorchMetrics metrics.
+
+Importing the package is cheap; the Lightning-dependent parts (the callback, the data module) are
+loaded on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "UnitConceptIoU": "lightning_dissect.metrics",
+    "UnitQuantiles": "lightning_dissect.metrics",
+    "ConceptPixelFraction": "lightning_dissect.metrics",
+    "capture_layers": "lightning_dissect.hooks",
+    "edit_layers": "lightning_dissect.hooks",
+    "LayerEdit": "lightning_dissect.hooks",
+    "dissect": "lightning_dissect.dissection",
+    "DissectionConfig": "lightning_dissect.dissection",
+    "DissectionResult": "lightning_dissect.result",
+    "DissectionCallback": "lightning_dissect.callback",
+    "load_history": "lightning_dissect.callback",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lightning_dissect' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

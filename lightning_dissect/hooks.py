@@ -1,0 +1,278 @@
+"""Capture and edit the outputs of named layers, as context managers that always clean up.
+
+Layers are named like :meth:`torch.nn.Module.named_modules` does (``"net.3"``,
+``"generator.block2.conv"``). Hooks are registered on the unwrapped module (``torch.compile``'s
+``_orig_mod`` and DDP's ``module`` are looked through) and removed on exit, also when the body
+raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "OutputSelector",
+    "LayerEdit",
+    "unwrap_model",
+    "resolve_layer",
+    "layer_names",
+    "capture_layers",
+    "edit_layers",
+    "apply_edit",
+]
+
+OutputSelector = Union[int, str, Callable[[Any], Tensor], None]
+"""Which tensor of a layer's output to use: ``None`` (the output is a tensor), an index into a
+tuple/list, a key into a dict, or a callable ``output -> Tensor`` (capture only)."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Look through ``torch.compile`` (``_orig_mod``) and DDP/DataParallel (``module``) wrappers.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> unwrap_model(net) is net
+        True
+    """
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """All dotted module names of ``model`` (the unwrapped one), excluding the root."""
+    return [name for name, _ in unwrap_model(model).named_modules() if name]
+
+
+def resolve_layer(model: nn.Module, name: str, *, argument: str = "layers") -> nn.Module:
+    """Find the submodule called ``name``; an unknown name lists the closest existing ones.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> resolve_layer(net, "1")
+        ReLU()
+        >>> resolve_layer(net, "2")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown layer '2' in `layers`; closest existing names: '0', '1'
+    """
+    modules = dict(unwrap_model(model).named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.3) or names[:5]
+    listed = ", ".join(repr(n) for n in close) if close else "(the model has no submodules)"
+    raise ValueError(f"unknown layer {name!r} in `{argument}`; closest existing names: {listed}")
+
+
+def _select(output: Any, selector: OutputSelector, name: str) -> Tensor:
+    if selector is None:
+        value = output
+    elif callable(selector):
+        value = selector(output)
+    else:
+        try:
+            value = output[selector]
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(
+                f"layer {name!r}: selector {selector!r} does not apply to its output of type "
+                f"{type(output).__name__}"
+            ) from err
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"layer {name!r} produced {type(output).__name__}, not a Tensor; pass a `selector` "
+            "(an index, a key or a callable) to pick the tensor to use"
+        )
+    return value
+
+
+def _replace(output: Any, selector: OutputSelector, value: Tensor) -> Any:
+    if selector is None:
+        return value
+    if callable(selector):
+        raise TypeError("editing a layer needs an int or str selector, not a callable")
+    if isinstance(output, tuple):
+        items = list(output)
+        items[selector] = value  # type: ignore[index]
+        return type(output)(items) if not hasattr(output, "_fields") else type(output)(*items)
+    if isinstance(output, list):
+        items = list(output)
+        items[selector] = value  # type: ignore[index]
+        return items
+    if isinstance(output, dict):
+        out = dict(output)
+        out[selector] = value
+        return type(output)(out) if type(output) is not dict else out
+    raise TypeError(f"cannot replace item {selector!r} of a {type(output).__name__}")
+
+
+def _selector_for(selector: OutputSelector | Mapping[str, OutputSelector], name: str) -> Any:
+    if isinstance(selector, Mapping):
+        return selector.get(name)
+    return selector
+
+
+@contextmanager
+def capture_layers(
+    model: nn.Module,
+    layers: Sequence[str],
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    *,
+    detach: bool = True,
+) -> Iterator[dict[str, Tensor]]:
+    """Record the output of each named layer during forward passes inside the block.
+
+    Args:
+        model: Any module (compiled / DDP-wrapped modules are unwrapped).
+        layers: Dotted layer names.
+        selector: How to get a tensor from a layer's output, or a mapping layer → selector.
+        detach: Store detached tensors.
+
+    Yields:
+        A dict filled with ``name -> tensor`` of the latest forward pass.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> with capture_layers(net, ["1"]) as captured:
+        ...     _ = net(torch.randn(5, 3))
+        >>> captured["1"].shape
+        torch.Size([5, 4])
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    modules = {name: resolve_layer(model, name) for name in layers}
+    captured: dict[str, Tensor] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        sel = _selector_for(selector, name)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            value = _select(output, sel, name)
+            captured[name] = value.detach() if detach else value
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class LayerEdit:
+    """An edit ``r ← r·(1 − α·m) + v·α·m`` of one layer's ``(B, U, h, w)`` output.
+
+    Attributes:
+        alpha: Per-unit strength in ``[0, 1]``: a scalar or a ``(U,)`` tensor (0 leaves a unit
+            alone, 1 replaces it).
+        value: The value ``v`` written in: a scalar, ``(U,)``, ``(U, h, w)`` or ``(B, U, h, w)``.
+            0 is the paper's ablation.
+        mask: Optional spatial mask ``m`` in ``[0, 1]`` at any resolution: ``(H, W)``,
+            ``(B, H, W)`` or ``(B, 1, H, W)``; it is area-pooled (or, when coarser, nearest-
+            upsampled) to the layer's ``(h, w)``.
+    """
+
+    alpha: float | Tensor = 1.0
+    value: float | Tensor = 0.0
+    mask: Tensor | None = None
+
+
+def _per_unit(x: float | Tensor, r: Tensor) -> Tensor:
+    t = torch.as_tensor(x, dtype=r.dtype, device=r.device)
+    if t.ndim == 0:
+        return t
+    if t.ndim == 1:
+        if t.shape[0] != r.shape[1]:
+            raise ValueError(f"per-unit tensor has {t.shape[0]} entries but the layer has {r.shape[1]} units")
+        return t.view(1, -1, *([1] * (r.ndim - 2)))
+    if t.ndim == r.ndim - 1:
+        return t.unsqueeze(0)
+    return t
+
+
+def _pooled_mask(mask: Tensor, r: Tensor) -> Tensor:
+    m = mask.to(device=r.device, dtype=r.dtype)
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    if m.ndim != 4 or m.shape[1] != 1:
+        raise ValueError(f"`mask` must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
+    h, w = r.shape[-2:]
+    if m.shape[-2:] == (h, w):
+        return m
+    if m.shape[-2] >= h and m.shape[-1] >= w:
+        return F.adaptive_avg_pool2d(m, (h, w))
+    return F.interpolate(m, size=(h, w), mode="nearest")
+
+
+def apply_edit(r: Tensor, edit: LayerEdit) -> Tensor:
+    """Return ``r·(1 − α·m) + v·α·m`` (a new tensor).
+
+    Example:
+        >>> r = torch.ones(1, 2, 2, 2)
+        >>> apply_edit(r, LayerEdit(alpha=torch.tensor([1.0, 0.0]), value=0.0))[0, :, 0, 0]
+        tensor([0., 1.])
+    """
+    alpha = _per_unit(edit.alpha, r)
+    value = _per_unit(edit.value, r)
+    weight = alpha
+    if edit.mask is not None:
+        if r.ndim != 4:
+            raise ValueError("a spatial `mask` needs a (B, U, h, w) layer output")
+        weight = alpha * _pooled_mask(edit.mask, r)
+    return r * (1 - weight) + value * weight
+
+
+@contextmanager
+def edit_layers(
+    model: nn.Module,
+    edits: Mapping[str, LayerEdit],
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+) -> Iterator[None]:
+    """Apply :class:`LayerEdit`\\ s to named layers during forward passes inside the block.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
+        >>> with edit_layers(net, {"1": LayerEdit(alpha=1.0, value=0.0)}):
+        ...     out = net(torch.randn(1, 1, 3, 3))
+        >>> float(out.detach().abs().sum())
+        0.0
+    """
+    modules = {name: resolve_layer(model, name, argument="edits") for name in edits}
+    handles = []
+
+    def make_hook(name: str, edit: LayerEdit) -> Callable[..., Any]:
+        sel = _selector_for(selector, name)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            r = _select(output, sel, name)
+            return _replace(output, sel, apply_edit(r, edit))
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name, edits[name])))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
