@@ -263,7 +263,8 @@ def validate_images(
     low, high = float(value_range[0]), float(value_range[1])
     if not high > low:
         raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}.")
-    stats = torch.stack([images.amin(), images.amax(), images.isfinite().all().to(images.dtype)])
+    x = images.detach()
+    stats = torch.stack([x.amin(), x.amax(), x.isfinite().all().to(x.dtype)])
     vmin, vmax, finite = (float(v) for v in stats.float().cpu())
     if not finite:
         raise ValueError(f"{name}: contains NaN or Inf values.")
