@@ -80,7 +80,7 @@ def unit_concept_iou(
         activations: ``(B, U, h, w)`` activations.
         segmentation: ``(B, H, W)`` labels or ``(B, L, H, W)`` multi-labels.
         thresholds: ``(U,)`` or ascending ``(U, K)``.
-        num_concepts: ``C``; defaults to ``segmentation.max() + 1``.
+        num_concepts: ``C``; defaults to the largest label other than ``ignore_index``, plus 1.
         ignore_index: Label of pixels belonging to no concept.
         validate_args: Check the inputs.
 
@@ -95,7 +95,10 @@ def unit_concept_iou(
         tensor([[0.0000, 0.6667]], dtype=torch.float64)
     """
     if num_concepts is None:
-        num_concepts = int(segmentation.max()) + 1 if segmentation.numel() else 1
+        labels = segmentation
+        if ignore_index is not None:
+            labels = segmentation[segmentation != ignore_index]
+        num_concepts = int(labels.max()) + 1 if labels.numel() else 1
     counts = unit_concept_counts(
         activations,
         segmentation,
