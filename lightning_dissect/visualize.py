@@ -1,0 +1,200 @@
+"""Pictures: unit image strips with their masks overlaid, IoU heatmaps, units × rounds maps, PNG.
+
+Everything returns ``uint8`` tensors ``(3, H, W)`` (TensorBoard's ``add_image`` layout) and needs
+no plotting library; :func:`encode_png` writes them without Pillow.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_dissect.functional.upsample import upsample_bilinear
+from lightning_dissect.hooks import OutputSelector, capture_layers
+
+if TYPE_CHECKING:
+    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.result import DissectionResult
+
+__all__ = [
+    "to_uint8",
+    "overlay_mask",
+    "image_strip",
+    "render_unit_images",
+    "heatmap",
+    "encode_png",
+]
+
+_BORDER = torch.tensor([255, 221, 0], dtype=torch.uint8)  # yellow
+
+
+def to_uint8(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Map float images in ``value_range`` to ``uint8`` ``[0, 255]``.
+
+    Example:
+        >>> to_uint8(torch.tensor([-1.0, 0.0, 1.0])).tolist()
+        [0, 128, 255]
+    """
+    low, high = value_range
+    x = (images.detach().float() - low) / (high - low)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def overlay_mask(image: Tensor, mask: Tensor, dim: float = 0.5) -> Tensor:
+    """Dim pixels outside ``mask`` to ``dim`` and draw a thin yellow border around it.
+
+    Args:
+        image: ``uint8 (3, H, W)``.
+        mask: ``bool (H, W)``.
+        dim: Brightness factor outside the mask (the paper: 50 %).
+
+    Example:
+        >>> img = torch.full((3, 4, 4), 200, dtype=torch.uint8)
+        >>> m = torch.zeros(4, 4, dtype=torch.bool); m[1:3, 1:3] = True
+        >>> out = overlay_mask(img, m)
+        >>> out[:, 0, 0].tolist(), out[:, 1, 1].tolist()
+        ([100, 100, 100], [255, 221, 0])
+    """
+    out = image.clone()
+    outside = ~mask
+    out[:, outside] = (out[:, outside].float() * dim).round().to(torch.uint8)
+    m = mask.float()[None, None]
+    eroded = -F.max_pool2d(-m, 3, stride=1, padding=1)
+    border = (m - eroded)[0, 0] > 0
+    out[:, border] = _BORDER.to(out.device).view(3, 1)
+    return out
+
+
+def image_strip(images: Sequence[Tensor] | Tensor, gap: int = 2) -> Tensor:
+    """Concatenate ``uint8 (3, H, W)`` images horizontally with white gaps."""
+    images = list(images)
+    if not images:
+        raise ValueError("image_strip needs at least one image")
+    h = images[0].shape[1]
+    spacer = torch.full((3, h, gap), 255, dtype=torch.uint8, device=images[0].device)
+    parts: list[Tensor] = []
+    for i, img in enumerate(images):
+        if i:
+            parts.append(spacer)
+        parts.append(img)
+    return torch.cat(parts, 2)
+
+
+def render_unit_images(
+    generator: nn.Module,
+    result: DissectionResult,
+    bank: LatentBank,
+    value_range: tuple[float, float],
+    *,
+    num_units: int = 8,
+    generate: Any = None,
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    device: torch.device | str | None = None,
+    batch_size: int = 32,
+    scale: int = 1,
+) -> dict[str, dict[int, Tensor]]:
+    """Regenerate the top images of each layer's best units and overlay the unit masks.
+
+    Returns:
+        ``layer -> unit -> uint8 (k, 3, H, W)`` — each unit's top images, outside its thresholded
+        upsampled map dimmed, the mask bordered in yellow.
+    """
+    from lightning_dissect.dissection import eval_mode, generate_images
+
+    wanted: dict[str, list[int]] = {
+        name: [u.unit for u in layer.top_units(num_units)] for name, layer in result.layers.items()
+    }
+    needed = sorted(
+        {
+            int(img["index"])
+            for name, units in wanted.items()
+            for u in units
+            for img in result.layers[name].units[u].top_images
+        }
+    )
+    if not needed:
+        return {}
+    images_by_index: dict[int, Tensor] = {}
+    acts_by_index: dict[str, dict[int, Tensor]] = {name: {} for name in wanted}
+    with torch.inference_mode(), eval_mode(generator):
+        for start in range(0, len(needed), batch_size):
+            idx = needed[start : start + batch_size]
+            with capture_layers(generator, list(wanted), selector) as captured:
+                images = generate_images(generator, bank[idx].to(device), generate)
+            for j, i in enumerate(idx):
+                images_by_index[i] = to_uint8(images[j].cpu(), value_range)
+                for name in wanted:
+                    acts_by_index[name][i] = captured[name][j].float().cpu()
+    out: dict[str, dict[int, Tensor]] = {}
+    for name, units in wanted.items():
+        out[name] = {}
+        for u in units:
+            record = result.layers[name].units[u]
+            tiles = []
+            for img in record.top_images:
+                i = int(img["index"])
+                image = images_by_index[i]
+                up = upsample_bilinear(acts_by_index[name][i][u][None], image.shape[-2:])[0]
+                tiles.append(overlay_mask(image, up > record.level))
+            stacked = torch.stack(tiles)
+            if scale > 1:
+                stacked = stacked.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+            out[name][u] = stacked
+    return out
+
+
+def _colormap(x: Tensor) -> Tensor:
+    """A perceptually ordered dark-blue → yellow map of values in [0, 1] to uint8 RGB."""
+    stops = torch.tensor(
+        [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+        dtype=torch.float32,
+    )
+    pos = x.clamp(0, 1) * (len(stops) - 1)
+    lo = pos.floor().long().clamp(max=len(stops) - 2)
+    frac = (pos - lo.float()).unsqueeze(-1)
+    rgb = stops[lo] * (1 - frac) + stops[lo + 1] * frac
+    return rgb.round().to(torch.uint8).permute(2, 0, 1)
+
+
+def heatmap(values: Tensor, cell: int = 8, vmax: float | None = None) -> Tensor:
+    """A ``(rows, cols)`` matrix as a ``uint8 (3, rows*cell, cols*cell)`` colour image.
+
+    Example:
+        >>> heatmap(torch.rand(3, 5), cell=4).shape
+        torch.Size([3, 12, 20])
+    """
+    v = values.detach().float().cpu()
+    top = float(v.max()) if vmax is None else vmax
+    img = _colormap(v / top if top > 0 else v)
+    return img.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+
+
+def encode_png(image: Tensor) -> bytes:
+    """Encode a ``uint8 (3, H, W)`` (or ``(H, W)``) tensor as PNG bytes (no Pillow needed).
+
+    Example:
+        >>> encode_png(torch.zeros(3, 2, 2, dtype=torch.uint8))[:8]
+        b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    if image.ndim == 2:
+        image = image.unsqueeze(0).expand(3, -1, -1)
+    arr = image.detach().to(torch.uint8).cpu().permute(1, 2, 0).contiguous().numpy()
+    height, width, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[row].tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
