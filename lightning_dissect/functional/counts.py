@@ -88,6 +88,21 @@ def concept_indicator(
     return indicator[:, :num_concepts]
 
 
+def _thresholds_as(thresholds: Tensor, dtype: torch.dtype) -> Tensor:
+    """Thresholds in ``dtype`` such that ``value > t`` is unchanged for every ``dtype`` value.
+
+    Widening is exact. Narrowing (float64 thresholds, float32 maps) rounds toward -inf: for a
+    float32 ``x``, ``x > t`` holds exactly when ``x`` exceeds the largest float32 ``<= t``.
+    Rounding to nearest instead would turn some values just above ``t`` off.
+    """
+    cast = thresholds.to(dtype)
+    if torch.finfo(dtype).bits < torch.finfo(thresholds.dtype).bits:
+        above = cast.to(thresholds.dtype) > thresholds
+        down = torch.nextafter(cast, torch.full_like(cast, float("-inf")))
+        cast = torch.where(above, down, cast)
+    return cast
+
+
 def _counts_single_level(
     values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
 ) -> tuple[Tensor, Tensor]:
@@ -198,16 +213,17 @@ def unit_concept_counts(
         acts = activations[start : start + per_call]
         seg = segmentation[start : start + per_call]
         values = upsample_units_first(acts, size)
-        if values.dtype != thresholds.dtype:
+        if values.dtype not in (torch.float32, torch.float64):
             values = values.to(torch.float32)
+        levels = _thresholds_as(thresholds, values.dtype)
         labels = concept_labels(seg, num_concepts, ignore_index)
         if thresholds.ndim == 1:
             inter, area = _counts_single_level(
-                values, thresholds.to(values.dtype), labels, num_concepts, chunk_elements
+                values, levels, labels, num_concepts, chunk_elements
             )
         else:
             inter, area = _counts_multi_level(
-                values, thresholds.to(values.dtype), labels, num_concepts, chunk_elements
+                values, levels, labels, num_concepts, chunk_elements
             )
         concept_area = torch.bincount(labels.reshape(-1), minlength=num_concepts + 1)
         results.append((inter.to(torch.int64), area.to(torch.int64), concept_area[:num_concepts]))

@@ -82,7 +82,7 @@ class UnitQuantiles(Metric):
             raise ValueError(f"`num_units` must be a positive int, got {num_units!r}")
         self._scalar = isinstance(quantiles, (int, float))
         levels = torch.tensor([quantiles] if self._scalar else list(quantiles), dtype=torch.float64)
-        if levels.numel() == 0 or bool(((levels < 0) | (levels > 1)).any()):
+        if levels.numel() == 0 or not bool(((levels >= 0) & (levels <= 1)).all()):
             raise ValueError(f"`quantiles` must be levels in [0, 1], got {quantiles!r}")
         self.num_units = num_units
         self.levels = levels
@@ -128,6 +128,8 @@ class UnitQuantiles(Metric):
         """
         scalar = isinstance(levels, (int, float))
         tensor = torch.as_tensor([levels] if scalar else levels, dtype=torch.float64).reshape(-1)
+        if tensor.numel() == 0 or not bool(((tensor >= 0) & (tensor <= 1)).all()):
+            raise ValueError(f"`levels` must be quantile levels in [0, 1], got {levels!r}")
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn,
             should_sync=self._to_sync,
