@@ -1,8 +1,9 @@
 """Concept sources: the segmenter protocol, the synthetic scene world and adapters for real models.
 
 Importing this package does not import ``lightning``, ``torchvision`` or ``transformers``:
-``SyntheticSceneDataModule`` is loaded on first access, and the adapters import their extras only
-when a model is built by name.
+``SyntheticSceneDataModule`` is loaded on first attribute access (it is left out of ``__all__``,
+so a star import stays light too), and the adapters import their extras only when a model is
+built by name.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from .transformers_adapter import TransformersSegmenter
 from .world import SceneWorld
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .datamodule import SyntheticSceneDataModule
+    from .datamodule import SyntheticSceneDataModule as SyntheticSceneDataModule
 
 __all__ = [
     "CallableSegmenter",
     "ConceptVocabulary",
     "SceneWorld",
     "Segmenter",
-    "SyntheticSceneDataModule",
     "SyntheticSceneDataset",
     "SyntheticSceneSegmenter",
     "TorchvisionSegmenter",
