@@ -132,5 +132,5 @@ class TorchvisionSegmenter(ModelSegmenter):
         if pretrained:
             model = builder(weights="DEFAULT")
         else:
-            model = builder(weights=None, weights_backbone=None, aux_loss=None)
+            model = builder(weights=None, weights_backbone=None)
         return cls(model, **kwargs)  # type: ignore[arg-type]
