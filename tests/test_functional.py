@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,6 @@ from lightning_dissect.functional import (
     upsample_units_first,
 )
 from lightning_dissect.metrics import UnitConceptIoU
-from tests import reference as ref
 
 # --------------------------------------------------------------------------- upsampling
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
 from lightning_dissect.functional import LogHistogramSpec
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles, all_reduce_sum
-from tests import reference as ref
 
 
 def dyadic_activations(gen, shape):
