@@ -139,7 +139,8 @@ class SyntheticSceneDataset(Dataset):
 
     ``dataset[i]`` is ``(image, labels)``: float32 ``(3, S, S)`` in [-1, 1] and int64 ``(S, S)``,
     identical whenever and wherever it is rendered. ``__getitems__`` renders a whole batch in one
-    vectorised call (used by ``DataLoader``).
+    vectorised call (used by ``DataLoader``); single-item access renders and keeps the aligned
+    block of 32 samples around the index, so sequential access is fast too.
 
     Example:
         >>> ds = SyntheticSceneDataset(10, seed=0, image_size=16)
@@ -158,6 +159,8 @@ class SyntheticSceneDataset(Dataset):
         self.seed = int(seed)
         self.world = world if world is not None else SceneWorld(image_size)
         self.image_size = self.world.image_size
+        self.block_size = 32
+        self._block: tuple[int, Tensor, Tensor] | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -171,8 +174,16 @@ class SyntheticSceneDataset(Dataset):
         return index
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        images, labels = self.world.render_indices([self._check(index)], self.seed)
-        return images[0], labels[0]
+        # Rendering one sample costs about as much as rendering a block (per-call overhead), so
+        # single-item access renders the aligned block holding the index and keeps it.
+        index = self._check(index)
+        block = index // self.block_size
+        if self._block is None or self._block[0] != block:
+            start = block * self.block_size
+            stop = min(start + self.block_size, self.n)
+            self._block = (block, *self.world.render_indices(range(start, stop), self.seed))
+        offset = index - block * self.block_size
+        return self._block[1][offset].clone(), self._block[2][offset].clone()
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
         images, labels = self.world.render_indices([self._check(i) for i in indices], self.seed)
