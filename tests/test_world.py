@@ -143,3 +143,11 @@ def test_datamodule_batches():
     assert [len(b[0]) for b in val] == [4, 2]
     ref, _ = SceneWorld(16).render(6, seed=4)  # validation is the stream seed + 1
     assert torch.equal(torch.cat([b[0] for b in val]), ref)
+
+
+def test_dataset_block_cache_matches_rendering():
+    ds = SyntheticSceneDataset(70, seed=2, image_size=16)
+    images, labels = ds.world.render(70, seed=2)
+    for i in (0, 31, 32, 69, 5, 64):
+        img, lab = ds[i]
+        assert torch.equal(img, images[i]) and torch.equal(lab, labels[i])
