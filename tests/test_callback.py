@@ -1,0 +1,187 @@
+"""DissectionCallback in single-process training (DDP: tests/test_callback_ddp.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_dissect.callback import DissectionCallback, load_history
+from lightning_dissect.segmenters import CallableSegmenter, SyntheticSceneSegmenter
+from tests.helpers.tiny_gan import TinyGAN, scene_loader
+
+LAYERS = ["layer1", "layer2"]
+
+
+def make_callback(**kwargs):
+    defaults = dict(
+        num_samples=32, batch_size=16, num_visualized_units=3, top_k=2, ablation_samples=8,
+        ablation_top_n=4,
+    )
+    defaults.update(kwargs)
+    return DissectionCallback(LAYERS, SyntheticSceneSegmenter(16), **defaults)
+
+
+def fit(tmp_path, callbacks, max_epochs=1, seed=0, ckpt_path=None, model=None, **trainer_kwargs):
+    pl.seed_everything(seed)
+    model = model or TinyGAN()
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        default_root_dir=tmp_path,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        log_every_n_steps=1,
+        **trainer_kwargs,
+    )
+    trainer.fit(model, scene_loader(), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def test_logs_every_documented_tag(tmp_path):
+    callback = make_callback()
+    trainer, _ = fit(tmp_path, [callback], max_epochs=2, enable_checkpointing=False)
+    assert len(callback.history) == 2
+    assert [e["global_step"] for e in callback.history] == [8, 16]  # 2 optimizer steps per batch
+    log_dir = trainer.logger.log_dir
+    acc = EventAccumulator(log_dir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for layer in LAYERS:
+        prefix = f"dissection/{layer}/"
+        for image in ("unit_strips", "iou_heatmap", "units_by_round"):
+            assert prefix + image in tags["images"]
+        assert prefix + "best_iou" in tags["histograms"]
+        assert prefix + "top_units/text_summary" in tags["tensors"]
+        for scalar in ("interpretable_units", "mean_best_iou", "concepts_covered",
+                       "interpretable/object", "interpretable/part", "interpretable/material",
+                       "churn/gained", "churn/lost", "churn/relabelled"):
+            assert prefix + scalar in tags["scalars"], scalar
+        steps = [e.step for e in acc.Scalars(prefix + "interpretable_units")]
+        assert steps == [8, 16]
+        assert any(t.startswith(prefix + "ablation/") for t in tags["scalars"])
+        assert prefix + "ablation/text_summary" in tags["tensors"]
+    assert "custom_scalars__config__" in tags["tensors"]
+    # the units x rounds picture has one column per round (6-pixel cells)
+    last = acc.Images("dissection/layer1/units_by_round")[-1]
+    assert last.width == 2 * 6 and last.height == 16 * 6
+    # round files, readable with one function, logged numbers match them
+    history = load_history(log_dir)
+    assert [r.metadata["global_step"] for r in history] == [8, 16]
+    logged = acc.Scalars("dissection/layer2/interpretable_units")[-1].value
+    assert logged == history[-1]["layer2"].num_interpretable
+    assert history[-1].compare(history[0]).gained.keys() == set(LAYERS)
+
+
+def test_training_is_unchanged_by_the_callback(tmp_path):
+    _, without = fit(tmp_path / "a", [], max_epochs=2, enable_checkpointing=False)
+    callback = make_callback()
+    _, with_cb = fit(tmp_path / "b", [callback], max_epochs=2, enable_checkpointing=False)
+    assert len(callback.history) == 2
+    for (name, a), (_, b) in zip(without.state_dict().items(), with_cb.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_continues_history(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = make_callback(ablation_check=False)
+    fit(tmp_path, [first, checkpoint], max_epochs=1)
+    assert len(first.history) == 1
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert first.state_key in ckpt["callbacks"]
+    resumed = make_callback(ablation_check=False)
+    fit(tmp_path, [resumed], max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [e["global_step"] for e in resumed.history] == [8, 16]
+    assert resumed.history[0] == first.history[0]
+
+
+def test_two_callbacks_have_distinct_state_keys():
+    a = DissectionCallback(["layer1"], SyntheticSceneSegmenter(16))
+    b = DissectionCallback(["layer2"], SyntheticSceneSegmenter(16))
+    c = DissectionCallback(["layer1"], SyntheticSceneSegmenter(16), name="other")
+    assert len({a.state_key, b.state_key, c.state_key}) == 3
+
+
+class CountingGAN(TinyGAN):
+    steps = 0
+
+    def training_step(self, batch, batch_idx):
+        CountingGAN.steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layers=["layer9"]), "unknown layer 'layer9'.*closest existing names: 'layer2', 'layer1'"),
+        (dict(generator="netD"), "could not find the generator.*'netD'"),
+        (dict(latent_shape=(7,)), "dry run failed"),
+        (
+            dict(
+                segmenter=CallableSegmenter(
+                    lambda x: torch.full(x.shape[:1] + x.shape[2:], 99),
+                    SyntheticSceneSegmenter(16).vocabulary,
+                    validate=False,
+                )
+            ),
+            "outside",
+        ),
+    ],
+)
+def test_bad_configuration_fails_at_setup(tmp_path, kwargs, match):
+    layers = kwargs.pop("layers", LAYERS)
+    segmenter = kwargs.pop("segmenter", SyntheticSceneSegmenter(16))
+    callback = DissectionCallback(layers, segmenter, **kwargs)
+    CountingGAN.steps = 0
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        fit(tmp_path, [callback], model=CountingGAN(), enable_checkpointing=False)
+    assert CountingGAN.steps == 0  # failed before the first training step
+
+
+def test_bad_arguments_fail_at_construction():
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        DissectionCallback(["layer1"], every_n_epochs=None, every_n_train_steps=None)
+    with pytest.raises(ValueError, match="threshold_mode"):
+        DissectionCallback(["layer1"], threshold_mode="median")
+    with pytest.raises(ValueError, match="on_error"):
+        DissectionCallback(["layer1"], on_error="ignore")
+
+
+class FlakySegmenter(SyntheticSceneSegmenter):
+    """Works for the setup dry run, then fails inside the first dissection round."""
+
+    calls = 0
+
+    def __call__(self, images):
+        FlakySegmenter.calls += 1
+        if FlakySegmenter.calls > 1:
+            raise RuntimeError("segmenter exploded")
+        return super().__call__(images)
+
+
+def test_failed_round_is_reported_and_training_unchanged(tmp_path):
+    _, reference = fit(tmp_path / "a", [], max_epochs=1, enable_checkpointing=False)
+    FlakySegmenter.calls = 0
+    callback = DissectionCallback(LAYERS, FlakySegmenter(16), num_samples=32, batch_size=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, model = fit(tmp_path / "b", [callback], max_epochs=1, enable_checkpointing=False)
+    messages = [str(w.message) for w in caught]
+    assert any("global_step=8" in m and "segmenter exploded" in m for m in messages)
+    assert callback.history == []
+    assert model.generator.training  # mode restored
+    for a, b in zip(reference.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_every_n_train_steps(tmp_path):
+    callback = make_callback(every_n_epochs=None, every_n_train_steps=6, ablation_check=False)
+    fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
+    assert [e["global_step"] for e in callback.history] == [6]
