@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference as ref
+
+try:  # tests/ as a package or as a plain directory on sys.path
+    from tests import reference as ref
+except ImportError:  # pragma: no cover
+    import reference as ref
 import torch
 import torch.nn.functional as F
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -15,10 +16,12 @@ from lightning_dissect.functional.quantiles import (
     quantiles_from_histogram,
     unit_histogram,
 )
-from lightning_dissect.functional.upsample import upsample_units_first
+from lightning_dissect.functional.upsample import _size2, upsample_units_first
 from lightning_dissect.metrics._sync import all_reduce_sum
 
 __all__ = ["UnitQuantiles"]
+
+_CHUNK_VALUES = 1 << 20
 
 
 class UnitQuantiles(Metric):
@@ -109,13 +112,23 @@ class UnitQuantiles(Metric):
             allow_flat=size is None,
             check_values=self.validate_args,
         )
+        activations = activations.detach()
         if activations.ndim == 2:
-            values = activations.T
-        else:
-            values = upsample_units_first(activations, size)
-        counts, overflow = unit_histogram(values.detach(), self.spec)
-        self.histogram += counts
-        self.overflow += overflow
+            counts, overflow = unit_histogram(activations.T, self.spec)
+            self.histogram += counts
+            self.overflow += overflow
+            return
+        # Upsample a few units at a time so the maps stay in cache (about 1M values per chunk);
+        # the counts are the same integers as for one big pass.
+        per_unit = activations.shape[0] * (
+            activations[0, 0].numel() if size is None else math.prod(_size2(size))
+        )
+        step = max(1, _CHUNK_VALUES // max(1, per_unit))
+        for start in range(0, self.num_units, step):
+            values = upsample_units_first(activations[:, start : start + step], size)
+            counts, overflow = unit_histogram(values, self.spec)
+            self.histogram[start : start + step] += counts
+            self.overflow[start : start + step] += overflow
 
     def compute(self) -> Tensor:
         """Quantiles, ``(U,)`` for one level or ``(U, Q)`` for several (float32)."""
