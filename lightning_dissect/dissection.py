@@ -97,7 +97,7 @@ class DissectionConfig:
         positive = ("num_samples", "batch_size", "num_levels", "top_k")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
         if self.threshold_mode not in ("quantile", "iqr"):
             raise ValueError(
@@ -109,8 +109,16 @@ class DissectionConfig:
             raise ValueError(f"`iou_threshold` must be in [0, 1), got {self.iou_threshold}")
         if self.num_visualized_units < 0:
             raise ValueError("`num_visualized_units` must be >= 0")
-        if self.level_selection_samples is not None and self.level_selection_samples < 1:
+        if self.level_selection_samples is not None and (
+            not isinstance(self.level_selection_samples, int)
+            or isinstance(self.level_selection_samples, bool)
+            or self.level_selection_samples < 1
+        ):
             raise ValueError("`level_selection_samples` must be a positive int or None")
+        if not 0.0 < self.relative_accuracy < 1.0:
+            raise ValueError(
+                f"`relative_accuracy` must be in (0, 1), got {self.relative_accuracy}"
+            )
         return self
 
 
@@ -271,6 +279,12 @@ def dissect(
         >>> result["3"].num_units
         3
     """
+    unknown = sorted(set(overrides) - set(DissectionConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"dissect() got unknown settings {unknown}; valid ones are the fields of "
+            f"DissectionConfig: {sorted(DissectionConfig.__dataclass_fields__)}"
+        )
     cfg = DissectionConfig(**{**asdict(config or DissectionConfig()), **overrides}).validate()
     if isinstance(layers, str):
         layers = [layers]
@@ -314,8 +328,8 @@ def dissect(
         if first:
             validate_images(images, segmenter.value_range, name="generator output")
         labels = segmenter(images)
-        if first:
-            validate_segmentation(labels, vocabulary, batch_size=images.shape[0])
+        # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
+        validate_segmentation(labels, vocabulary, batch_size=images.shape[0])
         return labels
 
     def batches(indices: Tensor) -> list[Tensor]:
@@ -397,7 +411,13 @@ def dissect(
             _, acts = forward(bank, idx)
             labels = cached.to(device=device, dtype=torch.int64)
             if cfg.chance_baseline:
-                rolled = labels.roll(1, 0) if labels.shape[0] > 1 else previous
+                # pair each image with the previous image's segmentation; a batch of one takes
+                # the last segmentation of the batch before it (the very first is skipped)
+                rolled = (
+                    labels.roll(1, 0)
+                    if labels.shape[0] > 1
+                    else (previous[-1:] if previous is not None else None)
+                )
                 previous = labels
             for name in layers:
                 a = acts[name].float()

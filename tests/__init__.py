@@ -1,0 +1,1 @@
+"""Test suite (a package, so shared helpers import as ``tests.helpers...``)."""

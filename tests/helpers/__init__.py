@@ -1,0 +1,1 @@
+"""Shared test utilities (hand-built generators with known unit ↔ concept semantics)."""

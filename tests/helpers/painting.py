@@ -1,0 +1,225 @@
+"""A hand-built generator whose units paint known concepts of the synthetic world.
+
+:class:`PaintingGenerator` is the ground truth for dissection tests: its layer ``"layout"`` has one
+unit per concept, and unit ``k`` *is* concept ``k`` — the image shows ``concepts[k]`` exactly where
+the upsampled map of unit ``k`` exceeds :attr:`PaintingGenerator.level` (and is the strongest
+unit). A correct dissection must therefore label unit ``k`` with ``concepts[k]`` at IoU close to 1,
+and an optional extra ``"random"`` unit — noise drawn from latent dimensions the picture never
+uses — must score no better than chance.
+
+Use it as::
+
+    from tests.helpers.painting import PaintingGenerator
+
+    world = SceneWorld(32)
+    gen = PaintingGenerator(world, ["tree", "house", "water"])
+    images = gen(torch.randn(4, gen.latent_dim))          # (4, 3, 32, 32) in [-1, 1]
+
+Hook points (all ``nn.Identity``):
+
+* ``"layout"`` — ``(B, K [+1], low, low)``, non-negative: per concept unit a smooth Gaussian bump,
+  present with probability 1/2, at a latent-determined position, width and height; the last unit
+  is the random one when ``random_unit=True``.
+* ``"canvas"`` — ``(B, K, size, size)``: the one-hot indicator of each concept in the picture
+  (a second layer at another resolution; in ``"iqr"`` mode its units are exact).
+
+Everything is a deterministic function of ``z`` (no RNG at call time); the generator has no
+trainable parameters, only fixed buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dissect.functional.upsample import upsample_bilinear
+from lightning_dissect.segmenters import SceneWorld
+
+__all__ = [
+    "PARAMS_PER_UNIT",
+    "PaintingGenerator",
+    "make_painting_generator",
+    "make_painting_segmenter",
+    "painting_latent_shape",
+]
+
+#: Latent dimensions read per concept unit: presence, x, y, width, height (amplitude).
+PARAMS_PER_UNIT = 5
+#: Latent dimensions feeding the random unit.
+NOISE_DIMS = 16
+#: Default concepts painted by the factory used by the CLI tests.
+DEFAULT_CONCEPTS = ("tree", "house", "water")
+
+
+def _phi(x: Tensor) -> Tensor:
+    """Standard normal CDF: maps N(0, 1) latents to uniform (0, 1)."""
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+class PaintingGenerator(nn.Module):
+    """Images painted by hand-built units: unit ``k`` of ``"layout"`` paints ``concepts[k]``.
+
+    Args:
+        world: The :class:`SceneWorld` whose palette is painted (its segmenter is exact on it).
+        concepts: Concept names of the world, one per unit.
+        size: Image size.
+        low: Resolution of the ``"layout"`` maps.
+        latent_dim: Latent size; at least ``5·K + 16`` (the default). Extra dimensions are unused.
+        random_unit: Add a last ``"random"`` unit whose map is noise unrelated to the image.
+        background: ``(top, bottom)`` concepts painted where no unit is active (split at half
+            height).
+        level: A unit paints where its upsampled map exceeds this.
+        presence: Probability that a unit is active in an image.
+        noise_seed: Seed of the fixed projection that makes the random unit's map.
+    """
+
+    def __init__(
+        self,
+        world: SceneWorld,
+        concepts: Sequence[str],
+        size: int = 32,
+        low: int = 8,
+        latent_dim: int | None = None,
+        *,
+        random_unit: bool = True,
+        background: tuple[str, str] = ("sky", "grass"),
+        level: float = 0.5,
+        presence: float = 0.5,
+        noise_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        concepts = list(concepts)
+        if not concepts:
+            raise ValueError("PaintingGenerator needs at least one concept")
+        vocab = world.vocabulary
+        self.concepts = concepts
+        self.background = tuple(background)
+        self.concept_indices = [vocab.index(c) for c in concepts]
+        self.background_indices = [vocab.index(c) for c in self.background]
+        self.size = int(size)
+        self.low = int(low)
+        self.level = float(level)
+        self.presence = float(presence)
+        self.random_unit = bool(random_unit)
+        self.num_concepts = len(concepts)
+        self.num_units = self.num_concepts + int(self.random_unit)
+        needed = PARAMS_PER_UNIT * self.num_concepts + NOISE_DIMS
+        self.latent_dim = needed if latent_dim is None else int(latent_dim)
+        if self.latent_dim < needed:
+            raise ValueError(f"latent_dim must be at least {needed}, got {latent_dim}")
+        # colours: concept units first, then the two background concepts
+        self.register_buffer("colours", world.palette[self.concept_indices + self.background_indices])
+        g = torch.Generator().manual_seed(noise_seed)
+        self.register_buffer("noise_projection", torch.randn(NOISE_DIMS, low * low, generator=g))
+        coords = (torch.arange(low, dtype=torch.float32) + 0.5) / low
+        self.register_buffer("coords", coords)
+        self.layout = nn.Identity()
+        self.canvas = nn.Identity()
+
+    # ---------------------------------------------------------------- pieces
+    def unit_maps(self, z: Tensor) -> Tensor:
+        """The ``"layout"`` maps ``(B, K [+1], low, low)`` for latents ``z`` ``(B, latent_dim)``."""
+        z = z.reshape(z.shape[0], -1).float()
+        if z.shape[1] < self.latent_dim:
+            raise ValueError(f"latents must have {self.latent_dim} dimensions, got {z.shape[1]}")
+        k = self.num_concepts
+        p = z[:, : PARAMS_PER_UNIT * k].view(-1, k, PARAMS_PER_UNIT)
+        present = (_phi(p[..., 0]) < self.presence).float()
+        cx = 0.1 + 0.8 * _phi(p[..., 1])
+        cy = 0.1 + 0.8 * _phi(p[..., 2])
+        width = (0.7 + 0.3 * _phi(p[..., 3])) / self.low  # in image fractions
+        amplitude = 1.0 + 0.2 * _phi(p[..., 4])
+        dx = (self.coords.view(1, 1, 1, -1) - cx[..., None, None]) / width[..., None, None]
+        dy = (self.coords.view(1, 1, -1, 1) - cy[..., None, None]) / width[..., None, None]
+        bumps = (present * amplitude)[..., None, None] * torch.exp(-0.5 * (dx * dx + dy * dy))
+        if not self.random_unit:
+            return bumps
+        start = PARAMS_PER_UNIT * k
+        noise = z[:, start : start + NOISE_DIMS] @ self.noise_projection / math.sqrt(NOISE_DIMS)
+        noise = torch.nn.functional.softplus(noise).view(-1, 1, self.low, self.low)
+        return torch.cat([bumps, noise], 1)
+
+    def paint(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(images, canvas)``: the picture of the concept units of ``maps`` and its one-hot."""
+        k = self.num_concepts
+        up = upsample_bilinear(maps[:, :k], (self.size, self.size))  # (B, K, S, S)
+        strongest, which = up.max(1)
+        active = strongest > self.level
+        rows = torch.arange(self.size, device=maps.device).view(1, -1, 1)
+        bg = torch.where(rows < self.size // 2, k, k + 1).expand_as(which)
+        index = torch.where(active, which, bg)  # (B, S, S) into self.colours
+        images = self.colours[index].permute(0, 3, 1, 2).contiguous()
+        canvas = torch.nn.functional.one_hot(index, k + 2)[..., :k].permute(0, 3, 1, 2).float()
+        return images, canvas
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Images ``(B, 3, size, size)`` in [-1, 1] for latents ``z`` ``(B, latent_dim)``."""
+        maps = self.layout(self.unit_maps(z))
+        images, canvas = self.paint(maps)
+        self.canvas(canvas)
+        return images
+
+    def concept_of_unit(self, unit: int) -> str:
+        """The concept painted by ``"layout"`` unit ``unit`` (``"random"`` for the noise unit)."""
+        return self.concepts[unit] if unit < self.num_concepts else "random"
+
+    def extra_repr(self) -> str:
+        return (
+            f"concepts={self.concepts}, size={self.size}, low={self.low}, "
+            f"latent_dim={self.latent_dim}, random_unit={self.random_unit}"
+        )
+
+
+def painting_latent_shape(generator: PaintingGenerator) -> tuple[int]:
+    """The latent shape to pass to ``dissect`` for ``generator``."""
+    return (generator.latent_dim,)
+
+
+def make_painting_generator(
+    concepts: Sequence[str] = DEFAULT_CONCEPTS, size: int = 32, **kwargs: Any
+) -> PaintingGenerator:
+    """A factory for the command line: ``--generator tests.helpers.painting:make_painting_generator``."""
+    return PaintingGenerator(SceneWorld(max(16, size)), concepts, size=size, **kwargs)
+
+
+def make_painting_segmenter(size: int = 32) -> Any:
+    """A segmenter factory for the command line (the synthetic world's exact segmenter)."""
+    from lightning_dissect.segmenters import SyntheticSceneSegmenter
+
+    return SyntheticSceneSegmenter(SceneWorld(max(16, size)))
+
+
+def _make_lightning_class() -> type:
+    import lightning as L
+
+    class PaintingGAN(L.LightningModule):
+        """A LightningModule holding a :class:`PaintingGenerator` as ``self.generator``."""
+
+        def __init__(self, latent_dim: int = 31, concepts: Sequence[str] = DEFAULT_CONCEPTS):
+            super().__init__()
+            self.save_hyperparameters()
+            self.generator = make_painting_generator(list(concepts), latent_dim=latent_dim)
+            self.scale = nn.Parameter(torch.ones(()))  # something for the checkpoint to hold
+
+        def forward(self, z: Tensor) -> Tensor:
+            return self.generator(z)
+
+    PaintingGAN.__module__ = __name__
+    PaintingGAN.__qualname__ = "PaintingGAN"
+    return PaintingGAN
+
+
+_LAZY: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # ``PaintingGAN`` (a LightningModule) is built on first access: importing lightning is slow.
+    if name == "PaintingGAN":
+        if name not in _LAZY:
+            _LAZY[name] = _make_lightning_class()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,261 @@
+"""End-to-end tests of the dissection engine against a generator with known unit semantics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_dissect.dissection import DissectionConfig, dissect
+from lightning_dissect.functional.upsample import upsample_bilinear
+from lightning_dissect.latents import LatentBank
+from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+from tests.helpers.painting import PaintingGenerator
+
+CONCEPTS = ["tree", "house", "water", "sun"]
+N = 300
+
+
+@pytest.fixture(scope="module")
+def world() -> SceneWorld:
+    return SceneWorld(32)
+
+
+@pytest.fixture(scope="module")
+def painter(world: SceneWorld) -> PaintingGenerator:
+    return PaintingGenerator(world, CONCEPTS)
+
+
+@pytest.fixture(scope="module")
+def segmenter(world: SceneWorld) -> SyntheticSceneSegmenter:
+    return SyntheticSceneSegmenter(world)
+
+
+class CountingSegmenter:
+    """Wraps a segmenter and records how many times each image was segmented."""
+
+    def __init__(self, inner: SyntheticSceneSegmenter, corrupt_batch: int | None = None) -> None:
+        self.inner = inner
+        self.vocabulary = inner.vocabulary
+        self.value_range = inner.value_range
+        self.multilabel = inner.multilabel
+        self.calls = 0
+        self.samples = 0
+        self.corrupt_batch = corrupt_batch
+
+    def __call__(self, images: Tensor) -> Tensor:
+        labels = self.inner(images)
+        if self.calls == self.corrupt_batch:
+            labels = labels.clone()
+            labels[0, 0, 0] = self.vocabulary.num_concepts + 3
+        self.calls += 1
+        self.samples += images.shape[0]
+        return labels
+
+
+def run(painter, segmenter, layers=("layout",), **kwargs):
+    kwargs = {"num_samples": N, "batch_size": 64, "progress": False, **kwargs}
+    return dissect(painter, list(layers), segmenter, latent_shape=(painter.latent_dim,), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def iqr_result(painter, segmenter):
+    return run(painter, segmenter, layers=("layout", "canvas"), threshold_mode="iqr")
+
+
+# ---------------------------------------------------------------------------- correctness
+def test_iqr_mode_recovers_painted_concepts(iqr_result, painter):
+    layer = iqr_result["layout"]
+    assert layer.num_units == len(CONCEPTS) + 1
+    for k, concept in enumerate(CONCEPTS):
+        unit = layer.units[k]
+        assert unit.label == concept, (k, unit)
+        assert unit.iou > 0.8, unit
+        assert unit.interpretable
+        assert unit.chance_iou is not None and unit.chance_iou < 0.1
+        # the chosen level is near the painting level
+        assert abs(unit.level - painter.level) < 0.1
+    noise = layer.units[-1]
+    assert not noise.interpretable, noise
+    assert noise.iou_iqr < 0.01
+    assert abs(noise.iou - noise.chance_iou) < 0.03, noise
+
+
+def test_several_layers_in_one_pass(iqr_result):
+    assert list(iqr_result.layers) == ["layout", "canvas"]
+    canvas = iqr_result["canvas"]
+    assert canvas.num_units == len(CONCEPTS)
+    for k, concept in enumerate(CONCEPTS):
+        assert canvas.units[k].label == concept
+        assert canvas.units[k].iou > 0.999
+    assert iqr_result.settings["layers"] == ["layout", "canvas"]
+    assert iqr_result.settings["segmentation_size"] == [32, 32]
+    assert iqr_result["layout"].iou.shape == (5, iqr_result.vocabulary.num_concepts)
+
+
+def test_quantile_mode_with_matching_level(painter, segmenter):
+    # the level at which each unit's mask has the painted area: 1 - fraction of painted pixels
+    bank = LatentBank(N, (painter.latent_dim,), seed=1)
+    maps = upsample_bilinear(painter.unit_maps(bank.latents), (32, 32))
+    fraction = float((maps[:, : len(CONCEPTS)] > painter.level).float().mean())
+    result = run(painter, segmenter, threshold_mode="quantile", quantile=1.0 - fraction)
+    layer = result["layout"]
+    for k, concept in enumerate(CONCEPTS):
+        assert layer.units[k].label == concept
+        assert layer.units[k].iou > 0.8, layer.units[k]
+        assert layer.units[k].interpretable
+    noise = layer.units[-1]
+    assert noise.iou < 0.1
+    assert abs(noise.iou - noise.chance_iou) < 0.02, noise
+
+
+def test_held_out_level_selection(painter, segmenter):
+    counting = CountingSegmenter(segmenter)
+    result = run(
+        painter, counting, threshold_mode="iqr", level_selection_samples=100, num_samples=200
+    )
+    assert counting.samples == 200 + 100
+    assert result.settings["level_selection_samples"] == 100
+    for k, concept in enumerate(CONCEPTS):
+        assert result["layout"].units[k].label == concept
+        assert result["layout"].units[k].iou > 0.8
+
+
+# ---------------------------------------------------------------------------- contract
+@pytest.mark.parametrize("mode", ["quantile", "iqr"])
+def test_call_counts_modes_and_rng(painter, segmenter, mode):
+    calls: list[tuple[int, bool]] = []
+
+    def record(module: nn.Module, args: tuple) -> None:
+        calls.append((args[0].shape[0], module.training))
+
+    painter.train()
+    counting = CountingSegmenter(segmenter)
+    handle = painter.register_forward_pre_hook(record)
+    rng = torch.get_rng_state()
+    try:
+        run(painter, counting, threshold_mode=mode, num_samples=150, batch_size=64)
+    finally:
+        handle.remove()
+        training = [m.training for m in painter.modules()]
+        painter.eval()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(training), "generator train mode not restored"
+    batches = [64, 64, 22]
+    assert [c[0] for c in calls] == batches * 2  # once per batch per pass
+    assert not any(c[1] for c in calls), "generator not in eval mode during dissection"
+    assert counting.samples == 150 and counting.calls == 3  # the segmenter once per sample
+
+
+def test_topk_images_are_the_largest_spatial_max(painter, segmenter, iqr_result):
+    top_k = iqr_result.settings["top_k"]
+    bank = LatentBank(N, (painter.latent_dim,), seed=1)
+    maps = painter.unit_maps(bank.latents)
+    _, canvas = painter.paint(maps)
+    for name, acts in (("layout", maps), ("canvas", canvas)):
+        maxact = acts.amax((2, 3))  # (N, U)
+        for unit in iqr_result[name].units:
+            values = maxact[:, unit.unit].tolist()
+            # brute force: largest first, ties to the smaller latent index
+            expected = sorted(range(N), key=lambda i: (-values[i], i))[:top_k]
+            got = [int(img["index"]) for img in unit.top_images]
+            assert got == expected, (name, unit.unit)
+            for img in unit.top_images:
+                assert math.isclose(img["maxact"], values[int(img["index"])], abs_tol=1e-6)
+
+
+def test_chance_baseline_with_a_last_batch_of_one(painter, segmenter):
+    result = run(painter, segmenter, num_samples=65, batch_size=64, quantile=0.97)
+    assert result["layout"].units[0].chance_iou is not None
+    result = run(painter, segmenter, num_samples=5, batch_size=1, quantile=0.97)
+    assert result["layout"].chance_iou is not None
+
+
+def test_visualized_units(painter, segmenter):
+    result = run(painter, segmenter, num_samples=64, num_visualized_units=2, top_k=3)
+    images = result.unit_images["layout"]
+    assert len(images) == 2
+    for strip in images.values():
+        assert strip.shape == (3, 3, 32, 32) and strip.dtype == torch.uint8
+
+
+def test_config_object_and_overrides(painter, segmenter):
+    cfg = DissectionConfig(num_samples=64, batch_size=32, progress=False, quantile=0.97)
+    result = dissect(painter, "layout", segmenter, latent_shape=(painter.latent_dim,), config=cfg,
+                     top_k=2)
+    assert result.settings["top_k"] == 2 and result.settings["num_samples"] == 64
+    assert all(len(u.top_images) == 2 for u in result["layout"].units)
+
+
+# ---------------------------------------------------------------------------- errors
+def test_unknown_layer_lists_close_names(painter, segmenter):
+    with pytest.raises(ValueError, match=r"unknown layer 'layot'.*'layout'"):
+        run(painter, segmenter, layers=["layot"])
+
+
+def test_empty_layers(painter, segmenter):
+    with pytest.raises(ValueError, match="at least one layer"):
+        run(painter, segmenter, layers=[])
+
+
+class FlatGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 12)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.fc(z)
+
+
+def test_generator_returning_a_non_image(segmenter):
+    with pytest.raises(ValueError, match=r"must return images \(B, 3, H, W\); got \(8, 12\)"):
+        dissect(FlatGenerator(), ["fc"], segmenter, latent_shape=(4,), num_samples=8,
+                progress=False)
+
+
+def test_layer_that_is_not_a_feature_map(segmenter):
+    gen = nn.Sequential(nn.Linear(4, 48), nn.Unflatten(1, (3, 4, 4)), nn.Tanh())
+    with pytest.raises(ValueError, match=r"layer '0' output has shape \(8, 48\)"):
+        dissect(gen, ["0"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
+
+
+@pytest.mark.parametrize("corrupt_batch", [0, 1])
+def test_segmenter_labels_outside_vocabulary(painter, segmenter, corrupt_batch):
+    bad = CountingSegmenter(segmenter, corrupt_batch=corrupt_batch)
+    with pytest.raises(ValueError, match="outside its vocabulary"):
+        run(painter, bad, num_samples=128)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("num_samples", 0, "num_samples"),
+        ("batch_size", -1, "batch_size"),
+        ("batch_size", 2.5, "batch_size"),
+        ("num_samples", True, "num_samples"),
+        ("top_k", 0, "top_k"),
+        ("num_levels", 0, "num_levels"),
+        ("threshold_mode", "median", "threshold_mode"),
+        ("quantile", 1.0, "quantile"),
+        ("quantile", float("nan"), "quantile"),
+        ("iou_threshold", 1.5, "iou_threshold"),
+        ("num_visualized_units", -1, "num_visualized_units"),
+        ("level_selection_samples", 0, "level_selection_samples"),
+        ("relative_accuracy", 0.0, "relative_accuracy"),
+    ],
+)
+def test_bad_config_values(painter, segmenter, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        run(painter, segmenter, **{field: value})
+
+
+def test_unknown_setting_is_named(painter, segmenter):
+    with pytest.raises(TypeError, match="num_sample"):
+        run(painter, segmenter, num_sample=10)
+
+
+def test_latent_shape_or_sampler_required(painter, segmenter):
+    with pytest.raises(ValueError, match="latent_shape"):
+        dissect(painter, ["layout"], segmenter, num_samples=8, progress=False)
