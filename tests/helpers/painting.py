@@ -112,7 +112,8 @@ class PaintingGenerator(nn.Module):
         if self.latent_dim < needed:
             raise ValueError(f"latent_dim must be at least {needed}, got {latent_dim}")
         # colours: concept units first, then the two background concepts
-        self.register_buffer("colours", world.palette[self.concept_indices + self.background_indices])
+        colours = world.palette[self.concept_indices + self.background_indices]
+        self.register_buffer("colours", colours)
         g = torch.Generator().manual_seed(noise_seed)
         self.register_buffer("noise_projection", torch.randn(NOISE_DIMS, low * low, generator=g))
         coords = (torch.arange(low, dtype=torch.float32) + 0.5) / low
@@ -182,7 +183,10 @@ def painting_latent_shape(generator: PaintingGenerator) -> tuple[int]:
 def make_painting_generator(
     concepts: Sequence[str] = DEFAULT_CONCEPTS, size: int = 32, **kwargs: Any
 ) -> PaintingGenerator:
-    """A factory for the command line: ``--generator tests.helpers.painting:make_painting_generator``."""
+    """A generator factory for the command line.
+
+    ``--generator tests.helpers.painting:make_painting_generator``.
+    """
     return PaintingGenerator(SceneWorld(max(16, size)), concepts, size=size, **kwargs)
 
 
