@@ -1,0 +1,354 @@
+"""A self-contained static HTML report of a :class:`~lightning_dissect.result.DissectionResult`.
+
+:func:`write_report` writes into one directory::
+
+    index.html          # the page: inline CSS, inline SVG charts, a little inline JS; no network
+    dissect.json        # the result (see docs/schema.md)
+    images/<layer>/unit-<u>.png   # per-unit strips: top images, outside the unit's mask dimmed
+
+Per layer the page shows the interpretable units per concept (bars grouped by category, as in
+GAN Dissection), an IoU heatmap of the top units against the concepts that label any unit, image
+strips of the top units and a sortable table of every unit; then the settings and metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from collections.abc import Mapping
+from html import escape
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dissect.report._svg import concept_bar_chart, iou_heatmap
+from lightning_dissect.visualize import encode_png, image_strip
+
+if TYPE_CHECKING:
+    from lightning_dissect.hooks import OutputSelector
+    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.result import DissectionResult, LayerDissection
+
+__all__ = ["write_report", "layer_slug"]
+
+
+def layer_slug(name: str, index: int) -> str:
+    """Return a file-system-safe, unique folder name for a layer.
+
+    Example:
+        >>> layer_slug("generator.block2/conv", 0)
+        '00-generator.block2_conv'
+
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "layer"
+    return f"{index:02d}-{safe[:60]}"
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _level(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def write_report(
+    result: DissectionResult,
+    directory: str | Path,
+    *,
+    generator: nn.Module | None = None,
+    latent_bank: LatentBank | None = None,
+    segmenter_value_range: tuple[float, float] = (-1.0, 1.0),
+    num_units: int = 12,
+    generate: Any = None,
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    device: torch.device | str | None = None,
+    heatmap_units: int = 40,
+    title: str | None = None,
+    write_json: bool = True,
+) -> Path:
+    """Write the static HTML report of ``result`` into ``directory``; return ``index.html``'s path.
+
+    Unit image strips come from ``result.unit_images`` when present (``dissect(...,
+    num_visualized_units=n)``); otherwise, when ``generator`` and ``latent_bank`` (the bank the
+    result was computed on) are given, the top ``num_units`` units of every layer are rendered
+    with :func:`~lightning_dissect.visualize.render_unit_images`; otherwise the page says how to
+    get them.
+
+    Args:
+        result: The dissection result.
+        directory: Output folder (created; existing report files are overwritten).
+        generator: Optional generator to render missing unit images.
+        latent_bank: The latent bank of the dissection (needed with ``generator``).
+        segmenter_value_range: Value range of the generator's images (for rendering).
+        num_units: Units per layer to render when rendering.
+        generate: Custom ``(generator, latents) -> images`` (as for ``dissect``).
+        selector: Layer output selector (as for ``dissect``).
+        device: Device to render on.
+        heatmap_units: Rows (top units) of the IoU heatmap.
+        title: Page title (default: "Dissection report").
+        write_json: Also write ``dissect.json``.
+
+    Returns:
+        Path of ``index.html``.
+
+    Example:
+        >>> import tempfile
+        >>> from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
+        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
+        >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
+        >>> result = DissectionResult({"conv": LayerDissection("conv", [unit],
+        ...                                                    torch.tensor([[0.0, 0.5]]))}, vocab)
+        >>> path = write_report(result, tempfile.mkdtemp())
+        >>> path.name, (path.parent / "dissect.json").exists()
+        ('index.html', True)
+
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    if write_json:
+        result.to_json(out / "dissect.json", indent=1)
+    unit_images: dict[str, dict[int, Tensor]] = {
+        name: dict(images) for name, images in (result.unit_images or {}).items() if images
+    }
+    rendered = False
+    if not unit_images and generator is not None and latent_bank is not None and num_units > 0:
+        from lightning_dissect.visualize import render_unit_images
+
+        unit_images = render_unit_images(
+            generator,
+            result,
+            latent_bank,
+            segmenter_value_range,
+            num_units=num_units,
+            generate=generate,
+            selector=selector,
+            device=device,
+        )
+        rendered = True
+
+    sections = []
+    nav = []
+    for index, (name, layer) in enumerate(result.layers.items()):
+        slug = layer_slug(name, index)
+        strips = _write_strips(out, slug, unit_images.get(name, {}))
+        sections.append(_layer_section(result, name, layer, slug, strips, heatmap_units,
+                                       rendered, generator is not None))
+        nav.append(f'<a href="#{slug}">{escape(name)}</a>')
+    nav.append('<a href="#settings">settings</a>')
+
+    settings = result.settings
+    page_title = title or "Dissection report"
+    subtitle = " · ".join(
+        part
+        for part in (
+            f"{len(result.layers)} layer{'s' if len(result.layers) != 1 else ''}",
+            f"{settings['num_samples']} samples" if "num_samples" in settings else "",
+            f"{settings['threshold_mode']} thresholds" if "threshold_mode" in settings else "",
+            f"{result.vocabulary.num_concepts} concepts",
+            _dt.datetime.now().strftime("written %Y-%m-%d %H:%M"),
+        )
+        if part
+    )
+    from lightning_dissect import __version__
+
+    html = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(page_title)}</title>
+<style>
+{_asset("report.css")}
+</style>
+</head>
+<body>
+<header class="top">
+  <h1>{escape(page_title)}</h1>
+  <div class="sub">{escape(subtitle)}</div>
+  <nav>{"".join(nav)}</nav>
+</header>
+<main>
+{"".join(sections)}
+{_settings_section(result)}
+<footer>lightning-dissect {escape(__version__)} · result schema version {result.schema_version}
+ · data: <a href="dissect.json">dissect.json</a>
+ · <span id="image-status" data-loaded="" data-total="" data-checked="false"></span></footer>
+</main>
+<script>
+{_asset("report.js")}
+</script>
+</body>
+</html>
+"""
+    path = out / "index.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _write_strips(out: Path, slug: str, images: Mapping[int, Tensor]) -> dict[int, str]:
+    """Save each unit's ``(k, 3, H, W)`` images as one PNG strip; return unit → relative path."""
+    paths: dict[int, str] = {}
+    if not images:
+        return paths
+    folder = out / "images" / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    for unit, tiles in images.items():
+        if tiles.ndim == 3:
+            tiles = tiles.unsqueeze(0)
+        if tiles.shape[0] == 0:
+            continue
+        strip = image_strip(list(tiles.to(torch.uint8).cpu()), gap=2)
+        name = f"unit-{int(unit):04d}.png"
+        (folder / name).write_bytes(encode_png(strip))
+        paths[int(unit)] = f"images/{slug}/{name}"
+    return paths
+
+
+def _layer_section(
+    result: DissectionResult,
+    name: str,
+    layer: LayerDissection,
+    slug: str,
+    strips: dict[int, str],
+    heatmap_units: int,
+    rendered: bool,
+    had_generator: bool,
+) -> str:
+    vocab = result.vocabulary
+    categories = list(vocab.category_names)
+    counts = layer.category_counts()
+    stats = [
+        (f"{layer.num_interpretable} / {layer.num_units}", "interpretable units"),
+        (str(layer.num_concepts_covered), "concepts covered"),
+        (f"{layer.mean_best_iou:.3f}", "mean best IoU"),
+    ]
+    if counts:
+        stats.append((" · ".join(f"{v} {k}" for k, v in counts.items()), "by category"))
+    stat_html = "".join(f'<div class="stat"><b>{escape(v)}</b><span>{escape(k)}</span></div>'
+                        for v, k in stats)
+
+    bars = concept_bar_chart(layer, categories)
+    bars_html = (f'<div class="chart">{bars}</div>' if bars else
+                 '<p class="note">No interpretable units in this layer (no unit\'s best IoU '
+                 f'exceeds the cut-off {result.settings.get("iou_threshold", "")}).</p>')
+    heat = iou_heatmap(layer, vocab.names, max_units=heatmap_units)
+    shown = min(heatmap_units, layer.num_units)
+
+    # unit strips
+    if strips:
+        by_unit = {u.unit: u for u in layer.units}
+        ordered = sorted(
+            (by_unit[u] for u in strips if u in by_unit), key=lambda u: (-u.iou, u.unit)
+        )
+        cards = []
+        for u in ordered:
+            badge = ('<span class="badge">interpretable</span>' if u.interpretable
+                     else '<span class="badge no">not interpretable</span>')
+            maxacts = ", ".join(f"{img['maxact']:.3g}" for img in u.top_images[:8])
+            cards.append(
+                f'<div class="unit-card{"" if u.interpretable else " dim"}" '
+                f'id="{slug}-unit-{u.unit}">'
+                f'<div class="head"><span class="name">unit {u.unit}</span>'
+                f'<span class="label">{escape(u.label)}</span>'
+                f'<span class="meta">{escape(u.category)} · IoU {u.iou:.3f} · '
+                f'IQR {u.iou_iqr:.3f} · threshold {_level(u.level)} · '
+                f'chance IoU {_fmt(u.chance_iou)}</span>{badge}</div>'
+                f'<div class="strip"><img src="{escape(strips[u.unit])}" loading="eager" '
+                f'alt="top images of unit {u.unit} ({escape(u.label)})" '
+                f'title="top images by max activation: {escape(maxacts)}"></div></div>'
+            )
+        how = "rendered for this report" if rendered else "recorded during dissection"
+        strips_html = (
+            '<p class="note">Each strip: the unit\'s top images by spatial max activation '
+            f"({how}); outside the unit's thresholded mask dimmed, the mask bordered in "
+            f'yellow.</p><div class="units">{"".join(cards)}</div>'
+        )
+    else:
+        hint = ("the generator produced no images for these units" if had_generator else
+                "run <code>dissect(..., num_visualized_units=n)</code>, or pass "
+                "<code>generator=</code> and <code>latent_bank=</code> to "
+                "<code>write_report</code>")
+        strips_html = f'<p class="note">No unit images in this report: {hint}.</p>'
+
+    rows = []
+    table_id = f"{slug}-table"
+    for u in layer.units:
+        link = (f'<a href="#{slug}-unit-{u.unit}">{u.unit}</a>' if u.unit in strips
+                else str(u.unit))
+        rows.append(
+            f'<tr class="{"" if u.interpretable else "dim"}">'
+            f'<td class="num" data-value="{u.unit}">{link}</td>'
+            f"<td>{escape(u.label)}</td><td>{escape(u.category)}</td>"
+            f'<td class="num" data-value="{u.iou:.6f}">{u.iou:.3f}</td>'
+            f'<td class="num" data-value="{u.iou_iqr:.6f}">{u.iou_iqr:.3f}</td>'
+            f'<td class="num" data-value="{u.level:.6g}">{_level(u.level)}</td>'
+            f'<td class="num" data-value="{-1 if u.chance_iou is None else u.chance_iou:.6f}">'
+            f"{_fmt(u.chance_iou)}</td>"
+            f'<td data-value="{int(u.interpretable)}">{"yes" if u.interpretable else "no"}</td>'
+            "</tr>"
+        )
+    table = (
+        f'<div class="controls"><label><input type="checkbox" class="only-interpretable" '
+        f'data-table="{table_id}"> interpretable units only</label> · click a column to sort'
+        f'</div><div class="table-wrap"><table class="data sortable" id="{table_id}"><thead><tr>'
+        '<th class="num">unit</th><th>concept</th><th>category</th><th class="num">IoU</th>'
+        '<th class="num">IQR</th><th class="num">threshold</th><th class="num">chance IoU</th>'
+        f'<th>interpretable</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    )
+    return f"""
+<section class="layer" id="{slug}">
+  <h2>Layer <code>{escape(name)}</code></h2>
+  <div class="stats">{stat_html}</div>
+  <h3>Interpretable units per concept</h3>
+  {bars_html}
+  <h3>IoU of the top {shown} units</h3>
+  <p class="note">Rows: units by best IoU; columns: the concepts that label any unit. The outlined
+  cell is each unit's label; hover a cell for its value.</p>
+  <div class="chart">{heat}</div>
+  <h3>Unit images</h3>
+  {strips_html}
+  <h3>All units</h3>
+  {table}
+</section>"""
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _settings_section(result: DissectionResult) -> str:
+    def table(items: Mapping[str, Any]) -> str:
+        rows = "".join(
+            f"<tr><td><code>{escape(str(k))}</code></td><td>{escape(_value(v))}</td></tr>"
+            for k, v in items.items()
+        )
+        return f'<table class="data kv"><tbody>{rows}</tbody></table>'
+
+    vocab = result.vocabulary
+    per_category: dict[str, int] = {}
+    for c in vocab.categories:
+        per_category[c] = per_category.get(c, 0) + 1
+    vocab_line = ", ".join(f"{v} {k}" for k, v in per_category.items())
+    meta = (f"<h3>Metadata</h3>{table(result.metadata)}" if result.metadata else "")
+    return f"""
+<section class="settings" id="settings">
+  <h2>Settings</h2>
+  {table(result.settings) if result.settings else '<p class="note">No settings recorded.</p>'}
+  {meta}
+  <h3>Vocabulary</h3>
+  <p class="note">{vocab.num_concepts} concepts ({escape(vocab_line)}).</p>
+</section>"""
