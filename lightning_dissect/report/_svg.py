@@ -126,12 +126,12 @@ def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int =
     values = iou[:, cols]
     vmax = max(float(values.max()), 1e-6)
     cell, left = 16, 150
-    top = 10 + 6.4 * max(len(names[c]) for c in cols) * 0.82
+    top = 14 + 6.6 * max(len(names[c]) for c in cols)
     parts: list[str] = []
     for j, c in enumerate(cols):
         cx, cy = left + j * cell + cell / 2 + 4, top - 6
         parts.append(_text(cx, cy, names[c], font_size="11.5", fill="#1d2330",
-                           transform=f"rotate(-60 {cx:.1f} {cy:.1f})"))
+                           transform=f"rotate(-90 {cx:.1f} {cy:.1f})"))
     for i, u in enumerate(units):
         y = top + i * cell
         colour = "#1d2330" if u.interpretable else "#9aa1ad"
