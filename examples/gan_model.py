@@ -132,7 +132,7 @@ class Discriminator(nn.Module):
 def _num_blocks(image_size: int) -> int:
     if image_size < 8 or image_size & (image_size - 1):
         raise ValueError(f"`image_size` must be a power of two >= 8, got {image_size}")
-    return image_size.bit_length() - 3  # 4 * 2**(n-1) == image_size
+    return image_size.bit_length() - 2  # 4 * 2**(n-1) == image_size
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -219,6 +219,11 @@ class DCGAN(L.LightningModule):
         n = real.shape[0]
         z = torch.randn(n, self.hparams.latent_dim, device=real.device, dtype=real.dtype)
         fake = self.generator(z)
+        if fake.shape != real.shape:
+            raise ValueError(
+                f"generated images {tuple(fake.shape)} do not match the data {tuple(real.shape)}: "
+                "check `image_size`"
+            )
 
         # Discriminator step: real -> 1, fake -> 0.
         self.toggle_optimizer(opt_d)
