@@ -1,0 +1,221 @@
+"""The ``lightning-dissect`` command line: the success path and one clear line per user error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_dissect.cli import build_parser, find_generator, infer_latent_dim, main
+from lightning_dissect.result import DissectionResult
+from tests.helpers.painting import make_painting_generator
+
+FACTORY = "tests.helpers.painting:make_painting_generator"
+FAST = ["--num-samples", "48", "--batch-size", "24", "--quiet"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_dissect_writes_json_report_and_summary(capsys, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = run(
+        capsys, "dissect", "--generator", FACTORY, "--layers", "layout,canvas",
+        "--threshold-mode", "iqr", "--num-levels", "24", "--visualize-units", "2",
+        "--top-k", "3", "--output", str(out_dir), "--title", "CLI test", *FAST,
+    )
+    assert code == 0, err
+    assert "layout:" in out and "canvas:" in out and "interpretable units" in out
+    result = DissectionResult.from_json(out_dir / "dissect.json")
+    assert list(result.layers) == ["layout", "canvas"]
+    assert result.settings["threshold_mode"] == "iqr" and result.settings["num_samples"] == 48
+    assert result.metadata["generator"] == FACTORY
+    assert result.metadata["latent_shape"] == [make_painting_generator().latent_dim]
+    assert [u.label for u in result["layout"].units[:3]] == ["tree", "house", "water"]
+    html = (out_dir / "index.html").read_text()
+    assert "CLI test" in html
+    assert len(list((out_dir / "images").rglob("*.png"))) == 4
+
+
+def test_layers_space_separated_latent_shape_and_no_output(capsys):
+    code, out, err = run(
+        capsys, "dissect", "--generator", FACTORY, "--layers", "layout", "canvas",
+        "--latent-shape", "31", "--quantile", "0.97", "--summary-units", "2", *FAST,
+    )
+    assert code == 0, err
+    assert "layout:" in out and "canvas:" in out
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dissect", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["dissect"]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.option_strings
+            assert action.option_strings[0] in text
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "dissect" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--generator", "no_such_module_xyz:make", "--layers", "a"],
+         ["cannot import module 'no_such_module_xyz'"]),
+        (["--generator", "tests.helpers.painting:nope", "--layers", "a"],
+         ["has no attribute 'nope'"]),
+        (["--generator", "tests.helpers.painting", "--layers", "a"], ["module:attribute"]),
+        (["--generator", "missing_file.py:make", "--layers", "a"], ["file not found"]),
+        (["--generator", "tests.helpers.painting:DEFAULT_CONCEPTS", "--layers", "a"],
+         ["is a tuple, not a factory, a module or a class"]),
+        (["--generator", "tests.test_cli:not_a_module", "--layers", "a"],
+         ["gave a dict, not a torch.nn.Module"]),
+        (["--generator", "tests.test_cli:broken_factory", "--layers", "a"],
+         ["calling tests.test_cli:broken_factory() failed: RuntimeError: no weights"]),
+        (["--generator", FACTORY, "--layers", "layot"],
+         ["unknown layer 'layot'", "'layout'", "--layers"]),
+        (["--generator", FACTORY, "--layers", "layout", "--checkpoint", "nowhere.ckpt"],
+         ["--checkpoint: file not found: nowhere.ckpt"]),
+        (["--generator", FACTORY, "--layers", "layout", "--latent-dim", "3"],
+         ["calling the generator with latents of shape (2, 3) failed", "--latent-dim"]),
+        (["--generator", "torch.nn:Identity", "--layers", "x"], ["unknown layer 'x'"]),
+        (["--generator", FACTORY, "--layers", "layout", "--quantile", "2"], ["quantile"]),
+        (["--generator", FACTORY, "--layers", "layout", "--segmenter", "json:dumps"],
+         ["calling json:dumps() failed"]),
+        (["--generator", FACTORY, "--layers", "layout", "--segmenter", "json:JSONDecoder"],
+         ["is not a segmenter"]),
+    ],
+)
+def test_errors_are_one_line(capsys, argv, fragments):
+    code, _, err = run(capsys, "dissect", *argv, *FAST)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_generator_without_latent_size(capsys):
+    code, _, err = run(capsys, "dissect", "--generator", "torch.nn:Sequential",
+                       "--layers", "x", *FAST)
+    assert_one_line_error(code, err, "unknown layer")
+    code, _, err = run(
+        capsys, "dissect", "--generator", "tests.test_cli:tiny_generator", "--layers", "0", *FAST
+    )
+    assert_one_line_error(code, err, "cannot tell the latent size", "--latent-dim")
+
+
+def not_a_module() -> dict:
+    return {}
+
+
+def broken_factory() -> torch.nn.Module:
+    raise RuntimeError("no weights")
+
+
+def tiny_generator() -> torch.nn.Module:
+    """A generator without any latent-size attribute."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 3 * 8 * 8), torch.nn.Unflatten(1, (3, 8, 8)), torch.nn.Tanh()
+    )
+
+
+def test_plain_module_checkpoint_state_dict(capsys, tmp_path):
+    gen = tiny_generator()
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": gen.state_dict()}, path)
+    code, out, err = run(
+        capsys, "dissect", "--generator", "tests.test_cli:tiny_generator", "--checkpoint",
+        str(path), "--layers", "1", "--latent-dim", "4", *FAST,
+    )
+    assert code == 0, err
+    torch.save({"weights": 1}, path)
+    code, _, err = run(
+        capsys, "dissect", "--generator", "tests.test_cli:tiny_generator", "--checkpoint",
+        str(path), "--layers", "1", "--latent-dim", "4", *FAST,
+    )
+    assert_one_line_error(code, err, "loading the state dict")
+
+
+def test_python_dash_m_reports_errors_without_traceback(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_dissect", "dissect", "--generator", "nope_xyz:g",
+         "--layers", "a"],
+        capture_output=True, text=True, cwd=root, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: --generator: cannot import module 'nope_xyz'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_find_generator_and_latent_dim():
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.netG = torch.nn.Linear(2, 2)
+            self.hparams = {"nz": 7}
+
+    holder = Holder()
+    assert find_generator(holder) is holder.netG
+    assert infer_latent_dim(holder, holder.netG) == 7
+    plain = torch.nn.Linear(2, 2)
+    assert find_generator(plain) is plain and infer_latent_dim(plain) is None
+
+
+@pytest.mark.slow
+def test_lightning_module_class_with_checkpoint(capsys, tmp_path):
+    lightning = pytest.importorskip("lightning")
+    from tests.helpers.painting import PaintingGAN
+
+    model = PaintingGAN(latent_dim=40)
+    with torch.no_grad():
+        model.scale.fill_(3.0)
+    path = tmp_path / "gan.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    out_dir = tmp_path / "out"
+    code, out, err = run(
+        capsys, "dissect", "--generator", "tests.helpers.painting:PaintingGAN", "--checkpoint",
+        str(path), "--layers", "layout", "--device", "cpu", "--quantile", "0.97",
+        "--output", str(out_dir), "--visualize-units", "0", *FAST,
+    )
+    assert code == 0, err
+    data = json.loads((out_dir / "dissect.json").read_text())
+    assert data["metadata"]["latent_shape"] == [40]  # from hparams.latent_dim
+    assert data["metadata"]["checkpoint"] == str(path)
+    assert data["layers"]["layout"]["units"][0]["label"] == "tree"
+    # a broken checkpoint is one line too
+    path.write_bytes(b"not a checkpoint")
+    code, _, err = run(
+        capsys, "dissect", "--generator", "tests.helpers.painting:PaintingGAN", "--checkpoint",
+        str(path), "--layers", "layout", *FAST,
+    )
+    assert_one_line_error(code, err, "PaintingGAN.load_from_checkpoint")
