@@ -23,6 +23,14 @@ _LAZY = {
     "DissectionResult": "lightning_dissect.result",
     "DissectionCallback": "lightning_dissect.callback",
     "load_history": "lightning_dissect.callback",
+    "intervene": "lightning_dissect.interventions",
+    "ablate": "lightning_dissect.interventions",
+    "insert": "lightning_dissect.interventions",
+    "ablation_effect": "lightning_dissect.interventions",
+    "insertion_effect": "lightning_dissect.interventions",
+    "average_causal_effect": "lightning_dissect.interventions",
+    "ablation_curve": "lightning_dissect.interventions",
+    "ablation_check": "lightning_dissect.interventions",
 }
 
 __all__ = ["__version__", *_LAZY]

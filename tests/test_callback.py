@@ -185,3 +185,29 @@ def test_every_n_train_steps(tmp_path):
     callback = make_callback(every_n_epochs=None, every_n_train_steps=6, ablation_check=False)
     fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
     assert [e["global_step"] for e in callback.history] == [6]
+
+
+def test_ablation_check_logs_the_right_numbers(tmp_path):
+    from lightning_dissect.interventions import ablation_check
+    from lightning_dissect.latents import LatentBank
+
+    callback = make_callback(num_samples=64, iou_threshold=0.0)  # every unit gets a label
+    trainer, model = fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
+    log_dir = trainer.logger.log_dir
+    result = load_history(log_dir)[-1]
+    latents = LatentBank(callback.ablation_samples, (16,), seed=callback.config.seed + 1000).latents
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    checked = 0
+    for layer in LAYERS:
+        expected = ablation_check(
+            model.generator, result[layer], callback.segmenter, latents, top_n=4, batch_size=16
+        )
+        assert expected, "the check must cover at least one concept"
+        for record in expected:
+            for field in ("drop", "relative_drop", "control_drop"):
+                tag = f"dissection/{layer}/ablation/{record.concept}/{field}"
+                logged = acc.Scalars(tag)[-1].value
+                assert logged == pytest.approx(getattr(record, field), abs=1e-6), tag
+                checked += 1
+    assert checked >= 6
