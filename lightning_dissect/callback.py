@@ -114,7 +114,7 @@ class DissectionCallback(Callback):
         name: Distinguishes several callbacks in one trainer (state keys, tags, folders).
         dissection_config: Further :class:`DissectionConfig` settings.
 
-    Example:
+    Examples:
         >>> from lightning_dissect.segmenters import SyntheticSceneSegmenter
         >>> callback = DissectionCallback(["layer2"], SyntheticSceneSegmenter(32), every_n_epochs=1)
         >>> callback.state_key

@@ -269,7 +269,7 @@ def dissect(
     Returns:
         A :class:`~lightning_dissect.result.DissectionResult`.
 
-    Example:
+    Examples:
         >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
         >>> world = SceneWorld(16)
         >>> gen = nn.Sequential(nn.Linear(8, 4 * 4 * 4), nn.Unflatten(1, (4, 4, 4)),

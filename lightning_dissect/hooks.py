@@ -36,7 +36,7 @@ tuple/list, a key into a dict, or a callable ``output -> Tensor`` (capture only)
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Look through ``torch.compile`` (``_orig_mod``) and DDP/DataParallel (``module``) wrappers.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(2, 2))
         >>> unwrap_model(net) is net
         True
@@ -61,7 +61,7 @@ def layer_names(model: nn.Module) -> list[str]:
 def resolve_layer(model: nn.Module, name: str, *, argument: str = "layers") -> nn.Module:
     """Find the submodule called ``name``; an unknown name lists the closest existing ones.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
         >>> resolve_layer(net, "1")
         ReLU()
@@ -145,7 +145,7 @@ def capture_layers(
     Yields:
         A dict filled with ``name -> tensor`` of the latest forward pass.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
         >>> with capture_layers(net, ["1"]) as captured:
         ...     _ = net(torch.randn(5, 3))
@@ -227,7 +227,7 @@ def _pooled_mask(mask: Tensor, r: Tensor) -> Tensor:
 def apply_edit(r: Tensor, edit: LayerEdit) -> Tensor:
     """Return ``r·(1 − α·m) + v·α·m`` (a new tensor).
 
-    Example:
+    Examples:
         >>> r = torch.ones(1, 2, 2, 2)
         >>> apply_edit(r, LayerEdit(alpha=torch.tensor([1.0, 0.0]), value=0.0))[0, :, 0, 0]
         tensor([0., 1.])
@@ -250,7 +250,7 @@ def edit_layers(
 ) -> Iterator[None]:
     """Apply :class:`LayerEdit`\\ s to named layers during forward passes inside the block.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
         >>> with edit_layers(net, {"1": LayerEdit(alpha=1.0, value=0.0)}):
         ...     out = net(torch.randn(1, 1, 3, 3))

@@ -154,7 +154,7 @@ def ablate(
     Returns:
         A :class:`~lightning_dissect.hooks.LayerEdit` for :func:`intervene`.
 
-    Example:
+    Examples:
         >>> edit = ablate([1, 2], num_units=4)
         >>> edit.alpha.tolist(), edit.value
         ([0.0, 1.0, 1.0, 0.0], 0.0)
@@ -196,7 +196,7 @@ def insert(
             ``(B, 1, H, W)``; it is area-pooled (or nearest-upsampled) to the layer's size.
         alpha: Strength in ``[0, 1]`` (1 replaces the activation, 0.5 blends half-way).
 
-    Example:
+    Examples:
         >>> edit = insert([0], 2, torch.tensor([3.0, 9.0]), mask=torch.ones(8, 8))
         >>> r = torch.zeros(1, 2, 2, 2)
         >>> from lightning_dissect.hooks import apply_edit
@@ -236,7 +236,7 @@ def intervene(
     Yields:
         The generator, for convenience.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 3, 1), nn.ReLU(), nn.Conv2d(3, 1, 1))
         >>> with intervene(net, {"1": ablate([0, 1, 2], num_units=3)}):
         ...     out = net(torch.randn(2, 1, 4, 4))
@@ -339,7 +339,7 @@ def unit_statistics(
         selector: Picks the tensor of tuple/dict layer outputs.
         relative_accuracy: Accuracy of the quantile histogram.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 2 * 3 * 3), nn.Unflatten(1, (2, 3, 3)), nn.ReLU())
         >>> stats = unit_statistics(net, "2", torch.zeros(5, 4), generate=lambda g, z: g(z))
         >>> stats.mean.shape, stats.high.shape, stats.num_samples
@@ -512,7 +512,7 @@ def random_units(
 
     ``None`` when fewer than ``size`` units remain. Uses only the given private generator.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> units = random_units(10, 3, exclude=[0, 1], generator=g)
         >>> len(units), bool((units >= 2).all())
@@ -826,7 +826,7 @@ def ablation_effect(
     Returns:
         An :class:`AblationEffect`.
 
-    Example:
+    Examples:
         >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
         >>> world = SceneWorld(16)
         >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
@@ -955,7 +955,7 @@ def insertion_effect(
     Returns:
         An :class:`InsertionEffect`.
 
-    Example:
+    Examples:
         >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
         >>> world = SceneWorld(16)
         >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
@@ -1084,7 +1084,7 @@ def average_causal_effect(
     Returns:
         A :class:`CausalEffect`.
 
-    Example:
+    Examples:
         >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
         >>> world = SceneWorld(16)
         >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
@@ -1216,7 +1216,7 @@ def ablation_curve(
     Returns:
         An :class:`AblationCurve` (tensors ``num_units``, ``fraction``, ``control_fraction``).
 
-    Example:
+    Examples:
         >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
         >>> world = SceneWorld(16)
         >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
@@ -1355,7 +1355,7 @@ def ablation_check(
         One :class:`AblationEffect` per concept, concepts with more units first (ties by
         vocabulary order); empty when the layer has no interpretable unit.
 
-    Example:
+    Examples:
         >>> from lightning_dissect.dissection import dissect
         >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
         >>> world = SceneWorld(16)

@@ -20,7 +20,7 @@ LatentSampler = Callable[[int, torch.Generator], Tensor]
 def shard_indices(num_samples: int, rank: int, world_size: int) -> Tensor:
     """Contiguous share of ``range(num_samples)`` for ``rank`` (sizes differ by at most one).
 
-    Example:
+    Examples:
         >>> [shard_indices(5, r, 2).tolist() for r in range(2)]
         [[0, 1, 2], [3, 4]]
     """
@@ -42,7 +42,7 @@ class LatentBank:
         seed: Seed of the private ``torch.Generator`` (the global RNG is never touched).
         sampler: Optional custom ``(n, generator) -> Tensor``; overrides ``latent_shape``.
 
-    Example:
+    Examples:
         >>> bank = LatentBank(4, (3,), seed=1)
         >>> torch.equal(bank[[2, 3]], LatentBank(4, (3,), seed=1).latents[2:])
         True

@@ -185,7 +185,7 @@ class DissectionResult:
     def to_json(self, path: str | Path | None = None, *, indent: int | None = None) -> str:
         """Serialise to JSON; also write it to ``path`` when given.
 
-        Example:
+        Examples:
             >>> from lightning_dissect.segmenters import ConceptVocabulary
             >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
             >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
@@ -239,7 +239,7 @@ class DissectionResult:
     def compare(self, other: DissectionResult) -> ResultComparison:
         """Units gained, lost and relabelled going from ``other`` (older) to ``self`` (newer).
 
-        Example:
+        Examples:
             >>> from lightning_dissect.segmenters import ConceptVocabulary
             >>> vocab = ConceptVocabulary(("unlabeled", "sky", "tree"), ("none", "m", "o"))
             >>> def make(label, on):

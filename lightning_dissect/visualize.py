@@ -36,7 +36,7 @@ _BORDER = torch.tensor([255, 221, 0], dtype=torch.uint8)  # yellow
 def to_uint8(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
     """Map float images in ``value_range`` to ``uint8`` ``[0, 255]``.
 
-    Example:
+    Examples:
         >>> to_uint8(torch.tensor([-1.0, 0.0, 1.0])).tolist()
         [0, 128, 255]
     """
@@ -53,7 +53,7 @@ def overlay_mask(image: Tensor, mask: Tensor, dim: float = 0.5) -> Tensor:
         mask: ``bool (H, W)``.
         dim: Brightness factor outside the mask (the paper: 50 %).
 
-    Example:
+    Examples:
         >>> img = torch.full((3, 4, 4), 200, dtype=torch.uint8)
         >>> m = torch.zeros(4, 4, dtype=torch.bool); m[1:3, 1:3] = True
         >>> out = overlay_mask(img, m)
@@ -164,7 +164,7 @@ def _colormap(x: Tensor) -> Tensor:
 def heatmap(values: Tensor, cell: int = 8, vmax: float | None = None) -> Tensor:
     """A ``(rows, cols)`` matrix as a ``uint8 (3, rows*cell, cols*cell)`` colour image.
 
-    Example:
+    Examples:
         >>> heatmap(torch.rand(3, 5), cell=4).shape
         torch.Size([3, 12, 20])
     """
@@ -177,7 +177,7 @@ def heatmap(values: Tensor, cell: int = 8, vmax: float | None = None) -> Tensor:
 def encode_png(image: Tensor) -> bytes:
     """Encode a ``uint8 (3, H, W)`` (or ``(H, W)``) tensor as PNG bytes (no Pillow needed).
 
-    Example:
+    Examples:
         >>> encode_png(torch.zeros(3, 2, 2, dtype=torch.uint8))[:8]
         b'\\x89PNG\\r\\n\\x1a\\n'
     """

@@ -87,7 +87,7 @@ def unit_concept_iou(
     Returns:
         ``(U, C)`` or ``(U, K, C)`` float64 IoU.
 
-    Example:
+    Examples:
         >>> import torch
         >>> acts = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
         >>> seg = torch.tensor([[[0, 1], [1, 1]]])

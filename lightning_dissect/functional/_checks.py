@@ -48,7 +48,7 @@ def check_activations(
         allow_flat: Also accept 2-D ``(N, U)`` tensors.
         check_values: Also check for NaN / Inf (costs one pass over the data).
 
-    Example:
+    Examples:
         >>> check_activations(torch.zeros(2, 3, 4, 4), num_units=3)
         >>> check_activations(torch.zeros(2, 4, 4), num_units=3)
         Traceback (most recent call last):
@@ -91,7 +91,7 @@ def check_segmentation(
         name: Argument name used in error messages.
         check_values: Also check the label range (costs one pass over the data).
 
-    Example:
+    Examples:
         >>> check_segmentation(torch.zeros(2, 8, 8, dtype=torch.long), num_concepts=3)
         >>> check_segmentation(torch.full((2, 8, 8), 3), num_concepts=3)
         Traceback (most recent call last):
@@ -136,7 +136,7 @@ def check_thresholds(thresholds: Tensor, *, num_units: int, name: str = "thresho
     Returns:
         The thresholds as a floating tensor.
 
-    Example:
+    Examples:
         >>> check_thresholds(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), num_units=2).shape
         torch.Size([2, 2])
     """

@@ -53,7 +53,7 @@ def concept_labels(segmentation: Tensor, num_concepts: int, ignore_index: int | 
 
     The extra column ``num_concepts`` is a "no concept" sink that callers drop.
 
-    Example:
+    Examples:
         >>> seg = torch.tensor([[[[1, 2]], [[1, 0]]]])  # (B=1, L=2, H=1, W=2)
         >>> concept_labels(seg, 3, ignore_index=0).tolist()
         [[1, 2], [3, 3]]
@@ -76,7 +76,7 @@ def concept_indicator(
 ) -> Tensor:
     """Binary ``(B*H*W, C)`` float32 matrix: pixel ``p`` carries concept ``c``.
 
-    Example:
+    Examples:
         >>> concept_indicator(torch.tensor([[[0, 2]]]), 3).tolist()
         [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     """
@@ -187,7 +187,7 @@ def unit_concept_counts(
     Returns:
         :class:`ConceptCounts` with int64 tensors.
 
-    Example:
+    Examples:
         >>> acts = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # one unit, 2x2
         >>> seg = torch.tensor([[[0, 1], [0, 1]]])
         >>> counts = unit_concept_counts(acts, seg, torch.tensor([0.5]), num_concepts=2)

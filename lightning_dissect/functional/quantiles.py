@@ -51,7 +51,7 @@ class LogHistogramSpec:
         max_magnitude: Magnitudes above this are clamped to the top bucket and counted as
             overflow.
 
-    Example:
+    Examples:
         >>> spec = LogHistogramSpec(relative_accuracy=0.005)
         >>> spec.mantissa_bits, spec.achieved_accuracy
         (7, 0.00390625)
@@ -174,7 +174,7 @@ def histogram_bucket_index(values: Tensor, spec: LogHistogramSpec) -> Tensor:
     Magnitudes below the bucket holding ``min_magnitude`` go to the zero bucket; magnitudes above
     ``max_magnitude`` to the outermost bucket of their sign.
 
-    Example:
+    Examples:
         >>> spec = LogHistogramSpec()
         >>> idx = histogram_bucket_index(torch.tensor([-1.0, 0.0, 1e-9, 1.0]), spec)
         >>> (idx == spec.zero_bucket).tolist()
@@ -209,7 +209,7 @@ def unit_histogram(
         ``(U, spec.num_buckets)`` int64 counts and ``(U,)`` int64 overflow counts (magnitudes
         beyond ``max_magnitude``, already included in the outermost buckets).
 
-    Example:
+    Examples:
         >>> spec = LogHistogramSpec()
         >>> counts, overflow = unit_histogram(torch.tensor([[0.0, 0.0, 2.0], [-1.0, 1.0, 3e7]]), spec)
         >>> counts.sum(1).tolist(), int(counts[0, spec.zero_bucket]), overflow.tolist()
@@ -235,7 +235,7 @@ def quantile_rank(total: Tensor, levels: Tensor) -> Tensor:
 
     The returned quantile is the ``k``-th smallest value, i.e. ``torch.kthvalue(x, k)``.
 
-    Example:
+    Examples:
         >>> quantile_rank(torch.tensor([100]), torch.tensor([0.99, 0.5, 0.0], dtype=torch.float64)).tolist()
         [[99, 50, 1]]
     """
@@ -259,7 +259,7 @@ def quantiles_from_histogram(
     Returns:
         ``(U, Q)`` float64 values; NaN for units that saw no values.
 
-    Example:
+    Examples:
         >>> spec = LogHistogramSpec()
         >>> values = torch.arange(1, 101, dtype=torch.float32).unsqueeze(0)
         >>> q = quantiles_from_histogram(unit_histogram(values, spec)[0], [0.5, 0.99], spec)

@@ -29,7 +29,7 @@ def _broadcast(
 def iou_from_counts(intersection: Tensor, unit_area: Tensor, concept_area: Tensor) -> Tensor:
     """``IoU = I / (A + S - I)``, 0 where the union is empty.
 
-    Example:
+    Examples:
         >>> iou_from_counts(torch.tensor([[2, 0]]), torch.tensor([4]), torch.tensor([2, 0]))
         tensor([[0.5000, 0.0000]], dtype=torch.float64)
     """
@@ -45,7 +45,7 @@ def contingency_from_counts(
 
     Row 0: unit on, row 1: unit off; column 0: concept present, column 1: absent.
 
-    Example:
+    Examples:
         >>> contingency_from_counts(torch.tensor([[2]]), torch.tensor([3]), torch.tensor([4]), 10)
         tensor([[[[2, 1],
                   [2, 5]]]])
@@ -83,7 +83,7 @@ def mutual_information_from_counts(
 ) -> Tensor:
     """Mutual information (nats) between "unit on" and "concept present".
 
-    Example:
+    Examples:
         >>> mi = mutual_information_from_counts(
         ...     torch.tensor([[5]]), torch.tensor([5]), torch.tensor([5]), 10)
         >>> round(float(mi), 4)  # perfectly dependent fair bits: log 2
@@ -98,7 +98,7 @@ def iqr_from_counts(
 ) -> Tensor:
     """Information quality ratio ``MI / H(joint)`` in ``[0, 1]``, 0 where the joint entropy is 0.
 
-    Example:
+    Examples:
         >>> iqr = iqr_from_counts(torch.tensor([[5]]), torch.tensor([5]), torch.tensor([5]), 10)
         >>> round(float(iqr), 4)
         1.0

@@ -51,7 +51,7 @@ def bilinear_matrix(
         A ``(out_size, in_size)`` matrix ``M`` with ``M @ v`` equal to
         ``F.interpolate(v[None, None], out_size, mode="linear", align_corners=False)``.
 
-    Example:
+    Examples:
         >>> bilinear_matrix(2, 4)
         tensor([[1.0000, 0.0000],
                 [0.7500, 0.2500],
@@ -82,7 +82,7 @@ def upsample_bilinear(activations: Tensor, size: int | tuple[int, int]) -> Tenso
     Returns:
         Tensor of shape ``(..., H, W)``; the input itself when the size already matches.
 
-    Example:
+    Examples:
         >>> import torch.nn.functional as F
         >>> x = torch.randn(2, 3, 4, 5)
         >>> y = upsample_bilinear(x, (8, 7))
@@ -121,7 +121,7 @@ def upsample_units_first(activations: Tensor, size: int | tuple[int, int] | None
     Returns:
         Contiguous ``(U, B*H*W)`` tensor.
 
-    Example:
+    Examples:
         >>> upsample_units_first(torch.ones(2, 3, 4, 4), (8, 8)).shape
         torch.Size([3, 128])
     """

@@ -19,7 +19,7 @@ __all__ = ["all_reduce_sum"]
 def all_reduce_sum(tensor: Tensor, group: Any | None = None) -> list[Tensor]:
     """Sum ``tensor`` over all processes; usable as a TorchMetrics ``dist_sync_fn``.
 
-    Example:
+    Examples:
         >>> all_reduce_sum(torch.tensor([1, 2]))  # no process group: the tensor itself
         [tensor([1, 2])]
     """

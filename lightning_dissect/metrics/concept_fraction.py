@@ -70,7 +70,7 @@ def concept_pixel_counts(
     Returns:
         ``(counts, totals)``: int64 ``(B, C)`` and ``(B,)``.
 
-    Example:
+    Examples:
         >>> seg = torch.tensor([[[1, 1], [2, 0]]])
         >>> counts, totals = concept_pixel_counts(seg, 3, ignore_index=0)
         >>> counts.tolist(), totals.tolist()
@@ -103,7 +103,7 @@ def per_image_concept_fractions(
 
     Useful for the spread of a concept's fraction across images (0 where a region is empty).
 
-    Example:
+    Examples:
         >>> seg = torch.tensor([[[1, 1], [2, 2]], [[1, 1], [1, 1]]])
         >>> per_image_concept_fractions(seg, 3).tolist()
         [[0.0, 0.5, 0.5], [0.0, 1.0, 0.0]]
@@ -137,7 +137,7 @@ class ConceptPixelFraction(Metric):
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
-    Example:
+    Examples:
         >>> metric = ConceptPixelFraction(num_concepts=3, ignore_index=0)
         >>> metric.update(torch.tensor([[[1, 1], [2, 0]]]))
         >>> metric.update(torch.tensor([[[1, 1], [1, 1]]]))

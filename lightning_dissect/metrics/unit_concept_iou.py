@@ -50,7 +50,7 @@ class UnitConceptIoU(Metric):
 
     State memory: ``8 * U * K * (C + 1) + 8 * C + 8`` bytes.
 
-    Example:
+    Examples:
         >>> metric = UnitConceptIoU(num_units=1, num_concepts=2, thresholds=torch.tensor([0.5]))
         >>> acts = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
         >>> metric.update(acts, torch.tensor([[[0, 1], [1, 1]]]))

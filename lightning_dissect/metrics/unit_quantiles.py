@@ -52,7 +52,7 @@ class UnitQuantiles(Metric):
         validate_args: Check shapes and finiteness of every batch.
         kwargs: Passed to :class:`torchmetrics.Metric` (e.g. ``process_group``).
 
-    Example:
+    Examples:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> metric = UnitQuantiles(num_units=3, quantiles=[0.5, 0.99])

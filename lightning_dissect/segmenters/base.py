@@ -52,7 +52,7 @@ class ConceptVocabulary:
         ValueError: If the lengths differ, names repeat, the unlabeled index is out of range or its
             category is not ``"none"``, or a parent index is invalid.
 
-    Example:
+    Examples:
         >>> vocab = ConceptVocabulary(
         ...     names=("unlabeled", "house", "window"),
         ...     categories=("none", "object", "part"),
@@ -141,7 +141,7 @@ class ConceptVocabulary:
     def parent_table(self) -> Tensor:
         """Int64 ``(num_concepts,)``: each concept's parent, or the unlabeled index (0) if none.
 
-        Example:
+        Examples:
             >>> ConceptVocabulary(("-", "a", "b"), ("none", "object", "part"),
             ...                   parents=(None, None, 1)).parent_table()
             tensor([0, 0, 1])
@@ -186,7 +186,7 @@ class Segmenter(Protocol):
     output resolution as a constructor argument ``resolution`` (``None`` = the image size); the
     reference GAN Dissection segmenter runs at 1/2 or 1/4 of the image size.
 
-    Example:
+    Examples:
         >>> seg = CallableSegmenter(
         ...     lambda x: (x[:, 0] > 0).long(),
         ...     ConceptVocabulary(("unlabeled", "red"), ("none", "colour")),
@@ -228,7 +228,7 @@ def validate_images(
         ValueError: Naming the problem: rank, channel count, empty batch, dtype, NaN/Inf, or
             values outside the range (with the range actually found).
 
-    Example:
+    Examples:
         >>> validate_images(torch.zeros(2, 3, 8, 8))
         >>> validate_images(torch.full((1, 3, 4, 4), 200.0))
         Traceback (most recent call last):
@@ -297,7 +297,7 @@ def validate_segmentation(
         TypeError: If ``labels`` is not a tensor.
         ValueError: Naming the problem: dtype, rank, batch size or labels outside the vocabulary.
 
-    Example:
+    Examples:
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         >>> validate_segmentation(torch.ones(2, 4, 4, dtype=torch.long), vocab, batch_size=2)
         >>> validate_segmentation(torch.full((2, 4, 4), 5), vocab, batch_size=2)
@@ -350,7 +350,7 @@ def resolve_resolution(
 ) -> tuple[int, int]:
     """Turn a ``resolution`` argument into ``(H', W')``; ``None`` means ``image_size``.
 
-    Example:
+    Examples:
         >>> resolve_resolution(None, (64, 64)), resolve_resolution(16, (64, 64))
         ((64, 64), (16, 16))
 
@@ -401,7 +401,7 @@ def resample_labels(labels: Tensor, size: tuple[int, int], num_concepts: int) ->
     Returns:
         Int64 labels ``(B, H', W')`` or ``(B, L, H', W')``.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[[1, 1, 2, 2], [1, 3, 2, 2], [0, 0, 3, 3], [0, 4, 4, 3]]])
         >>> resample_labels(x, (2, 2), 5)
         tensor([[[1, 2],
@@ -452,7 +452,7 @@ class CallableSegmenter:
             Otherwise ``fn``'s labels are resampled with :func:`resample_labels`.
         validate: Validate inputs and outputs (a cheap min/max reduction each).
 
-    Example:
+    Examples:
         >>> vocab = ConceptVocabulary(("unlabeled", "bright"), ("none", "colour"))
         >>> seg = CallableSegmenter(lambda x: (x.mean(1) > 0).long(), vocab, resolution=2)
         >>> seg(torch.ones(1, 3, 4, 4)).tolist()

@@ -26,7 +26,7 @@ class SyntheticSceneDataModule(L.LightningDataModule):
         num_workers: ``DataLoader`` workers.
         shuffle: Shuffle the training split.
 
-    Example:
+    Examples:
         >>> dm = SyntheticSceneDataModule(image_size=16, num_train=8, num_val=4, batch_size=4)
         >>> dm.setup("fit")
         >>> images, labels = next(iter(dm.train_dataloader()))

@@ -49,7 +49,7 @@ class SyntheticSceneSegmenter:
             units) are unlabeled (0). ``float("inf")`` labels every pixel.
         chunk_size: Images classified per chunk (bounds memory).
 
-    Example:
+    Examples:
         >>> world = SceneWorld(32)
         >>> images, labels = world.render(8, seed=0)
         >>> seg = SyntheticSceneSegmenter(world)
@@ -142,7 +142,7 @@ class SyntheticSceneDataset(Dataset):
     vectorised call (used by ``DataLoader``); single-item access renders and keeps the aligned
     block of 32 samples around the index, so sequential access is fast too.
 
-    Example:
+    Examples:
         >>> ds = SyntheticSceneDataset(10, seed=0, image_size=16)
         >>> image, labels = ds[3]
         >>> len(ds), image.shape, labels.shape

@@ -68,7 +68,7 @@ class TorchvisionSegmenter(ModelSegmenter):
             is the background.
         background_as_unlabeled: See above.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Conv2d(3, 21, 1)  # stands in for a real network
         >>> seg = TorchvisionSegmenter(model, resolution=8)

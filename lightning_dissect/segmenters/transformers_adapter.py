@@ -25,7 +25,7 @@ __all__ = ["TransformersSegmenter", "ade20k_categories"]
 def ade20k_categories() -> dict[str, str]:
     """Category (``"object"`` or ``"stuff"``) of each ADE20K class name, from the shipped table.
 
-    Example:
+    Examples:
         >>> cats = ade20k_categories()
         >>> len(cats), cats["sky"], cats["person"]
         (150, 'stuff', 'object')
@@ -82,7 +82,7 @@ class TransformersSegmenter(ModelSegmenter):
         class_names: Class names in output order (default: ``model.config.id2label``).
         categories: Category per class name (default: the ADE20K table).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> class Tiny(nn.Module):  # stands in for e.g. SegformerForSemanticSegmentation
         ...     def __init__(self):

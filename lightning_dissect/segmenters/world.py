@@ -105,7 +105,7 @@ class SceneWorld:
             them segment as concept ``k``.
         texture_amplitude: Per-channel bound on ``|pixel - palette[label]|`` in rendered images.
 
-    Example:
+    Examples:
         >>> world = SceneWorld(32)
         >>> images, labels = world.render(4, seed=0)
         >>> images.shape, images.dtype, labels.shape, labels.dtype
@@ -169,7 +169,7 @@ class SceneWorld:
     def render_indices(self, indices: Sequence[int], seed: int = 0) -> tuple[Tensor, Tensor]:
         """Render the samples with the given indices of the stream ``seed``.
 
-        Example:
+        Examples:
             >>> world = SceneWorld(16)
             >>> a, _ = world.render(5, seed=1)
             >>> b, _ = world.render_indices([4, 2], seed=1)
@@ -195,7 +195,7 @@ class SceneWorld:
         Channel 0 is ``labels`` (the finest concept); channel 1 is that concept's whole (its
         parent: ``"house"`` for a window pixel), or 0 ("unlabeled") where it has none.
 
-        Example:
+        Examples:
             >>> world = SceneWorld(16)
             >>> v = world.vocabulary
             >>> lab = torch.tensor([[[v.index("window"), v.index("sky")]]])
