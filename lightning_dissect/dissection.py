@@ -503,7 +503,8 @@ def _summarise_layer(
         fraction = source.concept_area.double() / max(1, int(source.total))
         sel_iqr = sel_iqr.masked_fill((fraction < cfg.min_concept_fraction).view(1, 1, -1), 0.0)
         if ignore_index is not None and 0 <= ignore_index < sel_iqr.shape[-1]:
-            sel_iqr[..., ignore_index] = 0.0
+            # below every real concept: a dead unit (all IQRs 0) never gets the "no label" label
+            sel_iqr[..., ignore_index] = -1.0
         flat = sel_iqr.reshape(units, -1).argmax(1)
         level = flat // sel_iqr.shape[-1]
         label = flat % sel_iqr.shape[-1]

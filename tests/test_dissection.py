@@ -189,6 +189,27 @@ def test_config_object_and_overrides(painter, segmenter):
     assert all(len(u.top_images) == 2 for u in result["layout"].units)
 
 
+class WithDeadUnits(nn.Module):
+    def __init__(self, painter: PaintingGenerator) -> None:
+        super().__init__()
+        self.painter = painter
+        self.dead = nn.Identity()
+
+    def forward(self, z: Tensor) -> Tensor:
+        images = self.painter(z)
+        self.dead(torch.zeros(z.shape[0], 2, 4, 4))
+        return images
+
+
+@pytest.mark.parametrize("mode", ["quantile", "iqr"])
+def test_dead_units_are_never_labelled_unlabeled(painter, segmenter, mode):
+    gen = WithDeadUnits(painter)
+    result = dissect(gen, ["dead"], segmenter, latent_shape=(painter.latent_dim,),
+                     num_samples=32, threshold_mode=mode, progress=False)
+    for unit in result["dead"].units:
+        assert unit.label != "unlabeled" and unit.iou == 0.0 and not unit.interpretable
+
+
 # ---------------------------------------------------------------------------- errors
 def test_unknown_layer_lists_close_names(painter, segmenter):
     with pytest.raises(ValueError, match=r"unknown layer 'layot'.*'layout'"):
