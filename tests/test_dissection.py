@@ -62,7 +62,7 @@ def run(painter, segmenter, layers=("layout",), **kwargs):
 
 @pytest.fixture(scope="module")
 def iqr_result(painter, segmenter):
-    return run(painter, segmenter, layers=("layout", "canvas"), threshold_mode="iqr")
+    return run(painter, segmenter, layers=("layout", "canvas"), threshold_mode="iqr", num_levels=40)
 
 
 # ---------------------------------------------------------------------------- correctness
@@ -113,10 +113,9 @@ def test_quantile_mode_with_matching_level(painter, segmenter):
 
 def test_held_out_level_selection(painter, segmenter):
     counting = CountingSegmenter(segmenter)
-    result = run(
-        painter, counting, threshold_mode="iqr", level_selection_samples=100, num_samples=200
-    )
-    assert counting.samples == 200 + 100
+    result = run(painter, counting, threshold_mode="iqr", level_selection_samples=100,
+                 num_samples=150, num_levels=40)
+    assert counting.samples == 150 + 100
     assert result.settings["level_selection_samples"] == 100
     for k, concept in enumerate(CONCEPTS):
         assert result["layout"].units[k].label == concept
