@@ -38,7 +38,7 @@ def load_object(spec: str, option: str = "--generator") -> Any:
 
     The current directory is importable, as with ``python -m``.
 
-    Example:
+    Examples:
         >>> load_object("collections:OrderedDict").__name__
         'OrderedDict'
         >>> try:

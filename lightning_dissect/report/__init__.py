@@ -39,7 +39,7 @@ __all__ = ["write_report", "layer_slug"]
 def layer_slug(name: str, index: int) -> str:
     """Return a file-system-safe, unique folder name for a layer.
 
-    Example:
+    Examples:
         >>> layer_slug("generator.block2/conv", 0)
         '00-generator.block2_conv'
 
@@ -100,7 +100,7 @@ def write_report(
     Returns:
         Path of ``index.html``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
         >>> from lightning_dissect.segmenters import ConceptVocabulary
