@@ -105,7 +105,7 @@ class Discriminator(nn.Module):
     def __init__(
         self,
         image_size: int = 32,
-        channels: Sequence[int] = (64, 128, 256),
+        channels: Sequence[int] = (32, 64, 128),
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -183,7 +183,7 @@ class DCGAN(L.LightningModule):
         latent_dim: int = 128,
         image_size: int = 32,
         g_channels: Sequence[int] = (256, 128, 64, 32),
-        d_channels: Sequence[int] = (64, 128, 256),
+        d_channels: Sequence[int] = (32, 64, 128),
         lr_g: float = 2e-4,
         lr_d: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
@@ -257,8 +257,11 @@ class DCGAN(L.LightningModule):
         )
 
     @torch.no_grad()
-    def sample_grid(self, nrow: int = 8, pad: int = 2) -> Tensor:
-        """A ``uint8 (3, H, W)`` grid of images from the fixed ``sample_latents`` (eval mode)."""
+    def sample_grid(self, nrow: int = 8, pad: int = 2, scale: int = 1) -> Tensor:
+        """A ``uint8 (3, H, W)`` grid of images from the fixed ``sample_latents`` (eval mode).
+
+        ``scale`` enlarges the grid by pixel repetition (nearest neighbour).
+        """
         was_training = self.generator.training
         self.generator.eval()
         try:
@@ -274,4 +277,4 @@ class DCGAN(L.LightningModule):
             r, c = divmod(i, ncol)
             top, left = pad + r * (h + pad), pad + c * (w + pad)
             grid[:, top : top + h, left : left + w] = images[i]
-        return grid
+        return grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)

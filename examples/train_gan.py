@@ -32,16 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Defaults of the example (documented in docs/example.md).
 DEFAULTS = dict(
-    max_epochs=6,
-    num_train=16_000,
+    max_epochs=20,
+    max_time="00:00:10:00",
+    num_train=10_000,
     batch_size=64,
     image_size=32,
     latent_dim=128,
     g_channels=(256, 128, 64, 32),
-    d_channels=(64, 128, 256),
+    d_channels=(32, 64, 128),
     lr_g=2e-4,
     lr_d=2e-4,
-    dissect_layers=("layer1", "layer2", "layer3"),
+    dissect_layers=("layer1", "layer2", "layer3", "layer4"),
     dissect_samples=1000,
 )
 SMOKE = dict(
@@ -52,6 +53,7 @@ SMOKE = dict(
     g_channels=(32, 16, 8, 8),
     d_channels=(8, 16, 32),
     dissect_samples=32,
+    max_time=None,
 )
 
 
@@ -60,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-epochs", type=int, default=None, help=f"(default {DEFAULTS['max_epochs']})")
     p.add_argument("--max-time", type=str, default=None,
-                   help="stop training after this long, Lightning's DD:HH:MM:SS (default: no limit)")
+                   help="stop training after this long, Lightning's DD:HH:MM:SS "
+                        f"(default {DEFAULTS['max_time']}; 'none' for no limit)")
     p.add_argument("--default-root-dir", type=str, default="runs/gan",
                    help="logs, checkpoints and reports go here (default runs/gan)")
     p.add_argument("--seed", type=int, default=0, help="seed_everything(seed, workers=True)")
@@ -97,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if isinstance(args.max_time, str) and args.max_time.lower() == "none":
+        args.max_time = None
     if args.devices not in ("auto",) and args.devices.lstrip("-").isdigit():
         args.devices = int(args.devices)
     return args
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = model.cpu() if args.strategy.startswith("ddp_spawn") else model
     samples_png = root / "samples.png"
-    samples_png.write_bytes(encode_png(model.sample_grid()))
+    samples_png.write_bytes(encode_png(model.sample_grid(scale=3)))
     print(f"samples: {samples_png}")
     print(f"checkpoint: {checkpoint.last_model_path}")
 
