@@ -43,7 +43,7 @@ def main() -> None:
     print()
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    for label, (train, total) in times.items():
+    for label, (train, _total) in times.items():
         print(f"{label:>17}: training {train:7.1f} s")
     print(f"overhead: {with_cb - base:.1f} s = {100 * (with_cb / base - 1):.1f} % of training time")
 

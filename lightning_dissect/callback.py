@@ -200,12 +200,15 @@ class DissectionCallback(Callback):
     # ------------------------------------------------------------------ state
     @property
     def state_key(self) -> str:
+        """Identifies this callback's state in checkpoints (layers and ``name``)."""
         return self._generate_state_key(layers=tuple(self.layers), name=self.name)
 
     def state_dict(self) -> dict[str, Any]:
+        """The round history: plain lists and numbers (loads with ``weights_only=True``)."""
         return {"history": json.loads(json.dumps(self.history)), "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the round history of a resumed run."""
         self.history = list(state_dict.get("history", []))
         self._last_step = int(state_dict.get("last_step", -1))
 
@@ -252,6 +255,7 @@ class DissectionCallback(Callback):
 
     # ------------------------------------------------------------------ setup / dry run
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve generator, layers and latents and dry-run them before training starts."""
         if stage != "fit":
             return
         if self.segmenter is None:
@@ -307,12 +311,14 @@ class DissectionCallback(Callback):
 
     # ------------------------------------------------------------------ scheduling
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run a round every ``every_n_epochs`` epochs."""
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._round(trainer, pl_module)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
+        """Run a round every ``every_n_train_steps`` global steps."""
         if not self.every_n_train_steps:
             return
         step = trainer.global_step

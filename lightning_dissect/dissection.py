@@ -265,6 +265,7 @@ def dissect(
         selector: Picks the tensor from tuple/dict layer outputs (one for all or per layer).
         config: A :class:`DissectionConfig`; keyword ``overrides`` replace its fields.
         metadata: Free-form context stored in the result (step, checkpoint, ...).
+        overrides: Any :class:`DissectionConfig` field, e.g. ``num_samples=2000``.
 
     Returns:
         A :class:`~lightning_dissect.result.DissectionResult`.
