@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Defaults of the example (documented in docs/example.md).
 DEFAULTS = dict(
-    max_epochs=20,
+    max_epochs=10,
     max_time="00:00:10:00",
-    num_train=10_000,
+    num_train=20_000,
     batch_size=64,
     image_size=32,
     latent_dim=128,
@@ -44,6 +44,8 @@ DEFAULTS = dict(
     lr_d=2e-4,
     dissect_layers=("layer1", "layer2", "layer3", "layer4"),
     dissect_samples=1000,
+    callback_every=1,
+    callback_samples=128,
 )
 SMOKE = dict(
     max_epochs=1,
@@ -53,6 +55,8 @@ SMOKE = dict(
     g_channels=(32, 16, 8, 8),
     d_channels=(8, 16, 32),
     dissect_samples=32,
+    callback_every=1,
+    callback_samples=16,
     max_time=None,
 )
 
@@ -67,6 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--default-root-dir", type=str, default="runs/gan",
                    help="logs, checkpoints and reports go here (default runs/gan)")
     p.add_argument("--seed", type=int, default=0, help="seed_everything(seed, workers=True)")
+    p.add_argument("--callback-every", type=int, default=None,
+                   help=f"epochs between dissection rounds (default {DEFAULTS['callback_every']})")
+    p.add_argument("--callback-samples", type=int, default=None,
+                   help=f"latents per dissection round (default {DEFAULTS['callback_samples']})")
     p.add_argument("--no-callback", action="store_true", help="train without the dissection callback")
     p.add_argument("--no-final-dissection", action="store_true",
                    help="skip the offline dissection of the final generator")
@@ -108,20 +116,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------
-# DISSECTION CALLBACK — constructed here.
-# Return the list of extra Lightning callbacks for the run. ``args`` has every command-line option
-# (args.no_callback, args.image_size, args.dissect_layers, args.smoke, ...). The dissection
-# callback (lightning_dissect.DissectionCallback) will be built here, e.g.
-#     from lightning_dissect import DissectionCallback
-#     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-#     segmenter = SyntheticSceneSegmenter(SceneWorld(args.image_size))
-#     return [DissectionCallback(list(args.dissect_layers), segmenter, every_n_epochs=1, ...)]
+# DISSECTION CALLBACK — the one line a user adds to an existing training run.
 # ---------------------------------------------------------------------------------------------
 def build_callbacks(args: argparse.Namespace) -> list:
-    """Extra callbacks of the run (the dissection callback goes here); ``[]`` for now."""
+    """The dissection callback of the run (none with ``--no-callback``).
+
+    Every ``--callback-every`` epochs it dissects the generator layers on a fixed bank of
+    ``--callback-samples`` latents in GAN Dissection's IQR mode (which, unlike a fixed top-1 %
+    quantile, also finds units for large regions such as sky), logs tables, unit strips, heatmaps,
+    emergence charts and an ablation check to TensorBoard, and writes each round's JSON.
+    """
     if args.no_callback:
         return []
-    return []
+    from lightning_dissect import DissectionCallback
+    from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+
+    segmenter = SyntheticSceneSegmenter(SceneWorld(args.image_size))
+    return [
+        DissectionCallback(
+            list(args.dissect_layers),
+            segmenter,
+            every_n_epochs=args.callback_every,
+            num_samples=args.callback_samples,
+            batch_size=min(64, args.callback_samples),
+            threshold_mode="iqr",
+            num_visualized_units=8,
+            top_k=6,
+            ablation_samples=64 if not args.smoke else 8,
+            dissection_config={"num_levels": 16},
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -192,12 +216,43 @@ def main(argv: list[str] | None = None) -> dict:
     model = model.cpu() if args.strategy.startswith("ddp_spawn") else model
     samples_png = root / "samples.png"
     samples_png.write_bytes(encode_png(model.sample_grid(scale=3)))
+    print_rounds(trainer)
     print(f"samples: {samples_png}")
     print(f"checkpoint: {checkpoint.last_model_path}")
 
     if not args.no_final_dissection:
         summary.update(final_dissection(model, args, root))
     return summary
+
+
+def print_rounds(trainer) -> None:
+    """Print the callback's rounds: interpretable units per layer over training, last ablation."""
+    from lightning_dissect import DissectionCallback
+
+    callbacks = [c for c in trainer.callbacks if isinstance(c, DissectionCallback)]
+    if not callbacks or not callbacks[0].history:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    callback = callbacks[0]
+    layers = list(callback.history[-1]["layers"])
+    table = Table(title="DissectionCallback rounds: interpretable units per layer (IQR mode)",
+                  title_justify="left")
+    table.add_column("epoch", justify="right")
+    table.add_column("global step", justify="right")
+    for name in layers:
+        table.add_column(name, justify="right")
+    for entry in callback.history:
+        table.add_row(str(entry["epoch"]), str(entry["global_step"]),
+                      *[str(entry["layers"][n]["num_interpretable"]) for n in layers])
+    Console().print(table)
+    last = callback.last_result
+    if last is not None:
+        for name in layers:
+            counts = ", ".join(f"{k} {v}" for k, v in last[name].concept_counts().items())
+            print(f"  {name} at the last round: {counts or 'none'}")
+    print(f"TensorBoard: tensorboard --logdir {trainer.default_root_dir}")
 
 
 def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:
