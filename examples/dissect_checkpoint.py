@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None):
     """Dissect, print the summary, write the report; return the ``DissectionResult``."""
     args = parse_args(argv)
     from gan_model import DCGAN
+
     from lightning_dissect import dissect
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 

@@ -152,11 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
     """Train, save samples and a checkpoint, dissect the final generator; return a summary dict."""
     args = parse_args(argv)
     import lightning as L
-    import torch
+    from gan_model import DCGAN
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from gan_model import DCGAN
     from lightning_dissect.segmenters.datamodule import SyntheticSceneDataModule
     from lightning_dissect.visualize import encode_png
 

@@ -45,6 +45,7 @@ case "$job" in
         || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
         || echo "note: could not install chromium; the browser test will be skipped"
     fi
+    ruff check .
     python -m pytest "$@"
     mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
     echo "docs build: ok"
