@@ -113,7 +113,10 @@ def units_by_round_image(
     palette: Mapping[str, Sequence[int]] | None = None,
     cell: int = 6,
 ) -> Tensor:
-    """Units (rows) × rounds (columns), each cell coloured by the unit's label (grey: none)."""
+    """Units (rows) × rounds (columns), each cell coloured by the unit's label (dark: none).
+
+    Rows are ``cell`` pixels tall; columns are wider while there are few rounds.
+    """
     columns = [e["layers"][layer]["labels"] for e in entries if layer in e["layers"]]
     units = max(len(c) for c in columns)
     img = torch.full((3, units, len(columns)), 40, dtype=torch.uint8)
@@ -121,12 +124,21 @@ def units_by_round_image(
         for i, label in enumerate(labels):
             if label:
                 img[:, i, j] = concept_colour(label, palette)
-    return img.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+    width = max(cell, min(4 * cell, 240 // max(1, len(columns))))  # wide columns for few rounds
+    return img.repeat_interleave(cell, 1).repeat_interleave(width, 2)
 
 
 def _strip_grid(result: DissectionResult, layer: str, units: Sequence[int]) -> Tensor | None:
     strips = result.unit_images.get(layer, {})
-    rows = [image_strip(list(strips[u])) for u in units if u in strips]
+    rows = []
+    for u in units:
+        if u not in strips:
+            continue
+        images = strips[u]
+        factor = max(1, 96 // int(images.shape[-2]))  # small images are enlarged (nearest)
+        if factor > 1:
+            images = images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+        rows.append(image_strip(list(images)))
     if not rows:
         return None
     width = max(r.shape[2] for r in rows)

@@ -97,8 +97,22 @@ def render_unit_images(
     device: torch.device | str | None = None,
     batch_size: int = 32,
     scale: int = 1,
+    units: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, dict[int, Tensor]]:
     """Regenerate the top images of each layer's best units and overlay the unit masks.
+
+    Args:
+        generator: The generator the result was computed on.
+        result: The dissection result (its top-image latent indices and thresholds are used).
+        bank: The latent bank of the dissection.
+        value_range: Value range of the generated images.
+        num_units: Units per layer (the best by IoU) when ``units`` is not given.
+        generate: Custom ``(generator, latents) -> images``.
+        selector: Picks the tensor from tuple/dict layer outputs.
+        device: Where to run the generator.
+        batch_size: Latents per generator call.
+        scale: Enlarge every image by this integer factor (nearest).
+        units: Explicit ``layer -> unit indices`` to render instead of the top ``num_units``.
 
     Returns:
         ``layer -> unit -> uint8 (k, 3, H, W)`` — each unit's top images, outside its thresholded
@@ -106,9 +120,13 @@ def render_unit_images(
     """
     from lightning_dissect.dissection import eval_mode, generate_images
 
-    wanted: dict[str, list[int]] = {
-        name: [u.unit for u in layer.top_units(num_units)] for name, layer in result.layers.items()
-    }
+    if units is not None:
+        wanted = {name: list(chosen) for name, chosen in units.items()}
+    else:
+        wanted = {
+            name: [u.unit for u in layer.top_units(num_units)]
+            for name, layer in result.layers.items()
+        }
     needed = sorted(
         {
             int(img["index"])
