@@ -1,6 +1,6 @@
 """Extract the callback's pictures from an example run's TensorBoard events into docs/images/.
 
-    python docs/scripts/make_callback_pictures.py runs/gan/lightning_logs/version_0 [layer]
+python docs/scripts/make_callback_pictures.py runs/gan/lightning_logs/version_0 [layer]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The README's picture: top units of a trained example generator, their top images, masks overlaid.
 
-    python docs/scripts/make_readme_strips.py runs/gan/lightning_logs/version_0/checkpoints/last.ckpt
+python docs/scripts/make_readme_strips.py runs/gan/lightning_logs/version_0/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
