@@ -1,6 +1,10 @@
-"""Extract the callback's pictures from an example run's TensorBoard events into docs/images/.
+"""Redraw the callback's TensorBoard pictures for the docs from an example run.
 
-python docs/scripts/make_callback_pictures.py runs/gan/lightning_logs/version_0 [layer]
+Uses the run's round JSON files (emergence picture) and its final checkpoint (unit strips and IoU
+heatmap of the last round, recomputed with the callback's settings), through the same functions the
+callback logs with.
+
+    python docs/scripts/make_callback_pictures.py runs/gan/lightning_logs/version_0 [layer]
 """
 
 from __future__ import annotations
@@ -8,24 +12,42 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import torch
 
-OUT = Path(__file__).resolve().parents[1] / "images"
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples"))
+OUT = ROOT / "docs" / "images"
+
+from gan_model import DCGAN  # noqa: E402
+
+from lightning_dissect import DissectionCallback, dissect, load_history  # noqa: E402
+from lightning_dissect.callback_logging import _strip_grid, units_by_round_image  # noqa: E402
+from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
+from lightning_dissect.visualize import encode_png, heatmap  # noqa: E402
 
 
 def main() -> None:
-    log_dir = sys.argv[1]
+    log_dir = Path(sys.argv[1])
     layer = sys.argv[2] if len(sys.argv) > 2 else "layer3"
-    acc = EventAccumulator(log_dir, size_guidance={"images": 0})
-    acc.Reload()
-    for kind, name in (
-        ("unit_strips", "unit_strips.png"),
-        ("units_by_round", "units_by_round.png"),
-        ("iou_heatmap", "iou_heatmap.png"),
-    ):
-        events = acc.Images(f"dissection/{layer}/{kind}")
-        (OUT / name).write_bytes(events[-1].encoded_image_string)
-        print(f"wrote {OUT / name} (step {events[-1].step})")
+    model = DCGAN.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    segmenter = SyntheticSceneSegmenter(SceneWorld(model.hparams.image_size))
+    callback = DissectionCallback([layer], segmenter)
+    entries = [callback._history_entry(r, r.metadata["global_step"], 0, {}) for r in load_history(log_dir)]
+    world = segmenter.world
+    rgb = ((world.palette + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    palette = {name: rgb[i].tolist() for i, name in enumerate(world.vocabulary.names)}
+    (OUT / "units_by_round.png").write_bytes(encode_png(units_by_round_image(entries, layer, palette)))
+    result = dissect(model.generator, [layer], segmenter, latent_shape=(model.hparams.latent_dim,),
+                     num_samples=128, batch_size=64, threshold_mode="iqr", num_levels=16,
+                     num_visualized_units=8, top_k=6, progress=False)
+    shown = [u.unit for u in result[layer].top_units(8)]
+    (OUT / "unit_strips_tensorboard.png").write_bytes(encode_png(_strip_grid(result, layer, shown)))
+    concepts = sorted({u.concept_index for u in result[layer].top_units(8)})
+    (OUT / "iou_heatmap.png").write_bytes(
+        encode_png(heatmap(result[layer].iou[torch.tensor(shown)][:, concepts], cell=16))
+    )
+    print(result.markdown_table(layer, top=8))
+    print("wrote", [p.name for p in OUT.glob("*.png")])
 
 
 if __name__ == "__main__":
