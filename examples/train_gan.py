@@ -251,6 +251,11 @@ def print_rounds(trainer) -> None:
         for name in layers:
             counts = ", ".join(f"{k} {v}" for k, v in last[name].concept_counts().items())
             print(f"  {name} at the last round: {counts or 'none'}")
+    for name, records in callback.last_ablations.items():
+        for r in records[:3]:
+            print(f"  ablation check, {name}: switching off {len(r.units)} '{r.concept}' units removes "
+                  f"{100 * r.relative_drop:.0f} % of it (random units of the same number: "
+                  f"{100 * r.control_relative_drop:.0f} %)")
     print(f"TensorBoard: tensorboard --logdir {trainer.default_root_dir}")
 
 

@@ -194,6 +194,7 @@ class DissectionCallback(Callback):
         self.name = name
         self.history: list[dict[str, Any]] = []
         self.last_result: DissectionResult | None = None
+        self.last_ablations: dict[str, list[Any]] = {}
         self._last_step: int = -1
         self._layout_written = False
 
@@ -258,6 +259,15 @@ class DissectionCallback(Callback):
         """Resolve generator, layers and latents and dry-run them before training starts."""
         if stage != "fit":
             return
+        others = [
+            c for c in trainer.callbacks
+            if isinstance(c, DissectionCallback) and c is not self and c.name == self.name
+        ]
+        if others:
+            raise ValueError(
+                "several DissectionCallbacks in one Trainer need distinct `name`s (they name the "
+                f"TensorBoard tags and round folders); two have name={self.name!r}"
+            )
         if self.segmenter is None:
             from lightning_dissect.segmenters import SyntheticSceneSegmenter
 
@@ -362,6 +372,7 @@ class DissectionCallback(Callback):
                         f"DissectionCallback ablation check at global_step={step} failed "
                         f"({type(err).__name__}: {err}); logging the dissection without it"
                     )
+            self.last_ablations = ablations
             if trainer.is_global_zero:
                 self._log(trainer, result, ablations, step)
         except Exception as err:  # noqa: BLE001 - never corrupt training; report with context

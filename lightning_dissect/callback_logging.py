@@ -165,7 +165,10 @@ def log_tensorboard(
     tag = callback._tag
     palette = _segmenter_palette(callback)
     if not callback._layout_written:
-        layout = {
+        # Several callbacks share one writer: TensorBoard shows the latest layout, so write the
+        # union of every callback's categories.
+        layout = getattr(writer, "_lightning_dissect_layout", {})
+        layout.update({
             f"{tag(name, '')[:-1]} emergence": {
                 "units per concept": ["Multiline", [tag(name, "units_per_concept", ".*")]],
                 "interpretable units per category": ["Multiline", [tag(name, "interpretable", ".*")]],
@@ -173,7 +176,8 @@ def log_tensorboard(
                 "ablation: relative drop": ["Multiline", [tag(name, "ablation", ".*", "relative_drop")]],
             }
             for name in result.layers
-        }
+        })
+        writer._lightning_dissect_layout = layout
         writer.add_custom_scalars(layout)
         callback._layout_written = True
     for name, layer in result.layers.items():

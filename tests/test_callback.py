@@ -211,3 +211,51 @@ def test_ablation_check_logs_the_right_numbers(tmp_path):
                 assert logged == pytest.approx(getattr(record, field), abs=1e-6), tag
                 checked += 1
     assert checked >= 6
+
+
+def test_two_named_callbacks_coexist(tmp_path):
+    a = make_callback(name="coarse", ablation_check=False)
+    b = DissectionCallback(["layer2"], SyntheticSceneSegmenter(16), name="fine", num_samples=32,
+                           batch_size=16, num_visualized_units=2, top_k=2, ablation_check=False)
+    trainer, _ = fit(tmp_path, [a, b], max_epochs=1, enable_checkpointing=False)
+    log_dir = trainer.logger.log_dir
+    assert len(a.history) == len(b.history) == 1
+    assert len(load_history(f"{log_dir}/dissection-coarse")) == 1
+    assert list(load_history(f"{log_dir}/dissection-fine")[0].layers) == ["layer2"]
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert "dissection-coarse/layer1/interpretable_units" in scalars
+    assert "dissection-fine/layer2/interpretable_units" in scalars
+
+
+def test_two_unnamed_callbacks_fail_at_setup(tmp_path):
+    with pytest.raises(ValueError, match="distinct `name`s"):
+        fit(tmp_path, [make_callback(), DissectionCallback(["layer2"], SyntheticSceneSegmenter(16))],
+            enable_checkpointing=False)
+
+
+class LatentValidationGAN(TinyGAN):
+    """A GAN whose validation loader yields latents (as some GAN modules do)."""
+
+    def validation_step(self, batch, batch_idx):
+        self.generator(batch[0])
+
+    def val_dataloader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        z = torch.randn(24, 16, generator=torch.Generator().manual_seed(7))
+        return DataLoader(TensorDataset(z), batch_size=8)
+
+
+def test_ablation_uses_validation_latents_when_the_loader_yields_them(tmp_path):
+    callback = make_callback(ablation_samples=20)
+    trainer, model = fit(tmp_path, [callback], model=LatentValidationGAN(), enable_checkpointing=False)
+    latents = callback._ablation_latents(trainer, model.generator)
+    expected = torch.randn(24, 16, generator=torch.Generator().manual_seed(7))[:20]
+    assert torch.equal(latents, expected)
+    # a loader of images (not latents) falls back to the callback's own seeded bank
+    fallback = make_callback(ablation_samples=20)
+    fallback.latent_shape = (16,)
+    own = fallback._ablation_latents(type("T", (), {"val_dataloaders": scene_loader()})(), model.generator)
+    assert own.shape == (20, 16) and not torch.equal(own, expected)
