@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -36,7 +37,7 @@ def _size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     return (h, w)
 
 
-class ModelSegmenter:
+class ModelSegmenter(abc.ABC):
     """Base of the adapters: value range → normalised model input → logits → labels.
 
     Subclasses set ``vocabulary`` and implement :meth:`logits` (model input → class scores
@@ -80,9 +81,9 @@ class ModelSegmenter:
             self.model.to(self.device)
 
     # -- to be provided by subclasses
+    @abc.abstractmethod
     def logits(self, pixel_values: Tensor, size: tuple[int, int]) -> Tensor:  # pragma: no cover
         """Class scores ``(B, K, H', W')`` at ``size`` for normalised model input."""
-        raise NotImplementedError
 
     # -- shared plumbing
     def _model_device(self) -> torch.device:
