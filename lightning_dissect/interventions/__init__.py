@@ -1,0 +1,73 @@
+r"""Interventions: switch units off (ablation) or on (insertion) and measure what the images lose.
+
+Dissection finds *correlation* between units and concepts; interventions test *causation*. One
+rule covers every edit of a layer output ``r`` (see :class:`~lightning_dissect.hooks.LayerEdit`):
+
+.. math:: r \leftarrow r\,(1 - \alpha m) + v\,\alpha m
+
+with a per-unit strength ``α`` (1 for the units edited, 0 for the others), a value ``v`` and an
+optional spatial mask ``m``.
+
+* :func:`ablate` — ``v = 0`` (the paper's ablation) or ``v`` = the unit's mean activation
+  (``mode="mean"``, which removes the unit's *information* but keeps its average contribution).
+* :func:`insert` — ``v`` = a high per-unit value (by default the unit's 0.99 quantile, as in
+  GANPaint) written into a region.
+* :func:`intervene` — a context manager applying edits to several layers, always removed on exit.
+
+Effects are measured as fractions of pixels carrying a concept (``E_z[s_c(G(z))]``), counted
+exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
+
+* :func:`ablation_effect` — baseline, ablated and the drop, next to a *random-units control* of
+  the same size (drawn from the layer's other units with a private, seeded generator);
+* :func:`insertion_effect` — the concept created by inserting units, overall and in the region;
+* :func:`average_causal_effect` — ``ACE = E[s_c(x_inserted)] − E[s_c(x_ablated)]``;
+* :func:`ablation_curve` — the remaining fraction after zeroing the top-``n`` units by IoU,
+  ``n = 0 … N`` (gandissect's curve), with the control curve;
+* :func:`ablation_check` — for every concept with interpretable units in a
+  :class:`~lightning_dissect.result.LayerDissection`, switch off its units and report the drop;
+  this is what :class:`~lightning_dissect.callback.DissectionCallback` runs at every round.
+
+Every function runs under ``torch.inference_mode()`` with the generator in eval mode (restoring
+each submodule's mode), never touches the global RNG, and removes its hooks even when the
+generator raises. Under an initialised ``torch.distributed`` process group each rank passes *its
+own* latents (e.g. ``bank[shard_indices(len(bank), rank, world_size)]``) and every rank gets the
+same result: the pixel counts are all-reduced, so the fractions equal those of one process over
+all latents bit for bit (when each latent's image does not depend on its batch). All ranks must
+call the function with the same arguments apart from the latents.
+"""
+
+from __future__ import annotations
+
+from lightning_dissect.interventions._common import Generate, Latents
+from lightning_dissect.interventions.check import ablation_check
+from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
+from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
+from lightning_dissect.interventions.effects import (
+    AblationEffect,
+    CausalEffect,
+    InsertionEffect,
+    ablation_effect,
+    average_causal_effect,
+    insertion_effect,
+)
+from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
+
+__all__ = [
+    "Generate",
+    "Latents",
+    "UnitStatistics",
+    "AblationEffect",
+    "InsertionEffect",
+    "CausalEffect",
+    "AblationCurve",
+    "intervene",
+    "ablate",
+    "insert",
+    "unit_statistics",
+    "random_units",
+    "ablation_effect",
+    "insertion_effect",
+    "average_causal_effect",
+    "ablation_curve",
+    "ablation_check",
+]
