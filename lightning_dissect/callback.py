@@ -256,7 +256,7 @@ class DissectionCallback(Callback):
 
     # ------------------------------------------------------------------ setup / dry run
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Resolve generator, layers and latents and dry-run them before training starts."""
+        """Check that several dissection callbacks in one trainer have distinct names."""
         if stage != "fit":
             return
         others = [
@@ -268,6 +268,17 @@ class DissectionCallback(Callback):
                 "several DissectionCallbacks in one Trainer need distinct `name`s (they name the "
                 f"TensorBoard tags and round folders); two have name={self.name!r}"
             )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resolve generator, layers and latents and dry-run them before the first training step.
+
+        Runs after ``LightningModule.setup``/``configure_model`` (so generators built there are
+        found) and after the model was moved to its device.
+        """
+        from lightning_dissect._distributed import check_samples_per_rank
+
+        if self.ablation_check:
+            check_samples_per_rank(self.ablation_samples, "ablation_samples")
         if self.segmenter is None:
             from lightning_dissect.segmenters import SyntheticSceneSegmenter
 
@@ -284,9 +295,12 @@ class DissectionCallback(Callback):
             dim = self._latent_dim(pl_module)
             candidates = [(dim,), (dim, 1, 1)]
         errors = []
+        device = pl_module.device
         for shape in candidates:
             try:
-                self._dry_run(generator, shape)
+                # a generator drawing noise must not move the training RNG
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    self._dry_run(generator, shape)
             except Exception as err:  # noqa: BLE001 - reported below with every attempt
                 errors.append((shape, err))
                 continue
@@ -343,6 +357,14 @@ class DissectionCallback(Callback):
     def _round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> DissectionResult | None:
         if trainer.sanity_checking:
             return None
+        device = pl_module.device
+        # nothing a round does (data loader iterators, generator noise) may move the training RNG
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return self._round_body(trainer, pl_module)
+
+    def _round_body(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> DissectionResult | None:
         step = int(trainer.global_step)
         if step == self._last_step:
             return None

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._distributed import agree_on_failure, check_samples_per_rank, seeded_rng
 from lightning_dissect.functional.scores import iou_from_counts, iqr_from_counts
 from lightning_dissect.hooks import OutputSelector, capture_layers, resolve_layer, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
@@ -185,13 +186,22 @@ def _merge_topk(
 def _gather_topk(values: Tensor, indices: Tensor, k: int, world_size: int) -> tuple[Tensor, Tensor]:
     if world_size == 1:
         return values, indices
+    # a rank with fewer than k latents holds fewer columns: pad to k so all_gather shapes agree
+    missing = k - values.shape[1]
+    if missing > 0:
+        values = torch.cat([values, values.new_full((values.shape[0], missing), float("-inf"))], 1)
+        indices = torch.cat([indices, indices.new_full((indices.shape[0], missing), -1)], 1)
     gathered_v = [torch.empty_like(values) for _ in range(world_size)]
     gathered_i = [torch.empty_like(indices) for _ in range(world_size)]
     torch.distributed.all_gather(gathered_v, values.contiguous())
     torch.distributed.all_gather(gathered_i, indices.contiguous())
     empty_v = values[:, :0]
     empty_i = indices[:, :0]
-    return _merge_topk(empty_v, empty_i, torch.cat(gathered_v, 1), torch.cat(gathered_i, 1), k)
+    merged_v, merged_i = _merge_topk(
+        empty_v, empty_i, torch.cat(gathered_v, 1), torch.cat(gathered_i, 1), k
+    )
+    real = int((merged_i[0] >= 0).sum())  # padding sorts last (value -inf)
+    return merged_v[:, :real], merged_i[:, :real]
 
 
 class _Progress:
@@ -302,6 +312,9 @@ def dissect(
     device = torch.device(cfg.device) if cfg.device else _module_device(model)
 
     bank = LatentBank(cfg.num_samples, latent_shape, cfg.seed, latent_sampler)
+    check_samples_per_rank(cfg.num_samples, "num_samples")
+    if cfg.threshold_mode == "iqr" and cfg.level_selection_samples:
+        check_samples_per_rank(cfg.level_selection_samples, "level_selection_samples")
     shard = shard_indices(len(bank), rank, world_size)
     selection_bank = None
     if cfg.threshold_mode == "iqr" and cfg.level_selection_samples:
@@ -310,8 +323,10 @@ def dissect(
         )
 
     def forward(bank_: LatentBank, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        with capture_layers(model, layers, selector) as captured:
-            images = generate_images(generator, bank_[idx].to(device), generate)
+        # the same latents get the same generator noise in every pass (StyleGAN-style noise)
+        with seeded_rng(bank_.seed * 1_000_003 + int(idx[0]), device):
+            with capture_layers(model, layers, selector) as captured:
+                images = generate_images(generator, bank_[idx].to(device), generate)
         missing = [n for n in layers if n not in captured]
         if missing:
             raise RuntimeError(
@@ -344,30 +359,31 @@ def dissect(
         seg_cache: list[Tensor] = []
         seg_size: tuple[int, int] | None = None
         task = progress.task("dissection pass 1/2: thresholds", len(shard))
-        for i, idx in enumerate(batches(shard)):
-            images, acts = forward(bank, idx)
-            labels = segment(images, first=i == 0)
-            seg_size = (int(labels.shape[-2]), int(labels.shape[-1]))
-            seg_cache.append(labels.to("cpu", _compact_dtype(num_concepts)))
-            for name in layers:
-                a = acts[name]
-                if name not in quantiles:
-                    quantiles[name] = UnitQuantiles(
-                        a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy
-                    ).to(device)
-                    empty = torch.empty(a.shape[1], 0, device=device)
-                    topk[name] = (empty, empty.long())
-                quantiles[name].update(a.float(), size=seg_size)
-                maxact = a.float().amax((2, 3)).T  # (U, B)
-                topk[name] = _merge_topk(
-                    *topk[name], maxact, idx.to(device).expand_as(maxact), cfg.top_k
-                )
-            progress.advance(task, len(idx))
-        if seg_size is None:  # this rank had no samples (more ranks than samples)
-            raise ValueError(
-                f"`num_samples`={cfg.num_samples} is smaller than the number of processes "
-                f"({world_size})"
-            )
+        error: BaseException | None = None
+        try:
+            for i, idx in enumerate(batches(shard)):
+                images, acts = forward(bank, idx)
+                labels = segment(images, first=i == 0)
+                seg_size = (int(labels.shape[-2]), int(labels.shape[-1]))
+                seg_cache.append(labels.to("cpu", _compact_dtype(num_concepts)))
+                for name in layers:
+                    a = acts[name]
+                    if name not in quantiles:
+                        quantiles[name] = UnitQuantiles(
+                            a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy
+                        ).to(device)
+                        empty = torch.empty(a.shape[1], 0, device=device)
+                        topk[name] = (empty, empty.long())
+                    quantiles[name].update(a.float(), size=seg_size)
+                    maxact = a.float().amax((2, 3)).T  # (U, B)
+                    topk[name] = _merge_topk(
+                        *topk[name], maxact, idx.to(device).expand_as(maxact), cfg.top_k
+                    )
+                progress.advance(task, len(idx))
+        except Exception as err:  # noqa: BLE001 - re-raised below on every rank together
+            error = err
+        agree_on_failure(error, device, "dissection pass 1")
+        assert seg_size is not None
         # thresholds (synced)
         thresholds: dict[str, Tensor] = {}
         if cfg.threshold_mode == "quantile":
@@ -395,37 +411,42 @@ def dissect(
             sel_shard = shard_indices(len(selection_bank), rank, world_size)
             sel_metrics = {n: make_metric(n) for n in layers}
             task = progress.task("dissection: level selection set", len(sel_shard))
-            for i, idx in enumerate(batches(sel_shard)):
-                images, acts = forward(selection_bank, idx)
-                labels = segment(images, first=i == 0).to(device)
-                for name in layers:
-                    sel_metrics[name].update(acts[name].float(), labels)
-                progress.advance(task, len(idx))
+            error = None
+            try:
+                for i, idx in enumerate(batches(sel_shard)):
+                    images, acts = forward(selection_bank, idx)
+                    labels = segment(images, first=i == 0).to(device)
+                    for name in layers:
+                        sel_metrics[name].update(acts[name].float(), labels)
+                    progress.advance(task, len(idx))
+            except Exception as err:  # noqa: BLE001 - re-raised below on every rank together
+                error = err
+            agree_on_failure(error, device, "dissection level selection")
             selection_counts = {n: sel_metrics[n].counts() for n in layers}
 
         # ---------------------------------------------------------------- pass 2
         metrics = {n: make_metric(n) for n in layers}
         chance = {n: make_metric(n) for n in layers} if cfg.chance_baseline else {}
         task = progress.task("dissection pass 2/2: IoU", len(shard))
-        previous: Tensor | None = None
-        for idx, cached in zip(batches(shard), seg_cache):
-            _, acts = forward(bank, idx)
-            labels = cached.to(device=device, dtype=torch.int64)
-            if cfg.chance_baseline:
-                # pair each image with the previous image's segmentation; a batch of one takes
-                # the last segmentation of the batch before it (the very first is skipped)
-                rolled = (
-                    labels.roll(1, 0)
-                    if labels.shape[0] > 1
-                    else (previous[-1:] if previous is not None else None)
-                )
-                previous = labels
-            for name in layers:
-                a = acts[name].float()
-                metrics[name].update(a, labels)
-                if cfg.chance_baseline and rolled is not None:
-                    chance[name].update(a, rolled)
-            progress.advance(task, len(idx))
+        error = None
+        try:
+            for idx, cached in zip(batches(shard), seg_cache):
+                _, acts = forward(bank, idx)
+                labels = cached.to(device=device, dtype=torch.int64)
+                if cfg.chance_baseline:
+                    # pair each image with the previous image's segmentation of the same batch;
+                    # a batch of one has no partner and is left out of the chance counts (pairing
+                    # within batches keeps a DDP run identical to one process)
+                    rolled = labels.roll(1, 0) if labels.shape[0] > 1 else None
+                for name in layers:
+                    a = acts[name].float()
+                    metrics[name].update(a, labels)
+                    if cfg.chance_baseline and rolled is not None:
+                        chance[name].update(a, rolled)
+                progress.advance(task, len(idx))
+        except Exception as err:  # noqa: BLE001 - re-raised below on every rank together
+            error = err
+        agree_on_failure(error, device, "dissection pass 2")
         counts = {n: metrics[n].counts() for n in layers}
         chance_counts = {n: chance[n].counts() for n in layers} if cfg.chance_baseline else {}
 

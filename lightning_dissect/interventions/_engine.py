@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._distributed import agree_on_failure, seeded_rng
 from lightning_dissect.dissection import _module_device, eval_mode, generate_images
 from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.interventions._common import Generate
@@ -61,23 +62,30 @@ def _measure(
         overall = {key: metric() for key in variants}
         inside = {key: metric() for key, v in variants.items() if v.region is not None}
         first = True
-        for batch in torch.split(latents, batch_size):
-            z = batch.to(device)
-            for key, variant in variants.items():
-                if variant.edits:
-                    with intervene(generator, variant.edits, selector):
-                        images = generate_images(generator, z, generate)
-                else:
-                    images = generate_images(generator, z, generate)
-                if first:
-                    validate_images(images, segmenter.value_range, name="generator output")
-                labels = segmenter(images)
-                if first:
-                    validate_segmentation(labels, vocabulary, batch_size=images.shape[0])
-                    first = False
-                overall[key].update(labels)
-                if key in inside:
-                    inside[key].update(labels, mask=variant.region)
+        error: BaseException | None = None
+        try:
+            for start, batch in enumerate(torch.split(latents, batch_size)):
+                z = batch.to(device)
+                for key, variant in variants.items():
+                    # every variant of a batch sees the same generator noise (if it draws any)
+                    with seeded_rng(start, device):
+                        if variant.edits:
+                            with intervene(generator, variant.edits, selector):
+                                images = generate_images(generator, z, generate)
+                        else:
+                            images = generate_images(generator, z, generate)
+                    if first:
+                        validate_images(images, segmenter.value_range, name="generator output")
+                    labels = segmenter(images)
+                    if first:
+                        validate_segmentation(labels, vocabulary, batch_size=images.shape[0])
+                        first = False
+                    overall[key].update(labels)
+                    if key in inside:
+                        inside[key].update(labels, mask=variant.region)
+        except Exception as err:  # noqa: BLE001 - re-raised below on every rank together
+            error = err
+        agree_on_failure(error, device, "intervention measurement")
         fractions = {key: m.compute().cpu() for key, m in overall.items()}
         in_region = {key: m.compute().cpu() for key, m in inside.items()}
         # compute() leaves the local states in place: sync the counts we report in one call

@@ -1,0 +1,76 @@
+"""Keeping ranks in step and generator noise reproducible during dissection passes.
+
+* :func:`agree_on_failure`: local loops hold no collectives, so a rank that fails inside one must
+  not skip the synchronisation the others wait in. Every rank reports whether it failed and all of
+  them raise together.
+* :func:`seeded_rng`: generators that draw noise in ``forward`` (StyleGAN-style) get the same noise
+  for the same latents in every pass, and the caller's global RNG is restored afterwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+__all__ = ["agree_on_failure", "seeded_rng", "check_samples_per_rank"]
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def agree_on_failure(error: BaseException | None, device: torch.device, what: str) -> None:
+    """Raise on every rank if any rank failed (``error`` is this rank's exception or ``None``).
+
+    Examples:
+        >>> agree_on_failure(None, torch.device("cpu"), "pass 1")  # single process, no error
+    """
+    rank, world = _world()
+    if world > 1:
+        flag = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        failed = bool(flag.item())
+    else:
+        failed = error is not None
+    if not failed:
+        return
+    if error is not None:
+        raise error
+    raise RuntimeError(f"{what} failed on another rank; see that rank's error")
+
+
+def check_samples_per_rank(num_samples: int, name: str) -> None:
+    """Every rank needs at least one latent; the same check gives the same answer on all ranks."""
+    _, world = _world()
+    if num_samples < world:
+        raise ValueError(
+            f"`{name}`={num_samples} is smaller than the number of processes ({world}); "
+            "every process needs at least one latent"
+        )
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with the global RNG seeded by ``seed``; restore the caller's RNG after.
+
+    Examples:
+        >>> before = torch.get_rng_state()
+        >>> with seeded_rng(3, torch.device("cpu")):
+        ...     a = torch.rand(1)
+        >>> with seeded_rng(3, torch.device("cpu")):
+        ...     b = torch.rand(1)
+        >>> bool(torch.equal(a, b)), bool(torch.equal(before, torch.get_rng_state()))
+        (True, True)
+    """
+    seed = int(seed) % (2**63)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if devices:  # only this process's device, whose state fork_rng restores
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
