@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def _percent(fraction: float) -> str:
+    return "n/a" if fraction != fraction else f"{round(100 * fraction) + 0} %"  # no "-0 %"
+
+
 def print_rounds(trainer) -> None:
     """Print the callback's rounds: interpretable units per layer over training, last ablation."""
     from lightning_dissect import DissectionCallback
@@ -254,8 +258,8 @@ def print_rounds(trainer) -> None:
     for name, records in callback.last_ablations.items():
         for r in records[:3]:
             print(f"  ablation check, {name}: switching off {len(r.units)} '{r.concept}' units removes "
-                  f"{100 * r.relative_drop:.0f} % of it (random units of the same number: "
-                  f"{100 * r.control_relative_drop:.0f} %)")
+                  f"{_percent(r.relative_drop)} of it (random units of the same number: "
+                  f"{_percent(r.control_relative_drop)})")
     print(f"TensorBoard: tensorboard --logdir {trainer.default_root_dir}")
 
 
