@@ -1,5 +1,7 @@
-"""Keeping ranks in step and generator noise reproducible during dissection passes.
+"""Process-group helpers: who am I, keeping ranks in step, and reproducible generator noise.
 
+* :func:`world`: ``(rank, world_size)`` of the default process group (``(0, 1)`` without one, or
+  when the caller asked for a local run with ``distributed=False``).
 * :func:`agree_on_failure`: local loops hold no collectives, so a rank that fails inside one must
   not skip the synchronisation the others wait in. Every rank reports whether it failed and all of
   them raise together.
@@ -14,23 +16,34 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["agree_on_failure", "seeded_rng", "check_samples_per_rank"]
+__all__ = ["world", "agree_on_failure", "seeded_rng", "check_samples_per_rank", "all_gather_cat"]
 
 
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+def world(distributed: bool = True) -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group; ``(0, 1)`` without one.
+
+    Args:
+        distributed: ``False`` ignores any process group (a local run on this process only).
+
+    Examples:
+        >>> world()
+        (0, 1)
+    """
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def agree_on_failure(error: BaseException | None, device: torch.device, what: str) -> None:
+def agree_on_failure(
+    error: BaseException | None, device: torch.device, what: str, *, distributed: bool = True
+) -> None:
     """Raise on every rank if any rank failed (``error`` is this rank's exception or ``None``).
 
     Examples:
         >>> agree_on_failure(None, torch.device("cpu"), "pass 1")  # single process, no error
     """
-    rank, world = _world()
-    if world > 1:
+    _, size = world(distributed)
+    if size > 1:
         flag = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         failed = bool(flag.item())
@@ -43,14 +56,24 @@ def agree_on_failure(error: BaseException | None, device: torch.device, what: st
     raise RuntimeError(f"{what} failed on another rank; see that rank's error")
 
 
-def check_samples_per_rank(num_samples: int, name: str) -> None:
+def check_samples_per_rank(num_samples: int, name: str, *, distributed: bool = True) -> None:
     """Every rank needs at least one latent; the same check gives the same answer on all ranks."""
-    _, world = _world()
-    if num_samples < world:
+    _, size = world(distributed)
+    if num_samples < size:
         raise ValueError(
-            f"`{name}`={num_samples} is smaller than the number of processes ({world}); "
+            f"`{name}`={num_samples} is smaller than the number of processes ({size}); "
             "every process needs at least one latent"
         )
+
+
+def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate equally shaped ``tensor`` of every rank along ``dim`` (rank order)."""
+    _, size = world()
+    if size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(size)]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim)
 
 
 @contextmanager

@@ -2,7 +2,9 @@
 
 The callback only schedules, resolves the generator and latents, and logs; every statistic comes
 from :func:`lightning_dissect.dissection.dissect` (and, for the ablation check, from
-:func:`lightning_dissect.interventions.ablation_check`).
+:func:`lightning_dissect.interventions.ablation_check`). Generators are run through
+:class:`~lightning_dissect.runner.GeneratorRunner`, found by :mod:`lightning_dissect.discovery`,
+and rounds are written by :class:`~lightning_dissect.round_logging.RoundLogger`.
 """
 
 from __future__ import annotations
@@ -18,46 +20,28 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_dissect.dissection import (
-    DissectionConfig,
-    Generate,
-    dissect,
-    eval_mode,
-    generate_images,
+from lightning_dissect._distributed import check_samples_per_rank, world
+from lightning_dissect.config import CALLBACK_DEFAULTS, DissectionConfig, config_defaults
+from lightning_dissect.discovery import (
+    GENERATOR_ATTRIBUTES,
+    LATENT_DIM_ATTRIBUTES,
+    find_generator,
+    find_latent_dim,
+    latent_shape_candidates,
 )
-from lightning_dissect.hooks import OutputSelector, capture_layers, resolve_layer, unwrap_model
+from lightning_dissect.dissection import dissect
+from lightning_dissect.history import load_history
+from lightning_dissect.hooks import OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
+from lightning_dissect.round_logging import RoundLogger, round_entry, segmenter_palette
+from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback", "load_history", "GENERATOR_ATTRIBUTES", "LATENT_DIM_ATTRIBUTES"]
 
-#: Attribute names searched (in order) for the generator on the LightningModule.
-GENERATOR_ATTRIBUTES = ("generator", "G", "netG", "gen", "net_g", "model.generator")
-#: Attribute names searched (in order, on ``hparams`` then on the module) for the latent size.
-LATENT_DIM_ATTRIBUTES = ("latent_dim", "nz", "z_dim", "zdim", "latent_size", "noise_dim")
-
-ROUND_DIR = "dissection"
-
-
-def _getattr_path(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def load_history(directory: str | Path) -> list[DissectionResult]:
-    """Load every round a :class:`DissectionCallback` wrote under ``directory``, oldest first.
-
-    ``directory`` may be the logger's directory (the rounds are in its ``dissection/``
-    sub-directory) or that sub-directory itself. Results from different runs are comparable with
-    :meth:`DissectionResult.compare`.
-    """
-    root = Path(directory)
-    if (root / ROUND_DIR).is_dir():
-        root = root / ROUND_DIR
-    files = sorted(root.glob("round_*.json"))
-    return [DissectionResult.from_json(f) for f in files]
+_CONFIG_ARGUMENTS = ("num_samples", "batch_size", "threshold_mode", "quantile", "iou_threshold",
+                     "num_visualized_units", "top_k", "seed")
 
 
 class DissectionCallback(Callback):
@@ -91,17 +75,19 @@ class DissectionCallback(Callback):
         segmenter: Images → concept labels; default: the embedded synthetic-world segmenter.
         every_n_epochs: Dissect after every ``n``-th training epoch (``None``/0 to disable).
         every_n_train_steps: Dissect every ``n`` global steps instead (checked after each batch).
-        num_samples: Latents per round (the sample budget; cost is linear in it).
-        batch_size: Latents per generator call.
+        num_samples: Latents per round (the sample budget; cost is linear in it). Default 512.
+        batch_size: Latents per generator call. Default 64.
         threshold_mode: ``"quantile"`` or ``"iqr"`` (see :class:`DissectionConfig`).
-        quantile: Quantile level in ``"quantile"`` mode.
-        iou_threshold: Interpretability cut-off on the label IoU.
-        num_visualized_units: Units per layer whose image strips are logged (0: none).
-        top_k: Images per strip.
-        seed: Seed of the latent bank (private generator: the training RNG is untouched).
+        quantile: Quantile level in ``"quantile"`` mode. Default 0.99.
+        iou_threshold: Interpretability cut-off on the label IoU. Default 0.04.
+        num_visualized_units: Units per layer whose image strips are logged (0: none). Default 8.
+        top_k: Images per strip. Default 6.
+        seed: Seed of the latent bank (private generator: the training RNG is untouched). Default 1.
         generator: Attribute path (``"G"``, ``"model.generator"``) or callable
-            ``pl_module -> nn.Module``; default searches :data:`GENERATOR_ATTRIBUTES`.
-        latent_shape: Shape of one latent; default from :data:`LATENT_DIM_ATTRIBUTES`, trying
+            ``pl_module -> nn.Module``; default searches
+            :data:`~lightning_dissect.discovery.GENERATOR_ATTRIBUTES`.
+        latent_shape: Shape of one latent; default from
+            :data:`~lightning_dissect.discovery.LATENT_DIM_ATTRIBUTES`, trying
             ``(d,)`` then ``(d, 1, 1)``.
         latent_sampler: Custom ``(n, torch.Generator) -> latents`` (overrides ``latent_shape``).
         generate: Custom ``(generator, latents) -> images``.
@@ -112,7 +98,9 @@ class DissectionCallback(Callback):
         on_error: ``"warn"`` (report the failed round with context and keep training) or
             ``"raise"``.
         name: Distinguishes several callbacks in one trainer (state keys, tags, folders).
-        dissection_config: Further :class:`DissectionConfig` settings.
+        dissection_config: Further :class:`DissectionConfig` settings; a setting given both
+            here and as a keyword argument is an error. Defaults not given anywhere are those of
+            :data:`~lightning_dissect.config.CALLBACK_DEFAULTS` over :class:`DissectionConfig`.
 
     Examples:
         >>> from lightning_dissect.segmenters import SyntheticSceneSegmenter
@@ -128,14 +116,14 @@ class DissectionCallback(Callback):
         *,
         every_n_epochs: int | None = 1,
         every_n_train_steps: int | None = None,
-        num_samples: int = 512,
-        batch_size: int = 64,
-        threshold_mode: str = "quantile",
-        quantile: float = 0.99,
-        iou_threshold: float = 0.04,
-        num_visualized_units: int = 8,
-        top_k: int = 6,
-        seed: int = 1,
+        num_samples: int | None = None,
+        batch_size: int | None = None,
+        threshold_mode: str | None = None,
+        quantile: float | None = None,
+        iou_threshold: float | None = None,
+        num_visualized_units: int | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
         generator: str | Callable[[pl.LightningModule], nn.Module] | None = None,
         latent_shape: Sequence[int] | None = None,
         latent_sampler: LatentSampler | None = None,
@@ -164,24 +152,29 @@ class DissectionCallback(Callback):
             raise ValueError(f"`on_error` must be 'warn' or 'raise', got {on_error!r}")
         if ablation_top_n < 1 or ablation_samples < 1:
             raise ValueError("`ablation_top_n` and `ablation_samples` must be positive")
+        explicit = {
+            key: value
+            for key, value in zip(
+                _CONFIG_ARGUMENTS,
+                (num_samples, batch_size, threshold_mode, quantile, iou_threshold, num_visualized_units, top_k, seed),
+            )
+            if value is not None
+        }
+        extra = dict(dissection_config or {})
+        unknown = sorted(set(extra) - set(DissectionConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"`dissection_config` has unknown settings {unknown}")
+        conflicts = sorted(set(explicit) & set(extra))
+        if conflicts:
+            raise ValueError(
+                f"{', '.join(conflicts)} given both as keyword argument(s) and in `dissection_config`; "
+                "give each setting once"
+            )
         self.layers = list(layers)
         self.segmenter = segmenter
         self.every_n_epochs = every_n_epochs or None
         self.every_n_train_steps = every_n_train_steps or None
-        self.config = DissectionConfig(
-            **{
-                "num_samples": num_samples,
-                "batch_size": batch_size,
-                "threshold_mode": threshold_mode,
-                "quantile": quantile,
-                "iou_threshold": iou_threshold,
-                "num_visualized_units": num_visualized_units,
-                "top_k": top_k,
-                "seed": seed,
-                "progress": False,
-                **dict(dissection_config or {}),
-            }
-        ).validate()
+        self.config = DissectionConfig(**{**config_defaults(CALLBACK_DEFAULTS), **explicit, **extra}).validate()
         self.generator_getter = generator
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
         self.latent_sampler = latent_sampler
@@ -196,6 +189,7 @@ class DissectionCallback(Callback):
         self.last_result: DissectionResult | None = None
         self.last_ablations: dict[str, list[Any]] = {}
         self._last_step: int = -1
+        self._round_logger: RoundLogger | None = None
         self._layout_written = False
 
     # ------------------------------------------------------------------ state
@@ -216,42 +210,30 @@ class DissectionCallback(Callback):
     # ------------------------------------------------------------------ resolution
     def resolve_generator(self, pl_module: pl.LightningModule) -> nn.Module:
         """The generator module of ``pl_module`` (see the ``generator`` argument)."""
-        getter = self.generator_getter
-        if callable(getter):
-            module = getter(pl_module)
-        else:
-            candidates = (getter,) if getter else GENERATOR_ATTRIBUTES
-            module = None
-            for path in candidates:
-                try:
-                    module = _getattr_path(pl_module, path)
-                except AttributeError:
-                    continue
-                if isinstance(module, nn.Module):
-                    break
-                module = None
-            if module is None:
-                raise ValueError(
-                    f"DissectionCallback could not find the generator on "
-                    f"{type(pl_module).__name__}: looked for attribute(s) "
-                    f"{', '.join(repr(c) for c in candidates)}; pass `generator=` (an attribute "
-                    "path or a callable pl_module -> nn.Module)"
-                )
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"`generator` resolved to {type(module).__name__}, not an nn.Module")
+        try:
+            module = find_generator(pl_module, self.generator_getter, argument="generator=")
+        except ValueError as err:
+            raise ValueError(f"DissectionCallback {err}") from err
         return unwrap_model(module)
 
-    def _latent_dim(self, pl_module: pl.LightningModule) -> int:
-        hparams = getattr(pl_module, "hparams", {})
-        for attr in LATENT_DIM_ATTRIBUTES:
-            for source in (hparams, pl_module):
-                value = source.get(attr) if isinstance(source, Mapping) else getattr(source, attr, None)
-                if isinstance(value, int) and value > 0:
-                    return value
-        raise ValueError(
-            f"DissectionCallback could not find the latent size of {type(pl_module).__name__}: "
-            f"looked for {', '.join(LATENT_DIM_ATTRIBUTES)} on hparams and on the module; pass "
-            "`latent_shape=` or `latent_sampler=`"
+    def _latent_candidates(self, pl_module: pl.LightningModule) -> list[tuple[int, ...] | None]:
+        if self.latent_sampler is not None:
+            return [None]
+        if self.latent_shape is not None:
+            return [self.latent_shape]
+        dim = find_latent_dim(pl_module)
+        if dim is None:
+            raise ValueError(
+                f"DissectionCallback could not find the latent size of {type(pl_module).__name__}: "
+                f"looked for {', '.join(LATENT_DIM_ATTRIBUTES)} on hparams and on the module; pass "
+                "`latent_shape=` or `latent_sampler=`"
+            )
+        return list(latent_shape_candidates(dim))
+
+    def _runner(self, generator: nn.Module, batch_size: int | None = None) -> GeneratorRunner:
+        return GeneratorRunner(
+            generator, generate=self.generate, selector=self.selector,
+            batch_size=batch_size or self.config.batch_size,
         )
 
     # ------------------------------------------------------------------ setup / dry run
@@ -275,63 +257,29 @@ class DissectionCallback(Callback):
         Runs after ``LightningModule.setup``/``configure_model`` (so generators built there are
         found) and after the model was moved to its device.
         """
-        from lightning_dissect._distributed import check_samples_per_rank
-
         if self.ablation_check:
             check_samples_per_rank(self.ablation_samples, "ablation_samples")
         if self.segmenter is None:
             from lightning_dissect.segmenters import SyntheticSceneSegmenter
 
             self.segmenter = SyntheticSceneSegmenter()
-        generator = self.resolve_generator(pl_module)
-        for name in self.layers:
-            resolve_layer(generator, name)
-        candidates: list[tuple[int, ...] | None]
-        if self.latent_sampler is not None:
-            candidates = [None]
-        elif self.latent_shape is not None:
-            candidates = [self.latent_shape]
-        else:
-            dim = self._latent_dim(pl_module)
-            candidates = [(dim,), (dim, 1, 1)]
-        errors = []
-        device = pl_module.device
-        for shape in candidates:
-            try:
-                # a generator drawing noise must not move the training RNG
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    self._dry_run(generator, shape)
-            except Exception as err:  # noqa: BLE001 - reported below with every attempt
-                errors.append((shape, err))
-                continue
-            if shape is not None:
-                self.latent_shape = shape
-            return
-        shape, err = errors[-1]
-        tried = " and ".join(str(s) for s, _ in errors)
-        raise RuntimeError(
-            f"DissectionCallback dry run failed before training (latent shape(s) tried: {tried}): "
-            f"{type(err).__name__}: {err}"
-        ) from err
+        runner = self._runner(self.resolve_generator(pl_module))
+        runner.check_layers(self.layers)
+        candidates = self._latent_candidates(pl_module)
+        banks = [LatentBank(2, shape, seed=self.config.seed, sampler=self.latent_sampler) for shape in candidates]
+        shapes = {id(bank): shape for bank, shape in zip(banks, candidates)}
 
-    def _dry_run(self, generator: nn.Module, latent_shape: tuple[int, ...] | None) -> None:
-        bank = LatentBank(2, latent_shape, seed=self.config.seed, sampler=self.latent_sampler)
-        device = next((p.device for p in generator.parameters()), torch.device("cpu"))
-        with torch.inference_mode(), eval_mode(generator):
-            with capture_layers(generator, self.layers, self.selector) as captured:
-                images = generate_images(generator, bank[[0, 1]].to(device), self.generate)
-            for name in self.layers:
-                if name not in captured:
-                    raise RuntimeError(f"layer {name!r} did not run in the generator's forward")
-                if captured[name].ndim != 4:
-                    raise ValueError(
-                        f"layer {name!r} output has shape {tuple(captured[name].shape)}; "
-                        "dissection needs (B, U, h, w) feature maps"
-                    )
-            assert self.segmenter is not None
-            validate_images(images, self.segmenter.value_range, name="generator output")
-            labels = self.segmenter(images)
-            validate_segmentation(labels, self.segmenter.vocabulary, batch_size=images.shape[0])
+        def describe(bank: LatentBank) -> str:
+            shape = shapes[id(bank)]
+            return "latent_sampler" if shape is None else f"latent shape {shape}"
+
+        try:
+            chosen = runner.dry_run(self.layers, banks, self.segmenter, describe=describe)
+        except RuntimeError as err:
+            raise RuntimeError(f"DissectionCallback {err}") from err
+        if shapes[id(chosen)] is not None:
+            self.latent_shape = shapes[id(chosen)]
+        self._round_logger = None  # built for this segmenter on first use
 
     # ------------------------------------------------------------------ scheduling
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -362,13 +310,12 @@ class DissectionCallback(Callback):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             return self._round_body(trainer, pl_module)
 
-    def _round_body(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> DissectionResult | None:
+    def _round_body(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> DissectionResult | None:
         step = int(trainer.global_step)
         if step == self._last_step:
             return None
         self._last_step = step
+        epoch = int(trainer.current_epoch)
         try:
             generator = self.resolve_generator(pl_module)
             assert self.segmenter is not None, "setup() did not run"
@@ -381,7 +328,7 @@ class DissectionCallback(Callback):
                 generate=self.generate,
                 selector=self.selector,
                 config=self.config,
-                metadata={"global_step": step, "epoch": int(trainer.current_epoch), "name": self.name},
+                metadata={"global_step": step, "epoch": epoch, "name": self.name},
             )
             ablations: dict[str, list[Any]] = {}
             if self.ablation_check:
@@ -394,24 +341,24 @@ class DissectionCallback(Callback):
                         f"DissectionCallback ablation check at global_step={step} failed "
                         f"({type(err).__name__}: {err}); logging the dissection without it"
                     )
-            self.last_ablations = ablations
             if trainer.is_global_zero:
                 self._log(trainer, result, ablations, step)
         except Exception as err:  # noqa: BLE001 - never corrupt training; report with context
             context = (
-                f"DissectionCallback round at global_step={step}, epoch={trainer.current_epoch}, "
+                f"DissectionCallback round at global_step={step}, epoch={epoch}, "
                 f"layers={self.layers} failed: {type(err).__name__}: {err}"
             )
             if self.on_error == "raise":
                 raise RuntimeError(context) from err
             rank_zero_warn(context + "\n" + traceback.format_exc(limit=4))
             return None
+        self.last_ablations = ablations
         self.last_result = result
-        self.history.append(self._history_entry(result, step, int(trainer.current_epoch), ablations))
+        self.history.append(round_entry(result, step, epoch))
         return result
 
     # ------------------------------------------------------------------ ablation
-    def _ablation_latents(self, trainer: pl.Trainer, generator: nn.Module) -> Tensor:
+    def _ablation_latents(self, trainer: pl.Trainer) -> Tensor:
         """Latents from the validation dataloader when it yields them, else a seeded bank."""
         wanted = self.latent_shape
         loaders = getattr(trainer, "val_dataloaders", None)
@@ -432,18 +379,16 @@ class DissectionCallback(Callback):
                 found = []
             if found:
                 return torch.cat(found)[: self.ablation_samples]
-        rank, world = _rank_world()
-        bank = LatentBank(
-            self.ablation_samples, wanted, seed=self.config.seed + 1000, sampler=self.latent_sampler
-        )
-        return bank[shard_indices(len(bank), rank, world)]
+        rank, size = world()
+        bank = LatentBank(self.ablation_samples, wanted, seed=self.config.seed + 1000, sampler=self.latent_sampler)
+        return bank[shard_indices(len(bank), rank, size)]
 
     def _ablation(
         self, trainer: pl.Trainer, generator: nn.Module, result: DissectionResult
     ) -> dict[str, list[Any]]:
         from lightning_dissect.interventions import ablation_check
 
-        latents = self._ablation_latents(trainer, generator)
+        latents = self._ablation_latents(trainer)
         out = {}
         for name, layer in result.layers.items():
             out[name] = ablation_check(
@@ -458,22 +403,19 @@ class DissectionCallback(Callback):
             )
         return out
 
-    # ------------------------------------------------------------------ history / logging
-    def _history_entry(
-        self, result: DissectionResult, step: int, epoch: int, ablations: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        layers = {}
-        for name, layer in result.layers.items():
-            layers[name] = {
-                "labels": [u.label if u.interpretable else "" for u in layer.units],
-                "iou": [round(u.iou, 5) for u in layer.units],
-                "num_interpretable": layer.num_interpretable,
-            }
-        return {"global_step": step, "epoch": epoch, "layers": layers}
-
-    def _tag(self, layer: str, *parts: str) -> str:
-        prefix = "dissection" if self.name is None else f"dissection-{self.name}"
-        return "/".join([prefix, layer, *parts])
+    # ------------------------------------------------------------------ logging
+    @property
+    def round_logger(self) -> RoundLogger:
+        """Tags, scalars and pictures of a round (the tag prefix follows ``name``)."""
+        if self._round_logger is None:
+            segmenter = self.segmenter
+            self._round_logger = RoundLogger(
+                self.name,
+                categories=segmenter.vocabulary.categories if segmenter is not None else (),
+                palette=segmenter_palette(segmenter),
+                num_visualized_units=self.config.num_visualized_units,
+            )
+        return self._round_logger
 
     def _log(
         self,
@@ -482,26 +424,36 @@ class DissectionCallback(Callback):
         ablations: Mapping[str, list[Any]],
         step: int,
     ) -> None:
-        from lightning_dissect import callback_logging as logging_
-
+        round_logger = self.round_logger
         previous = self.history[-1] if self.history else None
-        scalars: dict[str, float] = {}
-        for name, layer in result.layers.items():
-            scalars.update(
-                logging_.layer_scalars(self, name, layer, previous, ablations.get(name, []))
-            )
+        scalars = round_logger.scalars(result, previous, ablations)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-        writer = logging_.tensorboard_writer(trainer)
+        writer = _tensorboard_writer(trainer)
         if writer is not None:
-            logging_.log_tensorboard(self, writer, result, ablations, step)
-        log_dir = logging_.log_directory(trainer)
+            if not self._layout_written:
+                round_logger.write_layout(writer, list(result.layers))
+                self._layout_written = True
+            round_logger.log_tensorboard(writer, result, step, history=self.history, ablations=ablations)
+        log_dir = _log_directory(trainer)
         if log_dir is not None:
-            sub = ROUND_DIR if self.name is None else f"{ROUND_DIR}-{self.name}"
-            result.to_json(Path(log_dir) / sub / f"round_{step:08d}.json")
+            result.to_json(Path(log_dir) / round_logger.prefix / f"round_{step:08d}.json")
 
 
-def _rank_world() -> tuple[int, int]:
-    from lightning_dissect.dissection import distributed_context
+def _tensorboard_writer(trainer: pl.Trainer) -> Any:
+    """The ``SummaryWriter`` of the first TensorBoard logger, or ``None``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
 
-    return distributed_context()
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def _log_directory(trainer: pl.Trainer) -> str | None:
+    """Where round JSON files go: the first logger's ``log_dir``, else the trainer's root dir."""
+    for logger in trainer.loggers:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir:
+            return str(log_dir)
+    return trainer.default_root_dir

@@ -3,7 +3,7 @@
 ::
 
     lightning-dissect dissect --generator mypkg.models:GAN --checkpoint last.ckpt \\
-        --layers generator.block3 generator.block4 --num-samples 2000 --output dissection/
+        --layers block3 block4 --num-samples 2000 --output dissection/
 
 dissects the named layers of a generator, prints a summary table and, with ``--output``, writes
 ``dissect.json`` and the HTML report. Errors are reported as one ``error: ...`` line on stderr with
@@ -21,11 +21,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIError", "build_parser", "main", "load_object", "load_generator",
-           "find_generator", "infer_latent_dim"]
+from lightning_dissect.config import CLI_DEFAULTS, config_defaults
+from lightning_dissect.discovery import (
+    GENERATOR_ATTRIBUTES,
+    LATENT_DIM_ATTRIBUTES,
+    find_generator_or_self,
+    find_latent_dim,
+    latent_shape_candidates,
+)
 
-GENERATOR_ATTRIBUTES = ("generator", "G", "netG", "gen")
-LATENT_ATTRIBUTES = ("latent_dim", "nz", "z_dim")
+_DEFAULTS = config_defaults(CLI_DEFAULTS)
+
+__all__ = ["CLIError", "build_parser", "main", "load_object", "load_generator"]
 
 
 class CLIError(Exception):
@@ -83,44 +90,18 @@ def load_object(spec: str, option: str = "--generator") -> Any:
     return obj
 
 
-def find_generator(model: Any) -> Any:
-    """Return ``model``'s ``generator``/``G``/``netG``/``gen`` submodule, or ``model`` itself."""
-    from torch import nn
-
-    for name in GENERATOR_ATTRIBUTES:
-        value = getattr(model, name, None)
-        if isinstance(value, nn.Module):
-            return value
-    return model
-
-
-def infer_latent_dim(*objects: Any) -> int | None:
-    """Find ``hparams.latent_dim``/``nz``/``z_dim`` or such an attribute on any of ``objects``."""
-    for obj in objects:
-        hparams = getattr(obj, "hparams", None)
-        for name in LATENT_ATTRIBUTES:
-            value = None
-            if isinstance(hparams, dict):
-                value = hparams.get(name)
-            elif hparams is not None:
-                value = getattr(hparams, name, None)
-            if value is None:
-                value = getattr(obj, name, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
-
-
 def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any, Any]:
-    """Load ``(model, generator)`` from a ``--generator`` spec and an optional checkpoint.
+def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any, Any, str | None]:
+    """Load ``(model, generator, attribute)`` from a ``--generator`` spec and an optional checkpoint.
 
     ``spec`` names a factory function, an ``nn.Module`` instance or a class; a class with
     ``load_from_checkpoint`` (a LightningModule) is loaded from ``checkpoint``, any other class or
     factory is called without arguments, and a plain module gets the checkpoint's ``state_dict``.
+    The generator is the model's submodule found by :func:`~lightning_dissect.discovery.find_generator_or_self`
+    (``attribute`` names it; ``None`` when the model is the generator itself).
     """
     import torch
     from torch import nn
@@ -172,7 +153,8 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
                 f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
                 f"{_describe(err)}"
             ) from err
-    return model, find_generator(model)
+    generator, attribute = find_generator_or_self(model)
+    return model, generator, attribute
 
 
 def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) -> Any:
@@ -253,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the generator: a factory function returning an nn.Module, an nn.Module instance, "
         "or a class (a LightningModule class with --checkpoint); MODULE may be a dotted module "
         "importable from the current directory or a path/to/file.py. The generator is the "
-        f"object's {'/'.join(GENERATOR_ATTRIBUTES)} submodule when it has one, else the object.",
+        f"object's {'/'.join(GENERATOR_ATTRIBUTES)} submodule when it has one, else the object "
+        "(point MODULE:ATTR at the generator itself to override).",
     )
     model.add_argument(
         "--checkpoint", metavar="PATH",
@@ -263,18 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--layers", required=True, nargs="+", metavar="LAYER",
-        help="dotted names of the layers to dissect (as in named_modules()), space- or "
-        "comma-separated, e.g. generator.block3 generator.block4",
+        help="dotted names of the layers to dissect, relative to the generator (as in "
+        "generator.named_modules()), space- or comma-separated, e.g. block3 block4; a name "
+        "prefixed with the generator's attribute (generator.block3) is accepted too",
     )
     model.add_argument(
         "--latent-dim", type=_positive_int, metavar="D",
-        help="latent size; default: hparams.latent_dim / latent_dim / nz / z_dim of the model "
-        "or the generator",
+        help="latent size, tried as (D,) then (D, 1, 1); default: the first of "
+        f"{', '.join(LATENT_DIM_ATTRIBUTES)} on the model's or the generator's hparams or attributes",
     )
     model.add_argument(
         "--latent-shape", type=_shape, metavar="SHAPE",
         help="full shape of one latent, e.g. 128,1,1 for generators that take (N, 128, 1, 1); "
         "overrides --latent-dim",
+    )
+    model.add_argument(
+        "--latent-sampler", metavar="MODULE:ATTR",
+        help="custom latents: a callable (n, torch.Generator) -> latents (a tensor, a tuple or a "
+        "dict of tensors, batch first); overrides --latent-dim/--latent-shape",
+    )
+    model.add_argument(
+        "--generate", metavar="MODULE:ATTR",
+        help="custom call: a callable (generator, latents) -> images (B, C, H, W); default "
+        "generator(latents)",
+    )
+    model.add_argument(
+        "--selector", metavar="INT|NAME|MODULE:ATTR",
+        help="which tensor of tuple/dict layer outputs to dissect: an index, a key, or a "
+        "MODULE:ATTR callable output -> tensor",
     )
     seg = p.add_argument_group("segmenter")
     seg.add_argument(
@@ -291,26 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="resolution of the synthetic segmentation; default: the image size",
     )
     run = p.add_argument_group("dissection")
-    run.add_argument("--num-samples", type=_positive_int, default=1000, metavar="N",
+    run.add_argument("--num-samples", type=_positive_int, default=_DEFAULTS["num_samples"], metavar="N",
                      help="latents in the dissection bank")
-    run.add_argument("--batch-size", type=_positive_int, default=32, metavar="B",
+    run.add_argument("--batch-size", type=_positive_int, default=_DEFAULTS["batch_size"], metavar="B",
                      help="latents per generator call")
-    run.add_argument("--seed", type=int, default=1,
+    run.add_argument("--seed", type=int, default=_DEFAULTS["seed"],
                      help="seed of the latent bank (iqr level selection uses SEED+1)")
-    run.add_argument("--threshold-mode", choices=("quantile", "iqr"), default="quantile",
+    run.add_argument("--threshold-mode", choices=("quantile", "iqr"), default=_DEFAULTS["threshold_mode"],
                      help="per-unit thresholds: a fixed activation quantile (NetDissect) or the "
                      "level maximising the information quality ratio (GAN Dissection)")
-    run.add_argument("--quantile", type=float, default=0.99, metavar="Q",
+    run.add_argument("--quantile", type=float, default=_DEFAULTS["quantile"], metavar="Q",
                      help="quantile level of the thresholds in quantile mode")
-    run.add_argument("--num-levels", type=_positive_int, default=64, metavar="K",
+    run.add_argument("--num-levels", type=_positive_int, default=_DEFAULTS["num_levels"], metavar="K",
                      help="candidate levels in iqr mode")
     run.add_argument("--level-selection-samples", type=_positive_int, metavar="N",
                      help="iqr mode: choose levels on a separate bank of N latents (seed+1)")
-    run.add_argument("--iou-threshold", type=float, default=0.04, metavar="T",
+    run.add_argument("--iou-threshold", type=float, default=_DEFAULTS["iou_threshold"], metavar="T",
                      help="a unit is interpretable when its best IoU exceeds T")
-    run.add_argument("--top-k", type=_positive_int, default=8, metavar="K",
+    run.add_argument("--top-k", type=_positive_int, default=_DEFAULTS["top_k"], metavar="K",
                      help="top images kept per unit (by spatial max activation)")
-    run.add_argument("--visualize-units", type=_non_negative_int, default=12, metavar="N",
+    run.add_argument("--visualize-units", type=_non_negative_int, default=_DEFAULTS["num_visualized_units"],
+                     metavar="N",
                      help="per layer, render image strips of the N best units for the report")
     run.add_argument("--no-chance-baseline", action="store_true",
                      help="skip the chance IoU (images paired with another image's segmentation)")
@@ -347,51 +347,97 @@ def _device(name: str) -> str:
     return name
 
 
-def run_dissect(args: argparse.Namespace) -> int:
-    """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
-    import torch
+def _selector(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if ":" in text:
+        return load_object(text, "--selector")
+    return text
 
-    from lightning_dissect.dissection import DissectionConfig, dissect, eval_mode, generate_images
+
+def _layer_names(layers: list[str], generator: Any, attribute: str | None) -> list[str]:
+    """Layer names relative to the generator; ``<attribute>.name`` is accepted too."""
     from lightning_dissect.hooks import resolve_layer
+
+    names = []
+    for name in layers:
+        if attribute and name.startswith(attribute + "."):
+            try:
+                resolve_layer(generator, name)
+            except ValueError:
+                name = name[len(attribute) + 1 :]
+        try:
+            resolve_layer(generator, name)
+        except ValueError as err:
+            raise CLIError(str(err).replace("`layers`", "--layers")) from err
+        names.append(name)
+    return names
+
+
+def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the generator and segmenter of a command and dry-run them before any long work.
+
+    Returns the keyword arguments for :func:`~lightning_dissect.dissect` (generator, layers,
+    segmenter, latent options), plus ``"model"``, the object ``--generator`` named.
+    """
     from lightning_dissect.latents import LatentBank
+    from lightning_dissect.runner import GeneratorRunner
 
     layers = _layers(args.layers)
     if not layers:
         raise CLIError("--layers: give at least one layer name")
     device = _device(args.device)
-    model, generator = load_generator(args.generator, args.checkpoint, device)
+    model, generator, attribute = load_generator(args.generator, getattr(args, "checkpoint", None), device)
     generator.to(device)
-    for name in layers:
-        try:
-            resolve_layer(generator, name)
-        except ValueError as err:
-            raise CLIError(str(err).replace("`layers`", "--layers")) from err
-
-    if args.latent_shape is not None:
-        latent_shape = tuple(args.latent_shape)
+    layers = _layer_names(layers, generator, attribute)
+    sampler = load_object(args.latent_sampler, "--latent-sampler") if args.latent_sampler else None
+    generate = load_object(args.generate, "--generate") if args.generate else None
+    selector = _selector(args.selector)
+    if sampler is not None:
+        shapes: list[tuple[int, ...] | None] = [None]
     else:
-        dim = args.latent_dim or infer_latent_dim(model, generator)
-        if dim is None:
+        dim = args.latent_dim or find_latent_dim(model, generator)
+        shapes = list(latent_shape_candidates(dim, args.latent_shape))
+        if not shapes:
             raise CLIError(
-                "cannot tell the latent size: pass --latent-dim or --latent-shape (looked for "
-                f"hparams/attributes {', '.join(LATENT_ATTRIBUTES)})"
+                "cannot tell the latent size: pass --latent-dim, --latent-shape or --latent-sampler (looked for "
+                f"hparams/attributes {', '.join(LATENT_DIM_ATTRIBUTES)})"
             )
-        latent_shape = (dim,)
     segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)
-
-    # one probe call: a wrong latent size or a broken generator fails here, clearly
-    probe = LatentBank(2, latent_shape, args.seed).latents.to(device)
+    runner = GeneratorRunner(generator, generate=generate, selector=selector, batch_size=args.batch_size)
+    banks = [LatentBank(2, shape, args.seed, sampler) for shape in shapes]
+    described = {id(b): ("--latent-sampler" if s is None else f"latents of shape {s}") for b, s in zip(banks, shapes)}
     try:
-        with torch.inference_mode(), eval_mode(generator):
-            generate_images(generator, probe)
-    except Exception as err:
+        chosen = runner.dry_run(layers, banks, segmenter, describe=lambda b: described[id(b)])
+    except RuntimeError as err:
+        called = (f"the {attribute!r} submodule of {type(model).__name__}" if attribute
+                  else f"{type(generator).__name__}")
         raise CLIError(
-            f"calling the generator with latents of shape {tuple(probe.shape)} failed: "
-            f"{_describe(err)} (check --latent-dim / --latent-shape)"
+            f"{err} — called {called}; check --latent-dim / --latent-shape, or pass --generate, "
+            "--latent-sampler, or a --generator MODULE:ATTR that names the generator itself"
         ) from err
+    shape = shapes[banks.index(chosen)]
+    return {
+        "model": model,
+        "generator": generator,
+        "layers": layers,
+        "segmenter": segmenter,
+        "latent_shape": shape,
+        "latent_sampler": sampler,
+        "generate": generate,
+        "selector": selector,
+        "device": device,
+    }
+
+
+def dissection_config(args: argparse.Namespace, device: str, *, visualize: bool) -> Any:
+    """The :class:`~lightning_dissect.config.DissectionConfig` of a command's options."""
+    from lightning_dissect.config import DissectionConfig
 
     try:
-        config = DissectionConfig(
+        return DissectionConfig(
             num_samples=args.num_samples,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -401,19 +447,32 @@ def run_dissect(args: argparse.Namespace) -> int:
             level_selection_samples=args.level_selection_samples,
             iou_threshold=args.iou_threshold,
             top_k=args.top_k,
-            num_visualized_units=args.visualize_units if args.output else 0,
+            num_visualized_units=args.visualize_units if visualize else 0,
             chance_baseline=not args.no_chance_baseline,
             progress=not args.quiet,
             device=device,
         ).validate()
     except ValueError as err:
         raise CLIError(str(err).replace("`", "")) from err
-    metadata = {"generator": args.generator, "latent_shape": list(latent_shape)}
+
+
+def run_dissect(args: argparse.Namespace) -> int:
+    """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
+    from lightning_dissect.dissection import dissect
+
+    prepared = prepare_generator(args)
+    config = dissection_config(args, prepared["device"], visualize=bool(args.output))
+    metadata: dict[str, Any] = {"generator": args.generator}
+    if prepared["latent_shape"] is not None:
+        metadata["latent_shape"] = list(prepared["latent_shape"])
     if args.checkpoint:
         metadata["checkpoint"] = str(args.checkpoint)
     try:
-        result = dissect(generator, layers, segmenter, latent_shape=latent_shape, config=config,
-                         metadata=metadata)
+        result = dissect(
+            prepared["generator"], prepared["layers"], prepared["segmenter"],
+            latent_shape=prepared["latent_shape"], latent_sampler=prepared["latent_sampler"],
+            generate=prepared["generate"], selector=prepared["selector"], config=config, metadata=metadata,
+        )
     except (ValueError, TypeError, RuntimeError) as err:
         if args.debug:
             raise

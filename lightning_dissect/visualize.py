@@ -1,4 +1,4 @@
-"""Pictures: unit image strips with their masks overlaid, IoU heatmaps, units × rounds maps, PNG.
+"""Picture primitives: masks overlaid on images, image strips, IoU heatmaps, units × rounds maps, PNG.
 
 Everything returns ``uint8`` tensors ``(3, H, W)`` (TensorBoard's ``add_image`` layout) and needs
 no plotting library; :func:`encode_png` writes them without Pillow.
@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from lightning_dissect.functional.upsample import upsample_bilinear
-from lightning_dissect.hooks import OutputSelector, capture_layers
-
-if TYPE_CHECKING:
-    from lightning_dissect.latents import LatentBank
-    from lightning_dissect.result import DissectionResult
+from torch import Tensor
 
 __all__ = [
     "to_uint8",
     "overlay_mask",
     "image_strip",
-    "render_unit_images",
     "heatmap",
     "encode_png",
 ]
@@ -83,87 +75,6 @@ def image_strip(images: Sequence[Tensor] | Tensor, gap: int = 2) -> Tensor:
             parts.append(spacer)
         parts.append(img)
     return torch.cat(parts, 2)
-
-
-def render_unit_images(
-    generator: nn.Module,
-    result: DissectionResult,
-    bank: LatentBank,
-    value_range: tuple[float, float],
-    *,
-    num_units: int = 8,
-    generate: Any = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    device: torch.device | str | None = None,
-    batch_size: int = 32,
-    scale: int = 1,
-    units: Mapping[str, Sequence[int]] | None = None,
-) -> dict[str, dict[int, Tensor]]:
-    """Regenerate the top images of each layer's best units and overlay the unit masks.
-
-    Args:
-        generator: The generator the result was computed on.
-        result: The dissection result (its top-image latent indices and thresholds are used).
-        bank: The latent bank of the dissection.
-        value_range: Value range of the generated images.
-        num_units: Units per layer (the best by IoU) when ``units`` is not given.
-        generate: Custom ``(generator, latents) -> images``.
-        selector: Picks the tensor from tuple/dict layer outputs.
-        device: Where to run the generator.
-        batch_size: Latents per generator call.
-        scale: Enlarge every image by this integer factor (nearest).
-        units: Explicit ``layer -> unit indices`` to render instead of the top ``num_units``.
-
-    Returns:
-        ``layer -> unit -> uint8 (k, 3, H, W)`` — each unit's top images, outside its thresholded
-        upsampled map dimmed, the mask bordered in yellow.
-    """
-    from lightning_dissect.dissection import eval_mode, generate_images
-
-    if units is not None:
-        wanted = {name: list(chosen) for name, chosen in units.items()}
-    else:
-        wanted = {
-            name: [u.unit for u in layer.top_units(num_units)]
-            for name, layer in result.layers.items()
-        }
-    needed = sorted(
-        {
-            int(img["index"])
-            for name, units in wanted.items()
-            for u in units
-            for img in result.layers[name].units[u].top_images
-        }
-    )
-    if not needed:
-        return {}
-    images_by_index: dict[int, Tensor] = {}
-    acts_by_index: dict[str, dict[int, Tensor]] = {name: {} for name in wanted}
-    with torch.inference_mode(), eval_mode(generator):
-        for start in range(0, len(needed), batch_size):
-            idx = needed[start : start + batch_size]
-            with capture_layers(generator, list(wanted), selector) as captured:
-                images = generate_images(generator, bank[idx].to(device), generate)
-            for j, i in enumerate(idx):
-                images_by_index[i] = to_uint8(images[j].cpu(), value_range)
-                for name in wanted:
-                    acts_by_index[name][i] = captured[name][j].float().cpu()
-    out: dict[str, dict[int, Tensor]] = {}
-    for name, units in wanted.items():
-        out[name] = {}
-        for u in units:
-            record = result.layers[name].units[u]
-            tiles = []
-            for img in record.top_images:
-                i = int(img["index"])
-                image = images_by_index[i]
-                up = upsample_bilinear(acts_by_index[name][i][u][None], image.shape[-2:])[0]
-                tiles.append(overlay_mask(image, up > record.level))
-            stacked = torch.stack(tiles)
-            if scale > 1:
-                stacked = stacked.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-            out[name][u] = stacked
-    return out
 
 
 def _colormap(x: Tensor) -> Tensor:

@@ -251,11 +251,11 @@ class LatentValidationGAN(TinyGAN):
 def test_ablation_uses_validation_latents_when_the_loader_yields_them(tmp_path):
     callback = make_callback(ablation_samples=20)
     trainer, model = fit(tmp_path, [callback], model=LatentValidationGAN(), enable_checkpointing=False)
-    latents = callback._ablation_latents(trainer, model.generator)
+    latents = callback._ablation_latents(trainer)
     expected = torch.randn(24, 16, generator=torch.Generator().manual_seed(7))[:20]
     assert torch.equal(latents, expected)
     # a loader of images (not latents) falls back to the callback's own seeded bank
     fallback = make_callback(ablation_samples=20)
     fallback.latent_shape = (16,)
-    own = fallback._ablation_latents(type("T", (), {"val_dataloaders": scene_loader()})(), model.generator)
+    own = fallback._ablation_latents(type("T", (), {"val_dataloaders": scene_loader()})())
     assert own.shape == (20, 16) and not torch.equal(own, expected)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_dissect.cli import build_parser, find_generator, infer_latent_dim, main
+from lightning_dissect.cli import build_parser, main
+from lightning_dissect.discovery import find_generator, find_generator_or_self, find_latent_dim
 from lightning_dissect.result import DissectionResult
 from tests.helpers.painting import make_painting_generator
 
@@ -102,7 +103,7 @@ def test_no_command_prints_help(capsys):
         (["--generator", FACTORY, "--layers", "layout", "--checkpoint", "nowhere.ckpt"],
          ["--checkpoint: file not found: nowhere.ckpt"]),
         (["--generator", FACTORY, "--layers", "layout", "--latent-dim", "3"],
-         ["calling the generator with latents of shape (2, 3) failed", "--latent-dim"]),
+         ["dry run failed", "latents of shape (3,)", "--latent-dim"]),
         (["--generator", "torch.nn:Identity", "--layers", "x"], ["unknown layer 'x'"]),
         (["--generator", FACTORY, "--layers", "layout", "--quantile", "2"], ["quantile"]),
         (["--generator", FACTORY, "--layers", "layout", "--segmenter", "json:dumps"],
@@ -179,9 +180,12 @@ def test_find_generator_and_latent_dim():
 
     holder = Holder()
     assert find_generator(holder) is holder.netG
-    assert infer_latent_dim(holder, holder.netG) == 7
+    assert find_generator_or_self(holder) == (holder.netG, "netG")
+    assert find_latent_dim(holder, holder.netG) == 7
     plain = torch.nn.Linear(2, 2)
-    assert find_generator(plain) is plain and infer_latent_dim(plain) is None
+    assert find_generator_or_self(plain) == (plain, None) and find_latent_dim(plain) is None
+    with pytest.raises(ValueError, match="looked for attribute"):
+        find_generator(plain)
 
 
 @pytest.mark.slow

@@ -9,12 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect._distributed import agree_on_failure, seeded_rng
-from lightning_dissect.dissection import _module_device, eval_mode, generate_images
 from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.interventions._common import Generate
 from lightning_dissect.interventions.edits import intervene
 from lightning_dissect.metrics._sync import all_reduce_sum
 from lightning_dissect.metrics.concept_fraction import ConceptPixelFraction
+from lightning_dissect.runner import _check_images_shape, eval_mode
+from lightning_dissect.runner import module_device as _module_device
 from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
 
 
@@ -71,9 +72,9 @@ def _measure(
                     with seeded_rng(start, device):
                         if variant.edits:
                             with intervene(generator, variant.edits, selector):
-                                images = generate_images(generator, z, generate)
+                                images = _check_images_shape((generate or (lambda g, x: g(x)))(generator, z))
                         else:
-                            images = generate_images(generator, z, generate)
+                            images = _check_images_shape((generate or (lambda g, x: g(x)))(generator, z))
                     if first:
                         validate_images(images, segmenter.value_range, name="generator output")
                     labels = segmenter(images)

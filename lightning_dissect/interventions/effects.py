@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.dissection import _module_device, eval_mode
 from lightning_dissect.hooks import LayerEdit, OutputSelector, capture_layers, resolve_layer, unwrap_model
 from lightning_dissect.interventions._common import (
     _NAN,
@@ -26,6 +25,8 @@ from lightning_dissect.interventions._common import (
 from lightning_dissect.interventions._engine import _measure, _Variant
 from lightning_dissect.interventions.edits import _unit_index, ablate, insert, random_units
 from lightning_dissect.interventions.statistics import UnitStatistics, _resolve_mean, unit_statistics
+from lightning_dissect.runner import eval_mode
+from lightning_dissect.runner import module_device as _module_device
 from lightning_dissect.segmenters.base import Segmenter
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.dissection import _module_device, eval_mode
 from lightning_dissect.hooks import OutputSelector, capture_layers, resolve_layer, unwrap_model
 from lightning_dissect.interventions._common import (
     Generate,
@@ -19,6 +18,8 @@ from lightning_dissect.interventions._common import (
 )
 from lightning_dissect.metrics._sync import all_reduce_sum
 from lightning_dissect.metrics.unit_quantiles import UnitQuantiles
+from lightning_dissect.runner import eval_mode
+from lightning_dissect.runner import module_device as _module_device
 
 
 @dataclass

@@ -122,7 +122,7 @@ def write_report(
     }
     rendered = False
     if not unit_images and generator is not None and latent_bank is not None and num_units > 0:
-        from lightning_dissect.visualize import render_unit_images
+        from lightning_dissect.strips import render_unit_images
 
         unit_images = render_unit_images(
             generator,

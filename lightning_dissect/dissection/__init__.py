@@ -1,0 +1,147 @@
+"""The dissection engine: one code path for the offline command, the report and the callback.
+
+:func:`dissect` runs the passes of :mod:`~lightning_dissect.dissection.passes` over a seeded latent
+bank (split across ranks under DDP) through a :class:`~lightning_dissect.runner.GeneratorRunner`,
+labels every unit (:mod:`~lightning_dissect.dissection.summary`) and returns a
+:class:`~lightning_dissect.result.DissectionResult`. All layers are dissected in the same passes.
+Statistics are TorchMetrics metrics, so under ``torch.distributed`` they are all-reduced and every
+rank gets the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from torch import nn
+
+from lightning_dissect._distributed import check_samples_per_rank
+from lightning_dissect._progress import Progress
+from lightning_dissect.config import DissectionConfig
+from lightning_dissect.dissection.passes import count_pass, threshold_pass, thresholds_from
+from lightning_dissect.dissection.summary import summarise_layer
+from lightning_dissect.hooks import OutputSelector
+from lightning_dissect.latents import LatentBank, LatentSampler
+from lightning_dissect.result import DissectionResult
+from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.strips import render_unit_images
+
+__all__ = ["DissectionConfig", "dissect", "resolve_config"]
+
+
+def resolve_config(config: DissectionConfig | None, overrides: Mapping[str, Any]) -> DissectionConfig:
+    """``config`` (default: :class:`DissectionConfig`) with keyword ``overrides``, validated."""
+    unknown = sorted(set(overrides) - set(DissectionConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"dissect() got unknown settings {unknown}; valid ones are the fields of "
+            f"DissectionConfig: {sorted(DissectionConfig.__dataclass_fields__)}"
+        )
+    return DissectionConfig(**{**asdict(config or DissectionConfig()), **overrides}).validate()
+
+
+def dissect(
+    generator: nn.Module,
+    layers: Sequence[str],
+    segmenter: Segmenter,
+    *,
+    latent_shape: Sequence[int] | None = None,
+    latent_sampler: LatentSampler | None = None,
+    generate: Generate | None = None,
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    config: DissectionConfig | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    distributed: bool = True,
+    **overrides: Any,
+) -> DissectionResult:
+    """Dissect ``layers`` of ``generator`` against the concepts of ``segmenter``.
+
+    Runs under ``torch.inference_mode()`` with the generator in eval mode (its previous mode is
+    restored); never touches the global RNG. Under an initialised ``torch.distributed`` process
+    group the latent bank is split across ranks and every rank returns the same, synced result
+    (all ranks must call it), unless ``distributed=False``.
+
+    Args:
+        generator: The generator ``nn.Module``.
+        layers: Dotted names of the layers to dissect (see ``generator.named_modules()``).
+        segmenter: Images → concept labels (see :class:`~lightning_dissect.segmenters.Segmenter`).
+        latent_shape: Shape of one latent, e.g. ``(128,)`` or ``(128, 1, 1)``.
+        latent_sampler: Custom ``(n, torch.Generator) -> latents`` (instead of ``latent_shape``).
+        generate: Custom ``(generator, latents) -> images``.
+        selector: Picks the tensor from tuple/dict layer outputs (one for all or per layer).
+        config: A :class:`DissectionConfig`; keyword ``overrides`` replace its fields.
+        metadata: Free-form context stored in the result (step, checkpoint, ...).
+        distributed: ``False``: dissect on this process alone, even inside an initialised process
+            group (e.g. rank 0 after ``fit()`` while the other ranks have returned).
+        overrides: Any :class:`DissectionConfig` field, e.g. ``num_samples=2000``.
+
+    Returns:
+        A :class:`~lightning_dissect.result.DissectionResult`.
+
+    Examples:
+        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+        >>> world = SceneWorld(16)
+        >>> gen = nn.Sequential(nn.Linear(8, 4 * 4 * 4), nn.Unflatten(1, (4, 4, 4)),
+        ...                     nn.Upsample(scale_factor=4), nn.Conv2d(4, 3, 1), nn.Tanh())
+        >>> result = dissect(gen, ["3"], SyntheticSceneSegmenter(world), latent_shape=(8,),
+        ...                  num_samples=16, batch_size=8, progress=False)
+        >>> result["3"].num_units
+        3
+    """
+    cfg = resolve_config(config, overrides)
+    runner = GeneratorRunner(
+        generator, generate=generate, selector=selector, batch_size=cfg.batch_size, device=cfg.device,
+        distributed=distributed,
+    )
+    layers = runner.check_layers(layers)
+    vocabulary = segmenter.vocabulary
+    rank, world_size = runner.rank_world
+    bank = LatentBank(cfg.num_samples, latent_shape, cfg.seed, latent_sampler)
+    check_samples_per_rank(cfg.num_samples, "num_samples", distributed=distributed)
+    selection_bank = None
+    if cfg.threshold_mode == "iqr" and cfg.level_selection_samples:
+        check_samples_per_rank(cfg.level_selection_samples, "level_selection_samples", distributed=distributed)
+        selection_bank = LatentBank(cfg.level_selection_samples, latent_shape, cfg.seed + 1, latent_sampler)
+
+    with runner.session(), Progress(cfg.progress and rank == 0) as progress:
+        found = threshold_pass(runner, bank, layers, segmenter, cfg, progress)
+        thresholds = thresholds_from(found, layers, cfg)
+        topk = {n: found.topk[n].gathered(world_size) for n in layers}
+        selection = None
+        if selection_bank is not None:
+            selection = count_pass(
+                runner, selection_bank, thresholds, segmenter, progress, what="dissection: level selection set"
+            ).counts
+        counted = count_pass(
+            runner, bank, thresholds, segmenter, progress, cached=found.segmentations, chance=cfg.chance_baseline
+        )
+
+    layer_results = {
+        name: summarise_layer(
+            name,
+            cfg,
+            vocabulary,
+            thresholds[name],
+            counted.counts[name],
+            chance_counts=counted.chance[name] if counted.chance else None,
+            selection_counts=selection[name] if selection else None,
+            topk=topk[name],
+        )
+        for name in layers
+    }
+    settings = {
+        **{k: v for k, v in asdict(cfg).items() if k not in ("progress", "device")},
+        "layers": layers,
+        "world_size": world_size,
+        "segmentation_size": list(found.segmentation_size),
+    }
+    result = DissectionResult(
+        layers=layer_results, vocabulary=vocabulary, settings=settings, metadata=dict(metadata or {})
+    )
+    if cfg.num_visualized_units and rank == 0:
+        result.unit_images = render_unit_images(
+            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units
+        )
+    return result

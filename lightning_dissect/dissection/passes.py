@@ -1,0 +1,165 @@
+"""The passes of a dissection, each one loop over a latent bank through the generator runner.
+
+1. :func:`threshold_pass` — generator + segmenter: per-unit histograms of the upsampled maps, the
+   top-k latents per unit, and the segmentations, cached compactly so the segmenter runs once per
+   sample;
+2. :func:`count_pass` — generator only: exact unit–concept counts at the thresholds (at ``K``
+   candidate levels in ``"iqr"`` mode), and the same counts with images paired to another image's
+   segmentation (the chance baseline). On a held-out bank it selects the ``"iqr"`` levels.
+
+Every loop runs inside :meth:`GeneratorRunner.collective`, so a failure on one rank raises on all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lightning_dissect._progress import Progress
+from lightning_dissect.config import DissectionConfig
+from lightning_dissect.dissection.topk import TopK
+from lightning_dissect.functional.counts import ConceptCounts
+from lightning_dissect.latents import LatentBank
+from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
+from lightning_dissect.runner import GeneratedBatch, GeneratorRunner
+from lightning_dissect.segmenters.base import Segmenter
+
+__all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass"]
+
+
+def _compact_dtype(num_concepts: int) -> torch.dtype:
+    if num_concepts <= 127:
+        return torch.int8
+    if num_concepts <= 32767:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass
+class ThresholdPass:
+    """What pass 1 found: per-layer quantile metrics and top-k, and the cached segmentations."""
+
+    quantiles: dict[str, UnitQuantiles] = field(default_factory=dict)
+    topk: dict[str, TopK] = field(default_factory=dict)
+    segmentations: list[Tensor] = field(default_factory=list)
+    segmentation_size: tuple[int, int] = (0, 0)
+
+
+def threshold_pass(
+    runner: GeneratorRunner,
+    bank: LatentBank,
+    layers: Sequence[str],
+    segmenter: Segmenter,
+    cfg: DissectionConfig,
+    progress: Progress,
+) -> ThresholdPass:
+    """Pass 1 over this rank's shard of ``bank`` (see the module docs)."""
+    out = ThresholdPass()
+    shard = runner.shard(bank)
+    task = progress.task("dissection pass 1/2: thresholds", len(shard))
+    device = runner.device
+    num_concepts = segmenter.vocabulary.num_concepts
+    with runner.collective("dissection pass 1"):
+        for batch in runner.batches(bank, shard, layers=layers, segmenter=segmenter, on_batch=progress.callback(task)):
+            labels = batch.labels
+            assert labels is not None
+            out.segmentation_size = (int(labels.shape[-2]), int(labels.shape[-1]))
+            out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
+            for name in layers:
+                a = batch.activations[name].float()
+                if name not in out.quantiles:
+                    out.quantiles[name] = UnitQuantiles(
+                        a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy
+                    ).to(device)
+                    out.topk[name] = TopK(a.shape[1], cfg.top_k, device)
+                out.quantiles[name].update(a, size=out.segmentation_size)
+                out.topk[name].update(a.amax((2, 3)).T, batch.indices)
+    return out
+
+
+def iqr_levels(num_levels: int) -> Tensor:
+    """Candidate quantile levels of ``"iqr"`` mode: ``1 - logspace(-3, 0, K)``, ascending.
+
+    Examples:
+        >>> iqr_levels(3).tolist()
+        [0.0, 0.9683772233983162, 0.999]
+    """
+    fractions = torch.logspace(-3, 0, num_levels, dtype=torch.float64)
+    return (1.0 - fractions).flip(0).clamp(min=0.0)
+
+
+def thresholds_from(found: ThresholdPass, layers: Sequence[str], cfg: DissectionConfig) -> dict[str, Tensor]:
+    """Per layer ``(U,)`` thresholds (quantile mode) or ``(U, K)`` candidate levels (iqr), synced."""
+    if cfg.threshold_mode == "quantile":
+        return {name: found.quantiles[name].compute()[:, 0] for name in layers}
+    levels = iqr_levels(cfg.num_levels)
+    return {name: found.quantiles[name].quantile(levels) for name in layers}
+
+
+@dataclass
+class CountPass:
+    """Per-layer counts at the thresholds, and the chance-pairing counts when asked."""
+
+    counts: dict[str, ConceptCounts]
+    chance: dict[str, ConceptCounts] | None
+
+
+def count_pass(
+    runner: GeneratorRunner,
+    bank: LatentBank,
+    thresholds: dict[str, Tensor],
+    segmenter: Segmenter,
+    progress: Progress,
+    *,
+    cached: Sequence[Tensor] | None = None,
+    chance: bool = False,
+    what: str = "dissection pass 2/2: IoU",
+) -> CountPass:
+    """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``bank``.
+
+    Labels come from ``cached`` (pass 1's segmentations, in batch order) or, without it, from
+    the segmenter. With ``chance``, every image is also counted against the previous image's
+    segmentation of its batch (a batch of one has no partner and is left out).
+    """
+    vocabulary = segmenter.vocabulary
+    layers = list(thresholds)
+
+    def metric(name: str) -> UnitConceptIoU:
+        return UnitConceptIoU(
+            thresholds[name].shape[0],
+            vocabulary.num_concepts,
+            thresholds[name],
+            ignore_index=vocabulary.unlabeled_index,
+            validate_args=False,
+        ).to(runner.device)
+
+    metrics = {n: metric(n) for n in layers}
+    paired = {n: metric(n) for n in layers} if chance else {}
+    shard = runner.shard(bank)
+    task = progress.task(what, len(shard))
+    labels_of: Callable[[int, GeneratedBatch], Tensor]
+    if cached is not None:
+        labels_of = lambda i, _b: cached[i].to(device=runner.device, dtype=torch.int64)  # noqa: E731
+    else:
+        labels_of = lambda _i, b: b.labels.to(runner.device)  # type: ignore[union-attr]  # noqa: E731
+    with runner.collective(what):
+        batches = runner.batches(
+            bank, shard, layers=layers, segmenter=None if cached is not None else segmenter,
+            on_batch=progress.callback(task),
+        )
+        for i, batch in enumerate(batches):
+            labels = labels_of(i, batch)
+            # the previous image's segmentation of the same batch (pairing within batches keeps a
+            # DDP run identical to one process)
+            rolled = labels.roll(1, 0) if chance and labels.shape[0] > 1 else None
+            for name in layers:
+                a = batch.activations[name].float()
+                metrics[name].update(a, labels)
+                if rolled is not None:
+                    paired[name].update(a, rolled)
+    counts = {n: metrics[n].counts() for n in layers}
+    chance_counts = {n: paired[n].counts() for n in layers} if chance else None
+    return CountPass(counts, chance_counts)

@@ -1,0 +1,100 @@
+"""From counts to a labelled layer: thresholds chosen, labels, IoU, interpretability (vectorised)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_dissect.config import DissectionConfig
+from lightning_dissect.functional.counts import ConceptCounts
+from lightning_dissect.functional.scores import iou_from_counts, iqr_from_counts
+from lightning_dissect.result import LayerDissection, UnitDissection
+from lightning_dissect.segmenters.base import ConceptVocabulary
+
+__all__ = ["summarise_layer"]
+
+
+def _without_unlabeled(scores: Tensor, ignore_index: int | None) -> Tensor:
+    """A copy where the "no label" concept is below every real concept (never a unit's label)."""
+    scores = scores.clone()
+    if ignore_index is not None and 0 <= ignore_index < scores.shape[-1]:
+        scores[..., ignore_index] = -1.0
+    return scores
+
+
+def _iqr_choice(
+    cfg: DissectionConfig, source: ConceptCounts, ignore_index: int | None
+) -> tuple[Tensor, Tensor]:
+    """``"iqr"`` mode: per unit, the ``(level, concept)`` with the best IQR on ``source``."""
+    iqr = iqr_from_counts(source.intersection, source.unit_area, source.concept_area, source.total)
+    fraction = source.concept_area.double() / max(1, int(source.total))
+    iqr = iqr.masked_fill((fraction < cfg.min_concept_fraction).view(1, 1, -1), 0.0)
+    # a dead unit (all IQRs 0) never gets the "no label" label
+    flat = _without_unlabeled(iqr, ignore_index).reshape(iqr.shape[0], -1).argmax(1)
+    return flat // iqr.shape[-1], flat % iqr.shape[-1]
+
+
+def summarise_layer(
+    name: str,
+    cfg: DissectionConfig,
+    vocabulary: ConceptVocabulary,
+    thresholds: Tensor,
+    counts: ConceptCounts,
+    *,
+    chance_counts: ConceptCounts | None = None,
+    selection_counts: ConceptCounts | None = None,
+    topk: tuple[Tensor, Tensor],
+) -> LayerDissection:
+    """Label every unit of one layer from its counts (see docs/math.md for the rules)."""
+    ignore_index = vocabulary.unlabeled_index
+    iou = iou_from_counts(counts.intersection, counts.unit_area, counts.concept_area)
+    iqr = iqr_from_counts(counts.intersection, counts.unit_area, counts.concept_area, counts.total)
+    chance_iou = None
+    if chance_counts is not None:
+        chance_iou = iou_from_counts(chance_counts.intersection, chance_counts.unit_area, chance_counts.concept_area)
+    units = thresholds.shape[0]
+    rows = torch.arange(units)
+    if cfg.threshold_mode == "iqr":
+        level, label = _iqr_choice(cfg, selection_counts if selection_counts is not None else counts, ignore_index)
+        level, label = level.cpu(), label.cpu()
+        unit_thresholds = thresholds.cpu()[rows, level]
+        iou, iqr = iou.cpu()[rows, level], iqr.cpu()[rows, level]
+        if chance_iou is not None:
+            chance_iou = chance_iou.cpu()[rows, level]
+    else:
+        unit_thresholds = thresholds.cpu()
+        iou, iqr = iou.cpu(), iqr.cpu()
+        chance_iou = chance_iou.cpu() if chance_iou is not None else None
+        label = _without_unlabeled(iou, ignore_index).argmax(1)
+    unit_iou = iou[rows, label]
+    unit_iqr = iqr[rows, label]
+    interpretable = (unit_iou > cfg.iou_threshold) & torch.isfinite(unit_iou)
+    if cfg.threshold_mode == "iqr":
+        interpretable &= unit_iqr > cfg.iqr_threshold
+    unit_chance = chance_iou[rows, label].tolist() if chance_iou is not None else [None] * units
+    top_values, top_indices = (t.cpu().tolist() for t in topk)
+    names, categories = vocabulary.names, vocabulary.categories
+    records = [
+        UnitDissection(
+            unit=u,
+            label=names[c],
+            concept_index=c,
+            category=categories[c],
+            iou=i,
+            iou_iqr=q,
+            level=t,
+            interpretable=bool(ok),
+            chance_iou=ch,
+            top_images=[{"index": int(j), "maxact": float(v)} for v, j in zip(top_values[u], top_indices[u])],
+        )
+        for u, c, i, q, t, ok, ch in zip(
+            range(units),
+            label.tolist(),
+            unit_iou.tolist(),
+            unit_iqr.tolist(),
+            unit_thresholds.tolist(),
+            interpretable.tolist(),
+            unit_chance,
+        )
+    ]
+    return LayerDissection(name, records, iou.float(), chance_iou.float() if chance_iou is not None else None)

@@ -1,0 +1,413 @@
+"""Running a generator for dissection: one place for every rule about how a generator is called.
+
+:class:`GeneratorRunner` owns the generator, its device, the ``generate`` call, the layer
+selectors and the batch size. Everything that runs a generator — :func:`~lightning_dissect.dissect`,
+every intervention, unit-strip rendering, the callback and the command line — goes through it, so
+each rule below exists once:
+
+* eval mode (every submodule's mode restored) and ``torch.inference_mode()`` (:meth:`session`);
+* generator noise seeded per batch of the latent bank (:func:`noise_seed`): a batch of the same
+  latents gets the same noise in every pass, and the caller's global RNG never moves;
+* capture and edit hooks on named layers, removed on exit;
+* checks of images, layer outputs and segmentations;
+* agreement on failure across ranks (:meth:`collective`), so that no rank waits forever in a
+  synchronisation another rank skipped;
+* the single dry run that checks all of it on two latents before any long work (:meth:`dry_run`).
+
+Like the reference's ``InstrumentedModel`` but per call: a runner holds no hooks between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dissect._distributed import agree_on_failure, seeded_rng, world
+from lightning_dissect.hooks import LayerEdit, OutputSelector, capture_layers, edit_layers, resolve_layer, unwrap_model
+from lightning_dissect.latents import LatentBank, shard_indices
+from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
+
+__all__ = [
+    "Generate",
+    "GeneratorRunner",
+    "GeneratedBatch",
+    "LayerShapeError",
+    "DryRunError",
+    "eval_mode",
+    "module_device",
+    "noise_seed",
+]
+
+Generate = Callable[[nn.Module, Any], Tensor]
+"""``(generator, latents) -> images``; the default calls ``generator(latents)``."""
+
+
+class LayerShapeError(ValueError):
+    """A layer's output is not a ``(B, U, h, w)`` map of units (raised after a successful forward)."""
+
+
+class DryRunError(RuntimeError):
+    """The dry run failed for every latent layout tried; the message lists each attempt."""
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode, restoring every submodule's previous mode on exit.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Dropout(), nn.Linear(2, 2)).train()
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of the first parameter or buffer of ``module`` (CPU when it has none).
+
+    Examples:
+        >>> module_device(nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def noise_seed(bank_seed: int, first_index: int) -> int:
+    """Seed of the generator noise of the batch of a bank whose first latent is ``first_index``.
+
+    Every pass splits a rank's shard into the same batches, so the same latents always get the
+    same noise (and the strips show exactly the images that were ranked).
+
+    Examples:
+        >>> noise_seed(1, 0), noise_seed(1, 32)
+        (1000003, 1000035)
+    """
+    return int(bank_seed) * 1_000_003 + int(first_index)
+
+
+def _default_generate(generator: nn.Module, latents: Any) -> Tensor:
+    return generator(latents)
+
+
+@dataclass
+class GeneratedBatch:
+    """One batch of a pass: which latents, their images, captured layers and segmentation.
+
+    Attributes:
+        indices: Indices of the latents in their bank (``(B,)``).
+        images: Generator output ``(B, C, H, W)``.
+        activations: ``layer -> (B, U, h, w)`` captured outputs (empty when none were asked).
+        labels: Segmentation of ``images`` (``None`` without a segmenter).
+    """
+
+    indices: Tensor
+    images: Tensor
+    activations: dict[str, Tensor] = field(default_factory=dict)
+    labels: Tensor | None = None
+
+
+class GeneratorRunner:
+    """Calls a generator on latents with hooks, seeded noise and checks (see the module docs).
+
+    Args:
+        generator: The generator (``torch.compile``d and DDP-wrapped modules are looked through
+            for hooks; calls go to the module as given).
+        generate: Custom ``(generator, latents) -> images`` call; the default is
+            ``generator(latents)``.
+        selector: Picks the tensor of tuple/dict layer outputs (one for all layers, or a mapping
+            ``layer -> selector``).
+        batch_size: Latents per generator call.
+        device: Where to run; ``None``: the generator's device.
+        distributed: ``False`` runs on this process only even inside an initialised process
+            group (no collective is called).
+
+    Examples:
+        >>> gen = nn.Sequential(nn.Linear(4, 2 * 2 * 2), nn.Unflatten(1, (2, 2, 2)),
+        ...                     nn.Conv2d(2, 3, 1), nn.Tanh())
+        >>> runner = GeneratorRunner(gen, batch_size=3)
+        >>> bank = LatentBank(5, (4,), seed=1)
+        >>> with runner.session():
+        ...     shapes = [tuple(b.activations["1"].shape) for b in runner.batches(bank, layers=["1"])]
+        >>> shapes
+        [(3, 2, 2, 2), (2, 2, 2, 2)]
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        *,
+        generate: Generate | None = None,
+        selector: OutputSelector | Mapping[str, OutputSelector] = None,
+        batch_size: int = 32,
+        device: torch.device | str | None = None,
+        distributed: bool = True,
+    ) -> None:
+        if not isinstance(generator, nn.Module):
+            raise TypeError(f"`generator` must be a torch.nn.Module, got {type(generator).__name__}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        if generate is not None and not callable(generate):
+            raise TypeError(f"`generate` must be a callable (generator, latents) -> images, got {generate!r}")
+        self.generator = generator
+        self.model = unwrap_model(generator)
+        self.generate = generate or _default_generate
+        self.selector = selector
+        self.batch_size = batch_size
+        self.device = _resolve_device(device) if device is not None else module_device(self.model)
+        self.distributed = distributed
+
+    # ------------------------------------------------------------------ context
+    @property
+    def rank_world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` this runner works in (``(0, 1)`` when not distributed)."""
+        return world(self.distributed)
+
+    @contextmanager
+    def session(self) -> Iterator[GeneratorRunner]:
+        """Inference mode and eval mode (every submodule's mode restored) for the block."""
+        with torch.inference_mode(), eval_mode(self.model):
+            yield self
+
+    @contextmanager
+    def collective(self, what: str) -> Iterator[None]:
+        """Run a local loop; at its end every rank learns whether any rank failed and all raise.
+
+        Wrap every loop that is followed by a synchronisation (metric ``compute()``, gathers).
+        """
+        error: BaseException | None = None
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - re-raised below on every rank together
+            error = err
+        agree_on_failure(error, self.device, what, distributed=self.distributed)
+
+    def check_layers(self, layers: Sequence[str] | str, argument: str = "layers") -> list[str]:
+        """Resolve layer names on the generator; raise naming ``argument`` (with suggestions)."""
+        if isinstance(layers, str):
+            layers = [layers]
+        names = list(layers)
+        if not names:
+            raise ValueError(f"`{argument}` must name at least one layer")
+        for name in names:
+            resolve_layer(self.model, name, argument=argument)
+        return names
+
+    # ------------------------------------------------------------------ one call
+    def forward(
+        self,
+        latents: Any,
+        layers: Sequence[str] = (),
+        *,
+        edits: Mapping[str, LayerEdit] | None = None,
+        seed: int | None = None,
+        require_maps: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Generate images from ``latents``, capturing ``layers`` and applying ``edits``.
+
+        Args:
+            latents: A batch of latents (moved to the runner's device).
+            layers: Layers whose outputs to capture.
+            edits: ``layer -> LayerEdit`` applied during the call.
+            seed: Seed of the generator noise (the global RNG is restored afterwards).
+            require_maps: Captured outputs must be ``(B, U, h, w)`` maps.
+
+        Returns:
+            ``(images, activations)``.
+        """
+        z = _to_device(latents, self.device)
+        with _maybe_seeded(seed, self.device):
+            with edit_layers(self.model, edits or {}, self.selector):
+                with capture_layers(self.model, list(layers), self.selector) as captured:
+                    images = self.generate(self.generator, z)
+        images = _check_images_shape(images)
+        missing = [n for n in layers if n not in captured]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not run during the generator's forward pass")
+        if require_maps:
+            for name in layers:
+                if captured[name].ndim != 4:
+                    raise LayerShapeError(
+                        f"layer {name!r} output has shape {tuple(captured[name].shape)}; dissection "
+                        "needs (B, U, h, w) feature maps"
+                    )
+        return images, dict(captured)
+
+    @staticmethod
+    def segment(images: Tensor, segmenter: Segmenter, *, check_images: bool) -> Tensor:
+        """Segment ``images``; check their range (when asked) and always the labels' range."""
+        if check_images:
+            validate_images(images, segmenter.value_range, name="generator output")
+        labels = segmenter(images)
+        # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
+        validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])
+        return labels
+
+    # ------------------------------------------------------------------ passes
+    def shard(self, bank: LatentBank) -> Tensor:
+        """Indices of ``bank`` this rank works on (a contiguous share)."""
+        rank, size = self.rank_world
+        return shard_indices(len(bank), rank, size)
+
+    def split(self, indices: Tensor) -> list[Tensor]:
+        """``indices`` in batches of ``batch_size`` (the same split in every pass)."""
+        return list(torch.split(indices, self.batch_size))
+
+    def batches(
+        self,
+        bank: LatentBank,
+        indices: Tensor | None = None,
+        *,
+        layers: Sequence[str] = (),
+        segmenter: Segmenter | None = None,
+        edits: Mapping[str, LayerEdit] | None = None,
+        require_maps: bool = True,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[GeneratedBatch]:
+        """Generate ``bank[indices]`` batch by batch (default: this rank's shard).
+
+        Noise is seeded by :func:`noise_seed` of each batch's first index, so iterating the same
+        indices again gives the same images. Images are range-checked on the first batch, labels
+        on every batch. ``on_batch(n)`` is called after each batch (progress bars).
+        """
+        if indices is None:
+            indices = self.shard(bank)
+        for i, idx in enumerate(self.split(indices)):
+            images, acts = self.forward(
+                bank[idx],
+                layers,
+                edits=edits,
+                seed=noise_seed(bank.seed, int(idx[0])),
+                require_maps=require_maps,
+            )
+            labels = None if segmenter is None else self.segment(images, segmenter, check_images=i == 0)
+            yield GeneratedBatch(idx, images, acts, labels)
+            if on_batch is not None:
+                on_batch(len(idx))
+
+    def regenerate(
+        self,
+        bank: LatentBank,
+        wanted: Sequence[int],
+        *,
+        layers: Sequence[str] = (),
+        world_size: int = 1,
+    ) -> Iterator[GeneratedBatch]:
+        """Regenerate the batches that held ``wanted`` latents in a pass over ``world_size`` ranks.
+
+        Whole batches are regenerated with their own noise seed, so a generator that draws noise
+        in ``forward`` gives exactly the images the pass saw.
+        """
+        wanted_set = {int(i) for i in wanted}
+        for rank in range(world_size):
+            for idx in self.split(shard_indices(len(bank), rank, world_size)):
+                if wanted_set.intersection(idx.tolist()):
+                    images, acts = self.forward(
+                        bank[idx], layers, seed=noise_seed(bank.seed, int(idx[0]))
+                    )
+                    yield GeneratedBatch(idx, images, acts)
+
+    # ------------------------------------------------------------------ dry run
+    def dry_run(
+        self,
+        layers: Sequence[str],
+        banks: Sequence[LatentBank],
+        segmenter: Segmenter | None = None,
+        *,
+        require_maps: bool = True,
+        edits: Mapping[str, LayerEdit] | None = None,
+        describe: Callable[[LatentBank], str] = lambda b: "latents",
+        what: str = "dry run",
+    ) -> LatentBank:
+        """Run two latents of each bank in turn and return the first bank that works.
+
+        Checks the call, the images, every layer's output (and, with ``edits``, that they can be
+        written back) and the segmentation. The global RNG is not moved.
+
+        Raises:
+            DryRunError: Every attempt failed. The message lists every attempt; when a forward
+                pass succeeded, its (layer-shape) problem leads, since changing the latent layout
+                will not fix it.
+        """
+        if not banks:
+            raise ValueError("dry_run needs at least one latent bank to try")
+        attempts: list[tuple[LatentBank, BaseException, bool]] = []
+        for bank in banks:
+            forward_ok = False
+            try:
+                with self.session():
+                    idx = torch.arange(min(2, len(bank)))
+                    images, _ = self.forward(bank[idx], seed=noise_seed(bank.seed, 0))
+                    forward_ok = True
+                    self.forward(bank[idx], layers, seed=noise_seed(bank.seed, 0), require_maps=require_maps)
+                    if edits:
+                        self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
+                    if segmenter is not None:
+                        self.segment(images, segmenter, check_images=True)
+                return bank
+            except Exception as err:  # noqa: BLE001 - every attempt is reported below
+                attempts.append((bank, err, forward_ok))
+        # a problem found after a successful forward pass leads: another latent layout won't fix it
+        lead = next((a for a in attempts if a[2]), attempts[-1])
+        lines = [f"{what} failed: {type(lead[1]).__name__}: {lead[1]}"]
+        if len(attempts) > 1:
+            lines.append("attempts:")
+            lines += [f"  {describe(b)}: {type(e).__name__}: {e}" for b, e, _ in attempts]
+        raise DryRunError("\n".join(lines)) from lead[1]
+
+
+# ---------------------------------------------------------------------- helpers
+def _resolve_device(device: torch.device | str) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`device`: {err}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device`={str(device)!r}: CUDA is not available on this machine")
+    return resolved
+
+
+def _to_device(latents: Any, device: torch.device) -> Any:
+    if isinstance(latents, Tensor):
+        return latents.to(device)
+    if isinstance(latents, Mapping):
+        return {k: _to_device(v, device) for k, v in latents.items()}
+    if isinstance(latents, (tuple, list)):
+        return type(latents)(_to_device(v, device) for v in latents)
+    return latents
+
+
+@contextmanager
+def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    if seed is None:
+        yield
+    else:
+        with seeded_rng(seed, device):
+            yield
+
+
+def _check_images_shape(images: Any) -> Tensor:
+    if isinstance(images, (tuple, list)):
+        images = images[0]
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(
+            f"the generator must return images (B, 3, H, W); got {shape} — pass `generate=` to "
+            "say how to call it"
+        )
+    return images

@@ -1,0 +1,105 @@
+"""Unit strips: regenerate a unit's top images and overlay its thresholded, upsampled map.
+
+The top images are regenerated through :meth:`GeneratorRunner.regenerate`: whole batches of the
+dissection, with their noise seeds, so a generator that draws noise in ``forward`` shows exactly
+the images that were ranked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dissect.functional.upsample import upsample_bilinear
+from lightning_dissect.hooks import OutputSelector
+from lightning_dissect.latents import LatentBank
+from lightning_dissect.result import DissectionResult
+from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.visualize import overlay_mask, to_uint8
+
+__all__ = ["render_unit_images"]
+
+
+def render_unit_images(
+    generator: nn.Module | GeneratorRunner,
+    result: DissectionResult,
+    bank: LatentBank,
+    value_range: tuple[float, float],
+    *,
+    num_units: int = 8,
+    generate: Generate | None = None,
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    scale: int = 1,
+    units: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, dict[int, Tensor]]:
+    """Regenerate the top images of each layer's best units and overlay the unit masks.
+
+    Args:
+        generator: The generator the result was computed on, or a :class:`GeneratorRunner`
+            (then ``generate``, ``selector``, ``device`` and ``batch_size`` are its own).
+        result: The dissection result (its top-image latent indices and thresholds are used).
+        bank: The latent bank of the dissection.
+        value_range: Value range of the generated images.
+        num_units: Units per layer (the best by IoU) when ``units`` is not given.
+        generate: Custom ``(generator, latents) -> images``.
+        selector: Picks the tensor from tuple/dict layer outputs.
+        device: Where to run the generator.
+        batch_size: Latents per generator call; default: the dissection's (images are then
+            regenerated in the batches that were ranked, with the same noise).
+        scale: Enlarge every image by this integer factor (nearest).
+        units: Explicit ``layer -> unit indices`` to render instead of the top ``num_units``.
+
+    Returns:
+        ``layer -> unit -> uint8 (k, 3, H, W)`` — each unit's top images, outside its thresholded
+        upsampled map dimmed, the mask bordered.
+    """
+    if isinstance(generator, GeneratorRunner):
+        runner = generator
+    else:
+        runner = GeneratorRunner(
+            generator, generate=generate, selector=selector, device=device,
+            batch_size=batch_size or int(result.settings.get("batch_size", 32)),
+        )
+    if units is not None:
+        wanted = {name: list(chosen) for name, chosen in units.items()}
+    else:
+        wanted = {name: [u.unit for u in layer.top_units(num_units)] for name, layer in result.layers.items()}
+    needed = sorted(
+        {int(img["index"]) for name, chosen in wanted.items() for u in chosen
+         for img in result.layers[name].units[u].top_images}
+    )
+    if not needed:
+        return {}
+    images_by_index: dict[int, Tensor] = {}
+    acts_by_index: dict[str, dict[int, Tensor]] = {name: {} for name in wanted}
+    world_size = int(result.settings.get("world_size", 1))
+    keep = set(needed)
+    with runner.session():
+        for batch in runner.regenerate(bank, needed, layers=list(wanted), world_size=world_size):
+            for j, i in enumerate(batch.indices.tolist()):
+                if i not in keep:
+                    continue
+                images_by_index[i] = to_uint8(batch.images[j].cpu(), value_range)
+                for name in wanted:
+                    acts_by_index[name][i] = batch.activations[name][j].float().cpu()
+    out: dict[str, dict[int, Tensor]] = {}
+    for name, chosen in wanted.items():
+        out[name] = {}
+        for u in chosen:
+            record = result.layers[name].units[u]
+            tiles = []
+            for img in record.top_images:
+                i = int(img["index"])
+                image = images_by_index[i]
+                up = upsample_bilinear(acts_by_index[name][i][u][None], image.shape[-2:])[0]
+                tiles.append(overlay_mask(image, up > record.level))
+            stacked = torch.stack(tiles)
+            if scale > 1:
+                stacked = stacked.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+            out[name][u] = stacked
+    return out
+
