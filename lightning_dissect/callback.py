@@ -44,6 +44,34 @@ _CONFIG_ARGUMENTS = ("num_samples", "batch_size", "threshold_mode", "quantile", 
                      "num_visualized_units", "top_k", "seed")
 
 
+def callback_config(
+    explicit: Mapping[str, Any], dissection_config: Mapping[str, Any] | None = None
+) -> DissectionConfig:
+    """The callback's :class:`DissectionConfig`: its defaults, then keyword arguments, then ``dissection_config``.
+
+    ``explicit`` maps keyword arguments to their values (``None``: not given). A setting given in
+    both places is an error, as is an unknown ``dissection_config`` key.
+
+    Examples:
+        >>> callback_config({"num_samples": 256}).num_samples
+        256
+        >>> callback_config({"top_k": None}, {"top_k": 4}).top_k
+        4
+    """
+    given = {k: v for k, v in explicit.items() if v is not None}
+    extra = dict(dissection_config or {})
+    unknown = sorted(set(extra) - set(DissectionConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"`dissection_config` has unknown settings {unknown}")
+    conflicts = sorted(set(given) & set(extra))
+    if conflicts:
+        raise ValueError(
+            f"{', '.join(conflicts)} given both as keyword argument(s) and in `dissection_config`; "
+            "give each setting once"
+        )
+    return DissectionConfig(**{**config_defaults(CALLBACK_DEFAULTS), **given, **extra}).validate()
+
+
 class DissectionCallback(Callback):
     r"""Dissect generator layers every N epochs or steps and log what the units mean.
 
@@ -152,29 +180,17 @@ class DissectionCallback(Callback):
             raise ValueError(f"`on_error` must be 'warn' or 'raise', got {on_error!r}")
         if ablation_top_n < 1 or ablation_samples < 1:
             raise ValueError("`ablation_top_n` and `ablation_samples` must be positive")
-        explicit = {
-            key: value
-            for key, value in zip(
+        explicit = dict(
+            zip(
                 _CONFIG_ARGUMENTS,
                 (num_samples, batch_size, threshold_mode, quantile, iou_threshold, num_visualized_units, top_k, seed),
             )
-            if value is not None
-        }
-        extra = dict(dissection_config or {})
-        unknown = sorted(set(extra) - set(DissectionConfig.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"`dissection_config` has unknown settings {unknown}")
-        conflicts = sorted(set(explicit) & set(extra))
-        if conflicts:
-            raise ValueError(
-                f"{', '.join(conflicts)} given both as keyword argument(s) and in `dissection_config`; "
-                "give each setting once"
-            )
+        )
         self.layers = list(layers)
         self.segmenter = segmenter
         self.every_n_epochs = every_n_epochs or None
         self.every_n_train_steps = every_n_train_steps or None
-        self.config = DissectionConfig(**{**config_defaults(CALLBACK_DEFAULTS), **explicit, **extra}).validate()
+        self.config = callback_config(explicit, dissection_config)
         self.generator_getter = generator
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
         self.latent_sampler = latent_sampler

@@ -182,24 +182,21 @@ def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) ->
 
 
 # ---------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from err
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -229,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_generator_arguments(p)
+    add_dissection_arguments(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--output", metavar="DIR",
+                     help="write DIR/dissect.json and the HTML report DIR/index.html")
+    out.add_argument("--title", help="title of the HTML report")
+    out.add_argument("--summary-units", type=_non_negative_int, default=10, metavar="N",
+                     help="units per layer in the printed summary (0: no summary)")
+    add_run_arguments(out)
+    return parser
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """``--generator``, ``--checkpoint``, ``--layers``, latent, call and selector options."""
     model = p.add_argument_group("generator")
     model.add_argument(
         "--generator", required=True, metavar="MODULE:ATTR",
@@ -275,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which tensor of tuple/dict layer outputs to dissect: an index, a key, or a "
         "MODULE:ATTR callable output -> tensor",
     )
+
+
+def add_dissection_arguments(p: argparse.ArgumentParser) -> None:
+    """Segmenter and dissection settings (defaults: :data:`~lightning_dissect.config.CLI_DEFAULTS`)."""
     seg = p.add_argument_group("segmenter")
     seg.add_argument(
         "--segmenter", default="synthetic", metavar="NAME|MODULE:ATTR",
@@ -316,16 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the chance IoU (images paired with another image's segmentation)")
     run.add_argument("--device", default="auto",
                      help="where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", metavar="DIR",
-                     help="write DIR/dissect.json and the HTML report DIR/index.html")
-    out.add_argument("--title", help="title of the HTML report")
-    out.add_argument("--summary-units", type=_non_negative_int, default=10, metavar="N",
-                     help="units per layer in the printed summary (0: no summary)")
-    out.add_argument("--quiet", action="store_true", help="no progress bars")
-    out.add_argument("--debug", action="store_true",
-                     help="show the full traceback of errors instead of one line")
-    return parser
+
+
+def add_run_arguments(group: Any) -> None:
+    """``--quiet`` and ``--debug``."""
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    group.add_argument("--debug", action="store_true",
+                       help="show the full traceback of errors instead of one line")
 
 
 # ---------------------------------------------------------------------------- command

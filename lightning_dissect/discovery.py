@@ -51,9 +51,7 @@ def find_generator(owner: Any, spec: GeneratorSpec = None, *, argument: str = "g
         argument: The option named in error messages (``"generator"``, ``"--generator"``).
 
     Returns:
-        The generator. Without ``spec`` and without any of the attributes, an ``nn.Module``
-        ``owner`` is returned itself only when it has no such attribute at all — use
-        :func:`find_generator_or_self` for that behaviour.
+        The generator (see :func:`find_generator_or_self` for "the owner is the generator").
 
     Raises:
         ValueError: Nothing found; the message lists the paths tried and how to say which.
@@ -72,20 +70,29 @@ def find_generator(owner: Any, spec: GeneratorSpec = None, *, argument: str = "g
             raise TypeError(f"`{argument}` returned {type(module).__name__}, not an nn.Module")
         return module
     candidates = (spec,) if spec else GENERATOR_ATTRIBUTES
-    for path in candidates:
-        try:
-            module = _getattr_path(owner, path)
-        except AttributeError:
-            continue
+    found = _search(owner, candidates)
+    if found is not None:
+        module, path = found
         if isinstance(module, nn.Module):
             return module
-        if spec:
-            raise TypeError(f"`{argument}`={spec!r} resolved to {type(module).__name__}, not an nn.Module")
+        raise TypeError(f"`{argument}`={path!r} resolved to {type(module).__name__}, not an nn.Module")
     raise ValueError(
         f"could not find the generator on {type(owner).__name__}: looked for attribute(s) "
         f"{', '.join(repr(c) for c in candidates)}; pass `{argument}` (an attribute path or a "
         "callable module -> nn.Module)"
     )
+
+
+def _search(owner: Any, candidates: Sequence[str]) -> tuple[Any, str] | None:
+    """The first ``(value, path)`` of ``candidates`` that is an ``nn.Module`` (or the only one given)."""
+    for path in candidates:
+        try:
+            value = _getattr_path(owner, path)
+        except AttributeError:
+            continue
+        if isinstance(value, nn.Module) or len(candidates) == 1:
+            return value, path
+    return None
 
 
 def find_generator_or_self(owner: nn.Module) -> tuple[nn.Module, str | None]:
@@ -97,16 +104,9 @@ def find_generator_or_self(owner: nn.Module) -> tuple[nn.Module, str | None]:
         >>> find_generator_or_self(nn.Linear(2, 2))[1] is None
         True
     """
-    try:
-        for path in GENERATOR_ATTRIBUTES:
-            try:
-                module = _getattr_path(owner, path)
-            except AttributeError:
-                continue
-            if isinstance(module, nn.Module):
-                return module, path
-    except Exception:  # noqa: BLE001 - a property that raises is not a generator
-        pass
+    found = _search(owner, GENERATOR_ATTRIBUTES)
+    if found is not None and isinstance(found[0], nn.Module):
+        return found[0], found[1]
     return owner, None
 
 

@@ -96,15 +96,8 @@ def dissect(
         distributed=distributed,
     )
     layers = runner.check_layers(layers)
-    vocabulary = segmenter.vocabulary
+    bank, selection_bank = _banks(cfg, latent_shape, latent_sampler, distributed)
     rank, world_size = runner.rank_world
-    bank = LatentBank(cfg.num_samples, latent_shape, cfg.seed, latent_sampler)
-    check_samples_per_rank(cfg.num_samples, "num_samples", distributed=distributed)
-    selection_bank = None
-    if cfg.threshold_mode == "iqr" and cfg.level_selection_samples:
-        check_samples_per_rank(cfg.level_selection_samples, "level_selection_samples", distributed=distributed)
-        selection_bank = LatentBank(cfg.level_selection_samples, latent_shape, cfg.seed + 1, latent_sampler)
-
     with runner.session(), Progress(cfg.progress and rank == 0) as progress:
         found = threshold_pass(runner, bank, layers, segmenter, cfg, progress)
         thresholds = thresholds_from(found, layers, cfg)
@@ -117,14 +110,9 @@ def dissect(
         counted = count_pass(
             runner, bank, thresholds, segmenter, progress, cached=found.segmentations, chance=cfg.chance_baseline
         )
-
     layer_results = {
         name: summarise_layer(
-            name,
-            cfg,
-            vocabulary,
-            thresholds[name],
-            counted.counts[name],
+            name, cfg, segmenter.vocabulary, thresholds[name], counted.counts[name],
             chance_counts=counted.chance[name] if counted.chance else None,
             selection_counts=selection[name] if selection else None,
             topk=topk[name],
@@ -137,11 +125,24 @@ def dissect(
         "world_size": world_size,
         "segmentation_size": list(found.segmentation_size),
     }
-    result = DissectionResult(
-        layers=layer_results, vocabulary=vocabulary, settings=settings, metadata=dict(metadata or {})
-    )
+    result = DissectionResult(layer_results, segmenter.vocabulary, settings, dict(metadata or {}))
     if cfg.num_visualized_units and rank == 0:
         result.unit_images = render_unit_images(
             runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units
         )
     return result
+
+
+def _banks(
+    cfg: DissectionConfig,
+    latent_shape: Sequence[int] | None,
+    latent_sampler: LatentSampler | None,
+    distributed: bool,
+) -> tuple[LatentBank, LatentBank | None]:
+    """The dissection bank (seed ``cfg.seed``) and the ``"iqr"`` level-selection bank (``seed + 1``)."""
+    check_samples_per_rank(cfg.num_samples, "num_samples", distributed=distributed)
+    bank = LatentBank(cfg.num_samples, latent_shape, cfg.seed, latent_sampler)
+    if cfg.threshold_mode != "iqr" or not cfg.level_selection_samples:
+        return bank, None
+    check_samples_per_rank(cfg.level_selection_samples, "level_selection_samples", distributed=distributed)
+    return bank, LatentBank(cfg.level_selection_samples, latent_shape, cfg.seed + 1, latent_sampler)
