@@ -78,7 +78,7 @@ def test_report_files_and_links(setup, tmp_path):
 
 def test_report_content(setup, tmp_path):
     _, result, _ = setup
-    path = result.save_report(tmp_path)
+    path = write_report(result, tmp_path)
     page = parse(path)
     html = path.read_text()
     text = " ".join(page.text)
