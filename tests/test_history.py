@@ -21,7 +21,7 @@ def result(step: int, tag: str = "") -> DissectionResult:
 
 
 def write(log_dir, step, name=None, tag=""):
-    path = log_dir / (("dissection" if name is None else f"dissection-{name}")) / f"round_{step:08d}.json"
+    path = log_dir / ("dissection" if name is None else f"dissection-{name}") / f"round_{step:08d}.json"
     result(step, tag).to_json(path)
     return path
 
