@@ -9,7 +9,7 @@ Example::
 It loads the :class:`gan_model.DCGAN` from the checkpoint (its hyper-parameters are stored in it),
 runs :func:`lightning_dissect.dissect` over the chosen generator layers against the exact
 segmenter of the synthetic scene world, prints the summary and writes the JSON result and the
-static HTML report with :meth:`DissectionResult.save_report`.
+static HTML report with :func:`lightning_dissect.report.write_report`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None):
     from gan_model import DCGAN
 
     from lightning_dissect import dissect
+    from lightning_dissect.report import write_report
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
     checkpoint = Path(args.checkpoint)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None):
     output = Path(args.output) if args.output else checkpoint.parent.parent / "dissection_report"
     output.mkdir(parents=True, exist_ok=True)
     result.to_json(output / "result.json", indent=1)
-    report = result.save_report(output)  # JSON + HTML (lightning_dissect.report)
+    report = write_report(result, output)  # JSON + HTML
     print(f"report: {report}")
     return result
 

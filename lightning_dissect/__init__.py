@@ -22,7 +22,7 @@ _LAZY = {
     "DissectionConfig": "lightning_dissect.dissection",
     "DissectionResult": "lightning_dissect.result",
     "DissectionCallback": "lightning_dissect.callback",
-    "load_history": "lightning_dissect.callback",
+    "load_history": "lightning_dissect.history",
     "intervene": "lightning_dissect.interventions",
     "ablate": "lightning_dissect.interventions",
     "insert": "lightning_dissect.interventions",

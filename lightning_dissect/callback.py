@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import traceback
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
@@ -30,7 +29,7 @@ from lightning_dissect.discovery import (
     latent_shape_candidates,
 )
 from lightning_dissect.dissection import dissect
-from lightning_dissect.history import load_history
+from lightning_dissect.history import load_history, round_path
 from lightning_dissect.hooks import OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
 from lightning_dissect.result import DissectionResult
@@ -453,7 +452,7 @@ class DissectionCallback(Callback):
             round_logger.log_tensorboard(writer, result, step, history=self.history, ablations=ablations)
         log_dir = _log_directory(trainer)
         if log_dir is not None:
-            result.to_json(Path(log_dir) / round_logger.prefix / f"round_{step:08d}.json")
+            result.to_json(round_path(log_dir, step, self.name))
 
 
 def _tensorboard_writer(trainer: pl.Trainer) -> Any:

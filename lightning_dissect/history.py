@@ -1,25 +1,166 @@
-"""Reading back the rounds a :class:`~lightning_dissect.callback.DissectionCallback` wrote."""
+"""Reading back the dissection rounds a training run wrote: :func:`load_history`.
+
+Layout (written by :class:`~lightning_dissect.callback.DissectionCallback`)::
+
+    <log_dir>/dissection/round_<step:08d>.json          # unnamed callback
+    <log_dir>/dissection-<name>/round_<step:08d>.json   # DissectionCallback(name=...)
+
+each file one :class:`~lightning_dissect.result.DissectionResult` JSON document whose metadata
+holds ``global_step``. ``<log_dir>`` is the logger's ``log_dir``; after a resume Lightning's
+``TensorBoardLogger`` writes to a new ``version_N`` folder, so :func:`load_history` given the
+logger's root folder (e.g. ``runs/gan/lightning_logs``) merges the rounds of every ``version_*``.
+"""
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 from lightning_dissect.result import DissectionResult
 
-__all__ = ["load_history", "ROUND_DIR"]
+__all__ = ["ROUND_DIR", "load_history", "round_path"]
 
+#: Folder (under the logger's directory) holding the rounds of an unnamed callback.
 ROUND_DIR = "dissection"
 
+_ROUND_FILE = re.compile(r"round_(\d+)\.json$")
+_VERSION = re.compile(r"version_(\d+)$")
 
-def load_history(directory: str | Path) -> list[DissectionResult]:
-    """Load every round a :class:`DissectionCallback` wrote under ``directory``, oldest first.
 
-    ``directory`` may be the logger's directory (the rounds are in its ``dissection/``
-    sub-directory) or that sub-directory itself. Results from different runs are comparable with
-    :meth:`DissectionResult.compare`.
+def round_path(log_dir: str | Path, step: int, name: str | None = None) -> Path:
+    """Where the round at ``step`` of the callback called ``name`` is stored under ``log_dir``.
+
+    Examples:
+        >>> round_path("logs/version_0", 1200).as_posix()
+        'logs/version_0/dissection/round_00001200.json'
+        >>> round_path("logs/version_0", 5, "fine").as_posix()
+        'logs/version_0/dissection-fine/round_00000005.json'
+    """
+    return Path(log_dir) / _folder(name) / f"round_{int(step):08d}.json"
+
+
+def _folder(name: str | None) -> str:
+    return ROUND_DIR if name is None else f"{ROUND_DIR}-{name}"
+
+
+def _name_of(folder: Path) -> str | None | bool:
+    """``None`` for ``dissection``, the name for ``dissection-<name>``, ``False`` otherwise."""
+    if folder.name == ROUND_DIR:
+        return None
+    if folder.name.startswith(ROUND_DIR + "-") and len(folder.name) > len(ROUND_DIR) + 1:
+        return folder.name[len(ROUND_DIR) + 1 :]
+    return False
+
+
+def _round_folders(log_dir: Path) -> dict[str | None, Path]:
+    found: dict[str | None, Path] = {}
+    for child in sorted(log_dir.iterdir()) if log_dir.is_dir() else []:
+        if child.is_dir():
+            name = _name_of(child)
+            if name is not False:
+                found[name] = child  # type: ignore[index]
+    return found
+
+
+def _version_key(folder: Path) -> tuple[int, int | str]:
+    match = _VERSION.match(folder.name)
+    return (0, int(match.group(1))) if match else (1, folder.name)
+
+
+def load_history(
+    directory: str | Path, *, name: str | None = None, strict: bool = False
+) -> list[DissectionResult]:
+    """Load every dissection round written under ``directory``, ordered by ``global_step``.
+
+    ``directory`` may be:
+
+    * a rounds folder itself (``.../dissection`` or ``.../dissection-<name>``);
+    * a logger's ``log_dir`` (e.g. ``lightning_logs/version_0``) holding such folders;
+    * a logger's root (e.g. ``runs/gan/lightning_logs``) whose ``version_*`` sub-folders hold
+      them — after a resume each run writes a new ``version_N``; the rounds of all versions are
+      merged, sorted by ``global_step``, and when two versions hold the same step the one of the
+      highest version (the latest run) wins.
+
+    Which callback: ``name="fine"`` reads ``dissection-fine/``. Without ``name`` the rounds of
+    the unnamed callback (``dissection/``) are read; when there is none but exactly one named
+    callback, that one; when there are several named ones and no unnamed one, a
+    :class:`ValueError` lists their names.
+
+    A round file that cannot be read (truncated by a crash, say) is skipped with a warning naming
+    it; with ``strict=True`` a :class:`ValueError` naming it is raised instead. A log folder
+    without any rounds gives an empty list.
+
+    Args:
+        directory: Rounds folder, logger directory or logger root (see above).
+        name: The callback's ``name`` (``None``: the unnamed one, see above).
+        strict: Raise instead of skipping unreadable round files.
+
+    Returns:
+        The rounds, oldest ``global_step`` first, one per step.
+
+    Raises:
+        FileNotFoundError: If ``directory`` does not exist, or ``name`` matches no rounds folder.
+        ValueError: If ``name`` is ``None`` and several named callbacks wrote rounds, or (with
+            ``strict=True``) a round file cannot be read.
+
+    Examples:
+        >>> import tempfile
+        >>> load_history(tempfile.mkdtemp())  # a log folder without rounds
+        []
     """
     root = Path(directory)
-    if (root / ROUND_DIR).is_dir():
-        root = root / ROUND_DIR
-    files = sorted(root.glob("round_*.json"))
-    return [DissectionResult.from_json(f) for f in files]
+    if not root.exists():
+        raise FileNotFoundError(f"load_history: directory {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_history: {str(root)!r} is not a directory")
+
+    own = _name_of(root)
+    if own is not False or any(root.glob("round_*.json")):
+        # a rounds folder given directly
+        sources = [root]
+    else:
+        log_dirs = sorted((d for d in root.iterdir() if d.is_dir() and _VERSION.match(d.name)),
+                          key=_version_key)
+        log_dirs.append(root)  # a log_dir given directly ranks after its (unlikely) versions
+        per_dir = {d: _round_folders(d) for d in log_dirs}
+        names = sorted({n for folders in per_dir.values() for n in folders}, key=lambda n: (n is not None, n or ""))
+        if not names:
+            return []
+        if name is None:
+            if None in names:
+                chosen: str | None = None
+            elif len(names) == 1:
+                chosen = names[0]
+            else:
+                raise ValueError(
+                    f"load_history: {str(root)!r} holds the rounds of several named callbacks "
+                    f"({', '.join(str(n) for n in names)}); pass name= to pick one"
+                )
+        else:
+            if name not in names:
+                available = ", ".join("(unnamed)" if n is None else str(n) for n in names)
+                raise FileNotFoundError(
+                    f"load_history: no rounds of the callback named {name!r} under {str(root)!r} "
+                    f"(found: {available})"
+                )
+            chosen = name
+        sources = [folders[chosen] for folders in per_dir.values() if chosen in folders]
+
+    by_step: dict[int, DissectionResult] = {}
+    for folder in sources:  # later sources (higher versions) overwrite earlier ones
+        for file in sorted(folder.glob("round_*.json")):
+            try:
+                result = DissectionResult.from_json(file)
+            except (ValueError, OSError) as err:
+                message = f"load_history: cannot read round file {str(file)!r}: {err}"
+                if strict:
+                    raise ValueError(message) from None
+                warnings.warn(message + " (skipped)", stacklevel=2)
+                continue
+            step = result.metadata.get("global_step")
+            if not isinstance(step, int):
+                match = _ROUND_FILE.search(file.name)
+                step = int(match.group(1)) if match else -1
+            by_step[step] = result
+    return [by_step[step] for step in sorted(by_step)]

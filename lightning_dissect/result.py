@@ -7,6 +7,7 @@ JSON schema (version 1) — field names follow gandissect's ``dissect.json`` whe
       "settings": {...},                        # how the result was computed
       "metadata": {...},                        # free-form: step, epoch, checkpoint, ...
       "vocabulary": {"names": [...], "categories": [...], "unlabeled_index": 0, "parents": [...]},
+      "ablations": {"<layer>": [{...AblationEffect fields...}, ...]},   # optional
       "layers": {
         "<layer>": {
           "num_units": U,
@@ -26,19 +27,26 @@ JSON schema (version 1) — field names follow gandissect's ``dissect.json`` whe
         }
       }
     }
+
+Readers tolerate unknown extra fields at any level (they are ignored), so a file written by a newer
+release with the same ``schema_version`` still loads; malformed files raise a :class:`ValueError`
+that names the file and the offending key.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_dissect._io import atomic_write_text, check_writable_output
 from lightning_dissect.segmenters.base import ConceptVocabulary
 
 __all__ = [
@@ -147,6 +155,10 @@ class DissectionResult:
         metadata: Free-form context (training step, epoch, checkpoint path, ...).
         unit_images: Optional rendered strips ``layer -> unit -> uint8 (k, 3, H, W)`` (not part of
             the JSON; the JSON keeps latent indices, from which any process can regenerate them).
+        ablations: Optional ablation-check records ``layer -> [record, ...]``, each record a plain
+            dict with the fields of :class:`~lightning_dissect.interventions.AblationEffect`
+            (``dataclasses.asdict`` of it). Serialised as the top-level ``"ablations"`` key when
+            not empty; the HTML report shows them.
     """
 
     layers: dict[str, LayerDissection]
@@ -155,6 +167,7 @@ class DissectionResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     unit_images: dict[str, dict[int, Tensor]] = field(default_factory=dict, repr=False)
     schema_version: int = SCHEMA_VERSION
+    ablations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __getitem__(self, layer: str) -> LayerDissection:
         return self.layers[layer]
@@ -174,16 +187,22 @@ class DissectionResult:
                     [round(float(v), 6) for v in row] for row in layer.chance_iou.tolist()
                 ]
             layers[name] = entry
-        return {
+        data: dict[str, Any] = {
             "schema_version": self.schema_version,
             "settings": self.settings,
             "metadata": self.metadata,
             "vocabulary": self.vocabulary.to_dict(),
             "layers": layers,
         }
+        if self.ablations:
+            data["ablations"] = {
+                name: [_json_record(record) for record in records]
+                for name, records in self.ablations.items()
+            }
+        return data
 
     def to_json(self, path: str | Path | None = None, *, indent: int | None = None) -> str:
-        """Serialise to JSON; also write it to ``path`` when given.
+        """Serialise to JSON; also write it to ``path`` when given (atomically, parents created).
 
         Examples:
             >>> from lightning_dissect.segmenters import ConceptVocabulary
@@ -196,44 +215,139 @@ class DissectionResult:
         """
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            check_writable_output(path, "path")
+            atomic_write_text(path, text)
         return text
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DissectionResult:
-        """Inverse of :meth:`to_dict`."""
-        version = int(data.get("schema_version", 0))
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> DissectionResult:
+        """Inverse of :meth:`to_dict`, checking the structure as it goes.
+
+        Unknown extra keys (at the top level, per layer or per unit) are ignored, so a document
+        written by a newer release with the same ``schema_version`` loads.
+
+        Args:
+            data: The parsed JSON document.
+            source: Where ``data`` came from (a file name), used in error messages.
+
+        Raises:
+            ValueError: If the document is not a dissection result, is from a newer schema
+                version, misses a required key, or has inconsistent shapes; the message names
+                the offending key (and ``source``).
+
+        Examples:
+            >>> DissectionResult.from_dict({"vocabulary": {}, "layers": []})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: ...`layers` is a list...
+        """
+        where = f"{source}: " if source else ""
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{where}a dissection result must be a JSON object, got {type(data).__name__}"
+            )
+        try:
+            version = int(data.get("schema_version", 0))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}`schema_version` must be an integer, got {data.get('schema_version')!r}"
+            ) from None
         if version > SCHEMA_VERSION:
             raise ValueError(
-                f"result has schema_version {version}; this lightning-dissect reads up to "
+                f"{where}result has schema_version {version}; this lightning-dissect reads up to "
                 f"{SCHEMA_VERSION} — upgrade the package"
             )
-        layers = {}
-        for name, entry in data["layers"].items():
-            units = [UnitDissection(**u) for u in entry["units"]]
-            chance = entry.get("chance_iou")
-            layers[name] = LayerDissection(
-                name,
-                units,
-                torch.tensor(entry["iou"], dtype=torch.float32),
-                torch.tensor(chance, dtype=torch.float32) if chance is not None else None,
+        for key in ("vocabulary", "layers"):
+            if key not in data:
+                raise ValueError(
+                    f"{where}not a dissection result: the required key `{key}` is missing "
+                    f"(found keys: {sorted(map(str, data))})"
+                )
+        raw_layers = data["layers"]
+        if isinstance(raw_layers, list):
+            raise ValueError(
+                f"{where}`layers` is a list (the layout of gandissect's dissect.json?); "
+                "lightning-dissect expects an object {layer name: {num_units, iou, units}} — "
+                "see docs/schema.md"
             )
+        if not isinstance(raw_layers, Mapping):
+            raise ValueError(f"{where}`layers` must be an object, got {type(raw_layers).__name__}")
+        if not isinstance(data["vocabulary"], Mapping):
+            raise ValueError(
+                f"{where}`vocabulary` must be an object, got {type(data['vocabulary']).__name__}"
+            )
+        try:
+            vocabulary = ConceptVocabulary.from_dict(data["vocabulary"])
+        except KeyError as err:
+            raise ValueError(f"{where}`vocabulary` misses the key {err.args[0]!r}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}`vocabulary` is invalid: {err}") from None
+        layers = {
+            str(name): _layer_from_dict(str(name), entry, vocabulary, where)
+            for name, entry in raw_layers.items()
+        }
+        for key in ("settings", "metadata"):
+            if not isinstance(data.get(key, {}), Mapping):
+                raise ValueError(f"{where}`{key}` must be an object, got {type(data[key]).__name__}")
+        ablations = data.get("ablations") or {}
+        if not isinstance(ablations, Mapping) or not all(
+            isinstance(v, list) and all(isinstance(r, Mapping) for r in v) for v in ablations.values()
+        ):
+            raise ValueError(f"{where}`ablations` must be an object {{layer: [record, ...]}}")
         return cls(
             layers=layers,
-            vocabulary=ConceptVocabulary.from_dict(data["vocabulary"]),
+            vocabulary=vocabulary,
             settings=dict(data.get("settings", {})),
             metadata=dict(data.get("metadata", {})),
             schema_version=version,
+            ablations={str(k): [dict(r) for r in v] for k, v in ablations.items()},
         )
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> DissectionResult:
-        """Load from a JSON string or a path to a JSON file."""
+        """Load from a JSON string or a path to a JSON file.
+
+        Args:
+            text_or_path: JSON text (starting with ``{``), the path of a JSON file, or an already
+                parsed dict (passed to :meth:`from_dict`).
+
+        Raises:
+            ValueError: If the argument is neither JSON text nor an existing file, or the text or
+                file is not valid JSON or not a dissection result; the message names the file and
+                the offending key.
+        """
+        if isinstance(text_or_path, Mapping):  # already parsed: same as from_dict
+            return cls.from_dict(text_or_path)
+        if isinstance(text_or_path, (bytes, bytearray)):
+            text_or_path = text_or_path.decode("utf-8")
+        if not isinstance(text_or_path, (str, Path)):
+            raise ValueError(
+                "DissectionResult.from_json expects JSON text or a file path, got "
+                f"{type(text_or_path).__name__}"
+            )
+        source: str | None = None
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+        if isinstance(text_or_path, Path) or not text.lstrip().startswith(("{", "[")):
+            path = Path(text_or_path)
+            if not path.exists():
+                shown = text if len(text) <= 200 else text[:200] + "..."
+                raise ValueError(
+                    f"DissectionResult.from_json: {shown!r} is neither JSON text (it does not "
+                    "start with '{') nor an existing file"
+                )
+            if path.is_dir():
+                raise ValueError(f"{path}: is a directory, expected a dissection JSON file")
+            source = str(path)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{source}: not a text file (not UTF-8)") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            what = f"{source}: corrupt or truncated JSON" if source else "invalid JSON text"
+            raise ValueError(f"{what} ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        return cls.from_dict(data, source=source)
 
     # ------------------------------------------------------------------ comparison
     def compare(self, other: DissectionResult) -> ResultComparison:
@@ -322,8 +436,72 @@ class DissectionResult:
             )
         return "\n".join(rows)
 
-    def save_report(self, directory: str | Path, **kwargs: Any) -> Path:
-        """Write the static HTML report (see :mod:`lightning_dissect.report`); returns its path."""
-        from lightning_dissect.report import write_report
 
-        return write_report(self, directory, **kwargs)
+_UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))
+_REQUIRED_UNIT_FIELDS = tuple(
+    f.name for f in fields(UnitDissection) if f.name not in ("top_images", "chance_iou")
+)
+
+
+def _json_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Non-finite floats become ``null`` so the document stays standard JSON."""
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+    }
+
+
+def _matrix(value: Any, key: str, rows: int, cols: int) -> Tensor:
+    try:
+        matrix = torch.tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{key}` is not a matrix of numbers ({err})") from None
+    if matrix.numel() == 0 and rows == 0:
+        return matrix.reshape(0, cols)
+    if matrix.ndim != 2:
+        raise ValueError(f"`{key}` must be a 2-D list (units x concepts), got {matrix.ndim} dimensions")
+    if matrix.shape[0] != rows:
+        raise ValueError(f"`{key}` has {matrix.shape[0]} rows but the layer has {rows} units")
+    if matrix.shape[1] != cols:
+        raise ValueError(
+            f"`{key}` has {matrix.shape[1]} columns but the vocabulary has {cols} concepts"
+        )
+    return matrix
+
+
+def _layer_from_dict(
+    name: str, entry: Any, vocabulary: ConceptVocabulary, where: str
+) -> LayerDissection:
+    at = f"layers[{name!r}]"
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}`{at}` must be an object, got {type(entry).__name__}")
+    for key in ("units", "iou"):
+        if key not in entry:
+            raise ValueError(f"{where}`{at}` misses the required key `{key}`")
+    if not isinstance(entry["units"], list):
+        raise ValueError(f"{where}`{at}.units` must be a list, got {type(entry['units']).__name__}")
+    units = []
+    for i, record in enumerate(entry["units"]):
+        if not isinstance(record, Mapping):
+            raise ValueError(f"{where}`{at}.units[{i}]` must be an object")
+        missing = [k for k in _REQUIRED_UNIT_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{where}`{at}.units[{i}]` misses the key(s) {', '.join(missing)}")
+        known = {k: record[k] for k in _UNIT_FIELDS if k in record}
+        known.setdefault("chance_iou", None)
+        units.append(UnitDissection(**known))
+    count = entry.get("num_units", len(units))
+    if count != len(units):
+        raise ValueError(
+            f"{where}`{at}.num_units` is {count} but `{at}.units` lists {len(units)} units"
+        )
+    try:
+        iou = _matrix(entry["iou"], f"{at}.iou", len(units), vocabulary.num_concepts)
+        chance = entry.get("chance_iou")
+        chance_iou = (
+            None
+            if chance is None
+            else _matrix(chance, f"{at}.chance_iou", len(units), vocabulary.num_concepts)
+        )
+    except ValueError as err:
+        raise ValueError(f"{where}{err}") from None
+    return LayerDissection(name, units, iou, chance_iou)

@@ -22,7 +22,8 @@ __all__ = [
     "encode_png",
 ]
 
-_BORDER = torch.tensor([255, 221, 0], dtype=torch.uint8)  # yellow
+_BORDER = torch.tensor([255, 221, 0], dtype=torch.uint8)  # light (yellow) inner outline
+_OUTLINE = torch.tensor([16, 16, 16], dtype=torch.uint8)  # dark outer outline
 
 
 def to_uint8(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
@@ -38,7 +39,10 @@ def to_uint8(images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> 
 
 
 def overlay_mask(image: Tensor, mask: Tensor, dim: float = 0.5) -> Tensor:
-    """Dim pixels outside ``mask`` to ``dim`` and draw a thin yellow border around it.
+    """Dim pixels outside ``mask`` to ``dim`` and outline it with a light and a dark line.
+
+    The outline is two pixels wide: a yellow line on the mask's inner edge and a near-black line
+    just outside it, so it stays visible on dark and on light images.
 
     Args:
         image: ``uint8 (3, H, W)``.
@@ -46,19 +50,22 @@ def overlay_mask(image: Tensor, mask: Tensor, dim: float = 0.5) -> Tensor:
         dim: Brightness factor outside the mask (the paper: 50 %).
 
     Examples:
-        >>> img = torch.full((3, 4, 4), 200, dtype=torch.uint8)
-        >>> m = torch.zeros(4, 4, dtype=torch.bool); m[1:3, 1:3] = True
+        >>> img = torch.full((3, 6, 6), 200, dtype=torch.uint8)
+        >>> m = torch.zeros(6, 6, dtype=torch.bool); m[2:4, 2:4] = True
         >>> out = overlay_mask(img, m)
-        >>> out[:, 0, 0].tolist(), out[:, 1, 1].tolist()
-        ([100, 100, 100], [255, 221, 0])
+        >>> out[:, 0, 0].tolist(), out[:, 1, 1].tolist(), out[:, 2, 2].tolist()
+        ([100, 100, 100], [16, 16, 16], [255, 221, 0])
     """
     out = image.clone()
     outside = ~mask
     out[:, outside] = (out[:, outside].float() * dim).round().to(torch.uint8)
     m = mask.float()[None, None]
     eroded = -F.max_pool2d(-m, 3, stride=1, padding=1)
-    border = (m - eroded)[0, 0] > 0
-    out[:, border] = _BORDER.to(out.device).view(3, 1)
+    dilated = F.max_pool2d(m, 3, stride=1, padding=1)
+    inner = (m - eroded)[0, 0] > 0
+    outer = (dilated - m)[0, 0] > 0
+    out[:, inner] = _BORDER.to(out.device).view(3, 1)
+    out[:, outer] = _OUTLINE.to(out.device).view(3, 1)
     return out
 
 

@@ -78,7 +78,7 @@ def test_report_files_and_links(setup, tmp_path):
 
 def test_report_content(setup, tmp_path):
     _, result, _ = setup
-    path = result.save_report(tmp_path)
+    path = write_report(result, tmp_path)
     page = parse(path)
     html = path.read_text()
     text = " ".join(page.text)
@@ -143,3 +143,176 @@ def test_layer_slug_is_unique_and_safe():
     slugs = {layer_slug(n, i) for i, n in enumerate(["a.b", "a/b", "a b", "", "..."])}
     assert len(slugs) == 5
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", s) for s in slugs)
+
+
+# ---------------------------------------------------------------------------- report features
+def _viridis(x: float) -> tuple[int, int, int]:
+    """Independent reference of the heatmap colour map (linear between five stops)."""
+    stops = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+    x = min(max(x, 0.0), 1.0) * 4
+    i = min(int(x), 3)
+    f = x - i
+    return tuple(round(a + (b - a) * f) for a, b in zip(stops[i], stops[i + 1]))
+
+
+def _css(x: float) -> str:
+    r, g, b = _viridis(x)
+    return f"rgb({r},{g},{b})"
+
+
+def _cells(svg: str) -> dict[str, str]:
+    """Heatmap cell title -> fill colour."""
+    return {title: fill for fill, title in re.findall(r'fill="(rgb\([^)]*\))"><title>([^<]*)</title>', svg)}
+
+
+def _small_result(scale: float) -> DissectionResult:
+    vocab = ConceptVocabulary(("unlabeled", "sky", "tree", "door"), ("none", "material", "object", "part"))
+    iou = torch.tensor([[0.0, 0.10, 0.02, 0.0], [0.0, 0.01, 0.05, 0.0], [0.0, 0.0, 0.0, 0.08]]) * scale
+    units = [UnitDissection(i, vocab.names[c], c, vocab.categories[c], float(iou[i, c]), 0.1, 1.0,
+                            True, 0.0) for i, c in enumerate((1, 2, 3))]
+    return DissectionResult({"l": LayerDissection("l", units, iou)}, vocab,
+                            settings={"iou_threshold": 0.04})
+
+
+def test_heatmap_colour_scale_is_fixed_and_labelled():
+    from lightning_dissect.report._svg import IOU_SCALE_MAX, iou_heatmap
+
+    assert IOU_SCALE_MAX == 0.5
+    low, high = _small_result(1.0), _small_result(4.0)  # max IoU 0.1 vs 0.4
+    svg_low = iou_heatmap(low["l"], low.vocabulary.names, threshold=0.04)
+    svg_high = iou_heatmap(high["l"], high.vocabulary.names)
+    cells_low, cells_high = _cells(svg_low), _cells(svg_high)
+    # IoU 0.1 is 1/5 up the fixed 0..0.5 scale, not the top colour of its layer
+    assert cells_low["unit 0 × sky: IoU 0.100"] == _css(0.2)
+    # colours follow the fixed scale in a layer with a larger maximum too
+    assert cells_high["unit 0 × tree: IoU 0.080"] == _css(0.16)
+    assert cells_high["unit 2 × door: IoU 0.320"] == _css(0.64)
+    ticks = re.findall(r'class="scale-tick">([^<]*)<', svg_low)
+    assert ticks == ["0", "0.1", "0.2", "0.3", "0.4", "≥ 0.5"]
+    assert "cut-off" in svg_low and "cut-off" not in svg_high
+    # above the scale: the top colour
+    big = _small_result(10.0)
+    assert _cells(iou_heatmap(big["l"], big.vocabulary.names))["unit 0 × sky: IoU 1.000"] == \
+        _css(1.0)
+
+
+def test_heatmap_label_cells_form_a_diagonal():
+    from lightning_dissect.report._svg import iou_heatmap
+
+    generator = torch.Generator().manual_seed(0)
+    concepts = 12
+    names = ("unlabeled", *[f"c{i}" for i in range(1, concepts)])
+    vocab = ConceptVocabulary(names, ("none", *["object"] * (concepts - 1)))
+    iou = torch.rand(30, concepts, generator=generator) * 0.3
+    iou[:, 0] = 0
+    labels = iou[:, 1:].argmax(1) + 1
+    units = [UnitDissection(i, names[c], int(c), "object", float(iou[i, c]), 0.1, 1.0,
+                            bool(iou[i, c] > 0.1), 0.0) for i, c in enumerate(labels.tolist())]
+    layer = LayerDissection("l", units, iou)
+    svg = iou_heatmap(layer, vocab.names, max_units=30)
+    boxes = [(float(x), float(y)) for x, y in
+             re.findall(r'class="label-cell" x="([\d.]+)" y="([\d.]+)"', svg)]
+    assert len(boxes) == 30  # every shown row has its label among the columns
+    xs = [x for x, _ in sorted(boxes, key=lambda b: b[1])]
+    assert xs == sorted(xs)  # label columns never go left when going down: a diagonal staircase
+    assert len(set(xs)) == len(set(labels.tolist()))  # one column per distinct label
+    # the interpretable units come first within each label's block of rows
+    text_rows = re.findall(r'fill="(#1d2330|#9aa1ad)">unit (\d+) · ', svg)
+    by_label: dict[int, list[bool]] = {}
+    for colour, unit in text_rows:
+        by_label.setdefault(int(labels[int(unit)]), []).append(colour == "#1d2330")
+    for flags in by_label.values():
+        assert flags == sorted(flags, reverse=True)
+
+
+def _count_categories(result: DissectionResult) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for name, layer in result.layers.items():
+        counts: dict[str, int] = {}
+        for unit in layer.units:
+            if unit.interpretable:
+                counts[unit.category] = counts.get(unit.category, 0) + 1
+        out[name] = counts
+    return out
+
+
+def test_report_legend_summary_and_ablations(setup, tmp_path):
+    _, result, _ = setup
+    copy = DissectionResult.from_json(result.to_json())
+    copy.ablations = {"layout": [
+        {"layer": "layout", "concept": "tree", "concept_index": 1, "units": [3, 4], "baseline": 0.3,
+         "ablated": 0.03, "drop": 0.27, "relative_drop": 0.9, "control_ablated": 0.29,
+         "control_drop": 0.01, "control_relative_drop": 0.0333, "control_units": [[1, 2]],
+         "mode": "zero", "num_images": 64},
+        {"layer": "layout", "concept": "house", "concept_index": 2, "units": [5], "baseline": 0.2,
+         "ablated": 0.1, "drop": 0.1, "relative_drop": 0.5, "control_ablated": 0.2,
+         "control_drop": 0.0, "control_relative_drop": None, "control_units": [[0]],
+         "mode": "zero", "num_images": 64},
+    ]}
+    path = write_report(copy, tmp_path)
+    html = path.read_text()
+    legend = html[html.index('id="legend"'):html.index("</section>", html.index('id="legend"'))]
+    for term in ("IoU", "IQR", "threshold", "chance IoU", "interpretable"):
+        assert f"<dt>{term}" in legend or term in legend
+    assert "label IoU &gt; " in legend
+    # summary across layers: interpretable units per category per layer
+    start = html.index('id="summary"')
+    summary = html[start:html.index("</section>", start)]
+    expected = _count_categories(result)
+    categories = sorted({c for counts in expected.values() for c in counts})
+    header = re.findall(r"</span>([^<]+)</th>", summary)
+    assert sorted(header) == categories
+    for name, layer in result.layers.items():
+        row = re.search(rf"<code>{name}</code></a></td>(.*?)</tr>", summary).group(1)
+        cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+        assert cells[0].startswith(f"{sum(expected[name].values())} / {layer.num_units}")
+        assert [int(c) for c in cells[1:1 + len(header)]] == [expected[name].get(c, 0) for c in header]
+    # ablation table in the layout section only, sorted by relative drop, missing values as dashes
+    assert html.count('class="data ablation"') == 1
+    start = html.index('class="data ablation"')
+    table = html[start:html.index("</table>", start)]
+    rows = re.findall(r"<tr><td>([^<]*)</td>(.*?)</tr>", table)
+    assert [r[0] for r in rows] == ["tree", "house"]
+    assert re.findall(r'<td class="num"[^>]*>([^<]*)</td>', rows[0][1]) == ["2", "0.3000", "0.0300", "0.900", "0.033"]
+    assert re.findall(r'<td class="num"[^>]*>([^<]*)</td>', rows[1][1])[-1] == "–"
+    assert "Ablation check" in html
+
+
+def test_write_report_refuses_a_file_as_directory(setup, tmp_path):
+    _, result, _ = setup
+    target = tmp_path / "report.html"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="`directory`.*is a file"):
+        write_report(result, target)
+
+
+def _outline_reference(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner edge (mask pixels with an out-of-mask 8-neighbour) and outer ring, by loops."""
+    h, w = mask.shape
+    inner = torch.zeros_like(mask)
+    outer = torch.zeros_like(mask)
+    for y in range(h):
+        for x in range(w):
+            neighbours = [bool(mask[j, i]) for j in range(max(0, y - 1), min(h, y + 2))
+                          for i in range(max(0, x - 1), min(w, x + 2))]
+            if mask[y, x] and not all(neighbours):
+                inner[y, x] = True
+            if not mask[y, x] and any(neighbours):
+                outer[y, x] = True
+    return inner, outer
+
+
+def test_mask_outline_is_dark_and_light_and_visible_on_any_image():
+    from lightning_dissect.visualize import overlay_mask
+
+    mask = torch.rand(20, 24, generator=torch.Generator().manual_seed(3)) > 0.6
+    inner, outer = _outline_reference(mask)
+    for fill in (0, 255, 128):
+        image = torch.full((3, 20, 24), fill, dtype=torch.uint8)
+        out = overlay_mask(image, mask).float()
+        luminance = 0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]
+        assert bool((luminance[inner] > 190).all())  # a light line on the inner edge
+        assert bool((luminance[outer] < 30).all())  # a dark line just outside
+        rest = ~(inner | outer)
+        expected = torch.where(mask, torch.tensor(float(fill)), torch.tensor(float(round(fill * 0.5))))
+        assert torch.equal(out[0][rest], expected[rest])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lightning_dissect.dissection import dissect
+from lightning_dissect.report import write_report
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.painting import PaintingGenerator
 
@@ -52,7 +53,7 @@ def report(tmp_path_factory) -> Path:
                      latent_shape=(gen.latent_dim,), num_samples=160, batch_size=80,
                      threshold_mode="iqr", num_levels=32, top_k=6, num_visualized_units=5,
                      progress=False)
-    return result.save_report(tmp_path_factory.mktemp("report"), title="Painting generator")
+    return write_report(result, tmp_path_factory.mktemp("report"), title="Painting generator")
 
 
 def test_report_renders_and_images_load(report, tmp_path):

@@ -6,9 +6,14 @@
     dissect.json        # the result (see docs/schema.md)
     images/<layer>/unit-<u>.png   # per-unit strips: top images, outside the unit's mask dimmed
 
-Per layer the page shows the interpretable units per concept (bars grouped by category, as in
-GAN Dissection), an IoU heatmap of the top units against the concepts that label any unit, image
-strips of the top units and a sortable table of every unit; then the settings and metadata.
+The page starts with a legend (IoU, IQR, threshold, chance IoU) and a summary across layers
+(interpretable units per category per layer). Per layer it shows the interpretable units per
+concept (bars grouped by category, as in GAN Dissection), an IoU heatmap of the top units against
+the concepts that label any unit (fixed colour scale, label cells on a diagonal), image strips of
+the top units, the ablation check when the result carries one (``DissectionResult.ablations``) and
+a sortable table of every unit; then the settings and metadata.
+
+The report depends on :mod:`lightning_dissect.result` (for annotations only) and never the reverse.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.report._svg import concept_bar_chart, iou_heatmap
+from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect.report._svg import IOU_SCALE_MAX, category_colour, concept_bar_chart, iou_heatmap
 from lightning_dissect.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
@@ -85,7 +91,9 @@ def write_report(
 
     Args:
         result: The dissection result.
-        directory: Output folder (created; existing report files are overwritten).
+        directory: Output folder (created; existing report files are overwritten). Checked before
+            any work: a ``ValueError`` names ``directory`` when it is a file, lies under a file or
+            is not writable.
         generator: Optional generator to render missing unit images.
         latent_bank: The latent bank of the dissection (needed with ``generator``).
         segmenter_value_range: Value range of the generator's images (for rendering).
@@ -113,10 +121,9 @@ def write_report(
         ('index.html', True)
 
     """
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_output(directory, "directory", directory=True)
     if write_json:
-        result.to_json(out / "dissect.json", indent=1)
+        atomic_write_text(out / "dissect.json", result.to_json(indent=1))
     unit_images: dict[str, dict[int, Tensor]] = {
         name: dict(images) for name, images in (result.unit_images or {}).items() if images
     }
@@ -137,7 +144,7 @@ def write_report(
         rendered = True
 
     sections = []
-    nav = []
+    nav = ['<a href="#legend">legend</a>', '<a href="#summary">summary</a>']
     for index, (name, layer) in enumerate(result.layers.items()):
         slug = layer_slug(name, index)
         strips = _write_strips(out, slug, unit_images.get(name, {}))
@@ -178,6 +185,8 @@ def write_report(
   <nav>{"".join(nav)}</nav>
 </header>
 <main>
+{_legend_section(result)}
+{_summary_section(result)}
 {"".join(sections)}
 {_settings_section(result)}
 <footer>lightning-dissect {escape(__version__)} · result schema version {result.schema_version}
@@ -190,9 +199,7 @@ def write_report(
 </body>
 </html>
 """
-    path = out / "index.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    return atomic_write_text(out / "index.html", html)
 
 
 def _write_strips(out: Path, slug: str, images: Mapping[int, Tensor]) -> dict[int, str]:
@@ -241,7 +248,9 @@ def _layer_section(
     bars_html = (f'<div class="chart">{bars}</div>' if bars else
                  '<p class="note">No interpretable units in this layer (no unit\'s best IoU '
                  f'exceeds the cut-off {result.settings.get("iou_threshold", "")}).</p>')
-    heat = iou_heatmap(layer, vocab.names, max_units=heatmap_units)
+    cutoff = result.settings.get("iou_threshold")
+    heat = iou_heatmap(layer, vocab.names, max_units=heatmap_units,
+                       threshold=float(cutoff) if isinstance(cutoff, (int, float)) else None)
     shown = min(heatmap_units, layer.num_units)
 
     # unit strips
@@ -270,8 +279,8 @@ def _layer_section(
         how = "rendered for this report" if rendered else "recorded during dissection"
         strips_html = (
             '<p class="note">Each strip: the unit\'s top images by spatial max activation '
-            f"({how}); outside the unit's thresholded mask dimmed, the mask bordered in "
-            f'yellow.</p><div class="units">{"".join(cards)}</div>'
+            f"({how}); outside the unit's thresholded mask dimmed, the mask outlined by a dark "
+            f'and a light line (visible on any image).</p><div class="units">{"".join(cards)}</div>'
         )
     else:
         hint = ("the generator produced no images for these units" if had_generator else
@@ -312,14 +321,118 @@ def _layer_section(
   <h3>Interpretable units per concept</h3>
   {bars_html}
   <h3>IoU of the top {shown} units</h3>
-  <p class="note">Rows: units by best IoU; columns: the concepts that label any unit. The outlined
-  cell is each unit's label; hover a cell for its value.</p>
+  <p class="note">Rows: the units of highest label IoU, grouped by label; columns: the concepts that
+  label any unit, ordered so that each unit's label (outlined in red) runs down the diagonal. Fixed
+  colour scale 0 – {IOU_SCALE_MAX:g} (higher IoUs get the top colour), the same in every layer and
+  report; hover a cell for its value.</p>
   <div class="chart">{heat}</div>
   <h3>Unit images</h3>
   {strips_html}
+  {_ablation_html(result, name)}
   <h3>All units</h3>
   {table}
 </section>"""
+
+
+def _legend_section(result: DissectionResult) -> str:
+    settings = result.settings
+    cut = settings.get("iou_threshold")
+    iqr_cut = settings.get("iqr_threshold")
+    mode = settings.get("threshold_mode")
+    rule = f"label IoU &gt; {escape(str(cut))}" if cut is not None else "label IoU above the cut-off"
+    if mode == "iqr" and iqr_cut is not None:
+        rule += f" and IQR &gt; {escape(str(iqr_cut))}"
+    return f"""
+<section class="legend" id="legend">
+  <h2>How to read this report</h2>
+  <dl>
+    <dt>unit mask</dt><dd>a unit's activation map, upsampled to the segmentation, above the
+      unit's <b>threshold</b>.</dd>
+    <dt>threshold</dt><dd>the activation level defining the mask (<code>level</code> in
+      dissect.json): the top quantile of the unit's activations
+      (<code>threshold_mode="quantile"</code>) or the level maximising the IQR with the label
+      (<code>"iqr"</code>){f"; this result: <code>{escape(str(mode))}</code>" if mode else ""}.</dd>
+    <dt>IoU</dt><dd>intersection over union of the unit mask with a concept's segmentation, summed
+      over all sample images: 0 = never overlap, 1 = identical. A unit's <b>label</b> is its best
+      concept; it is <b>interpretable</b> when {rule}.</dd>
+    <dt>IQR</dt><dd>information quality ratio of mask and concept (mutual information / joint
+      entropy, 0 – 1): like IoU, but also rewards agreement on where both are absent.</dd>
+    <dt>chance IoU</dt><dd>the IoU the unit gets with its label when every image is paired with
+      another image's segmentation: the overlap expected by chance from a concept's size and
+      position alone. A unit whose IoU is not well above it does not detect its label.</dd>
+  </dl>
+</section>"""
+
+
+def _summary_section(result: DissectionResult) -> str:
+    """A table across layers: interpretable units in total and per category, concepts, IoU."""
+    vocab = result.vocabulary
+    categories = list(dict.fromkeys(
+        c for i, c in enumerate(vocab.categories) if i != vocab.unlabeled_index))
+    used = [c for c in categories
+            if any(layer.category_counts().get(c) for layer in result.layers.values())]
+    head = "".join(
+        f'<th class="num"><span class="swatch" style="background:{category_colour(c, categories)}">'
+        f"</span>{escape(c)}</th>" for c in used)
+    rows = []
+    for index, (name, layer) in enumerate(result.layers.items()):
+        counts = layer.category_counts()
+        share = layer.num_interpretable / max(1, layer.num_units)
+        cells = "".join(f'<td class="num">{counts.get(c, 0)}</td>' for c in used)
+        rows.append(
+            f'<tr><td><a href="#{layer_slug(name, index)}"><code>{escape(name)}</code></a></td>'
+            f'<td class="num">{layer.num_interpretable} / {layer.num_units} ({share:.0%})</td>'
+            f"{cells}"
+            f'<td class="num">{layer.num_concepts_covered}</td>'
+            f'<td class="num">{layer.mean_best_iou:.3f}</td></tr>'
+        )
+    return f"""
+<section class="summary" id="summary">
+  <h2>Summary across layers</h2>
+  <p class="note">Interpretable units per layer, in total and per concept category.</p>
+  <div class="table-wrap"><table class="data summary-table"><thead><tr><th>layer</th>
+  <th class="num">interpretable</th>{head}<th class="num">concepts</th>
+  <th class="num">mean best IoU</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>
+</section>"""
+
+
+def _num(record: Mapping[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    return float(value) if isinstance(value, (int, float)) and value == value else None
+
+
+def _ablation_html(result: DissectionResult, layer: str) -> str:
+    """The ablation check of ``layer`` (``result.ablations[layer]``) as a table, or ``""``."""
+    records = (result.ablations or {}).get(layer) or []
+    if not records:
+        return ""
+    rows = []
+    for record in sorted(records, key=lambda r: -(_num(r, "relative_drop") or 0.0)):
+        rel, ctrl = _num(record, "relative_drop"), _num(record, "control_relative_drop")
+        units = record.get("units") or []
+        bar = (f'<span class="bar" style="width:{max(0.0, min(rel, 1.0)) * 100:.0f}%"></span>'
+               if rel is not None else "")
+        rows.append(
+            f'<tr><td>{escape(str(record.get("concept", "?")))}</td>'
+            f'<td class="num" title="{escape(", ".join(map(str, units)))}">{len(units)}</td>'
+            f'<td class="num">{_fmt(_num(record, "baseline"), 4)}</td>'
+            f'<td class="num">{_fmt(_num(record, "ablated"), 4)}</td>'
+            f'<td class="num">{_fmt(rel, 3)}</td>'
+            f'<td class="num">{_fmt(ctrl, 3)}</td>'
+            f'<td class="barcell">{bar}</td></tr>'
+        )
+    mode = records[0].get("mode", "zero")
+    images = records[0].get("num_images")
+    return f"""<h3>Ablation check</h3>
+  <p class="note">Per concept, its interpretable units switched off ({escape(str(mode))} ablation{
+      f", {images} images" if images else ""}): the fraction of pixels the segmenter assigns to the
+  concept before (baseline) and after, and the relative drop; the control switches off as many
+  random other units. A relative drop well above the control's means the units cause the concept.
+  </p>
+  <div class="table-wrap"><table class="data ablation"><thead><tr><th>concept</th>
+  <th class="num">units off</th><th class="num">baseline</th><th class="num">ablated</th>
+  <th class="num">relative drop</th><th class="num">control drop</th><th></th></tr></thead>
+  <tbody>{"".join(rows)}</tbody></table></div>"""
 
 
 def _value(value: Any) -> str:

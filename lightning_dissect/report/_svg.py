@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
 
 import torch
 
-from lightning_dissect.result import LayerDissection
+if TYPE_CHECKING:  # annotations only: the report sits above the result type, never the reverse
+    from lightning_dissect.result import LayerDissection, UnitDissection
 
-__all__ = ["CATEGORY_COLOURS", "category_colour", "concept_bar_chart", "iou_heatmap"]
+__all__ = [
+    "CATEGORY_COLOURS",
+    "IOU_SCALE_MAX",
+    "category_colour",
+    "concept_bar_chart",
+    "diagonal_order",
+    "iou_heatmap",
+]
+
+#: Top of the heatmaps' fixed IoU colour scale; larger IoUs get the top colour. Fixed (not the
+#: layer's maximum) so colours mean the same IoU in every layer and every report.
+IOU_SCALE_MAX = 0.5
 
 #: Bar colours per concept category (gandissect's groups: object, part, material, colour).
 CATEGORY_COLOURS = {
@@ -34,7 +47,7 @@ def category_colour(category: str, order: list[str]) -> str:
 
 
 def _text(x: float, y: float, text: str, **attrs: str) -> str:
-    extra = " ".join(f'{k.replace("_", "-")}="{v}"' for k, v in attrs.items())
+    extra = " ".join(f'{k.rstrip("_").replace("_", "-")}="{v}"' for k, v in attrs.items())
     return f'<text x="{x:.1f}" y="{y:.1f}" {extra}>{escape(text)}</text>'
 
 
@@ -100,40 +113,84 @@ def concept_bar_chart(layer: LayerDissection, categories: list[str]) -> str:
     )
 
 
-def _rgb(value: float) -> str:
-    from lightning_dissect.visualize import _colormap
+_STOPS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 
-    r, g, b = _colormap(torch.tensor([[value]])).view(3).tolist()
+
+def _rgb(value: float) -> str:
+    """Dark blue → yellow (viridis-like) colour of ``value`` in [0, 1] (clipped)."""
+    pos = min(max(value, 0.0), 1.0) * (len(_STOPS) - 1)
+    lo = min(int(pos), len(_STOPS) - 2)
+    frac = pos - lo
+    r, g, b = (round(a * (1 - frac) + b * frac) for a, b in zip(_STOPS[lo], _STOPS[lo + 1]))
     return f"rgb({r},{g},{b})"
 
 
+def diagonal_order(
+    units: list[UnitDissection], iou: torch.Tensor, candidates: set[int], max_concepts: int
+) -> tuple[list[UnitDissection], list[int]]:
+    """Order heatmap rows and columns so each unit's label cell lies on a descending diagonal.
+
+    Columns: first the labels of ``units`` (interpretable units' labels first), each concept in
+    the order its best unit appears in ``units`` (best IoU first); then the other ``candidates``
+    by their largest IoU over the rows; at most ``max_concepts``. Rows: grouped by the column of
+    their label, best IoU first within a group; units whose label has no column go last.
+
+    Args:
+        units: The rows, best first.
+        iou: ``(len(units), C)`` IoU of the rows.
+        candidates: Concept indices that may become columns besides the labels.
+        max_concepts: Most columns.
+
+    Returns:
+        ``(rows, columns)``.
+    """
+    labelled = sorted(units, key=lambda u: (not u.interpretable, -u.iou, u.unit))
+    cols: list[int] = []
+    for u in labelled:
+        if u.concept_index not in cols:
+            cols.append(u.concept_index)
+    rest = sorted(
+        (c for c in candidates if c not in cols), key=lambda c: (-float(iou[:, c].max()), c)
+    )
+    cols = (cols + rest)[:max_concepts]
+    position = {c: j for j, c in enumerate(cols)}
+    rows = sorted(
+        units,
+        key=lambda u: (position.get(u.concept_index, len(cols)), not u.interpretable, -u.iou, u.unit),
+    )
+    return rows, cols
+
+
 def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int = 40,
-                max_concepts: int = 40) -> str:
+                max_concepts: int = 40, vmax: float = IOU_SCALE_MAX,
+                threshold: float | None = None) -> str:
     """Units × concepts IoU heatmap of the layer's top units (by label IoU) as an ``<svg>``.
 
-    Columns: the concepts that label any unit of the layer (most relevant first, at most
-    ``max_concepts``); each row's label is outlined.
+    Rows: the ``max_units`` units of highest label IoU; columns: their labels and the other
+    concepts that label any unit of the layer, ordered by :func:`diagonal_order` so the
+    outlined label cells run down a diagonal. The colour scale is fixed, ``0 .. vmax`` (values
+    above ``vmax`` get the top colour), and labelled; ``threshold`` (the interpretability IoU
+    cut-off) is marked on it.
     """
-    units = layer.top_units(max_units)
-    if not units:
+    top = layer.top_units(max_units)
+    if not top:
         return ""
-    rows = torch.tensor([u.unit for u in units])
-    iou = layer.iou.float()[rows]
-    labels = {u.concept_index for u in layer.units}
-    cols = sorted(labels, key=lambda c: (-float(iou[:, c].max()), names[c]))[:max_concepts]
+    index = {u.unit: i for i, u in enumerate(layer.units)}
+    iou_all = layer.iou.float()[torch.tensor([index[u.unit] for u in top])]
+    units, cols = diagonal_order(top, iou_all, {u.concept_index for u in layer.units}, max_concepts)
     if not cols:
         return ""
-    values = iou[:, cols]
-    vmax = max(float(values.max()), 1e-6)
+    rows = torch.tensor([index[u.unit] for u in units])
+    values = layer.iou.float()[rows][:, cols]
     cell, left = 16, 150
-    top = 14 + 6.6 * max(len(names[c]) for c in cols)
+    top_y = 14 + 6.6 * max(len(names[c]) for c in cols)
     parts: list[str] = []
     for j, c in enumerate(cols):
-        cx, cy = left + j * cell + cell / 2 + 4, top - 6
+        cx, cy = left + j * cell + cell / 2 + 4, top_y - 6
         parts.append(_text(cx, cy, names[c], font_size="11.5", fill="#1d2330",
                            transform=f"rotate(-90 {cx:.1f} {cy:.1f})"))
     for i, u in enumerate(units):
-        y = top + i * cell
+        y = top_y + i * cell
         colour = "#1d2330" if u.interpretable else "#9aa1ad"
         parts.append(_text(left - 8, y + cell - 4, f"unit {u.unit} · {u.label}",
                            text_anchor="end", font_size="11.5", fill=colour))
@@ -146,25 +203,38 @@ def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int =
             )
             if c == u.concept_index:
                 parts.append(
-                    f'<rect x="{left + j * cell + 0.5}" y="{y + 0.5}" width="{cell - 2}" '
-                    f'height="{cell - 2}" fill="none" stroke="#e03131" stroke-width="1.5"/>'
+                    f'<rect class="label-cell" x="{left + j * cell + 0.5}" y="{y + 0.5}" '
+                    f'width="{cell - 2}" height="{cell - 2}" fill="none" stroke="#e03131" '
+                    'stroke-width="1.5"/>'
                 )
-    # colour scale
-    sx, sy = left + len(cols) * cell + 24, top
-    steps = 24
+    # the fixed, labelled colour scale
+    sx, sy = left + len(cols) * cell + 24, top_y
+    steps = 25
     scale_h = max(len(units) * cell, 120)
     for s in range(steps):
-        frac = 1 - s / (steps - 1)
+        frac = 1 - (s + 0.5) / steps
         parts.append(f'<rect x="{sx}" y="{sy + s * scale_h / steps:.1f}" width="12" '
                      f'height="{scale_h / steps + 0.6:.1f}" fill="{_rgb(frac)}"/>')
-    parts.append(_text(sx + 18, sy + 10, f"{vmax:.2f}", font_size="11", fill="#5b6475"))
-    parts.append(_text(sx + 18, sy + scale_h, "0", font_size="11", fill="#5b6475"))
+    ticks = [round(vmax * k / 5, 6) for k in range(6)]
+    for t in ticks:
+        ty = sy + scale_h * (1 - t / vmax)
+        label = f"≥ {t:g}" if t == ticks[-1] else f"{t:g}"
+        parts.append(f'<line x1="{sx + 12}" x2="{sx + 16}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                     'stroke="#5b6475" stroke-width="1"/>')
+        parts.append(_text(sx + 19, ty + 4, label, font_size="11", fill="#5b6475",
+                           class_="scale-tick"))
+    if threshold is not None and 0 < threshold < vmax:
+        ty = sy + scale_h * (1 - threshold / vmax)
+        parts.append(f'<line x1="{sx - 4}" x2="{sx + 16}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                     'stroke="#e03131" stroke-width="1.5"><title>interpretability cut-off: IoU > '
+                     f'{threshold:g}</title></line>')
+        parts.append(_text(sx + 48, ty + 4, "cut-off", font_size="10", fill="#e03131"))
     parts.append(_text(sx + 6, sy - 8, "IoU", text_anchor="middle", font_size="11",
                        fill="#5b6475"))
-    width = sx + 60
-    height = top + max(len(units) * cell, scale_h) + 8
+    width = sx + 90
+    height = top_y + max(len(units) * cell, scale_h) + 10
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="IoU heatmap">'
-        + "".join(parts) + "</svg>"
+        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="IoU heatmap" '
+        f'data-vmax="{vmax:g}">' + "".join(parts) + "</svg>"
     )

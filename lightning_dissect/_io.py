@@ -1,0 +1,115 @@
+"""Small file-system helpers: atomic text writes and up-front checks of output paths.
+
+This module imports nothing from the rest of the package, so any module may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write_text", "check_writable_output"]
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically: readers see the old file or the new one, never half.
+
+    The text goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
+    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows). Parent folders are
+    created. On any error the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: The file to write.
+        text: Its new content.
+        encoding: Text encoding.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "sub" / "a.json"
+        >>> atomic_write_text(target, '{"a": 1}').read_text()
+        '{"a": 1}'
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding) as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(target.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    return target
+
+
+def check_writable_output(path: str | Path, argument: str, *, directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written; create its parent folders.
+
+    Raises a one-line :class:`ValueError` naming ``argument`` when a parent of ``path`` is a file,
+    when ``path`` is a directory where a file is expected (or a file where a directory is
+    expected, with ``directory=True``), or when the folder that would hold it is not writable.
+
+    Args:
+        path: The output file (or, with ``directory=True``, the output folder).
+        argument: The name of the argument or option ``path`` came from, used in the error.
+        directory: ``path`` is a folder to write into (it is created) rather than a file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: If ``path`` cannot be written.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> check_writable_output(folder / "new" / "out.json", "output").parent.is_dir()
+        True
+        >>> check_writable_output(folder, "output")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `output` ... is a directory, expected a file path
+    """
+    target = Path(path)
+    # the first existing ancestor must be a directory
+    for parent in [target, *target.parents] if directory else list(target.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"`{argument}` {str(target)!r} cannot be written: {str(parent)!r} is a file, "
+                    "not a directory"
+                )
+            break
+    if directory:
+        folder = target
+    else:
+        if target.is_dir():
+            raise ValueError(f"`{argument}` {str(target)!r} is a directory, expected a file path")
+        folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"`{argument}` {str(target)!r} cannot be written: cannot create {str(folder)!r} "
+            f"({err.strerror or err})"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"`{argument}` {str(target)!r} cannot be written: no write permission on {str(folder)!r}")
+    if not directory and target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"`{argument}` {str(target)!r} cannot be written: the file is read-only")
+    return target
