@@ -1,0 +1,53 @@
+"""The ``lightning-dissect`` command line (also ``python -m lightning_dissect``).
+
+::
+
+    lightning-dissect dissect --generator mypkg.models:GAN --checkpoint last.ckpt \\
+        --layers block3 block4 --num-samples 2000 --output dissection/
+
+dissects the named layers of a generator, prints a summary table and, with ``--output``, writes
+``dissect.json`` and the HTML report. Errors are reported as one ``error: ...`` line on stderr with
+exit status 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lightning_dissect.cli._loading import CLIError, load_generator, load_object, load_segmenter
+from lightning_dissect.cli.dissect import add_dissect_command, run_dissect
+
+__all__ = ["CLIError", "build_parser", "main", "load_object", "load_generator", "load_segmenter"]
+
+COMMANDS = {"dissect": run_dissect}
+"""Command name -> function running it (``args -> exit status``)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lightning-dissect``."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-dissect",
+        description="GAN Dissection of a generator's layers: which units paint which concepts.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_dissect_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lightning-dissect``; returns the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except CLIError as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2

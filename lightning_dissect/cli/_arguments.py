@@ -1,0 +1,144 @@
+"""Options shared by the commands, with defaults from :data:`~lightning_dissect.config.CLI_DEFAULTS`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lightning_dissect.config import CLI_DEFAULTS, config_defaults
+from lightning_dissect.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
+
+__all__ = ["add_generator_arguments", "add_dissection_arguments", "add_run_arguments"]
+
+_DEFAULTS = config_defaults(CLI_DEFAULTS)
+
+
+def _int_at_least(minimum: int, what: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,1,1, got {text!r}") from err
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 128,1,1, got {text!r}")
+    return shape
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """``--generator``, ``--checkpoint``, ``--layers``, latent, call and selector options."""
+    model = p.add_argument_group("generator")
+    model.add_argument(
+        "--generator", required=True, metavar="MODULE:ATTR",
+        help="the generator: a factory function returning an nn.Module, an nn.Module instance, "
+        "or a class (a LightningModule class with --checkpoint); MODULE may be a dotted module "
+        "importable from the current directory or a path/to/file.py. The generator is the "
+        f"object's {'/'.join(GENERATOR_ATTRIBUTES)} submodule when it has one, else the object "
+        "(point MODULE:ATTR at the generator itself to override).",
+    )
+    model.add_argument(
+        "--checkpoint", metavar="PATH",
+        help="checkpoint to load: with a LightningModule class via "
+        "cls.load_from_checkpoint(PATH, map_location=DEVICE); with a plain module, its "
+        "state_dict (or the checkpoint's 'state_dict' entry)",
+    )
+    model.add_argument(
+        "--layers", required=True, nargs="+", metavar="LAYER",
+        help="dotted names of the layers to dissect, relative to the generator (as in "
+        "generator.named_modules()), space- or comma-separated, e.g. block3 block4; a name "
+        "prefixed with the generator's attribute (generator.block3) is accepted too",
+    )
+    model.add_argument(
+        "--latent-dim", type=_positive_int, metavar="D",
+        help="latent size, tried as (D,) then (D, 1, 1); default: the first of "
+        f"{', '.join(LATENT_DIM_ATTRIBUTES)} on the model's or the generator's hparams or attributes",
+    )
+    model.add_argument(
+        "--latent-shape", type=_shape, metavar="SHAPE",
+        help="full shape of one latent, e.g. 128,1,1 for generators that take (N, 128, 1, 1); "
+        "overrides --latent-dim",
+    )
+    model.add_argument(
+        "--latent-sampler", metavar="MODULE:ATTR",
+        help="custom latents: a callable (n, torch.Generator) -> latents (a tensor, a tuple or a "
+        "dict of tensors, batch first); overrides --latent-dim/--latent-shape",
+    )
+    model.add_argument(
+        "--generate", metavar="MODULE:ATTR",
+        help="custom call: a callable (generator, latents) -> images (B, C, H, W); default "
+        "generator(latents)",
+    )
+    model.add_argument(
+        "--selector", metavar="INT|NAME|MODULE:ATTR",
+        help="which tensor of tuple/dict layer outputs to dissect: an index, a key, or a "
+        "MODULE:ATTR callable output -> tensor",
+    )
+
+
+def add_dissection_arguments(p: argparse.ArgumentParser) -> None:
+    """Segmenter and dissection settings (defaults: :data:`~lightning_dissect.config.CLI_DEFAULTS`)."""
+    seg = p.add_argument_group("segmenter")
+    seg.add_argument(
+        "--segmenter", default="synthetic", metavar="NAME|MODULE:ATTR",
+        help="'synthetic' (the exact segmenter of the built-in scene world) or a MODULE:ATTR "
+        "segmenter instance or factory (with vocabulary, value_range, __call__)",
+    )
+    seg.add_argument(
+        "--image-size", type=_positive_int, default=32, metavar="PX",
+        help="image size of the synthetic scene world (>= 16; it segments images of any size)",
+    )
+    seg.add_argument(
+        "--segmentation-size", type=_positive_int, metavar="PX",
+        help="resolution of the synthetic segmentation; default: the image size",
+    )
+    run = p.add_argument_group("dissection")
+    run.add_argument("--num-samples", type=_positive_int, default=_DEFAULTS["num_samples"], metavar="N",
+                     help="latents in the dissection bank")
+    run.add_argument("--batch-size", type=_positive_int, default=_DEFAULTS["batch_size"], metavar="B",
+                     help="latents per generator call")
+    run.add_argument("--seed", type=int, default=_DEFAULTS["seed"],
+                     help="seed of the latent bank (iqr level selection uses SEED+1)")
+    run.add_argument("--threshold-mode", choices=("quantile", "iqr"), default=_DEFAULTS["threshold_mode"],
+                     help="per-unit thresholds: a fixed activation quantile (NetDissect) or the "
+                     "level maximising the information quality ratio (GAN Dissection)")
+    run.add_argument("--quantile", type=float, default=_DEFAULTS["quantile"], metavar="Q",
+                     help="quantile level of the thresholds in quantile mode")
+    run.add_argument("--num-levels", type=_positive_int, default=_DEFAULTS["num_levels"], metavar="K",
+                     help="candidate levels in iqr mode")
+    run.add_argument("--level-selection-samples", type=_positive_int, metavar="N",
+                     help="iqr mode: choose levels on a separate bank of N latents (seed+1)")
+    run.add_argument("--iou-threshold", type=float, default=_DEFAULTS["iou_threshold"], metavar="T",
+                     help="a unit is interpretable when its best IoU exceeds T")
+    run.add_argument("--top-k", type=_positive_int, default=_DEFAULTS["top_k"], metavar="K",
+                     help="top images kept per unit (by spatial max activation)")
+    run.add_argument("--visualize-units", type=_non_negative_int, default=_DEFAULTS["num_visualized_units"],
+                     metavar="N",
+                     help="per layer, render image strips of the N best units for the report")
+    run.add_argument("--no-chance-baseline", action="store_true",
+                     help="skip the chance IoU (images paired with another image's segmentation)")
+    run.add_argument("--device", default="auto",
+                     help="where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
+
+
+def add_run_arguments(group: Any) -> None:
+    """``--quiet`` and ``--debug``."""
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    group.add_argument("--debug", action="store_true",
+                       help="show the full traceback of errors instead of one line")
+
+

@@ -1,0 +1,161 @@
+"""Loading what a command names: ``MODULE:ATTR`` objects, generators, checkpoints, segmenters."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning_dissect.discovery import find_generator_or_self
+
+__all__ = ["CLIError", "load_object", "load_generator", "load_segmenter"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one ``error: ...`` line, exit status 2."""
+
+
+def load_object(spec: str, option: str = "--generator") -> Any:
+    """Import ``module:attribute`` (or ``path/to/file.py:attribute``) and return the attribute.
+
+    The current directory is importable, as with ``python -m``.
+
+    Examples:
+        >>> load_object("collections:OrderedDict").__name__
+        'OrderedDict'
+        >>> try:
+        ...     load_object("collections")
+        ... except CLIError as err:
+        ...     print(err)
+        --generator must look like 'module:attribute', got 'collections'
+
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CLIError(f"{option} must look like 'module:attribute', got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise CLIError(f"{option}: file not found: {module_name}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_name)
+    except CLIError:
+        raise
+    except ImportError as err:
+        raise CLIError(f"{option}: cannot import module {module_name!r}: {err}") from err
+    except Exception as err:  # the user's module raised while importing
+        raise CLIError(
+            f"{option}: importing {module_name!r} failed: {type(err).__name__}: {err}"
+        ) from err
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise CLIError(
+                f"{option}: module {module_name!r} has no attribute {attribute!r}"
+            ) from err
+    return obj
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any, Any, str | None]:
+    """Load ``(model, generator, attribute)`` from a ``--generator`` spec and an optional checkpoint.
+
+    ``spec`` names a factory function, an ``nn.Module`` instance or a class; a class with
+    ``load_from_checkpoint`` (a LightningModule) is loaded from ``checkpoint``, any other class or
+    factory is called without arguments, and a plain module gets the checkpoint's ``state_dict``.
+    The generator is the model's submodule found by :func:`~lightning_dissect.discovery.find_generator_or_self`
+    (``attribute`` names it; ``None`` when the model is the generator itself).
+    """
+    import torch
+    from torch import nn
+
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CLIError(f"--checkpoint: file not found: {checkpoint}")
+    obj = load_object(spec, "--generator")
+    loaded = False
+    if isinstance(obj, type):
+        if checkpoint is not None and hasattr(obj, "load_from_checkpoint"):
+            try:
+                model = obj.load_from_checkpoint(checkpoint, map_location=device)
+            except Exception as err:
+                raise CLIError(
+                    f"--checkpoint: {obj.__name__}.load_from_checkpoint({checkpoint!r}) failed: "
+                    f"{_describe(err)}"
+                ) from err
+            loaded = True
+        else:
+            try:
+                model = obj()
+            except Exception as err:
+                raise CLIError(
+                    f"--generator: {spec} could not be created without arguments: "
+                    f"{_describe(err)} (use a factory function, or --checkpoint with a "
+                    "LightningModule class)"
+                ) from err
+    elif isinstance(obj, nn.Module):
+        model = obj
+    elif callable(obj):
+        try:
+            model = obj()
+        except Exception as err:
+            raise CLIError(f"--generator: calling {spec}() failed: {_describe(err)}") from err
+    else:
+        raise CLIError(
+            f"--generator: {spec} is a {type(obj).__name__}, not a factory, a module or a class"
+        )
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"--generator: {spec} gave a {type(model).__name__}, not a torch.nn.Module")
+    if checkpoint is not None and not loaded:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+            model.load_state_dict(state)
+        except Exception as err:
+            raise CLIError(
+                f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
+                f"{_describe(err)}"
+            ) from err
+    generator, attribute = find_generator_or_self(model)
+    return model, generator, attribute
+
+
+def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) -> Any:
+    """``"synthetic"`` (the scene world's exact segmenter) or a ``module:attribute`` factory."""
+    if spec == "synthetic":
+        from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+
+        try:
+            return SyntheticSceneSegmenter(SceneWorld(image_size), resolution=segmentation_size)
+        except (TypeError, ValueError) as err:
+            raise CLIError(f"--segmenter synthetic: {err}") from err
+    obj = load_object(spec, "--segmenter")
+    if not hasattr(obj, "vocabulary") and callable(obj):
+        try:
+            obj = obj()
+        except Exception as err:
+            raise CLIError(f"--segmenter: calling {spec}() failed: {_describe(err)}") from err
+    missing = [a for a in ("vocabulary", "value_range") if not hasattr(obj, a)]
+    if missing or not callable(obj):
+        raise CLIError(
+            f"--segmenter: {spec} is not a segmenter (needs `vocabulary`, `value_range` and "
+            f"__call__; missing {', '.join(missing) or '__call__'})"
+        )
+    return obj
+
+

@@ -1,0 +1,207 @@
+"""``lightning-dissect dissect``: dissect a generator's layers, print a summary, write a report."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_dissect.cli._arguments import (
+    _non_negative_int,
+    add_dissection_arguments,
+    add_generator_arguments,
+    add_run_arguments,
+)
+from lightning_dissect.cli._loading import CLIError, _describe, load_generator, load_object, load_segmenter
+from lightning_dissect.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
+
+__all__ = ["add_dissect_command", "prepare_generator", "dissection_config", "run_dissect"]
+
+
+def add_dissect_command(sub: Any) -> None:
+    """Register ``dissect`` on the sub-command parsers ``sub``."""
+    p = sub.add_parser(
+        "dissect",
+        help="dissect layers of a generator and write dissect.json + an HTML report",
+        description=(
+            "Dissect the named layers of a generator against a segmenter's concepts: per unit, "
+            "the concept its thresholded activation overlaps best (IoU). Prints a summary; with "
+            "--output also writes dissect.json and index.html."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_generator_arguments(p)
+    add_dissection_arguments(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--output", metavar="DIR",
+                     help="write DIR/dissect.json and the HTML report DIR/index.html")
+    out.add_argument("--title", help="title of the HTML report")
+    out.add_argument("--summary-units", type=_non_negative_int, default=10, metavar="N",
+                     help="units per layer in the printed summary (0: no summary)")
+    add_run_arguments(out)
+
+
+
+
+def _layers(values: Sequence[str]) -> list[str]:
+    return [name.strip() for v in values for name in v.split(",") if name.strip()]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise CLIError(f"--device: {err}") from err
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
+    return name
+
+
+def _selector(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if ":" in text:
+        return load_object(text, "--selector")
+    return text
+
+
+def _layer_names(layers: list[str], generator: Any, attribute: str | None) -> list[str]:
+    """Layer names relative to the generator; ``<attribute>.name`` is accepted too."""
+    from lightning_dissect.hooks import resolve_layer
+
+    names = []
+    for name in layers:
+        if attribute and name.startswith(attribute + "."):
+            try:
+                resolve_layer(generator, name)
+            except ValueError:
+                name = name[len(attribute) + 1 :]
+        try:
+            resolve_layer(generator, name)
+        except ValueError as err:
+            raise CLIError(str(err).replace("`layers`", "--layers")) from err
+        names.append(name)
+    return names
+
+
+def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the generator and segmenter of a command and dry-run them before any long work.
+
+    Returns the keyword arguments for :func:`~lightning_dissect.dissect` (generator, layers,
+    segmenter, latent options), plus ``"model"``, the object ``--generator`` named.
+    """
+    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.runner import GeneratorRunner
+
+    layers = _layers(args.layers)
+    if not layers:
+        raise CLIError("--layers: give at least one layer name")
+    device = _device(args.device)
+    model, generator, attribute = load_generator(args.generator, getattr(args, "checkpoint", None), device)
+    generator.to(device)
+    layers = _layer_names(layers, generator, attribute)
+    sampler = load_object(args.latent_sampler, "--latent-sampler") if args.latent_sampler else None
+    generate = load_object(args.generate, "--generate") if args.generate else None
+    selector = _selector(args.selector)
+    if sampler is not None:
+        shapes: list[tuple[int, ...] | None] = [None]
+    else:
+        dim = args.latent_dim or find_latent_dim(model, generator)
+        shapes = list(latent_shape_candidates(dim, args.latent_shape))
+        if not shapes:
+            raise CLIError(
+                "cannot tell the latent size: pass --latent-dim, --latent-shape or --latent-sampler (looked for "
+                f"hparams/attributes {', '.join(LATENT_DIM_ATTRIBUTES)})"
+            )
+    segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)
+    runner = GeneratorRunner(generator, generate=generate, selector=selector, batch_size=args.batch_size)
+    banks = [LatentBank(2, shape, args.seed, sampler) for shape in shapes]
+    described = {id(b): ("--latent-sampler" if s is None else f"latents of shape {s}") for b, s in zip(banks, shapes)}
+    try:
+        chosen = runner.dry_run(layers, banks, segmenter, describe=lambda b: described[id(b)])
+    except RuntimeError as err:
+        called = (f"the {attribute!r} submodule of {type(model).__name__}" if attribute
+                  else f"{type(generator).__name__}")
+        raise CLIError(
+            f"{err} — called {called}; check --latent-dim / --latent-shape, or pass --generate, "
+            "--latent-sampler, or a --generator MODULE:ATTR that names the generator itself"
+        ) from err
+    shape = shapes[banks.index(chosen)]
+    return {
+        "model": model,
+        "generator": generator,
+        "layers": layers,
+        "segmenter": segmenter,
+        "latent_shape": shape,
+        "latent_sampler": sampler,
+        "generate": generate,
+        "selector": selector,
+        "device": device,
+    }
+
+
+def dissection_config(args: argparse.Namespace, device: str, *, visualize: bool) -> Any:
+    """The :class:`~lightning_dissect.config.DissectionConfig` of a command's options."""
+    from lightning_dissect.config import DissectionConfig
+
+    try:
+        return DissectionConfig(
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            threshold_mode=args.threshold_mode,
+            quantile=args.quantile,
+            num_levels=args.num_levels,
+            level_selection_samples=args.level_selection_samples,
+            iou_threshold=args.iou_threshold,
+            top_k=args.top_k,
+            num_visualized_units=args.visualize_units if visualize else 0,
+            chance_baseline=not args.no_chance_baseline,
+            progress=not args.quiet,
+            device=device,
+        ).validate()
+    except ValueError as err:
+        raise CLIError(str(err).replace("`", "")) from err
+
+
+def run_dissect(args: argparse.Namespace) -> int:
+    """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
+    from lightning_dissect.dissection import dissect
+
+    prepared = prepare_generator(args)
+    config = dissection_config(args, prepared["device"], visualize=bool(args.output))
+    metadata: dict[str, Any] = {"generator": args.generator}
+    if prepared["latent_shape"] is not None:
+        metadata["latent_shape"] = list(prepared["latent_shape"])
+    if args.checkpoint:
+        metadata["checkpoint"] = str(args.checkpoint)
+    try:
+        result = dissect(
+            prepared["generator"], prepared["layers"], prepared["segmenter"],
+            latent_shape=prepared["latent_shape"], latent_sampler=prepared["latent_sampler"],
+            generate=prepared["generate"], selector=prepared["selector"], config=config, metadata=metadata,
+        )
+    except (ValueError, TypeError, RuntimeError) as err:
+        if args.debug:
+            raise
+        raise CLIError(f"dissection failed: {_describe(err)}") from err
+
+    if args.summary_units:
+        from rich.console import Console
+
+        Console().print(result.summary(args.summary_units))
+    if args.output:
+        from lightning_dissect.report import write_report
+
+        path = write_report(result, args.output, title=args.title)
+        print(f"wrote {Path(args.output) / 'dissect.json'} and {path}")
+    return 0
+
+
