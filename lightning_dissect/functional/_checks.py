@@ -100,6 +100,8 @@ def check_levels(levels: Any, name: str = "quantiles") -> tuple[Tensor, bool]:
     """
     if isinstance(levels, bool) or (isinstance(levels, Tensor) and levels.dtype == torch.bool):
         raise TypeError(f"`{name}` must be levels in [0, 1], got a bool: {levels!r}")
+    if isinstance(levels, (str, bytes)):
+        raise TypeError(f"`{name}` must be a number or a sequence of numbers, got {levels!r}")
     if isinstance(levels, numbers.Real):
         scalar, tensor = True, torch.tensor([float(levels)], dtype=torch.float64)
     elif isinstance(levels, Tensor):
@@ -138,7 +140,7 @@ def check_size(size: Any, name: str = "size") -> tuple[int, int]:
     """
     if isinstance(size, Tensor) and size.ndim == 0:
         size = size.item()
-    if isinstance(size, bool):
+    if isinstance(size, (bool, str, bytes)):
         raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {size!r}")
     if _is_int(size):
         pair: tuple[Any, ...] = (size, size)

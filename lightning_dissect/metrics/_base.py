@@ -142,7 +142,11 @@ class SumStateMetric(Metric):
                 state_dict.pop(prefix + key, None)
             error_msgs.extend(f"{type(self).__name__}: {e}" for e in errors)
             return
-        for key in self._state_axes():
+        loading = [key for key in self._state_axes() if prefix + key in state_dict]
+        if loading:
+            # Start from a clean metric so that no value cached by an earlier compute() survives.
+            self.reset()
+        for key in loading:
             if prefix + key in state_dict:
                 state_dict[prefix + key] = state_dict[prefix + key].to(
                     device=getattr(self, key).device, dtype=torch.int64
@@ -151,6 +155,10 @@ class SumStateMetric(Metric):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if loading and not error_msgs:
+            # The only private TorchMetrics attribute used here: loaded counts are data seen, so
+            # compute() must not warn that update() was never called.
+            self._update_count = max(self._update_count, 1)
         # State dicts written before the setting buffers existed lack them; accept those.
         for key in absent:
             if key in missing_keys:

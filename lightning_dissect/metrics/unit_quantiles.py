@@ -48,7 +48,8 @@ class UnitQuantiles(SumStateMetric):
         min_magnitude: Smallest magnitude resolved; smaller ones count as zero.
         max_magnitude: Largest magnitude resolved; larger ones are clamped (and counted in
             :attr:`overflow`, with a warning at compute time if a quantile falls there).
-        validate_args: Check shapes and finiteness of every batch.
+        validate_args: Check shapes and finiteness of every batch. Without the check, NaN and
+            infinite activations count as overflow.
         kwargs: Passed to :class:`torchmetrics.Metric` (e.g. ``process_group``); ``dist_sync_fn``
             defaults to :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
@@ -196,6 +197,8 @@ class UnitQuantiles(SumStateMetric):
             if bool((values.abs() >= top).any()):
                 rank_zero_warn(
                     f"Some quantiles exceed max_magnitude={self.spec.max_magnitude} and are "
-                    "clamped; build UnitQuantiles with a larger `max_magnitude`."
+                    "clamped; build UnitQuantiles with a larger `max_magnitude` (or, with "
+                    "validate_args=False, the `activations` may have held NaN or Inf values, "
+                    "which count as overflow)."
                 )
         return values.to(torch.float32)
