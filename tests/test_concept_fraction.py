@@ -115,7 +115,7 @@ def test_empty_and_validation():
         metric.update(torch.zeros(2, 4, 4, dtype=torch.long), mask=torch.ones(3, 4, 4))
     with pytest.raises(ValueError, match="num_concepts"):
         ConceptPixelFraction(0)
-    with pytest.raises(ValueError, match="ignore_index"):
+    with pytest.raises(TypeError, match="ignore_index"):
         ConceptPixelFraction(3, ignore_index=1.5)  # type: ignore[arg-type]
 
 

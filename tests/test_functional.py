@@ -320,5 +320,5 @@ def test_functional_errors(gen):
         unit_concept_counts(acts, seg, torch.tensor([0.0, float("nan"), 0.0]), 3)
     with pytest.raises(ValueError, match="`size`"):
         upsample_bilinear(acts, (1, 2, 3))
-    with pytest.raises(ValueError, match="sizes must be positive"):
+    with pytest.raises(ValueError, match="`in_size` must be at least 1"):
         bilinear_matrix(0, 3)

@@ -155,7 +155,7 @@ def test_iou_metric_errors(gen):
         UnitConceptIoU(-1, 5, torch.zeros(1))
     with pytest.raises(ValueError, match="`num_concepts`"):
         UnitConceptIoU(4, 0, THRESHOLDS_1)
-    with pytest.raises(ValueError, match="`ignore_index`"):
+    with pytest.raises(TypeError, match="`ignore_index`"):
         UnitConceptIoU(4, 5, THRESHOLDS_1, ignore_index=0.5)
     with pytest.raises(ValueError, match="`thresholds` must have shape"):
         UnitConceptIoU(4, 5, torch.zeros(3))
@@ -336,8 +336,11 @@ def test_quantiles_overflow_warns():
 
 
 def test_quantiles_errors(gen):
-    for bad in (0, -2, 1.5, "3"):
+    for bad in (0, -2):
         with pytest.raises(ValueError, match="`num_units`"):
+            UnitQuantiles(bad)
+    for bad in (1.5, "3", True):
+        with pytest.raises(TypeError, match="`num_units`"):
             UnitQuantiles(bad)
     for bad in (-0.1, 1.01, [0.5, 2.0], [], float("nan"), [0.5, float("nan")]):
         with pytest.raises(ValueError, match="`quantiles`"):

@@ -1,33 +1,174 @@
-"""Argument validation shared by the functional API and the metrics.
+"""Argument validation shared by the functional API, the metrics and the segmenter validators.
 
 Every error names the argument and says what was expected, so that a mistake is caught at the first
-batch rather than after hours of training.
+batch rather than after hours of training. One rule decides the exception type:
+
+* ``TypeError``: the argument has the wrong Python type or the wrong tensor dtype (a list where a
+  tensor is expected, ``True`` where a count is expected, float labels, integer activations).
+* ``ValueError``: the type is right but the shape, size or values are not (wrong rank, a unit
+  count that does not match, a size of 0, NaN, labels outside the vocabulary, levels outside
+  ``[0, 1]``).
 """
 
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "check_activations",
-    "check_segmentation",
-    "check_thresholds",
+    "check_count",
     "check_finite",
+    "check_ignore_index",
+    "check_images",
+    "check_levels",
+    "check_mask",
+    "check_segmentation",
+    "check_size",
+    "check_thresholds",
 ]
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+def _shape(t: Tensor | Sequence[int]) -> str:
+    shape = t.shape if isinstance(t, Tensor) else t
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def check_finite(tensor: Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Check a count such as ``num_units``: an ``int`` (not a ``bool``) of at least ``minimum``.
+
+    Returns:
+        The count as a plain ``int``.
+
+    Examples:
+        >>> check_count(3, "num_units")
+        3
+        >>> check_count(True, "num_units")
+        Traceback (most recent call last):
+        ...
+        TypeError: `num_units` must be an int, got True (bool)
+    """
+    if not _is_int(value):
+        raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_ignore_index(value: Any, name: str = "ignore_index") -> int | None:
+    """Check an optional label index: ``None`` or an ``int`` (not a ``bool``).
+
+    Examples:
+        >>> check_ignore_index(255)
+        255
+        >>> check_ignore_index(True)
+        Traceback (most recent call last):
+        ...
+        TypeError: `ignore_index` must be an int or None, got True (bool)
+    """
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"`{name}` must be an int or None, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def check_levels(levels: Any, name: str = "quantiles") -> tuple[Tensor, bool]:
+    """Check quantile levels: one number (or 0-d tensor) or a non-empty sequence, all in ``[0, 1]``.
+
+    Returns:
+        ``(levels, scalar)``: the levels as a float64 ``(Q,)`` tensor and whether one level was
+        given as a scalar (a Python number or a 0-d tensor).
+
+    Examples:
+        >>> check_levels(torch.tensor(0.5))
+        (tensor([0.5000], dtype=torch.float64), True)
+        >>> check_levels([0.5, 0.99])[0].tolist()
+        [0.5, 0.99]
+    """
+    if isinstance(levels, bool) or (isinstance(levels, Tensor) and levels.dtype == torch.bool):
+        raise TypeError(f"`{name}` must be levels in [0, 1], got a bool: {levels!r}")
+    if isinstance(levels, (str, bytes)):
+        raise TypeError(f"`{name}` must be a number or a sequence of numbers, got {levels!r}")
+    if isinstance(levels, numbers.Real):
+        scalar, tensor = True, torch.tensor([float(levels)], dtype=torch.float64)
+    elif isinstance(levels, Tensor):
+        if levels.is_complex():
+            raise TypeError(f"`{name}` must hold real levels in [0, 1], got dtype {levels.dtype}")
+        if levels.ndim > 1:
+            raise ValueError(f"`{name}` must be one level or a 1-D sequence, got shape {_shape(levels)}")
+        scalar, tensor = levels.ndim == 0, levels.detach().to("cpu", torch.float64).reshape(-1)
+    else:
+        try:
+            values = [float(v) for v in levels]
+        except TypeError:
+            raise TypeError(
+                f"`{name}` must be a number or a sequence of numbers, got {type(levels).__name__}"
+            ) from None
+        if any(isinstance(v, bool) for v in levels):
+            raise TypeError(f"`{name}` must be levels in [0, 1], got a bool in {levels!r}")
+        scalar, tensor = False, torch.tensor(values, dtype=torch.float64)
+    if tensor.numel() == 0:
+        raise ValueError(f"`{name}` must hold at least one level in [0, 1], got an empty {levels!r}")
+    if not bool(((tensor >= 0) & (tensor <= 1)).all()):  # also false for NaN
+        raise ValueError(f"`{name}` must be levels in [0, 1], got {levels!r}")
+    return tensor, scalar
+
+
+def check_size(size: Any, name: str = "size") -> tuple[int, int]:
+    """Check a target size: one positive ``int`` or a pair ``(H, W)`` of them.
+
+    Examples:
+        >>> check_size(8), check_size((4, torch.tensor(6)))
+        ((8, 8), (4, 6))
+        >>> check_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `size` must be positive, got 0
+    """
+    if isinstance(size, Tensor) and size.ndim == 0:
+        size = size.item()
+    if isinstance(size, (bool, str, bytes)):
+        raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {size!r}")
+    if _is_int(size):
+        pair: tuple[Any, ...] = (size, size)
+    elif isinstance(size, (Sequence, torch.Size, Tensor)):
+        pair = tuple(s.item() if isinstance(s, Tensor) and s.ndim == 0 else s for s in size)
+        if len(pair) != 2:
+            raise ValueError(f"`{name}` must be an int or a pair (H, W), got {tuple(pair)!r}")
+        if not all(_is_int(s) for s in pair):
+            raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {tuple(pair)!r}")
+    else:
+        raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"`{name}` must be positive, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_finite(tensor: Tensor, name: str, hint: str = "") -> None:
+    """Raise ``ValueError`` naming ``name`` if ``tensor`` holds NaN or infinite values.
+
+    Args:
+        tensor: The tensor to check (integer tensors always pass).
+        name: Argument name used in the message.
+        hint: Optional advice appended to the message.
+    """
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
-            f"`{name}` contains {bad} NaN or infinite value(s); activations must be finite "
-            "(check the generator for diverged weights)"
+            f"`{name}` contains {bad} NaN or infinite value(s)" + (f"; {hint}" if hint else "")
         )
 
 
@@ -69,7 +210,7 @@ def check_activations(
             f"{_shape(activations)}) but the metric was built with num_units={num_units}"
         )
     if check_values:
-        check_finite(activations, name)
+        check_finite(activations, name, "activations must be finite (check the generator for diverged weights)")
 
 
 def check_segmentation(
@@ -80,6 +221,9 @@ def check_segmentation(
     batch_size: int | None = None,
     name: str = "segmentation",
     check_values: bool = True,
+    multilabel: bool | None = None,
+    batch_source: str = "the activations",
+    range_hint: str = "",
 ) -> None:
     """Check integer concept labels ``(B, H, W)`` or multi-label ``(B, L, H, W)``.
 
@@ -90,6 +234,9 @@ def check_segmentation(
         batch_size: Expected batch size (dimension 0), or ``None``.
         name: Argument name used in error messages.
         check_values: Also check the label range (costs one pass over the data).
+        multilabel: If given, require rank 4 (``True``) or rank 3 (``False``).
+        batch_source: What ``batch_size`` is the batch size of (for the message).
+        range_hint: Appended to the message on labels out of range.
 
     Examples:
         >>> check_segmentation(torch.zeros(2, 8, 8, dtype=torch.long), num_concepts=3)
@@ -99,21 +246,36 @@ def check_segmentation(
         ValueError: `segmentation` has labels outside [0, 3): found values in [3, 3]
     """
     if not isinstance(segmentation, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(segmentation).__name__}")
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor of integer labels, got {type(segmentation).__name__}"
+        )
     if segmentation.is_floating_point() or segmentation.is_complex() or (
         segmentation.dtype == torch.bool
     ):
         raise TypeError(
-            f"`{name}` must hold integer concept labels, got dtype {segmentation.dtype}"
+            f"`{name}` must hold integer concept labels (e.g. logits.argmax(1)), got dtype "
+            f"{segmentation.dtype}"
         )
+    ignore_index = check_ignore_index(ignore_index)
     if segmentation.ndim not in (3, 4):
         raise ValueError(
             f"`{name}` must be (B, H, W) labels or (B, L, H, W) multi-labels, "
             f"got shape {_shape(segmentation)}"
         )
+    if multilabel is True and segmentation.ndim != 4:
+        raise ValueError(
+            f"`{name}` must be (B, L, H, W) multi-labels (a multi-label segmenter), got shape "
+            f"{_shape(segmentation)}"
+        )
+    if multilabel is False and segmentation.ndim != 3:
+        raise ValueError(
+            f"`{name}` must be (B, H, W) labels (a single-label segmenter), got shape "
+            f"{_shape(segmentation)}"
+        )
     if batch_size is not None and segmentation.shape[0] != batch_size:
         raise ValueError(
-            f"`{name}` has batch size {segmentation.shape[0]} but the activations have {batch_size}"
+            f"`{name}` has batch size {segmentation.shape[0]} but {batch_source} have {batch_size} "
+            f"(shape {_shape(segmentation)})"
         )
     if check_values and segmentation.numel() > 0:
         values = segmentation
@@ -121,17 +283,18 @@ def check_segmentation(
             values = segmentation[segmentation != ignore_index]
             if values.numel() == 0:
                 return
-        low, high = int(values.min()), int(values.max())
+        stats = torch.stack([values.amin(), values.amax()]).cpu()
+        low, high = int(stats[0]), int(stats[1])
         if low < 0 or high >= num_concepts:
             extra = "" if ignore_index is None else f" or equal to ignore_index={ignore_index}"
             raise ValueError(
                 f"`{name}` has labels outside [0, {num_concepts}){extra}: "
-                f"found values in [{low}, {high}]"
+                f"found values in [{low}, {high}]" + (f"; {range_hint}" if range_hint else "")
             )
 
 
 def check_thresholds(thresholds: Tensor, *, num_units: int, name: str = "thresholds") -> Tensor:
-    """Check per-unit thresholds ``(U,)`` or ascending candidate levels ``(U, K)``.
+    """Check per-unit thresholds ``(U,)`` or ascending candidate levels ``(U, K)`` with ``K >= 1``.
 
     Returns:
         The thresholds as a floating tensor.
@@ -141,11 +304,23 @@ def check_thresholds(thresholds: Tensor, *, num_units: int, name: str = "thresho
         torch.Size([2, 2])
     """
     if not isinstance(thresholds, Tensor):
-        thresholds = torch.as_tensor(thresholds, dtype=torch.float32)
+        try:
+            thresholds = torch.as_tensor(thresholds, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"`{name}` must be a tensor of numbers, got {type(thresholds).__name__}"
+            ) from None
+    if thresholds.is_complex() or thresholds.dtype == torch.bool:
+        raise TypeError(f"`{name}` must hold real thresholds, got dtype {thresholds.dtype}")
     if thresholds.ndim not in (1, 2) or thresholds.shape[0] != num_units:
         raise ValueError(
             f"`{name}` must have shape ({num_units},) or ({num_units}, K) for num_units="
             f"{num_units}, got shape {_shape(thresholds)}"
+        )
+    if thresholds.ndim == 2 and thresholds.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` of shape (U, K) needs at least one level per unit (K >= 1), got shape "
+            f"{_shape(thresholds)}"
         )
     if not thresholds.is_floating_point():
         thresholds = thresholds.to(torch.float32)
@@ -155,3 +330,83 @@ def check_thresholds(thresholds: Tensor, *, num_units: int, name: str = "thresho
         if bool((thresholds[:, 1:] < thresholds[:, :-1]).any()):
             raise ValueError(f"`{name}` of shape (U, K) must be ascending along K for every unit")
     return thresholds
+
+
+def check_mask(mask: Tensor, name: str = "mask", *, check_values: bool = True) -> None:
+    """Check a region mask: a bool, integer or floating tensor with values in ``[0, 1]``.
+
+    Examples:
+        >>> check_mask(torch.tensor([[1.0, 0.5]]))
+        >>> check_mask(torch.tensor([[float("nan")]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `mask` contains 1 NaN or infinite value(s); a region mask holds values in [0, 1]
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.is_complex():
+        raise TypeError(f"`{name}` must be a bool, integer or floating tensor, got dtype {mask.dtype}")
+    if not check_values or mask.numel() == 0 or mask.dtype == torch.bool:
+        return
+    check_finite(mask, name, "a region mask holds values in [0, 1]")
+    stats = torch.stack([mask.amin(), mask.amax()]).double().cpu()
+    low, high = float(stats[0]), float(stats[1])
+    if low < 0 or high > 1:
+        raise ValueError(f"`{name}` must hold values in [0, 1], got values in [{_fmt(low)}, {_fmt(high)}]")
+
+
+def check_images(
+    images: Tensor,
+    *,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    name: str = "images",
+) -> None:
+    """Check a float image batch ``(B, 3, H, W)`` inside ``value_range`` (``1e-3`` of its width slack).
+
+    Examples:
+        >>> check_images(torch.zeros(2, 3, 8, 8))
+        >>> check_images(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+        Traceback (most recent call last):
+        ...
+        TypeError: `images` must be a floating-point tensor, got dtype torch.uint8 ...
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(images).__name__}")
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"`value_range` must be a pair (low, high) of numbers, got {value_range!r}") from None
+    if not high > low or not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"`value_range` must be (low, high) with low < high, got {value_range!r}")
+    if images.ndim != 4:
+        raise ValueError(
+            f"`{name}` must be a 4-D batch (B, 3, H, W), got shape {_shape(images)}"
+            + (" (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else "")
+        )
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"`{name}` must have 3 (RGB) channels in dimension 1 of (B, 3, H, W), got shape "
+            f"{_shape(images)}"
+            + (" (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else "")
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (B = 0), shape {_shape(images)}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"`{name}` holds empty images, shape {_shape(images)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor, got dtype {images.dtype} (convert with "
+            f"images.float() and scale to the declared range [{_fmt(low)}, {_fmt(high)}])"
+        )
+    x = images.detach()
+    stats = torch.stack([x.amin(), x.amax(), x.isfinite().all().to(x.dtype)])
+    vmin, vmax, finite = (float(v) for v in stats.float().cpu())
+    if not finite:
+        raise ValueError(f"`{name}` contains NaN or Inf values")
+    tol = 1e-3 * (high - low)
+    if vmin < low - tol or vmax > high + tol:
+        raise ValueError(
+            f"`{name}` has values in [{_fmt(vmin)}, {_fmt(vmax)}] given where "
+            f"[{_fmt(low)}, {_fmt(high)}] is declared; rescale the images (or declare the "
+            "segmenter's value_range to match the generator's output)"
+        )

@@ -14,6 +14,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from lightning_dissect.functional._checks import check_count, check_size
+
 __all__ = ["bilinear_matrix", "upsample_bilinear", "upsample_units_first"]
 
 
@@ -58,18 +60,13 @@ def bilinear_matrix(
                 [0.2500, 0.7500],
                 [0.0000, 1.0000]])
     """
-    if in_size < 1 or out_size < 1:
-        raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
-    return _bilinear_matrix_cpu64(int(in_size), int(out_size)).to(device=device, dtype=dtype)
+    in_size = check_count(in_size, "in_size")
+    out_size = check_count(out_size, "out_size")
+    return _bilinear_matrix_cpu64(in_size, out_size).to(device=device, dtype=dtype)
 
 
-def _size2(size: int | tuple[int, int] | torch.Size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"`size` must be an int or a pair (H, W), got {size}")
-    return size  # type: ignore[return-value]
+def _size2(size: int | tuple[int, int] | torch.Size, name: str = "size") -> tuple[int, int]:
+    return check_size(size, name)
 
 
 def upsample_bilinear(activations: Tensor, size: int | tuple[int, int]) -> Tensor:
@@ -77,10 +74,14 @@ def upsample_bilinear(activations: Tensor, size: int | tuple[int, int]) -> Tenso
 
     Args:
         activations: Floating tensor whose last two dimensions are ``(h, w)``.
-        size: Target ``(H, W)`` (or one int for a square).
+        size: Target ``(H, W)`` (or one int for a square), positive.
 
     Returns:
         Tensor of shape ``(..., H, W)``; the input itself when the size already matches.
+
+    Raises:
+        TypeError: If ``activations`` is not a tensor or ``size`` is not an int or pair of ints.
+        ValueError: If ``size`` is not positive or has other than two entries.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -90,6 +91,11 @@ def upsample_bilinear(activations: Tensor, size: int | tuple[int, int]) -> Tenso
         >>> bool(torch.allclose(y, ref, atol=1e-6))
         True
     """
+    if not isinstance(activations, Tensor):
+        raise TypeError(f"`activations` must be a torch.Tensor, got {type(activations).__name__}")
+    if activations.ndim < 2:
+        raise ValueError(f"`activations` must have (h, w) as its last two dimensions, got shape "
+                         f"{tuple(activations.shape)}")
     height, width = _size2(size)
     h, w = activations.shape[-2:]
     if (h, w) == (height, width):
@@ -125,6 +131,10 @@ def upsample_units_first(activations: Tensor, size: int | tuple[int, int] | None
         >>> upsample_units_first(torch.ones(2, 3, 4, 4), (8, 8)).shape
         torch.Size([3, 128])
     """
+    if not isinstance(activations, Tensor):
+        raise TypeError(f"`activations` must be a torch.Tensor, got {type(activations).__name__}")
+    if activations.ndim != 4:
+        raise ValueError(f"`activations` must be 4-D (B, U, h, w), got shape {tuple(activations.shape)}")
     batch, units, h, w = activations.shape
     x = activations.transpose(0, 1)
     if size is not None and _size2(size) != (h, w):

@@ -13,11 +13,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
-from lightning_dissect.functional._checks import check_segmentation
+from lightning_dissect.functional._checks import (
+    check_count,
+    check_ignore_index,
+    check_mask,
+    check_segmentation,
+)
 from lightning_dissect.functional.counts import concept_labels
-from lightning_dissect.metrics._sync import all_reduce_sum
+from lightning_dissect.metrics._base import SumStateMetric
 
 __all__ = ["ConceptPixelFraction", "concept_pixel_counts", "per_image_concept_fractions"]
 
@@ -110,12 +114,14 @@ def per_image_concept_fractions(
 
     """
     check_segmentation(segmentation, num_concepts=num_concepts, ignore_index=ignore_index)
+    if mask is not None:
+        check_mask(mask)
     counts, totals = concept_pixel_counts(segmentation, num_concepts, ignore_index, mask)
     totals = totals.to(torch.float64).unsqueeze(1)
     return torch.where(totals > 0, counts.to(torch.float64) / totals.clamp(min=1), 0.0)
 
 
-class ConceptPixelFraction(Metric):
+class ConceptPixelFraction(SumStateMetric):
     r"""Fraction of all pixels seen that carry each concept.
 
     .. math:: f_c = \frac{\#\{(x, p) : c \in s(x)_p\}}{\#\{(x, p)\}}
@@ -133,7 +139,8 @@ class ConceptPixelFraction(Metric):
         num_concepts: Number of concepts ``C``; labels lie in ``[0, C)``.
         ignore_index: A label that marks pixels carrying no concept (inside ``[0, C)``, e.g. 0 =
             "unlabeled", whose fraction is then 0, or outside it, e.g. 255).
-        validate_args: Check dtype, shape and label range of every batch.
+        validate_args: Check dtype, shape and label range of every batch (and that a region
+            ``mask`` is finite and inside ``[0, 1]``).
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
@@ -149,8 +156,6 @@ class ConceptPixelFraction(Metric):
 
     """
 
-    full_state_update: bool = False
-    is_differentiable: bool = False
     higher_is_better: bool | None = None
 
     concept_pixels: Tensor
@@ -165,22 +170,26 @@ class ConceptPixelFraction(Metric):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("dist_sync_fn", all_reduce_sum)
         super().__init__(**kwargs)
-        if isinstance(num_concepts, bool) or not isinstance(num_concepts, int) or num_concepts < 1:
-            raise ValueError(f"`num_concepts` must be a positive int, got {num_concepts!r}")
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
-        ):
-            raise ValueError(f"`ignore_index` must be an int or None, got {ignore_index!r}")
-        self.num_concepts = num_concepts
-        self.ignore_index = ignore_index
+        self.num_concepts = check_count(num_concepts, "num_concepts")
+        self.ignore_index = check_ignore_index(ignore_index)
         self.validate_args = validate_args
-        zeros = torch.zeros(num_concepts, dtype=torch.int64)
-        self.add_state("concept_pixels", zeros.clone(), dist_reduce_fx="sum")
-        self.add_state("total_pixels", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("num_images", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("concept_pixels_sq", zeros.clone(), dist_reduce_fx="sum")
+        self._add_sum_state("concept_pixels", (self.num_concepts,))
+        self._add_sum_state("total_pixels", ())
+        self._add_sum_state("num_images", ())
+        self._add_sum_state("concept_pixels_sq", (self.num_concepts,))
+
+    def _settings_text(self) -> str:
+        return f"num_concepts={self.num_concepts}"
+
+    def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        concepts = (("num_concepts", self.num_concepts),)
+        return {
+            "concept_pixels": concepts,
+            "total_pixels": (),
+            "num_images": (),
+            "concept_pixels_sq": concepts,
+        }
 
     def update(self, segmentation: Tensor, mask: Tensor | None = None) -> None:
         """Add a batch of segmentations.
@@ -200,6 +209,8 @@ class ConceptPixelFraction(Metric):
             ignore_index=self.ignore_index,
             check_values=self.validate_args,
         )
+        if mask is not None:
+            check_mask(mask, check_values=self.validate_args)
         counts, totals = concept_pixel_counts(
             segmentation.to(self.concept_pixels.device),
             self.num_concepts,
@@ -226,11 +237,7 @@ class ConceptPixelFraction(Metric):
         with fewer than two images. Synchronises like ``compute``: under DDP call it on every
         rank.
         """
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn,
-            should_sync=self._to_sync,
-            should_unsync=self._should_unsync,
-        ):
+        with self.synced_states():
             n = int(self.num_images)
             total = int(self.total_pixels)
             s1 = self.concept_pixels.to(torch.float64)

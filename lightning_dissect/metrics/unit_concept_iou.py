@@ -6,10 +6,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from lightning_dissect.functional._checks import (
+    _shape,
     check_activations,
+    check_count,
+    check_ignore_index,
     check_segmentation,
     check_thresholds,
 )
@@ -20,12 +22,12 @@ from lightning_dissect.functional.scores import (
     iqr_from_counts,
     mutual_information_from_counts,
 )
-from lightning_dissect.metrics._sync import all_reduce_sum
+from lightning_dissect.metrics._base import SumStateMetric
 
 __all__ = ["UnitConceptIoU"]
 
 
-class UnitConceptIoU(Metric):
+class UnitConceptIoU(SumStateMetric):
     r"""IoU of every unit with every concept, pooled over all samples seen.
 
     For unit ``u`` (its map bilinearly upsampled to the segmentation size, ``align_corners=False``,
@@ -46,7 +48,12 @@ class UnitConceptIoU(Metric):
             unit's area). It may lie inside ``[0, C)`` (e.g. 0 = "unlabeled"; that concept's
             column is then 0) or outside it (e.g. 255).
         validate_args: Check shapes, dtypes, finiteness and label range of every batch.
-        kwargs: Passed to :class:`torchmetrics.Metric`.
+        kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
+            :func:`~lightning_dissect.metrics.all_reduce_sum`.
+
+    The thresholds are a persistent buffer (saved in ``state_dict``, moved with the metric, not
+    reduced across processes): ``load_state_dict`` refuses a state dict whose thresholds differ
+    from this metric's, so counts never attach to thresholds they were not counted at.
 
     State memory: ``8 * U * K * (C + 1) + 8 * C + 8`` bytes.
 
@@ -58,9 +65,8 @@ class UnitConceptIoU(Metric):
         tensor([[0.0000, 0.6667]])
     """
 
-    full_state_update: bool = False
-    is_differentiable: bool = False
     higher_is_better: bool | None = True
+    _setting_buffers = ("thresholds",)
 
     intersection: Tensor
     unit_area: Tensor
@@ -77,33 +83,57 @@ class UnitConceptIoU(Metric):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("dist_sync_fn", all_reduce_sum)
         super().__init__(**kwargs)
-        if not isinstance(num_units, int) or num_units < 1:
-            raise ValueError(f"`num_units` must be a positive int, got {num_units!r}")
-        if not isinstance(num_concepts, int) or num_concepts < 1:
-            raise ValueError(f"`num_concepts` must be a positive int, got {num_concepts!r}")
-        if ignore_index is not None and not isinstance(ignore_index, int):
-            raise ValueError(f"`ignore_index` must be an int or None, got {ignore_index!r}")
-        thresholds = check_thresholds(thresholds, num_units=num_units)
-        self.num_units = num_units
-        self.num_concepts = num_concepts
-        self.ignore_index = ignore_index
+        self.num_units = check_count(num_units, "num_units")
+        self.num_concepts = check_count(num_concepts, "num_concepts")
+        self.ignore_index = check_ignore_index(ignore_index)
+        thresholds = check_thresholds(thresholds, num_units=self.num_units)
         self.validate_args = validate_args
-        self.register_buffer("thresholds", thresholds.detach().clone(), persistent=False)
+        self.register_buffer("thresholds", thresholds.detach().clone(), persistent=True)
         levels = () if thresholds.ndim == 1 else (thresholds.shape[1],)
-        self.add_state(
-            "intersection",
-            torch.zeros(num_units, *levels, num_concepts, dtype=torch.int64),
-            dist_reduce_fx="sum",
+        self._add_sum_state("intersection", (self.num_units, *levels, self.num_concepts))
+        self._add_sum_state("unit_area", (self.num_units, *levels))
+        self._add_sum_state("concept_area", (self.num_concepts,))
+        self._add_sum_state("total", ())
+
+    def _settings_text(self) -> str:
+        return (
+            f"num_units={self.num_units}, num_concepts={self.num_concepts}, thresholds of shape "
+            f"{_shape(self.thresholds)}"
         )
-        self.add_state(
-            "unit_area", torch.zeros(num_units, *levels, dtype=torch.int64), dist_reduce_fx="sum"
-        )
-        self.add_state(
-            "concept_area", torch.zeros(num_concepts, dtype=torch.int64), dist_reduce_fx="sum"
-        )
-        self.add_state("total", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        units = ("num_units", self.num_units)
+        levels = () if self.num_levels is None else (("thresholds levels K", self.num_levels),)
+        concepts = ("num_concepts", self.num_concepts)
+        return {
+            "intersection": (units, *levels, concepts),
+            "unit_area": (units, *levels),
+            "concept_area": (concepts,),
+            "total": (),
+        }
+
+    def _rank_mismatch(self, key: str, shape: tuple[int, ...]) -> str:
+        if self.num_levels is None:
+            return "the state was saved by a metric with (U, K) multi-level `thresholds`; this one has (U,)"
+        return "the state was saved by a metric with (U,) `thresholds`; this one has (U, K) levels"
+
+    def _setting_mismatch(self, key: str, value: Tensor) -> str | None:
+        mine = self.thresholds
+        if not isinstance(value, Tensor):
+            return f"`thresholds` in the state dict must be a tensor, got {type(value).__name__}"
+        if tuple(value.shape) != tuple(mine.shape):
+            return (
+                f"the state was counted at `thresholds` of shape {_shape(value)}; this metric has "
+                f"{_shape(mine)}"
+            )
+        if not torch.equal(value.to(device=mine.device, dtype=mine.dtype), mine):
+            differ = int((value.to(device=mine.device, dtype=mine.dtype) != mine).sum())
+            return (
+                f"the state was counted at other `thresholds` ({differ} of {mine.numel()} values "
+                "differ); build the metric with the thresholds the counts were made at"
+            )
+        return None
 
     @property
     def num_levels(self) -> int | None:
@@ -147,11 +177,7 @@ class UnitConceptIoU(Metric):
 
         Synchronises like ``compute``: under DDP call it on every rank.
         """
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn,
-            should_sync=self._to_sync,
-            should_unsync=self._should_unsync,
-        ):
+        with self.synced_states():
             return ConceptCounts(
                 self.intersection.clone(),
                 self.unit_area.clone(),

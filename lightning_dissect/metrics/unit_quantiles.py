@@ -7,24 +7,23 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
-from lightning_dissect.functional._checks import check_activations
+from lightning_dissect.functional._checks import check_activations, check_count, check_levels
 from lightning_dissect.functional.quantiles import (
     LogHistogramSpec,
     quantiles_from_histogram,
     unit_histogram,
 )
 from lightning_dissect.functional.upsample import _size2, upsample_units_first
-from lightning_dissect.metrics._sync import all_reduce_sum
+from lightning_dissect.metrics._base import SumStateMetric
 
 __all__ = ["UnitQuantiles"]
 
 _CHUNK_VALUES = 1 << 20
 
 
-class UnitQuantiles(Metric):
+class UnitQuantiles(SumStateMetric):
     r"""Per-unit quantiles of activations (optionally of their bilinearly upsampled maps).
 
     The state is a signed log-bucket histogram per unit (see
@@ -43,14 +42,20 @@ class UnitQuantiles(Metric):
 
     Args:
         num_units: Number of units ``U`` (channels).
-        quantiles: One level in ``[0, 1]`` (``compute`` returns ``(U,)``) or a sequence of ``Q``
-            levels (``compute`` returns ``(U, Q)``).
+        quantiles: One level in ``[0, 1]`` (a number or a 0-d tensor; ``compute`` returns
+            ``(U,)``) or a sequence / 1-D tensor of ``Q`` levels (``compute`` returns ``(U, Q)``).
         relative_accuracy: Worst relative error of a returned quantile.
         min_magnitude: Smallest magnitude resolved; smaller ones count as zero.
         max_magnitude: Largest magnitude resolved; larger ones are clamped (and counted in
             :attr:`overflow`, with a warning at compute time if a quantile falls there).
-        validate_args: Check shapes and finiteness of every batch.
-        kwargs: Passed to :class:`torchmetrics.Metric` (e.g. ``process_group``).
+        validate_args: Check shapes and finiteness of every batch. Without the check, NaN and
+            infinite activations count as overflow.
+        kwargs: Passed to :class:`torchmetrics.Metric` (e.g. ``process_group``); ``dist_sync_fn``
+            defaults to :func:`~lightning_dissect.metrics.all_reduce_sum`.
+
+    The bucket layout (set by ``relative_accuracy``, ``min_magnitude`` and ``max_magnitude``) is
+    kept in the persistent buffer ``histogram_layout``; ``load_state_dict`` refuses a histogram
+    saved with another layout or another ``num_units``.
 
     Examples:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -62,41 +67,72 @@ class UnitQuantiles(Metric):
         torch.Size([3, 2])
     """
 
-    full_state_update: bool = False
-    is_differentiable: bool = False
     higher_is_better: bool | None = None
 
     histogram: Tensor
     overflow: Tensor
+    histogram_layout: Tensor
+    _setting_buffers = ("histogram_layout",)
 
     def __init__(
         self,
         num_units: int,
-        quantiles: float | Sequence[float] = 0.99,
+        quantiles: float | Sequence[float] | Tensor = 0.99,
         relative_accuracy: float = 0.005,
         min_magnitude: float = 1e-6,
         max_magnitude: float = 1e6,
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("dist_sync_fn", all_reduce_sum)
         super().__init__(**kwargs)
-        if not isinstance(num_units, int) or num_units < 1:
-            raise ValueError(f"`num_units` must be a positive int, got {num_units!r}")
-        self._scalar = isinstance(quantiles, (int, float))
-        levels = torch.tensor([quantiles] if self._scalar else list(quantiles), dtype=torch.float64)
-        if levels.numel() == 0 or not bool(((levels >= 0) & (levels <= 1)).all()):
-            raise ValueError(f"`quantiles` must be levels in [0, 1], got {quantiles!r}")
-        self.num_units = num_units
-        self.levels = levels
+        self.num_units = check_count(num_units, "num_units")
+        self.levels, self._scalar = check_levels(quantiles, "quantiles")
         self.spec = LogHistogramSpec(relative_accuracy, min_magnitude, max_magnitude)
         self.validate_args = validate_args
-        self.add_state(
-            "histogram",
-            torch.zeros(num_units, self.spec.num_buckets, dtype=torch.int64),
-            dist_reduce_fx="sum",
+        self._add_sum_state("histogram", (self.num_units, self.spec.num_buckets))
+        self._add_sum_state("overflow", (self.num_units,))
+        self.register_buffer("histogram_layout", self._layout(self.spec), persistent=True)
+
+    @staticmethod
+    def _layout(spec: LogHistogramSpec) -> Tensor:
+        return torch.tensor([spec.mantissa_bits, spec.key_low, spec.key_high], dtype=torch.int64)
+
+    def _settings_text(self) -> str:
+        s = self.spec
+        return (
+            f"num_units={self.num_units}, relative_accuracy={s.relative_accuracy}, "
+            f"min_magnitude={s.min_magnitude}, max_magnitude={s.max_magnitude}"
         )
-        self.add_state("overflow", torch.zeros(num_units, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        buckets = ("relative_accuracy / min_magnitude / max_magnitude (histogram buckets)", self.spec.num_buckets)
+        return {
+            "histogram": (("num_units", self.num_units), buckets),
+            "overflow": (("num_units", self.num_units),),
+        }
+
+    def _setting_mismatch(self, key: str, value: Tensor) -> str | None:
+        mine = self.histogram_layout.cpu()
+        if not isinstance(value, Tensor) or value.shape != mine.shape:
+            return f"buffer `{key}` must be a tensor of shape (3,), got {value!r}"
+        theirs = value.to("cpu", torch.int64)
+        if torch.equal(theirs, mine):
+            return None
+        which = []
+        if theirs[0] != mine[0]:
+            which.append(
+                f"`relative_accuracy` (the loaded histogram resolves 2**-{int(theirs[0]) + 1}, this "
+                f"metric {self.spec.relative_accuracy} resolves 2**-{int(mine[0]) + 1})"
+            )
+        else:
+            if theirs[1] != mine[1]:
+                which.append(f"`min_magnitude` (this metric: {self.spec.min_magnitude})")
+            if theirs[2] != mine[2]:
+                which.append(f"`max_magnitude` (this metric: {self.spec.max_magnitude})")
+        return (
+            "the histogram was saved by a UnitQuantiles with another bucket layout: build this "
+            "one with the same " + " and ".join(which)
+        )
 
     def update(self, activations: Tensor, size: int | tuple[int, int] | None = None) -> None:
         """Add a batch.
@@ -104,8 +140,10 @@ class UnitQuantiles(Metric):
         Args:
             activations: ``(B, U, h, w)`` maps or ``(N, U)`` values.
             size: If given, the quantiles are those of the maps bilinearly upsampled
-                (``align_corners=False``) to ``(H, W)``.
+                (``align_corners=False``) to ``(H, W)`` (one positive int or a pair).
         """
+        if size is not None:
+            size = _size2(size)
         check_activations(
             activations,
             num_units=self.num_units,
@@ -137,17 +175,12 @@ class UnitQuantiles(Metric):
     def quantile(self, levels: float | Sequence[float] | Tensor) -> Tensor:
         """Quantiles at other levels from the same (synced) state, ``(U,)`` or ``(U, Q)``.
 
+        ``levels`` is one level (a number or a 0-d tensor; returns ``(U,)``) or a sequence.
+
         Call it on every rank under DDP: it synchronises like ``compute``.
         """
-        scalar = isinstance(levels, (int, float))
-        tensor = torch.as_tensor([levels] if scalar else levels, dtype=torch.float64).reshape(-1)
-        if tensor.numel() == 0 or not bool(((tensor >= 0) & (tensor <= 1)).all()):
-            raise ValueError(f"`levels` must be quantile levels in [0, 1], got {levels!r}")
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn,
-            should_sync=self._to_sync,
-            should_unsync=self._should_unsync,
-        ):
+        tensor, scalar = check_levels(levels, "levels")
+        with self.synced_states():
             values = self._values(tensor)
         return values[:, 0] if scalar else values
 
@@ -164,6 +197,8 @@ class UnitQuantiles(Metric):
             if bool((values.abs() >= top).any()):
                 rank_zero_warn(
                     f"Some quantiles exceed max_magnitude={self.spec.max_magnitude} and are "
-                    "clamped; build UnitQuantiles with a larger `max_magnitude`."
+                    "clamped; build UnitQuantiles with a larger `max_magnitude` (or, with "
+                    "validate_args=False, the `activations` may have held NaN or Inf values, "
+                    "which count as overflow)."
                 )
         return values.to(torch.float32)

@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from lightning_dissect.functional._checks import check_images, check_segmentation
+
 __all__ = [
     "CallableSegmenter",
     "ConceptVocabulary",
@@ -205,10 +207,6 @@ class Segmenter(Protocol):
         ...
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
 def validate_images(
     images: Tensor,
     value_range: tuple[float, float] = (-1.0, 1.0),
@@ -216,7 +214,8 @@ def validate_images(
 ) -> None:
     """Check that ``images`` is a float batch ``(B, 3, H, W)`` inside ``value_range``.
 
-    Values may exceed the range by ``1e-3`` of its width (rounding, resampling overshoot).
+    Values may exceed the range by ``1e-3`` of its width (rounding, resampling overshoot). The
+    checks are those of :func:`lightning_dissect.functional.check_images`.
 
     Args:
         images: The tensor to check.
@@ -224,57 +223,19 @@ def validate_images(
         name: What to call the tensor in error messages.
 
     Raises:
-        TypeError: If ``images`` is not a tensor.
-        ValueError: Naming the problem: rank, channel count, empty batch, dtype, NaN/Inf, or
-            values outside the range (with the range actually found).
+        TypeError: If ``images`` is not a tensor or not floating point.
+        ValueError: Naming the problem: rank, channel count, empty batch, NaN/Inf, values outside
+            the range (with the range actually found), or ``value_range`` not ascending.
 
     Examples:
         >>> validate_images(torch.zeros(2, 3, 8, 8))
         >>> validate_images(torch.full((1, 3, 4, 4), 200.0))
         Traceback (most recent call last):
         ...
-        ValueError: images: values in [200, 200] given where [-1, 1] is declared; ...
+        ValueError: `images` has values in [200, 200] given where [-1, 1] is declared; ...
 
     """
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}.")
-    if images.ndim != 4:
-        raise ValueError(
-            f"{name}: expected a 4-D batch (B, 3, H, W), got shape {tuple(images.shape)}"
-            + (" (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else "")
-            + "."
-        )
-    if images.shape[1] != 3:
-        raise ValueError(
-            f"{name}: expected 3 (RGB) channels in dimension 1 of (B, 3, H, W), got shape "
-            f"{tuple(images.shape)}"
-            + (" (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else "")
-            + "."
-        )
-    if images.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (B = 0), shape {tuple(images.shape)}.")
-    if images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"{name}: empty image, shape {tuple(images.shape)}.")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{name}: expected a floating-point tensor, got dtype {images.dtype} (convert with "
-            f"images.float() and scale to the declared range {list(value_range)})."
-        )
-    low, high = float(value_range[0]), float(value_range[1])
-    if not high > low:
-        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}.")
-    x = images.detach()
-    stats = torch.stack([x.amin(), x.amax(), x.isfinite().all().to(x.dtype)])
-    vmin, vmax, finite = (float(v) for v in stats.float().cpu())
-    if not finite:
-        raise ValueError(f"{name}: contains NaN or Inf values.")
-    tol = 1e-3 * (high - low)
-    if vmin < low - tol or vmax > high + tol:
-        raise ValueError(
-            f"{name}: values in [{_fmt(vmin)}, {_fmt(vmax)}] given where "
-            f"[{_fmt(low)}, {_fmt(high)}] is declared; rescale the images (or declare the "
-            "segmenter's value_range to match the generator's output)."
-        )
+    check_images(images, value_range=value_range, name=name)
 
 
 def validate_segmentation(
@@ -286,6 +247,9 @@ def validate_segmentation(
 ) -> None:
     """Check a segmenter's output against its vocabulary.
 
+    The checks are shared with the metrics (``check_segmentation`` in
+    ``lightning_dissect.functional``).
+
     Args:
         labels: The labels to check: integer ``(B, H', W')`` or ``(B, L, H', W')``.
         vocabulary: The vocabulary the labels index.
@@ -294,8 +258,8 @@ def validate_segmentation(
         multilabel: If given, require rank 4 (``True``) or rank 3 (``False``).
 
     Raises:
-        TypeError: If ``labels`` is not a tensor.
-        ValueError: Naming the problem: dtype, rank, batch size or labels outside the vocabulary.
+        TypeError: If ``labels`` is not a tensor or does not hold integers.
+        ValueError: Naming the problem: rank, batch size or labels outside the vocabulary.
 
     Examples:
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
@@ -303,46 +267,22 @@ def validate_segmentation(
         >>> validate_segmentation(torch.full((2, 4, 4), 5), vocab, batch_size=2)
         Traceback (most recent call last):
         ...
-        ValueError: segmenter returned labels outside its vocabulary: segmenter output has ...
+        ValueError: `segmenter output` has labels outside [0, 2): found values in [5, 5]; ...
 
     """
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of labels, got {type(labels).__name__}.")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(
-            f"{name}: expected integer labels (int64), got dtype {labels.dtype}; "
-            "a segmenter returns label indices, e.g. logits.argmax(1)."
-        )
-    if labels.ndim not in (3, 4):
-        raise ValueError(
-            f"{name}: expected labels of shape (B, H, W) or (B, L, H, W), got shape "
-            f"{tuple(labels.shape)}."
-        )
-    if multilabel is True and labels.ndim != 4:
-        raise ValueError(
-            f"{name}: a multi-label segmenter must return (B, L, H, W), got shape "
-            f"{tuple(labels.shape)}."
-        )
-    if multilabel is False and labels.ndim != 3:
-        raise ValueError(
-            f"{name}: a single-label segmenter must return (B, H, W), got shape "
-            f"{tuple(labels.shape)}."
-        )
-    if batch_size is not None and labels.shape[0] != batch_size:
-        raise ValueError(
-            f"{name}: batch size {labels.shape[0]} does not match the {batch_size} images given "
-            f"(shape {tuple(labels.shape)})."
-        )
-    if labels.numel() == 0:
-        return
-    stats = torch.stack([labels.amin(), labels.amax()]).cpu()
-    lo, hi = int(stats[0]), int(stats[1])
-    if lo < 0 or hi >= vocabulary.num_concepts:
-        raise ValueError(
-            f"segmenter returned labels outside its vocabulary: {name} has labels in "
-            f"[{lo}, {hi}] but the vocabulary has {vocabulary.num_concepts} concepts "
-            f"(valid labels 0..{vocabulary.num_concepts - 1})."
-        )
+    num_concepts = vocabulary.num_concepts
+    check_segmentation(
+        labels,
+        num_concepts=num_concepts,
+        batch_size=batch_size,
+        name=name,
+        multilabel=multilabel,
+        batch_source="the images given",
+        range_hint=(
+            f"the segmenter returned labels outside its vocabulary of {num_concepts} concepts "
+            f"(valid labels 0..{num_concepts - 1})"
+        ),
+    )
 
 
 def resolve_resolution(

@@ -1,0 +1,165 @@
+"""Common base of the metrics: integer sum states, exact all-reduce sync and checked loading."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_dissect.functional._checks import _shape
+from lightning_dissect.metrics._sync import all_reduce_sum
+
+__all__ = ["SumStateMetric"]
+
+
+class SumStateMetric(Metric):
+    """A :class:`torchmetrics.Metric` whose states are all int64 tensors reduced by summation.
+
+    It gives its subclasses three things:
+
+    * ``dist_sync_fn`` defaults to :func:`~lightning_dissect.metrics.all_reduce_sum` (exact, in
+      place; no ``world_size`` copies of the states).
+    * :meth:`synced_states`, a context in which the states are synchronised exactly as inside
+      ``compute()``, for extra result methods (``counts()``, ``quantile()``, ...). It uses only
+      public TorchMetrics API: ``sync_context`` with ``sync_on_compute``.
+    * ``load_state_dict`` refuses states that do not fit: each incoming state must have the shape
+      this metric was built for and an integer dtype, and every setting buffer named in
+      :attr:`_setting_buffers` must be equal; the error names the setting to change.
+
+    Subclasses register their states with :meth:`_add_sum_state` and describe the axes of each
+    state in :meth:`_state_axes`.
+    """
+
+    full_state_update: bool = False
+    is_differentiable: bool = False
+
+    #: Persistent buffers that describe how the states were counted (e.g. the thresholds); a
+    #: loaded state dict must carry equal values (or none, for state dicts saved without them).
+    _setting_buffers: tuple[str, ...] = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("dist_sync_fn", all_reduce_sum)
+        super().__init__(**kwargs)
+
+    def _add_sum_state(self, name: str, shape: tuple[int, ...]) -> None:
+        self.add_state(name, torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+
+    @contextmanager
+    def synced_states(self) -> Iterator[None]:
+        """Context in which the states hold their sum over all processes, as inside ``compute()``.
+
+        On leaving, the local (per-process) states are restored so that accumulation continues.
+        Under DDP every rank must enter it (it is a collective operation), like ``compute()``.
+        Outside a process group it does nothing.
+        """
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn,
+            should_sync=self.sync_on_compute,
+            should_unsync=True,
+        ):
+            yield
+
+    # ------------------------------------------------------------------ loading
+    def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """For every state, its axes as ``(setting that sets the length, length)``."""
+        raise NotImplementedError
+
+    def _settings_text(self) -> str:
+        """The settings the states depend on, for messages (``num_units=4, ...``)."""
+        return ""
+
+    def _rank_mismatch(self, key: str, shape: tuple[int, ...]) -> str:
+        """Explain a loaded state with another number of dimensions (override for specifics)."""
+        return ""
+
+    def _setting_mismatch(self, key: str, value: Tensor) -> str | None:
+        """Explain a setting buffer whose loaded value differs (override for specifics)."""
+        return None
+
+    def _state_errors(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
+        errors = []
+        name = type(self).__name__
+        settings = self._settings_text()
+        built = f"this {name} ({settings})" if settings else f"this {name}"
+        for key, axes in self._state_axes().items():
+            if prefix + key not in state_dict:
+                continue
+            value = state_dict[prefix + key]
+            if not isinstance(value, Tensor):
+                errors.append(f"state `{key}` must be a tensor, got {type(value).__name__}")
+                continue
+            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                errors.append(f"state `{key}` must be an integer count tensor, got dtype {value.dtype}")
+                continue
+            shape = tuple(value.shape)
+            expected = tuple(size for _, size in axes)
+            if shape == expected:
+                continue
+            if len(shape) != len(expected):
+                hint = self._rank_mismatch(key, shape) or (
+                    "axes " + ", ".join(setting for setting, _ in axes)
+                )
+                errors.append(
+                    f"state `{key}` has shape {_shape(shape)} but {built} expects "
+                    f"{_shape(expected)}: {hint}"
+                )
+                continue
+            differing = [
+                f"`{setting}` ({got} in the loaded state, {size} here)"
+                for (setting, size), got in zip(axes, shape)
+                if got != size
+            ]
+            errors.append(
+                f"state `{key}` has shape {_shape(shape)} but {built} expects {_shape(expected)}: "
+                f"the state was saved by a metric built with another " + ", ".join(differing)
+            )
+        for key in self._setting_buffers:
+            if prefix + key not in state_dict:
+                continue
+            message = self._setting_mismatch(key, state_dict[prefix + key])
+            if message:
+                errors.append(message)
+        return errors
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        errors = self._state_errors(state_dict, prefix)
+        if errors:
+            # Refuse the whole metric: load none of its states (PyTorch raises RuntimeError with
+            # these messages once every module has been visited).
+            for key in (*self._state_axes(), *self._setting_buffers):
+                state_dict.pop(prefix + key, None)
+            error_msgs.extend(f"{type(self).__name__}: {e}" for e in errors)
+            return
+        loading = [key for key in self._state_axes() if prefix + key in state_dict]
+        if loading:
+            # Start from a clean metric so that no value cached by an earlier compute() survives.
+            self.reset()
+        for key in loading:
+            if prefix + key in state_dict:
+                state_dict[prefix + key] = state_dict[prefix + key].to(
+                    device=getattr(self, key).device, dtype=torch.int64
+                )
+        absent = [prefix + key for key in self._setting_buffers if prefix + key not in state_dict]
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if loading and not error_msgs:
+            # The only private TorchMetrics attribute used here: loaded counts are data seen, so
+            # compute() must not warn that update() was never called.
+            self._update_count = max(self._update_count, 1)
+        # State dicts written before the setting buffers existed lack them; accept those.
+        for key in absent:
+            if key in missing_keys:
+                missing_keys.remove(key)
