@@ -171,8 +171,10 @@ def test_result_depends_on_nothing_above_it():
     assert closure(graph, "lightning_dissect.result") <= {
         "lightning_dissect._io",
         "lightning_dissect.segmenters.base",
+        "lightning_dissect.functional._checks",
     }
-    assert graph["lightning_dissect.segmenters.base"] == set()
+    assert graph["lightning_dissect.segmenters.base"] <= {"lightning_dissect.functional._checks"}
+    assert graph["lightning_dissect.functional._checks"] == set()
     assert graph["lightning_dissect._io"] == set()
     assert closure(graph, "lightning_dissect.history") <= {
         "lightning_dissect.result",
@@ -182,6 +184,6 @@ def test_result_depends_on_nothing_above_it():
 
 def test_report_does_not_import_the_training_side():
     graph = module_graph()
-    above = {"lightning_dissect.callback", "lightning_dissect.callback_logging", "lightning_dissect.cli"}
+    above = {"lightning_dissect.callback", "lightning_dissect.round_logging", "lightning_dissect.cli"}
     assert not closure(graph, "lightning_dissect.report") & above
     assert "lightning_dissect.report" not in closure(graph, "lightning_dissect.result")
