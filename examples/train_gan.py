@@ -281,6 +281,9 @@ def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:
         batch_size=100,
         threshold_mode="quantile",
         progress=False,
+        # rank 0 alone, also when a `ddp` process group is still alive after fit() (the other
+        # ranks have returned): a sharded dissect() would wait for them forever
+        distributed=False,
         metadata={"source": "examples/train_gan.py", "args": _plain(vars(args))},
     )
     seconds = time.perf_counter() - start

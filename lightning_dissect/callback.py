@@ -34,7 +34,7 @@ from lightning_dissect.hooks import OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
 from lightning_dissect.result import DissectionResult
 from lightning_dissect.round_logging import RoundLogger, round_entry, segmenter_palette
-from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.runner import DryRunError, Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = ["DissectionCallback", "load_history", "GENERATOR_ATTRIBUTES", "LATENT_DIM_ATTRIBUTES"]
@@ -290,7 +290,7 @@ class DissectionCallback(Callback):
 
         try:
             chosen = runner.dry_run(self.layers, banks, self.segmenter, describe=describe)
-        except RuntimeError as err:
+        except DryRunError as err:
             raise RuntimeError(f"DissectionCallback {err}") from err
         if shapes[id(chosen)] is not None:
             self.latent_shape = shapes[id(chosen)]
@@ -356,6 +356,8 @@ class DissectionCallback(Callback):
                         f"DissectionCallback ablation check at global_step={step} failed "
                         f"({type(err).__name__}: {err}); logging the dissection without it"
                     )
+            if ablations:
+                result.ablations = {name: [r.to_dict() for r in records] for name, records in ablations.items()}
             if trainer.is_global_zero:
                 self._log(trainer, result, ablations, step)
         except Exception as err:  # noqa: BLE001 - never corrupt training; report with context
@@ -452,7 +454,12 @@ class DissectionCallback(Callback):
             round_logger.log_tensorboard(writer, result, step, history=self.history, ablations=ablations)
         log_dir = _log_directory(trainer)
         if log_dir is not None:
-            result.to_json(round_path(log_dir, step, self.name))
+            path = round_path(log_dir, step, self.name)
+            try:
+                result.to_json(path)  # atomic: a crash never leaves a half-written round
+            except (OSError, ValueError) as err:
+                # the round is computed and logged: keep it; the next round tries again
+                rank_zero_warn(f"DissectionCallback could not write the round file {path}: {err}")
 
 
 def _tensorboard_writer(trainer: pl.Trainer) -> Any:

@@ -41,6 +41,7 @@ __all__ = [
     "eval_mode",
     "module_device",
     "noise_seed",
+    "check_segmenter",
 ]
 
 Generate = Callable[[nn.Module, Any], Tensor]
@@ -51,7 +52,7 @@ class LayerShapeError(ValueError):
     """A layer's output is not a ``(B, U, h, w)`` map of units (raised after a successful forward)."""
 
 
-class DryRunError(RuntimeError):
+class DryRunError(ValueError):
     """The dry run failed for every latent layout tried; the message lists each attempt."""
 
 
@@ -99,6 +100,26 @@ def noise_seed(bank_seed: int, first_index: int) -> int:
         (1000003, 1000035)
     """
     return int(bank_seed) * 1_000_003 + int(first_index)
+
+
+def check_segmenter(segmenter: Any, argument: str = "segmenter") -> None:
+    """Raise a ``TypeError`` naming ``argument`` unless ``segmenter`` follows the segmenter protocol.
+
+    Examples:
+        >>> try:
+        ...     check_segmenter(lambda images: images)
+        ... except TypeError as err:
+        ...     print(str(err)[:52])
+        `segmenter` is a function without `vocabulary`/`valu
+    """
+    missing = [a for a in ("vocabulary", "value_range") if not hasattr(segmenter, a)]
+    if missing or not callable(segmenter):
+        kind = "function" if callable(segmenter) else type(segmenter).__name__
+        raise TypeError(
+            f"`{argument}` is a {kind} without `{'`/`'.join(missing) or '__call__'}`: a segmenter maps images to "
+            "labels and names its concepts; wrap a plain function as "
+            "CallableSegmenter(fn, vocabulary, value_range) (lightning_dissect.segmenters)"
+        )
 
 
 def _default_generate(generator: nn.Module, latents: Any) -> Tensor:
@@ -240,12 +261,7 @@ class GeneratorRunner:
         if missing:
             raise RuntimeError(f"layers {missing} did not run during the generator's forward pass")
         if require_maps:
-            for name in layers:
-                if captured[name].ndim != 4:
-                    raise LayerShapeError(
-                        f"layer {name!r} output has shape {tuple(captured[name].shape)}; dissection "
-                        "needs (B, U, h, w) feature maps"
-                    )
+            _check_maps(captured)
         return images, dict(captured)
 
     @staticmethod
@@ -352,9 +368,10 @@ class GeneratorRunner:
             try:
                 with self.session():
                     idx = torch.arange(min(2, len(bank)))
-                    images, _ = self.forward(bank[idx], seed=noise_seed(bank.seed, 0))
+                    images, captured = self.forward(bank[idx], layers, seed=noise_seed(bank.seed, 0), require_maps=False)
                     forward_ok = True
-                    self.forward(bank[idx], layers, seed=noise_seed(bank.seed, 0), require_maps=require_maps)
+                    if require_maps:
+                        _check_maps(captured)
                     if edits:
                         self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
                     if segmenter is not None:
@@ -399,6 +416,14 @@ def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     else:
         with seeded_rng(seed, device):
             yield
+
+
+def _check_maps(captured: Mapping[str, Tensor]) -> None:
+    for name, value in captured.items():
+        if value.ndim != 4:
+            raise LayerShapeError(
+                f"layer {name!r} output has shape {tuple(value.shape)}; dissection needs (B, U, h, w) feature maps"
+            )
 
 
 def _check_images_shape(images: Any) -> Tensor:

@@ -143,7 +143,8 @@ def test_call_counts_modes_and_rng(painter, segmenter, mode):
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(training), "generator train mode not restored"
     batches = [64, 64, 22]
-    assert [c[0] for c in calls] == batches * 2  # once per batch per pass
+    # a 2-latent dry run, then once per batch per pass
+    assert [c[0] for c in calls] == [2] + batches * 2
     assert not any(c[1] for c in calls), "generator not in eval mode during dissection"
     assert counting.samples == 150 and counting.calls == 3  # the segmenter once per sample
 
@@ -230,14 +231,14 @@ class FlatGenerator(nn.Module):
 
 
 def test_generator_returning_a_non_image(segmenter):
-    with pytest.raises(ValueError, match=r"must return images \(B, 3, H, W\); got \(8, 12\)"):
+    with pytest.raises(ValueError, match=r"dry run with `latent_shape`=.*must return images \(B, 3, H, W\); got \(2, 12\)"):
         dissect(FlatGenerator(), ["fc"], segmenter, latent_shape=(4,), num_samples=8,
                 progress=False)
 
 
 def test_layer_that_is_not_a_feature_map(segmenter):
     gen = nn.Sequential(nn.Linear(4, 48), nn.Unflatten(1, (3, 4, 4)), nn.Tanh())
-    with pytest.raises(ValueError, match=r"layer '0' output has shape \(8, 48\)"):
+    with pytest.raises(ValueError, match=r"layer '0' output has shape \(2, 48\)"):
         dissect(gen, ["0"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
 
 

@@ -6,12 +6,13 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning_dissect.discovery import find_generator_or_self
 
-__all__ = ["CLIError", "load_object", "load_generator", "load_segmenter"]
+__all__ = ["CLIError", "load_object", "load_generator", "load_segmenter", "check_checkpoint", "check_output"]
 
 
 class CLIError(Exception):
@@ -68,6 +69,30 @@ def load_object(spec: str, option: str = "--generator") -> Any:
     return obj
 
 
+def check_checkpoint(checkpoint: str | None, option: str = "--checkpoint") -> None:
+    """A one-line :class:`CLIError` for a checkpoint path that is missing, a folder or unreadable."""
+    if checkpoint is None:
+        return
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise CLIError(f"{option}: {checkpoint} is a directory; give the checkpoint file inside it")
+    if not path.exists():
+        raise CLIError(f"{option}: file not found: {checkpoint}")
+    if not os.access(path, os.R_OK):
+        raise CLIError(f"{option}: {checkpoint} is not readable")
+
+
+def _checkpoint_error(checkpoint: str, err: BaseException) -> str:
+    """Name a truncated or corrupt checkpoint instead of the raw OSError/unpickling error."""
+    text = str(err)
+    if isinstance(err, (OSError, EOFError, RuntimeError)) and (
+        "Invalid argument" in text or "PytorchStreamReader" in text or "zip archive" in text
+        or "central directory" in text or isinstance(err, EOFError)
+    ):
+        return f"{checkpoint} is truncated or not a PyTorch checkpoint ({type(err).__name__})"
+    return _describe(err)
+
+
 def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
@@ -84,8 +109,7 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
     import torch
     from torch import nn
 
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise CLIError(f"--checkpoint: file not found: {checkpoint}")
+    check_checkpoint(checkpoint)
     obj = load_object(spec, "--generator")
     loaded = False
     if isinstance(obj, type):
@@ -95,10 +119,17 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
             except Exception as err:
                 raise CLIError(
                     f"--checkpoint: {obj.__name__}.load_from_checkpoint({checkpoint!r}) failed: "
-                    f"{_describe(err)}"
+                    f"{_checkpoint_error(checkpoint, err)}"
                 ) from err
             loaded = True
         else:
+            if hasattr(obj, "load_from_checkpoint"):
+                warnings.warn(
+                    f"--generator {spec} is a LightningModule class given without --checkpoint: "
+                    "dissecting freshly initialised (random) weights",
+                    UserWarning,
+                    stacklevel=2,
+                )
             try:
                 model = obj()
             except Exception as err:
@@ -129,7 +160,7 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
         except Exception as err:
             raise CLIError(
                 f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
-                f"{_describe(err)}"
+                f"{_checkpoint_error(checkpoint, err)}"
             ) from err
     generator, attribute = find_generator_or_self(model)
     return model, generator, attribute
@@ -159,3 +190,15 @@ def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) ->
     return obj
 
 
+
+
+def check_output(path: str | None, option: str = "--output") -> None:
+    """Before any work: a one-line :class:`CLIError` when the output folder cannot be written."""
+    if path is None:
+        return
+    from lightning_dissect._io import check_writable_output
+
+    try:
+        check_writable_output(path, option, directory=True)
+    except ValueError as err:
+        raise CLIError(str(err).replace("`", "")) from err

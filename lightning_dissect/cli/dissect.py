@@ -13,7 +13,14 @@ from lightning_dissect.cli._arguments import (
     add_generator_arguments,
     add_run_arguments,
 )
-from lightning_dissect.cli._loading import CLIError, _describe, load_generator, load_object, load_segmenter
+from lightning_dissect.cli._loading import (
+    CLIError,
+    _describe,
+    check_output,
+    load_generator,
+    load_object,
+    load_segmenter,
+)
 from lightning_dissect.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
 
 __all__ = ["add_dissect_command", "prepare_generator", "dissection_config", "run_dissect"]
@@ -98,7 +105,7 @@ def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
     segmenter, latent options), plus ``"model"``, the object ``--generator`` named.
     """
     from lightning_dissect.latents import LatentBank
-    from lightning_dissect.runner import GeneratorRunner
+    from lightning_dissect.runner import DryRunError, GeneratorRunner
 
     layers = _layers(args.layers)
     if not layers:
@@ -126,7 +133,7 @@ def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
     described = {id(b): ("--latent-sampler" if s is None else f"latents of shape {s}") for b, s in zip(banks, shapes)}
     try:
         chosen = runner.dry_run(layers, banks, segmenter, describe=lambda b: described[id(b)])
-    except RuntimeError as err:
+    except DryRunError as err:
         called = (f"the {attribute!r} submodule of {type(model).__name__}" if attribute
                   else f"{type(generator).__name__}")
         raise CLIError(
@@ -175,6 +182,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
     from lightning_dissect.dissection import dissect
 
+    check_output(args.output)
     prepared = prepare_generator(args)
     config = dissection_config(args, prepared["device"], visualize=bool(args.output))
     metadata: dict[str, Any] = {"generator": args.generator}

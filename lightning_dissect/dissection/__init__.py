@@ -24,7 +24,7 @@ from lightning_dissect.dissection.summary import summarise_layer
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank, LatentSampler
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.runner import Generate, GeneratorRunner, check_segmenter
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.strips import render_unit_images
 
@@ -96,7 +96,11 @@ def dissect(
         distributed=distributed,
     )
     layers = runner.check_layers(layers)
+    check_segmenter(segmenter)
     bank, selection_bank = _banks(cfg, latent_shape, latent_sampler, distributed)
+    latents = "`latent_sampler`" if latent_sampler is not None else f"`latent_shape`={tuple(latent_shape or ())}"
+    # the generator and layers only: pass 1 checks images and labels, and segments each sample once
+    runner.dry_run(layers, [bank], describe=lambda _: latents, what=f"dry run with {latents}")
     rank, world_size = runner.rank_world
     with runner.session(), Progress(cfg.progress and rank == 0) as progress:
         found = threshold_pass(runner, bank, layers, segmenter, cfg, progress)

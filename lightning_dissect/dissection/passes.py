@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lightning_dissect._distributed import all_gather_cat
 from lightning_dissect._progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.topk import TopK
@@ -121,11 +122,14 @@ def count_pass(
     """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``bank``.
 
     Labels come from ``cached`` (pass 1's segmentations, in batch order) or, without it, from
-    the segmenter. With ``chance``, every image is also counted against the previous image's
-    segmentation of its batch (a batch of one has no partner and is left out).
+    the segmenter. With ``chance`` (and cached labels), every image is also counted against the
+    segmentation of the previous image of the bank, the first image against the last one; with
+    one sample there is no pair and no chance counts.
     """
     vocabulary = segmenter.vocabulary
     layers = list(thresholds)
+    if chance and cached is None:
+        raise ValueError("the chance baseline pairs cached segmentations: pass `cached`")
 
     def metric(name: str) -> UnitConceptIoU:
         return UnitConceptIoU(
@@ -136,15 +140,17 @@ def count_pass(
             validate_args=False,
         ).to(runner.device)
 
+    shard = runner.shard(bank)
+    chance = chance and len(bank) > 1  # one sample: no other image to pair with
     metrics = {n: metric(n) for n in layers}
     paired = {n: metric(n) for n in layers} if chance else {}
-    shard = runner.shard(bank)
     task = progress.task(what, len(shard))
     labels_of: Callable[[int, GeneratedBatch], Tensor]
     if cached is not None:
         labels_of = lambda i, _b: cached[i].to(device=runner.device, dtype=torch.int64)  # noqa: E731
     else:
         labels_of = lambda _i, b: b.labels.to(runner.device)  # type: ignore[union-attr]  # noqa: E731
+    previous = _last_label_of_previous_shard(runner, cached) if chance and cached is not None else None
     with runner.collective(what):
         batches = runner.batches(
             bank, shard, layers=layers, segmenter=None if cached is not None else segmenter,
@@ -152,14 +158,26 @@ def count_pass(
         )
         for i, batch in enumerate(batches):
             labels = labels_of(i, batch)
-            # the previous image's segmentation of the same batch (pairing within batches keeps a
-            # DDP run identical to one process)
-            rolled = labels.roll(1, 0) if chance and labels.shape[0] > 1 else None
+            if previous is not None:
+                # image j is paired with the segmentation of image j - 1 of the whole bank (image 0
+                # with the last one): the pairing depends on neither the batch size nor the ranks
+                shifted = torch.cat([previous, labels[:-1]])
+                previous = labels[-1:]
             for name in layers:
                 a = batch.activations[name].float()
                 metrics[name].update(a, labels)
-                if rolled is not None:
-                    paired[name].update(a, rolled)
+                if previous is not None:
+                    paired[name].update(a, shifted)
     counts = {n: metrics[n].counts() for n in layers}
     chance_counts = {n: paired[n].counts() for n in layers} if chance else None
     return CountPass(counts, chance_counts)
+
+
+def _last_label_of_previous_shard(runner: GeneratorRunner, cached: Sequence[Tensor]) -> Tensor:
+    """The segmentation of the bank's image just before this rank's shard (cyclically)."""
+    last = cached[-1][-1:].to(device=runner.device, dtype=torch.int64)
+    rank, size = runner.rank_world
+    if size == 1:
+        return last
+    every = all_gather_cat(last) if runner.distributed else last
+    return every[(rank - 1) % size : (rank - 1) % size + 1]
