@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -259,3 +260,30 @@ def test_ablation_uses_validation_latents_when_the_loader_yields_them(tmp_path):
     fallback.latent_shape = (16,)
     own = fallback._ablation_latents(type("T", (), {"val_dataloaders": scene_loader()})())
     assert own.shape == (20, 16) and not torch.equal(own, expected)
+
+
+def test_a_round_file_that_cannot_be_written_keeps_the_round(tmp_path):
+    class Blocker(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            (Path(trainer.logger.log_dir) / "dissection").write_text("a file where the round folder should be")
+
+    callback = make_callback(ablation_check=False)
+    with pytest.warns(UserWarning, match=r"could not write the round file .*dissection.*round_00000008\.json"):
+        trainer, _ = fit(tmp_path, [Blocker(), callback], max_epochs=2, enable_checkpointing=False)
+    logger_dir = trainer.logger.log_dir
+    # both rounds computed, kept and logged although neither file could be written
+    assert [e["global_step"] for e in callback.history] == [8, 16]
+    assert callback.last_result is not None and callback.last_result.metadata["global_step"] == 16
+    acc = EventAccumulator(str(logger_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("dissection/layer1/interpretable_units")]
+    assert steps == [8, 16]
+
+
+def test_dissection_config_conflicting_with_a_keyword_is_an_error():
+    with pytest.raises(ValueError, match="num_samples given both"):
+        make_callback(dissection_config={"num_samples": 64})
+    with pytest.raises(ValueError, match="unknown settings"):
+        make_callback(dissection_config={"num_sample": 64})
+    callback = make_callback(dissection_config={"level_selection_samples": 16})
+    assert callback.config.level_selection_samples == 16 and callback.config.num_samples == 32

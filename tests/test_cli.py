@@ -223,3 +223,41 @@ def test_lightning_module_class_with_checkpoint(capsys, tmp_path):
         str(path), "--layers", "layout", *FAST,
     )
     assert_one_line_error(code, err, "PaintingGAN.load_from_checkpoint")
+
+
+def test_unwritable_output_fails_before_any_work(capsys, tmp_path, monkeypatch):
+    calls = []
+    import tests.helpers.painting as painting
+
+    original = painting.make_painting_generator
+    monkeypatch.setattr(painting, "make_painting_generator", lambda: calls.append(1) or original())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = run(capsys, "dissect", "--generator", FACTORY, "--layers", "layout",
+                         "--output", str(blocker / "out"), *FAST)
+    assert_one_line_error(code, err, "--output")
+    assert not calls, "the generator was built although the output cannot be written"
+    assert out == ""
+
+
+def test_checkpoint_folder_truncated_checkpoint_and_random_weights(capsys, tmp_path):
+    code, _, err = run(capsys, "dissect", "--generator", FACTORY, "--layers", "layout",
+                       "--checkpoint", str(tmp_path), *FAST)
+    assert_one_line_error(code, err, "--checkpoint", "is a directory")
+    state = tmp_path / "g.pt"
+    torch.save(make_painting_generator().state_dict(), state)
+    state.write_bytes(state.read_bytes()[:200])  # a run killed mid-write
+    code, _, err = run(capsys, "dissect", "--generator", FACTORY, "--layers", "layout",
+                       "--checkpoint", str(state), *FAST)
+    assert_one_line_error(code, err, "--checkpoint", "truncated or not a PyTorch checkpoint")
+    with pytest.warns(UserWarning, match="without --checkpoint: dissecting freshly initialised"):
+        code, _, err = run(capsys, "dissect", "--generator", "tests.helpers.painting:PaintingGAN",
+                           "--layers", "layout", "--latent-dim", "40", "--summary-units", "0", *FAST)
+    assert code == 0, err
+
+
+def test_layer_names_prefixed_with_the_generator_attribute(capsys):
+    code, out, err = run(capsys, "dissect", "--generator", "tests.helpers.painting:PaintingGAN",
+                         "--layers", "generator.layout", "--latent-dim", "40", "--summary-units", "1", *FAST)
+    assert code == 0, err
+    assert "layout:" in out

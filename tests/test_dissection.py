@@ -171,6 +171,45 @@ def test_chance_baseline_with_a_last_batch_of_one(painter, segmenter):
     assert result["layout"].units[0].chance_iou is not None
     result = run(painter, segmenter, num_samples=5, batch_size=1, quantile=0.97)
     assert result["layout"].chance_iou is not None
+    assert float(result["layout"].chance_iou.max()) > 0.0
+
+
+def test_chance_pairing_does_not_depend_on_the_batch_size(painter, segmenter):
+    """Image j is paired with the segmentation of image j - 1 (image 0 with the last), whatever the batches."""
+    import numpy as np
+
+    from tests import reference
+
+    n = 12
+    results = [run(painter, segmenter, num_samples=n, batch_size=b, quantile=0.9) for b in (1, 5, n)]
+    for other in results[1:]:
+        assert torch.equal(other["layout"].chance_iou, results[0]["layout"].chance_iou)
+    bank = LatentBank(n, (painter.latent_dim,), seed=1)
+    with torch.no_grad():
+        acts = painter.unit_maps(bank.latents).numpy()
+        seg = segmenter(painter(bank.latents)).numpy()
+    thresholds = np.array([u.level for u in results[0]["layout"].units])
+    vocabulary = segmenter.vocabulary
+    counted = reference.counts(acts, np.roll(seg, 1, axis=0), thresholds, vocabulary.num_concepts,
+                               vocabulary.unlabeled_index)
+    expected = reference.iou(counted["intersection"], counted["unit_area"], counted["concept_area"])
+    np.testing.assert_allclose(results[0]["layout"].chance_iou.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_one_sample_has_no_chance_baseline(painter, segmenter):
+    result = run(painter, segmenter, num_samples=1, batch_size=1)
+    assert result["layout"].chance_iou is None
+    assert all(u.chance_iou is None for u in result["layout"].units)
+
+
+def test_dissect_errors_from_python(painter, segmenter):
+    with pytest.raises(ValueError, match=r"dry run with `latent_shape`=\(3,\) failed"):
+        dissect(painter, ["layout"], segmenter, latent_shape=(3,), num_samples=8, progress=False)
+    with pytest.raises(TypeError, match="CallableSegmenter"):
+        dissect(painter, ["layout"], lambda images: images, latent_shape=(painter.latent_dim,), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="`device`='cuda': CUDA is not available"):
+            run(painter, segmenter, device="cuda")
 
 
 def test_visualized_units(painter, segmenter):
