@@ -46,6 +46,14 @@ def _map_channels(images: Tensor, target: int) -> Tensor:
     return (images * w).sum(1, keepdim=True)
 
 
+def _check_segmenter(segmenter: object, what: str) -> None:
+    if not callable(segmenter) or not all(hasattr(segmenter, a) for a in ("vocabulary", "value_range", "multilabel")):
+        raise TypeError(
+            f"`{what}` is not a segmenter (vocabulary, value_range, multilabel, __call__), "
+            f"got {type(segmenter).__name__}"
+        )
+
+
 def _check_channel_map(source: int, target: int, what: str) -> None:
     if source == target or source == 1 or (source == 3 and target == 1):
         return
@@ -68,10 +76,7 @@ class AdaptedSegmenter:
     """
 
     def __init__(self, segmenter: Segmenter, value_range: tuple[float, float], channels: int) -> None:
-        if not callable(segmenter) or not hasattr(segmenter, "vocabulary") or not hasattr(segmenter, "value_range"):
-            raise TypeError(
-                f"`segmenter` must be a segmenter (vocabulary, value_range, __call__), got {type(segmenter).__name__}"
-            )
+        _check_segmenter(segmenter, "segmenter")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"`channels` must be a positive int, got {channels!r}")
         _check_channel_map(channels, segmenter_channels(segmenter), "channels")
@@ -128,6 +133,7 @@ def adapt_input(
         [[[0, 1]]]
 
     """
+    _check_segmenter(segmenter, "segmenter")
     vr = tuple(segmenter.value_range) if value_range is None else value_range
     ch = segmenter_channels(segmenter) if channels is None else channels
     return AdaptedSegmenter(segmenter, vr, ch)  # type: ignore[arg-type]
@@ -201,11 +207,7 @@ class MergedSegmenter:
         if not segmenters:
             raise ValueError("MergedSegmenter needs at least one segmenter")
         for i, seg in enumerate(segmenters):
-            if not callable(seg) or not all(hasattr(seg, a) for a in ("vocabulary", "value_range", "multilabel")):
-                raise TypeError(
-                    f"`segmenters[{i}]` is not a segmenter (vocabulary, value_range, multilabel, __call__), "
-                    f"got {type(seg).__name__}"
-                )
+            _check_segmenter(seg, f"segmenters[{i}]")
         channels = [segmenter_channels(s) for s in segmenters]
         if len(set(channels)) > 1:
             raise ValueError(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from ._adapter import IMAGENET_MEAN, IMAGENET_STD, ModelSegmenter, first_tensor, missing_extra
