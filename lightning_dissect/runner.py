@@ -268,7 +268,9 @@ class GeneratorRunner:
     def segment(images: Tensor, segmenter: Segmenter, *, check_images: bool) -> Tensor:
         """Segment ``images``; check their range (when asked) and always the labels' range."""
         if check_images:
-            validate_images(images, segmenter.value_range, name="generator output")
+            validate_images(
+                images, segmenter.value_range, name="generator output", channels=getattr(segmenter, "channels", 3)
+            )
         labels = segmenter(images)
         # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
         validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,3 +14,43 @@ def gen() -> torch.Generator:
 @pytest.fixture
 def nprng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+# ------------------------------------------------------------------ required extras
+# `scripts/dev.sh test` (CI) sets LIGHTNING_DISSECT_REQUIRE_EXTRAS=1: there a test that skips because
+# one of these libraries is missing fails instead (only tests needing downloaded weights may skip).
+REQUIRED_EXTRAS = ("transformers", "scipy", "torchvision")
+
+
+def _missing_required_extra(report) -> str | None:
+    if os.environ.get("LIGHTNING_DISSECT_REQUIRE_EXTRAS", "") in ("", "0") or not report.skipped:
+        return None
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    for extra in REQUIRED_EXTRAS:
+        if f"could not import '{extra}" in reason:
+            return reason
+    return None
+
+
+def _fail(report, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = f"LIGHTNING_DISSECT_REQUIRE_EXTRAS=1: a required test library is missing ({reason})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    reason = _missing_required_extra(report)
+    if reason is not None:
+        _fail(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    reason = _missing_required_extra(report)
+    if reason is not None:
+        _fail(report, reason)

@@ -14,10 +14,13 @@ from .base import (
     CallableSegmenter,
     ConceptVocabulary,
     Segmenter,
+    map_range,
     resample_labels,
+    segmenter_channels,
     validate_images,
     validate_segmentation,
 )
+from .combine import AdaptedSegmenter, MergedSegmenter, adapt_input, merge_segmenters
 from .synthetic import SyntheticSceneDataset, SyntheticSceneSegmenter
 from .torchvision_adapter import TorchvisionSegmenter
 from .transformers_adapter import TransformersSegmenter
@@ -27,15 +30,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from .datamodule import SyntheticSceneDataModule as SyntheticSceneDataModule
 
 __all__ = [
+    "AdaptedSegmenter",
     "CallableSegmenter",
     "ConceptVocabulary",
+    "MergedSegmenter",
     "SceneWorld",
     "Segmenter",
     "SyntheticSceneDataset",
     "SyntheticSceneSegmenter",
     "TorchvisionSegmenter",
     "TransformersSegmenter",
+    "adapt_input",
+    "map_range",
+    "merge_segmenters",
     "resample_labels",
+    "segmenter_channels",
     "validate_images",
     "validate_segmentation",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from .base import (
     resolve_resolution,
     validate_images,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Unpack as Unpack
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,29 +41,56 @@ def _size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     return (h, w)
 
 
+class AdapterOptions(TypedDict, total=False):
+    """The options every model adapter takes (keyword arguments of its constructor).
+
+    Attributes:
+        resolution: Output size, ``int`` or ``(H', W')``; ``None`` (default) = the image size.
+        value_range: The value range of the images given (default ``(-1.0, 1.0)``).
+        batch_size: Images per model call (default: the adapter's ``default_batch_size``).
+        device: Move the model to this device; ``None`` (default) uses the model's device.
+        autocast: float16 autocast on CUDA (default ``True``).
+        input_size: Resize images to this size for the model; ``None`` (default) keeps the image
+            size.
+    """
+
+    resolution: int | tuple[int, int] | None
+    value_range: tuple[float, float]
+    batch_size: int | None
+    device: torch.device | str | None
+    autocast: bool
+    input_size: int | tuple[int, int] | None
+
+
 class ModelSegmenter(abc.ABC):
     """Base of the adapters: value range → normalised model input → logits → labels.
 
     Subclasses set ``vocabulary`` and implement :meth:`logits` (model input → class scores
-    ``(B, K, h, w)``); label = class index + ``label_offset``.
+    ``(B, K, h, w)``); label = class index + ``label_offset``. The keyword options are those of
+    :class:`AdapterOptions`.
     """
 
     multilabel = False
+    channels = 3
+    default_batch_size = 8
 
     def __init__(
         self,
         model: nn.Module,
         vocabulary: ConceptVocabulary,
         label_offset: int,
-        resolution: int | tuple[int, int] | None,
-        value_range: tuple[float, float],
-        batch_size: int,
-        device: torch.device | str | None,
-        autocast: bool,
-        input_size: int | tuple[int, int] | None,
         mean: Sequence[float],
         std: Sequence[float],
+        *,
+        resolution: int | tuple[int, int] | None = None,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        autocast: bool = True,
+        input_size: int | tuple[int, int] | None = None,
     ) -> None:
+        if batch_size is None:
+            batch_size = self.default_batch_size
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__} needs a torch.nn.Module, got {model!r}.")
         _check_resolution_arg(resolution)
@@ -121,7 +152,7 @@ class ModelSegmenter(abc.ABC):
 
         Returns int64 ``(B, H', W')`` on the images' device.
         """
-        validate_images(images, self.value_range)
+        validate_images(images, self.value_range, channels=self.channels)
         size = resolve_resolution(self.resolution, tuple(images.shape[-2:]))
         device = self._model_device()
         out = torch.empty(images.shape[0], *size, dtype=torch.int64, device=images.device)

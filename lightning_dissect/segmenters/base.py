@@ -6,7 +6,8 @@ range of the images it expects, and whether it returns one label per pixel or se
 
 Conventions (see ``docs/segmenters.md``):
 
-* Images are float tensors ``(B, 3, H, W)`` in the segmenter's declared ``value_range``.
+* Images are float tensors ``(B, C, H, W)`` in the segmenter's declared ``value_range``, with
+  ``C`` its ``channels`` (3, RGB, unless it declares otherwise).
 * Single-label output is int64 ``(B, H', W')``; multi-label output is int64 ``(B, L, H', W')``
   (``L`` label channels, e.g. part and whole).
 * Label ``vocabulary.unlabeled_index`` (0 by default) means "no label" and is skipped by the
@@ -29,7 +30,9 @@ __all__ = [
     "ConceptVocabulary",
     "Segmenter",
     "resample_labels",
+    "map_range",
     "resolve_resolution",
+    "segmenter_channels",
     "validate_images",
     "validate_segmentation",
 ]
@@ -183,6 +186,8 @@ class Segmenter(Protocol):
         value_range: ``(low, high)`` value range of the images it expects, e.g. ``(-1.0, 1.0)``.
         multilabel: ``True`` if it returns ``(B, L, H', W')`` label channels, ``False`` for
             ``(B, H', W')``.
+        channels: Optional (not part of the ``isinstance`` check): the channel count of the images
+            it takes; a segmenter without it takes 3 (RGB). See :func:`segmenter_channels`.
 
     Calling it with float images ``(B, 3, H, W)`` returns int64 labels. Implementations take the
     output resolution as a constructor argument ``resolution`` (``None`` = the image size); the
@@ -207,20 +212,74 @@ class Segmenter(Protocol):
         ...
 
 
+def segmenter_channels(segmenter: object) -> int:
+    """The channel count a segmenter takes: its ``channels`` attribute, 3 (RGB) when it has none.
+
+    Examples:
+        >>> segmenter_channels(object()), segmenter_channels(CallableSegmenter(
+        ...     lambda x: x[:, 0].long(), ConceptVocabulary(("-",), ("none",)), channels=1))
+        (3, 1)
+
+    """
+    return int(getattr(segmenter, "channels", 3))
+
+
+def map_range(images: Tensor, source: tuple[float, float], target: tuple[float, float]) -> Tensor:
+    """Map images linearly from the value range ``source`` to ``target`` (clamped to ``target``).
+
+    Examples:
+        >>> map_range(torch.tensor([0.0, 0.5, 1.0]), (0, 1), (-1, 1))
+        tensor([-1.,  0.,  1.])
+
+    """
+    (s0, s1), (t0, t1) = (float(v) for v in source), (float(v) for v in target)
+    if (s0, s1) == (t0, t1):
+        return images
+    scale = (t1 - t0) / (s1 - s0)
+    return ((images - s0) * scale + t0).clamp_(min(t0, t1), max(t0, t1))
+
+
+_COMMON_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
+
+
+def _fmt_range(r: tuple[float, float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in r) + ")"
+
+
+def _range_fix(images: Tensor, value_range: tuple[float, float]) -> str:
+    # The fix for images outside the declared range: map them in generate=, or adapt the segmenter.
+    x = images.detach()
+    lo, hi = float(x.amin()), float(x.amax())
+    found = next(
+        (r for r in _COMMON_RANGES if r[0] - 1e-3 <= lo and hi <= r[1] + 1e-3 * (r[1] - r[0])),
+        (float(f"{lo:.3g}"), float(f"{hi:.3g}")),
+    )
+    target = _fmt_range(value_range)
+    return (
+        f". To fix it, either pass a `generate=` that maps the generator's images to {target}, or wrap "
+        f"the segmenter: `segmenters.adapt_input(segmenter, value_range={_fmt_range(found)})` "
+        f"(maps {_fmt_range(found)} to {target} before segmenting)"
+    )
+
+
 def validate_images(
     images: Tensor,
     value_range: tuple[float, float] = (-1.0, 1.0),
     name: str = "images",
+    channels: int = 3,
 ) -> None:
-    """Check that ``images`` is a float batch ``(B, 3, H, W)`` inside ``value_range``.
+    """Check that ``images`` is a float batch ``(B, channels, H, W)`` inside ``value_range``.
 
     Values may exceed the range by ``1e-3`` of its width (rounding, resampling overshoot). The
-    checks are those of :func:`lightning_dissect.functional.check_images`.
+    checks are those of :func:`lightning_dissect.functional.check_images`, plus the channel count;
+    a wrong range or channel count is reported with its fix (a ``generate=`` that maps the images,
+    or :func:`~lightning_dissect.segmenters.adapt_input`).
 
     Args:
         images: The tensor to check.
         value_range: The declared ``(low, high)`` range.
         name: What to call the tensor in error messages.
+        channels: The channel count the segmenter takes (3 for RGB, 1 for grey).
 
     Raises:
         TypeError: If ``images`` is not a tensor or not floating point.
@@ -229,13 +288,35 @@ def validate_images(
 
     Examples:
         >>> validate_images(torch.zeros(2, 3, 8, 8))
+        >>> validate_images(torch.zeros(2, 1, 8, 8), channels=1)
         >>> validate_images(torch.full((1, 3, 4, 4), 200.0))
         Traceback (most recent call last):
         ...
         ValueError: `images` has values in [200, 200] given where [-1, 1] is declared; ...
 
     """
-    check_images(images, value_range=value_range, name=name)
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"`channels` must be a positive int, got {channels!r}")
+    if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] != channels:
+        got = int(images.shape[1])
+        hint = " (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == channels else ""
+        raise ValueError(
+            f"`{name}` has {got} channel(s), shape {tuple(images.shape)}, but the segmenter takes "
+            f"{channels}{' (RGB)' if channels == 3 else ''}{hint}. To fix it, either pass a "
+            f"`generate=` that returns {channels}-channel images, or wrap the segmenter: "
+            f"`segmenters.adapt_input(segmenter, channels={got})`"
+            + (" (repeats the grey channel)" if got == 1 else "")
+        )
+    # check_images knows RGB only: show it a 3-channel view of other channel counts (same values)
+    view = images
+    if isinstance(images, Tensor) and images.ndim == 4 and channels != 3 and images.numel() > 0:
+        view = images.reshape(images.shape[0], 1, -1, images.shape[-1]).expand(-1, 3, -1, -1)
+    try:
+        check_images(view, value_range=value_range, name=name)
+    except ValueError as err:
+        if " is declared" not in str(err):
+            raise
+        raise ValueError(f"{err}{_range_fix(images, value_range)}") from None
 
 
 def validate_segmentation(
@@ -391,6 +472,7 @@ class CallableSegmenter:
         resolution: Output size (``int`` or ``(H', W')``); ``None`` returns what ``fn`` returns.
             Otherwise ``fn``'s labels are resampled with :func:`resample_labels`.
         validate: Validate inputs and outputs (a cheap min/max reduction each).
+        channels: The channel count ``fn`` takes (3 = RGB).
 
     Examples:
         >>> vocab = ConceptVocabulary(("unlabeled", "bright"), ("none", "colour"))
@@ -408,6 +490,7 @@ class CallableSegmenter:
         multilabel: bool = False,
         resolution: int | tuple[int, int] | None = None,
         validate: bool = True,
+        channels: int = 3,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"CallableSegmenter needs a callable, got {type(fn).__name__}.")
@@ -418,11 +501,12 @@ class CallableSegmenter:
         self.multilabel = bool(multilabel)
         self.resolution = resolution
         self.validate = validate
+        self.channels = int(channels)
 
     def __call__(self, images: Tensor) -> Tensor:
         """Label ``images``; see the class docstring."""
         if self.validate:
-            validate_images(images, self.value_range)
+            validate_images(images, self.value_range, channels=self.channels)
         with torch.inference_mode():
             labels = self.fn(images)
         if self.validate:

@@ -83,6 +83,7 @@ class SyntheticSceneSegmenter:
         self.world = world
         self.vocabulary = world.vocabulary
         self.value_range: tuple[float, float] = (-1.0, 1.0)
+        self.channels = 3
         self.multilabel = bool(multilabel)
         self.resolution = resolution
         self.max_distance = float(max_distance)

@@ -8,12 +8,15 @@ is imported only by :meth:`TorchvisionSegmenter.from_name`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from ._adapter import IMAGENET_MEAN, IMAGENET_STD, ModelSegmenter, first_tensor, missing_extra
 from .base import ConceptVocabulary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._adapter import AdapterOptions, Unpack
 
 __all__ = ["VOC_CLASSES", "TorchvisionSegmenter"]
 
@@ -57,16 +60,13 @@ class TorchvisionSegmenter(ModelSegmenter):
     Args:
         model: A torchvision segmentation model, or any module returning scores ``(B, K, h, w)``
             or a dict with them under ``"out"``.
-        resolution: Output size, ``int`` or ``(H', W')``; ``None`` = the image size.
-        value_range: The value range of the images given.
-        batch_size: Images per model call.
-        device: Move the model to this device; ``None`` uses the model's current device.
-        autocast: Use float16 autocast on CUDA.
-        input_size: Resize images to this size for the model (torchvision's VOC weights were
-            trained around 520 px); ``None`` keeps the image size.
         class_names: The model's classes in output order (default :data:`VOC_CLASSES`); the first
             is the background.
         background_as_unlabeled: See above.
+        **options: Keyword-only adapter options (``resolution``, ``value_range``, ``batch_size``
+            (default 16), ``device``, ``autocast``, ``input_size``), see
+            :class:`~lightning_dissect.segmenters._adapter.AdapterOptions`. torchvision's VOC
+            weights were trained around ``input_size=520``.
 
     Examples:
         >>> from torch import nn
@@ -79,23 +79,17 @@ class TorchvisionSegmenter(ModelSegmenter):
 
     """
 
+    default_batch_size = 16
+
     def __init__(
         self,
         model: nn.Module,
-        resolution: int | tuple[int, int] | None = None,
-        value_range: tuple[float, float] = (-1.0, 1.0),
-        batch_size: int = 16,
-        device: torch.device | str | None = None,
-        autocast: bool = True,
-        input_size: int | tuple[int, int] | None = None,
         class_names: Sequence[str] = VOC_CLASSES,
         background_as_unlabeled: bool = True,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         vocabulary, offset = _vocabulary(class_names, background_as_unlabeled)
-        super().__init__(
-            model, vocabulary, offset, resolution, value_range, batch_size, device, autocast,
-            input_size, IMAGENET_MEAN, IMAGENET_STD,
-        )  # fmt: skip
+        super().__init__(model, vocabulary, offset, IMAGENET_MEAN, IMAGENET_STD, **options)
 
     def logits(self, pixel_values: Tensor, size: tuple[int, int]) -> Tensor:
         """Run the model; returns its ``"out"`` scores."""

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,9 @@ from torch import Tensor, nn
 
 from ._adapter import IMAGENET_MEAN, IMAGENET_STD, ModelSegmenter, missing_extra
 from .base import ConceptVocabulary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._adapter import AdapterOptions, Unpack
 
 __all__ = ["TransformersSegmenter", "ade20k_categories"]
 
@@ -72,15 +77,12 @@ class TransformersSegmenter(ModelSegmenter):
             ``model(pixel_values=x)`` with such outputs).
         processor: Optional image processor; its ``image_mean``/``image_std`` replace the
             ImageNet defaults.
-        resolution: Output size, ``int`` or ``(H', W')``; ``None`` = the image size.
-        value_range: The value range of the images given.
-        batch_size: Images per model call.
-        device: Move the model there; ``None`` uses the model's device.
-        autocast: float16 autocast on CUDA.
-        input_size: Resize images to this size for the model (ADE20K models: 512); ``None`` keeps
-            the image size.
         class_names: Class names in output order (default: ``model.config.id2label``).
         categories: Category per class name (default: the ADE20K table).
+        **options: Keyword-only adapter options (``resolution``, ``value_range``, ``batch_size``
+            (default 8), ``device``, ``autocast``, ``input_size``), see
+            :class:`~lightning_dissect.segmenters._adapter.AdapterOptions`. ADE20K models were
+            trained at ``input_size=512``.
 
     Examples:
         >>> from torch import nn
@@ -103,14 +105,9 @@ class TransformersSegmenter(ModelSegmenter):
         self,
         model: nn.Module,
         processor: object | None = None,
-        resolution: int | tuple[int, int] | None = None,
-        value_range: tuple[float, float] = (-1.0, 1.0),
-        batch_size: int = 8,
-        device: torch.device | str | None = None,
-        autocast: bool = True,
-        input_size: int | tuple[int, int] | None = None,
         class_names: Sequence[str] | None = None,
         categories: Mapping[str, str] | None = None,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         if class_names is None:
             id2label = _id2label(model)
@@ -122,10 +119,7 @@ class TransformersSegmenter(ModelSegmenter):
         )
         mean = getattr(processor, "image_mean", None) or IMAGENET_MEAN
         std = getattr(processor, "image_std", None) or IMAGENET_STD
-        super().__init__(
-            model, vocabulary, 1, resolution, value_range, batch_size, device, autocast,
-            input_size, mean, std,
-        )  # fmt: skip
+        super().__init__(model, vocabulary, 1, mean, std, **options)
 
     def logits(self, pixel_values: Tensor, size: tuple[int, int]) -> Tensor:
         """Run the model and return per-class scores ``(B, K, h, w)``."""
@@ -152,15 +146,24 @@ class TransformersSegmenter(ModelSegmenter):
     def from_pretrained(
         cls, name: str = "nvidia/segformer-b0-finetuned-ade-512-512", **kwargs: object
     ) -> TransformersSegmenter:
-        """Load a model and its image processor from the Hugging Face Hub (or a local folder).
+        """Load a model and its image processor from a local folder or the Hugging Face Hub.
+
+        A folder written by ``model.save_pretrained(folder)`` (and optionally
+        ``processor.save_pretrained(folder)``) loads without network access; with
+        ``HF_HUB_OFFLINE=1`` a hub id loads only from the local cache.
 
         Args:
-            name: Model id or path; any semantic (``AutoModelForSemanticSegmentation``) or
-                universal (``AutoModelForUniversalSegmentation``, e.g. Mask2Former) model.
-            **kwargs: Passed to :class:`TransformersSegmenter`.
+            name: A local folder, or a model id on the Hub; any semantic
+                (``AutoModelForSemanticSegmentation``: SegFormer, UPerNet, BEiT, DPT, ...) or
+                universal (``AutoModelForUniversalSegmentation``: Mask2Former, MaskFormer,
+                OneFormer) segmentation model.
+            **kwargs: Passed to :class:`TransformersSegmenter`. ``input_size`` defaults to the
+                processor's size; ``processor`` to the folder's image processor (``None`` when
+                the folder has none: ImageNet mean and std).
 
         Raises:
             ImportError: If transformers is not installed.
+            OSError: If ``name`` is neither a folder with a saved model nor reachable on the Hub.
 
         """
         try:
@@ -169,18 +172,31 @@ class TransformersSegmenter(ModelSegmenter):
             raise missing_extra(cls.__name__, "transformers", "transformers") from err
         try:
             model = transformers.AutoModelForSemanticSegmentation.from_pretrained(name)
-        except ValueError:
+        except ValueError:  # not a semantic segmentation config: try the universal models
             model = transformers.AutoModelForUniversalSegmentation.from_pretrained(name)
-        processor = transformers.AutoImageProcessor.from_pretrained(name)
-        kwargs.setdefault("input_size", _processor_size(processor))
-        return cls(model, processor=processor, **kwargs)  # type: ignore[arg-type]
+        if "processor" not in kwargs:
+            kwargs["processor"] = None
+            folder = Path(name)
+            if not folder.is_dir() or (folder / "preprocessor_config.json").is_file():
+                try:
+                    kwargs["processor"] = transformers.AutoImageProcessor.from_pretrained(name)
+                except OSError:  # a hub model without a preprocessor config
+                    pass
+        kwargs.setdefault("input_size", _processor_size(kwargs["processor"]))
+        return cls(model, **kwargs)  # type: ignore[arg-type]
 
 
 def _processor_size(processor: object) -> tuple[int, int] | None:
     size = getattr(processor, "size", None)
-    if isinstance(size, Mapping) and "height" in size and "width" in size:
-        return (int(size["height"]), int(size["width"]))
-    if isinstance(size, Mapping) and "shortest_edge" in size:
-        edge = int(size["shortest_edge"])
-        return (edge, edge)
+    if size is None:
+        return None
+
+    def get(key: str) -> object:  # a dict, or transformers' SizeDict (attributes)
+        return size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+
+    height, width, edge = get("height"), get("width"), get("shortest_edge")
+    if height is not None and width is not None:
+        return (int(height), int(width))  # type: ignore[call-overload]
+    if edge is not None:
+        return (int(edge), int(edge))  # type: ignore[call-overload]
     return None
