@@ -42,14 +42,9 @@ from lightning_dissect.interventions._common import Generate, Latents
 from lightning_dissect.interventions.check import ablation_check
 from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
-from lightning_dissect.interventions.effects import (
-    AblationEffect,
-    CausalEffect,
-    InsertionEffect,
-    ablation_effect,
-    average_causal_effect,
-    insertion_effect,
-)
+from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
+from lightning_dissect.interventions.insertion import insertion_effect
+from lightning_dissect.interventions.records import AblationEffect, CausalEffect, InsertionEffect
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
 
 __all__ = [

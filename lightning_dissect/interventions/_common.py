@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from torch import Tensor, nn
+import torch
+from torch import Tensor
 
 from lightning_dissect.latents import LatentBank
+from lightning_dissect.metrics._sync import all_reduce_sum
+from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
-Generate = Callable[[nn.Module, Tensor], Tensor]
-"""``(generator, latents) -> images``; the default calls ``generator(latents)``."""
-
+__all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED"]
 
 Latents = Tensor | LatentBank
 """This process's latents: a ``(N, ...)`` tensor or a
@@ -21,34 +23,43 @@ Latents = Tensor | LatentBank
 Units = Sequence[int] | Tensor
 """Unit indices (a sequence or a long tensor) or a ``(U,)`` boolean mask."""
 
+TENSOR_LATENTS_SEED = 0
+"""Bank seed given to latents passed as a plain tensor (it seeds the generator noise per batch)."""
 
 _NAN = float("nan")
 
 
-def _as_tensor(latents: Latents) -> Tensor:
+class _TensorBank(LatentBank):
+    """Latents given as a tensor, seen as a bank with the fixed seed :data:`TENSOR_LATENTS_SEED`."""
+
+    def __init__(self, latents: Tensor) -> None:  # no draw: the latents are given
+        self.latents = latents
+        self.seed = TENSOR_LATENTS_SEED
+
+
+def _as_bank(latents: Latents) -> LatentBank:
+    """Return this process's latents as a bank (every latent of it is used; nothing is sharded)."""
     if isinstance(latents, LatentBank):
-        return latents.latents
+        return latents
     if not isinstance(latents, Tensor):
-        raise TypeError(
-            f"`latents` must be a Tensor or a LatentBank, got {type(latents).__name__}"
-        )
+        raise TypeError(f"`latents` must be a Tensor or a LatentBank, got {type(latents).__name__}")
     if latents.ndim < 1:
         raise ValueError("`latents` must have a batch dimension")
-    return latents
+    return _TensorBank(latents)
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    """``value`` must be an int ``>= minimum`` (the error names the argument)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"`{name}` must be {kind} int, got {value!r}")
+    return value
 
 
-def _layer_output(captured: Mapping[str, Tensor], layer: str) -> Tensor:
-    if layer not in captured:
-        raise RuntimeError(f"layer {layer!r} did not run during the generator's forward pass")
-    out = captured[layer]
-    if out.ndim < 2:
-        raise ValueError(f"layer {layer!r} output has shape {tuple(out.shape)}; need (B, U, ...)")
-    return out
+def _check_mode(mode: str) -> str:
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"`mode` must be 'zero' or 'mean', got {mode!r}")
+    return mode
 
 
 def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
@@ -64,3 +75,26 @@ def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
 
 def _control_seed(seed: int, salt: int) -> int:
     return (int(seed) * 1_000_003 + int(salt) * 7_919 + 12_345) % (2**63 - 1)
+
+
+def _control_rng(seed: int, salt: int) -> torch.Generator:
+    """The private generator of a control draw (the same on every rank and at every round)."""
+    return torch.Generator().manual_seed(_control_seed(seed, salt))
+
+
+def _never() -> bool:
+    return False
+
+
+def _metric_kwargs(runner: GeneratorRunner) -> dict[str, Any]:
+    """TorchMetrics keywords: a local runner (``distributed=False``) never syncs its metrics."""
+    return {} if runner.distributed else {"distributed_available_fn": _never}
+
+
+def _sum_over_ranks(tensor: Tensor, runner: GeneratorRunner) -> Tensor:
+    """``tensor`` summed over the ranks of ``runner`` (itself for a local runner)."""
+    return all_reduce_sum(tensor)[0] if runner.distributed else tensor.clone()
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else _NAN
