@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
 
+from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics._sync import all_reduce_sum
 from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
-__all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED"]
+__all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
 
 Latents = Tensor | LatentBank
 """This process's latents: a ``(N, ...)`` tensor or a
@@ -27,6 +28,53 @@ TENSOR_LATENTS_SEED = 0
 """Bank seed given to latents passed as a plain tensor (it seeds the generator noise per batch)."""
 
 _NAN = float("nan")
+
+
+class RunOptions(TypedDict, total=False):
+    """How an intervention runs the generator: keyword options shared by every intervention.
+
+    Attributes:
+        batch_size: Latents per generator call (default 32).
+        generate: Custom ``(generator, latents) -> images`` call (default ``generator(latents)``).
+        selector: Picks the tensor of tuple/dict layer outputs: one for all layers, or a mapping
+            ``layer -> selector`` (default ``None``: the output is a tensor).
+        distributed: ``False`` runs on this process only, even inside an initialised process group:
+            no collective is called and no metric is synced (default ``True``).
+    """
+
+    batch_size: int
+    generate: Generate | None
+    selector: OutputSelector | Mapping[str, OutputSelector]
+    distributed: bool
+
+
+class InterventionOptions(RunOptions, total=False):
+    """:class:`RunOptions` and the random-units control of the effects.
+
+    Attributes:
+        control_seed: Seed of the private generator that draws the control units (default 0).
+        num_controls: Random unit sets; their fractions are averaged (default 1; 0: no control).
+    """
+
+    control_seed: int
+    num_controls: int
+
+
+_RUN_DEFAULTS: dict[str, Any] = {"batch_size": 32, "generate": None, "selector": None, "distributed": True}
+_CONTROL_DEFAULTS: dict[str, Any] = {**_RUN_DEFAULTS, "control_seed": 0, "num_controls": 1}
+
+
+def _options(options: Mapping[str, Any], defaults: Mapping[str, Any], function: str) -> dict[str, Any]:
+    """``options`` completed with ``defaults``; a keyword not among them raises ``TypeError``."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword arguments {unknown}; it takes {sorted(defaults)}")
+    return {**defaults, **options}
+
+
+def _runner(generator: Any, options: Mapping[str, Any]) -> GeneratorRunner:
+    """The runner of an intervention from its completed :class:`RunOptions`."""
+    return GeneratorRunner(generator, **{key: options[key] for key in _RUN_DEFAULTS})
 
 
 class _TensorBank(LatentBank):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.interventions._common import (
-    Generate,
+    _CONTROL_DEFAULTS,
     Latents,
     Units,
     _as_bank,
@@ -18,6 +18,8 @@ from lightning_dissect.interventions._common import (
     _check_mode,
     _concept_index,
     _control_rng,
+    _options,
+    _runner,
 )
 from lightning_dissect.interventions._engine import _measure, _Measured, _Variant
 from lightning_dissect.interventions.edits import _unit_index, ablate, random_units
@@ -25,19 +27,6 @@ from lightning_dissect.interventions.statistics import UnitStatistics, _layer_st
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.runner import GeneratorRunner, noise_seed
 from lightning_dissect.segmenters.base import Segmenter
-
-
-def _runner(
-    generator: nn.Module,
-    batch_size: int,
-    generate: Generate | None,
-    selector: OutputSelector | Mapping[str, OutputSelector],
-    distributed: bool,
-) -> GeneratorRunner:
-    """The runner of an intervention (it checks ``generator``, ``batch_size`` and ``generate``)."""
-    return GeneratorRunner(
-        generator, generate=generate, selector=selector, batch_size=batch_size, distributed=distributed
-    )
 
 
 @dataclass
@@ -114,7 +103,7 @@ def _ablated(layer: str, units: Tensor) -> Hashable:
 
 
 def _prepare(
-    runner: GeneratorRunner,
+    generator: nn.Module | GeneratorRunner,
     layer: str,
     segmenter: Segmenter,
     latents: Latents,
@@ -125,15 +114,21 @@ def _prepare(
     statistics: UnitStatistics | Tensor | None = None,
     quantile: float = 0.99,
     region: Tensor | None = None,
-    num_controls: int = 1,
-    control_seed: int = 0,
+    options: Mapping[str, Any],
+    function: str,
+    defaults: Mapping[str, Any] = _CONTROL_DEFAULTS,
 ) -> Prepared:
     """Check the arguments shared by the interventions and resolve them (see :class:`Prepared`).
 
-    The layer width is ``num_units`` or inferred with one generator call on the first latent.
+    ``options`` are the keyword options of ``function`` (completed from ``defaults``; any other
+    raises). The layer width is ``num_units`` or inferred with one generator call on the first
+    latent.
     """
+    opts = _options(options, defaults, function)
+    runner = generator if isinstance(generator, GeneratorRunner) else _runner(generator, opts)
     _check_region(region)
-    _check_count(num_controls, "num_controls", 0)
+    num_controls = _check_count(opts.get("num_controls", 0), "num_controls", 0)
+    control_seed = opts.get("control_seed", 0)
     name = runner.check_layers(layer, argument="layer")[0]
     bank = _as_bank(latents)
     index = -1 if concept is None else _concept_index(concept, segmenter)

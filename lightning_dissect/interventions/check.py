@@ -17,23 +17,25 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import overload
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.interventions._common import (
-    Generate,
+    _CONTROL_DEFAULTS,
+    InterventionOptions,
     Latents,
     _as_bank,
     _check_count,
     _check_mode,
     _concept_index,
     _control_rng,
+    _options,
+    _runner,
 )
 from lightning_dissect.interventions._engine import _measure, _Variant
-from lightning_dissect.interventions._prepare import Prepared, _prepare, _runner
+from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.edits import random_units
 from lightning_dissect.interventions.records import AblationEffect, _ablation_record
 from lightning_dissect.interventions.statistics import UnitStatistics, _layer_statistics
@@ -42,6 +44,9 @@ from lightning_dissect.result import DissectionResult, LayerDissection
 from lightning_dissect.runner import GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = ["ablation_check"]
 
 Statistics = UnitStatistics | Tensor | Mapping[str, UnitStatistics | Tensor] | None
@@ -49,7 +54,7 @@ Statistics = UnitStatistics | Tensor | Mapping[str, UnitStatistics | Tensor] | N
 
 @overload
 def ablation_check(
-    generator: nn.Module, layer_result: LayerDissection, segmenter: Segmenter, latents: Latents, **options: object
+    generator: nn.Module, layer_result: LayerDissection, segmenter: Segmenter, latents: Latents, **options: Any
 ) -> list[AblationEffect]: ...
 @overload
 def ablation_check(
@@ -57,7 +62,7 @@ def ablation_check(
     layer_result: DissectionResult | Mapping[str, LayerDissection],
     segmenter: Segmenter,
     latents: Latents,
-    **options: object,
+    **options: Any,
 ) -> dict[str, list[AblationEffect]]: ...
 def ablation_check(
     generator: nn.Module,
@@ -69,13 +74,8 @@ def ablation_check(
     concepts: Sequence[int | str] | None = None,
     mode: str = "zero",
     statistics: Statistics = None,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    control_seed: int = 0,
-    num_controls: int = 1,
     layer: str | None = None,
-    distributed: bool = True,
+    **options: Unpack[InterventionOptions],
 ) -> list[AblationEffect] | dict[str, list[AblationEffect]]:
     """For every concept with interpretable units in each layer, switch them off and measure the drop.
 
@@ -95,13 +95,9 @@ def ablation_check(
         mode: ``"zero"`` or ``"mean"`` ablation.
         statistics: Means for ``mode="mean"`` (one layer), or a mapping ``layer -> means``; the
             missing ones are computed from ``latents`` in one pass for all layers.
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units (the same on every rank).
-        num_controls: Random unit sets per concept (their fractions are averaged; 0: no control).
         layer: The layer to edit (one ``LayerDissection`` only); default ``layer_result.name``.
-        distributed: ``False``: this process only, even inside an initialised process group.
+        **options: :class:`InterventionOptions`: how to run, and ``control_seed`` and
+            ``num_controls`` (random unit sets per concept, fractions averaged; 0: no control).
 
     Returns:
         Per layer, one :class:`AblationEffect` per concept, concepts with more units first (ties
@@ -109,17 +105,15 @@ def ablation_check(
         ``LayerDissection``, else a dict ``layer -> list`` in the layers' order.
 
     Examples:
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+        >>> from lightning_dissect.interventions._toy import sky_grass
         >>> from lightning_dissect.result import LayerDissection, UnitDissection
-        >>> world = SceneWorld(16)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=16), paint)
-        >>> units = [UnitDissection(u, name, world.vocabulary.index(name), "", 0.9, 0.0, 0.5, True, 0.0)
+        >>> gen, segmenter = sky_grass()  # unit 0 of layer "1" paints sky, unit 1 grass
+        >>> vocabulary = segmenter.vocabulary
+        >>> units = [UnitDissection(u, name, vocabulary.index(name), "", 0.9, 0.0, 0.5, True, 0.0)
         ...          for u, name in enumerate(["sky", "grass"])]
-        >>> layers = {"1": LayerDissection("1", units, torch.zeros(2, world.num_concepts))}
+        >>> layers = {"1": LayerDissection("1", units, torch.zeros(2, vocabulary.num_concepts))}
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # one sky image, one grass image
-        >>> records = ablation_check(gen, layers, SyntheticSceneSegmenter(world), z)
+        >>> records = ablation_check(gen, layers, segmenter, z)
         >>> [(r.concept, r.units, r.relative_drop, r.control_units) for r in records["1"]]
         [('sky', [0], 1.0, [[1]]), ('grass', [1], 1.0, [[0]])]
 
@@ -128,14 +122,16 @@ def ablation_check(
     _check_mode(mode)
     layers = _layer_results(layer_result, layer)
     statistics = _per_layer(statistics, layers)
-    runner = _runner(generator, batch_size, generate, selector, distributed)
+    opts = _options(options, _CONTROL_DEFAULTS, "ablation_check")
+    runner = _runner(generator, opts)
     bank = _as_bank(latents)
     wanted = None if concepts is None else {_concept_index(c, segmenter) for c in concepts}
-    plans = [
-        _plan(_prepare(runner, name, segmenter, bank, num_units=result.num_units, num_controls=num_controls,
-                       control_seed=control_seed), result, top_n, wanted)
-        for name, result in layers.items()
-    ]  # fmt: skip
+    plans = []
+    for name, result in layers.items():
+        prepared = _prepare(
+            runner, name, segmenter, bank, num_units=result.num_units, options=opts, function="ablation_check"
+        )
+        plans.append(_plan(prepared, result, top_n, wanted))
     records = _run_plans(runner, segmenter, bank, [p for p in plans if p.chosen], mode, statistics)
     out = {p.prepared.layer: records.get(p.prepared.layer, []) for p in plans}
     return out if not isinstance(layer_result, LayerDissection) else out[plans[0].prepared.layer]

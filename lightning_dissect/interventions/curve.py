@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.interventions._common import _NAN, Generate, Latents, _check_count, _concept_index, _control_rng
+from lightning_dissect.interventions._common import (
+    _NAN,
+    _RUN_DEFAULTS,
+    Latents,
+    RunOptions,
+    _check_count,
+    _concept_index,
+    _control_rng,
+)
 from lightning_dissect.interventions._engine import _Measured, _Variant
-from lightning_dissect.interventions._prepare import Prepared, _ablated, _prepare, _runner
+from lightning_dissect.interventions._prepare import Prepared, _ablated, _prepare
 from lightning_dissect.interventions.statistics import UnitStatistics
 from lightning_dissect.result import LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+_CURVE_DEFAULTS = {**_RUN_DEFAULTS, "control_seed": 0}
 
 
 @dataclass
@@ -76,11 +89,8 @@ def ablation_curve(
     steps: Sequence[int] | None = None,
     mode: str = "zero",
     statistics: UnitStatistics | Tensor | None = None,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
     control_seed: int = 0,
-    distributed: bool = True,
+    **options: Unpack[RunOptions],
 ) -> AblationCurve:
     """Gandissect's ablation curve: the concept's fraction with the top-``n`` units switched off.
 
@@ -102,32 +112,25 @@ def ablation_curve(
         steps: The ``n`` values to evaluate (each in ``[0, N]``), default all.
         mode: ``"zero"`` or ``"mean"`` ablation.
         statistics: Means for ``mode="mean"`` (computed from ``latents`` when ``None``).
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units.
-        distributed: ``False``: this process only, even inside an initialised process group.
+        control_seed: Seed of the random order the control units are drawn from.
+        **options: :class:`RunOptions`: ``batch_size``, ``generate``, ``selector``, ``distributed``.
 
     Returns:
         An :class:`AblationCurve` (tensors ``num_units``, ``fraction``, ``control_fraction``).
 
     Examples:
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-        >>> world = SceneWorld(16)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=16), paint)
+        >>> from lightning_dissect.interventions._toy import sky_grass
+        >>> gen, segmenter = sky_grass()  # unit 0 of layer "1" paints sky, unit 1 grass
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> curve = ablation_curve(gen, "1", "sky", SyntheticSceneSegmenter(world), z,
-        ...                        iou=torch.tensor([0.9, 0.1]))
+        >>> curve = ablation_curve(gen, "1", "sky", segmenter, z, iou=torch.tensor([0.9, 0.1]))
         >>> curve.num_units.tolist(), curve.fraction.tolist()
         ([0, 1, 2], [0.5, 0.0, 0.0])
 
     """
     iou = _concept_iou(iou, _concept_index(concept, segmenter))
     p = _prepare(
-        _runner(generator, batch_size, generate, selector, distributed), layer, segmenter, latents,
-        concept=concept, num_units=int(iou.shape[0]), statistics=statistics, control_seed=control_seed,
+        generator, layer, segmenter, latents, concept=concept, num_units=int(iou.shape[0]), statistics=statistics,
+        options={**options, "control_seed": control_seed}, function="ablation_curve", defaults=_CURVE_DEFAULTS,
     )  # fmt: skip
     top = min(_check_count(max_units, "max_units", 0), p.width)
     points = _curve_points(steps, top)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.interventions._common import Generate, Latents, Units, _mean
+from lightning_dissect.interventions._common import (
+    InterventionOptions,
+    Latents,
+    Units,
+    _mean,
+)
 from lightning_dissect.interventions._engine import _Measured, _Variant
-from lightning_dissect.interventions._prepare import Prepared, _prepare, _runner
+from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.edits import ablate, insert
 from lightning_dissect.interventions.records import AblationEffect, CausalEffect, _ablation_record
 from lightning_dissect.interventions.statistics import UnitStatistics
 from lightning_dissect.segmenters.base import Segmenter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ablation_effect", "average_causal_effect"]
 
@@ -29,13 +37,8 @@ def ablation_effect(
     *,
     mode: str = "zero",
     statistics: UnitStatistics | Tensor | None = None,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    control_seed: int = 0,
-    num_controls: int = 1,
     num_units: int | None = None,
-    distributed: bool = True,
+    **options: Unpack[InterventionOptions],
 ) -> AblationEffect:
     """Switch ``units`` of ``layer`` off and measure the drop of ``concept``, with a control.
 
@@ -53,33 +56,25 @@ def ablation_effect(
         mode: ``"zero"`` or ``"mean"`` ablation.
         statistics: For ``mode="mean"``: :class:`UnitStatistics` or ``(U,)`` means; computed from
             ``latents`` when ``None``.
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units.
-        num_controls: Number of random unit sets (their fractions are averaged; 0: no control).
         num_units: Width of the layer; inferred with one generator call when ``None``.
-        distributed: ``False``: this process only, even inside an initialised process group.
+        **options: :class:`InterventionOptions`: ``batch_size``, ``generate``, ``selector``,
+            ``distributed``, ``control_seed``, ``num_controls``.
 
     Returns:
         An :class:`AblationEffect`.
 
     Examples:
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-        >>> world = SceneWorld(16)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=16), paint)
+        >>> from lightning_dissect.interventions._toy import sky_grass
+        >>> gen, segmenter = sky_grass()  # unit 0 of layer "1" paints sky, unit 1 grass
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # one sky image, one grass image
-        >>> effect = ablation_effect(gen, "1", [0], "sky", SyntheticSceneSegmenter(world), z)
+        >>> effect = ablation_effect(gen, "1", [0], "sky", segmenter, z)
         >>> effect.baseline, effect.ablated, effect.relative_drop, effect.control_drop
         (0.5, 0.0, 1.0, 0.0)
 
     """
     p = _prepare(
-        _runner(generator, batch_size, generate, selector, distributed), layer, segmenter, latents,
-        concept=concept, units=units, num_units=num_units, statistics=statistics, num_controls=num_controls,
-        control_seed=control_seed,
+        generator, layer, segmenter, latents, concept=concept, units=units, num_units=num_units,
+        statistics=statistics, options=options, function="ablation_effect",
     )  # fmt: skip
     assert p.units is not None
     controls = p.controls()
@@ -100,13 +95,8 @@ def average_causal_effect(
     value: float | Tensor | UnitStatistics | None = None,
     statistics: UnitStatistics | None = None,
     quantile: float = 0.99,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    control_seed: int = 0,
-    num_controls: int = 1,
     num_units: int | None = None,
-    distributed: bool = True,
+    **options: Unpack[InterventionOptions],
 ) -> CausalEffect:
     """``ACE = E_z[s_c(x_inserted)] − E_z[s_c(x_ablated)]`` of ``units`` on ``concept``.
 
@@ -126,34 +116,25 @@ def average_causal_effect(
         value: Insertion value per unit (default ``statistics.high``).
         statistics: :class:`UnitStatistics` (computed from ``latents`` when needed).
         quantile: Level of the default insertion value.
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units.
-        num_controls: Number of random unit sets (0: no control).
         num_units: Width of the layer; inferred when ``None``.
-        distributed: ``False``: this process only, even inside an initialised process group.
+        **options: How to run and the control (:class:`InterventionOptions`).
 
     Returns:
         A :class:`CausalEffect`.
 
     Examples:
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-        >>> world = SceneWorld(16)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=16), paint)
+        >>> from lightning_dissect.interventions._toy import sky_grass
+        >>> gen, segmenter = sky_grass()  # unit 0 of layer "1" paints sky, unit 1 grass
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> ace = average_causal_effect(gen, "1", [0, 1], "sky", SyntheticSceneSegmenter(world), z,
+        >>> ace = average_causal_effect(gen, "1", [0, 1], "sky", segmenter, z,
         ...                             value=torch.tensor([1.0, 0.0]))  # sky on, grass off
         >>> ace.baseline, ace.inserted, ace.ablated, ace.ace
         (0.5, 1.0, 0.0, 1.0)
 
     """
     p = _prepare(
-        _runner(generator, batch_size, generate, selector, distributed), layer, segmenter, latents,
-        concept=concept, units=units, num_units=num_units, statistics=statistics, quantile=quantile,
-        region=region, num_controls=num_controls, control_seed=control_seed,
+        generator, layer, segmenter, latents, concept=concept, units=units, num_units=num_units,
+        statistics=statistics, quantile=quantile, region=region, options=options, function="average_causal_effect",
     )  # fmt: skip
     assert p.units is not None
     mean = p.mean(mode)

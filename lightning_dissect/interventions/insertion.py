@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING
 
 import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.interventions._common import Generate, Latents, Units, _mean
+from lightning_dissect.interventions._common import (
+    InterventionOptions,
+    Latents,
+    Units,
+    _mean,
+)
 from lightning_dissect.interventions._engine import _Measured, _Variant
-from lightning_dissect.interventions._prepare import Prepared, _prepare, _runner
+from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.edits import insert
 from lightning_dissect.interventions.records import InsertionEffect
 from lightning_dissect.interventions.statistics import UnitStatistics
 from lightning_dissect.segmenters.base import Segmenter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["insertion_effect"]
 
@@ -32,13 +40,8 @@ def insertion_effect(
     statistics: UnitStatistics | None = None,
     quantile: float = 0.99,
     alpha: float = 1.0,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    control_seed: int = 0,
-    num_controls: int = 1,
     num_units: int | None = None,
-    distributed: bool = True,
+    **options: Unpack[InterventionOptions],
 ) -> InsertionEffect:
     """Switch ``units`` on (inside ``region``) and measure how much ``concept`` appears.
 
@@ -57,37 +60,27 @@ def insertion_effect(
             it and ``value`` are ``None``.
         quantile: Level of the default insertion value (GANPaint 0.99).
         alpha: Edit strength in ``[0, 1]``.
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units.
-        num_controls: Number of random unit sets (0: no control).
-        num_units: Width of the layer; inferred when ``None``.
-        distributed: ``False``: this process only, even inside an initialised process group.
+        num_units: Width of the layer (inferred when ``None``).
+        **options: :class:`InterventionOptions` (run settings and the random-units control).
 
     Returns:
         An :class:`InsertionEffect`.
 
     Examples:
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-        >>> world = SceneWorld(16)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=4), paint,
-        ...                     nn.Upsample(size=16))
+        >>> from lightning_dissect.interventions._toy import sky_grass
+        >>> gen, segmenter = sky_grass(low=4)  # layer "1": (B, 2, 4, 4); unit 0 sky, unit 1 grass
         >>> z = torch.tensor([[0.0, 1.0]]).repeat(4, 1)  # grass everywhere
         >>> region = torch.zeros(16, 16)
         >>> region[:8] = 1  # the top half
-        >>> effect = insertion_effect(gen, "1", [0, 1], "sky", SyntheticSceneSegmenter(world), z,
-        ...                           region=region, value=torch.tensor([1.0, 0.0]))
+        >>> effect = insertion_effect(gen, "1", [0, 1], "sky", segmenter, z, region=region,
+        ...                           value=torch.tensor([1.0, 0.0]))
         >>> effect.inserted_in_region, effect.inserted, effect.region_fraction
         (1.0, 0.5, 0.5)
 
     """
     p = _prepare(
-        _runner(generator, batch_size, generate, selector, distributed), layer, segmenter, latents,
-        concept=concept, units=units, num_units=num_units, statistics=statistics, quantile=quantile,
-        region=region, num_controls=num_controls, control_seed=control_seed,
+        generator, layer, segmenter, latents, concept=concept, units=units, region=region, num_units=num_units,
+        statistics=statistics, quantile=quantile, options=options, function="insertion_effect",
     )  # fmt: skip
     assert p.units is not None
     values = value if value is not None else p.unit_statistics()

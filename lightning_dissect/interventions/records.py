@@ -19,7 +19,30 @@ def _relative(drop: float, baseline: float) -> float:
 
 
 @dataclass
-class AblationEffect:
+class EffectRecord:
+    """What every effect record holds (JSON-ready with :meth:`to_dict`).
+
+    Attributes:
+        layer: The layer edited.
+        concept: The concept's name.
+        concept_index: Its index in the segmenter's vocabulary.
+        units: The units edited.
+        baseline: Fraction of pixels carrying the concept, unedited.
+    """
+
+    layer: str
+    concept: str
+    concept_index: int
+    units: list[int]
+    baseline: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (JSON-ready)."""
+        return asdict(self)
+
+
+@dataclass
+class AblationEffect(EffectRecord):
     """How much of a concept disappears when units are switched off, next to a random control.
 
     Fractions are of all pixels of all images (``E_z[s_c(x)]``). ``drop = baseline − ablated``
@@ -28,12 +51,7 @@ class AblationEffect:
     (averaged over the controls; NaN when the layer has too few other units).
 
     Attributes:
-        layer: The layer edited.
-        concept: The concept's name.
-        concept_index: Its index in the segmenter's vocabulary.
-        units: The units switched off.
-        baseline: Fraction of pixels carrying the concept, unedited.
-        ablated: The same with ``units`` switched off.
+        ablated: The fraction with ``units`` switched off (see :class:`EffectRecord` for the rest).
         drop: ``baseline − ablated``.
         relative_drop: ``drop / baseline``.
         control_ablated: The fraction with the random units switched off.
@@ -45,11 +63,6 @@ class AblationEffect:
 
     """
 
-    layer: str
-    concept: str
-    concept_index: int
-    units: list[int]
-    baseline: float
     ablated: float
     drop: float
     relative_drop: float
@@ -64,10 +77,6 @@ class AblationEffect:
     def excess_drop(self) -> float:
         """``drop − control_drop``: the part of the drop that generic damage does not explain."""
         return self.drop - self.control_drop
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (JSON-ready)."""
-        return asdict(self)
 
 
 def _ablation_record(
@@ -99,7 +108,7 @@ def _ablation_record(
 
 
 @dataclass
-class InsertionEffect:
+class InsertionEffect(EffectRecord):
     """How much of a concept appears when units are switched on (in a region), with a control.
 
     ``effect = inserted − baseline`` over all pixels; the ``*_in_region`` fields count only the
@@ -107,12 +116,7 @@ class InsertionEffect:
     units of the same number (NaN when the layer has too few other units).
 
     Attributes:
-        layer: The layer edited.
-        concept: The concept's name.
-        concept_index: Its index in the vocabulary.
-        units: The units switched on.
-        baseline: Fraction of pixels carrying the concept, unedited.
-        inserted: The same after the insertion.
+        inserted: The fraction after switching ``units`` on (see :class:`EffectRecord` for the rest).
         effect: ``inserted − baseline``.
         control_inserted: The fraction after inserting the random units.
         control_effect: ``control_inserted − baseline``.
@@ -127,11 +131,6 @@ class InsertionEffect:
 
     """
 
-    layer: str
-    concept: str
-    concept_index: int
-    units: list[int]
-    baseline: float
     inserted: float
     effect: float
     control_inserted: float
@@ -145,25 +144,16 @@ class InsertionEffect:
     control_units: list[list[int]] = field(default_factory=list)
     num_images: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (JSON-ready)."""
-        return asdict(self)
-
 
 @dataclass
-class CausalEffect:
+class CausalEffect(EffectRecord):
     """Average causal effect ``ACE = E[s_c(x_inserted)] − E[s_c(x_ablated)]``, with a control.
 
     Fractions are over all pixels, or within the region when one was given (both edits are then
     confined to it).
 
     Attributes:
-        layer: The layer edited.
-        concept: The concept's name.
-        concept_index: Its index in the vocabulary.
-        units: The units intervened on.
-        baseline: Concept fraction, unedited.
-        inserted: Concept fraction with the units switched on.
+        inserted: Concept fraction with the units switched on (see :class:`EffectRecord` for the rest).
         ablated: Concept fraction with the units switched off.
         ace: ``inserted − ablated``.
         control_inserted: Same for random units of the same number.
@@ -175,11 +165,6 @@ class CausalEffect:
 
     """
 
-    layer: str
-    concept: str
-    concept_index: int
-    units: list[int]
-    baseline: float
     inserted: float
     ablated: float
     ace: float
@@ -189,7 +174,3 @@ class CausalEffect:
     control_units: list[list[int]] = field(default_factory=list)
     mode: str = "zero"
     num_images: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (JSON-ready)."""
-        return asdict(self)

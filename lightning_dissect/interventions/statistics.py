@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.interventions._common import (
-    Generate,
+    _RUN_DEFAULTS,
     Latents,
+    RunOptions,
     _as_bank,
     _metric_kwargs,
+    _options,
+    _runner,
     _sum_over_ranks,
 )
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics.unit_quantiles import UnitQuantiles
 from lightning_dissect.runner import GeneratorRunner
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @dataclass
@@ -52,11 +58,8 @@ def unit_statistics(
     latents: Latents,
     *,
     quantile: float = 0.99,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
     relative_accuracy: float = 0.005,
-    distributed: bool = True,
+    **options: Unpack[RunOptions],
 ) -> UnitStatistics:
     """Per-unit mean activation and ``quantile`` level of ``layer`` over ``latents``.
 
@@ -72,11 +75,8 @@ def unit_statistics(
         layer: Dotted layer name; its output is ``(B, U, h, w)`` (or ``(B, U)``).
         latents: This process's latents.
         quantile: Level of ``high`` (GANPaint 0.99; PNAS 0.995).
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
         relative_accuracy: Accuracy of the quantile histogram.
-        distributed: ``False``: this process only, even inside an initialised process group.
+        **options: :class:`RunOptions` (``batch_size``, ``generate``, ``selector``, ``distributed``).
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(4, 2 * 3 * 3), nn.Unflatten(1, (2, 3, 3)), nn.ReLU())
@@ -85,9 +85,7 @@ def unit_statistics(
         (torch.Size([2]), torch.Size([2]), 5)
 
     """
-    runner = GeneratorRunner(
-        generator, generate=generate, selector=selector, batch_size=batch_size, distributed=distributed
-    )
+    runner = _runner(generator, _options(options, _RUN_DEFAULTS, "unit_statistics"))
     layer = runner.check_layers(layer, argument="layer")[0]
     return _layer_statistics(runner, _as_bank(latents), [layer], quantile, relative_accuracy)[layer]
 
