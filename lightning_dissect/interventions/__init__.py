@@ -60,7 +60,7 @@ from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
 from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
 from lightning_dissect.interventions.insertion import insertion_effect
-from lightning_dissect.interventions.records import AblationEffect, CausalEffect, InsertionEffect
+from lightning_dissect.interventions.records import AblationEffect, CausalEffect, EffectRecord, InsertionEffect
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "InterventionOptions",
     "TENSOR_LATENTS_SEED",
     "UnitStatistics",
+    "EffectRecord",
     "AblationEffect",
     "InsertionEffect",
     "CausalEffect",
