@@ -38,7 +38,8 @@ from lightning_dissect.interventions import (
 )
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics import ConceptPixelFraction
-from lightning_dissect.result import LayerDissection, UnitDissection
+from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
+from lightning_dissect.runner import noise_seed
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
 SIZE, LOW, SAMPLES = 16, 4, 32
@@ -59,7 +60,27 @@ def make_latents(gen, n=SAMPLES, seed=0):
     return torch.randn(n, gen.latent_dim, generator=torch.Generator().manual_seed(seed))
 
 
-def painted_layer_result(gen, world) -> LayerDissection:
+class TwoLayerPainting(PaintingGenerator):
+    """The painting generator with a second hook ``"second"`` after ``"layout"`` and optional noise.
+
+    With ``noise > 0`` the maps get ``noise * torch.randn_like(maps)`` between the two layers (a
+    generator that draws from the global RNG in ``forward``).
+    """
+
+    def __init__(self, world, noise: float = 0.0, **kwargs):
+        super().__init__(world, CONCEPTS, size=SIZE, low=LOW, **kwargs)
+        self.second = nn.Identity()
+        self.noise = noise
+
+    def forward(self, z):
+        maps = self.layout(self.unit_maps(z))
+        if self.noise:
+            maps = maps + self.noise * torch.randn_like(maps)
+        images, _ = self.paint(self.second(maps))
+        return images
+
+
+def painted_layer_result(gen, world, layer_name: str = LAYER) -> LayerDissection:
     """What a perfect dissection says: unit k is interpretable for its concept."""
     vocab = world.vocabulary
     units = []
@@ -77,7 +98,7 @@ def painted_layer_result(gen, world) -> LayerDissection:
                 level=0.5, interpretable=painted, chance_iou=0.0,
             )
         )  # fmt: skip
-    return LayerDissection(LAYER, units, iou)
+    return LayerDissection(layer_name, units, iou)
 
 
 def reference_fraction(gen, seg, maps, concept, region=None):
@@ -358,6 +379,137 @@ def test_ablation_check_after_a_real_dissection(setup):
     for r in records:
         assert r.mode == "mean"
         assert r.relative_drop > 0.5 and r.relative_drop > r.control_relative_drop
+    # the whole DissectionResult at once: the same records, keyed by layer
+    assert isinstance(result, DissectionResult)
+    assert ablation_check(gen, result, seg, z, mode="mean") == {LAYER: records}
+
+
+def test_multi_layer_ablation_check_shares_the_unedited_pass_and_controls():
+    world, seg = make_world()
+    gen = TwoLayerPainting(world)
+    z = make_latents(gen)
+    calls = []
+
+    def counting(g, latents):
+        calls.append(latents.shape[0])
+        return g(latents)
+
+    layers = {name: painted_layer_result(gen, world, name) for name in ("layout", "second")}
+    multi = ablation_check(gen, layers, seg, z, batch_size=16, num_controls=2, generate=counting)
+    assert list(multi) == ["layout", "second"]
+    # one unedited pass per batch for both layers; per layer one pass per concept (8) and one per
+    # distinct control set: at most 2 controls x 2 numbers of units (3 and 1), equal draws merged
+    distinct = [{tuple(u) for r in records for u in r.control_units} for records in multi.values()]
+    assert all(2 <= len(d) <= 4 for d in distinct)
+    assert len(calls) == 2 * (1 + sum(8 + len(d) for d in distinct))
+    assert len(calls) < 2 * 2 * (1 + 8 * (1 + 2))  # one call per layer, a control per concept
+    for name, records in multi.items():
+        # the single-layer call gives the same records
+        assert records == ablation_check(gen, layers[name], seg, z, batch_size=16, num_controls=2)
+        singles = [r for r in records if len(r.units) == 1]
+        assert len(singles) == 7 and all(r.control_units == singles[0].control_units for r in singles)
+        union = {u for r in singles for u in r.units}
+        assert all(len(c) == 1 and not set(c) & union for c in singles[0].control_units)
+        # every number against painting the edited maps by hand (plain loop reference)
+        for r in records:
+            c = r.concept_index
+            maps = gen.unit_maps(z)
+            assert r.baseline == reference_fraction(gen, seg, maps, c)
+            edited = maps.clone()
+            edited[:, r.units] = 0
+            assert r.ablated == reference_fraction(gen, seg, edited, c)
+            controls = []
+            for units in r.control_units:
+                edited = maps.clone()
+                edited[:, units] = 0
+                controls.append(reference_fraction(gen, seg, edited, c))
+            assert r.control_ablated == pytest.approx(sum(controls) / len(controls), rel=1e-12, abs=0)
+    # a mapping of one layer gives a dict; a LayerDissection gives a list
+    assert isinstance(ablation_check(gen, {"second": layers["second"]}, seg, z), dict)
+
+
+def test_shared_control_falls_back_when_no_unit_is_left():
+    from lightning_dissect.interventions._toy import sky_grass
+
+    gen, seg = sky_grass()
+    vocab = seg.vocabulary
+    units = [
+        UnitDissection(u, name, vocab.index(name), "", 0.9, 0.0, 0.5, True, 0.0)
+        for u, name in enumerate(["sky", "grass"])
+    ]
+    layer = LayerDissection("1", units, torch.zeros(2, vocab.num_concepts))
+    records = ablation_check(gen, layer, seg, torch.eye(2), num_controls=2)
+    # both concepts switch off one unit and the layer has only these two: each draws the other
+    assert [r.control_units for r in records] == [[[1], [1]], [[0], [0]]]
+
+
+def test_noise_drawing_generator_is_seeded_per_batch_and_leaves_the_global_rng():
+    world, seg = make_world()
+    gen = TwoLayerPainting(world, noise=0.3)
+    z = make_latents(gen, n=20)
+    layer = painted_layer_result(gen, world, "second")
+    calls = {
+        "unit_statistics": lambda: unit_statistics(gen, "second", z, batch_size=8),
+        "ablation_effect": lambda: ablation_effect(gen, "second", [3], "house", seg, z, batch_size=8),
+        "insertion_effect": lambda: insertion_effect(gen, "second", [3], "house", seg, z, batch_size=8),
+        "average_causal_effect": lambda: average_causal_effect(gen, "second", [3], "house", seg, z, batch_size=8),
+        "ablation_curve": lambda: ablation_curve(gen, "second", "tree", seg, z, layer, max_units=3, batch_size=8),
+        "ablation_check": lambda: ablation_check(gen, {"second": layer}, seg, z, batch_size=8, mode="mean"),
+    }
+    torch.manual_seed(1234)
+    for name, call in calls.items():
+        state = torch.get_rng_state()
+        first = call()
+        assert torch.equal(torch.get_rng_state(), state), name
+        again = call()
+        assert repr(first) == repr(again), name  # reproducible, tensors included
+    # the documented seeding, replayed by hand: batch starting at latent i draws its noise after
+    # torch.manual_seed(noise_seed(0, i)) (a plain tensor counts as a bank of seed 0)
+    stats = unit_statistics(gen, "second", z, batch_size=8)
+    parts = []
+    for start in range(0, 20, 8):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(noise_seed(0, start))
+            maps = gen.unit_maps(z[start : start + 8])
+            parts.append(maps + 0.3 * torch.randn_like(maps))
+    flat = torch.cat(parts).transpose(0, 1).reshape(gen.num_units, -1).double()
+    torch.testing.assert_close(stats.mean.double(), flat.mean(1), rtol=1e-6, atol=1e-7)
+    # a LatentBank uses its own seed
+    bank = LatentBank(20, (gen.latent_dim,), seed=7)
+    stats = unit_statistics(gen, "second", bank, batch_size=20)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(noise_seed(7, 0))
+        maps = gen.unit_maps(bank.latents)
+        maps = maps + 0.3 * torch.randn_like(maps)
+    torch.testing.assert_close(stats.mean.double(), maps.transpose(0, 1).reshape(gen.num_units, -1).double().mean(1))
+
+
+def test_argument_errors_name_the_argument(setup):
+    world, seg, gen, z = setup
+    layer = painted_layer_result(gen, world)
+    with pytest.raises(TypeError, match="batchsize"):
+        ablation_effect(gen, LAYER, [3], "house", seg, z, batchsize=4)
+    with pytest.raises(TypeError, match="num_controls"):
+        ablation_curve(gen, LAYER, "tree", seg, z, layer, num_controls=2)  # the curve has one control
+    with pytest.raises(ValueError, match="`num_controls`"):
+        ablation_effect(gen, LAYER, [3], "house", seg, z, num_controls=-1)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        insertion_effect(gen, LAYER, [3], "house", seg, z, batch_size=0)
+    with pytest.raises(ValueError, match="`layer`"):
+        average_causal_effect(gen, "nope", [3], "house", seg, z)
+    with pytest.raises(ValueError, match="`top_n`"):
+        ablation_check(gen, layer, seg, z, top_n=0)
+    with pytest.raises(TypeError, match="`layer_result`"):
+        ablation_check(gen, [layer], seg, z)
+    with pytest.raises(TypeError, match="`layer_result`"):
+        ablation_check(gen, {LAYER: "x"}, seg, z)
+    with pytest.raises(ValueError, match="`layer`"):
+        ablation_check(gen, {LAYER: layer}, seg, z, layer=LAYER)
+    two = {LAYER: layer, "canvas": painted_layer_result(gen, world, "canvas")}
+    with pytest.raises(ValueError, match="`statistics`"):
+        ablation_check(gen, two, seg, z, mode="mean", statistics=torch.zeros(11))
+    with pytest.raises(ValueError, match="`mode`"):
+        ablation_check(gen, layer, seg, z, mode="half")
 
 
 # ------------------------------------------------------------------------- DDP
@@ -369,6 +521,8 @@ def _ddp_worker(rank, world_size, store_path, result_path):
         out = _ddp_payload(rank, world_size)
         if rank == 0:
             torch.save(out, result_path)
+        # distributed=False inside the process group: this rank's latents only, nothing synced
+        torch.save(_local_payload(rank, world_size), f"{result_path}.local{rank}")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -399,6 +553,21 @@ def _ddp_payload(rank: int, world_size: int) -> dict:
     }
 
 
+def _local_payload(rank: int, world_size: int, distributed: bool = False) -> dict:
+    world, seg = make_world()
+    gen = make_generator(world)
+    share = SAMPLES // world_size
+    local = make_latents(gen)[rank * share : (rank + 1) * share]
+    layer = painted_layer_result(gen, world)
+    options = {"batch_size": 8, "distributed": distributed}
+    return {
+        "check": [r.to_dict() for r in ablation_check(gen, {LAYER: layer}, seg, local, mode="mean", **options)[LAYER]],
+        "stats": unit_statistics(gen, LAYER, local, **options),
+        "insertion": insertion_effect(gen, LAYER, [3], "house", seg, local, value=2.0, **options).to_dict(),
+        "curve": ablation_curve(gen, LAYER, "tree", seg, local, layer, max_units=2, **options).fraction,
+    }
+
+
 @pytest.mark.ddp
 def test_ddp_ablation_check_matches_single_process(tmp_path, monkeypatch):
     store, result = tmp_path / "store", tmp_path / "rank0.pt"
@@ -412,3 +581,12 @@ def test_ddp_ablation_check_matches_single_process(tmp_path, monkeypatch):
     assert torch.equal(distributed["fraction"], single["fraction"])
     assert torch.equal(distributed["curve"], single["curve"])
     torch.testing.assert_close(distributed["stderr"], single["stderr"], rtol=1e-12, atol=0)
+    for rank in range(2):
+        local = torch.load(f"{result}.local{rank}", weights_only=False)
+        alone = _local_payload(rank, 2, distributed=True)  # no process group here: one process
+        assert local["check"] == alone["check"] and local["insertion"] == alone["insertion"]
+        assert local["insertion"]["num_images"] == SAMPLES // 2
+        assert local["stats"].num_samples == SAMPLES // 2
+        assert torch.equal(local["stats"].mean, alone["stats"].mean)
+        assert torch.equal(local["stats"].high, alone["stats"].high)
+        assert torch.equal(local["curve"], alone["curve"])

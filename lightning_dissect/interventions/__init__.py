@@ -27,35 +27,50 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
   :class:`~lightning_dissect.result.LayerDissection`, switch off its units and report the drop;
   this is what :class:`~lightning_dissect.callback.DissectionCallback` runs at every round.
 
-Every function runs under ``torch.inference_mode()`` with the generator in eval mode (restoring
-each submodule's mode), never touches the global RNG, and removes its hooks even when the
-generator raises. Under an initialised ``torch.distributed`` process group each rank passes *its
-own* latents (e.g. ``bank[shard_indices(len(bank), rank, world_size)]``) and every rank gets the
-same result: the pixel counts are all-reduced, so the fractions equal those of one process over
-all latents bit for bit (when each latent's image does not depend on its batch). All ranks must
-call the function with the same arguments apart from the latents.
+Every function runs the generator through a :class:`~lightning_dissect.runner.GeneratorRunner`:
+under ``torch.inference_mode()`` with the generator in eval mode (restoring each submodule's
+mode), hooks removed even when the generator raises, and generator noise seeded per batch: the
+batch of latents ``i, i+1, …`` gets the seed ``noise_seed(bank.seed, i)`` (latents passed as a
+tensor count as a bank with seed :data:`TENSOR_LATENTS_SEED`), so every edited variant of a batch
+sees the same noise, a call is reproducible, and the caller's global RNG never moves. The keyword
+options shared by all of them are :class:`RunOptions` (``batch_size``, ``generate``, ``selector``,
+``distributed``) and, for the effects, :class:`InterventionOptions` (``control_seed``,
+``num_controls``).
+
+Under an initialised ``torch.distributed`` process group each rank passes *its own* latents (e.g.
+``bank[shard_indices(len(bank), rank, world_size)]``) and every rank gets the same result: the
+pixel counts are all-reduced, so the fractions equal those of one process over all latents bit for
+bit (when each latent's image does not depend on its batch or noise). All ranks must call the
+function with the same arguments apart from the latents; a failure on one rank raises on all.
+``distributed=False`` runs on this process alone, even inside a process group: no collective, no
+metric sync.
 """
 
 from __future__ import annotations
 
-from lightning_dissect.interventions._common import Generate, Latents
+from lightning_dissect.interventions._common import (
+    TENSOR_LATENTS_SEED,
+    Generate,
+    InterventionOptions,
+    Latents,
+    RunOptions,
+)
 from lightning_dissect.interventions.check import ablation_check
 from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
-from lightning_dissect.interventions.effects import (
-    AblationEffect,
-    CausalEffect,
-    InsertionEffect,
-    ablation_effect,
-    average_causal_effect,
-    insertion_effect,
-)
+from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
+from lightning_dissect.interventions.insertion import insertion_effect
+from lightning_dissect.interventions.records import AblationEffect, CausalEffect, EffectRecord, InsertionEffect
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
 
 __all__ = [
     "Generate",
     "Latents",
+    "RunOptions",
+    "InterventionOptions",
+    "TENSOR_LATENTS_SEED",
     "UnitStatistics",
+    "EffectRecord",
     "AblationEffect",
     "InsertionEffect",
     "CausalEffect",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
-from torch import Tensor, nn
+import torch
+from torch import Tensor
 
+from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank
+from lightning_dissect.metrics._sync import all_reduce_sum
+from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
-Generate = Callable[[nn.Module, Tensor], Tensor]
-"""``(generator, latents) -> images``; the default calls ``generator(latents)``."""
-
+__all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
 
 Latents = Tensor | LatentBank
 """This process's latents: a ``(N, ...)`` tensor or a
@@ -21,34 +24,90 @@ Latents = Tensor | LatentBank
 Units = Sequence[int] | Tensor
 """Unit indices (a sequence or a long tensor) or a ``(U,)`` boolean mask."""
 
+TENSOR_LATENTS_SEED = 0
+"""Bank seed given to latents passed as a plain tensor (it seeds the generator noise per batch)."""
 
 _NAN = float("nan")
 
 
-def _as_tensor(latents: Latents) -> Tensor:
+class RunOptions(TypedDict, total=False):
+    """How an intervention runs the generator: keyword options shared by every intervention.
+
+    Attributes:
+        batch_size: Latents per generator call (default 32).
+        generate: Custom ``(generator, latents) -> images`` call (default ``generator(latents)``).
+        selector: Picks the tensor of tuple/dict layer outputs: one for all layers, or a mapping
+            ``layer -> selector`` (default ``None``: the output is a tensor).
+        distributed: ``False`` runs on this process only, even inside an initialised process group:
+            no collective is called and no metric is synced (default ``True``).
+    """
+
+    batch_size: int
+    generate: Generate | None
+    selector: OutputSelector | Mapping[str, OutputSelector]
+    distributed: bool
+
+
+class InterventionOptions(RunOptions, total=False):
+    """:class:`RunOptions` and the random-units control of the effects.
+
+    Attributes:
+        control_seed: Seed of the private generator that draws the control units (default 0).
+        num_controls: Random unit sets; their fractions are averaged (default 1; 0: no control).
+    """
+
+    control_seed: int
+    num_controls: int
+
+
+_RUN_DEFAULTS: dict[str, Any] = {"batch_size": 32, "generate": None, "selector": None, "distributed": True}
+_CONTROL_DEFAULTS: dict[str, Any] = {**_RUN_DEFAULTS, "control_seed": 0, "num_controls": 1}
+
+
+def _options(options: Mapping[str, Any], defaults: Mapping[str, Any], function: str) -> dict[str, Any]:
+    """``options`` completed with ``defaults``; a keyword not among them raises ``TypeError``."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword arguments {unknown}; it takes {sorted(defaults)}")
+    return {**defaults, **options}
+
+
+def _runner(generator: Any, options: Mapping[str, Any]) -> GeneratorRunner:
+    """The runner of an intervention from its completed :class:`RunOptions`."""
+    return GeneratorRunner(generator, **{key: options[key] for key in _RUN_DEFAULTS})
+
+
+class _TensorBank(LatentBank):
+    """Latents given as a tensor, seen as a bank with the fixed seed :data:`TENSOR_LATENTS_SEED`."""
+
+    def __init__(self, latents: Tensor) -> None:  # no draw: the latents are given
+        self.latents = latents
+        self.seed = TENSOR_LATENTS_SEED
+
+
+def _as_bank(latents: Latents) -> LatentBank:
+    """Return this process's latents as a bank (every latent of it is used; nothing is sharded)."""
     if isinstance(latents, LatentBank):
-        return latents.latents
+        return latents
     if not isinstance(latents, Tensor):
-        raise TypeError(
-            f"`latents` must be a Tensor or a LatentBank, got {type(latents).__name__}"
-        )
+        raise TypeError(f"`latents` must be a Tensor or a LatentBank, got {type(latents).__name__}")
     if latents.ndim < 1:
         raise ValueError("`latents` must have a batch dimension")
-    return latents
+    return _TensorBank(latents)
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    """``value`` must be an int ``>= minimum`` (the error names the argument)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"`{name}` must be {kind} int, got {value!r}")
+    return value
 
 
-def _layer_output(captured: Mapping[str, Tensor], layer: str) -> Tensor:
-    if layer not in captured:
-        raise RuntimeError(f"layer {layer!r} did not run during the generator's forward pass")
-    out = captured[layer]
-    if out.ndim < 2:
-        raise ValueError(f"layer {layer!r} output has shape {tuple(out.shape)}; need (B, U, ...)")
-    return out
+def _check_mode(mode: str) -> str:
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"`mode` must be 'zero' or 'mean', got {mode!r}")
+    return mode
 
 
 def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
@@ -64,3 +123,26 @@ def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
 
 def _control_seed(seed: int, salt: int) -> int:
     return (int(seed) * 1_000_003 + int(salt) * 7_919 + 12_345) % (2**63 - 1)
+
+
+def _control_rng(seed: int, salt: int) -> torch.Generator:
+    """The private generator of a control draw (the same on every rank and at every round)."""
+    return torch.Generator().manual_seed(_control_seed(seed, salt))
+
+
+def _never() -> bool:
+    return False
+
+
+def _metric_kwargs(runner: GeneratorRunner) -> dict[str, Any]:
+    """TorchMetrics keywords: a local runner (``distributed=False``) never syncs its metrics."""
+    return {} if runner.distributed else {"distributed_available_fn": _never}
+
+
+def _sum_over_ranks(tensor: Tensor, runner: GeneratorRunner) -> Tensor:
+    """``tensor`` summed over the ranks of ``runner`` (itself for a local runner)."""
+    return all_reduce_sum(tensor)[0] if runner.distributed else tensor.clone()
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else _NAN

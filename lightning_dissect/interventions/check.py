@@ -1,159 +1,252 @@
-"""The ablation check of a dissected layer: switch off each concept's units and report the drop."""
+"""The ablation check of dissected layers: switch off each concept's units and report the drop.
+
+A concept's units are the *interpretable* units of a layer labelled with it, best IoU first, at
+most ``top_n`` (the paper switches off 20 of 512). Several layers are checked in one pass: per
+batch of latents the generator runs **once unedited for all layers and concepts**, then once per
+(layer, concept) with the concept's units switched off, and once per control.
+
+The random control switches off as many units of the same layer, drawn with a private generator
+seeded from ``control_seed`` and the number of units. Concepts of one layer that switch off the
+same number of units **share** their control sets, drawn from the units of none of them (the
+control of each is then still a set of other units of the same size); only when too few such
+units remain does each concept draw its own set outside its units, seeded from the concept. So a
+layer costs one ablated pass per concept plus ``num_controls`` per distinct number of units.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector, resolve_layer, unwrap_model
 from lightning_dissect.interventions._common import (
-    Generate,
+    _CONTROL_DEFAULTS,
+    InterventionOptions,
     Latents,
-    _as_tensor,
-    _check_batch_size,
+    _as_bank,
+    _check_count,
+    _check_mode,
     _concept_index,
-    _control_seed,
+    _control_rng,
+    _options,
+    _runner,
 )
 from lightning_dissect.interventions._engine import _measure, _Variant
-from lightning_dissect.interventions.edits import ablate, random_units
-from lightning_dissect.interventions.effects import AblationEffect, _ablation_record
-from lightning_dissect.interventions.statistics import UnitStatistics, _resolve_mean, unit_statistics
-from lightning_dissect.result import LayerDissection
+from lightning_dissect.interventions._prepare import Prepared, _prepare
+from lightning_dissect.interventions.edits import random_units
+from lightning_dissect.interventions.records import AblationEffect, _ablation_record
+from lightning_dissect.interventions.statistics import UnitStatistics, _layer_statistics
+from lightning_dissect.latents import LatentBank
+from lightning_dissect.result import DissectionResult, LayerDissection
+from lightning_dissect.runner import GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
+__all__ = ["ablation_check"]
+
+Statistics = UnitStatistics | Tensor | Mapping[str, UnitStatistics | Tensor] | None
+
+
+@overload
+def ablation_check(
+    generator: nn.Module, layer_result: LayerDissection, segmenter: Segmenter, latents: Latents, **options: Any
+) -> list[AblationEffect]: ...
+@overload
 def ablation_check(
     generator: nn.Module,
-    layer_result: LayerDissection,
+    layer_result: DissectionResult | Mapping[str, LayerDissection],
+    segmenter: Segmenter,
+    latents: Latents,
+    **options: Any,
+) -> dict[str, list[AblationEffect]]: ...
+def ablation_check(
+    generator: nn.Module,
+    layer_result: LayerDissection | DissectionResult | Mapping[str, LayerDissection],
     segmenter: Segmenter,
     latents: Latents,
     *,
     top_n: int = 20,
     concepts: Sequence[int | str] | None = None,
     mode: str = "zero",
-    statistics: UnitStatistics | Tensor | None = None,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    control_seed: int = 0,
-    num_controls: int = 1,
+    statistics: Statistics = None,
     layer: str | None = None,
-) -> list[AblationEffect]:
-    """For every concept with interpretable units in a layer, switch them off and measure the drop.
+    **options: Unpack[InterventionOptions],
+) -> list[AblationEffect] | dict[str, list[AblationEffect]]:
+    """For every concept with interpretable units in each layer, switch them off and measure the drop.
 
-    A concept's units are the *interpretable* units labelled with it, best IoU first, at most
-    ``top_n`` (the paper switches off 20 of 512). The random control switches off as many units
-    drawn from the layer's other units. Per batch of latents the generator runs once unedited,
-    then once per concept (and per control); one set of
-    :class:`~lightning_dissect.metrics.ConceptPixelFraction` metrics per variant, synced at the
-    end, so under DDP every rank (each passing its own latents) gets the same records.
+    See the module docs for the units chosen, the shared unedited pass and the shared controls.
+    One :class:`~lightning_dissect.metrics.ConceptPixelFraction` per variant, synced at the end,
+    so under DDP every rank (each passing its own latents) gets the same records.
 
     Args:
         generator: The generator.
-        layer_result: The layer's :class:`~lightning_dissect.result.LayerDissection` (the same on
-            every rank, as :func:`~lightning_dissect.dissection.dissect` returns it).
+        layer_result: A :class:`~lightning_dissect.result.LayerDissection` (one layer), or a
+            :class:`~lightning_dissect.result.DissectionResult` / mapping ``layer -> LayerDissection``
+            (all its layers in one pass); the same on every rank.
         segmenter: Images → labels (the one used for the dissection).
         latents: This process's latents.
         top_n: Most units switched off per concept.
-        concepts: Only these concepts (names or indices); default every concept with
-            interpretable units.
+        concepts: Only these concepts (names or indices); default all with interpretable units.
         mode: ``"zero"`` or ``"mean"`` ablation.
-        statistics: Means for ``mode="mean"`` (computed from ``latents`` when ``None``).
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units (per concept, the same on every rank).
-        num_controls: Random unit sets per concept (their fractions are averaged; 0: no control).
-        layer: The layer to edit; default ``layer_result.name``.
+        statistics: Means for ``mode="mean"`` (one layer), or a mapping ``layer -> means``; the
+            missing ones are computed from ``latents`` in one pass for all layers.
+        layer: The layer to edit (one ``LayerDissection`` only); default ``layer_result.name``.
+        **options: :class:`InterventionOptions`: how to run, and ``control_seed`` and
+            ``num_controls`` (random unit sets per concept, fractions averaged; 0: no control).
 
     Returns:
-        One :class:`AblationEffect` per concept, concepts with more units first (ties by
-        vocabulary order); empty when the layer has no interpretable unit.
+        Per layer, one :class:`AblationEffect` per concept, concepts with more units first (ties
+        by vocabulary order; empty without interpretable units): a list for one
+        ``LayerDissection``, else a dict ``layer -> list`` in the layers' order.
 
     Examples:
-        >>> from lightning_dissect.dissection import dissect
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-        >>> world = SceneWorld(16)
-        >>> segmenter = SyntheticSceneSegmenter(world)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=16),
-        ...                     nn.Hardtanh(0.0, 1.0), paint)
-        >>> def sampler(n, g):  # one unit on per image, with a random strength in [1, 2]
-        ...     which = torch.randint(0, 2, (n,), generator=g)
-        ...     return torch.eye(2)[which] * (1 + torch.rand(n, 1, generator=g))
-        >>> result = dissect(gen, ["1"], segmenter, latent_sampler=sampler, num_samples=16,
-        ...                  quantile=0.75, progress=False)
-        >>> records = ablation_check(gen, result["1"], segmenter, sampler(8, torch.Generator()))
-        >>> [(r.concept, r.units, r.relative_drop) for r in records]
-        [('sky', [0], 1.0), ('grass', [1], 1.0)]
+        >>> from lightning_dissect.interventions._toy import sky_grass
+        >>> from lightning_dissect.result import LayerDissection, UnitDissection
+        >>> gen, segmenter = sky_grass()  # unit 0 of layer "1" paints sky, unit 1 grass
+        >>> vocabulary = segmenter.vocabulary
+        >>> units = [UnitDissection(u, name, vocabulary.index(name), "", 0.9, 0.0, 0.5, True, 0.0)
+        ...          for u, name in enumerate(["sky", "grass"])]
+        >>> layers = {"1": LayerDissection("1", units, torch.zeros(2, vocabulary.num_concepts))}
+        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # one sky image, one grass image
+        >>> records = ablation_check(gen, layers, segmenter, z)
+        >>> [(r.concept, r.units, r.relative_drop, r.control_units) for r in records["1"]]
+        [('sky', [0], 1.0, [[1]]), ('grass', [1], 1.0, [[0]])]
 
     """
-    _check_batch_size(batch_size)
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise ValueError(f"`top_n` must be a positive int, got {top_n!r}")
-    if isinstance(num_controls, bool) or not isinstance(num_controls, int) or num_controls < 0:
-        raise ValueError(f"`num_controls` must be a non-negative int, got {num_controls!r}")
-    if not isinstance(layer_result, LayerDissection):
-        raise TypeError(
-            f"`layer_result` must be a LayerDissection, got {type(layer_result).__name__}"
-        )
-    name = layer if layer is not None else layer_result.name
-    resolve_layer(unwrap_model(generator), name, argument="layer")
-    z = _as_tensor(latents)
-    width = layer_result.num_units
+    _check_count(top_n, "top_n", 1)
+    _check_mode(mode)
+    layers = _layer_results(layer_result, layer)
+    statistics = _per_layer(statistics, layers)
+    opts = _options(options, _CONTROL_DEFAULTS, "ablation_check")
+    runner = _runner(generator, opts)
+    bank = _as_bank(latents)
     wanted = None if concepts is None else {_concept_index(c, segmenter) for c in concepts}
-    by_concept: dict[int, list[Any]] = {}
-    for unit in layer_result.units:
-        if unit.interpretable and (wanted is None or unit.concept_index in wanted):
-            by_concept.setdefault(unit.concept_index, []).append(unit)
-    if not by_concept:
-        return []
-    chosen: dict[int, Tensor] = {}
-    for c, units in by_concept.items():
-        best = sorted(units, key=lambda u: (-u.iou, u.unit))[: min(top_n, width)]
-        chosen[c] = torch.tensor(sorted(u.unit for u in best), dtype=torch.long)
-    order = sorted(chosen, key=lambda c: (-chosen[c].numel(), c))
-    mean = _resolve_mean(
-        mode,
-        statistics,
-        lambda: unit_statistics(
-            generator, name, z, batch_size=batch_size, generate=generate, selector=selector
-        ),
-    )
-    variants: dict[Hashable, _Variant] = {"baseline": _Variant(None)}
-    controls: dict[int, list[Tensor]] = {}
-    for c in order:
-        variants[("ablated", c)] = _Variant({name: ablate(chosen[c], width, mode, mean)})
-        rng = torch.Generator().manual_seed(_control_seed(control_seed, c))
-        controls[c] = []
-        for i in range(num_controls):
-            drawn = random_units(width, chosen[c].numel(), chosen[c], generator=rng)
-            if drawn is None:
-                break
-            controls[c].append(drawn)
-            variants[("control", c, i)] = _Variant({name: ablate(drawn, width, mode, mean)})
-    measured = _measure(
-        generator, segmenter, z, variants,
-        batch_size=batch_size, generate=generate, selector=selector,
-    )  # fmt: skip
-    fractions, num_images = measured.fractions, measured.num_images
-    names = segmenter.vocabulary.names
-    return [
-        _ablation_record(
-            name,
-            names[c],
-            c,
-            chosen[c],
-            controls[c],
-            fractions["baseline"],
-            fractions[("ablated", c)],
-            [fractions[("control", c, i)] for i in range(len(controls[c]))],
-            mode,
-            num_images,
+    plans = []
+    for name, result in layers.items():
+        prepared = _prepare(
+            runner, name, segmenter, bank, num_units=result.num_units, options=opts, function="ablation_check"
         )
-        for c in order
-    ]
+        plans.append(_plan(prepared, result, top_n, wanted))
+    records = _run_plans(runner, segmenter, bank, [p for p in plans if p.chosen], mode, statistics)
+    out = {p.prepared.layer: records.get(p.prepared.layer, []) for p in plans}
+    return out if not isinstance(layer_result, LayerDissection) else out[plans[0].prepared.layer]
+
+
+@dataclass
+class _LayerPlan:
+    """One layer's part of the check: the chosen units per concept and their controls."""
+
+    prepared: Prepared
+    chosen: dict[int, Tensor]  # concept -> units, in the order of the records
+    controls: dict[int, list[Tensor]]
+
+
+def _layer_results(
+    layer_result: LayerDissection | DissectionResult | Mapping[str, LayerDissection], layer: str | None
+) -> dict[str, LayerDissection]:
+    """``layer name -> LayerDissection`` from any accepted form (``layer`` renames a single one)."""
+    if isinstance(layer_result, LayerDissection):
+        return {layer if layer is not None else layer_result.name: layer_result}
+    if layer is not None:
+        raise ValueError("`layer` renames a single LayerDissection; a mapping's keys name the layers")
+    layers = layer_result.layers if isinstance(layer_result, DissectionResult) else layer_result
+    if not isinstance(layers, Mapping):
+        raise TypeError(
+            "`layer_result` must be a LayerDissection, a DissectionResult or a mapping layer -> "
+            f"LayerDissection, got {type(layer_result).__name__}"
+        )
+    for name, value in layers.items():
+        if not isinstance(value, LayerDissection):
+            raise TypeError(f"`layer_result`[{name!r}] must be a LayerDissection, got {type(value).__name__}")
+    return dict(layers)
+
+
+def _per_layer(
+    statistics: Statistics, layers: Mapping[str, LayerDissection]
+) -> Mapping[str, UnitStatistics | Tensor] | None:
+    """``statistics`` as a mapping ``layer -> statistics`` (one layer's may be given alone)."""
+    if statistics is None or isinstance(statistics, Mapping):
+        return statistics
+    if len(layers) > 1:
+        raise ValueError("`statistics` of several layers must be a mapping layer -> statistics")
+    return {next(iter(layers)): statistics}
+
+
+def _plan(prepared: Prepared, result: LayerDissection, top_n: int, wanted: set[int] | None) -> _LayerPlan:
+    """Choose each concept's units (best IoU first, at most ``top_n``) and draw the controls."""
+    by_concept: dict[int, list[tuple[float, int]]] = {}
+    for unit in result.units:
+        if unit.interpretable and (wanted is None or unit.concept_index in wanted):
+            by_concept.setdefault(unit.concept_index, []).append((-unit.iou, unit.unit))
+    top = min(top_n, prepared.width)
+    chosen = {c: torch.tensor(sorted(u for _, u in sorted(ranked)[:top])) for c, ranked in by_concept.items()}
+    order = sorted(chosen, key=lambda c: (-chosen[c].numel(), c))
+    chosen = {c: chosen[c] for c in order}
+    return _LayerPlan(prepared, chosen, _shared_controls(prepared, chosen))
+
+
+def _shared_controls(prepared: Prepared, chosen: dict[int, Tensor]) -> dict[int, list[Tensor]]:
+    """Control sets per concept, shared by the concepts that switch off the same number of units."""
+    groups: dict[int, list[int]] = {}
+    for c, units in chosen.items():
+        groups.setdefault(units.numel(), []).append(c)
+    controls: dict[int, list[Tensor]] = {}
+    for size, group in groups.items():
+        union = torch.cat([chosen[c] for c in group])
+        rng = _control_rng(prepared.control_seed, -size)
+        drawn = [random_units(prepared.width, size, union, generator=rng) for _ in range(prepared.num_controls)]
+        for c in group:
+            if all(d is not None for d in drawn):
+                controls[c] = [d for d in drawn if d is not None]
+            else:  # too few units outside the whole group: each concept draws outside its own units
+                controls[c] = replace(prepared, concept=c, units=chosen[c]).controls()
+    return controls
+
+
+def _run_plans(
+    runner: GeneratorRunner,
+    segmenter: Segmenter,
+    bank: LatentBank,
+    plans: list[_LayerPlan],
+    mode: str,
+    statistics: Mapping[str, UnitStatistics | Tensor] | None,
+) -> dict[str, list[AblationEffect]]:
+    """Measure every plan's variants next to one shared unedited pass; the records per layer."""
+    if not plans:
+        return {}
+    _attach_statistics(runner, bank, plans, mode, statistics)
+    variants: dict[Hashable, _Variant] = {"baseline": _Variant(None)}
+    for plan in plans:
+        sets = [u for c, units in plan.chosen.items() for u in [units, *plan.controls[c]]]
+        variants.update(plan.prepared.ablations(sets, mode))
+    measured = _measure(runner, segmenter, bank, variants)
+    return {
+        plan.prepared.layer: [
+            _ablation_record(replace(plan.prepared, concept=c), measured, units, plan.controls[c], mode)
+            for c, units in plan.chosen.items()
+        ]
+        for plan in plans
+    }
+
+
+def _attach_statistics(
+    runner: GeneratorRunner,
+    bank: LatentBank,
+    plans: list[_LayerPlan],
+    mode: str,
+    statistics: Mapping[str, UnitStatistics | Tensor] | None,
+) -> None:
+    """Give every plan its means for ``mode="mean"``: the given ones, the rest from one pass."""
+    if mode != "mean":
+        return
+    given = dict(statistics or {})
+    missing = [p.prepared.layer for p in plans if p.prepared.layer not in given]
+    if missing:
+        given.update(_layer_statistics(runner, bank, missing))
+    for plan in plans:
+        plan.prepared.statistics = given[plan.prepared.layer]

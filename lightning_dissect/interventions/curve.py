@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector, resolve_layer, unwrap_model
 from lightning_dissect.interventions._common import (
     _NAN,
-    Generate,
+    _RUN_DEFAULTS,
     Latents,
-    _as_tensor,
-    _check_batch_size,
+    RunOptions,
+    _check_count,
     _concept_index,
-    _control_seed,
+    _control_rng,
 )
-from lightning_dissect.interventions._engine import _measure, _Variant
-from lightning_dissect.interventions.edits import ablate
-from lightning_dissect.interventions.statistics import UnitStatistics, _resolve_mean, unit_statistics
+from lightning_dissect.interventions._engine import _Measured, _Variant
+from lightning_dissect.interventions._prepare import Prepared, _ablated, _prepare
+from lightning_dissect.interventions.statistics import UnitStatistics
 from lightning_dissect.result import LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+_CURVE_DEFAULTS = {**_RUN_DEFAULTS, "control_seed": 0}
 
 
 @dataclass
@@ -84,10 +89,8 @@ def ablation_curve(
     steps: Sequence[int] | None = None,
     mode: str = "zero",
     statistics: UnitStatistics | Tensor | None = None,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
     control_seed: int = 0,
+    **options: Unpack[RunOptions],
 ) -> AblationCurve:
     """Gandissect's ablation curve: the concept's fraction with the top-``n`` units switched off.
 
@@ -109,100 +112,89 @@ def ablation_curve(
         steps: The ``n`` values to evaluate (each in ``[0, N]``), default all.
         mode: ``"zero"`` or ``"mean"`` ablation.
         statistics: Means for ``mode="mean"`` (computed from ``latents`` when ``None``).
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        control_seed: Seed of the random control units.
+        control_seed: Seed of the random order the control units are drawn from.
+        **options: :class:`RunOptions`: ``batch_size``, ``generate``, ``selector``, ``distributed``.
 
     Returns:
         An :class:`AblationCurve` (tensors ``num_units``, ``fraction``, ``control_fraction``).
 
     Examples:
-        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
-        >>> world = SceneWorld(16)
-        >>> paint = nn.Conv2d(2, 3, 1, bias=False)  # unit 0 paints sky, unit 1 grass
-        >>> paint.weight.data = world.palette[[1, 5]].T.reshape(3, 2, 1, 1)
-        >>> gen = nn.Sequential(nn.Unflatten(1, (2, 1, 1)), nn.Upsample(size=16), paint)
+        >>> from lightning_dissect.interventions._toy import sky_grass
+        >>> gen, segmenter = sky_grass()  # unit 0 of layer "1" paints sky, unit 1 grass
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> curve = ablation_curve(gen, "1", "sky", SyntheticSceneSegmenter(world), z,
-        ...                        iou=torch.tensor([0.9, 0.1]))
+        >>> curve = ablation_curve(gen, "1", "sky", segmenter, z, iou=torch.tensor([0.9, 0.1]))
         >>> curve.num_units.tolist(), curve.fraction.tolist()
         ([0, 1, 2], [0.5, 0.0, 0.0])
 
     """
-    _check_batch_size(batch_size)
-    z = _as_tensor(latents)
-    resolve_layer(unwrap_model(generator), layer, argument="layer")
-    c = _concept_index(concept, segmenter)
+    iou = _concept_iou(iou, _concept_index(concept, segmenter))
+    p = _prepare(
+        generator, layer, segmenter, latents, concept=concept, num_units=int(iou.shape[0]), statistics=statistics,
+        options={**options, "control_seed": control_seed}, function="ablation_curve", defaults=_CURVE_DEFAULTS,
+    )  # fmt: skip
+    top = min(_check_count(max_units, "max_units", 0), p.width)
+    points = _curve_points(steps, top)
+    ranking = torch.sort(-iou.detach().double().cpu(), stable=True).indices[:top]
+    order = torch.randperm(p.width, generator=_control_rng(control_seed, p.concept))
+    chosen = {n: ranking[:n].sort().values for n in points if n}
+    # the control of n: the first n of a fixed random order of the units outside the top n
+    outside = {n: order[~torch.isin(order, ranking[:n])] for n in chosen}
+    controls = {n: outside[n][:n].sort().values for n in chosen if outside[n].numel() >= n}
+    measured = p.measure({"baseline": _Variant(None), **p.ablations([*chosen.values(), *controls.values()], mode)})
+    return _curve(p, measured, points, ranking, chosen, controls, mode)
+
+
+def _concept_iou(iou: Tensor | LayerDissection, concept: int) -> Tensor:
+    """``(U,)`` IoU of every unit with ``concept`` from a vector, a matrix or a layer's result."""
     if isinstance(iou, LayerDissection):
         iou = iou.iou
     if not isinstance(iou, Tensor):
         iou = torch.as_tensor(iou)
     if iou.ndim == 2:
-        iou = iou[:, c]
+        iou = iou[:, concept]
     if iou.ndim != 1 or iou.numel() == 0:
         raise ValueError(f"`iou` must be (U,) or (U, C), got shape {tuple(iou.shape)}")
-    width = int(iou.shape[0])
-    if isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 0:
-        raise ValueError(f"`max_units` must be a non-negative int, got {max_units!r}")
-    top = min(max_units, width)
+    return iou
+
+
+def _curve_points(steps: Sequence[int] | None, top: int) -> list[int]:
     if steps is None:
-        points = list(range(top + 1))
-    else:
-        points = sorted({int(n) for n in steps})
-        if points and (points[0] < 0 or points[-1] > top):
-            raise ValueError(f"`steps` must lie in [0, {top}], got {list(steps)}")
+        return list(range(top + 1))
+    points = sorted({int(n) for n in steps})
+    if points and (points[0] < 0 or points[-1] > top):
+        raise ValueError(f"`steps` must lie in [0, {top}], got {list(steps)}")
     if not points:
         raise ValueError("`steps` must name at least one n")
-    ranking = torch.sort(-iou.detach().double().cpu(), stable=True).indices[:top]
-    mean = _resolve_mean(
-        mode,
-        statistics,
-        lambda: unit_statistics(
-            generator, layer, z, batch_size=batch_size, generate=generate, selector=selector
-        ),
-    )
-    rng = torch.Generator().manual_seed(_control_seed(control_seed, c))
-    order = torch.randperm(width, generator=rng)
-    variants: dict[Hashable, _Variant] = {"baseline": _Variant(None)}
-    control_sets: dict[int, Tensor | None] = {}
-    for n in points:
-        if n == 0:
-            continue
-        chosen = ranking[:n]
-        variants[("top", n)] = _Variant({layer: ablate(chosen, width, mode, mean)})
-        outside = order[~torch.isin(order, chosen)]  # a fixed random order of the other units
-        control = outside[:n].sort().values if outside.numel() >= n else None
-        control_sets[n] = control
-        if control is not None:
-            variants[("control", n)] = _Variant({layer: ablate(control, width, mode, mean)})
-    measured = _measure(
-        generator, segmenter, z, variants,
-        batch_size=batch_size, generate=generate, selector=selector,
-    )  # fmt: skip
-    fractions, num_images = measured.fractions, measured.num_images
+    return points
+
+
+def _curve(
+    prepared: Prepared,
+    measured: _Measured,
+    points: list[int],
+    ranking: Tensor,
+    chosen: dict[int, Tensor],
+    controls: dict[int, Tensor],
+    mode: str,
+) -> AblationCurve:
+    c, layer, fractions = prepared.concept, prepared.layer, measured.fractions
     baseline = float(fractions["baseline"][c])
-    values, controls, control_units = [], [], []
-    for n in points:
+
+    def fraction(n: int, units: dict[int, Tensor]) -> float:
         if n == 0:
-            values.append(baseline)
-            controls.append(baseline)
-            control_units.append([])
-            continue
-        values.append(float(fractions[("top", n)][c]))
-        control = control_sets[n]
-        controls.append(float(fractions[("control", n)][c]) if control is not None else _NAN)
-        control_units.append(control.tolist() if control is not None else [])
+            return baseline
+        return float(fractions[_ablated(layer, units[n])][c]) if n in units else _NAN
+
     return AblationCurve(
         layer=layer,
-        concept=segmenter.vocabulary.names[c],
+        concept=prepared.concept_name,
         concept_index=c,
         num_units=torch.tensor(points, dtype=torch.long),
-        fraction=torch.tensor(values, dtype=torch.float64),
-        control_fraction=torch.tensor(controls, dtype=torch.float64),
+        fraction=torch.tensor([fraction(n, chosen) for n in points], dtype=torch.float64),
+        control_fraction=torch.tensor([fraction(n, controls) for n in points], dtype=torch.float64),
         ranking=ranking.clone(),
-        control_units=control_units,
+        control_units=[controls[n].tolist() if n in controls else [] for n in points],
         baseline=baseline,
         mode=mode,
-        num_images=num_images,
+        num_images=measured.num_images,
     )

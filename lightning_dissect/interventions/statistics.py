@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.hooks import OutputSelector, capture_layers, resolve_layer, unwrap_model
 from lightning_dissect.interventions._common import (
-    Generate,
+    _RUN_DEFAULTS,
     Latents,
-    _as_tensor,
-    _check_batch_size,
-    _layer_output,
+    RunOptions,
+    _as_bank,
+    _metric_kwargs,
+    _options,
+    _runner,
+    _sum_over_ranks,
 )
-from lightning_dissect.metrics._sync import all_reduce_sum
+from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics.unit_quantiles import UnitQuantiles
-from lightning_dissect.runner import eval_mode
-from lightning_dissect.runner import module_device as _module_device
+from lightning_dissect.runner import GeneratorRunner
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @dataclass
@@ -53,28 +58,25 @@ def unit_statistics(
     latents: Latents,
     *,
     quantile: float = 0.99,
-    batch_size: int = 32,
-    generate: Generate | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
     relative_accuracy: float = 0.005,
+    **options: Unpack[RunOptions],
 ) -> UnitStatistics:
     """Per-unit mean activation and ``quantile`` level of ``layer`` over ``latents``.
 
     Values are taken at the layer's own resolution (every position of every sample), which is
     where :func:`ablate` and :func:`insert` write. The quantile comes from
     :class:`~lightning_dissect.metrics.UnitQuantiles` (relative error ``relative_accuracy``);
-    the mean is a float64 sum. Under DDP both are all-reduced (every rank needs at least one
-    latent).
+    the mean is a float64 sum. Generator noise is seeded per batch (see the package docs), so the
+    global RNG never moves and the result is reproducible. Under DDP both are all-reduced (every
+    rank needs at least one latent) unless ``distributed=False``.
 
     Args:
         generator: The generator.
         layer: Dotted layer name; its output is ``(B, U, h, w)`` (or ``(B, U)``).
         latents: This process's latents.
         quantile: Level of ``high`` (GANPaint 0.99; PNAS 0.995).
-        batch_size: Latents per generator call.
-        generate: Custom ``(generator, latents) -> images`` call.
-        selector: Picks the tensor of tuple/dict layer outputs.
         relative_accuracy: Accuracy of the quantile histogram.
+        **options: :class:`RunOptions` (``batch_size``, ``generate``, ``selector``, ``distributed``).
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(4, 2 * 3 * 3), nn.Unflatten(1, (2, 3, 3)), nn.ReLU())
@@ -83,56 +85,54 @@ def unit_statistics(
         (torch.Size([2]), torch.Size([2]), 5)
 
     """
-    _check_batch_size(batch_size)
+    runner = _runner(generator, _options(options, _RUN_DEFAULTS, "unit_statistics"))
+    layer = runner.check_layers(layer, argument="layer")[0]
+    return _layer_statistics(runner, _as_bank(latents), [layer], quantile, relative_accuracy)[layer]
+
+
+def _layer_statistics(
+    runner: GeneratorRunner,
+    bank: LatentBank,
+    layers: Sequence[str],
+    quantile: float = 0.99,
+    relative_accuracy: float = 0.005,
+) -> dict[str, UnitStatistics]:
+    """:class:`UnitStatistics` of several layers from one pass over ``bank`` (see ``unit_statistics``)."""
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"`quantile` must be in [0, 1], got {quantile}")
-    z = _as_tensor(latents)
-    if z.shape[0] == 0:
+    if len(bank) == 0:
         raise ValueError("unit_statistics needs at least one latent on every process")
-    model = unwrap_model(generator)
-    resolve_layer(model, layer, argument="layer")
-    device = _module_device(model)
-    call = generate or (lambda g, x: g(x))
-    with torch.inference_mode(), eval_mode(model):
-        metric: UnitQuantiles | None = None
-        sums: Tensor | None = None
-        for batch in torch.split(z, batch_size):
-            with capture_layers(model, [layer], selector) as captured:
-                call(generator, batch.to(device))
-            acts = _layer_output(captured, layer).float()
-            units = acts.shape[1]
-            flat = acts.transpose(0, 1).reshape(units, -1)  # (U, B*h*w)
-            if metric is None:
-                metric = UnitQuantiles(
-                    units, [quantile], relative_accuracy=relative_accuracy
-                ).to(acts.device)
-                sums = torch.zeros(units + 2, dtype=torch.float64, device=acts.device)
-            metric.update(flat.T)
-            assert sums is not None
-            sums[:units] += flat.double().sum(1)
-            sums[units] += flat.shape[1]
-            sums[units + 1] += acts.shape[0]
-        assert metric is not None and sums is not None
-        high = metric.compute()[:, 0]
-        sums = all_reduce_sum(sums)[0]
-        units = metric.num_units
-        mean = (sums[:units] / sums[units]).float()
+    metrics: dict[str, UnitQuantiles] = {}
+    sums: dict[str, Tensor] = {}
+    with runner.session():
+        with runner.collective("unit statistics"):
+            for batch in runner.batches(bank, torch.arange(len(bank)), layers=layers, require_maps=False):
+                for name in layers:
+                    flat = _unit_values(batch.activations[name], name)  # (U, B*h*w)
+                    if name not in metrics:
+                        metrics[name] = UnitQuantiles(
+                            flat.shape[0], [quantile], relative_accuracy=relative_accuracy, **_metric_kwargs(runner)
+                        ).to(flat.device)
+                        sums[name] = torch.zeros(flat.shape[0] + 2, dtype=torch.float64, device=flat.device)
+                    metrics[name].update(flat.T)
+                    seen = torch.tensor([flat.shape[1], len(batch.indices)], dtype=torch.float64, device=flat.device)
+                    sums[name] += torch.cat([flat.double().sum(1), seen])
+        return {name: _summary(name, metrics[name], _sum_over_ranks(sums[name], runner), quantile) for name in layers}
+
+
+def _unit_values(output: Tensor, name: str) -> Tensor:
+    """A layer output ``(B, U, ...)`` as ``(U, B * positions)`` float values."""
+    if output.ndim < 2:
+        raise ValueError(f"layer {name!r} output has shape {tuple(output.shape)}; need (B, U, ...)")
+    return output.float().transpose(0, 1).reshape(output.shape[1], -1)
+
+
+def _summary(layer: str, metric: UnitQuantiles, sums: Tensor, quantile: float) -> UnitStatistics:
+    units = metric.num_units
     return UnitStatistics(
         layer=layer,
-        mean=mean.cpu().clone(),
-        high=high.cpu().clone(),
+        mean=(sums[:units] / sums[units]).float().cpu().clone(),
+        high=metric.compute()[:, 0].cpu().clone(),
         quantile=float(quantile),
         num_samples=int(sums[units + 1]),
     )
-
-
-def _resolve_mean(
-    mode: str,
-    statistics: UnitStatistics | Tensor | None,
-    compute: Callable[[], UnitStatistics],
-) -> Tensor | UnitStatistics | None:
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"`mode` must be 'zero' or 'mean', got {mode!r}")
-    if mode == "zero":
-        return None
-    return statistics if statistics is not None else compute()
