@@ -406,19 +406,11 @@ class DissectionCallback(Callback):
         from lightning_dissect.interventions import ablation_check
 
         latents = self._ablation_latents(trainer)
-        out = {}
-        for name, layer in result.layers.items():
-            out[name] = ablation_check(
-                generator,
-                layer,
-                self.segmenter,
-                latents,
-                top_n=self.ablation_top_n,
-                generate=self.generate,
-                selector=self.selector,
-                batch_size=self.config.batch_size,
-            )
-        return out
+        # all layers in one pass: one unedited generator call per batch, controls shared
+        return ablation_check(
+            generator, result, self.segmenter, latents, top_n=self.ablation_top_n,
+            generate=self.generate, selector=self.selector, batch_size=self.config.batch_size,
+        )
 
     # ------------------------------------------------------------------ logging
     @property

@@ -199,6 +199,11 @@ class GeneratorRunner:
         """``(rank, world_size)`` this runner works in (``(0, 1)`` when not distributed)."""
         return world(self.distributed)
 
+    @property
+    def metric_options(self) -> dict[str, Any]:
+        """Keyword arguments for the metrics of a pass: no synchronisation when not distributed."""
+        return {} if self.distributed else {"distributed_available_fn": _never}
+
     @contextmanager
     def session(self) -> Iterator[GeneratorRunner]:
         """Inference mode and eval mode (every submodule's mode restored) for the block."""
@@ -370,7 +375,8 @@ class GeneratorRunner:
             try:
                 with self.session():
                     idx = torch.arange(min(2, len(bank)))
-                    images, captured = self.forward(bank[idx], layers, seed=noise_seed(bank.seed, 0), require_maps=False)
+                    seed = noise_seed(bank.seed, 0)
+                    images, captured = self.forward(bank[idx], layers, seed=seed, require_maps=False)
                     forward_ok = True
                     if require_maps:
                         _check_maps(captured)
@@ -391,6 +397,10 @@ class GeneratorRunner:
 
 
 # ---------------------------------------------------------------------- helpers
+def _never() -> bool:
+    return False
+
+
 def _resolve_device(device: torch.device | str) -> torch.device:
     try:
         resolved = torch.device(device)

@@ -270,7 +270,8 @@ class FlatGenerator(nn.Module):
 
 
 def test_generator_returning_a_non_image(segmenter):
-    with pytest.raises(ValueError, match=r"dry run with `latent_shape`=.*must return images \(B, 3, H, W\); got \(2, 12\)"):
+    match = r"dry run with `latent_shape`=.*must return images \(B, 3, H, W\); got \(2, 12\)"
+    with pytest.raises(ValueError, match=match):
         dissect(FlatGenerator(), ["fc"], segmenter, latent_shape=(4,), num_samples=8,
                 progress=False)
 

@@ -73,7 +73,7 @@ def threshold_pass(
                 a = batch.activations[name].float()
                 if name not in out.quantiles:
                     out.quantiles[name] = UnitQuantiles(
-                        a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy
+                        a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy, **runner.metric_options
                     ).to(device)
                     out.topk[name] = TopK(a.shape[1], cfg.top_k, device)
                 out.quantiles[name].update(a, size=out.segmentation_size)
@@ -138,6 +138,7 @@ def count_pass(
             thresholds[name],
             ignore_index=vocabulary.unlabeled_index,
             validate_args=False,
+            **runner.metric_options,
         ).to(runner.device)
 
     shard = runner.shard(bank)

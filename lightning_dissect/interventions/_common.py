@@ -130,15 +130,6 @@ def _control_rng(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(_control_seed(seed, salt))
 
 
-def _never() -> bool:
-    return False
-
-
-def _metric_kwargs(runner: GeneratorRunner) -> dict[str, Any]:
-    """TorchMetrics keywords: a local runner (``distributed=False``) never syncs its metrics."""
-    return {} if runner.distributed else {"distributed_available_fn": _never}
-
-
 def _sum_over_ranks(tensor: Tensor, runner: GeneratorRunner) -> Tensor:
     """``tensor`` summed over the ranks of ``runner`` (itself for a local runner)."""
     return all_reduce_sum(tensor)[0] if runner.distributed else tensor.clone()

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_dissect.hooks import LayerEdit
-from lightning_dissect.interventions._common import _metric_kwargs, _sum_over_ranks
+from lightning_dissect.interventions._common import _sum_over_ranks
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics.concept_fraction import ConceptPixelFraction
 from lightning_dissect.runner import GeneratorRunner
@@ -48,7 +48,7 @@ def _measure(
 
     def metric() -> ConceptPixelFraction:
         return ConceptPixelFraction(
-            vocabulary.num_concepts, vocabulary.unlabeled_index, validate_args=False, **_metric_kwargs(runner)
+            vocabulary.num_concepts, vocabulary.unlabeled_index, validate_args=False, **runner.metric_options
         ).to(runner.device)
 
     overall = {key: metric() for key in variants}

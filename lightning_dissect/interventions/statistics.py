@@ -14,7 +14,6 @@ from lightning_dissect.interventions._common import (
     Latents,
     RunOptions,
     _as_bank,
-    _metric_kwargs,
     _options,
     _runner,
     _sum_over_ranks,
@@ -111,7 +110,7 @@ def _layer_statistics(
                     flat = _unit_values(batch.activations[name], name)  # (U, B*h*w)
                     if name not in metrics:
                         metrics[name] = UnitQuantiles(
-                            flat.shape[0], [quantile], relative_accuracy=relative_accuracy, **_metric_kwargs(runner)
+                            flat.shape[0], [quantile], relative_accuracy=relative_accuracy, **runner.metric_options
                         ).to(flat.device)
                         sums[name] = torch.zeros(flat.shape[0] + 2, dtype=torch.float64, device=flat.device)
                     metrics[name].update(flat.T)
