@@ -13,7 +13,8 @@ What it writes under ``--default-root-dir``:
 
 * ``lightning_logs/version_N/`` — TensorBoard events (``g_loss``, ``d_loss``, ``d_real``,
   ``d_fake``, and whatever the dissection callback logs), ``hparams.yaml``, and
-  ``checkpoints/last.ckpt`` (the final checkpoint, for ``examples/dissect_checkpoint.py``);
+  ``checkpoints/last.ckpt`` (the final checkpoint, for ``examples/dissect_checkpoint.py``) and
+  ``checkpoints/epochNN-stepS.ckpt`` (one per epoch, for ``lightning-dissect emergence``);
 * ``samples.png`` — a grid of images from the final generator (fixed latents);
 * ``final_dissection.json`` — the offline dissection of the final generator.
 
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
         spectral_norm=args.spectral_norm,
     )
     logger = TensorBoardLogger(save_dir=str(root), name="lightning_logs")
-    checkpoint = ModelCheckpoint(save_last=True, save_top_k=0)
+    # last.ckpt, and one checkpoint per epoch for `lightning-dissect emergence` (docs/example.md)
+    checkpoint = ModelCheckpoint(save_last=True, every_n_epochs=1, save_top_k=-1,
+                                 filename="epoch{epoch:02d}-step{step}", auto_insert_metric_name=False)
     trainer = L.Trainer(
         max_epochs=args.max_epochs,
         max_time=args.max_time,

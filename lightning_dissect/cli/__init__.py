@@ -17,11 +17,13 @@ import sys
 from collections.abc import Sequence
 
 from lightning_dissect.cli._loading import CLIError, load_generator, load_object, load_segmenter
+from lightning_dissect.cli.compare import add_compare_command, run_compare
 from lightning_dissect.cli.dissect import add_dissect_command, run_dissect
+from lightning_dissect.cli.emergence import add_emergence_command, run_emergence
 
 __all__ = ["CLIError", "build_parser", "main", "load_object", "load_generator", "load_segmenter"]
 
-COMMANDS = {"dissect": run_dissect}
+COMMANDS = {"dissect": run_dissect, "emergence": run_emergence, "compare": run_compare}
 """Command name -> function running it (``args -> exit status``)."""
 
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_dissect_command(sub)
+    add_emergence_command(sub)
+    add_compare_command(sub)
     return parser
 
 

@@ -1,0 +1,185 @@
+"""``lightning-dissect emergence``: dissect a series of checkpoints of a run that already exists.
+
+Writes into ``--output`` what the training callback would have written (round JSON files and
+TensorBoard events at each checkpoint's ``global_step``) plus ``emergence.html``. Re-running over
+the same folder dissects only the checkpoints without a round. Under ``torchrun`` the latent bank
+is split across the processes (gloo on CPU, nccl on CUDA); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning_dissect.cli._arguments import (
+    _non_negative_int,
+    add_dissection_arguments,
+    add_generator_arguments,
+    add_run_arguments,
+)
+from lightning_dissect.cli._loading import CLIError, _describe, load_generator
+from lightning_dissect.cli.dissect import dissection_config, prepare_generator
+
+__all__ = ["add_emergence_command", "run_emergence"]
+
+
+def add_emergence_command(sub: Any) -> None:
+    """Register ``emergence`` on the sub-command parsers ``sub``."""
+    p = sub.add_parser(
+        "emergence",
+        help="dissect a series of checkpoints: rounds, TensorBoard events and emergence.html",
+        description=(
+            "Dissect every checkpoint of a run on the same seeded latent bank, in global_step "
+            "order, and write what DissectionCallback would have written during training: one "
+            "round JSON per checkpoint and TensorBoard events at each global_step; plus "
+            "emergence.html. Re-running over the same --output skips checkpoints already done."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_generator_arguments(p)
+    for action in p._actions:  # one checkpoint per round here: --checkpoints replaces --checkpoint
+        if "--checkpoint" in action.option_strings:
+            action.help = argparse.SUPPRESS
+    series = p.add_argument_group("checkpoints")
+    series.add_argument(
+        "--checkpoints", required=True, nargs="+", metavar="PATH",
+        help="checkpoint files, or folders of them (*.ckpt, *.pt, *.pth); ordered by the "
+        "global_step stored in them, then by file name",
+    )
+    add_dissection_arguments(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--output", required=True, metavar="DIR",
+                     help="rounds (DIR/dissection/round_<step>.json), TensorBoard events and "
+                     "DIR/emergence.html")
+    out.add_argument("--title", help="title of emergence.html")
+    out.add_argument("--report-units", type=_non_negative_int, default=6, metavar="N",
+                     help="per layer, unit strips of the last checkpoint's N best units in emergence.html")
+    out.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
+    add_run_arguments(out)
+
+
+def run_emergence(args: argparse.Namespace) -> int:
+    """Run the ``emergence`` command (raises :class:`CLIError` on user errors)."""
+    import torch
+
+    from lightning_dissect.cli.dissect import _device
+    from lightning_dissect.emergence import (
+        dissect_checkpoints,
+        find_checkpoints,
+        init_distributed,
+        order_checkpoints,
+    )
+
+    if getattr(args, "checkpoint", None):
+        raise CLIError("--checkpoint: emergence takes --checkpoints PATH [PATH ...] (files or folders)")
+    device, initialised = init_distributed(_device(args.device))
+    args.device = device
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+    def say(line: str) -> None:
+        if rank == 0:
+            print(line, flush=True)
+
+    try:
+        try:
+            files = find_checkpoints(args.checkpoints)
+        except FileNotFoundError as err:
+            raise CLIError(f"--checkpoints: {err}") from err
+        if not files:
+            raise CLIError(f"--checkpoints: no *.ckpt, *.pt or *.pth file in {' '.join(args.checkpoints)}")
+        checkpoints = order_checkpoints(files, report=say)
+        prepared = None
+        for checkpoint in list(checkpoints):  # load and dry-run the first loadable checkpoint
+            args.checkpoint = str(checkpoint.path)
+            try:
+                prepared = prepare_generator(args)
+                break
+            except CLIError as err:
+                if not str(err).startswith("--checkpoint"):
+                    raise
+                say(f"skipped {checkpoint.path}: {' '.join(str(err).split())}")
+                checkpoints.remove(checkpoint)
+        args.checkpoint = None
+        if prepared is None:
+            raise CLIError("--checkpoints: none of the checkpoints could be read or loaded")
+        config = dissection_config(args, prepared["device"], visualize=True)
+        first = {"generator": prepared["generator"]}
+
+        def load(checkpoint: Any) -> Any:
+            if first["generator"] is not None and checkpoint is checkpoints[0]:
+                generator, first["generator"] = first["generator"], None  # already loaded
+                return generator
+            try:
+                _, generator, _ = load_generator(args.generator, str(checkpoint.path), prepared["device"])
+            except CLIError as err:
+                raise RuntimeError(" ".join(str(err).split())) from None
+            return generator.to(prepared["device"])
+
+        metadata: dict[str, Any] = {"generator": args.generator}
+        if prepared["latent_shape"] is not None:
+            metadata["latent_shape"] = list(prepared["latent_shape"])
+        output = Path(args.output)
+        try:
+            run = dissect_checkpoints(
+                checkpoints, load, prepared["layers"], prepared["segmenter"], output,
+                config=config, latent_shape=prepared["latent_shape"],
+                latent_sampler=prepared["latent_sampler"], generate=prepared["generate"],
+                selector=prepared["selector"], metadata=metadata,
+                tensorboard=not args.no_tensorboard, report=say,
+            )
+        except KeyboardInterrupt:
+            say(f"interrupted: the finished rounds are in {output}; run the same command again to go on")
+            return 130
+        except ValueError as err:
+            if args.debug:
+                raise
+            raise CLIError(" ".join(str(err).replace("`output`", "--output").split())) from err
+        except (TypeError, RuntimeError) as err:
+            if args.debug:
+                raise
+            raise CLIError(f"dissection failed: {_describe(err)}") from err
+        if rank == 0:
+            _write_page(args, run, prepared, config, output, load)
+        return 0
+    finally:
+        if initialised:
+            torch.distributed.destroy_process_group()
+
+
+def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], config: Any, output: Path,
+                load: Any) -> None:
+    from lightning_dissect.emergence import Checkpoint
+    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.report.emergence import write_emergence_report
+    from lightning_dissect.round_logging import segmenter_palette
+    from lightning_dissect.strips import render_unit_images
+
+    if not run.rounds:
+        print(f"no rounds in {output}", file=sys.stderr)
+        return
+    last = run.rounds[-1]
+    images: dict[str, Any] = {}
+    if args.report_units:
+        generator = run.generator if run.dissected and run.dissected[-1].global_step == int(
+            last.metadata.get("global_step", -1)) else None
+        recorded = last.metadata.get("checkpoint")
+        if generator is None and isinstance(recorded, str) and Path(recorded).is_file():
+            try:
+                generator = load(Checkpoint(Path(recorded), int(last.metadata.get("global_step", 0))))
+            except RuntimeError as err:
+                print(f"no unit images: {err}", file=sys.stderr)
+        if generator is not None:
+            bank = LatentBank(config.num_samples, prepared["latent_shape"], config.seed, prepared["latent_sampler"])
+            images = render_unit_images(
+                generator, last, bank, prepared["segmenter"].value_range, num_units=args.report_units,
+                generate=prepared["generate"], selector=prepared["selector"], device=prepared["device"],
+            )
+    page = write_emergence_report(
+        run.rounds, output / "emergence.html", palette=segmenter_palette(prepared["segmenter"]),
+        unit_images=images, title=args.title,
+    )
+    tb = "" if args.no_tensorboard else f"; tensorboard --logdir {output}"
+    print(f"{len(run.dissected)} checkpoints dissected, {len(run.skipped)} already done, "
+          f"{len(run.failed)} failed; wrote {page}{tb}")

@@ -1,0 +1,435 @@
+"""Emergence of a run that already exists: dissect a series of checkpoints as the callback would have.
+
+:func:`find_checkpoints` expands files and folders into checkpoint files, :func:`order_checkpoints`
+reads each one's stored ``global_step`` and orders them, and :func:`dissect_checkpoints` dissects
+every checkpoint on the same seeded latent bank, writing after each one
+
+* the round JSON at :func:`~lightning_dissect.history.round_path` ``(output, step)`` — the
+  callback's layout, so :func:`~lightning_dissect.history.load_history` reads them back;
+* the callback's TensorBoard tags at the checkpoint's ``global_step`` through
+  :class:`~lightning_dissect.round_logging.RoundLogger` (``tensorboard --logdir output``).
+
+Re-running over the same ``output`` skips checkpoints that already have a round (same
+``global_step`` and same checkpoint file, recorded in the round's metadata). New rounds are
+appended to TensorBoard in a new event file when they all come after the existing ones; when one
+comes before an existing round (so the churn and units-by-round pictures of later rounds change),
+the event files are rebuilt from every round. Under an initialised process group every rank
+dissects its shard of the bank; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_dissect._distributed import world
+from lightning_dissect.config import DissectionConfig
+from lightning_dissect.dissection import dissect
+from lightning_dissect.history import load_history, round_path
+from lightning_dissect.hooks import OutputSelector
+from lightning_dissect.latents import LatentSampler
+from lightning_dissect.result import DissectionResult
+from lightning_dissect.round_logging import RoundLogger, round_entry, segmenter_palette
+from lightning_dissect.runner import Generate
+from lightning_dissect.segmenters.base import Segmenter
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "Checkpoint",
+    "EmergenceRun",
+    "find_checkpoints",
+    "read_checkpoint_step",
+    "order_checkpoints",
+    "dissect_checkpoints",
+    "init_distributed",
+]
+
+#: File endings taken as checkpoints when a folder is given.
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+#: Settings that must agree between the rounds already in ``output`` and a new run over it.
+_RESUME_SETTINGS = ("num_samples", "seed", "threshold_mode", "quantile", "num_levels",
+                    "level_selection_samples", "iou_threshold", "iqr_threshold", "layers")
+
+_REBUILD_MARKER = ".tensorboard-rebuild"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of the series.
+
+    Attributes:
+        path: The file.
+        global_step: The stored ``global_step``; for a file without one, the steps go on from the
+            largest stored step, one per file, in file-name order.
+        epoch: The stored ``epoch`` (``None`` when absent).
+        stored_step: Whether ``global_step`` was stored in the file.
+    """
+
+    path: Path
+    global_step: int
+    epoch: int | None = None
+    stored_step: bool = True
+
+
+@dataclass
+class EmergenceRun:
+    """What :func:`dissect_checkpoints` did.
+
+    Attributes:
+        rounds: Every round in ``output`` afterwards (earlier and new), in step order.
+        dissected: Checkpoints dissected now.
+        skipped: Checkpoints that already had a round.
+        failed: ``(path, reason)`` of checkpoints that could not be loaded.
+        rebuilt_tensorboard: Whether the event files were rebuilt from all rounds.
+        generator: The generator of the last checkpoint dissected now (``None`` when none was).
+    """
+
+    rounds: list[DissectionResult] = field(default_factory=list)
+    dissected: list[Checkpoint] = field(default_factory=list)
+    skipped: list[Checkpoint] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    rebuilt_tensorboard: bool = False
+    generator: nn.Module | None = None
+
+
+def find_checkpoints(paths: Iterable[str | Path], suffixes: Sequence[str] = CHECKPOINT_SUFFIXES) -> list[Path]:
+    """Expand files and folders (their ``*.ckpt``, ``*.pt``, ``*.pth``, not recursive) into files.
+
+    Raises:
+        FileNotFoundError: If a path does not exist (the message names it).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.ckpt", "a.pt", "notes.txt"):
+        ...     _ = (folder / name).write_bytes(b"")
+        >>> [p.name for p in find_checkpoints([folder])]
+        ['a.pt', 'b.ckpt']
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"checkpoint path not found: {raw}")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def read_checkpoint_step(path: str | Path) -> tuple[int | None, int | None]:
+    """``(global_step, epoch)`` stored in a checkpoint (``None`` for what it lacks).
+
+    Loads with ``torch.load(path, map_location="cpu", weights_only=True, mmap=True)`` (tensors are
+    memory-mapped, not read). A file that safe loading refuses (custom pickled objects) counts as
+    having no step; a file that cannot be read at all raises.
+
+    Raises:
+        OSError, RuntimeError, ValueError, EOFError: The file is unreadable or corrupt.
+    """
+    import pickle
+
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # a real pickle with custom objects: no safe step
+            return None, None
+        raise ValueError(_first_line(err)) from None
+    if not isinstance(state, Mapping):
+        return None, None
+
+    def number(key: str) -> int | None:
+        value = state.get(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return number("global_step"), number("epoch")
+
+
+def order_checkpoints(
+    paths: Iterable[str | Path], report: Callable[[str], None] = print
+) -> list[Checkpoint]:
+    """Read the steps of ``paths`` and order them: by stored ``global_step``, then by file name.
+
+    Files without a stored step come after the others, in file-name order, numbered on from the
+    largest stored step. An unreadable file is reported in one line through ``report`` and left
+    out; so is a second file with the same step as an earlier one (e.g. ``last.ckpt`` next to the
+    epoch checkpoint it copies; the first by file name is kept).
+    """
+    stepped: list[Checkpoint] = []
+    unstepped: list[tuple[Path, int | None]] = []
+    for path in paths:
+        path = Path(path)
+        try:
+            step, epoch = read_checkpoint_step(path)
+        except Exception as err:  # noqa: BLE001 - any failure to read means: skip this file
+            report(f"skipped {path}: unreadable checkpoint ({type(err).__name__}: {_first_line(err)})")
+            continue
+        if step is None:
+            unstepped.append((path, epoch))
+        else:
+            stepped.append(Checkpoint(path, step, epoch, True))
+    stepped.sort(key=lambda c: (c.global_step, c.path.name, str(c.path)))
+    start = max((c.global_step for c in stepped), default=-1) + 1
+    unstepped.sort(key=lambda item: (item[0].name, str(item[0])))
+    ordered = stepped + [Checkpoint(p, start + i, e, False) for i, (p, e) in enumerate(unstepped)]
+    kept: list[Checkpoint] = []
+    for checkpoint in ordered:
+        if kept and kept[-1].global_step == checkpoint.global_step:
+            report(f"skipped {checkpoint.path}: same global_step {checkpoint.global_step} as {kept[-1].path.name}")
+            continue
+        kept.append(checkpoint)
+    return kept
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """A short one-line reason (torch's weights-only errors are paragraphs)."""
+    text = " ".join(str(err).split())
+    if "WeightsUnpickler error:" in text:
+        head = text.split("Weights only load failed")[0]
+        reason = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip()
+        text = f"{head}not a torch checkpoint that loads safely ({reason})"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _same_file(recorded: Any, path: Path) -> bool:
+    if not isinstance(recorded, str):
+        return False
+    old = Path(recorded)
+    if old.exists():
+        try:
+            return old.resolve() == path.resolve()
+        except OSError:
+            return False
+    return old.name == path.name  # the run folder was moved: match on the file name
+
+
+def _check_settings(rounds: Sequence[DissectionResult], config: DissectionConfig, layers: Sequence[str],
+                    output: Path) -> None:
+    wanted = {k: v for k, v in vars(config).items()}
+    wanted["layers"] = list(layers)
+    for result in rounds:
+        for key in _RESUME_SETTINGS:
+            if key in result.settings and result.settings[key] != wanted.get(key):
+                if key == "quantile" and wanted.get("threshold_mode") != "quantile":
+                    continue
+                if key == "num_levels" and wanted.get("threshold_mode") != "iqr":
+                    continue
+                raise ValueError(
+                    f"`output` {str(output)!r} holds rounds dissected with {key}={result.settings[key]!r}, "
+                    f"this run has {key}={wanted.get(key)!r}; use the same settings or another output folder"
+                )
+        return  # every round was written with the same settings; the first one tells
+
+
+def _remove_event_files(output: Path) -> None:
+    for file in output.glob("events.out.tfevents.*"):
+        file.unlink()
+
+
+def dissect_checkpoints(
+    checkpoints: Sequence[Checkpoint],
+    load: Callable[[Checkpoint], nn.Module],
+    layers: Sequence[str],
+    segmenter: Segmenter,
+    output: str | Path,
+    *,
+    config: DissectionConfig,
+    latent_shape: Sequence[int] | None = None,
+    latent_sampler: LatentSampler | None = None,
+    generate: Generate | None = None,
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    metadata: Mapping[str, Any] | None = None,
+    tensorboard: bool = True,
+    report: Callable[[str], None] = print,
+) -> EmergenceRun:
+    """Dissect each checkpoint of a series on one seeded latent bank; write rounds and TensorBoard.
+
+    Args:
+        checkpoints: The series, in order (see :func:`order_checkpoints`).
+        load: ``checkpoint -> generator`` with that checkpoint's weights, on the dissection device.
+            A checkpoint whose ``load`` raises is reported in one line and skipped.
+        layers: Layer names relative to the generator.
+        segmenter: Images → concept labels.
+        output: Folder of the rounds (``output/dissection/round_<step>.json``) and event files.
+        config: The dissection settings (the same for every checkpoint; ``seed`` fixes the bank).
+        latent_shape: Shape of one latent.
+        latent_sampler: Custom ``(n, torch.Generator) -> latents``.
+        generate: Custom ``(generator, latents) -> images``.
+        selector: Picks the tensor from tuple/dict layer outputs.
+        metadata: Extra metadata of every round (each also gets ``checkpoint``, ``global_step``
+            and ``epoch``).
+        tensorboard: Write TensorBoard event files (needs the ``tensorboard`` package).
+        report: Called with one line per skipped or failed checkpoint and per written round.
+
+    Returns:
+        An :class:`EmergenceRun`.
+
+    Raises:
+        ValueError: If ``output`` holds rounds dissected with other settings or layers.
+
+    Examples:
+        >>> import tempfile
+        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+        >>> net = nn.Sequential(nn.Linear(8, 4 * 16 * 16), nn.Unflatten(1, (4, 16, 16)),
+        ...                     nn.Conv2d(4, 3, 1), nn.Tanh())
+        >>> out = tempfile.mkdtemp()
+        >>> run = dissect_checkpoints([Checkpoint(Path("a.pt"), 10)], lambda c: net, ["2"],
+        ...                           SyntheticSceneSegmenter(SceneWorld(16)), out, latent_shape=(8,),
+        ...                           config=DissectionConfig(num_samples=16, progress=False),
+        ...                           tensorboard=False, report=lambda line: None)
+        >>> [r.metadata["global_step"] for r in load_history(out)]
+        [10]
+    """
+    out = Path(output)
+    rank, world_size = world()
+    writer_rank = rank == 0
+    layers = list(layers)
+
+    existing = load_history(out) if out.is_dir() else []
+    if existing:
+        _check_settings(existing, config, layers, out)
+    by_step = {int(r.metadata.get("global_step", -1)): r for r in existing}
+    todo: list[Checkpoint] = []
+    run = EmergenceRun()
+    for checkpoint in checkpoints:
+        old = by_step.get(checkpoint.global_step)
+        if old is not None and _same_file(old.metadata.get("checkpoint"), checkpoint.path):
+            run.skipped.append(checkpoint)
+            report(f"skipped {checkpoint.path}: round at step {checkpoint.global_step} already in {out}")
+        else:
+            todo.append(checkpoint)
+    if world_size > 1:  # every rank follows rank 0's plan (the same files, in the same order)
+        plan = [todo]
+        torch.distributed.broadcast_object_list(plan, src=0)
+        todo = plan[0]
+
+    marker = out / _REBUILD_MARKER
+    last_existing = max(by_step, default=-1)
+    new_steps = {c.global_step for c in todo}
+    rebuild = tensorboard and bool(existing) and (
+        marker.exists() or any(s <= last_existing for s in new_steps)
+    )
+    writer = None
+    round_logger = RoundLogger(
+        None,
+        categories=segmenter.vocabulary.categories,
+        palette=segmenter_palette(segmenter),
+        num_visualized_units=config.num_visualized_units,
+    )
+    if writer_rank and tensorboard and (todo or rebuild):
+        from torch.utils.tensorboard import SummaryWriter
+
+        out.mkdir(parents=True, exist_ok=True)
+        if rebuild:
+            marker.write_text("rebuilding the TensorBoard event files; an interrupted rebuild is redone\n")
+            _remove_event_files(out)
+            run.rebuilt_tensorboard = True
+        writer = SummaryWriter(str(out))
+        round_logger.write_layout(writer, layers)
+
+    # the merged series: existing rounds (replaced where a checkpoint is redone) and new ones
+    todo_steps = {c.global_step: c for c in todo}
+    series: list[tuple[int, DissectionResult | Checkpoint]] = [
+        (s, r) for s, r in by_step.items() if s not in todo_steps
+    ]
+    series += [(c.global_step, c) for c in todo]
+    series.sort(key=lambda item: item[0])
+
+    history: list[dict[str, Any]] = []
+    rounds: list[DissectionResult] = []
+    try:
+        for step, item in series:
+            if isinstance(item, DissectionResult):
+                result = item
+                if rebuild and writer is not None:
+                    _log(round_logger, writer, result, step, history)
+            else:
+                checkpoint = item
+                try:
+                    generator = load(checkpoint)
+                except Exception as err:  # noqa: BLE001 - a bad file must not stop the series
+                    run.failed.append((checkpoint.path, _first_line(err)))
+                    report(f"skipped {checkpoint.path}: cannot load it ({_first_line(err)})")
+                    continue
+                result = dissect(
+                    generator, layers, segmenter,
+                    latent_shape=latent_shape, latent_sampler=latent_sampler, generate=generate,
+                    selector=selector, config=config,
+                    metadata={
+                        **dict(metadata or {}),
+                        "checkpoint": str(checkpoint.path.resolve()),
+                        "global_step": checkpoint.global_step,
+                        "epoch": checkpoint.epoch,
+                        "stored_step": checkpoint.stored_step,
+                        "name": None,
+                    },
+                )
+                run.generator = generator
+                if writer_rank:
+                    if writer is not None:  # TensorBoard first: a round on disk is a round logged
+                        _log(round_logger, writer, result, step, history)
+                    result.to_json(round_path(out, step))
+                    report(f"round {step}: {checkpoint.path} -> {round_path(out, step)}")
+                run.dissected.append(checkpoint)
+            history.append(round_entry(result, step, int(result.metadata.get("epoch") or 0)))
+            rounds.append(result)
+        if rebuild and writer is not None:
+            writer.flush()
+            marker.unlink(missing_ok=True)
+    finally:
+        if writer is not None:
+            writer.close()
+    run.rounds = rounds
+    return run
+
+
+def _log(
+    round_logger: RoundLogger, writer: Any, result: DissectionResult, step: int, history: Sequence[Mapping[str, Any]]
+) -> None:
+    """The callback's ``_log`` for a SummaryWriter: scalars, then tables and pictures."""
+    previous = history[-1] if history else None
+    for tag, value in round_logger.scalars(result, previous).items():
+        writer.add_scalar(tag, value, step)
+    round_logger.log_tensorboard(writer, result, step, history=history)
+
+
+def init_distributed(device: str) -> tuple[str, bool]:
+    """Initialise the default process group from torchrun's environment variables, if set.
+
+    Returns ``(device, initialised_here)``: on CUDA the device becomes ``cuda:<LOCAL_RANK>``
+    (backend ``nccl``); on CPU the backend is ``gloo``. Without ``WORLD_SIZE`` > 1 nothing happens.
+
+    Examples:
+        >>> init_distributed("cpu") if "WORLD_SIZE" not in os.environ else ("cpu", False)
+        ('cpu', False)
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return device, False
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    torch.distributed.init_process_group(backend)
+    return device, True
