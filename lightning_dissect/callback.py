@@ -30,7 +30,7 @@ from lightning_dissect.discovery import (
 )
 from lightning_dissect.dissection import dissect
 from lightning_dissect.history import load_history, round_path
-from lightning_dissect.hooks import OutputSelector, unwrap_model
+from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
 from lightning_dissect.result import DissectionResult
 from lightning_dissect.round_logging import RoundLogger, round_entry, segmenter_palette
@@ -289,7 +289,10 @@ class DissectionCallback(Callback):
             return "latent_sampler" if shape is None else f"latent shape {shape}"
 
         try:
-            chosen = runner.dry_run(self.layers, banks, self.segmenter, describe=describe)
+            # with the ablation check on, every layer must also take an edit (selectors that
+            # cannot write back are refused now, not mid-training)
+            edits = {name: LayerEdit(alpha=0.0) for name in self.layers} if self.ablation_check else None
+            chosen = runner.dry_run(self.layers, banks, self.segmenter, describe=describe, edits=edits)
         except DryRunError as err:
             raise RuntimeError(f"DissectionCallback {err}") from err
         if shapes[id(chosen)] is not None:

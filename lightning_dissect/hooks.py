@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "OutputSelector",
+    "Selector",
+    "Captured",
     "LayerEdit",
     "unwrap_model",
     "resolve_layer",
@@ -28,9 +30,55 @@ __all__ = [
     "apply_edit",
 ]
 
-OutputSelector = Union[int, str, Callable[[Any], Tensor], None]
+class Selector:
+    """Picks a tensor from a layer's output *and* writes an edited tensor back into it.
+
+    An int or str selector does both for tuples, lists and dicts. For any other structure give
+    both directions; a plain callable ``output -> Tensor`` can capture but not edit, and editing
+    with one is refused at the dry run.
+
+    Args:
+        select: ``output -> Tensor``.
+        replace: ``(output, edited) -> new output``.
+
+    Examples:
+        >>> class Block(nn.Module):
+        ...     def forward(self, x):
+        ...         return {"features": x, "skip": x}
+        >>> sel = Selector(lambda out: out["features"], lambda out, t: {**out, "features": t})
+        >>> net = nn.Sequential(Block())
+        >>> with edit_layers(net, {"0": LayerEdit(alpha=1.0, value=0.0)}, sel):
+        ...     out = net(torch.ones(1, 2, 2, 2))
+        >>> float(out["features"].sum()), float(out["skip"].sum())
+        (0.0, 8.0)
+    """
+
+    def __init__(self, select: Callable[[Any], Tensor], replace: Callable[[Any, Tensor], Any]) -> None:
+        if not callable(select) or not callable(replace):
+            raise TypeError("Selector needs two callables: select(output) and replace(output, edited)")
+        self.select = select
+        self.replace = replace
+
+    def __call__(self, output: Any) -> Tensor:
+        """The selected tensor of ``output``."""
+        return self.select(output)
+
+    def __repr__(self) -> str:
+        return f"Selector({getattr(self.select, '__name__', self.select)!r})"
+
+
+OutputSelector = Union[int, str, Selector, Callable[[Any], Tensor], None]
 """Which tensor of a layer's output to use: ``None`` (the output is a tensor), an index into a
-tuple/list, a key into a dict, or a callable ``output -> Tensor`` (capture only)."""
+tuple/list, a key into a dict, a :class:`Selector` (capture and edit), or a callable
+``output -> Tensor`` (capture only)."""
+
+
+class Captured(dict):
+    """``layer -> tensor`` of the latest forward pass, and ``calls``: how often each layer ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -103,8 +151,13 @@ def _select(output: Any, selector: OutputSelector, name: str) -> Tensor:
 def _replace(output: Any, selector: OutputSelector, value: Tensor) -> Any:
     if selector is None:
         return value
+    if isinstance(selector, Selector):
+        return selector.replace(output, value)
     if callable(selector):
-        raise TypeError("editing a layer needs an int or str selector, not a callable")
+        raise TypeError(
+            "editing a layer whose output is selected by a plain callable is not possible: pass an int or str "
+            "selector, or Selector(select, replace) that also writes the edited tensor back"
+        )
     if isinstance(output, tuple):
         items = list(output)
         items[selector] = value  # type: ignore[index]
@@ -133,7 +186,7 @@ def capture_layers(
     selector: OutputSelector | Mapping[str, OutputSelector] = None,
     *,
     detach: bool = True,
-) -> Iterator[dict[str, Tensor]]:
+) -> Iterator[Captured]:
     """Record the output of each named layer during forward passes inside the block.
 
     Args:
@@ -143,7 +196,8 @@ def capture_layers(
         detach: Store detached tensors.
 
     Yields:
-        A dict filled with ``name -> tensor`` of the latest forward pass.
+        A :class:`Captured` dict filled with ``name -> tensor`` of the latest forward pass; its
+        ``calls`` count how often each layer ran.
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
@@ -155,7 +209,7 @@ def capture_layers(
     if isinstance(layers, str):
         layers = [layers]
     modules = {name: resolve_layer(model, name) for name in layers}
-    captured: dict[str, Tensor] = {}
+    captured = Captured()
     handles = []
 
     def make_hook(name: str) -> Callable[..., None]:
@@ -164,6 +218,7 @@ def capture_layers(
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             value = _select(output, sel, name)
             captured[name] = value.detach() if detach else value
+            captured.calls[name] = captured.calls.get(name, 0) + 1
 
         return hook
 

@@ -1,20 +1,74 @@
-"""A fixed, seeded bank of latent vectors, addressable by index and shardable across ranks.
+"""A fixed, seeded bank of latents, addressable by index and shardable across ranks.
 
 The same seed gives the same bank on every process and at every dissection round, so rounds are
 comparable and any process can regenerate the image of latent ``i`` (e.g. a unit's top images).
+
+Latents may be *structured*: a tensor, a tuple (or list) of tensors, or a dict of tensors, each
+with the batch first — e.g. ``(z, noise)`` or ``{"z": z, "truncation": t}`` for a StyleGAN-style
+generator. Indexing a bank returns a batch in the same structure, which ``generate(generator,
+latents)`` receives as it is.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["LatentSampler", "LatentBank", "shard_indices"]
+__all__ = ["Latents", "LatentSampler", "LatentBank", "shard_indices", "map_latents", "latent_count"]
 
-LatentSampler = Callable[[int, torch.Generator], Tensor]
-"""``(n, generator) -> (n, ...)`` latents drawn with the given private ``torch.Generator``."""
+Latents = Union[Tensor, tuple, list, Mapping[str, Any]]
+"""A batch of latents: a tensor, a tuple/list of tensors or a dict of tensors, batch first."""
+
+LatentSampler = Callable[[int, torch.Generator], Latents]
+"""``(n, generator) -> latents`` of ``n`` rows drawn with the given private ``torch.Generator``."""
+
+
+def map_latents(fn: Callable[[Tensor], Tensor], latents: Latents) -> Latents:
+    """Apply ``fn`` to every tensor of a (possibly structured) batch of latents.
+
+    Examples:
+        >>> out = map_latents(lambda t: t * 2, {"z": torch.ones(2, 3), "w": (torch.ones(2),)})
+        >>> out["z"].sum().item(), type(out["w"]).__name__
+        (12.0, 'tuple')
+    """
+    if isinstance(latents, Tensor):
+        return fn(latents)
+    if isinstance(latents, Mapping):
+        return {k: map_latents(fn, v) for k, v in latents.items()}
+    if isinstance(latents, (tuple, list)):
+        mapped = [map_latents(fn, v) for v in latents]
+        if hasattr(latents, "_fields"):  # a named tuple
+            return type(latents)(*mapped)
+        return type(latents)(mapped)
+    raise TypeError(
+        f"latents must be a Tensor, a tuple/list or a dict of tensors, got {type(latents).__name__}"
+    )
+
+
+def _leaves(latents: Latents) -> list[Tensor]:
+    found: list[Tensor] = []
+    map_latents(lambda t: found.append(t) or t, latents)
+    return found
+
+
+def latent_count(latents: Latents, argument: str = "latents") -> int:
+    """Number of latents (rows) in a batch; every tensor of a structure must have the same.
+
+    Examples:
+        >>> latent_count((torch.zeros(4, 8), torch.zeros(4, 1, 16, 16)))
+        4
+    """
+    leaves = _leaves(latents)
+    if not leaves:
+        raise ValueError(f"`{argument}` holds no tensor")
+    sizes = {int(t.shape[0]) if t.ndim else -1 for t in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        shapes = [tuple(t.shape) for t in leaves]
+        raise ValueError(f"every tensor of `{argument}` needs the same batch (first) size; got shapes {shapes}")
+    return sizes.pop()
 
 
 def shard_indices(num_samples: int, rank: int, world_size: int) -> Tensor:
@@ -40,7 +94,8 @@ class LatentBank:
         latent_shape: Shape of one latent, e.g. ``(128,)`` or ``(128, 1, 1)``; used by the
             default sampler (standard normal).
         seed: Seed of the private ``torch.Generator`` (the global RNG is never touched).
-        sampler: Optional custom ``(n, generator) -> Tensor``; overrides ``latent_shape``.
+        sampler: Optional custom ``(n, generator) -> latents`` (a tensor, tuple or dict of
+            tensors with ``n`` rows each); overrides ``latent_shape``.
 
     Examples:
         >>> bank = LatentBank(4, (3,), seed=1)
@@ -48,6 +103,10 @@ class LatentBank:
         True
         >>> bank.latents.shape
         torch.Size([4, 3])
+        >>> styled = LatentBank(4, sampler=lambda n, g: {"z": torch.randn(n, 8, generator=g),
+        ...                                              "noise": torch.randn(n, 1, 4, 4, generator=g)})
+        >>> {k: tuple(v.shape) for k, v in styled[[0, 1]].items()}
+        {'z': (2, 8), 'noise': (2, 1, 4, 4)}
     """
 
     def __init__(
@@ -57,7 +116,7 @@ class LatentBank:
         seed: int = 1,
         sampler: LatentSampler | None = None,
     ) -> None:
-        if not isinstance(num_samples, int) or num_samples < 1:
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}")
         if sampler is None and latent_shape is None:
             raise ValueError("LatentBank needs `latent_shape` or a `sampler`")
@@ -65,21 +124,37 @@ class LatentBank:
         generator.manual_seed(int(seed))
         if sampler is not None:
             latents = sampler(num_samples, generator)
-            if not isinstance(latents, Tensor) or latents.shape[0] != num_samples:
-                raise ValueError(
-                    f"`sampler` must return a tensor with {num_samples} rows, got "
-                    f"{getattr(latents, 'shape', type(latents).__name__)}"
-                )
+            try:
+                count = latent_count(latents, "sampler output")
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"`sampler` must return latents with {num_samples} rows: {err}") from err
+            if count != num_samples:
+                raise ValueError(f"`sampler` must return {num_samples} rows, got {count}")
         else:
             shape = tuple(int(s) for s in latent_shape)  # type: ignore[union-attr]
             latents = torch.randn((num_samples, *shape), generator=generator)
-        self.latents = latents
+        self.latents: Latents = latents
         self.seed = int(seed)
 
-    def __len__(self) -> int:
-        return int(self.latents.shape[0])
+    @classmethod
+    def from_latents(cls, latents: Latents, seed: int = 0) -> LatentBank:
+        """A bank holding the given latents (no draw); ``seed`` seeds their generator noise.
 
-    def __getitem__(self, indices: Sequence[int] | Tensor | slice) -> Tensor:
+        Examples:
+            >>> len(LatentBank.from_latents(torch.zeros(5, 2)))
+            5
+        """
+        latent_count(latents)
+        bank = cls.__new__(cls)
+        bank.latents = latents
+        bank.seed = int(seed)
+        return bank
+
+    def __len__(self) -> int:
+        return latent_count(self.latents)
+
+    def __getitem__(self, indices: Sequence[int] | Tensor | slice) -> Latents:
         if isinstance(indices, slice):
-            return self.latents[indices]
-        return self.latents[torch.as_tensor(indices, dtype=torch.long)]
+            return map_latents(lambda t: t[indices], self.latents)
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return map_latents(lambda t: t[index.to(t.device)], self.latents)

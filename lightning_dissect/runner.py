@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lightning_dissect._distributed import agree_on_failure, seeded_rng, world
 from lightning_dissect.hooks import LayerEdit, OutputSelector, capture_layers, edit_layers, resolve_layer, unwrap_model
-from lightning_dissect.latents import LatentBank, shard_indices
+from lightning_dissect.latents import LatentBank, map_latents, shard_indices
 from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "DryRunError",
     "eval_mode",
     "module_device",
+    "module_dtype",
     "noise_seed",
     "check_segmenter",
 ]
@@ -87,6 +88,19 @@ def module_device(module: nn.Module) -> torch.device:
     for tensor in list(module.parameters()) + list(module.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """Floating-point dtype of the first floating parameter or buffer (``None`` when it has none).
+
+    Examples:
+        >>> module_dtype(nn.Linear(2, 2).to(torch.bfloat16))
+        torch.bfloat16
+    """
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
 def noise_seed(bank_seed: int, first_index: int) -> int:
@@ -191,6 +205,7 @@ class GeneratorRunner:
         self.selector = selector
         self.batch_size = batch_size
         self.device = _resolve_device(device) if device is not None else module_device(self.model)
+        self.dtype = module_dtype(self.model)
         self.distributed = distributed
 
     # ------------------------------------------------------------------ context
@@ -256,7 +271,7 @@ class GeneratorRunner:
         Returns:
             ``(images, activations)``.
         """
-        z = _to_device(latents, self.device)
+        z = map_latents(self._move, latents)
         with _maybe_seeded(seed, self.device):
             with edit_layers(self.model, edits or {}, self.selector):
                 with capture_layers(self.model, list(layers), self.selector) as captured:
@@ -265,9 +280,23 @@ class GeneratorRunner:
         missing = [n for n in layers if n not in captured]
         if missing:
             raise RuntimeError(f"layers {missing} did not run during the generator's forward pass")
+        repeated = {n: c for n, c in captured.calls.items() if c > 1}
+        if repeated:
+            raise ValueError(
+                f"layers {sorted(repeated)} ran {sorted(set(repeated.values()))} times in one forward pass (a module "
+                "shared between blocks, e.g. one activation reused): a hook sees only its last call, so its units "
+                "are ambiguous; dissect a module that runs once per forward (give each use its own module)"
+            )
+        activations = {n: _as_units(captured[n]) for n in layers}
         if require_maps:
-            _check_maps(captured)
-        return images, dict(captured)
+            _check_maps(activations)
+        return images, activations
+
+    def _move(self, tensor: Tensor) -> Tensor:
+        """Latents follow the generator: its device, and its dtype for floating-point latents."""
+        if tensor.is_floating_point() and self.dtype is not None:
+            return tensor.to(device=self.device, dtype=self.dtype)
+        return tensor.to(self.device)
 
     @staticmethod
     def segment(images: Tensor, segmenter: Segmenter, *, check_images: bool) -> Tensor:
@@ -276,7 +305,7 @@ class GeneratorRunner:
             validate_images(
                 images, segmenter.value_range, name="generator output", channels=getattr(segmenter, "channels", 3)
             )
-        labels = segmenter(images)
+        labels = segmenter(images.float() if images.dtype in (torch.float16, torch.bfloat16) else images)
         # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
         validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])
         return labels
@@ -411,16 +440,6 @@ def _resolve_device(device: torch.device | str) -> torch.device:
     return resolved
 
 
-def _to_device(latents: Any, device: torch.device) -> Any:
-    if isinstance(latents, Tensor):
-        return latents.to(device)
-    if isinstance(latents, Mapping):
-        return {k: _to_device(v, device) for k, v in latents.items()}
-    if isinstance(latents, (tuple, list)):
-        return type(latents)(_to_device(v, device) for v in latents)
-    return latents
-
-
 @contextmanager
 def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
@@ -430,11 +449,17 @@ def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
             yield
 
 
+def _as_units(value: Tensor) -> Tensor:
+    """``(B, U)`` outputs (Linear layers) are ``(B, U, 1, 1)`` maps: each unit on or off for the whole image."""
+    return value[:, :, None, None] if value.ndim == 2 else value
+
+
 def _check_maps(captured: Mapping[str, Tensor]) -> None:
     for name, value in captured.items():
         if value.ndim != 4:
             raise LayerShapeError(
-                f"layer {name!r} output has shape {tuple(value.shape)}; dissection needs (B, U, h, w) feature maps"
+                f"layer {name!r} output has shape {tuple(value.shape)}; dissection needs (B, U, h, w) feature maps "
+                "or (B, U) unit vectors (pass a `selector` for tuple/dict outputs)"
             )
 
 

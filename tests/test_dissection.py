@@ -277,9 +277,34 @@ def test_generator_returning_a_non_image(segmenter):
 
 
 def test_layer_that_is_not_a_feature_map(segmenter):
-    gen = nn.Sequential(nn.Linear(4, 48), nn.Unflatten(1, (3, 4, 4)), nn.Tanh())
-    with pytest.raises(ValueError, match=r"layer '0' output has shape \(2, 48\)"):
-        dissect(gen, ["0"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
+    # (B, U, h, w) maps and (B, U) vectors are units; a (B, 3, 16) sequence of tokens is not
+    with pytest.raises(ValueError, match=r"layer '1' output has shape \(2, 3, 16\)"):
+        tokens = nn.Sequential(nn.Linear(4, 48), nn.Unflatten(1, (3, 16)), nn.Unflatten(2, (4, 4)), nn.Tanh())
+        dissect(tokens, ["1"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
+
+
+def test_linear_layer_units_are_whole_image_maps(world, segmenter):
+    """A (B, U) output is dissected as 1x1 maps: a unit is on or off for the whole image."""
+    import numpy as np
+
+    from tests import reference
+
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3 * 32 * 32), nn.Unflatten(1, (3, 32, 32)),
+                        nn.Tanh())
+    result = dissect(gen, ["1"], segmenter, latent_shape=(6,), num_samples=24, batch_size=8, progress=False,
+                     quantile=0.8, chance_baseline=False)
+    layer = result["1"]
+    assert layer.num_units == 12
+    bank = LatentBank(24, (6,), seed=1)
+    with torch.no_grad():
+        acts = gen[:2](bank.latents).numpy()[:, :, None, None]
+        seg = segmenter(gen(bank.latents)).numpy()
+    thresholds = np.array([u.level for u in layer.units])
+    counted = reference.counts(acts, seg, thresholds, segmenter.vocabulary.num_concepts,
+                               segmenter.vocabulary.unlabeled_index)
+    expected = reference.iou(counted["intersection"], counted["unit_area"], counted["concept_area"])
+    np.testing.assert_allclose(layer.iou.numpy(), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("corrupt_batch", [0, 1])

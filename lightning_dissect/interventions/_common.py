@@ -16,9 +16,9 @@ from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
 
-Latents = Tensor | LatentBank
-"""This process's latents: a ``(N, ...)`` tensor or a
-:class:`~lightning_dissect.latents.LatentBank`."""
+Latents = Tensor | tuple | dict | LatentBank
+"""This process's latents: a ``(N, ...)`` tensor, a tuple/dict of such tensors (structured
+latents) or a :class:`~lightning_dissect.latents.LatentBank`."""
 
 
 Units = Sequence[int] | Tensor
@@ -77,23 +77,17 @@ def _runner(generator: Any, options: Mapping[str, Any]) -> GeneratorRunner:
     return GeneratorRunner(generator, **{key: options[key] for key in _RUN_DEFAULTS})
 
 
-class _TensorBank(LatentBank):
-    """Latents given as a tensor, seen as a bank with the fixed seed :data:`TENSOR_LATENTS_SEED`."""
-
-    def __init__(self, latents: Tensor) -> None:  # no draw: the latents are given
-        self.latents = latents
-        self.seed = TENSOR_LATENTS_SEED
-
-
 def _as_bank(latents: Latents) -> LatentBank:
     """Return this process's latents as a bank (every latent of it is used; nothing is sharded)."""
     if isinstance(latents, LatentBank):
         return latents
-    if not isinstance(latents, Tensor):
-        raise TypeError(f"`latents` must be a Tensor or a LatentBank, got {type(latents).__name__}")
-    if latents.ndim < 1:
+    if not isinstance(latents, (Tensor, tuple, list, Mapping)):
+        raise TypeError(
+            f"`latents` must be a Tensor (or a tuple/dict of tensors) or a LatentBank, got {type(latents).__name__}"
+        )
+    if isinstance(latents, Tensor) and latents.ndim < 1:
         raise ValueError("`latents` must have a batch dimension")
-    return _TensorBank(latents)
+    return LatentBank.from_latents(latents, TENSOR_LATENTS_SEED)
 
 
 def _check_count(value: Any, name: str, minimum: int) -> int:

@@ -69,6 +69,7 @@ class TorchvisionSegmenter(ModelSegmenter):
             weights were trained around ``input_size=520``.
 
     Examples:
+        >>> import torch
         >>> from torch import nn
         >>> model = nn.Conv2d(3, 21, 1)  # stands in for a real network
         >>> seg = TorchvisionSegmenter(model, resolution=8)
