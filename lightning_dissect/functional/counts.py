@@ -342,7 +342,8 @@ def _counts_multi_level(
         and values.numel() > 0
         and not bool(torch.isnan(thresholds).any())
         and not bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
-        and not bool(torch.isnan(values).any())
+        # a NaN makes the sum NaN (so does +inf with -inf: then the search path, also exact)
+        and not bool(torch.isnan(values.sum()))
     )
     counter = _counts_multi_level_lookup if fast else _counts_multi_level_search
     histogram, area_hist = counter(values, thresholds, labels, num_concepts, chunk_elements)
