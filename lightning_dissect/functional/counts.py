@@ -30,6 +30,9 @@ __all__ = ["ConceptCounts", "concept_labels", "concept_indicator", "unit_concept
 
 # float32 adds 0/1 values exactly up to 2**24; stay well below that per call.
 _MAX_PIXELS_PER_CALL = 1 << 22
+# Buckets per unit of the level lookup table (a power of two).
+_LUT_BUCKETS = 1024
+_INT32_MAX = (1 << 31) - 1
 
 
 class ConceptCounts(NamedTuple):
@@ -103,41 +106,51 @@ def _thresholds_as(thresholds: Tensor, dtype: torch.dtype) -> Tensor:
     return cast
 
 
-def _indicator(labels: Tensor, width: int, *, with_ones: bool) -> Tensor:
-    """``(P, width [+ 1])`` float32 one-hot of the label layers; optionally a trailing ones column."""
-    pixels = labels.shape[1]
-    indicator = torch.zeros(pixels, width + int(with_ones), dtype=torch.float32, device=labels.device)
-    rows = torch.arange(pixels, device=labels.device).expand_as(labels)
-    indicator[rows.reshape(-1), labels.reshape(-1)] = 1.0
-    if with_ones:
-        indicator[:, width] = 1.0
-    return indicator
-
-
 def _counts_single_level(
     values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
 ) -> tuple[Tensor, Tensor]:
-    """One matrix product per chunk: ``on @ [one-hot labels | 1]`` gives intersection and area.
-
-    The 0/1 products are summed in float32, exact because a call holds fewer than ``2**24``
-    pixels (see ``_MAX_PIXELS_PER_CALL``).
-    """
+    """One ``bincount`` per chunk and label layer over the cell ``(unit, on, label)``."""
     units, pixels = values.shape
     width = num_concepts + 1
-    single = labels.shape[0] == 1
-    # single label layer: every pixel has exactly one column (concept or sink), so the row sum of
-    # the product is the unit area; with several layers an explicit ones column gives it
-    indicator = _indicator(labels, width, with_ones=not single)
-    out = torch.empty(units, indicator.shape[1], dtype=torch.float32, device=values.device)
+    device = values.device
+    cdtype = torch.int32 if 2 * units * width <= _INT32_MAX else torch.int64
+    histogram = torch.zeros(units * 2 * width, dtype=torch.int64, device=device)
     step = max(1, chunk_elements // max(1, pixels))
-    mask = torch.empty(min(step, units), pixels, dtype=torch.float32, device=values.device)
+    rows = min(step, units)
+    above_buf = torch.empty(rows, pixels, dtype=torch.bool, device=device)
+    cell_buf = torch.empty(rows, pixels, dtype=cdtype, device=device)
+    row_cell = (torch.arange(rows, device=device, dtype=cdtype) * (2 * width)).unsqueeze(1)
+    label_steps = labels.to(cdtype)
+    label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
     for start in range(0, units, step):
-        chunk = values[start : start + step]
-        n = chunk.shape[0]
-        torch.gt(chunk, thresholds[start : start + n, None], out=mask[:n])
-        torch.matmul(mask[:n], indicator, out=out[start : start + n])
-    unit_area = out.sum(1) if single else out[:, width]
-    return out[:, :num_concepts], unit_area
+        n = min(step, units - start)
+        above = torch.gt(values[start : start + n], thresholds[start : start + n, None], out=above_buf[:n])
+        cell = torch.add(row_cell[:n], label_steps[0], out=cell_buf[:n])
+        cell.add_(above, alpha=width)
+        first = start * 2 * width
+        for layer, label_step in enumerate(label_steps):
+            if layer:
+                cell.add_(label_step)
+            histogram[first : first + n * 2 * width] += torch.bincount(
+                cell.view(-1), minlength=n * 2 * width
+            )
+    on = histogram.view(units, 2, width)[:, 1]
+    return on[:, :num_concepts], _single_layer_area(values, thresholds, on, labels, chunk_elements)
+
+
+def _single_layer_area(
+    values: Tensor, thresholds: Tensor, on: Tensor, labels: Tensor, chunk_elements: int
+) -> Tensor:
+    """Unit area: the row sum of the "on" cells when there is one label layer, else counted."""
+    if labels.shape[0] == 1:  # every pixel has exactly one column (a concept or the sink)
+        return on.sum(1)
+    units, pixels = values.shape
+    area = torch.empty(units, dtype=torch.int64, device=values.device)
+    step = max(1, chunk_elements // max(1, pixels))
+    for start in range(0, units, step):
+        part = slice(start, start + step)
+        area[part] = (values[part] > thresholds[part, None]).sum(1)
+    return area
 
 
 def _counts_multi_level_search(
@@ -168,11 +181,6 @@ def _counts_multi_level_search(
                 key.reshape(-1), minlength=n * bins * width
             ).view(n, bins, width)
     return histogram, area_hist
-
-
-# Buckets per unit of the level lookup table (a power of two).
-_LUT_BUCKETS = 1024
-_INT32_MAX = (1 << 31) - 1
 
 
 def _order_keys(values: Tensor, out: Tensor) -> Tensor:
