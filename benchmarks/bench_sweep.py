@@ -5,7 +5,8 @@ The statistics of one dissection batch are one ``UnitQuantiles.update`` (pass 1)
 single-threshold quantile mode). Around a base point (256 units with 8 x 8 maps, 20 concepts,
 ``K = 16``, 32 x 32 segmentation, batch 32) each of units, concepts, levels, segmentation
 resolution and batch size is varied in turn. Each line prints the best-of-``--repeats`` time per
-latent, the ratio to the base point and the expected complexity; ``--plot PATH`` writes a PNG
+latent, its ratio to the base point (timed alternately with it, so that a drifting machine load
+cancels) and the expected complexity; ``--plot PATH`` writes a PNG
 (with matplotlib; skipped with a message if it is not installed).
 
 Run ``python benchmarks/bench_sweep.py [--plot docs/images/bench_sweep.png]``.
@@ -50,30 +51,49 @@ def segmentation(batch, side, concepts, gen):
     return torch.nn.functional.interpolate(cells, size=(side, side), mode="nearest")[:, 0].long()
 
 
-def time_point(point, repeats):
-    """Best time of (quantile update + IoU update) for one batch, divided by the batch size."""
+def prepare(point):
+    """One batch of the point's workload; returns a function running its statistics once."""
     gen = torch.Generator().manual_seed(0)
     units, batch, side = point["units"], point["batch"], point["resolution"]
     acts = torch.randn(batch, units, MAP_SIDE, MAP_SIDE, generator=gen).relu()
     seg = segmentation(batch, side, point["concepts"], gen)
     quantiles = UnitQuantiles(units, 0.99)
-    quantiles.update(acts, size=(side, side))
-    fractions = torch.logspace(-3, 0, point["levels"], dtype=torch.float64)
-    levels = (1.0 - fractions).flip(0) if point["levels"] > 1 else torch.tensor([0.99])
-    thresholds = UnitQuantiles(units, levels.tolist())
-    thresholds.update(acts, size=(side, side))
-    thresholds = thresholds.compute().float().reshape(units, -1)
+    if point["levels"] > 1:
+        levels = (1.0 - torch.logspace(-3, 0, point["levels"], dtype=torch.float64)).flip(0)
+    else:
+        levels = torch.tensor([0.99], dtype=torch.float64)
+    candidates = UnitQuantiles(units, levels.tolist())
+    candidates.update(acts, size=(side, side))
+    thresholds = candidates.compute().float().reshape(units, -1)
     if point["levels"] == 1:
         thresholds = thresholds[:, 0]
     iou = UnitConceptIoU(units, point["concepts"], thresholds)
-    iou.update(acts, seg)  # warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run():
         quantiles.update(acts, size=(side, side))
         iou.update(acts, seg)
-        best = min(best, time.perf_counter() - start)
-    return best / batch
+
+    run()  # warm up
+    return run
+
+
+def time_point(point, repeats):
+    """Best time per latent of the point and of the base point, measured alternately.
+
+    Alternating keeps the ratio meaningful on a machine whose load drifts during the sweep.
+    """
+    run, base = prepare(point), prepare(BASE)
+    best, best_base = float("inf"), float("inf")
+    for _ in range(repeats):
+        for fn, is_base in ((base, True), (run, False)):
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if is_base:
+                best_base = min(best_base, elapsed)
+            else:
+                best = min(best, elapsed)
+    return best / point["batch"], best_base / BASE["batch"]
 
 
 def plot(results, path):
@@ -88,15 +108,14 @@ def plot(results, path):
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), sharey=True)
     for ax, (name, rows) in zip(axes, results.items()):
         xs = [x for x, _ in rows]
-        ys = [t * 1e3 for _, t in rows]
+        ys = [ratio for _, ratio in rows]
         ax.loglog(xs, ys, "o-", label="measured")
-        base_t = dict(rows)[BASE[name]] * 1e3
         slope = {"units": 1.0, "resolution": 2.0}.get(name, 0.0)
-        ax.loglog(xs, [base_t * (x / BASE[name]) ** slope for x in xs], "k:", label="expected")
+        ax.loglog(xs, [(x / BASE[name]) ** slope for x in xs], "k:", label="expected")
         ax.set_xlabel(name)
         ax.set_title(COMPLEXITY[name].split(":")[0], fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("ms per latent")
+    axes[0].set_ylabel("time per latent / base point")
     axes[0].legend(fontsize=8)
     fig.suptitle("Statistics per latent (quantile + IoU update), one parameter varied", fontsize=10)
     fig.tight_layout()
@@ -116,15 +135,14 @@ def main(argv=None):
     print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
           f"threads {torch.get_num_threads()}")
     print(f"base point: {BASE}, activation maps {MAP_SIDE}x{MAP_SIDE}; best of {args.repeats}")
-    base_time = time_point(BASE, args.repeats)
     results = {}
     print(f"{'parameter':<11}{'value':>7}{'ms/latent':>11}{'x base':>8}   expected")
     for name, values in SWEEPS.items():
         rows = []
         for value in values:
             point = dict(BASE, **{name: value})
-            t = base_time if value == BASE[name] else time_point(point, args.repeats)
-            rows.append((value, t))
+            t, base_time = time_point(point, args.repeats)
+            rows.append((value, t / base_time))
             note = COMPLEXITY[name] if value == values[0] else ""
             print(f"{name:<11}{value:>7}{t * 1e3:>11.3f}{t / base_time:>8.2f}   {note}")
         results[name] = rows
