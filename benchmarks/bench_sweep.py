@@ -102,6 +102,7 @@ def plot(results, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print(f"matplotlib is not installed: no plot written to {path}")
         return
@@ -112,6 +113,8 @@ def plot(results, path):
         ax.loglog(xs, ys, "o-", label="measured")
         slope = {"units": 1.0, "resolution": 2.0}.get(name, 0.0)
         ax.loglog(xs, [(x / BASE[name]) ** slope for x in xs], "k:", label="expected")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(name)
         ax.set_title(COMPLEXITY[name].split(":")[0], fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
