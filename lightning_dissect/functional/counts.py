@@ -115,6 +115,7 @@ def _counts_single_level(
     device = values.device
     cdtype = torch.int32 if 2 * units * width <= _INT32_MAX else torch.int64
     histogram = torch.zeros(units * 2 * width, dtype=torch.int64, device=device)
+    unit_area = torch.zeros(units, dtype=torch.int64, device=device)
     step = max(1, chunk_elements // max(1, pixels))
     rows = min(step, units)
     above_buf = torch.empty(rows, pixels, dtype=torch.bool, device=device)
@@ -131,26 +132,11 @@ def _counts_single_level(
         for layer, label_step in enumerate(label_steps):
             if layer:
                 cell.add_(label_step)
-            histogram[first : first + n * 2 * width] += torch.bincount(
-                cell.view(-1), minlength=n * 2 * width
-            )
-    on = histogram.view(units, 2, width)[:, 1]
-    return on[:, :num_concepts], _single_layer_area(values, thresholds, on, labels, chunk_elements)
-
-
-def _single_layer_area(
-    values: Tensor, thresholds: Tensor, on: Tensor, labels: Tensor, chunk_elements: int
-) -> Tensor:
-    """Unit area: the row sum of the "on" cells when there is one label layer, else counted."""
-    if labels.shape[0] == 1:  # every pixel has exactly one column (a concept or the sink)
-        return on.sum(1)
-    units, pixels = values.shape
-    area = torch.empty(units, dtype=torch.int64, device=values.device)
-    step = max(1, chunk_elements // max(1, pixels))
-    for start in range(0, units, step):
-        part = slice(start, start + step)
-        area[part] = (values[part] > thresholds[part, None]).sum(1)
-    return area
+            counts = torch.bincount(cell.view(-1), minlength=n * 2 * width)
+            histogram[first : first + n * 2 * width] += counts
+            if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
+                unit_area[start : start + n] = counts.view(n, 2, width)[:, 1].sum(1)
+    return histogram.view(units, 2, width)[:, 1, :num_concepts], unit_area
 
 
 def _counts_multi_level_search(
