@@ -10,6 +10,12 @@ For a unit ``u`` with threshold ``t`` and a concept ``c``, over the pixels ``p``
 where ``a_u`` is the unit's activation map bilinearly upsampled to the segmentation size. With
 ``K`` ascending candidate thresholds per unit the counts gain a level axis ``k``. All counts are
 exact integers, so they add across batches and processes without error.
+
+Every count is a ``bincount`` over integer cells ``(unit, level, concept)``. With ``K`` levels, a
+value's level ``#{k : t_k < value}`` comes from a per-unit lookup table keyed on the value's
+order-preserving integer key (its float32 bits), bucketed by a right shift; a bucket stores the
+thresholds below it and the one threshold inside it, and values in the rare buckets holding two
+distinct thresholds are compared with every threshold. float64 maps use a binary search.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from lightning_dissect.functional.upsample import upsample_units_first
 
 __all__ = ["ConceptCounts", "concept_labels", "concept_indicator", "unit_concept_counts"]
 
-# float32 adds 0/1 values exactly up to 2**24; stay well below that per call.
+# Pixels (batch * H * W) upsampled at a time: bounds the memory of one call.
 _MAX_PIXELS_PER_CALL = 1 << 22
 # Buckets per unit of the level lookup table (a power of two).
 _LUT_BUCKETS = 1024
