@@ -10,6 +10,12 @@ For a unit ``u`` with threshold ``t`` and a concept ``c``, over the pixels ``p``
 where ``a_u`` is the unit's activation map bilinearly upsampled to the segmentation size. With
 ``K`` ascending candidate thresholds per unit the counts gain a level axis ``k``. All counts are
 exact integers, so they add across batches and processes without error.
+
+Every count is a ``bincount`` over integer cells ``(unit, level, concept)``. With ``K`` levels, a
+value's level ``#{k : t_k < value}`` comes from a per-unit lookup table keyed on the value's
+order-preserving integer key (its float32 bits), bucketed by a right shift; a bucket stores the
+thresholds below it and the one threshold inside it, and values in the rare buckets holding two
+distinct thresholds are compared with every threshold. float64 maps use a binary search.
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ from lightning_dissect.functional.upsample import upsample_units_first
 
 __all__ = ["ConceptCounts", "concept_labels", "concept_indicator", "unit_concept_counts"]
 
-# float32 adds 0/1 values exactly up to 2**24; stay well below that per call.
+# Pixels (batch * H * W) upsampled at a time: bounds the memory of one call.
 _MAX_PIXELS_PER_CALL = 1 << 22
+# Buckets per unit of the level lookup table (a power of two).
+_LUT_BUCKETS = 1024
+_INT32_MAX = (1 << 31) - 1
 
 
 class ConceptCounts(NamedTuple):
@@ -106,31 +115,40 @@ def _thresholds_as(thresholds: Tensor, dtype: torch.dtype) -> Tensor:
 def _counts_single_level(
     values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
 ) -> tuple[Tensor, Tensor]:
+    """One ``bincount`` per chunk and label layer over the cell ``(unit, on, label)``."""
     units, pixels = values.shape
     width = num_concepts + 1
-    intersection = torch.zeros(units, width, dtype=torch.float32, device=values.device)
-    unit_area = torch.zeros(units, dtype=torch.float32, device=values.device)
-    indicator = None
-    if labels.shape[0] > 1:  # multi-label: one matrix product per chunk
-        indicator = torch.zeros(pixels, width, dtype=torch.float32, device=values.device)
-        rows = torch.arange(pixels, device=values.device).expand_as(labels)
-        indicator[rows.reshape(-1), labels.reshape(-1)] = 1.0
+    device = values.device
+    cdtype = torch.int32 if 2 * units * width <= _INT32_MAX else torch.int64
+    histogram = torch.zeros(units * 2 * width, dtype=torch.int64, device=device)
+    unit_area = torch.zeros(units, dtype=torch.int64, device=device)
     step = max(1, chunk_elements // max(1, pixels))
+    rows = min(step, units)
+    above_buf = torch.empty(rows, pixels, dtype=torch.bool, device=device)
+    cell_buf = torch.empty(rows, pixels, dtype=cdtype, device=device)
+    row_cell = (torch.arange(rows, device=device, dtype=cdtype) * (2 * width)).unsqueeze(1)
+    label_steps = labels.to(cdtype)
+    label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
     for start in range(0, units, step):
-        mask = (values[start : start + step] > thresholds[start : start + step, None]).to(
-            torch.float32
-        )
-        unit_area[start : start + step] = mask.sum(1)
-        if indicator is None:
-            intersection[start : start + step].index_add_(1, labels[0], mask)
-        else:
-            intersection[start : start + step] = mask @ indicator
-    return intersection[:, :num_concepts], unit_area
+        n = min(step, units - start)
+        above = torch.gt(values[start : start + n], thresholds[start : start + n, None], out=above_buf[:n])
+        cell = torch.add(row_cell[:n], label_steps[0], out=cell_buf[:n])
+        cell.add_(above, alpha=width)
+        first = start * 2 * width
+        for layer, label_step in enumerate(label_steps):
+            if layer:
+                cell.add_(label_step)
+            counts = torch.bincount(cell.view(-1), minlength=n * 2 * width)
+            histogram[first : first + n * 2 * width] += counts
+            if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
+                unit_area[start : start + n] = counts.view(n, 2, width)[:, 1].sum(1)
+    return histogram.view(units, 2, width)[:, 1, :num_concepts], unit_area
 
 
-def _counts_multi_level(
+def _counts_multi_level_search(
     values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
 ) -> tuple[Tensor, Tensor]:
+    """Reference path: a binary search per value (any dtype, NaN, unsorted thresholds)."""
     units, pixels = values.shape
     levels = thresholds.shape[1]
     bins = levels + 1
@@ -154,6 +172,181 @@ def _counts_multi_level(
             histogram[start : start + n] += torch.bincount(
                 key.reshape(-1), minlength=n * bins * width
             ).view(n, bins, width)
+    return histogram, area_hist
+
+
+def _order_keys(values: Tensor, out: Tensor) -> Tensor:
+    """Monotone int32 key of float32 ``values`` into ``out``: ``x < y`` iff ``key(x) < key(y)``.
+
+    Exact for all non-NaN floats except that ``-0.0`` gets the key ``-1`` below ``+0.0``'s ``0``
+    (callers give zero thresholds the key ``0``, which makes both zeros compare as equal).
+    """
+    bits = values.view(torch.int32)
+    torch.bitwise_right_shift(bits, 31, out=out)
+    out.bitwise_and_(0x7FFFFFFF)
+    out.bitwise_xor_(bits)
+    return out
+
+
+class _LevelTable(NamedTuple):
+    """Per-unit lookup table from a value's key bucket to its (unit, level) histogram cell."""
+
+    low: Tensor  # (U, 1) clamp floor: keys <= low share bucket -1
+    high: Tensor  # (U, 1) clamp ceiling
+    base: Tensor  # (U, 1) key of bucket 0's first value
+    shift: Tensor  # (U, 1) log2 of the bucket width in keys
+    row: Tensor  # (U, 1) offset of the unit's table row (+1 for bucket -1)
+    tau: Tensor  # (U * (NB + 2),) the one threshold key inside the bucket (or the kdtype max)
+    cells: Tensor  # (2 * U * (NB + 2),) cell of a value not above / above tau; -1 where ambiguous
+    ambiguous: Tensor  # (U,) units with an ambiguous bucket
+
+
+def _level_table(keys: Tensor, bins: int, width: int, kdtype: torch.dtype) -> _LevelTable:
+    """Build the lookup table from ascending ``(U, K)`` int64 threshold keys.
+
+    Bucket ``-1`` holds every key ``<=`` the second smallest distinct threshold key ``k2``;
+    buckets ``0 .. NB`` split ``(k2, max]`` into equal power-of-two key ranges (a log-scale in
+    value). A value's level is ``#{thresholds < value}``: thresholds below the bucket all count,
+    thresholds above none, and a threshold inside the bucket counts iff the value's key exceeds it.
+    A threshold at the bucket's last key never counts for a value in it. Buckets holding two or
+    more *distinct* inner thresholds are marked ambiguous and resolved exactly by the caller.
+    """
+    units, levels = keys.shape
+    device = keys.device
+    nb = _LUT_BUCKETS
+    lowest = keys[:, :1]
+    above = torch.where(keys > lowest, keys, keys[:, -1:])
+    second = above.min(1, keepdim=True).values  # k2 (= lowest if only one distinct key)
+    span = keys[:, -1:] - second  # keys in (k2, max]: offsets 0 .. span - 1
+    # smallest shift with (span - 1) >> shift < NB
+    shift = torch.zeros_like(span)
+    for s in range(64):
+        too_wide = ((span - 1) >> s) >= nb
+        if not bool(too_wide.any()):
+            break
+        shift += too_wide.to(shift.dtype)
+    base = second + 1
+    # bucket of every threshold (-1 for keys <= k2) and the last key of that bucket
+    bucket = ((keys - base) >> shift).clamp(min=-1)
+    last_key = base + ((bucket + 1) << shift) - 1
+    inner = keys != last_key
+    slots = nb + 2
+    slot = bucket + 1
+    count_all = torch.zeros(units, slots, dtype=torch.int64, device=device)
+    count_all.scatter_add_(1, slot, torch.ones_like(slot))
+    count_inner = torch.zeros(units, slots, dtype=torch.int64, device=device)
+    count_inner.scatter_add_(1, slot, inner.to(torch.int64))
+    below = count_all.cumsum(1) - count_all  # thresholds in earlier buckets
+    big = torch.iinfo(torch.int64).max
+    inner_keys = torch.where(inner, keys, torch.full_like(keys, big))
+    tau = torch.full((units, slots), big, dtype=torch.int64, device=device)
+    tau.scatter_reduce_(1, slot, inner_keys, reduce="amin")
+    tau_max = torch.full((units, slots), -big, dtype=torch.int64, device=device)
+    tau_max.scatter_reduce_(
+        1, slot, torch.where(inner, keys, torch.full_like(keys, -big)), reduce="amax"
+    )
+    ambiguous = (count_inner > 0) & (tau != tau_max)
+    tau = tau.clamp(max=torch.iinfo(kdtype).max)
+    unit_cell = (torch.arange(units, device=device) * bins).unsqueeze(1)
+    off = (unit_cell + below) * width
+    on = (unit_cell + below + count_inner) * width
+    cells = torch.stack([off, on], -1)
+    cells[ambiguous] = -1
+    cdtype = torch.int32 if units * bins * width <= _INT32_MAX else torch.int64
+    row = torch.arange(units, device=device).unsqueeze(1) * slots + 1
+    return _LevelTable(
+        low=second.to(kdtype),
+        high=(keys[:, -1:] + 1).to(kdtype),
+        base=base.to(kdtype),
+        shift=shift.to(kdtype),
+        row=row.to(kdtype),
+        tau=tau.reshape(-1).to(kdtype),
+        cells=cells.reshape(-1).to(cdtype),
+        ambiguous=ambiguous.any(1),
+    )
+
+
+def _counts_multi_level_lookup(
+    values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    """Level by table lookup on the float's key bucket, then one bincount per label layer.
+
+    Requires float32 values without NaN and ascending, NaN-free float32 thresholds. Equal to
+    :func:`_counts_multi_level_search` for those inputs (including ties, ``-0.0`` and infinities).
+    """
+    units, pixels = values.shape
+    levels = thresholds.shape[1]
+    bins = levels + 1
+    width = num_concepts + 1
+    device = values.device
+    keys = _order_keys(thresholds.contiguous(), torch.empty_like(thresholds, dtype=torch.int32))
+    keys = keys.to(torch.int64).masked_fill(thresholds == 0, 0)  # -0.0 == +0.0
+    span = int((keys[:, -1] - keys[:, 0]).max()) if units else 0
+    fits = span < _INT32_MAX - 1 and 2 * units * (_LUT_BUCKETS + 2) < _INT32_MAX
+    kdtype = torch.int32 if fits else torch.int64
+    table = _level_table(keys, bins, width, kdtype)
+    cdtype = table.cells.dtype
+    histogram = torch.zeros(units * bins * width, dtype=torch.int64, device=device)
+    area_hist = torch.zeros(units * bins, dtype=torch.int64, device=device)
+    step = max(1, chunk_elements // max(1, pixels))
+    rows = min(step, units)
+    key_buf = torch.empty(rows, pixels, dtype=torch.int32, device=device)
+    index_buf = torch.empty(rows, pixels, dtype=kdtype, device=device)
+    tau_buf = torch.empty(rows, pixels, dtype=kdtype, device=device)
+    above_buf = torch.empty(rows, pixels, dtype=torch.bool, device=device)
+    cell_buf = torch.empty(rows, pixels, dtype=cdtype, device=device)
+    label_steps = labels.to(cdtype)
+    label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
+    for start in range(0, units, step):
+        n = min(step, units - start)
+        part = slice(start, start + n)
+        key = _order_keys(values[part], key_buf[:n])
+        index = torch.clamp(key, table.low[part], table.high[part], out=index_buf[:n])
+        index.sub_(table.base[part]).bitwise_right_shift_(table.shift[part]).add_(table.row[part])
+        tau = torch.index_select(table.tau, 0, index.view(-1), out=tau_buf[:n].view(-1))
+        above = torch.gt(key, tau.view(n, pixels), out=above_buf[:n])
+        index.mul_(2).add_(above)
+        cell = torch.index_select(table.cells, 0, index.view(-1), out=cell_buf[:n].view(-1))
+        cell = cell.view(n, pixels)
+        if bool(table.ambiguous[part].any()):
+            _resolve_ambiguous(cell, values[part], thresholds[part], start, bins, width)
+        first_cell = start * bins * width
+        cell.sub_(first_cell)
+        size = n * bins * width
+        for layer, label_step in enumerate(label_steps):
+            cell.add_(label_step)
+            counts = torch.bincount(cell.view(-1), minlength=size)
+            histogram[first_cell : first_cell + size] += counts
+            if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
+                area_hist[start * bins : (start + n) * bins] += counts.view(n * bins, width).sum(1)
+    return histogram.view(units, bins, width), area_hist.view(units, bins)
+
+
+def _resolve_ambiguous(
+    cell: Tensor, values: Tensor, thresholds: Tensor, start: int, bins: int, width: int
+) -> None:
+    """Exact cells (comparison with every threshold) where the table said ambiguous (-1)."""
+    row, col = (cell < 0).nonzero(as_tuple=True)
+    if row.numel() == 0:
+        return
+    level = (values[row, col].unsqueeze(1) > thresholds[row]).sum(1)
+    cell[row, col] = ((row + start) * bins + level).mul_(width).to(cell.dtype)
+
+
+def _counts_multi_level(
+    values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    fast = (
+        values.dtype == torch.float32
+        and thresholds.dtype == torch.float32
+        and values.numel() > 0
+        and not bool(torch.isnan(thresholds).any())
+        and not bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
+        # a NaN makes the sum NaN (so does +inf with -inf: then the search path, also exact)
+        and not bool(torch.isnan(values.sum()))
+    )
+    counter = _counts_multi_level_lookup if fast else _counts_multi_level_search
+    histogram, area_hist = counter(values, thresholds, labels, num_concepts, chunk_elements)
     # on at level k  <=>  bin >= k + 1: suffix sums over bins, dropping bin 0
     intersection = histogram.flip(1).cumsum(1).flip(1)[:, 1:, :num_concepts]
     unit_area = area_hist.flip(1).cumsum(1).flip(1)[:, 1:]

@@ -216,17 +216,31 @@ def unit_histogram(
         ([3, 3], 2, [0, 1])
     """
     units, per_unit = values.shape
-    width = 2 * (spec.key_high + 2)
+    top = spec.key_high + 1
+    low = spec.key_low
+    # compact position of a wide key w (see _wide_keys): the 2 * low wide keys of magnitudes
+    # below min_magnitude collapse into the zero bucket, w -> w - clamp(w - (top - low + 1), 0,
+    # 2 * low - 1); the two overflow keys stay at both ends as extra columns
+    zero_start = top - low + 1
+    width = spec.num_buckets + 2
     counts = torch.empty(units, spec.num_buckets, dtype=torch.int64, device=values.device)
     overflow = torch.empty(units, dtype=torch.int64, device=values.device)
     step = max(1, chunk_elements // max(1, per_unit))
+    shift = torch.empty(min(step, units), per_unit, dtype=torch.int32, device=values.device)
     for start in range(0, units, step):
         chunk = values[start : start + step]
         n = chunk.shape[0]
         keys = _wide_keys(chunk, spec)
+        collapse = torch.sub(keys, zero_start, out=shift[:n])
+        collapse.clamp_(0, 2 * low - 1)
+        keys -= collapse
         keys += (torch.arange(n, device=values.device, dtype=torch.int32) * width).unsqueeze(1)
-        wide = torch.bincount(keys.reshape(-1), minlength=n * width).view(n, width)
-        counts[start : start + n], overflow[start : start + n] = _compact(wide, spec)
+        extended = torch.bincount(keys.reshape(-1), minlength=n * width).view(n, width)
+        block = counts[start : start + n]
+        block.copy_(extended[:, 1:-1])
+        block[:, 0] += extended[:, 0]
+        block[:, -1] += extended[:, -1]
+        overflow[start : start + n] = extended[:, 0] + extended[:, -1]
     return counts, overflow
 
 

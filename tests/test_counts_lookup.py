@@ -1,0 +1,175 @@
+"""Multi-level and single-threshold counts on adversarial values against a plain NumPy loop.
+
+The activations have the segmentation's size, so no upsampling happens and every value (ties
+with thresholds, ``-0.0``, infinities, neighbouring floats) reaches the counting code unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_dissect.functional import unit_concept_counts, upsample_bilinear
+from lightning_dissect.functional.counts import _level_table, _order_keys
+
+
+def loop_counts(acts, seg, thresholds, num_concepts, ignore_index=None):
+    """Count pixel by pixel, unit by unit, level by level with the strict ``value > t``."""
+    acts = np.asarray(acts)
+    seg = np.asarray(seg)
+    if seg.ndim == 3:
+        seg = seg[:, None]
+    thr = np.asarray(thresholds)
+    single = thr.ndim == 1
+    thr = thr[:, None] if single else thr
+    batch, units, height, width = acts.shape
+    levels = thr.shape[1]
+    inter = np.zeros((units, levels, num_concepts), dtype=np.int64)
+    area = np.zeros((units, levels), dtype=np.int64)
+    concept_area = np.zeros(num_concepts, dtype=np.int64)
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                concepts = {int(c) for c in seg[b, :, y, x] if ignore_index is None or c != ignore_index}
+                for c in concepts:
+                    concept_area[c] += 1
+                for u in range(units):
+                    value = acts[b, u, y, x]
+                    for k in range(levels):
+                        if value > thr[u, k]:
+                            area[u, k] += 1
+                            for c in concepts:
+                                inter[u, k, c] += 1
+    if single:
+        inter, area = inter[:, 0], area[:, 0]
+    return inter, area, concept_area, batch * height * width
+
+
+def assert_matches_loop(acts, seg, thresholds, num_concepts, ignore_index=None, **kwargs):
+    ours = unit_concept_counts(
+        acts, seg, thresholds, num_concepts, ignore_index=ignore_index, validate_args=False, **kwargs
+    )
+    inter, area, concept_area, total = loop_counts(
+        acts.numpy(), seg.numpy(), thresholds.numpy(), num_concepts, ignore_index
+    )
+    for got in ours[:3]:
+        assert got.dtype == torch.int64
+    np.testing.assert_array_equal(ours.intersection.numpy(), inter)
+    np.testing.assert_array_equal(ours.unit_area.numpy(), area)
+    np.testing.assert_array_equal(ours.concept_area.numpy(), concept_area)
+    assert int(ours.total) == total
+
+
+def neighbours(values: torch.Tensor) -> torch.Tensor:
+    """The values and the float32 numbers just below and above each."""
+    up = torch.nextafter(values, torch.full_like(values, float("inf")))
+    down = torch.nextafter(values, torch.full_like(values, float("-inf")))
+    return torch.cat([values, up, down])
+
+
+SPECIAL = torch.tensor(
+    [0.0, -0.0, 1.0, -1.0, 0.5, 3.0, -2.5, 1e-30, -1e-30, 1e-45, -1e-45, 1e-6, 7.25, 3e38, -3e38]
+)
+
+
+def adversarial_case(gen, units, levels, size=6, batch=2):
+    """Thresholds with duplicates and ties; values drawn from the thresholds and their neighbours."""
+    pool = neighbours(SPECIAL)
+    thresholds = pool[torch.randint(0, len(pool), (units, levels), generator=gen)]
+    thresholds[:, : levels // 4] = 0.0  # repeated zero levels (sparse ReLU units)
+    thresholds = thresholds.sort(1).values
+    candidates = torch.cat(
+        [neighbours(thresholds.reshape(-1)), SPECIAL, torch.tensor([float("inf"), float("-inf")])]
+    )
+    acts = candidates[torch.randint(0, len(candidates), (batch, units, size, size), generator=gen)]
+    return acts, thresholds
+
+
+@pytest.mark.parametrize("levels", [1, 2, 16, 64])
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_ties_zeros_infinities_match_loop(gen, levels, multilabel):
+    acts, thresholds = adversarial_case(gen, units=5, levels=levels)
+    shape = (2, 2, 6, 6) if multilabel else (2, 6, 6)
+    seg = torch.randint(0, 4, shape, generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 4)
+    assert_matches_loop(acts, seg, thresholds, 4, ignore_index=0, chunk_elements=40)
+    assert_matches_loop(acts, seg, thresholds[:, levels // 2].contiguous(), 4)
+
+
+def test_thresholds_are_values_across_many_buckets(gen):
+    """Log-uniform magnitudes over ~70 octaves, both signs; thresholds are some of the values."""
+    units, levels = 4, 32
+    magnitude = torch.exp(torch.empty(2, units, 8, 8).uniform_(-25, 25, generator=gen))
+    sign = torch.where(torch.rand(2, units, 8, 8, generator=gen) < 0.3, -1.0, 1.0)
+    acts = (magnitude * sign).float()
+    flat = acts.transpose(0, 1).reshape(units, -1)
+    pick = torch.randint(0, flat.shape[1], (units, levels), generator=gen)
+    thresholds = flat.gather(1, pick).sort(1).values
+    seg = torch.randint(0, 6, (2, 8, 8), generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 6)
+    assert_matches_loop(acts, seg, thresholds[:, 7].contiguous(), 6)
+
+
+def test_many_distinct_thresholds_in_one_bucket(gen):
+    """Consecutive floats as thresholds share table buckets: the exact per-value resolution runs."""
+    units, levels = 3, 24
+    start = torch.tensor([0.1, 1.0, -2.0])
+    thresholds = torch.empty(units, levels)
+    thresholds[:, 0] = start
+    for k in range(1, levels):
+        thresholds[:, k] = torch.nextafter(thresholds[:, k - 1], torch.full((units,), float("inf")))
+    thresholds[:, -1] = start * 0 + 1e6  # a far level widens the buckets
+    thresholds = thresholds.sort(1).values
+    keys = _order_keys(thresholds, torch.empty(units, levels, dtype=torch.int32)).long()
+    assert bool(_level_table(keys, levels + 1, 3, torch.int32).ambiguous.all())
+    values = neighbours(thresholds.reshape(-1))
+    acts = values[torch.randint(0, len(values), (2, units, 5, 5), generator=gen)]
+    seg = torch.randint(0, 3, (2, 5, 5), generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 3)
+
+
+def test_full_float_range_thresholds(gen):
+    """Threshold keys spanning more than int32 (-3e38 .. 3e38) take the wide-integer path."""
+    thresholds = torch.tensor([[-3e38, -1.0, 0.0, 1.0, 3e38]] * 3)
+    pool = torch.cat([neighbours(thresholds[0]), torch.tensor([float("inf"), float("-inf"), -0.0])])
+    acts = pool[torch.randint(0, len(pool), (2, 3, 4, 4), generator=gen)]
+    seg = torch.randint(0, 2, (2, 4, 4), generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 2)
+
+
+def test_random_units_levels_and_chunks(gen):
+    for trial in range(6):
+        units = int(torch.randint(1, 9, (), generator=gen))
+        levels = int(torch.randint(1, 40, (), generator=gen))
+        acts, thresholds = adversarial_case(gen, units, levels, size=4)
+        seg = torch.randint(0, 5, (2, 3, 4, 4), generator=gen)
+        chunk = int(torch.randint(1, 100, (), generator=gen))
+        assert_matches_loop(acts, seg, thresholds, 5, ignore_index=trial % 2, chunk_elements=chunk)
+
+
+def test_upsampled_relu_maps_and_float64_match_loop(gen):
+    """Realistic sparse ReLU maps upsampled 4x, thresholds at quantiles that are map values."""
+    acts = torch.randn(2, 6, 4, 4, generator=gen).relu()
+    up = upsample_bilinear(acts, (16, 16))
+    flat = up.transpose(0, 1).reshape(6, -1)
+    ranks = torch.linspace(0, flat.shape[1] - 1, 17).long()
+    thresholds = flat.sort(1).values[:, ranks].contiguous()  # ties with map values, repeated zeros
+    seg = torch.randint(0, 5, (2, 16, 16), generator=gen)
+    assert_matches_loop(up, seg, thresholds, 5)
+    inside = unit_concept_counts(acts, seg, thresholds, 5)  # upsampled inside the call
+    given = unit_concept_counts(up, seg, thresholds, 5)
+    for a, b in zip(inside, given):
+        assert torch.equal(a, b)
+    assert_matches_loop(up.double(), seg, thresholds.double(), 5)  # the binary-search path
+
+
+@pytest.mark.parametrize("zero_levels", [[-0.0], [-0.0, -0.0, 0.0], [0.0, -0.0], [-1e-45, -0.0, 0.0, 1e-45]])
+def test_signed_zero_thresholds(gen, zero_levels):
+    """``0.0 > -0.0`` and ``-0.0 > 0.0`` are both false, whatever the bit patterns."""
+    thresholds = torch.tensor([zero_levels + [2.0]] * 3)
+    pool = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 2.0, -2.0, 5.0])
+    acts = pool[torch.randint(0, len(pool), (2, 3, 5, 5), generator=gen)]
+    seg = torch.randint(0, 3, (2, 5, 5), generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 3)
+    assert_matches_loop(acts, seg, thresholds[:, 0].contiguous(), 3)

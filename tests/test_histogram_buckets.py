@@ -1,0 +1,50 @@
+"""``unit_histogram`` bucket counts against a value-by-value loop over the bucket edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_dissect.functional.quantiles import LogHistogramSpec, unit_histogram
+
+
+def loop_histogram(values: np.ndarray, spec: LogHistogramSpec):
+    """Place every value by comparing its magnitude with the float64 bucket edges."""
+    lower, upper = (edge.numpy() for edge in spec.bucket_edges())
+    per_sign = spec.buckets_per_sign
+    positive_low = lower[per_sign + 1 :]  # ascending lower edges of the positive buckets
+    counts = np.zeros((values.shape[0], spec.num_buckets), dtype=np.int64)
+    overflow = np.zeros(values.shape[0], dtype=np.int64)
+    for u, row in enumerate(values):
+        for value in row:
+            magnitude = abs(float(value))
+            if magnitude < positive_low[0]:
+                index = spec.zero_bucket
+            else:
+                k = int(np.searchsorted(positive_low, magnitude, side="right")) - 1
+                if magnitude >= upper[-1]:  # beyond the top bucket
+                    overflow[u] += 1
+                    k = per_sign - 1
+                index = spec.zero_bucket + 1 + k if value > 0 else spec.zero_bucket - 1 - k
+            counts[u, index] += 1
+    return counts, overflow
+
+
+@pytest.mark.parametrize(
+    "spec", [LogHistogramSpec(), LogHistogramSpec(0.05, 1e-3, 1e3), LogHistogramSpec(0.2, 1e-30, 1e30)]
+)
+def test_unit_histogram_matches_loop(gen, spec):
+    magnitude = torch.exp(torch.empty(4, 300).uniform_(-80, 80, generator=gen))
+    sign = torch.where(torch.rand(4, 300, generator=gen) < 0.5, -1.0, 1.0)
+    values = (magnitude * sign).float()
+    edges = torch.cat(spec.bucket_edges()).float()  # values exactly on (rounded) bucket edges
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-45, -1e-45, 3e38, -3e38])
+    pool = torch.cat([edges, torch.nextafter(edges, torch.zeros_like(edges)), special])
+    mask = torch.rand(values.shape, generator=gen) < 0.4
+    values[mask] = pool[torch.randint(0, len(pool), (int(mask.sum()),), generator=gen)]
+    want_counts, want_overflow = loop_histogram(values.numpy(), spec)
+    for chunk in (1, 333, 1 << 20):
+        counts, overflow = unit_histogram(values, spec, chunk_elements=chunk)
+        np.testing.assert_array_equal(counts.numpy(), want_counts)
+        np.testing.assert_array_equal(overflow.numpy(), want_overflow)
