@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["DissectionConfig", "CALLBACK_DEFAULTS", "CLI_DEFAULTS", "config_defaults"]
+__all__ = ["DissectionConfig", "CALLBACK_DEFAULTS", "CLI_DEFAULTS", "config_defaults", "defaults_table"]
 
 
 @dataclass
@@ -93,7 +93,7 @@ class DissectionConfig:
 
 CALLBACK_DEFAULTS: dict[str, tuple[Any, str]] = {
     "num_samples": (512, "a round runs while training waits: half the offline bank keeps it cheap"),
-    "batch_size": (64, "training-time generators are already on the accelerator; larger batches"),
+    "batch_size": (64, "inside training the generator already sits on the accelerator: fewer, larger calls"),
     "top_k": (6, "six images fill one TensorBoard strip"),
     "num_visualized_units": (8, "TensorBoard shows unit strips every round"),
     "progress": (False, "Lightning's own progress bar is already on screen"),
@@ -116,3 +116,29 @@ def config_defaults(overrides: dict[str, tuple[Any, str]] | None = None) -> dict
     values = {f.name: f.default for f in fields(DissectionConfig)}
     values.update({k: v for k, (v, _) in (overrides or {}).items()})
     return values
+
+
+def defaults_table() -> str:
+    """The Markdown table of every default per entry point, with the reason wherever they differ.
+
+    ``docs/defaults.md`` holds this table; a test keeps the two equal.
+
+    Examples:
+        >>> defaults_table().splitlines()[0]
+        '| setting | `dissect()` | `DissectionCallback` | `lightning-dissect` | why an entry point differs |'
+    """
+    offline, callback, cli = config_defaults(), config_defaults(CALLBACK_DEFAULTS), config_defaults(CLI_DEFAULTS)
+    rows = [
+        "| setting | `dissect()` | `DissectionCallback` | `lightning-dissect` | why an entry point differs |",
+        "|:---|---:|---:|---:|:---|",
+    ]
+    for name in offline:
+        reasons = []
+        if name in CALLBACK_DEFAULTS:
+            reasons.append(f"callback: {CALLBACK_DEFAULTS[name][1]}")
+        if name in CLI_DEFAULTS:
+            reasons.append(f"command line: {CLI_DEFAULTS[name][1]}")
+        rows.append(
+            f"| `{name}` | {offline[name]!r} | {callback[name]!r} | {cli[name]!r} | {'; '.join(reasons)} |"
+        )
+    return "\n".join(rows)

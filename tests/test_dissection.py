@@ -345,3 +345,23 @@ def test_unknown_setting_is_named(painter, segmenter):
 def test_latent_shape_or_sampler_required(painter, segmenter):
     with pytest.raises(ValueError, match="latent_shape"):
         dissect(painter, ["layout"], segmenter, num_samples=8, progress=False)
+
+
+def test_defaults_page_matches_the_code():
+    from pathlib import Path
+
+    from lightning_dissect.callback import DissectionCallback
+    from lightning_dissect.cli import build_parser
+    from lightning_dissect.config import CALLBACK_DEFAULTS, CLI_DEFAULTS, defaults_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "defaults.md").read_text()
+    assert defaults_table() in page
+    # the entry points really use those values
+    callback = DissectionCallback(["x"])
+    for name, (value, _) in CALLBACK_DEFAULTS.items():
+        assert getattr(callback.config, name) == value, name
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["dissect"]
+    cli = {a.dest: a.default for a in sub._actions}
+    assert cli["visualize_units"] == CLI_DEFAULTS["num_visualized_units"][0]
+    for name in ("num_samples", "batch_size", "top_k", "quantile", "num_levels", "iou_threshold", "seed"):
+        assert cli[name] == DissectionConfig.__dataclass_fields__[name].default, name

@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_dissect._distributed import check_samples_per_rank
 from lightning_dissect._progress import Progress
 from lightning_dissect.config import DissectionConfig
-from lightning_dissect.dissection.passes import count_pass, threshold_pass, thresholds_from
+from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
 from lightning_dissect.dissection.summary import summarise_layer
+from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank, LatentSampler
 from lightning_dissect.result import DissectionResult
@@ -114,6 +115,27 @@ def dissect(
         counted = count_pass(
             runner, bank, thresholds, segmenter, progress, cached=found.segmentations, chance=cfg.chance_baseline
         )
+    result = _assemble(cfg, layers, segmenter, found, thresholds, topk, counted, selection, world_size, metadata)
+    if cfg.num_visualized_units and rank == 0:
+        result.unit_images = render_unit_images(
+            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units
+        )
+    return result
+
+
+def _assemble(
+    cfg: DissectionConfig,
+    layers: list[str],
+    segmenter: Segmenter,
+    found: ThresholdPass,
+    thresholds: dict[str, Tensor],
+    topk: dict[str, tuple[Tensor, Tensor]],
+    counted: CountPass,
+    selection: dict[str, ConceptCounts] | None,
+    world_size: int,
+    metadata: Mapping[str, Any] | None,
+) -> DissectionResult:
+    """Label every layer's units and wrap them, with the settings, into a :class:`DissectionResult`."""
     layer_results = {
         name: summarise_layer(
             name, cfg, segmenter.vocabulary, thresholds[name], counted.counts[name],
@@ -129,12 +151,7 @@ def dissect(
         "world_size": world_size,
         "segmentation_size": list(found.segmentation_size),
     }
-    result = DissectionResult(layer_results, segmenter.vocabulary, settings, dict(metadata or {}))
-    if cfg.num_visualized_units and rank == 0:
-        result.unit_images = render_unit_images(
-            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units
-        )
-    return result
+    return DissectionResult(layer_results, segmenter.vocabulary, settings, dict(metadata or {}))
 
 
 def _banks(
