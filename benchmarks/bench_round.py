@@ -42,8 +42,12 @@ TARGETS = {"quantile": 4.0, "iqr": 8.0}
 def best_time(fn, repeats):
     best = float("inf")
     for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -56,15 +60,17 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile top-10 per mode")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    generator = Generator(latent_dim=128, image_size=32).eval()
+    generator = Generator(latent_dim=128, image_size=32).eval().to(device)
     world = SceneWorld(32)
     segmenter = SyntheticSceneSegmenter(world)
-    latents = torch.randn(args.samples, 128, generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(args.samples, 128, generator=torch.Generator().manual_seed(1)).to(device)
     units = sum(getattr(generator, name)[0].out_channels for name in LAYERS)
 
     def forward_floor():
