@@ -19,6 +19,7 @@ Like the reference's ``InstrumentedModel`` but per call: a runner holds no hooks
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -413,6 +414,7 @@ class GeneratorRunner:
                         self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
                     if segmenter is not None:
                         self.segment(images, segmenter, check_images=True)
+                        _warn_if_unit_range(images, segmenter)
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
                 attempts.append((bank, err, forward_ok))
@@ -447,6 +449,19 @@ def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     else:
         with seeded_rng(seed, device):
             yield
+
+
+def _warn_if_unit_range(images: Tensor, segmenter: Segmenter) -> None:
+    """``[0, 1]`` images given to a ``[-1, 1]`` segmenter are in range, but most likely wrong."""
+    low, high = (float(v) for v in segmenter.value_range)
+    if low < 0.0 and images.numel() > 64 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0:
+        warnings.warn(
+            f"the generator's images lie in [0, 1] but the segmenter expects [{low:g}, {high:g}]: if the generator "
+            "outputs [0, 1], pass `generate=lambda g, z: g(z) * 2 - 1` or wrap the segmenter as "
+            "adapt_input(segmenter, value_range=(0, 1)) (lightning_dissect.segmenters)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _as_units(value: Tensor) -> Tensor:

@@ -365,3 +365,12 @@ def test_defaults_page_matches_the_code():
     assert cli["visualize_units"] == CLI_DEFAULTS["num_visualized_units"][0]
     for name in ("num_samples", "batch_size", "top_k", "quantile", "num_levels", "iou_threshold", "seed"):
         assert cli[name] == DissectionConfig.__dataclass_fields__[name].default, name
+
+
+def test_unit_range_images_for_a_symmetric_segmenter_warn_with_the_fix(world):
+    from lightning_dissect.runner import GeneratorRunner
+
+    gen = nn.Sequential(nn.Linear(4, 3 * 16 * 16), nn.Unflatten(1, (3, 16, 16)), nn.Sigmoid())  # [0, 1] images
+    runner = GeneratorRunner(gen)
+    with pytest.warns(UserWarning, match=r"lie in \[0, 1\].*adapt_input\(segmenter, value_range=\(0, 1\)\)"):
+        runner.dry_run(["2"], [LatentBank(2, (4,), seed=1)], SyntheticSceneSegmenter(world))
