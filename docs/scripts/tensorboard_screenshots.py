@@ -57,6 +57,7 @@ def main() -> None:
                         or "chromium")
     parser.add_argument("--window-size", default="1400,1800")
     parser.add_argument("--budget-ms", type=int, default=15000, help="Chromium's virtual-time budget")
+    parser.add_argument("--tag-filter", default="layer3", help="regex of the tags shown (empty: all)")
     parser.add_argument("--tabs", nargs="+", default=list(TABS), choices=list(TABS))
     args = parser.parse_args()
     port = args.port or free_port()
@@ -75,7 +76,7 @@ def main() -> None:
                     [args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                      f"--user-data-dir={profile}", f"--window-size={args.window_size}",
                      f"--virtual-time-budget={args.budget_ms}", f"--screenshot={target}",
-                     f"http://localhost:{port}/#{tab}"],
+                     f"http://localhost:{port}/#{tab}" + (f"&tagFilter={args.tag_filter}" if args.tag_filter else "")],
                     check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
                 print("wrote", target)
