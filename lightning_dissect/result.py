@@ -99,8 +99,23 @@ class LayerDissection:
         return sorted((u for u in self.units if u.interpretable), key=lambda u: -u.iou)
 
     def top_units(self, n: int) -> list[UnitDissection]:
-        """The ``n`` units with the highest label IoU."""
-        return sorted(self.units, key=lambda u: (-u.iou, u.unit))[:n]
+        """The ``n`` best units: interpretable ones first, each group by label IoU (highest first).
+
+        A unit whose label IoU does not exceed its chance IoU (when that was measured) is never a
+        top unit, interpretable or not; nor is one whose IoU is not finite. Fewer than ``n`` units
+        are returned when fewer qualify.
+
+        Examples:
+            >>> unit = lambda i, iou, ok, chance: UnitDissection(i, "sky", 1, "material", iou, 0.1, 1.0, ok, chance)
+            >>> units = [unit(0, 0.6, False, 0.7), unit(1, 0.3, False, 0.1), unit(2, 0.2, True, 0.05)]
+            >>> [u.unit for u in LayerDissection("l", units, torch.zeros(3, 2)).top_units(5)]
+            [2, 1]
+        """
+        eligible = [
+            u for u in self.units
+            if math.isfinite(u.iou) and (u.chance_iou is None or u.iou > u.chance_iou)
+        ]
+        return sorted(eligible, key=lambda u: (not u.interpretable, -u.iou, u.unit))[:n]
 
     def concept_counts(self) -> dict[str, int]:
         """Number of interpretable units per concept label, most frequent first."""
@@ -423,7 +438,11 @@ class DissectionResult:
         Console().print(self.summary(top))
 
     def markdown_table(self, layer: str, top: int = 20) -> str:
-        """The top units of ``layer`` as a Markdown table (TensorBoard's text plugin renders it)."""
+        """The :meth:`LayerDissection.top_units` of ``layer``, in order, as a Markdown table.
+
+        TensorBoard's text plugin renders it; interpretable units come first, and units not above
+        their chance IoU are left out.
+        """
         rows = [
             "| unit | concept | category | IoU | IQR | threshold | chance IoU |",
             "|---:|:---|:---|---:|---:|---:|---:|",

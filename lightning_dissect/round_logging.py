@@ -14,16 +14,27 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lightning_dissect.result import DissectionResult, LayerDissection
-from lightning_dissect.visualize import heatmap, image_strip
+from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
+from lightning_dissect.visualize import (
+    IOU_SCALE_MAX,
+    diagonal_order,
+    image_strip,
+    labelled_heatmap,
+    legend_image,
+    text_image,
+)
 
 __all__ = [
     "RoundLogger",
     "round_entry",
     "segmenter_palette",
     "units_by_round_image",
+    "units_by_round_concepts",
+    "iou_heatmap_image",
     "concept_colour",
 ]
+
+_NO_UNITS = "no unit has an iou above\nits chance iou this round"
 
 # custom-scalars layouts per SummaryWriter: several loggers (named callbacks) share one writer,
 # and TensorBoard shows the latest layout, so each writes the union
@@ -71,15 +82,29 @@ def segmenter_palette(segmenter: Any) -> dict[str, list[int]] | None:
     return {name: rgb[i].tolist() for i, name in enumerate(vocabulary.names)}
 
 
+def units_by_round_concepts(entries: Sequence[Mapping[str, Any]], layer: str) -> list[str]:
+    """The concepts that label a unit of ``layer`` in any of the rounds ``entries``, by name.
+
+    Examples:
+        >>> entries = [{"layers": {"l": {"labels": ["sky", ""]}}}, {"layers": {"l": {"labels": ["", "tree"]}}}]
+        >>> units_by_round_concepts(entries, "l")
+        ['sky', 'tree']
+    """
+    return sorted({label for e in entries if layer in e["layers"] for label in e["layers"][layer]["labels"] if label})
+
+
 def units_by_round_image(
     entries: Sequence[Mapping[str, Any]],
     layer: str,
     palette: Mapping[str, Sequence[int]] | None = None,
     cell: int = 6,
+    legend: bool = True,
 ) -> Tensor:
     """Units (rows) × rounds (columns), each cell coloured by the unit's label (dark: none).
 
-    Rows are ``cell`` pixels tall; columns are wider while there are few rounds.
+    Rows are ``cell`` pixels tall; columns are wider while there are few rounds. The map is the
+    picture's top-left corner; with ``legend``, a legend of the concepts that occur (colour swatch
+    and name, :func:`units_by_round_concepts`) is drawn to its right.
     """
     columns = [e["layers"][layer]["labels"] for e in entries if layer in e["layers"]]
     units = max(len(c) for c in columns)
@@ -89,7 +114,51 @@ def units_by_round_image(
             if label:
                 img[:, i, j] = concept_colour(label, palette)
     width = max(cell, min(4 * cell, 240 // max(1, len(columns))))  # wide columns for few rounds
-    return img.repeat_interleave(cell, 1).repeat_interleave(width, 2)
+    grid = img.repeat_interleave(cell, 1).repeat_interleave(width, 2)
+    if not legend:
+        return grid
+    items = [(name, concept_colour(name, palette).tolist()) for name in units_by_round_concepts(entries, layer)]
+    key = legend_image(items, title="concepts (dark: none)", max_height=max(grid.shape[1], 120))
+    height = max(grid.shape[1], key.shape[1])
+    out = torch.full((3, height, grid.shape[2] + 8 + key.shape[2]), 255, dtype=torch.uint8)
+    out[:, : grid.shape[1], : grid.shape[2]] = grid
+    out[:, : key.shape[1], grid.shape[2] + 8 :] = key
+    return out
+
+
+def iou_heatmap_image(
+    layer: LayerDissection,
+    names: Sequence[str],
+    units: Sequence[UnitDissection],
+    max_concepts: int = 16,
+    vmax: float = IOU_SCALE_MAX,
+) -> Tensor | None:
+    """The labelled IoU heatmap of ``units`` (rows) × concepts (columns), or ``None`` without units.
+
+    Columns: the labels of ``units``, then other concepts that label an interpretable unit of the
+    layer, at most ``max_concepts``; rows and columns in
+    :func:`~lightning_dissect.visualize.diagonal_order`, so the outlined label cells run down a
+    diagonal. Rows are named ``unit <n>`` (grey: not interpretable); the colour scale is fixed,
+    ``0 .. vmax``.
+    """
+    if not units:
+        return None
+    index = {u.unit: i for i, u in enumerate(layer.units)}
+    iou = layer.iou.float()
+    chosen = iou[torch.tensor([index[u.unit] for u in units])]
+    candidates = {u.concept_index for u in layer.units if u.interpretable}
+    rows, cols = diagonal_order(list(units), chosen, candidates, max(max_concepts, 1))
+    values = iou[torch.tensor([index[u.unit] for u in rows])][:, cols]
+    position = {c: j for j, c in enumerate(cols)}
+    marks = [(i, position[u.concept_index]) for i, u in enumerate(rows) if u.concept_index in position]
+    return labelled_heatmap(
+        values,
+        [f"unit {u.unit}" for u in rows],
+        [names[c] for c in cols],
+        vmax=vmax,
+        marks=marks,
+        row_colours=[(29, 35, 48) if u.interpretable else (140, 146, 158) for u in rows],
+    )
 
 
 def _strip_grid(result: DissectionResult, layer: str, units: Sequence[int]) -> Tensor | None:
@@ -231,19 +300,20 @@ class RoundLogger:
         ablations = ablations or {}
         entries = [*history, round_entry(result, step, 0)]
         for name, layer in result.layers.items():
-            shown = [u.unit for u in layer.top_units(self.num_visualized_units or 20)]
-            table = result.markdown_table(name, top=max(len(shown), 1))
+            # one choice of units for the table, the strips and the heatmap (row i of the table is
+            # row i of the strips): interpretable first, best first, none at or below chance
+            shown = layer.top_units(self.num_visualized_units or 20)
+            table = result.markdown_table(name, top=self.num_visualized_units or 20)
             writer.add_text(tag(name, "top_units"), table, step)
             writer.add_histogram(tag(name, "best_iou"), torch.tensor([u.iou for u in layer.units]), step)
-            grid = _strip_grid(result, name, shown)
+            grid = _strip_grid(result, name, [u.unit for u in shown])
+            if grid is None and not shown and self.num_visualized_units:
+                grid = text_image(_NO_UNITS)  # the tag stays, and says why it is empty this round
             if grid is not None:
                 writer.add_image(tag(name, "unit_strips"), grid, step, dataformats="CHW")
-            concepts = sorted({u.concept_index for u in layer.top_units(len(shown) or 20)})
-            if concepts:
-                top = torch.tensor(shown or [u.unit for u in layer.top_units(20)])
-                writer.add_image(
-                    tag(name, "iou_heatmap"), heatmap(layer.iou[top][:, concepts], cell=8), step, dataformats="CHW"
-                )
+            picture = iou_heatmap_image(layer, result.vocabulary.names, shown)
+            writer.add_image(tag(name, "iou_heatmap"), picture if picture is not None else text_image(_NO_UNITS),
+                             step, dataformats="CHW")
             writer.add_image(
                 tag(name, "units_by_round"), units_by_round_image(entries, name, self.palette), step, dataformats="CHW"
             )

@@ -1,26 +1,41 @@
-"""Picture primitives: masks overlaid on images, image strips, IoU heatmaps, units × rounds maps, PNG.
+"""Picture primitives: masks overlaid on images, image strips, labelled IoU heatmaps, legends, PNG.
 
 Everything returns ``uint8`` tensors ``(3, H, W)`` (TensorBoard's ``add_image`` layout) and needs
-no plotting library; :func:`encode_png` writes them without Pillow.
+no plotting library: labels are drawn with a built-in 5×7 pixel font (letters as capitals), and
+:func:`encode_png` writes PNG without Pillow.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import Sequence
+from typing import Any, Protocol, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_dissect._font import draw_text, text_size
+
 __all__ = [
+    "IOU_SCALE_MAX",
     "to_uint8",
     "overlay_mask",
     "image_strip",
     "heatmap",
+    "labelled_heatmap",
+    "legend_image",
+    "text_image",
+    "diagonal_order",
     "encode_png",
 ]
+
+#: Top of the heatmaps' fixed IoU colour scale; larger IoUs get the top colour. Fixed (not the
+#: layer's maximum) so colours mean the same IoU in every layer, every round and every report.
+IOU_SCALE_MAX = 0.5
+
+_TEXT = (29, 35, 48)  # label ink
+_MARK = (224, 49, 49)  # outline of a unit's label cell
 
 _BORDER = torch.tensor([255, 221, 0], dtype=torch.uint8)  # light (yellow) inner outline
 _OUTLINE = torch.tensor([16, 16, 16], dtype=torch.uint8)  # dark outer outline
@@ -108,6 +123,253 @@ def heatmap(values: Tensor, cell: int = 8, vmax: float | None = None) -> Tensor:
     top = float(v.max()) if vmax is None else vmax
     img = _colormap(v / top if top > 0 else v)
     return img.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+
+
+class _Unit(Protocol):
+    unit: int
+    concept_index: int
+    iou: float
+    interpretable: bool
+
+
+_U = TypeVar("_U", bound=_Unit)
+
+
+def diagonal_order(
+    units: Sequence[_U], iou: Tensor, candidates: set[int], max_concepts: int
+) -> tuple[list[_U], list[int]]:
+    """Order heatmap rows and columns so each unit's label cell lies on a descending diagonal.
+
+    Columns: first the labels of ``units`` (interpretable units' labels first), each concept in
+    the order its best unit appears in ``units`` (best IoU first); then the other ``candidates``
+    by their largest IoU over the rows; at most ``max_concepts``. Rows: grouped by the column of
+    their label, best IoU first within a group; units whose label has no column go last.
+
+    Args:
+        units: The rows, best first (anything with ``unit``, ``concept_index``, ``iou`` and
+            ``interpretable``, e.g. :class:`~lightning_dissect.result.UnitDissection`).
+        iou: ``(len(units), C)`` IoU of the rows.
+        candidates: Concept indices that may become columns besides the labels.
+        max_concepts: Most columns.
+
+    Returns:
+        ``(rows, columns)``.
+
+    Examples:
+        >>> from types import SimpleNamespace as U
+        >>> units = [U(unit=0, concept_index=2, iou=0.3, interpretable=True),
+        ...          U(unit=1, concept_index=1, iou=0.4, interpretable=True)]
+        >>> rows, cols = diagonal_order(units, torch.zeros(2, 3), {0}, 3)
+        >>> [u.unit for u in rows], cols
+        ([1, 0], [1, 2, 0])
+    """
+    labelled = sorted(units, key=lambda u: (not u.interpretable, -u.iou, u.unit))
+    cols: list[int] = []
+    for u in labelled:
+        if u.concept_index not in cols:
+            cols.append(u.concept_index)
+    rest = sorted(
+        (c for c in candidates if c not in cols), key=lambda c: (-float(iou[:, c].max()), c)
+    )
+    cols = (cols + rest)[:max_concepts]
+    position = {c: j for j, c in enumerate(cols)}
+    rows = sorted(
+        units,
+        key=lambda u: (position.get(u.concept_index, len(cols)), not u.interpretable, -u.iou, u.unit),
+    )
+    return rows, cols
+
+
+def _check_scale(scale: Any) -> None:
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise ValueError(f"`font_scale` must be an int >= 1, got {scale!r}")
+
+
+def labelled_heatmap(
+    values: Tensor,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    vmax: float = IOU_SCALE_MAX,
+    cell: int = 16,
+    marks: Sequence[tuple[int, int]] = (),
+    row_colours: Sequence[Sequence[int]] | None = None,
+    title: str = "iou",
+    font_scale: int = 2,
+) -> Tensor:
+    """A ``(rows, cols)`` matrix as a labelled colour image with a fixed, labelled colour bar.
+
+    Row labels are drawn left of the grid, column labels above it (vertical, read bottom to top),
+    and a colour bar from 0 to ``vmax`` (values above get the top colour, its tick reads
+    ``vmax+``) to the right, under ``title``. Cell ``(i, j)`` is the ``cell - 1`` pixel square at
+    ``(left + j*cell, top + i*cell)`` (one white pixel between cells); :func:`labelled_heatmap_grid`
+    gives ``(top, left)``.
+
+    Args:
+        values: ``(rows, cols)`` float matrix.
+        row_labels: One label per row (e.g. ``"unit 12"``).
+        col_labels: One label per column (e.g. concept names).
+        vmax: Top of the colour scale (default :data:`IOU_SCALE_MAX`).
+        cell: Cell size in pixels.
+        marks: ``(row, col)`` cells outlined in red (e.g. each unit's label).
+        row_colours: Ink of each row label (default: dark).
+        title: Drawn above the colour bar.
+        font_scale: Pixel size of the 5×7 font (2: 10×14 pixel letters).
+
+    Returns:
+        ``uint8 (3, H, W)`` on a white background.
+
+    Examples:
+        >>> img = labelled_heatmap(torch.tensor([[0.1, 0.4]]), ["unit 3"], ["sky", "grass"])
+        >>> img.dtype, img.shape[0]
+        (torch.uint8, 3)
+    """
+    v = values.detach().float().cpu()
+    if v.ndim != 2:
+        raise ValueError(f"`values` must be a (rows, cols) matrix, got shape {tuple(v.shape)}")
+    rows, cols = v.shape
+    if len(row_labels) != rows:
+        raise ValueError(f"`row_labels` needs {rows} labels (one per row), got {len(row_labels)}")
+    if len(col_labels) != cols:
+        raise ValueError(f"`col_labels` needs {cols} labels (one per column), got {len(col_labels)}")
+    if not vmax > 0:
+        raise ValueError(f"`vmax` must be > 0, got {vmax!r}")
+    if cell < 2:
+        raise ValueError(f"`cell` must be >= 2, got {cell!r}")
+    _check_scale(font_scale)
+    s = font_scale
+    top, left = labelled_heatmap_grid(row_labels, col_labels, font_scale=s)
+    glyph_h = text_size("0", s)[0]
+    ticks = [vmax * k / 5 for k in range(6)]
+    tick_text = [f"{t:.3g}" + ("+" if k == 5 else "") for k, t in enumerate(ticks)]
+    bar_h = max(rows * cell, 120)
+    bar_x, bar_w = left + cols * cell + 16, 14
+    width = bar_x + bar_w + 6 + max(text_size(t, s)[1] for t in tick_text) + 8
+    width = max(width, bar_x + text_size(title, s)[1] + 8)
+    height = top + max(rows * cell, bar_h) + glyph_h // 2 + 8
+    img = torch.full((3, height, width), 255, dtype=torch.uint8)
+    if rows and cols:
+        colours = _colormap(v / vmax)  # (3, rows, cols)
+        block = colours.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+        keep = torch.ones(rows * cell, cols * cell, dtype=torch.bool)
+        keep[cell - 1 :: cell, :] = False
+        keep[:, cell - 1 :: cell] = False
+        grid = img[:, top : top + rows * cell, left : left + cols * cell]
+        grid[:, keep] = block[:, keep]
+    mark = torch.tensor(_MARK, dtype=torch.uint8).view(3, 1, 1)
+    w = max(1, cell // 8)  # outline width
+    for i, j in marks:
+        y, x = top + i * cell, left + j * cell
+        c = cell - 1
+        img[:, y : y + w, x : x + c] = mark
+        img[:, y + c - w : y + c, x : x + c] = mark
+        img[:, y : y + c, x : x + w] = mark
+        img[:, y : y + c, x + c - w : x + c] = mark
+    for i, label in enumerate(row_labels):
+        ink = tuple(row_colours[i]) if row_colours is not None else _TEXT
+        _, tw = text_size(label, s)
+        draw_text(img, label, left - 6 - tw, top + i * cell + (cell - glyph_h) // 2, ink, s)
+    for j, label in enumerate(col_labels):
+        _, tw = text_size(label, s)
+        draw_text(img, label, left + j * cell + (cell - glyph_h) // 2, top - 6 - tw, _TEXT, s, vertical=True)
+    # the colour bar: pixel row r (from the top) shows the value at its centre
+    centres = vmax * (1 - (torch.arange(bar_h, dtype=torch.float32) + 0.5) / bar_h)
+    bar = _colormap(centres[:, None] / vmax)  # (3, bar_h, 1)
+    img[:, top : top + bar_h, bar_x : bar_x + bar_w] = bar.expand(3, bar_h, bar_w)
+    for t, text in zip(ticks, tick_text):
+        y = top + round((bar_h - 1) * (1 - t / vmax))
+        img[:, y, bar_x + bar_w : bar_x + bar_w + 4] = torch.tensor(_TEXT, dtype=torch.uint8).view(3, 1)
+        draw_text(img, text, bar_x + bar_w + 6, y - glyph_h // 2, _TEXT, s)
+    draw_text(img, title, bar_x, top - 6 - glyph_h, _TEXT, s)
+    return img
+
+
+def labelled_heatmap_grid(
+    row_labels: Sequence[str], col_labels: Sequence[str], font_scale: int = 2
+) -> tuple[int, int]:
+    """``(top, left)`` pixel of the first cell of :func:`labelled_heatmap` with these labels.
+
+    Examples:
+        >>> labelled_heatmap_grid(["unit 3"], ["sky"], font_scale=1)
+        (34, 49)
+    """
+    _check_scale(font_scale)
+    s = font_scale
+    glyph_h = text_size("0", s)[0]
+    longest_row = max((text_size(t, s)[1] for t in row_labels), default=0)
+    longest_col = max((text_size(t, s)[1] for t in col_labels), default=0)
+    top = 8 + max(longest_col, glyph_h) + 6 + glyph_h // 2
+    return top, 8 + longest_row + 6
+
+
+def legend_image(
+    items: Sequence[tuple[str, Sequence[int]]],
+    *,
+    title: str | None = None,
+    font_scale: int = 2,
+    max_height: int | None = None,
+) -> Tensor:
+    """A colour legend: one swatch and its name per item, top to bottom, on white.
+
+    Entries wrap into further columns when ``max_height`` pixels would be exceeded. Each swatch is
+    a square as tall as the letters, with a grey frame (so white swatches show).
+
+    Args:
+        items: ``(name, RGB)`` pairs in display order.
+        title: Drawn above the entries.
+        font_scale: Pixel size of the 5×7 font.
+        max_height: Tallest the picture may be (at least one entry per column).
+
+    Returns:
+        ``uint8 (3, H, W)``.
+
+    Examples:
+        >>> legend_image([("sky", (90, 160, 230)), ("grass", (60, 150, 60))]).shape
+        torch.Size([3, 44, 90])
+    """
+    _check_scale(font_scale)
+    s = font_scale
+    glyph_h = text_size("0", s)[0]
+    pitch = glyph_h + 4
+    head = glyph_h + 6 if title else 0
+    per_column = len(items) or 1
+    if max_height is not None:
+        per_column = max(1, min(per_column, (max_height - 12 - head) // pitch))
+    columns = [items[k : k + per_column] for k in range(0, len(items), per_column)] or [[]]
+    col_w = [glyph_h + 6 + max((text_size(n, s)[1] for n, _ in c), default=0) for c in columns]
+    width = max(12 + sum(col_w) + 16 * (len(columns) - 1), 12 + (text_size(title, s)[1] if title else 0))
+    height = 12 + head + pitch * max(len(c) for c in columns) - (4 if items else 0)
+    img = torch.full((3, height, width), 255, dtype=torch.uint8)
+    if title:
+        draw_text(img, title, 6, 6, _TEXT, s)
+    x = 6
+    for column, cw in zip(columns, col_w):
+        for k, (name, colour) in enumerate(column):
+            y = 6 + head + k * pitch
+            img[:, y : y + glyph_h, x : x + glyph_h] = 150
+            img[:, y + 1 : y + glyph_h - 1, x + 1 : x + glyph_h - 1] = torch.tensor(
+                [int(c) for c in colour], dtype=torch.uint8
+            ).view(3, 1, 1)
+            draw_text(img, name, x + glyph_h + 6, y, _TEXT, s)
+        x += cw + 16
+    return img
+
+
+def text_image(text: str, *, font_scale: int = 2) -> Tensor:
+    """One or more lines of ``text`` (split at newlines), dark on white, with a small margin.
+
+    Examples:
+        >>> text_image("no units").shape
+        torch.Size([3, 26, 106])
+    """
+    _check_scale(font_scale)
+    lines = text.split("\n")
+    glyph_h = text_size("0", font_scale)[0]
+    width = 12 + max(text_size(line, font_scale)[1] for line in lines)
+    img = torch.full((3, 12 + len(lines) * (glyph_h + 4) - 4, width), 255, dtype=torch.uint8)
+    for k, line in enumerate(lines):
+        draw_text(img, line, 6, 6 + k * (glyph_h + 4), _TEXT, font_scale)
+    return img
 
 
 def encode_png(image: Tensor) -> bytes:

@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+# the heatmaps' fixed colour scale and row/column order are shared with the TensorBoard pictures
+from lightning_dissect.visualize import IOU_SCALE_MAX, diagonal_order
+
 if TYPE_CHECKING:  # annotations only: the report sits above the result type, never the reverse
-    from lightning_dissect.result import LayerDissection, UnitDissection
+    from lightning_dissect.result import LayerDissection
 
 __all__ = [
     "CATEGORY_COLOURS",
@@ -18,10 +21,6 @@ __all__ = [
     "diagonal_order",
     "iou_heatmap",
 ]
-
-#: Top of the heatmaps' fixed IoU colour scale; larger IoUs get the top colour. Fixed (not the
-#: layer's maximum) so colours mean the same IoU in every layer and every report.
-IOU_SCALE_MAX = 0.5
 
 #: Bar colours per concept category (gandissect's groups: object, part, material, colour).
 CATEGORY_COLOURS = {
@@ -123,42 +122,6 @@ def _rgb(value: float) -> str:
     frac = pos - lo
     r, g, b = (round(a * (1 - frac) + b * frac) for a, b in zip(_STOPS[lo], _STOPS[lo + 1]))
     return f"rgb({r},{g},{b})"
-
-
-def diagonal_order(
-    units: list[UnitDissection], iou: torch.Tensor, candidates: set[int], max_concepts: int
-) -> tuple[list[UnitDissection], list[int]]:
-    """Order heatmap rows and columns so each unit's label cell lies on a descending diagonal.
-
-    Columns: first the labels of ``units`` (interpretable units' labels first), each concept in
-    the order its best unit appears in ``units`` (best IoU first); then the other ``candidates``
-    by their largest IoU over the rows; at most ``max_concepts``. Rows: grouped by the column of
-    their label, best IoU first within a group; units whose label has no column go last.
-
-    Args:
-        units: The rows, best first.
-        iou: ``(len(units), C)`` IoU of the rows.
-        candidates: Concept indices that may become columns besides the labels.
-        max_concepts: Most columns.
-
-    Returns:
-        ``(rows, columns)``.
-    """
-    labelled = sorted(units, key=lambda u: (not u.interpretable, -u.iou, u.unit))
-    cols: list[int] = []
-    for u in labelled:
-        if u.concept_index not in cols:
-            cols.append(u.concept_index)
-    rest = sorted(
-        (c for c in candidates if c not in cols), key=lambda c: (-float(iou[:, c].max()), c)
-    )
-    cols = (cols + rest)[:max_concepts]
-    position = {c: j for j, c in enumerate(cols)}
-    rows = sorted(
-        units,
-        key=lambda u: (position.get(u.concept_index, len(cols)), not u.interpretable, -u.iou, u.unit),
-    )
-    return rows, cols
 
 
 def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int = 40,

@@ -1,0 +1,191 @@
+"""The pictures and table a dissection round writes to TensorBoard, checked against hand-built results."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_dissect._font import GLYPHS
+from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
+from lightning_dissect.round_logging import (
+    RoundLogger,
+    iou_heatmap_image,
+    units_by_round_concepts,
+    units_by_round_image,
+)
+from lightning_dissect.segmenters import ConceptVocabulary
+from lightning_dissect.visualize import IOU_SCALE_MAX, labelled_heatmap, labelled_heatmap_grid, legend_image
+
+VOCAB = ConceptVocabulary(("unlabeled", "sky", "tree", "grass", "door"), ("none", "material", "object", "material",
+                                                                          "part"))
+WHITE = (255, 255, 255)
+STOPS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+
+
+def viridis_like(value: float, vmax: float) -> tuple[int, int, int]:
+    """Independent reference: linear interpolation between the five stops, clipped to [0, vmax]."""
+    x = min(max(value / vmax, 0.0), 1.0) * 4
+    lo = min(int(x), 3)
+    f = x - lo
+    return tuple(int(round(a + (b - a) * f)) for a, b in zip(STOPS[lo], STOPS[lo + 1]))
+
+
+def unit(i, label, iou, interpretable, chance):
+    c = VOCAB.index(label)
+    return UnitDissection(i, label, c, VOCAB.categories[c], iou, 0.1, 1.0, interpretable, chance)
+
+
+def layer_of(units, iou=None):
+    if iou is None:
+        iou = torch.zeros(len(units), VOCAB.num_concepts)
+        for u in units:
+            iou[u.unit, u.concept_index] = u.iou
+    return LayerDissection("l", units, iou)
+
+
+# ------------------------------------------------------------------ top units
+def test_top_units_interpretable_first_and_never_at_or_below_chance():
+    units = [
+        unit(0, "sky", 0.70, False, 0.75),   # highest IoU but below its chance IoU: never a top unit
+        unit(1, "tree", 0.30, True, 0.05),
+        unit(2, "grass", 0.50, False, 0.10),  # above chance, not interpretable: after the interpretable ones
+        unit(3, "door", 0.40, True, 0.40),   # interpretable but IoU == chance IoU: left out
+        unit(4, "sky", 0.45, True, 0.20),
+        unit(5, "tree", 0.20, False, None),  # chance not measured: allowed, last (lowest IoU)
+        unit(6, "grass", float("nan"), False, None),
+    ]
+    layer = layer_of(units)
+    assert [u.unit for u in layer.top_units(10)] == [4, 1, 2, 5]
+    assert [u.unit for u in layer.top_units(2)] == [4, 1]
+    result = DissectionResult({"l": layer}, VOCAB)
+    rows = result.markdown_table("l", top=10).splitlines()[2:]
+    assert [int(r.split("|")[1]) for r in rows] == [4, 1, 2, 5]
+    assert "(not interpretable)" not in rows[0] + rows[1] and "(not interpretable)" in rows[2]
+
+
+class _Writer:
+    def __init__(self):
+        self.images, self.texts = {}, {}
+
+    def add_text(self, tag, text, step):
+        self.texts[tag] = text
+
+    def add_histogram(self, *args, **kwargs):
+        pass
+
+    def add_image(self, tag, image, step, dataformats="CHW"):
+        self.images[tag] = image
+
+    def flush(self):
+        pass
+
+
+def _tile(colour, size=4):
+    return torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(3, size, size).clone()
+
+
+def test_table_rows_are_strip_rows_and_heatmap_units():
+    units = [unit(0, "sky", 0.70, False, 0.75), unit(1, "tree", 0.30, True, 0.05), unit(2, "grass", 0.5, False, 0.1),
+             unit(3, "sky", 0.45, True, 0.2)]
+    result = DissectionResult({"l": layer_of(units)}, VOCAB)
+    # every unit's strip is one flat colour (its index) so the strip rows can be read back
+    result.unit_images = {"l": {u.unit: _tile((10 * u.unit, 0, 0), 96)[None].repeat(2, 1, 1, 1) for u in units}}
+    writer = _Writer()
+    RoundLogger(num_visualized_units=3).log_tensorboard(writer, result, step=5)
+    table = writer.texts["dissection/l/top_units"].splitlines()[2:]
+    table_units = [int(r.split("|")[1]) for r in table]
+    assert table_units == [3, 1, 2]
+    strips = writer.images["dissection/l/unit_strips"]
+    strip_units = [int(strips[0, 98 * i + 48, 48]) // 10 for i in range(3)]  # rows 96 px + 2 px gap
+    assert strip_units == table_units and strips.shape[1] == 3 * 96 + 2 * 2
+    assert writer.images["dissection/l/iou_heatmap"].dtype == torch.uint8
+
+
+def test_heatmap_says_so_when_no_unit_is_above_chance():
+    result = DissectionResult({"l": layer_of([unit(0, "sky", 0.1, False, 0.2)])}, VOCAB)
+    writer = _Writer()
+    RoundLogger(num_visualized_units=3).log_tensorboard(writer, result, step=1)
+    assert "|" not in "".join(writer.texts["dissection/l/top_units"].splitlines()[2:])  # header only
+    for kind in ("iou_heatmap", "unit_strips"):
+        img = writer.images[f"dissection/l/{kind}"]
+        assert (img == 255).all(0).float().mean() > 0.5 and (img < 100).all(0).any()  # dark text on white
+
+
+# ------------------------------------------------------------------ heatmap
+def _ink(region, colour=(29, 35, 48)):
+    return int((region == torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)).all(0).sum())
+
+
+def test_labelled_heatmap_cells_take_the_fixed_scale_colour():
+    values = torch.tensor([[0.0, 0.1, 0.2], [0.3, 0.45, 0.9]])
+    rows, cols = ["unit 7", "unit 12"], ["sky", "grass", "tree"]
+    img = labelled_heatmap(values, rows, cols, cell=16)
+    top, left = labelled_heatmap_grid(rows, cols)
+    for i in range(2):
+        for j in range(3):
+            centre = img[:, top + i * 16 + 7, left + j * 16 + 7].tolist()
+            assert tuple(centre) == viridis_like(float(values[i, j]), IOU_SCALE_MAX), (i, j)
+    # fixed scale: the same IoU has the same colour whatever else the matrix holds
+    other = labelled_heatmap(values * 0 + 0.2, rows, cols)
+    assert other[:, top + 7, left + 7].tolist() == img[:, top + 7, left + 2 * 16 + 7].tolist()
+
+
+def test_labelled_heatmap_has_labels_and_a_colour_bar():
+    values = torch.full((2, 2), 0.25)
+    short = labelled_heatmap(values, ["unit 1", "unit 2"], ["sky", "tree"])
+    long = labelled_heatmap(values, ["unit 1", "unit 2 with a long name"], ["sky", "tree"])
+    assert long.shape[2] - short.shape[2] == 6 * len(" with a long name") * 2  # 6 px a letter, font scale 2
+    taller = labelled_heatmap(values, ["unit 1", "unit 2"], ["sky", "a long concept"])
+    assert taller.shape[1] - short.shape[1] == 6 * len("a long concept") * 2 - 6 * len("tree") * 2
+    top, left = labelled_heatmap_grid(["unit 1", "unit 2"], ["sky", "tree"])
+    assert _ink(short[:, top:top + 32, :left]) > 50  # row labels left of the grid
+    assert _ink(short[:, :top, left:left + 32]) > 50  # column labels above it
+    # the "u" of "unit 1", read back from the pixels against the glyph table
+    glyph = GLYPHS["u"].repeat_interleave(2, 0).repeat_interleave(2, 1)
+    h_text = 14
+    y = top + (16 - h_text) // 2
+    x = left - 6 - (6 * len("unit 1") - 1) * 2
+    drawn = (short[:, y:y + 14, x:x + 10] == torch.tensor([29, 35, 48], dtype=torch.uint8).view(3, 1, 1)).all(0)
+    assert torch.equal(drawn, glyph)
+    # colour bar right of the grid: top = the top colour, bottom = the bottom colour, monotone in between
+    bar_x = left + 2 * 16 + 16 + 7
+    column = short[:, top:top + 120, bar_x].T.tolist()
+    assert tuple(column[0]) == viridis_like(IOU_SCALE_MAX * (1 - 0.5 / 120), IOU_SCALE_MAX)
+    assert tuple(column[-1]) == viridis_like(IOU_SCALE_MAX * 0.5 / 120, IOU_SCALE_MAX)
+    assert _ink(short[:, top - 20:top + 130, bar_x + 8:]) > 100  # tick labels and title
+
+
+def test_iou_heatmap_image_orders_a_diagonal_and_names_units():
+    units = [unit(0, "sky", 0.30, True, 0.0), unit(1, "tree", 0.40, True, 0.0), unit(2, "sky", 0.35, True, 0.0)]
+    layer = layer_of(units)
+    img = iou_heatmap_image(layer, VOCAB.names, layer.top_units(3))
+    # rows: tree (unit 1), then sky units 2 and 0; columns tree, sky
+    rows, cols = ["unit 1", "unit 2", "unit 0"], ["tree", "sky"]
+    expected = labelled_heatmap(torch.tensor([[0.4, 0.0], [0.0, 0.35], [0.0, 0.3]]), rows, cols,
+                                marks=[(0, 0), (1, 1), (2, 1)])
+    assert torch.equal(img, expected)
+    top, left = labelled_heatmap_grid(rows, cols)
+    red = torch.tensor([224, 49, 49], dtype=torch.uint8)
+    assert img[:, top, left + 3].tolist() == red.tolist()  # outlined label cell (0, 0)
+    assert img[:, top, left + 16 + 3].tolist() != red.tolist()
+
+
+# ------------------------------------------------------------------ units by round legend
+def test_units_by_round_legend_lists_exactly_the_concepts_present():
+    palette = {"sky": (90, 160, 230), "tree": (20, 120, 20), "grass": (60, 200, 60), "door": (200, 30, 30)}
+    entries = [
+        {"layers": {"l": {"labels": ["sky", "", "tree"]}}},
+        {"layers": {"l": {"labels": ["sky", "grass", ""]}}},
+        {"layers": {"other": {"labels": ["door"]}}},
+    ]
+    assert units_by_round_concepts(entries, "l") == ["grass", "sky", "tree"]
+    img = units_by_round_image(entries, "l", palette)
+    bare = units_by_round_image(entries, "l", palette, legend=False)
+    assert torch.equal(img[:, : bare.shape[1], : bare.shape[2]], bare)
+    key = img[:, :, bare.shape[2] + 8:]
+    assert torch.equal(key[:, : 18 * 4 + 8], legend_image(
+        [(n, palette[n]) for n in ("grass", "sky", "tree")], title="concepts (dark: none)", max_height=120)
+        [:, : 18 * 4 + 8])
+    found = {name for name, colour in palette.items()
+             if (key == torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)).all(0).sum() >= 100}
+    assert found == {"grass", "sky", "tree"}  # door labels only another layer
+    assert _ink(key) > 100
