@@ -12,18 +12,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 OUT = ROOT / "docs" / "images"
 
 from gan_model import DCGAN  # noqa: E402
-from lightning_dissect.callback_logging import _strip_grid, units_by_round_image  # noqa: E402
 
-from lightning_dissect import DissectionCallback, dissect, load_history  # noqa: E402
+from lightning_dissect import dissect, load_history  # noqa: E402
+from lightning_dissect.round_logging import (  # noqa: E402
+    _strip_grid,
+    iou_heatmap_image,
+    round_entry,
+    segmenter_palette,
+    units_by_round_image,
+)
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
-from lightning_dissect.visualize import encode_png, heatmap  # noqa: E402
+from lightning_dissect.visualize import encode_png  # noqa: E402
 
 
 def main() -> None:
@@ -31,21 +35,17 @@ def main() -> None:
     layer = sys.argv[2] if len(sys.argv) > 2 else "layer3"
     model = DCGAN.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt", map_location="cpu")
     segmenter = SyntheticSceneSegmenter(SceneWorld(model.hparams.image_size))
-    callback = DissectionCallback([layer], segmenter)
-    entries = [callback._history_entry(r, r.metadata["global_step"], 0, {}) for r in load_history(log_dir)]
-    world = segmenter.world
-    rgb = ((world.palette + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    palette = {name: rgb[i].tolist() for i, name in enumerate(world.vocabulary.names)}
+    entries = [round_entry(r, r.metadata["global_step"], 0) for r in load_history(log_dir)]
+    palette = segmenter_palette(segmenter)
     (OUT / "units_by_round.png").write_bytes(encode_png(units_by_round_image(entries, layer, palette)))
     result = dissect(model.generator, [layer], segmenter, latent_shape=(model.hparams.latent_dim,),
                      num_samples=128, batch_size=64, threshold_mode="iqr", num_levels=16,
                      num_visualized_units=8, top_k=6, progress=False)
     shown = [u.unit for u in result[layer].top_units(8)]
     (OUT / "unit_strips_tensorboard.png").write_bytes(encode_png(_strip_grid(result, layer, shown)))
-    concepts = sorted({u.concept_index for u in result[layer].top_units(8)})
-    (OUT / "iou_heatmap.png").write_bytes(
-        encode_png(heatmap(result[layer].iou[torch.tensor(shown)][:, concepts], cell=16))
-    )
+    picture = iou_heatmap_image(result[layer], segmenter.vocabulary.names, result[layer].top_units(8))
+    if picture is not None:
+        (OUT / "iou_heatmap.png").write_bytes(encode_png(picture))
     print(result.markdown_table(layer, top=8))
     print("wrote", [p.name for p in OUT.glob("*.png")])
 
