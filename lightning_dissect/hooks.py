@@ -193,7 +193,8 @@ def capture_layers(
         model: Any module (compiled / DDP-wrapped modules are unwrapped).
         layers: Dotted layer names.
         selector: How to get a tensor from a layer's output, or a mapping layer → selector.
-        detach: Store detached tensors.
+        detach: Store detached copies (an in-place operation after the layer, such as
+            ``nn.LeakyReLU(inplace=True)``, would otherwise overwrite what was captured).
 
     Yields:
         A :class:`Captured` dict filled with ``name -> tensor`` of the latest forward pass; its
@@ -217,7 +218,8 @@ def capture_layers(
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             value = _select(output, sel, name)
-            captured[name] = value.detach() if detach else value
+            # a copy: an in-place op after the layer (LeakyReLU(inplace=True)) would change the stored values
+            captured[name] = value.detach().clone() if detach else value
             captured.calls[name] = captured.calls.get(name, 0) + 1
 
         return hook

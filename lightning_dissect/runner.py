@@ -38,6 +38,7 @@ __all__ = [
     "GeneratorRunner",
     "GeneratedBatch",
     "LayerShapeError",
+    "LayerCallError",
     "DryRunError",
     "eval_mode",
     "module_device",
@@ -52,6 +53,10 @@ Generate = Callable[[nn.Module, Any], Tensor]
 
 class LayerShapeError(ValueError):
     """A layer's output is not a ``(B, U, h, w)`` map of units (raised after a successful forward)."""
+
+
+class LayerCallError(ValueError, RuntimeError):
+    """A layer did not run exactly once in a forward pass that itself succeeded (not run, or shared)."""
 
 
 class DryRunError(ValueError):
@@ -280,10 +285,10 @@ class GeneratorRunner:
         images = _check_images_shape(images)
         missing = [n for n in layers if n not in captured]
         if missing:
-            raise RuntimeError(f"layers {missing} did not run during the generator's forward pass")
+            raise LayerCallError(f"layers {missing} did not run during the generator's forward pass")
         repeated = {n: c for n, c in captured.calls.items() if c > 1}
         if repeated:
-            raise ValueError(
+            raise LayerCallError(
                 f"layers {sorted(repeated)} ran {sorted(set(repeated.values()))} times in one forward pass (a module "
                 "shared between blocks, e.g. one activation reused): a hook sees only its last call, so its units "
                 "are ambiguous; dissect a module that runs once per forward (give each use its own module)"
@@ -395,7 +400,7 @@ class GeneratorRunner:
         Raises:
             DryRunError: Every attempt failed. The message lists every attempt; when a forward
                 pass succeeded, its (layer-shape) problem leads, since changing the latent layout
-                will not fix it.
+                will not fix it (so does a layer that ran twice or not at all).
         """
         if not banks:
             raise ValueError("dry_run needs at least one latent bank to try")
@@ -417,7 +422,8 @@ class GeneratorRunner:
                         _warn_if_unit_range(images, segmenter)
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
-                attempts.append((bank, err, forward_ok))
+                # a layer that ran twice (or not at all) is found after a successful forward too
+                attempts.append((bank, err, forward_ok or isinstance(err, LayerCallError)))
         # a problem found after a successful forward pass leads: another latent layout won't fix it
         lead = next((a for a in attempts if a[2]), attempts[-1])
         lines = [f"{what} failed: {type(lead[1]).__name__}: {lead[1]}"]

@@ -83,7 +83,9 @@ def render_unit_images(
             for j, i in enumerate(batch.indices.tolist()):
                 if i not in keep:
                     continue
-                images_by_index[i] = to_uint8(batch.images[j].cpu(), value_range)
+                image = to_uint8(batch.images[j].cpu(), value_range)
+                # grey generators (1 channel): the strips are RGB (the mask outline is coloured)
+                images_by_index[i] = image.expand(3, -1, -1) if image.shape[0] == 1 else image
                 for name in wanted:
                     acts_by_index[name][i] = batch.activations[name][j].float().cpu()
     out: dict[str, dict[int, Tensor]] = {}
