@@ -347,6 +347,7 @@ class DissectionCallback(Callback):
                 selector=self.selector,
                 config=self.config,
                 metadata={"global_step": step, "epoch": epoch, "name": self.name},
+                dry_run=False,  # done once in on_fit_start
             )
             ablations: dict[str, list[Any]] = {}
             if self.ablation_check:

@@ -55,6 +55,7 @@ def dissect(
     config: DissectionConfig | None = None,
     metadata: Mapping[str, Any] | None = None,
     distributed: bool = True,
+    dry_run: bool = True,
     **overrides: Any,
 ) -> DissectionResult:
     """Dissect ``layers`` of ``generator`` against the concepts of ``segmenter``.
@@ -76,6 +77,8 @@ def dissect(
         metadata: Free-form context stored in the result (step, checkpoint, ...).
         distributed: ``False``: dissect on this process alone, even inside an initialised process
             group (e.g. rank 0 after ``fit()`` while the other ranks have returned).
+        dry_run: Check the generator call and the layers on two latents first, naming
+            ``latent_shape`` on failure (the callback dry-runs once before training instead).
         overrides: Any :class:`DissectionConfig` field, e.g. ``num_samples=2000``.
 
     Returns:
@@ -99,9 +102,8 @@ def dissect(
     layers = runner.check_layers(layers)
     check_segmenter(segmenter)
     bank, selection_bank = _banks(cfg, latent_shape, latent_sampler, distributed)
-    latents = "`latent_sampler`" if latent_sampler is not None else f"`latent_shape`={tuple(latent_shape or ())}"
-    # the generator and layers only: pass 1 checks images and labels, and segments each sample once
-    runner.dry_run(layers, [bank], describe=lambda _: latents, what=f"dry run with {latents}")
+    if dry_run:
+        _dry_run(runner, layers, bank, latent_sampler is not None, latent_shape)
     rank, world_size = runner.rank_world
     with runner.session(), Progress(cfg.progress and rank == 0) as progress:
         found = threshold_pass(runner, bank, layers, segmenter, cfg, progress)
@@ -152,6 +154,16 @@ def _assemble(
         "segmentation_size": list(found.segmentation_size),
     }
     return DissectionResult(layer_results, segmenter.vocabulary, settings, dict(metadata or {}))
+
+
+def _dry_run(
+    runner: GeneratorRunner, layers: list[str], bank: LatentBank, sampled: bool, latent_shape: Sequence[int] | None
+) -> None:
+    """The generator call and the layers on two latents (pass 1 checks images and labels, and
+    segments each sample once), naming ``latent_shape`` or ``latent_sampler`` on failure.
+    """
+    latents = "`latent_sampler`" if sampled else f"`latent_shape`={tuple(latent_shape or ())}"
+    runner.dry_run(layers, [bank], describe=lambda _: latents, what=f"dry run with {latents}")
 
 
 def _banks(
