@@ -159,8 +159,9 @@ def _assemble(
 def _dry_run(
     runner: GeneratorRunner, layers: list[str], bank: LatentBank, sampled: bool, latent_shape: Sequence[int] | None
 ) -> None:
-    """The generator call and the layers on two latents (pass 1 checks images and labels, and
-    segments each sample once), naming ``latent_shape`` or ``latent_sampler`` on failure.
+    """Check the generator call and the layers on two latents, naming the latent option on failure.
+
+    Images and labels are left to pass 1, so that the segmenter sees each sample once.
     """
     latents = "`latent_sampler`" if sampled else f"`latent_shape`={tuple(latent_shape or ())}"
     runner.dry_run(layers, [bank], describe=lambda _: latents, what=f"dry run with {latents}")
