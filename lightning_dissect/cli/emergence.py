@@ -14,12 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_dissect.cli._arguments import (
-    _non_negative_int,
-    add_dissection_arguments,
-    add_generator_arguments,
-    add_run_arguments,
-)
+from lightning_dissect.cli import _arguments
 from lightning_dissect.cli._loading import CLIError, _describe, load_generator
 from lightning_dissect.cli.dissect import dissection_config, prepare_generator
 
@@ -28,18 +23,14 @@ __all__ = ["add_emergence_command", "run_emergence"]
 
 def add_emergence_command(sub: Any) -> None:
     """Register ``emergence`` on the sub-command parsers ``sub``."""
-    p = sub.add_parser(
-        "emergence",
-        help="dissect a series of checkpoints: rounds, TensorBoard events and emergence.html",
-        description=(
-            "Dissect every checkpoint of a run on the same seeded latent bank, in global_step "
-            "order, and write what DissectionCallback would have written during training: one "
-            "round JSON per checkpoint and TensorBoard events at each global_step; plus "
-            "emergence.html. Re-running over the same --output skips checkpoints already done."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _arguments.add_command(
+        sub, "emergence", "dissect a series of checkpoints: rounds, TensorBoard events and emergence.html",
+        "Dissect every checkpoint of a run on the same seeded latent bank, in global_step order, and write what "
+        "DissectionCallback would have written during training: one round JSON per checkpoint and TensorBoard "
+        "events at each global_step; plus emergence.html. Re-running over the same --output skips checkpoints "
+        "already done.",
     )
-    add_generator_arguments(p)
+    _arguments.add_generator_arguments(p)
     for action in p._actions:  # one checkpoint per round here: --checkpoints replaces --checkpoint
         if "--checkpoint" in action.option_strings:
             action.help = argparse.SUPPRESS
@@ -49,16 +40,16 @@ def add_emergence_command(sub: Any) -> None:
         help="checkpoint files, or folders of them (*.ckpt, *.pt, *.pth); ordered by the "
         "global_step stored in them, then by file name",
     )
-    add_dissection_arguments(p)
+    _arguments.add_dissection_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument("--output", required=True, metavar="DIR",
                      help="rounds (DIR/dissection/round_<step>.json), TensorBoard events and "
                      "DIR/emergence.html")
     out.add_argument("--title", help="title of emergence.html")
-    out.add_argument("--report-units", type=_non_negative_int, default=6, metavar="N",
+    out.add_argument("--report-units", type=_arguments._non_negative_int, default=6, metavar="N",
                      help="per layer, unit strips of the last checkpoint's N best units in emergence.html")
     out.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
-    add_run_arguments(out)
+    _arguments.add_run_arguments(out)
 
 
 def run_emergence(args: argparse.Namespace) -> int:
