@@ -298,17 +298,38 @@ def dissect_checkpoints(
         >>> [r.metadata["global_step"] for r in load_history(out)]
         [10]
     """
-    out = Path(output)
-    rank, world_size = world()
-    writer_rank = rank == 0
-    layers = list(layers)
-
+    out, layers = Path(output), list(layers)
     existing = load_history(out) if out.is_dir() else []
     if existing:
         _check_settings(existing, config, layers, out)
-    by_step = {int(r.metadata.get("global_step", -1)): r for r in existing}
-    todo: list[Checkpoint] = []
     run = EmergenceRun()
+    by_step = {int(r.metadata.get("global_step", -1)): r for r in existing}
+    todo = _plan(checkpoints, by_step, out, run, report)
+    book = _open_logbook(out, layers, segmenter, config, tensorboard, by_step, todo, run)
+
+    def dissect_one(generator: nn.Module, checkpoint: Checkpoint) -> DissectionResult:
+        return dissect(generator, layers, segmenter, latent_shape=latent_shape, latent_sampler=latent_sampler,
+                       generate=generate, selector=selector, config=config,
+                       metadata=_round_metadata(metadata, checkpoint))
+
+    try:
+        for step, item in _merged_series(by_step, todo):
+            if isinstance(item, DissectionResult):
+                book.replay(item, step)
+            elif (result := _dissect_loaded(item, load, dissect_one, run, report)) is not None:
+                book.record(result, step, item, report)
+                run.dissected.append(item)
+        book.finish()
+    finally:
+        book.close()
+    run.rounds = book.rounds
+    return run
+
+
+def _plan(checkpoints: Sequence[Checkpoint], by_step: Mapping[int, DissectionResult], out: Path,
+          run: EmergenceRun, report: Callable[[str], None]) -> list[Checkpoint]:
+    """The checkpoints to dissect now: those without a round of the same step and file (rank 0's plan)."""
+    todo: list[Checkpoint] = []
     for checkpoint in checkpoints:
         old = by_step.get(checkpoint.global_step)
         if old is not None and _same_file(old.metadata.get("checkpoint"), checkpoint.path):
@@ -316,25 +337,121 @@ def dissect_checkpoints(
             report(f"skipped {checkpoint.path}: round at step {checkpoint.global_step} already in {out}")
         else:
             todo.append(checkpoint)
-    if world_size > 1:  # every rank follows rank 0's plan (the same files, in the same order)
+    if world()[1] > 1:  # every rank follows rank 0's plan (the same files, in the same order)
         plan = [todo]
         torch.distributed.broadcast_object_list(plan, src=0)
         todo = plan[0]
+    return todo
 
+
+def _merged_series(
+    by_step: Mapping[int, DissectionResult], todo: Sequence[Checkpoint]
+) -> list[tuple[int, DissectionResult | Checkpoint]]:
+    """Existing rounds (replaced where a checkpoint is redone) and new checkpoints, in step order."""
+    todo_steps = {c.global_step for c in todo}
+    series: list[tuple[int, DissectionResult | Checkpoint]] = [
+        (s, r) for s, r in by_step.items() if s not in todo_steps
+    ]
+    series += [(c.global_step, c) for c in todo]
+    series.sort(key=lambda item: item[0])
+    return series
+
+
+def _round_metadata(metadata: Mapping[str, Any] | None, checkpoint: Checkpoint) -> dict[str, Any]:
+    """The metadata of the round of ``checkpoint``."""
+    return {
+        **dict(metadata or {}),
+        "checkpoint": str(checkpoint.path.resolve()),
+        "global_step": checkpoint.global_step,
+        "epoch": checkpoint.epoch,
+        "stored_step": checkpoint.stored_step,
+        "name": None,
+    }
+
+
+def _dissect_loaded(
+    checkpoint: Checkpoint,
+    load: Callable[[Checkpoint], nn.Module],
+    dissect_one: Callable[[nn.Module, Checkpoint], DissectionResult],
+    run: EmergenceRun,
+    report: Callable[[str], None],
+) -> DissectionResult | None:
+    """Load ``checkpoint`` and dissect it; ``None`` (reported, recorded in ``run.failed``) if it cannot load."""
+    try:
+        generator = load(checkpoint)
+    except Exception as err:  # noqa: BLE001 - a bad file must not stop the series
+        run.failed.append((checkpoint.path, _first_line(err)))
+        report(f"skipped {checkpoint.path}: cannot load it ({_first_line(err)})")
+        return None
+    result = dissect_one(generator, checkpoint)
+    run.generator = generator
+    return result
+
+
+@dataclass
+class _Logbook:
+    """Where the rounds of a series go: round files and TensorBoard (rank 0 only), and the history."""
+
+    out: Path
+    round_logger: RoundLogger
+    writes: bool
+    rebuild: bool = False
+    writer: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[DissectionResult] = field(default_factory=list)
+
+    def replay(self, result: DissectionResult, step: int) -> None:
+        """An existing round: logged again only when the event files are rebuilt."""
+        if self.rebuild and self.writer is not None:
+            _log(self.round_logger, self.writer, result, step, self.history)
+        self._append(result, step)
+
+    def record(self, result: DissectionResult, step: int, checkpoint: Checkpoint,
+               report: Callable[[str], None]) -> None:
+        """A new round: logged, then written (a round on disk is a round logged)."""
+        if self.writes:
+            if self.writer is not None:
+                _log(self.round_logger, self.writer, result, step, self.history)
+            result.to_json(round_path(self.out, step))
+            report(f"round {step}: {checkpoint.path} -> {round_path(self.out, step)}")
+        self._append(result, step)
+
+    def _append(self, result: DissectionResult, step: int) -> None:
+        self.history.append(round_entry(result, step, int(result.metadata.get("epoch") or 0)))
+        self.rounds.append(result)
+
+    def finish(self) -> None:
+        """After a complete rebuild, drop the marker of an interrupted one."""
+        if self.rebuild and self.writer is not None:
+            self.writer.flush()
+            (self.out / _REBUILD_MARKER).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _open_logbook(out: Path, layers: Sequence[str], segmenter: Segmenter, config: DissectionConfig,
+                  tensorboard: bool, by_step: Mapping[int, DissectionResult], todo: Sequence[Checkpoint],
+                  run: EmergenceRun) -> _Logbook:
+    """The logbook of the series, with a SummaryWriter when rank 0 has TensorBoard rounds to write.
+
+    The event files are rebuilt from every round when a new round comes at or before an existing one,
+    or when an earlier rebuild was interrupted (its marker file is still there).
+    """
     marker = out / _REBUILD_MARKER
     last_existing = max(by_step, default=-1)
-    new_steps = {c.global_step for c in todo}
-    rebuild = tensorboard and bool(existing) and (
-        marker.exists() or any(s <= last_existing for s in new_steps)
+    rebuild = tensorboard and bool(by_step) and (
+        marker.exists() or any(c.global_step <= last_existing for c in todo)
     )
-    writer = None
     round_logger = RoundLogger(
         None,
         categories=segmenter.vocabulary.categories,
         palette=segmenter_palette(segmenter),
         num_visualized_units=config.num_visualized_units,
     )
-    if writer_rank and tensorboard and (todo or rebuild):
+    book = _Logbook(out, round_logger, writes=world()[0] == 0, rebuild=rebuild)
+    if book.writes and tensorboard and (todo or rebuild):
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
@@ -342,63 +459,9 @@ def dissect_checkpoints(
             marker.write_text("rebuilding the TensorBoard event files; an interrupted rebuild is redone\n")
             _remove_event_files(out)
             run.rebuilt_tensorboard = True
-        writer = SummaryWriter(str(out))
-        round_logger.write_layout(writer, layers)
-
-    # the merged series: existing rounds (replaced where a checkpoint is redone) and new ones
-    todo_steps = {c.global_step: c for c in todo}
-    series: list[tuple[int, DissectionResult | Checkpoint]] = [
-        (s, r) for s, r in by_step.items() if s not in todo_steps
-    ]
-    series += [(c.global_step, c) for c in todo]
-    series.sort(key=lambda item: item[0])
-
-    history: list[dict[str, Any]] = []
-    rounds: list[DissectionResult] = []
-    try:
-        for step, item in series:
-            if isinstance(item, DissectionResult):
-                result = item
-                if rebuild and writer is not None:
-                    _log(round_logger, writer, result, step, history)
-            else:
-                checkpoint = item
-                try:
-                    generator = load(checkpoint)
-                except Exception as err:  # noqa: BLE001 - a bad file must not stop the series
-                    run.failed.append((checkpoint.path, _first_line(err)))
-                    report(f"skipped {checkpoint.path}: cannot load it ({_first_line(err)})")
-                    continue
-                result = dissect(
-                    generator, layers, segmenter,
-                    latent_shape=latent_shape, latent_sampler=latent_sampler, generate=generate,
-                    selector=selector, config=config,
-                    metadata={
-                        **dict(metadata or {}),
-                        "checkpoint": str(checkpoint.path.resolve()),
-                        "global_step": checkpoint.global_step,
-                        "epoch": checkpoint.epoch,
-                        "stored_step": checkpoint.stored_step,
-                        "name": None,
-                    },
-                )
-                run.generator = generator
-                if writer_rank:
-                    if writer is not None:  # TensorBoard first: a round on disk is a round logged
-                        _log(round_logger, writer, result, step, history)
-                    result.to_json(round_path(out, step))
-                    report(f"round {step}: {checkpoint.path} -> {round_path(out, step)}")
-                run.dissected.append(checkpoint)
-            history.append(round_entry(result, step, int(result.metadata.get("epoch") or 0)))
-            rounds.append(result)
-        if rebuild and writer is not None:
-            writer.flush()
-            marker.unlink(missing_ok=True)
-    finally:
-        if writer is not None:
-            writer.close()
-    run.rounds = rounds
-    return run
+        book.writer = SummaryWriter(str(out))
+        round_logger.write_layout(book.writer, layers)
+    return book
 
 
 def _log(

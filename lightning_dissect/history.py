@@ -114,41 +114,49 @@ def load_history(
         raise FileNotFoundError(f"load_history: directory {str(root)!r} does not exist")
     if not root.is_dir():
         raise FileNotFoundError(f"load_history: {str(root)!r} is not a directory")
+    by_step = _read_rounds(_sources(root, name), strict)
+    return [by_step[step] for step in sorted(by_step)]
 
+
+def _sources(root: Path, name: str | None) -> list[Path]:
+    """The rounds folders of the chosen callback under ``root``, lowest version first."""
     own = _name_of(root)
     if own is not False or any(root.glob("round_*.json")):
-        # a rounds folder given directly
-        sources = [root]
-    else:
-        log_dirs = sorted((d for d in root.iterdir() if d.is_dir() and _VERSION.match(d.name)),
-                          key=_version_key)
-        log_dirs.append(root)  # a log_dir given directly ranks after its (unlikely) versions
-        per_dir = {d: _round_folders(d) for d in log_dirs}
-        names = sorted({n for folders in per_dir.values() for n in folders}, key=lambda n: (n is not None, n or ""))
-        if not names:
-            return []
-        if name is None:
-            if None in names:
-                chosen: str | None = None
-            elif len(names) == 1:
-                chosen = names[0]
-            else:
-                raise ValueError(
-                    f"load_history: {str(root)!r} holds the rounds of several named callbacks "
-                    f"({', '.join(str(n) for n in names)}); pass name= to pick one"
-                )
-        else:
-            if name not in names:
-                available = ", ".join("(unnamed)" if n is None else str(n) for n in names)
-                raise FileNotFoundError(
-                    f"load_history: no rounds of the callback named {name!r} under {str(root)!r} "
-                    f"(found: {available})"
-                )
-            chosen = name
-        sources = [folders[chosen] for folders in per_dir.values() if chosen in folders]
+        return [root]  # a rounds folder given directly
+    log_dirs = sorted((d for d in root.iterdir() if d.is_dir() and _VERSION.match(d.name)), key=_version_key)
+    log_dirs.append(root)  # a log_dir given directly ranks after its (unlikely) versions
+    per_dir = {d: _round_folders(d) for d in log_dirs}
+    names = sorted({n for folders in per_dir.values() for n in folders}, key=lambda n: (n is not None, n or ""))
+    if not names:
+        return []
+    chosen = _choose_callback(root, names, name)
+    return [folders[chosen] for folders in per_dir.values() if chosen in folders]
 
+
+def _choose_callback(root: Path, names: list[str | None], name: str | None) -> str | None:
+    """The callback whose rounds are read: ``name``, else the unnamed one, else the only named one."""
+    if name is None:
+        if None in names:
+            return None
+        if len(names) == 1:
+            return names[0]
+        raise ValueError(
+            f"load_history: {str(root)!r} holds the rounds of several named callbacks "
+            f"({', '.join(str(n) for n in names)}); pass name= to pick one"
+        )
+    if name not in names:
+        available = ", ".join("(unnamed)" if n is None else str(n) for n in names)
+        raise FileNotFoundError(
+            f"load_history: no rounds of the callback named {name!r} under {str(root)!r} "
+            f"(found: {available})"
+        )
+    return name
+
+
+def _read_rounds(sources: list[Path], strict: bool) -> dict[int, DissectionResult]:
+    """Every readable round of ``sources`` by step; later sources (higher versions) overwrite earlier ones."""
     by_step: dict[int, DissectionResult] = {}
-    for folder in sources:  # later sources (higher versions) overwrite earlier ones
+    for folder in sources:
         for file in sorted(folder.glob("round_*.json")):
             try:
                 result = DissectionResult.from_json(file)
@@ -156,11 +164,11 @@ def load_history(
                 message = f"load_history: cannot read round file {str(file)!r}: {err}"
                 if strict:
                     raise ValueError(message) from None
-                warnings.warn(message + " (skipped)", stacklevel=2)
+                warnings.warn(message + " (skipped)", stacklevel=3)  # at load_history's caller
                 continue
             step = result.metadata.get("global_step")
             if not isinstance(step, int):
                 match = _ROUND_FILE.search(file.name)
                 step = int(match.group(1)) if match else -1
             by_step[step] = result
-    return [by_step[step] for step in sorted(by_step)]
+    return by_step

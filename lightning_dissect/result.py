@@ -257,49 +257,11 @@ class DissectionResult:
             ValueError: ...`layers` is a list...
         """
         where = f"{source}: " if source else ""
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"{where}a dissection result must be a JSON object, got {type(data).__name__}"
-            )
-        try:
-            version = int(data.get("schema_version", 0))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{where}`schema_version` must be an integer, got {data.get('schema_version')!r}"
-            ) from None
-        if version > SCHEMA_VERSION:
-            raise ValueError(
-                f"{where}result has schema_version {version}; this lightning-dissect reads up to "
-                f"{SCHEMA_VERSION} — upgrade the package"
-            )
-        for key in ("vocabulary", "layers"):
-            if key not in data:
-                raise ValueError(
-                    f"{where}not a dissection result: the required key `{key}` is missing "
-                    f"(found keys: {sorted(map(str, data))})"
-                )
-        raw_layers = data["layers"]
-        if isinstance(raw_layers, list):
-            raise ValueError(
-                f"{where}`layers` is a list (the layout of gandissect's dissect.json?); "
-                "lightning-dissect expects an object {layer name: {num_units, iou, units}} — "
-                "see docs/schema.md"
-            )
-        if not isinstance(raw_layers, Mapping):
-            raise ValueError(f"{where}`layers` must be an object, got {type(raw_layers).__name__}")
-        if not isinstance(data["vocabulary"], Mapping):
-            raise ValueError(
-                f"{where}`vocabulary` must be an object, got {type(data['vocabulary']).__name__}"
-            )
-        try:
-            vocabulary = ConceptVocabulary.from_dict(data["vocabulary"])
-        except KeyError as err:
-            raise ValueError(f"{where}`vocabulary` misses the key {err.args[0]!r}") from None
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}`vocabulary` is invalid: {err}") from None
+        version = _check_document(data, where)
+        vocabulary = _vocabulary_from_dict(data["vocabulary"], where)
         layers = {
             str(name): _layer_from_dict(str(name), entry, vocabulary, where)
-            for name, entry in raw_layers.items()
+            for name, entry in data["layers"].items()
         }
         for key in ("settings", "metadata"):
             if not isinstance(data.get(key, {}), Mapping):
@@ -485,6 +447,57 @@ def _matrix(value: Any, key: str, rows: int, cols: int) -> Tensor:
             f"`{key}` has {matrix.shape[1]} columns but the vocabulary has {cols} concepts"
         )
     return matrix
+
+
+def _check_document(data: Any, where: str) -> int:
+    """Check the top level of a result document; return its schema version.
+
+    It must be an object of a known schema version with ``vocabulary`` and ``layers`` objects.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{where}a dissection result must be a JSON object, got {type(data).__name__}"
+        )
+    try:
+        version = int(data.get("schema_version", 0))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}`schema_version` must be an integer, got {data.get('schema_version')!r}"
+        ) from None
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{where}result has schema_version {version}; this lightning-dissect reads up to "
+            f"{SCHEMA_VERSION} — upgrade the package"
+        )
+    for key in ("vocabulary", "layers"):
+        if key not in data:
+            raise ValueError(
+                f"{where}not a dissection result: the required key `{key}` is missing "
+                f"(found keys: {sorted(map(str, data))})"
+            )
+    raw_layers = data["layers"]
+    if isinstance(raw_layers, list):
+        raise ValueError(
+            f"{where}`layers` is a list (the layout of gandissect's dissect.json?); "
+            "lightning-dissect expects an object {layer name: {num_units, iou, units}} — "
+            "see docs/schema.md"
+        )
+    if not isinstance(raw_layers, Mapping):
+        raise ValueError(f"{where}`layers` must be an object, got {type(raw_layers).__name__}")
+    if not isinstance(data["vocabulary"], Mapping):
+        raise ValueError(
+            f"{where}`vocabulary` must be an object, got {type(data['vocabulary']).__name__}"
+        )
+    return version
+
+
+def _vocabulary_from_dict(raw: Mapping[str, Any], where: str) -> ConceptVocabulary:
+    try:
+        return ConceptVocabulary.from_dict(raw)
+    except KeyError as err:
+        raise ValueError(f"{where}`vocabulary` misses the key {err.args[0]!r}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}`vocabulary` is invalid: {err}") from None
 
 
 def _layer_from_dict(

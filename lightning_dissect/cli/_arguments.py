@@ -8,7 +8,7 @@ from typing import Any
 from lightning_dissect.config import CLI_DEFAULTS, config_defaults
 from lightning_dissect.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
 
-__all__ = ["add_generator_arguments", "add_dissection_arguments", "add_run_arguments"]
+__all__ = ["add_command", "add_generator_arguments", "add_dissection_arguments", "add_run_arguments"]
 
 _DEFAULTS = config_defaults(CLI_DEFAULTS)
 
@@ -38,6 +38,18 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise argparse.ArgumentTypeError(f"expected positive sizes like 128,1,1, got {text!r}")
     return shape
+
+
+def add_command(
+    sub: Any, name: str, summary: str, description: str, *, show_defaults: bool = True
+) -> argparse.ArgumentParser:
+    """Register the sub-command ``name`` on the sub-command parsers ``sub`` and return its parser.
+
+    ``summary`` is its line in the main ``--help``; with ``show_defaults`` its own ``--help`` lists
+    the option defaults.
+    """
+    formatter = argparse.ArgumentDefaultsHelpFormatter if show_defaults else argparse.HelpFormatter
+    return sub.add_parser(name, help=summary, description=description, formatter_class=formatter)
 
 
 def add_generator_arguments(p: argparse.ArgumentParser) -> None:

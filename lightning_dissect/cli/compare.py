@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning_dissect.cli._arguments import add_run_arguments
+from lightning_dissect.cli._arguments import add_command, add_run_arguments
 from lightning_dissect.cli._loading import CLIError
 
 __all__ = ["add_compare_command", "run_compare", "load_run", "comparison_table", "comparison_markdown"]
@@ -15,15 +15,13 @@ __all__ = ["add_compare_command", "run_compare", "load_run", "comparison_table",
 
 def add_compare_command(sub: Any) -> None:
     """Register ``compare`` on the sub-command parsers ``sub``."""
-    p = sub.add_parser(
-        "compare",
-        help="interpretable units per concept of two results side by side",
-        description=(
-            "Compare two dissection results: per layer, the interpretable units per concept of "
-            "RUN_A and RUN_B with totals and deltas (B - A), and the units gained, lost and "
-            "relabelled going from A to B. RUN is a dissect.json, a round JSON, or a folder: "
-            "its dissect.json, else its rounds (a run's log folder), of which the last is used."
-        ),
+    p = add_command(
+        sub, "compare", "interpretable units per concept of two results side by side",
+        "Compare two dissection results: per layer, the interpretable units per concept of "
+        "RUN_A and RUN_B with totals and deltas (B - A), and the units gained, lost and "
+        "relabelled going from A to B. RUN is a dissect.json, a round JSON, or a folder: "
+        "its dissect.json, else its rounds (a run's log folder), of which the last is used.",
+        show_defaults=False,
     )
     p.add_argument("run_a", metavar="RUN_A", help="the first (older) result")
     p.add_argument("run_b", metavar="RUN_B", help="the second (newer) result")

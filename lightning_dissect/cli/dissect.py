@@ -9,6 +9,7 @@ from typing import Any
 
 from lightning_dissect.cli._arguments import (
     _non_negative_int,
+    add_command,
     add_dissection_arguments,
     add_generator_arguments,
     add_run_arguments,
@@ -28,15 +29,11 @@ __all__ = ["add_dissect_command", "prepare_generator", "dissection_config", "run
 
 def add_dissect_command(sub: Any) -> None:
     """Register ``dissect`` on the sub-command parsers ``sub``."""
-    p = sub.add_parser(
-        "dissect",
-        help="dissect layers of a generator and write dissect.json + an HTML report",
-        description=(
-            "Dissect the named layers of a generator against a segmenter's concepts: per unit, "
-            "the concept its thresholded activation overlaps best (IoU). Prints a summary; with "
-            "--output also writes dissect.json and index.html."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = add_command(
+        sub, "dissect", "dissect layers of a generator and write dissect.json + an HTML report",
+        "Dissect the named layers of a generator against a segmenter's concepts: per unit, the concept its "
+        "thresholded activation overlaps best (IoU). Prints a summary; with --output also writes dissect.json "
+        "and index.html.",
     )
     add_generator_arguments(p)
     add_dissection_arguments(p)

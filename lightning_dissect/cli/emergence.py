@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_dissect.cli._arguments import (
-    _non_negative_int,
-    add_dissection_arguments,
-    add_generator_arguments,
-    add_run_arguments,
-)
+from lightning_dissect.cli import _arguments
 from lightning_dissect.cli._loading import CLIError, _describe, load_generator
 from lightning_dissect.cli.dissect import dissection_config, prepare_generator
 
@@ -27,18 +23,14 @@ __all__ = ["add_emergence_command", "run_emergence"]
 
 def add_emergence_command(sub: Any) -> None:
     """Register ``emergence`` on the sub-command parsers ``sub``."""
-    p = sub.add_parser(
-        "emergence",
-        help="dissect a series of checkpoints: rounds, TensorBoard events and emergence.html",
-        description=(
-            "Dissect every checkpoint of a run on the same seeded latent bank, in global_step "
-            "order, and write what DissectionCallback would have written during training: one "
-            "round JSON per checkpoint and TensorBoard events at each global_step; plus "
-            "emergence.html. Re-running over the same --output skips checkpoints already done."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _arguments.add_command(
+        sub, "emergence", "dissect a series of checkpoints: rounds, TensorBoard events and emergence.html",
+        "Dissect every checkpoint of a run on the same seeded latent bank, in global_step order, and write what "
+        "DissectionCallback would have written during training: one round JSON per checkpoint and TensorBoard "
+        "events at each global_step; plus emergence.html. Re-running over the same --output skips checkpoints "
+        "already done.",
     )
-    add_generator_arguments(p)
+    _arguments.add_generator_arguments(p)
     for action in p._actions:  # one checkpoint per round here: --checkpoints replaces --checkpoint
         if "--checkpoint" in action.option_strings:
             action.help = argparse.SUPPRESS
@@ -48,16 +40,16 @@ def add_emergence_command(sub: Any) -> None:
         help="checkpoint files, or folders of them (*.ckpt, *.pt, *.pth); ordered by the "
         "global_step stored in them, then by file name",
     )
-    add_dissection_arguments(p)
+    _arguments.add_dissection_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument("--output", required=True, metavar="DIR",
                      help="rounds (DIR/dissection/round_<step>.json), TensorBoard events and "
                      "DIR/emergence.html")
     out.add_argument("--title", help="title of emergence.html")
-    out.add_argument("--report-units", type=_non_negative_int, default=6, metavar="N",
+    out.add_argument("--report-units", type=_arguments._non_negative_int, default=6, metavar="N",
                      help="per layer, unit strips of the last checkpoint's N best units in emergence.html")
     out.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
-    add_run_arguments(out)
+    _arguments.add_run_arguments(out)
 
 
 def run_emergence(args: argparse.Namespace) -> int:
@@ -65,12 +57,7 @@ def run_emergence(args: argparse.Namespace) -> int:
     import torch
 
     from lightning_dissect.cli.dissect import _device
-    from lightning_dissect.emergence import (
-        dissect_checkpoints,
-        find_checkpoints,
-        init_distributed,
-        order_checkpoints,
-    )
+    from lightning_dissect.emergence import init_distributed
 
     if getattr(args, "checkpoint", None):
         raise CLIError("--checkpoint: emergence takes --checkpoints PATH [PATH ...] (files or folders)")
@@ -83,69 +70,98 @@ def run_emergence(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     try:
-        try:
-            files = find_checkpoints(args.checkpoints)
-        except FileNotFoundError as err:
-            raise CLIError(f"--checkpoints: {err}") from err
-        if not files:
-            raise CLIError(f"--checkpoints: no *.ckpt, *.pt or *.pth file in {' '.join(args.checkpoints)}")
-        checkpoints = order_checkpoints(files, report=say)
-        prepared = None
-        for checkpoint in list(checkpoints):  # load and dry-run the first loadable checkpoint
-            args.checkpoint = str(checkpoint.path)
-            try:
-                prepared = prepare_generator(args)
-                break
-            except CLIError as err:
-                if not str(err).startswith("--checkpoint"):
-                    raise
-                say(f"skipped {checkpoint.path}: {' '.join(str(err).split())}")
-                checkpoints.remove(checkpoint)
-        args.checkpoint = None
-        if prepared is None:
-            raise CLIError("--checkpoints: none of the checkpoints could be read or loaded")
+        checkpoints = _ordered_checkpoints(args, say)
+        prepared = _prepare_first(args, checkpoints, say)
         config = dissection_config(args, prepared["device"], visualize=True)
-        first = {"generator": prepared["generator"]}
-
-        def load(checkpoint: Any) -> Any:
-            if first["generator"] is not None and checkpoint is checkpoints[0]:
-                generator, first["generator"] = first["generator"], None  # already loaded
-                return generator
-            try:
-                _, generator, _ = load_generator(args.generator, str(checkpoint.path), prepared["device"])
-            except CLIError as err:
-                raise RuntimeError(" ".join(str(err).split())) from None
-            return generator.to(prepared["device"])
-
-        metadata: dict[str, Any] = {"generator": args.generator}
-        if prepared["latent_shape"] is not None:
-            metadata["latent_shape"] = list(prepared["latent_shape"])
+        load = _loader(args, prepared, checkpoints)
         output = Path(args.output)
-        try:
-            run = dissect_checkpoints(
-                checkpoints, load, prepared["layers"], prepared["segmenter"], output,
-                config=config, latent_shape=prepared["latent_shape"],
-                latent_sampler=prepared["latent_sampler"], generate=prepared["generate"],
-                selector=prepared["selector"], metadata=metadata,
-                tensorboard=not args.no_tensorboard, report=say,
-            )
-        except KeyboardInterrupt:
-            say(f"interrupted: the finished rounds are in {output}; run the same command again to go on")
+        run = _dissect_series(args, checkpoints, load, prepared, config, output, say)
+        if run is None:
             return 130
-        except ValueError as err:
-            if args.debug:
-                raise
-            raise CLIError(" ".join(str(err).replace("`output`", "--output").split())) from err
-        except (TypeError, RuntimeError) as err:
-            if args.debug:
-                raise
-            raise CLIError(f"dissection failed: {_describe(err)}") from err
         if rank == 0:
             _write_page(args, run, prepared, config, output, load)
         return 0
     finally:
         if initialised:
             torch.distributed.destroy_process_group()
+
+
+def _ordered_checkpoints(args: argparse.Namespace, say: Callable[[str], None]) -> list[Any]:
+    """The files of ``--checkpoints``, read and ordered by their stored ``global_step``."""
+    from lightning_dissect.emergence import find_checkpoints, order_checkpoints
+
+    try:
+        files = find_checkpoints(args.checkpoints)
+    except FileNotFoundError as err:
+        raise CLIError(f"--checkpoints: {err}") from err
+    if not files:
+        raise CLIError(f"--checkpoints: no *.ckpt, *.pt or *.pth file in {' '.join(args.checkpoints)}")
+    return order_checkpoints(files, report=say)
+
+
+def _prepare_first(args: argparse.Namespace, checkpoints: list[Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Load and dry-run the first loadable checkpoint; drop (and report) those before it."""
+    prepared = None
+    for checkpoint in list(checkpoints):
+        args.checkpoint = str(checkpoint.path)
+        try:
+            prepared = prepare_generator(args)
+            break
+        except CLIError as err:
+            if not str(err).startswith("--checkpoint"):
+                raise
+            say(f"skipped {checkpoint.path}: {' '.join(str(err).split())}")
+            checkpoints.remove(checkpoint)
+    args.checkpoint = None
+    if prepared is None:
+        raise CLIError("--checkpoints: none of the checkpoints could be read or loaded")
+    return prepared
+
+
+def _loader(args: argparse.Namespace, prepared: dict[str, Any], checkpoints: list[Any]) -> Callable[[Any], Any]:
+    """``checkpoint -> generator`` on the device; the first checkpoint's generator is already loaded."""
+    first = {"generator": prepared["generator"]}
+
+    def load(checkpoint: Any) -> Any:
+        if first["generator"] is not None and checkpoint is checkpoints[0]:
+            generator, first["generator"] = first["generator"], None  # already loaded
+            return generator
+        try:
+            _, generator, _ = load_generator(args.generator, str(checkpoint.path), prepared["device"])
+        except CLIError as err:
+            raise RuntimeError(" ".join(str(err).split())) from None
+        return generator.to(prepared["device"])
+
+    return load
+
+
+def _dissect_series(args: argparse.Namespace, checkpoints: list[Any], load: Callable[[Any], Any],
+                    prepared: dict[str, Any], config: Any, output: Path, say: Callable[[str], None]) -> Any:
+    """:func:`~lightning_dissect.emergence.dissect_checkpoints` with CLI errors; ``None`` when interrupted."""
+    from lightning_dissect.emergence import dissect_checkpoints
+
+    metadata: dict[str, Any] = {"generator": args.generator}
+    if prepared["latent_shape"] is not None:
+        metadata["latent_shape"] = list(prepared["latent_shape"])
+    try:
+        return dissect_checkpoints(
+            checkpoints, load, prepared["layers"], prepared["segmenter"], output,
+            config=config, latent_shape=prepared["latent_shape"],
+            latent_sampler=prepared["latent_sampler"], generate=prepared["generate"],
+            selector=prepared["selector"], metadata=metadata,
+            tensorboard=not args.no_tensorboard, report=say,
+        )
+    except KeyboardInterrupt:
+        say(f"interrupted: the finished rounds are in {output}; run the same command again to go on")
+        return None
+    except ValueError as err:
+        if args.debug:
+            raise
+        raise CLIError(" ".join(str(err).replace("`output`", "--output").split())) from err
+    except (TypeError, RuntimeError) as err:
+        if args.debug:
+            raise
+        raise CLIError(f"dissection failed: {_describe(err)}") from err
 
 
 def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], config: Any, output: Path,

@@ -22,18 +22,8 @@ from typing import TYPE_CHECKING, Any, overload
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.interventions._common import (
-    _CONTROL_DEFAULTS,
-    InterventionOptions,
-    Latents,
-    _as_bank,
-    _check_count,
-    _check_mode,
-    _concept_index,
-    _control_rng,
-    _options,
-    _runner,
-)
+from lightning_dissect.interventions import _common
+from lightning_dissect.interventions._common import _CONTROL_DEFAULTS, InterventionOptions, Latents
 from lightning_dissect.interventions._engine import _measure, _Variant
 from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.edits import random_units
@@ -118,14 +108,14 @@ def ablation_check(
         [('sky', [0], 1.0, [[1]]), ('grass', [1], 1.0, [[0]])]
 
     """
-    _check_count(top_n, "top_n", 1)
-    _check_mode(mode)
+    _common._check_count(top_n, "top_n", 1)
+    _common._check_mode(mode)
     layers = _layer_results(layer_result, layer)
     statistics = _per_layer(statistics, layers)
-    opts = _options(options, _CONTROL_DEFAULTS, "ablation_check")
-    runner = _runner(generator, opts)
-    bank = _as_bank(latents)
-    wanted = None if concepts is None else {_concept_index(c, segmenter) for c in concepts}
+    opts = _common._options(options, _CONTROL_DEFAULTS, "ablation_check")
+    runner = _common._runner(generator, opts)
+    bank = _common._as_bank(latents)
+    wanted = None if concepts is None else {_common._concept_index(c, segmenter) for c in concepts}
     plans = []
     for name, result in layers.items():
         prepared = _prepare(
@@ -198,7 +188,7 @@ def _shared_controls(prepared: Prepared, chosen: dict[int, Tensor]) -> dict[int,
     controls: dict[int, list[Tensor]] = {}
     for size, group in groups.items():
         union = torch.cat([chosen[c] for c in group])
-        rng = _control_rng(prepared.control_seed, -size)
+        rng = _common._control_rng(prepared.control_seed, -size)
         drawn = [random_units(prepared.width, size, union, generator=rng) for _ in range(prepared.num_controls)]
         for c in group:
             if all(d is not None for d in drawn):

@@ -8,12 +8,7 @@ from typing import TYPE_CHECKING
 import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 
-from lightning_dissect.interventions._common import (
-    InterventionOptions,
-    Latents,
-    Units,
-    _mean,
-)
+from lightning_dissect.interventions._common import InterventionOptions, Latents, Units, _mean
 from lightning_dissect.interventions._engine import _Measured, _Variant
 from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.edits import ablate, insert
@@ -28,12 +23,7 @@ __all__ = ["ablation_effect", "average_causal_effect"]
 
 
 def ablation_effect(
-    generator: nn.Module,
-    layer: str,
-    units: Units,
-    concept: int | str,
-    segmenter: Segmenter,
-    latents: Latents,
+    generator: nn.Module, layer: str, units: Units, concept: int | str, segmenter: Segmenter, latents: Latents,
     *,
     mode: str = "zero",
     statistics: UnitStatistics | Tensor | None = None,
@@ -83,12 +73,7 @@ def ablation_effect(
 
 
 def average_causal_effect(
-    generator: nn.Module,
-    layer: str,
-    units: Units,
-    concept: int | str,
-    segmenter: Segmenter,
-    latents: Latents,
+    generator: nn.Module, layer: str, units: Units, concept: int | str, segmenter: Segmenter, latents: Latents,
     *,
     mode: str = "zero",
     region: Tensor | None = None,

@@ -18,7 +18,6 @@ The report depends on :mod:`lightning_dissect.result` (for annotations only) and
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from collections.abc import Mapping
@@ -31,13 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect.report._page import html_page, run_facts, subtitle
 from lightning_dissect.report._svg import IOU_SCALE_MAX, category_colour, concept_bar_chart, iou_heatmap
 from lightning_dissect.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
     from lightning_dissect.hooks import OutputSelector
     from lightning_dissect.latents import LatentBank
-    from lightning_dissect.result import DissectionResult, LayerDissection
+    from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 
 __all__ = ["write_report", "layer_slug"]
 
@@ -131,75 +131,48 @@ def write_report(
     if not unit_images and generator is not None and latent_bank is not None and num_units > 0:
         from lightning_dissect.strips import render_unit_images
 
-        unit_images = render_unit_images(
-            generator,
-            result,
-            latent_bank,
-            segmenter_value_range,
-            num_units=num_units,
-            generate=generate,
-            selector=selector,
-            device=device,
-        )
+        unit_images = render_unit_images(generator, result, latent_bank, segmenter_value_range, num_units=num_units,
+                                         generate=generate, selector=selector, device=device)
         rendered = True
+    sections, nav = _layer_sections(out, result, unit_images, heatmap_units, rendered, generator is not None)
+    return atomic_write_text(out / "index.html", _page(result, sections, nav, title))
 
+
+def _layer_sections(
+    out: Path,
+    result: DissectionResult,
+    unit_images: Mapping[str, Mapping[int, Tensor]],
+    heatmap_units: int,
+    rendered: bool,
+    had_generator: bool,
+) -> tuple[list[str], list[str]]:
+    """Write every layer's strips; return the layer sections and the navigation links of the page."""
     sections = []
     nav = ['<a href="#legend">legend</a>', '<a href="#summary">summary</a>']
     for index, (name, layer) in enumerate(result.layers.items()):
         slug = layer_slug(name, index)
         strips = _write_strips(out, slug, unit_images.get(name, {}))
-        sections.append(_layer_section(result, name, layer, slug, strips, heatmap_units,
-                                       rendered, generator is not None))
+        sections.append(_layer_section(result, name, layer, slug, strips, heatmap_units, rendered, had_generator))
         nav.append(f'<a href="#{slug}">{escape(name)}</a>')
     nav.append('<a href="#settings">settings</a>')
+    return sections, nav
 
-    settings = result.settings
-    page_title = title or "Dissection report"
-    subtitle = " · ".join(
-        part
-        for part in (
-            f"{len(result.layers)} layer{'s' if len(result.layers) != 1 else ''}",
-            f"{settings['num_samples']} samples" if "num_samples" in settings else "",
-            f"{settings['threshold_mode']} thresholds" if "threshold_mode" in settings else "",
-            f"{result.vocabulary.num_concepts} concepts",
-            _dt.datetime.now().strftime("written %Y-%m-%d %H:%M"),
-        )
-        if part
-    )
+
+def _page(result: DissectionResult, sections: list[str], nav: list[str], title: str | None) -> str:
+    """The whole ``index.html``."""
     from lightning_dissect import __version__
 
-    html = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(page_title)}</title>
-<style>
-{_asset("report.css")}
-</style>
-</head>
-<body>
-<header class="top">
-  <h1>{escape(page_title)}</h1>
-  <div class="sub">{escape(subtitle)}</div>
-  <nav>{"".join(nav)}</nav>
-</header>
-<main>
-{_legend_section(result)}
+    sub = subtitle(
+        *run_facts(len(result.layers), result.settings), f"{result.vocabulary.num_concepts} concepts"
+    )
+    main = f"""{_legend_section(result)}
 {_summary_section(result)}
 {"".join(sections)}
 {_settings_section(result)}
 <footer>lightning-dissect {escape(__version__)} · result schema version {result.schema_version}
  · data: <a href="dissect.json">dissect.json</a>
- · <span id="image-status" data-loaded="" data-total="" data-checked="false"></span></footer>
-</main>
-<script>
-{_asset("report.js")}
-</script>
-</body>
-</html>
-"""
-    return atomic_write_text(out / "index.html", html)
+ · <span id="image-status" data-loaded="" data-total="" data-checked="false"></span></footer>"""
+    return html_page(title or "Dissection report", sub, "".join(nav), _asset("report.css"), main, _asset("report.js"))
 
 
 def _write_strips(out: Path, slug: str, images: Mapping[int, Tensor]) -> dict[int, str]:
@@ -231,8 +204,33 @@ def _layer_section(
     rendered: bool,
     had_generator: bool,
 ) -> str:
-    vocab = result.vocabulary
-    categories = list(vocab.category_names)
+    """One layer's section: stats, concept bars, IoU heatmap, unit strips, ablations, unit table."""
+    cutoff = result.settings.get("iou_threshold")
+    heat = iou_heatmap(layer, result.vocabulary.names, max_units=heatmap_units,
+                       threshold=float(cutoff) if isinstance(cutoff, (int, float)) else None)
+    shown = min(heatmap_units, layer.num_units)
+    return f"""
+<section class="layer" id="{slug}">
+  <h2>Layer <code>{escape(name)}</code></h2>
+  <div class="stats">{_stats_html(layer)}</div>
+  <h3>Interpretable units per concept</h3>
+  {_bars_html(result, layer)}
+  <h3>IoU of the top {shown} units</h3>
+  <p class="note">Rows: the units of highest label IoU, grouped by label; columns: the concepts that
+  label any unit, ordered so that each unit's label (outlined in red) runs down the diagonal. Fixed
+  colour scale 0 – {IOU_SCALE_MAX:g} (higher IoUs get the top colour), the same in every layer and
+  report; hover a cell for its value.</p>
+  <div class="chart">{heat}</div>
+  <h3>Unit images</h3>
+  {_strips_html(layer, slug, strips, rendered, had_generator)}
+  {_ablation_html(result, name)}
+  <h3>All units</h3>
+  {_units_table(layer, slug, strips)}
+</section>"""
+
+
+def _stats_html(layer: LayerDissection) -> str:
+    """The layer's headline numbers."""
     counts = layer.category_counts()
     stats = [
         (f"{layer.num_interpretable} / {layer.num_units}", "interpretable units"),
@@ -241,97 +239,85 @@ def _layer_section(
     ]
     if counts:
         stats.append((" · ".join(f"{v} {k}" for k, v in counts.items()), "by category"))
-    stat_html = "".join(f'<div class="stat"><b>{escape(v)}</b><span>{escape(k)}</span></div>'
-                        for v, k in stats)
+    return "".join(f'<div class="stat"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in stats)
 
-    bars = concept_bar_chart(layer, categories)
-    bars_html = (f'<div class="chart">{bars}</div>' if bars else
-                 '<p class="note">No interpretable units in this layer (no unit\'s best IoU '
-                 f'exceeds the cut-off {result.settings.get("iou_threshold", "")}).</p>')
-    cutoff = result.settings.get("iou_threshold")
-    heat = iou_heatmap(layer, vocab.names, max_units=heatmap_units,
-                       threshold=float(cutoff) if isinstance(cutoff, (int, float)) else None)
-    shown = min(heatmap_units, layer.num_units)
 
-    # unit strips
-    if strips:
-        by_unit = {u.unit: u for u in layer.units}
-        ordered = sorted(
-            (by_unit[u] for u in strips if u in by_unit), key=lambda u: (-u.iou, u.unit)
-        )
-        cards = []
-        for u in ordered:
-            badge = ('<span class="badge">interpretable</span>' if u.interpretable
-                     else '<span class="badge no">not interpretable</span>')
-            maxacts = ", ".join(f"{img['maxact']:.3g}" for img in u.top_images[:8])
-            cards.append(
-                f'<div class="unit-card{"" if u.interpretable else " dim"}" '
-                f'id="{slug}-unit-{u.unit}">'
-                f'<div class="head"><span class="name">unit {u.unit}</span>'
-                f'<span class="label">{escape(u.label)}</span>'
-                f'<span class="meta">{escape(u.category)} · IoU {u.iou:.3f} · '
-                f'IQR {u.iou_iqr:.3f} · threshold {_level(u.level)} · '
-                f'chance IoU {_fmt(u.chance_iou)}</span>{badge}</div>'
-                f'<div class="strip"><img src="{escape(strips[u.unit])}" loading="eager" '
-                f'alt="top images of unit {u.unit} ({escape(u.label)})" '
-                f'title="top images by max activation: {escape(maxacts)}"></div></div>'
-            )
-        how = "rendered for this report" if rendered else "recorded during dissection"
-        strips_html = (
-            '<p class="note">Each strip: the unit\'s top images by spatial max activation '
-            f"({how}); outside the unit's thresholded mask dimmed, the mask outlined by a dark "
-            f'and a light line (visible on any image).</p><div class="units">{"".join(cards)}</div>'
-        )
-    else:
+def _bars_html(result: DissectionResult, layer: LayerDissection) -> str:
+    """Interpretable units per concept, or a note when there are none."""
+    bars = concept_bar_chart(layer, list(result.vocabulary.category_names))
+    return (f'<div class="chart">{bars}</div>' if bars else
+            '<p class="note">No interpretable units in this layer (no unit\'s best IoU '
+            f'exceeds the cut-off {result.settings.get("iou_threshold", "")}).</p>')
+
+
+def _strips_html(layer: LayerDissection, slug: str, strips: dict[int, str], rendered: bool,
+                 had_generator: bool) -> str:
+    """The unit cards with their strips (highest IoU first), or how to get strips."""
+    if not strips:
         hint = ("the generator produced no images for these units" if had_generator else
                 "run <code>dissect(..., num_visualized_units=n)</code>, or pass "
                 "<code>generator=</code> and <code>latent_bank=</code> to "
                 "<code>write_report</code>")
-        strips_html = f'<p class="note">No unit images in this report: {hint}.</p>'
+        return f'<p class="note">No unit images in this report: {hint}.</p>'
+    by_unit = {u.unit: u for u in layer.units}
+    ordered = sorted((by_unit[u] for u in strips if u in by_unit), key=lambda u: (-u.iou, u.unit))
+    cards = [_unit_card(u, slug, strips[u.unit]) for u in ordered]
+    how = "rendered for this report" if rendered else "recorded during dissection"
+    return (
+        '<p class="note">Each strip: the unit\'s top images by spatial max activation '
+        f"({how}); outside the unit's thresholded mask dimmed, the mask outlined by a dark "
+        f'and a light line (visible on any image).</p><div class="units">{"".join(cards)}</div>'
+    )
 
-    rows = []
+
+def _unit_card(u: UnitDissection, slug: str, strip: str) -> str:
+    """One unit's card: name, label, numbers, badge and strip."""
+    badge = ('<span class="badge">interpretable</span>' if u.interpretable
+             else '<span class="badge no">not interpretable</span>')
+    maxacts = ", ".join(f"{img['maxact']:.3g}" for img in u.top_images[:8])
+    return (
+        f'<div class="unit-card{"" if u.interpretable else " dim"}" '
+        f'id="{slug}-unit-{u.unit}">'
+        f'<div class="head"><span class="name">unit {u.unit}</span>'
+        f'<span class="label">{escape(u.label)}</span>'
+        f'<span class="meta">{escape(u.category)} · IoU {u.iou:.3f} · '
+        f'IQR {u.iou_iqr:.3f} · threshold {_level(u.level)} · '
+        f'chance IoU {_fmt(u.chance_iou)}</span>{badge}</div>'
+        f'<div class="strip"><img src="{escape(strip)}" loading="eager" '
+        f'alt="top images of unit {u.unit} ({escape(u.label)})" '
+        f'title="top images by max activation: {escape(maxacts)}"></div></div>'
+    )
+
+
+def _units_table(layer: LayerDissection, slug: str, strips: dict[int, str]) -> str:
+    """The sortable table of every unit (unit numbers link to their cards)."""
     table_id = f"{slug}-table"
-    for u in layer.units:
-        link = (f'<a href="#{slug}-unit-{u.unit}">{u.unit}</a>' if u.unit in strips
-                else str(u.unit))
-        rows.append(
-            f'<tr class="{"" if u.interpretable else "dim"}">'
-            f'<td class="num" data-value="{u.unit}">{link}</td>'
-            f"<td>{escape(u.label)}</td><td>{escape(u.category)}</td>"
-            f'<td class="num" data-value="{u.iou:.6f}">{u.iou:.3f}</td>'
-            f'<td class="num" data-value="{u.iou_iqr:.6f}">{u.iou_iqr:.3f}</td>'
-            f'<td class="num" data-value="{u.level:.6g}">{_level(u.level)}</td>'
-            f'<td class="num" data-value="{-1 if u.chance_iou is None else u.chance_iou:.6f}">'
-            f"{_fmt(u.chance_iou)}</td>"
-            f'<td data-value="{int(u.interpretable)}">{"yes" if u.interpretable else "no"}</td>'
-            "</tr>"
-        )
-    table = (
+    rows = "".join(_unit_row(u, slug, u.unit in strips) for u in layer.units)
+    return (
         f'<div class="controls"><label><input type="checkbox" class="only-interpretable" '
         f'data-table="{table_id}"> interpretable units only</label> · click a column to sort'
         f'</div><div class="table-wrap"><table class="data sortable" id="{table_id}"><thead><tr>'
         '<th class="num">unit</th><th>concept</th><th>category</th><th class="num">IoU</th>'
         '<th class="num">IQR</th><th class="num">threshold</th><th class="num">chance IoU</th>'
-        f'<th>interpretable</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        f'<th>interpretable</th></tr></thead><tbody>{rows}</tbody></table></div>'
     )
-    return f"""
-<section class="layer" id="{slug}">
-  <h2>Layer <code>{escape(name)}</code></h2>
-  <div class="stats">{stat_html}</div>
-  <h3>Interpretable units per concept</h3>
-  {bars_html}
-  <h3>IoU of the top {shown} units</h3>
-  <p class="note">Rows: the units of highest label IoU, grouped by label; columns: the concepts that
-  label any unit, ordered so that each unit's label (outlined in red) runs down the diagonal. Fixed
-  colour scale 0 – {IOU_SCALE_MAX:g} (higher IoUs get the top colour), the same in every layer and
-  report; hover a cell for its value.</p>
-  <div class="chart">{heat}</div>
-  <h3>Unit images</h3>
-  {strips_html}
-  {_ablation_html(result, name)}
-  <h3>All units</h3>
-  {table}
-</section>"""
+
+
+def _unit_row(u: UnitDissection, slug: str, linked: bool) -> str:
+    """One row of the unit table."""
+    link = f'<a href="#{slug}-unit-{u.unit}">{u.unit}</a>' if linked else str(u.unit)
+    return (
+        f'<tr class="{"" if u.interpretable else "dim"}">'
+        f'<td class="num" data-value="{u.unit}">{link}</td>'
+        f"<td>{escape(u.label)}</td><td>{escape(u.category)}</td>"
+        f'<td class="num" data-value="{u.iou:.6f}">{u.iou:.3f}</td>'
+        f'<td class="num" data-value="{u.iou_iqr:.6f}">{u.iou_iqr:.3f}</td>'
+        f'<td class="num" data-value="{u.level:.6g}">{_level(u.level)}</td>'
+        f'<td class="num" data-value="{-1 if u.chance_iou is None else u.chance_iou:.6f}">'
+        f"{_fmt(u.chance_iou)}</td>"
+        f'<td data-value="{int(u.interpretable)}">{"yes" if u.interpretable else "no"}</td>'
+        "</tr>"
+    )
 
 
 def _legend_section(result: DissectionResult) -> str:

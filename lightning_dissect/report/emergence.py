@@ -15,7 +15,6 @@ CSS, SVG and PNG data; no network). Per layer:
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 from collections.abc import Mapping, Sequence
 from html import escape
 from importlib import resources
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
 from lightning_dissect.report import layer_slug
+from lightning_dissect.report._page import html_page, run_facts, subtitle
 from lightning_dissect.round_logging import concept_colour
 from lightning_dissect.visualize import encode_png, image_strip
 
@@ -334,44 +334,12 @@ def write_emergence_report(
     sections = "".join(_layer_section(rounds, name, i, palette, images.get(name, {})) for i, name in enumerate(layers))
     nav = "".join(f'<a href="#{layer_slug(n, i)}">{escape(n)}</a>' for i, n in enumerate(layers))
     steps = _steps(rounds)
-    page_title = title or "Emergence of interpretable units"
-    settings = rounds[-1].settings
-    subtitle = " · ".join(p for p in (
-        f"{len(rounds)} steps ({steps[0]} – {steps[-1]})",
-        f"{len(layers)} layer{'s' if len(layers) != 1 else ''}",
-        f"{settings['num_samples']} samples" if "num_samples" in settings else "",
-        f"{settings['threshold_mode']} thresholds" if "threshold_mode" in settings else "",
-        _dt.datetime.now().strftime("written %Y-%m-%d %H:%M"),
-    ) if p)
+    sub = subtitle(f"{len(rounds)} steps ({steps[0]} – {steps[-1]})", *run_facts(len(layers), rounds[-1].settings))
     css = resources.files("lightning_dissect.report").joinpath("report.css").read_text(encoding="utf-8")
     from lightning_dissect import __version__
 
-    html = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(page_title)}</title>
-<style>
-{css}
-{_CSS}
-</style>
-</head>
-<body>
-<header class="top">
-  <h1>{escape(page_title)}</h1>
-  <div class="sub">{escape(subtitle)}</div>
-  <nav>{nav}</nav>
-</header>
-<main>
-{sections}
+    main = f"""{sections}
 <footer>lightning-dissect {escape(__version__)} · every step dissected on the same seeded latent bank ·
-<span id="emergence-status" data-loaded="" data-total="" data-charts="" data-checked="false"></span></footer>
-</main>
-<script>
-{_SCRIPT}
-</script>
-</body>
-</html>
-"""
+<span id="emergence-status" data-loaded="" data-total="" data-charts="" data-checked="false"></span></footer>"""
+    html = html_page(title or "Emergence of interpretable units", sub, nav, f"{css}\n{_CSS}", main, _SCRIPT)
     return atomic_write_text(target, html)

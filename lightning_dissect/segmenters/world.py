@@ -223,14 +223,10 @@ class SceneWorld:
 
     def _render_chunk(self, u: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         n, s = u.shape[0], self.image_size
-        ids = self._ids
-        r = _Params(u[:, :_NUM_PARAMS])
+        r = _Params(u[:, :_NUM_PARAMS])  # every stage draws its parameters from r, in this order
         coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
         x = coords.view(1, 1, s)  # horizontal position in (0, 1)
         y = coords.view(1, s, 1)  # vertical position in (0, 1), downwards
-
-        def paint(lab: Tensor, mask: Tensor, name: str) -> Tensor:
-            return torch.where(mask, torch.full_like(lab, ids[name]), lab)
 
         # --- sky and horizon
         h = r(0.35, 0.65)
@@ -238,13 +234,22 @@ class SceneWorld:
         amp, freq, phase = r(0.0, 0.04), r(0.5, 2.5), r()
         horizon = h + tilt * (x - 0.5) + amp * _wave(freq * x + phase)  # (n, 1, s)
         below = y >= horizon
-        labels = torch.full((n, s, s), ids["sky"], dtype=torch.int64)
+        labels = torch.full((n, s, s), self._ids["sky"], dtype=torch.int64)
+        labels = self._paint_sky(r, x, y, h, labels)
+        labels = self._paint_ground(r, x, y, h, below, labels)
+        labels = self._paint_objects(r, x, y, h, labels)
+        return self._colour(u, noise, y, labels), labels
 
+    def _paint(self, lab: Tensor, mask: Tensor, name: str) -> Tensor:
+        return torch.where(mask, torch.full_like(lab, self._ids[name]), lab)
+
+    def _paint_sky(self, r: _Params, x: Tensor, y: Tensor, h: Tensor, labels: Tensor) -> Tensor:
+        """Sun, mountains and clouds, back to front."""
         # --- sun (behind mountains and clouds)
         present, cx, cy, rad = r(), r(0.1, 0.9), r(), r(0.04, 0.09)
         cy = 0.06 + (h - 0.18).clamp(min=0.0) * cy
         disk = (x - cx) ** 2 + (y - cy) ** 2 < rad * rad
-        labels = paint(labels, disk & (present < 0.45), "sun")
+        labels = self._paint(labels, disk & (present < 0.45), "sun")
 
         # --- mountains (up to two peaks)
         for _ in range(2):
@@ -252,7 +257,7 @@ class SceneWorld:
             rough = r(0.0, 0.03)
             top = (h - height).clamp(min=0.04)
             ridge = top + slope * (x - px).abs() + rough * _wave(6.0 * x + px)
-            labels = paint(labels, (y >= ridge) & (present < 0.4), "mountain")
+            labels = self._paint(labels, (y >= ridge) & (present < 0.4), "mountain")
 
         # --- clouds (three lobes each, up to three clouds)
         for _ in range(3):
@@ -264,9 +269,13 @@ class SceneWorld:
                 lx = cx + side * 0.7 * w
                 ly = cy + 0.35 * hh
                 cloud |= ((x - lx) / (0.6 * w)) ** 2 + ((y - ly) / (0.65 * hh)) ** 2 < 1.0
-            labels = paint(labels, cloud & (present < 0.45), "cloud")
+            labels = self._paint(labels, cloud & (present < 0.45), "cloud")
+        return labels
 
-        # --- ground: grass or soil, with an occasional patch of the other
+    def _paint_ground(self, r: _Params, x: Tensor, y: Tensor, h: Tensor, below: Tensor, labels: Tensor) -> Tensor:
+        """Grass or soil with a patch of the other, then water, road and fence."""
+        ids = self._ids
+        n, s = labels.shape[0], self.image_size
         soil_ground = r() < 0.35
         ground = torch.where(soil_ground, ids["soil"], ids["grass"])
         labels = torch.where(below, ground.expand(n, s, s), labels)
@@ -282,7 +291,7 @@ class SceneWorld:
         top = h + (1.0 - h) * pos + wamp * _wave(wfreq * x + wphase)
         bottom = top + (1.0 - h) * thick + wamp * _wave(wfreq * x + wphase + 0.37)
         water = (y >= top) & (y < bottom) & below & (present < 0.35)
-        labels = paint(labels, water, "water")
+        labels = self._paint(labels, water, "water")
 
         # --- road: perspective strip from a vanishing point on the horizon
         present, u0, u1, wb = r(), r(0.25, 0.75), r(-0.2, 1.2), r(0.1, 0.25)
@@ -290,7 +299,7 @@ class SceneWorld:
         centre = u0 + (u1 - u0) * t
         half = 0.004 + wb * t
         road = ((x - centre).abs() < half) & below & (present < 0.4)
-        labels = paint(labels, road, "road")
+        labels = self._paint(labels, road, "road")
 
         # --- fence: posts and two rails along a line on the ground
         present, pos, fh, spacing = r(), r(0.1, 0.6), r(0.06, 0.12), r(0.05, 0.1)
@@ -301,9 +310,10 @@ class SceneWorld:
         rails = ((y - (base - 0.8 * fh)).abs() < 0.12 * fh) | (
             (y - (base - 0.4 * fh)).abs() < 0.12 * fh
         )
-        labels = paint(labels, span & (posts | rails) & (present < 0.25), "fence")
+        return self._paint(labels, span & (posts | rails) & (present < 0.25), "fence")
 
-        # --- trees and houses, composed back to front with a depth buffer
+    def _paint_objects(self, r: _Params, x: Tensor, y: Tensor, h: Tensor, labels: Tensor) -> Tensor:
+        """Trees and houses, composed back to front with a depth buffer."""
         slots_depth, slots_label = [], []
         n_houses = torch.floor(r(0.0, _MAX_OBJECTS + 1 - 1e-6))
         n_trees = torch.floor(r(0.0, _MAX_OBJECTS + 1 - 1e-6))
@@ -317,15 +327,17 @@ class SceneWorld:
         depth = torch.stack(slots_depth, 1)  # (n, K, s, s); -1 where the object is absent
         best_depth, best = depth.max(1)
         obj_label = torch.stack(slots_label, 1).gather(1, best.unsqueeze(1)).squeeze(1)
-        labels = torch.where(best_depth >= 0, obj_label, labels)
+        return torch.where(best_depth >= 0, obj_label, labels)
 
-        # --- colours: base colour + per-image tint + vertical shading + per-pixel noise
+    def _colour(self, u: Tensor, noise: Tensor, y: Tensor, labels: Tensor) -> Tensor:
+        """Base colour + per-image tint + vertical shading + per-pixel noise."""
+        n = labels.shape[0]
         tint = (u[:, _NUM_PARAMS:].view(n, self.num_concepts, 3) * 2.0 - 1.0) * _TINT
         colour = self.palette[labels] + tint[torch.arange(n).view(n, 1, 1), labels]
         shade = self._shade[labels] * (_SHADE * (1.0 - 2.0 * y))
         colour = colour + shade.unsqueeze(-1)
         images = colour.permute(0, 3, 1, 2) + (noise * 2.0 - 1.0) * _NOISE
-        return images.clamp_(-1.0, 1.0).contiguous(), labels
+        return images.clamp_(-1.0, 1.0).contiguous()
 
     def _house(self, r: _Params, x: Tensor, y: Tensor, h: Tensor, active: Tensor):
         ids = self._ids
