@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lightning_dissect.functional.upsample import upsample_bilinear
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank
-from lightning_dissect.result import DissectionResult
+from lightning_dissect.result import DissectionResult, UnitDissection
 from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.visualize import overlay_mask, to_uint8
 
@@ -88,20 +88,23 @@ def render_unit_images(
                 images_by_index[i] = image.expand(3, -1, -1) if image.shape[0] == 1 else image
                 for name in wanted:
                     acts_by_index[name][i] = batch.activations[name][j].float().cpu()
-    out: dict[str, dict[int, Tensor]] = {}
-    for name, chosen in wanted.items():
-        out[name] = {}
-        for u in chosen:
-            record = result.layers[name].units[u]
-            tiles = []
-            for img in record.top_images:
-                i = int(img["index"])
-                image = images_by_index[i]
-                up = upsample_bilinear(acts_by_index[name][i][u][None], image.shape[-2:])[0]
-                tiles.append(overlay_mask(image, up > record.level))
-            stacked = torch.stack(tiles)
-            if scale > 1:
-                stacked = stacked.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-            out[name][u] = stacked
-    return out
+    return {
+        name: {u: _strip(result.layers[name].units[u], u, images_by_index, acts_by_index[name], scale) for u in chosen}
+        for name, chosen in wanted.items()
+    }
 
+
+def _strip(
+    record: UnitDissection, unit: int, images: Mapping[int, Tensor], acts: Mapping[int, Tensor], scale: int
+) -> Tensor:
+    """One unit's top images with its thresholded, upsampled map overlaid, ``(k, 3, H, W)``."""
+    tiles = []
+    for img in record.top_images:
+        i = int(img["index"])
+        image = images[i]
+        up = upsample_bilinear(acts[i][unit][None], image.shape[-2:])[0]
+        tiles.append(overlay_mask(image, up > record.level))
+    stacked = torch.stack(tiles)
+    if scale > 1:
+        stacked = stacked.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    return stacked

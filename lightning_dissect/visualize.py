@@ -224,19 +224,8 @@ def labelled_heatmap(
         >>> img.dtype, img.shape[0]
         (torch.uint8, 3)
     """
-    v = values.detach().float().cpu()
-    if v.ndim != 2:
-        raise ValueError(f"`values` must be a (rows, cols) matrix, got shape {tuple(v.shape)}")
+    v = _check_heatmap_args(values, row_labels, col_labels, vmax, cell, font_scale)
     rows, cols = v.shape
-    if len(row_labels) != rows:
-        raise ValueError(f"`row_labels` needs {rows} labels (one per row), got {len(row_labels)}")
-    if len(col_labels) != cols:
-        raise ValueError(f"`col_labels` needs {cols} labels (one per column), got {len(col_labels)}")
-    if not vmax > 0:
-        raise ValueError(f"`vmax` must be > 0, got {vmax!r}")
-    if cell < 2:
-        raise ValueError(f"`cell` must be >= 2, got {cell!r}")
-    _check_scale(font_scale)
     s = font_scale
     top, left = labelled_heatmap_grid(row_labels, col_labels, font_scale=s)
     glyph_h = text_size("0", s)[0]
@@ -248,23 +237,7 @@ def labelled_heatmap(
     width = max(width, bar_x + text_size(title, s)[1] + 8)
     height = top + max(rows * cell, bar_h) + glyph_h // 2 + 8
     img = torch.full((3, height, width), 255, dtype=torch.uint8)
-    if rows and cols:
-        colours = _colormap(v / vmax)  # (3, rows, cols)
-        block = colours.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
-        keep = torch.ones(rows * cell, cols * cell, dtype=torch.bool)
-        keep[cell - 1 :: cell, :] = False
-        keep[:, cell - 1 :: cell] = False
-        grid = img[:, top : top + rows * cell, left : left + cols * cell]
-        grid[:, keep] = block[:, keep]
-    mark = torch.tensor(_MARK, dtype=torch.uint8).view(3, 1, 1)
-    w = max(1, cell // 8)  # outline width
-    for i, j in marks:
-        y, x = top + i * cell, left + j * cell
-        c = cell - 1
-        img[:, y : y + w, x : x + c] = mark
-        img[:, y + c - w : y + c, x : x + c] = mark
-        img[:, y : y + c, x : x + w] = mark
-        img[:, y : y + c, x + c - w : x + c] = mark
+    _draw_cells(img, v / vmax, top, left, cell, marks)
     for i, label in enumerate(row_labels):
         ink = tuple(row_colours[i]) if row_colours is not None else _TEXT
         _, tw = text_size(label, s)
@@ -282,6 +255,47 @@ def labelled_heatmap(
         draw_text(img, text, bar_x + bar_w + 6, y - glyph_h // 2, _TEXT, s)
     draw_text(img, title, bar_x, top - 6 - glyph_h, _TEXT, s)
     return img
+
+
+def _check_heatmap_args(
+    values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], vmax: float, cell: int, font_scale: int
+) -> Tensor:
+    v = values.detach().float().cpu()
+    if v.ndim != 2:
+        raise ValueError(f"`values` must be a (rows, cols) matrix, got shape {tuple(v.shape)}")
+    rows, cols = v.shape
+    if len(row_labels) != rows:
+        raise ValueError(f"`row_labels` needs {rows} labels (one per row), got {len(row_labels)}")
+    if len(col_labels) != cols:
+        raise ValueError(f"`col_labels` needs {cols} labels (one per column), got {len(col_labels)}")
+    if not vmax > 0:
+        raise ValueError(f"`vmax` must be > 0, got {vmax!r}")
+    if cell < 2:
+        raise ValueError(f"`cell` must be >= 2, got {cell!r}")
+    _check_scale(font_scale)
+    return v
+
+
+def _draw_cells(img: Tensor, scaled: Tensor, top: int, left: int, cell: int, marks: Sequence[tuple[int, int]]) -> None:
+    """Colour cells of ``scaled`` values (0..1) with a white line between them; outline ``marks``."""
+    rows, cols = scaled.shape
+    if rows and cols:
+        colours = _colormap(scaled)  # (3, rows, cols)
+        block = colours.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+        keep = torch.ones(rows * cell, cols * cell, dtype=torch.bool)
+        keep[cell - 1 :: cell, :] = False
+        keep[:, cell - 1 :: cell] = False
+        grid = img[:, top : top + rows * cell, left : left + cols * cell]
+        grid[:, keep] = block[:, keep]
+    mark = torch.tensor(_MARK, dtype=torch.uint8).view(3, 1, 1)
+    w = max(1, cell // 8)  # outline width
+    c = cell - 1
+    for i, j in marks:
+        y, x = top + i * cell, left + j * cell
+        img[:, y : y + w, x : x + c] = mark
+        img[:, y + c - w : y + c, x : x + c] = mark
+        img[:, y : y + c, x : x + w] = mark
+        img[:, y : y + c, x + c - w : x + c] = mark
 
 
 def labelled_heatmap_grid(
