@@ -355,11 +355,10 @@ def _counts_multi_level(
     )
     counter = _counts_multi_level_lookup if fast else _counts_multi_level_search
     histogram, area_hist = counter(values, thresholds, labels, num_concepts, chunk_elements)
-    # on at level k  <=>  bin >= k + 1: suffix sums over bins (in place), dropping bin 0
-    for level in range(histogram.shape[1] - 2, 0, -1):
-        histogram[:, level] += histogram[:, level + 1]
-        area_hist[:, level] += area_hist[:, level + 1]
-    return histogram[:, 1:, :num_concepts], area_hist[:, 1:]
+    # on at level k  <=>  bin >= k + 1: suffix sums over bins, dropping bin 0
+    intersection = histogram.flip(1).cumsum(1).flip(1)[:, 1:, :num_concepts]
+    unit_area = area_hist.flip(1).cumsum(1).flip(1)[:, 1:]
+    return intersection, unit_area
 
 
 #: Default bound on the temporary memory of one counting call (bytes), see ``max_temporary_bytes``.
@@ -376,13 +375,13 @@ def _plan_chunks(
 ) -> tuple[int, int]:
     """Images and units per counting step so that the step's temporaries stay within ``budget``.
 
-    A step holds ``images * pixels_per_image`` values of ``units`` units plus two ``(units, bins,
-    width)`` int64 histograms. Half the budget goes to one unit's values (images per step), the
+    A step holds ``images * pixels_per_image`` values of ``units`` units plus up to four ``(units,
+    bins, width)`` int64 histograms (the counts, one batch of bincounts, the suffix sums). Half the budget goes to one unit's values (images per step), the
     rest to the histograms and to more units. The floor is one image and one unit per step.
     """
     per_image = pixels_per_image * (_BYTES_PER_VALUE + layers * _BYTES_PER_LABEL)
     images = max(1, min(batch, _MAX_PIXELS_PER_CALL // max(1, pixels_per_image), (budget // 2) // per_image))
-    per_unit = images * pixels_per_image * _BYTES_PER_VALUE + 2 * 8 * bins * width
+    per_unit = images * pixels_per_image * _BYTES_PER_VALUE + 4 * 8 * bins * width
     unit_step = max(1, min(units, (budget - images * pixels_per_image * layers * _BYTES_PER_LABEL) // per_unit))
     return images, unit_step
 
@@ -403,7 +402,7 @@ def accumulate_unit_concept_counts(
     The inputs are not checked (see :func:`unit_concept_counts`). The batch is processed in steps
     of a few images and a few units, sized so that one step's temporaries stay within about
     ``max_temporary_bytes`` whatever ``C`` and ``B`` (the floor is one image and one unit, which
-    needs about ``16 * (K + 1) * (C + 1) + 48 * H * W`` bytes). An empty batch adds nothing.
+    needs about ``32 * (K + 1) * (C + 1) + 48 * H * W`` bytes). An empty batch adds nothing.
 
     Args:
         out: int64 tensors of shapes ``(U, [K,] C)``, ``(U, [K])``, ``(C,)`` and ``()`` on the
