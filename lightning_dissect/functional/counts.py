@@ -375,13 +375,13 @@ def _plan_chunks(
 ) -> tuple[int, int]:
     """Images and units per counting step so that the step's temporaries stay within ``budget``.
 
-    A step holds ``images * pixels_per_image`` values of ``units`` units plus up to four ``(units,
-    bins, width)`` int64 histograms (the counts, one batch of bincounts, the suffix sums). Half the budget goes to one unit's values (images per step), the
+    A step holds ``images * pixels_per_image`` values of ``units`` units plus up to six ``(units,
+    bins, width)`` int64 histograms (the counts, one batch of bincounts, the suffix sums and allocator slack). Half the budget goes to one unit's values (images per step), the
     rest to the histograms and to more units. The floor is one image and one unit per step.
     """
     per_image = pixels_per_image * (_BYTES_PER_VALUE + layers * _BYTES_PER_LABEL)
     images = max(1, min(batch, _MAX_PIXELS_PER_CALL // max(1, pixels_per_image), (budget // 2) // per_image))
-    per_unit = images * pixels_per_image * _BYTES_PER_VALUE + 4 * 8 * bins * width
+    per_unit = images * pixels_per_image * _BYTES_PER_VALUE + 6 * 8 * bins * width
     unit_step = max(1, min(units, (budget - images * pixels_per_image * layers * _BYTES_PER_LABEL) // per_unit))
     return images, unit_step
 
@@ -402,7 +402,7 @@ def accumulate_unit_concept_counts(
     The inputs are not checked (see :func:`unit_concept_counts`). The batch is processed in steps
     of a few images and a few units, sized so that one step's temporaries stay within about
     ``max_temporary_bytes`` whatever ``C`` and ``B`` (the floor is one image and one unit, which
-    needs about ``32 * (K + 1) * (C + 1) + 48 * H * W`` bytes). An empty batch adds nothing.
+    needs about ``48 * (K + 1) * (C + 1) + 48 * H * W`` bytes). An empty batch adds nothing.
 
     Args:
         out: int64 tensors of shapes ``(U, [K,] C)``, ``(U, [K])``, ``(C,)`` and ``()`` on the

@@ -55,7 +55,7 @@ class UnitConceptIoU(SumStateMetric):
         max_temporary_bytes: Approximate bound on the temporary memory of one ``update`` besides
             its inputs: the counts are added into the states a few images and units at a time.
             Default 64 MiB; the floor is one image and one unit, about
-            ``32 * (K + 1) * (C + 1) + 48 * H * W`` bytes.
+            ``48 * (K + 1) * (C + 1) + 48 * H * W`` bytes.
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
