@@ -2,7 +2,10 @@
 
 Every configuration runs in a fresh subprocess. After one warm-up update, the process's peak
 resident set (``VmHWM``) is reset through ``/proc/self/clear_refs`` and one more update runs; the
-temporary peak is ``VmHWM - VmRSS`` measured just before that update (Linux only). The activations
+temporary peak is ``VmHWM - VmRSS`` measured just before that update (Linux only). The
+subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc maps every large tensor
+afresh and unmaps it when freed: memory kept from the warm-up would otherwise be reused without
+showing in the peak. The activations
 are ``(B, U, 16, 16)`` random maps upsampled to ``64 x 64`` random labels.
 
 Usage::
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cmd = [sys.executable, __file__, "--one", f"{config},{batch}"]
             if args.max_temporary_mib is not None:
                 cmd += ["--max-temporary-mib", str(args.max_temporary_mib)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)
             print(f"{row['U']:>5} {row['K']:>3} {row['C']:>5} {row['B']:>3} {row['state_bytes'] / MIB:>10.1f} "

@@ -376,8 +376,10 @@ def _plan_chunks(
     """Images and units per counting step so that the step's temporaries stay within ``budget``.
 
     A step holds ``images * pixels_per_image`` values of ``units`` units plus up to six ``(units,
-    bins, width)`` int64 histograms (the counts, one batch of bincounts, the suffix sums and allocator slack). Half the budget goes to one unit's values (images per step), the
-    rest to the histograms and to more units. The floor is one image and one unit per step.
+    bins, width)`` int64 histograms (the counts, one batch of bincounts, the suffix sums and
+    allocator slack). Half the budget goes to one unit's values (images per step), the rest to the
+    histograms and to more units. The floor is one image and one unit per step. The estimate is
+    conservative: measured peaks stay well below the budget (docs/metrics.md).
     """
     per_image = pixels_per_image * (_BYTES_PER_VALUE + layers * _BYTES_PER_LABEL)
     images = max(1, min(batch, _MAX_PIXELS_PER_CALL // max(1, pixels_per_image), (budget // 2) // per_image))
