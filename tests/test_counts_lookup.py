@@ -173,3 +173,14 @@ def test_signed_zero_thresholds(gen, zero_levels):
     seg = torch.randint(0, 3, (2, 5, 5), generator=gen)
     assert_matches_loop(acts, seg, thresholds, 3)
     assert_matches_loop(acts, seg, thresholds[:, 0].contiguous(), 3)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 7])
+@pytest.mark.parametrize("budget", [1, 4096, 50_000])
+def test_temporary_budget_steps_match_loop(gen, levels, budget):
+    """Counting a few images and units per step (any budget, down to 1 byte) stays exact."""
+    acts, thresholds = adversarial_case(gen, 5, max(levels, 1), size=4, batch=3)
+    if levels == 0:
+        thresholds = thresholds[:, 0].contiguous()
+    seg = torch.randint(0, 6, (3, 2, 4, 4), generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 6, ignore_index=1, max_temporary_bytes=budget)

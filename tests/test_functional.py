@@ -322,3 +322,48 @@ def test_functional_errors(gen):
         upsample_bilinear(acts, (1, 2, 3))
     with pytest.raises(ValueError, match="`in_size` must be at least 1"):
         bilinear_matrix(0, 3)
+
+
+@pytest.mark.parametrize("thresholds", [torch.zeros(3), torch.zeros(3, 2)], ids=["U", "UK"])
+@pytest.mark.parametrize("seg_shape", [(0, 8, 8), (0, 2, 8, 8)], ids=["single", "multi"])
+def test_counts_of_empty_batch_are_zero_tensors(thresholds, seg_shape):
+    acts = torch.zeros(0, 3, 4, 4)
+    seg = torch.zeros(seg_shape, dtype=torch.long)
+    counts = unit_concept_counts(acts, seg, thresholds, 4, ignore_index=0)
+    levels = tuple(thresholds.shape[1:])
+    want = {"intersection": (3, *levels, 4), "unit_area": (3, *levels), "concept_area": (4,), "total": ()}
+    for name, shape in want.items():
+        got = getattr(counts, name)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.int64, name
+        assert tuple(got.shape) == shape and not got.any(), name
+    iou = unit_concept_iou(acts, seg, thresholds, 4, ignore_index=0)
+    assert iou.shape == (3, *levels, 4) and iou.dtype == torch.float64 and not iou.any()
+    assert unit_concept_iou(acts, seg, thresholds).shape == (3, *levels, 1)  # C defaults to 1
+
+
+def test_counts_empty_batch_add_nothing_to_real_ones(gen):
+    acts = torch.randint(-2, 3, (2, 3, 4, 4), generator=gen).float()
+    seg = torch.randint(0, 4, (2, 4, 4), generator=gen)
+    thresholds = torch.tensor([[-1.0, 0.0], [0.0, 0.5], [0.5, 1.0]])
+    whole = unit_concept_counts(acts, seg, thresholds, 4)
+    empty = unit_concept_counts(acts[:0], seg[:0], thresholds, 4)
+    ref_counts = ref.counts(acts.numpy(), seg.numpy(), thresholds.numpy(), 4, None)
+    for name in ("intersection", "unit_area", "concept_area", "total"):
+        summed = getattr(whole, name) + getattr(empty, name)
+        np.testing.assert_array_equal(summed.numpy(), ref_counts[name], err_msg=name)
+
+
+def test_upsampling_empty_batch():
+    assert upsample_bilinear(torch.zeros(0, 3, 4, 4), (8, 8)).shape == (0, 3, 8, 8)
+    assert upsample_units_first(torch.zeros(0, 3, 4, 4), (8, 8)).shape == (3, 0)
+    assert upsample_units_first(torch.zeros(0, 3, 4, 4), None).shape == (3, 0)
+    assert concept_labels(torch.zeros(0, 2, 8, 8, dtype=torch.long), 4, 0).shape == (2, 0)
+
+
+def test_counts_rejects_bad_temporary_budget(gen):
+    acts = torch.randn(1, 2, 4, 4, generator=gen)
+    seg = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="`max_temporary_bytes` must be at least 1"):
+        unit_concept_counts(acts, seg, torch.zeros(2), 3, max_temporary_bytes=0)
+    with pytest.raises(TypeError, match="`max_temporary_bytes` must be an int"):
+        unit_concept_counts(acts, seg, torch.zeros(2), 3, max_temporary_bytes=1.5)

@@ -59,6 +59,7 @@ def np_iou(acts: np.ndarray, seg: np.ndarray, thresholds: np.ndarray, num_concep
         (lambda: UnitConceptIoU(2.0, 3, torch.zeros(2)), "num_units"),
         (lambda: UnitQuantiles(2, quantiles=True), "quantiles"),
         (lambda: UnitQuantiles(2, quantiles="0.5"), "quantiles"),
+        (lambda: UnitConceptIoU(2, 3, torch.zeros(2), max_temporary_bytes=1.5), "max_temporary_bytes"),
     ],
 )
 def test_wrong_types_raise_type_error_naming_the_argument(build, name):
@@ -76,6 +77,7 @@ def test_wrong_types_raise_type_error_naming_the_argument(build, name):
         (lambda: UnitQuantiles(2, quantiles=torch.tensor([[0.5]])), "quantiles"),
         (lambda: UnitQuantiles(2, quantiles=torch.tensor(1.5)), "quantiles"),
         (lambda: UnitQuantiles(2, quantiles=torch.tensor([])), "quantiles"),
+        (lambda: UnitConceptIoU(2, 3, torch.zeros(2), max_temporary_bytes=0), "max_temporary_bytes"),
     ],
 )
 def test_wrong_values_raise_value_error_naming_the_argument(build, name):

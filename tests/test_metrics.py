@@ -369,3 +369,83 @@ def test_quantiles_errors(gen):
     for bad in (1.5, [0.5, -0.1], float("nan")):
         with pytest.raises(ValueError, match="`levels`"):
             metric.quantile(bad)
+
+
+# --------------------------------------------------------------------------- empty batches
+
+
+def _empty_like_batch(acts, seg):
+    return acts[:0], seg[:0]
+
+
+@pytest.mark.parametrize("thresholds", [THRESHOLDS_1, THRESHOLDS_K], ids=["U", "UK"])
+@pytest.mark.parametrize("layers", [None, 2])
+def test_iou_metric_empty_batch_is_no_op(gen, thresholds, layers):
+    data = batches(gen, [2, 3], layers=layers, ignore=0)
+    empty = _empty_like_batch(*data[0])
+    metric = UnitConceptIoU(4, 5, thresholds, ignore_index=0)
+    metric.update(*empty)  # before any data
+    for acts, seg in data:
+        metric.update(acts, seg)
+        metric.update(*empty)  # after real data
+    metric.update(torch.zeros(0, 4, 3, 3), empty[1])  # other map size, still nothing
+    expected = reference_over(data, thresholds, 5, 0)
+    for name in ("intersection", "unit_area", "concept_area", "total"):
+        np.testing.assert_array_equal(getattr(metric, name).numpy(), expected[name], err_msg=name)
+    only_empty = UnitConceptIoU(4, 5, thresholds, ignore_index=0)
+    only_empty.update(*empty)
+    assert int(only_empty.total) == 0 and not only_empty.intersection.any()
+
+
+@pytest.mark.parametrize("thresholds", [THRESHOLDS_1, THRESHOLDS_K], ids=["U", "UK"])
+@pytest.mark.parametrize("budget", [1, 3000])
+def test_iou_metric_small_temporary_budget_is_exact(gen, thresholds, budget):
+    data = batches(gen, [3, 1], layers=2, ignore=255)
+    metric = UnitConceptIoU(4, 5, thresholds, ignore_index=255, max_temporary_bytes=budget)
+    for acts, seg in data:
+        metric.update(acts, seg)
+    expected = reference_over(data, thresholds, 5, 255)
+    for name in ("intersection", "unit_area", "concept_area", "total"):
+        np.testing.assert_array_equal(getattr(metric, name).numpy(), expected[name], err_msg=name)
+
+
+def test_quantiles_empty_batch_is_no_op(gen):
+    x = torch.randn(6, 3, 4, 4, generator=gen) * 3
+    metric = UnitQuantiles(3, LEVELS)
+    metric.update(x[:0], size=(8, 8))  # before any data
+    metric.update(x[:4], size=(8, 8))
+    metric.update(x[:0], size=(8, 8))  # after real data: the IndexError case
+    metric.update(x[:0])
+    metric.update(torch.zeros(0, 3))
+    metric.update(x[4:], size=(8, 8))
+    # independent reference: every unit saw the 6 * 64 upsampled values of the non-empty images
+    assert metric.histogram.sum(1).tolist() == [6 * 64] * 3
+    maps = torch.from_numpy(ref.upsample(x.numpy(), 8, 8)).float()  # (6, 3, 8, 8), plain loops
+    exact = exact_quantiles(maps.transpose(0, 1).reshape(3, -1), LEVELS)
+    assert_within(metric.compute(), exact, metric.spec.relative_accuracy)
+    flat = UnitQuantiles(3, LEVELS)
+    flat.update(torch.zeros(0, 3))
+    with pytest.raises(RuntimeError, match="before any update"):
+        flat.compute()
+
+
+def test_concept_fraction_empty_batch_is_no_op(gen):
+    from lightning_dissect.metrics import ConceptPixelFraction
+
+    seg = torch.randint(0, 4, (5, 2, 6, 6), generator=gen)
+    metric = ConceptPixelFraction(4, ignore_index=0)
+    metric.update(seg[:0])
+    metric.update(seg[:3])
+    metric.update(seg[:0])
+    metric.update(seg[:0], mask=torch.ones(0, 6, 6))
+    metric.update(seg[3:])
+    labels = seg.numpy()
+    per_image = np.zeros((5, 4), dtype=np.int64)
+    for b in range(5):
+        for y in range(6):
+            for x in range(6):
+                for c in set(labels[b, :, y, x].tolist()) - {0}:
+                    per_image[b, c] += 1
+    np.testing.assert_array_equal(metric.concept_pixels.numpy(), per_image.sum(0))
+    np.testing.assert_array_equal(metric.concept_pixels_sq.numpy(), (per_image**2).sum(0))
+    assert int(metric.num_images) == 5 and int(metric.total_pixels) == 5 * 36

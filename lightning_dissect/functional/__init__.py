@@ -15,6 +15,7 @@ from lightning_dissect.functional._checks import (
 )
 from lightning_dissect.functional.counts import (
     ConceptCounts,
+    accumulate_unit_concept_counts,
     concept_indicator,
     concept_labels,
     unit_concept_counts,
@@ -41,6 +42,7 @@ from lightning_dissect.functional.upsample import (
 __all__ = [
     "ConceptCounts",
     "LogHistogramSpec",
+    "accumulate_unit_concept_counts",
     "bilinear_matrix",
     "check_activations",
     "check_segmentation",

@@ -27,12 +27,20 @@ from torch import Tensor
 
 from lightning_dissect.functional._checks import (
     check_activations,
+    check_count,
     check_segmentation,
     check_thresholds,
 )
 from lightning_dissect.functional.upsample import upsample_units_first
 
-__all__ = ["ConceptCounts", "concept_labels", "concept_indicator", "unit_concept_counts"]
+__all__ = [
+    "DEFAULT_MAX_TEMPORARY_BYTES",
+    "ConceptCounts",
+    "accumulate_unit_concept_counts",
+    "concept_indicator",
+    "concept_labels",
+    "unit_concept_counts",
+]
 
 # Pixels (batch * H * W) upsampled at a time: bounds the memory of one call.
 _MAX_PIXELS_PER_CALL = 1 << 22
@@ -353,6 +361,101 @@ def _counts_multi_level(
     return intersection, unit_area
 
 
+#: Default bound on the temporary memory of one counting call (bytes), see ``max_temporary_bytes``.
+DEFAULT_MAX_TEMPORARY_BYTES = 64 << 20
+# Temporary bytes per upsampled value and unit: the map itself, its upsampling intermediates and
+# the key / index / threshold / flag / cell buffers of the level lookup (int64 in the worst case).
+_BYTES_PER_VALUE = 48
+# Temporary bytes per label layer and pixel (the flattened labels and their working copies).
+_BYTES_PER_LABEL = 32
+
+
+def _plan_chunks(
+    batch: int, units: int, pixels_per_image: int, layers: int, bins: int, width: int, budget: int
+) -> tuple[int, int]:
+    """Images and units per counting step so that the step's temporaries stay within ``budget``.
+
+    A step holds ``images * pixels_per_image`` values of ``units`` units plus up to six ``(units,
+    bins, width)`` int64 histograms (the counts, one batch of bincounts, the suffix sums and
+    allocator slack). Half the budget goes to one unit's values (images per step), the rest to the
+    histograms and to more units. The floor is one image and one unit per step. The estimate is
+    conservative: measured peaks stay well below the budget (docs/metrics.md).
+    """
+    per_image = pixels_per_image * (_BYTES_PER_VALUE + layers * _BYTES_PER_LABEL)
+    images = max(1, min(batch, _MAX_PIXELS_PER_CALL // max(1, pixels_per_image), (budget // 2) // per_image))
+    per_unit = images * pixels_per_image * _BYTES_PER_VALUE + 6 * 8 * bins * width
+    unit_step = max(1, min(units, (budget - images * pixels_per_image * layers * _BYTES_PER_LABEL) // per_unit))
+    return images, unit_step
+
+
+def accumulate_unit_concept_counts(
+    out: ConceptCounts,
+    activations: Tensor,
+    segmentation: Tensor,
+    thresholds: Tensor,
+    num_concepts: int,
+    *,
+    ignore_index: int | None = None,
+    chunk_elements: int = 1 << 20,
+    max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
+) -> None:
+    """Add one batch's counts into ``out`` in place, with bounded temporary memory.
+
+    The inputs are not checked (see :func:`unit_concept_counts`). The batch is processed in steps
+    of a few images and a few units, sized so that one step's temporaries stay within about
+    ``max_temporary_bytes`` whatever ``C`` and ``B`` (the floor is one image and one unit, which
+    needs about ``48 * (K + 1) * (C + 1) + 48 * H * W`` bytes). An empty batch adds nothing.
+
+    Args:
+        out: int64 tensors of shapes ``(U, [K,] C)``, ``(U, [K])``, ``(C,)`` and ``()`` on the
+            activations' device, e.g. a metric's states.
+        activations: ``(B, U, h, w)`` floating activations.
+        segmentation: ``(B, H, W)`` or ``(B, L, H, W)`` labels on the same device.
+        thresholds: ``(U,)`` or ascending ``(U, K)`` on the same device.
+        num_concepts: ``C``.
+        ignore_index: Label of pixels that belong to no concept.
+        chunk_elements: Upsampled values compared at a time inside one step (cache size).
+        max_temporary_bytes: Approximate bound on the temporary memory of one step.
+
+    Examples:
+        >>> out = ConceptCounts(*(torch.zeros(s, dtype=torch.int64) for s in [(1, 2), (1,), (2,), ()]))
+        >>> acts = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+        >>> for _ in range(2):
+        ...     accumulate_unit_concept_counts(out, acts, torch.tensor([[[0, 1], [0, 1]]]),
+        ...                                    torch.tensor([0.5]), 2)
+        >>> out.intersection.tolist(), int(out.total)
+        ([[0, 4]], 8)
+    """
+    batch, units = activations.shape[:2]
+    if batch == 0 or units == 0:
+        return
+    size = tuple(segmentation.shape[-2:])
+    pixels_per_image = size[0] * size[1]
+    layers = 1 if segmentation.ndim == 3 else segmentation.shape[1]
+    bins = 2 if thresholds.ndim == 1 else thresholds.shape[1] + 1
+    images, unit_step = _plan_chunks(
+        batch, units, pixels_per_image, layers, bins, num_concepts + 1, int(max_temporary_bytes)
+    )
+    for first in range(0, batch, images):
+        seg = segmentation[first : first + images]
+        labels = concept_labels(seg, num_concepts, ignore_index)
+        concept_area = torch.bincount(labels.reshape(-1), minlength=num_concepts + 1)
+        out.concept_area.add_(concept_area[:num_concepts])
+        for start in range(0, units, unit_step):
+            part = slice(start, start + unit_step)
+            values = upsample_units_first(activations[first : first + images, part], size)
+            if values.dtype not in (torch.float32, torch.float64):
+                values = values.to(torch.float32)
+            levels = _thresholds_as(thresholds[part], values.dtype)
+            counter = _counts_single_level if thresholds.ndim == 1 else _counts_multi_level
+            inter, area = counter(values, levels, labels, num_concepts, chunk_elements)
+            del values
+            out.intersection[part] += inter
+            out.unit_area[part] += area
+            del inter, area
+    out.total.add_(batch * pixels_per_image)
+
+
 def unit_concept_counts(
     activations: Tensor,
     segmentation: Tensor,
@@ -362,6 +465,7 @@ def unit_concept_counts(
     ignore_index: int | None = None,
     validate_args: bool = True,
     chunk_elements: int = 1 << 20,
+    max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
 ) -> ConceptCounts:
     """Exact unit–concept counts of one batch.
 
@@ -376,9 +480,12 @@ def unit_concept_counts(
             unit's area and the total).
         validate_args: Check shapes, dtypes, finiteness and label range.
         chunk_elements: Approximate upsampled values processed at a time (memory / cache).
+        max_temporary_bytes: Approximate bound on the memory used besides the inputs and the
+            returned counts: the batch is counted a few images and units at a time (see
+            :func:`accumulate_unit_concept_counts`). Default 64 MiB.
 
     Returns:
-        :class:`ConceptCounts` with int64 tensors.
+        :class:`ConceptCounts` with int64 tensors; all zero for an empty batch (``B = 0``).
 
     Examples:
         >>> acts = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # one unit, 2x2
@@ -388,6 +495,7 @@ def unit_concept_counts(
         ([[0, 2]], [2], [2, 2])
     """
     if validate_args:
+        check_count(max_temporary_bytes, "max_temporary_bytes")
         check_activations(activations, num_units=None)
         thresholds = check_thresholds(thresholds, num_units=activations.shape[1])
         check_segmentation(
@@ -396,32 +504,24 @@ def unit_concept_counts(
             ignore_index=ignore_index,
             batch_size=activations.shape[0],
         )
-    thresholds = thresholds.to(device=activations.device)
-    batch = activations.shape[0]
-    size = tuple(segmentation.shape[-2:])
-    pixels_per_image = size[0] * size[1]
-    per_call = max(1, _MAX_PIXELS_PER_CALL // max(1, pixels_per_image))
-    results = []
-    for start in range(0, batch, per_call):
-        acts = activations[start : start + per_call]
-        seg = segmentation[start : start + per_call]
-        values = upsample_units_first(acts, size)
-        if values.dtype not in (torch.float32, torch.float64):
-            values = values.to(torch.float32)
-        levels = _thresholds_as(thresholds, values.dtype)
-        labels = concept_labels(seg, num_concepts, ignore_index)
-        if thresholds.ndim == 1:
-            inter, area = _counts_single_level(
-                values, levels, labels, num_concepts, chunk_elements
-            )
-        else:
-            inter, area = _counts_multi_level(
-                values, levels, labels, num_concepts, chunk_elements
-            )
-        concept_area = torch.bincount(labels.reshape(-1), minlength=num_concepts + 1)
-        results.append((inter.to(torch.int64), area.to(torch.int64), concept_area[:num_concepts]))
-    intersection = sum(r[0] for r in results)
-    unit_area = sum(r[1] for r in results)
-    concept_area = sum(r[2] for r in results)
-    total = torch.tensor(batch * pixels_per_image, dtype=torch.int64, device=activations.device)
-    return ConceptCounts(intersection, unit_area, concept_area, total)  # type: ignore[arg-type]
+    device = activations.device
+    thresholds = thresholds.to(device=device)
+    units = activations.shape[1]
+    levels = tuple(thresholds.shape[1:])
+    out = ConceptCounts(
+        torch.zeros(units, *levels, num_concepts, dtype=torch.int64, device=device),
+        torch.zeros(units, *levels, dtype=torch.int64, device=device),
+        torch.zeros(num_concepts, dtype=torch.int64, device=device),
+        torch.zeros((), dtype=torch.int64, device=device),
+    )
+    accumulate_unit_concept_counts(
+        out,
+        activations,
+        segmentation.to(device),
+        thresholds,
+        num_concepts,
+        ignore_index=ignore_index,
+        chunk_elements=chunk_elements,
+        max_temporary_bytes=max_temporary_bytes,
+    )
+    return out

@@ -15,7 +15,11 @@ from lightning_dissect.functional._checks import (
     check_segmentation,
     check_thresholds,
 )
-from lightning_dissect.functional.counts import ConceptCounts, unit_concept_counts
+from lightning_dissect.functional.counts import (
+    DEFAULT_MAX_TEMPORARY_BYTES,
+    ConceptCounts,
+    accumulate_unit_concept_counts,
+)
 from lightning_dissect.functional.scores import (
     contingency_from_counts,
     iou_from_counts,
@@ -48,6 +52,10 @@ class UnitConceptIoU(SumStateMetric):
             unit's area). It may lie inside ``[0, C)`` (e.g. 0 = "unlabeled"; that concept's
             column is then 0) or outside it (e.g. 255).
         validate_args: Check shapes, dtypes, finiteness and label range of every batch.
+        max_temporary_bytes: Approximate bound on the temporary memory of one ``update`` besides
+            its inputs: the counts are added into the states a few images and units at a time.
+            Default 64 MiB; the floor is one image and one unit, about
+            ``48 * (K + 1) * (C + 1) + 48 * H * W`` bytes.
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
@@ -55,7 +63,9 @@ class UnitConceptIoU(SumStateMetric):
     reduced across processes): ``load_state_dict`` refuses a state dict whose thresholds differ
     from this metric's, so counts never attach to thresholds they were not counted at.
 
-    State memory: ``8 * U * K * (C + 1) + 8 * C + 8`` bytes.
+    State memory: ``8 * U * K * (C + 1) + 8 * C + 8`` bytes. An ``update`` adds its counts into
+    the states in place, so its temporary memory is bounded by ``max_temporary_bytes`` (not a
+    multiple of the state). An empty batch (``B = 0``) changes nothing.
 
     Examples:
         >>> metric = UnitConceptIoU(num_units=1, num_concepts=2, thresholds=torch.tensor([0.5]))
@@ -81,9 +91,11 @@ class UnitConceptIoU(SumStateMetric):
         thresholds: Tensor,
         ignore_index: int | None = None,
         validate_args: bool = True,
+        max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_temporary_bytes = check_count(max_temporary_bytes, "max_temporary_bytes")
         self.num_units = check_count(num_units, "num_units")
         self.num_concepts = check_count(num_concepts, "num_concepts")
         self.ignore_index = check_ignore_index(ignore_index)
@@ -155,18 +167,16 @@ class UnitConceptIoU(SumStateMetric):
             batch_size=activations.shape[0],
             check_values=self.validate_args,
         )
-        counts = unit_concept_counts(
-            activations.detach(),
-            segmentation.to(activations.device),
-            self.thresholds.to(activations.device),
+        device = self.intersection.device
+        accumulate_unit_concept_counts(
+            ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
+            activations.detach().to(device),
+            segmentation.to(device),
+            self.thresholds.to(device),
             self.num_concepts,
             ignore_index=self.ignore_index,
-            validate_args=False,
+            max_temporary_bytes=self.max_temporary_bytes,
         )
-        self.intersection += counts.intersection
-        self.unit_area += counts.unit_area
-        self.concept_area += counts.concept_area
-        self.total += counts.total
 
     def compute(self) -> Tensor:
         """IoU, ``(U, C)`` for ``(U,)`` thresholds or ``(U, K, C)`` for ``(U, K)`` (float32)."""

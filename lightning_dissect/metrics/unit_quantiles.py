@@ -151,6 +151,8 @@ class UnitQuantiles(SumStateMetric):
             check_values=self.validate_args,
         )
         activations = activations.detach()
+        if activations.shape[0] == 0:  # an empty batch adds nothing
+            return
         if activations.ndim == 2:
             counts, overflow = unit_histogram(activations.T, self.spec)
             self.histogram += counts
