@@ -72,7 +72,7 @@ def _run(name: str) -> subprocess.CompletedProcess:
 def outcomes(request) -> dict[str, subprocess.CompletedProcess]:
     """Run every selected, unmarked block at once (parallel processes) and keep the outcomes."""
     selected = [item.callspec.params["name"] for item in request.session.items
-                if item.originalname == "test_block_runs" and hasattr(item, "callspec")]
+                if getattr(item, "originalname", None) == "test_block_runs" and hasattr(item, "callspec")]
     names = [n for n in selected if not BLOCKS[n][1]]
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         return dict(zip(names, pool.map(_run, names)))

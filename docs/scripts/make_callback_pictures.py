@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 OUT = ROOT / "docs" / "images"
 
 from gan_model import DCGAN  # noqa: E402
-from lightning_dissect.round_logging import _strip_grid, units_by_round_image  # noqa: E402
 
 from lightning_dissect import DissectionCallback, dissect, load_history  # noqa: E402
+from lightning_dissect.round_logging import _strip_grid, units_by_round_image  # noqa: E402
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
 from lightning_dissect.visualize import encode_png, heatmap  # noqa: E402
 
