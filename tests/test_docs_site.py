@@ -108,13 +108,14 @@ def test_lists_and_fences_render(site: Path):
     math = (site / "math" / "index.html").read_text(encoding="utf-8")
     ordered = math[math.index("<ol>"):math.index("</ol>")]
     assert "IoU(u, c) = Σ I / (Σ A_u + Σ S_c − Σ I)" in ordered      # the formula stays in item 3
-    assert "<strong>Labels.</strong>" in ordered                     # and item 4 follows in the same list
+    assert ordered.count("<li>") == 4 and "<li>\n<p><strong>Labels.</strong>" in ordered   # item 4 is its own item
     for page in sorted(site.glob("*/index.html")):
         assert "```" not in page.read_text(encoding="utf-8"), f"{page.parent.name}: a literal code fence"
     report = (site / "report" / "index.html").read_text(encoding="utf-8")
     listed = report[report.index("Where the unit images come from"):]
     listed = listed[listed.index("<ol>"):listed.index("</ol>")]
-    assert "LatentBank" in listed and "highlight" in listed          # the code block is inside item 2
+    assert listed.count("<li>") == 3, listed                          # three items, the code inside item 2
+    assert "LatentBank" in listed and "highlight" in listed
 
 
 def test_api_reference_is_public_only_with_defaults(site: Path):
