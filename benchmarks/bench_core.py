@@ -1,4 +1,4 @@
-"""Benchmark of the core statistics (one batch of the issue workload).
+"""Benchmark of the core statistics (one batch of a GAN Dissection-sized workload).
 
 Times, best of several repeats:
 
@@ -10,7 +10,7 @@ Times, best of several repeats:
     sample buffer, sort, and compact by keeping every other sample) and its IoU pass
     (``F.interpolate``, threshold, then per concept present a boolean-indexed conditional sum).
 
-Run ``python benchmarks/bench_core.py`` (defaults = the issue workload: 16 x 512 x 8 x 8 upsampled
+Run ``python benchmarks/bench_core.py`` (defaults: 16 x 512 x 8 x 8 upsampled
 to 64 x 64, 150 concepts, ~16 per image) or ``--device cuda``.
 """
 

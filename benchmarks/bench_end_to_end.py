@@ -1,4 +1,4 @@
-"""End-to-end dissection vs the bare forwards (DESIGN.md §4 workload; meant for a GPU).
+"""End-to-end dissection vs the bare forwards (a ProGAN-sized workload; meant for a GPU).
 
 A ProGAN-shaped generator with random weights (latent 512, 4×4 → 256×256; ``layer4`` = 512 units
 at 8×8) and a stand-in segmenter (a small conv net giving 150-concept labels at 64×64). Measured in
@@ -9,7 +9,7 @@ one run:
 * (B) ``dissect(G, ["layer4"], segmenter, num_samples=N)``: both passes with the statistics
   (upsampling to 64×64, quantile histogram, unit–concept counts, chance baseline, top-k).
 
-Target (issue): B / A ≤ 1.25 on one GPU with N = 10,000.
+Target: B / A ≤ 1.25 on one GPU with N = 10,000.
 
     python benchmarks/bench_end_to_end.py --device cuda --num-samples 10000
     python benchmarks/bench_end_to_end.py --device cpu --num-samples 64 --batch-size 16   # smoke

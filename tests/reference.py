@@ -1,7 +1,7 @@
 """Independent plain NumPy / Python-loop reference implementations of the dissection formulas.
 
 Nothing here calls the package or the torch functions it uses; everything is float64 / exact
-integers and written from the definitions in ``DESIGN.md`` §1, deliberately slow and simple.
+integers and written from the definitions in ``docs/math.md``, deliberately slow and simple.
 Use small inputs only.
 """
 

@@ -86,7 +86,7 @@ def write_report(
     Unit image strips come from ``result.unit_images`` when present (``dissect(...,
     num_visualized_units=n)``); otherwise, when ``generator`` and ``latent_bank`` (the bank the
     result was computed on) are given, the top ``num_units`` units of every layer are rendered
-    with :func:`~lightning_dissect.visualize.render_unit_images`; otherwise the page says how to
+    with :func:`~lightning_dissect.strips.render_unit_images`; otherwise the page says how to
     get them.
 
     Args:
