@@ -301,3 +301,16 @@ def test_compare_missing_run_is_one_line_error(tmp_path, capsys):
     code = main(["compare", str(tmp_path / "nope.json"), str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "RUN_A" in err
+
+
+def test_unwritable_output_fails_before_any_checkpoint_is_read(tmp_path, capsys):
+    from lightning_dissect.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["emergence", "--generator", "tests.helpers.painting:make_painting_generator",
+                 "--checkpoints", str(tmp_path / "nowhere"), "--layers", "layout",
+                 "--output", str(blocker / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--output" in err and "--checkpoints" not in err  # the output is checked first

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dissect.cli import _arguments
-from lightning_dissect.cli._loading import CLIError, _describe, load_generator
+from lightning_dissect.cli._loading import CLIError, _describe, check_output, load_generator
 from lightning_dissect.cli.dissect import dissection_config, prepare_generator
 
 __all__ = ["add_emergence_command", "run_emergence"]
@@ -70,6 +70,7 @@ def run_emergence(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     try:
+        check_output(args.output)  # before any checkpoint is read
         checkpoints = _ordered_checkpoints(args, say)
         prepared = _prepare_first(args, checkpoints, say)
         config = dissection_config(args, prepared["device"], visualize=True)
