@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lightning_dissect._distributed import world
 from lightning_dissect.cli import _arguments
 from lightning_dissect.cli._loading import CLIError, _describe, check_output, load_generator
 from lightning_dissect.cli.dissect import dissection_config, prepare_generator
@@ -63,7 +64,7 @@ def run_emergence(args: argparse.Namespace) -> int:
         raise CLIError("--checkpoint: emergence takes --checkpoints PATH [PATH ...] (files or folders)")
     device, initialised = init_distributed(_device(args.device))
     args.device = device
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rank, _ = world()
 
     def say(line: str) -> None:
         if rank == 0:
