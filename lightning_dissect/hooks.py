@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_dissect.functional.upsample import resample_mask
 
 __all__ = [
     "OutputSelector",
@@ -266,19 +267,7 @@ def _per_unit(x: float | Tensor, r: Tensor) -> Tensor:
 
 
 def _pooled_mask(mask: Tensor, r: Tensor) -> Tensor:
-    m = mask.to(device=r.device, dtype=r.dtype)
-    if m.ndim == 2:
-        m = m[None, None]
-    elif m.ndim == 3:
-        m = m[:, None]
-    if m.ndim != 4 or m.shape[1] != 1:
-        raise ValueError(f"`mask` must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
-    h, w = r.shape[-2:]
-    if m.shape[-2:] == (h, w):
-        return m
-    if m.shape[-2] >= h and m.shape[-1] >= w:
-        return F.adaptive_avg_pool2d(m, (h, w))
-    return F.interpolate(m, size=(h, w), mode="nearest")
+    return resample_mask(mask.to(r.device), tuple(r.shape[-2:]), dtype=r.dtype)
 
 
 def apply_edit(r: Tensor, edit: LayerEdit) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_dissect.functional._checks import check_count, check_size
 
-__all__ = ["bilinear_matrix", "upsample_bilinear", "upsample_units_first"]
+__all__ = ["bilinear_matrix", "upsample_bilinear", "upsample_units_first", "resample_mask"]
 
 
 @lru_cache(maxsize=64)
@@ -140,3 +140,32 @@ def upsample_units_first(activations: Tensor, size: int | tuple[int, int] | None
     if size is not None and _size2(size) != (h, w):
         x = upsample_bilinear(x, size)
     return x.reshape(units, -1).contiguous()
+
+
+def resample_mask(mask: Tensor, size: tuple[int, int], *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A region mask at any resolution as ``(B or 1, 1, h, w)`` values at ``size``.
+
+    ``mask`` is ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)`` with values in ``[0, 1]`` (or bool).
+    A finer mask is area-pooled (each output cell gets the fraction of the region it covers), a
+    coarser one nearest-upsampled. Used for the region of an edit (at the layer's resolution) and
+    of a pixel count (at the segmentation's).
+
+    Examples:
+        >>> m = torch.zeros(4, 4)
+        >>> m[:2] = 1
+        >>> resample_mask(m, (2, 2))[0, 0].tolist()
+        [[1.0, 1.0], [0.0, 0.0]]
+    """
+    m = mask.to(dtype=dtype)
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    if m.ndim != 4 or m.shape[1] != 1:
+        raise ValueError(f"`mask` must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}")
+    h, w = int(size[0]), int(size[1])
+    if tuple(m.shape[-2:]) == (h, w):
+        return m
+    if m.shape[-2] >= h and m.shape[-1] >= w:
+        return torch.nn.functional.adaptive_avg_pool2d(m, (h, w))
+    return torch.nn.functional.interpolate(m, size=(h, w), mode="nearest")

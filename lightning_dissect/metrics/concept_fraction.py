@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dissect.functional._checks import (
@@ -21,6 +20,7 @@ from lightning_dissect.functional._checks import (
     check_segmentation,
 )
 from lightning_dissect.functional.counts import concept_labels
+from lightning_dissect.functional.upsample import resample_mask
 from lightning_dissect.metrics._base import SumStateMetric
 
 __all__ = ["ConceptPixelFraction", "concept_pixel_counts", "per_image_concept_fractions"]
@@ -35,21 +35,11 @@ def _region_mask(mask: Tensor, segmentation: Tensor) -> Tensor:
     """
     batch = segmentation.shape[0]
     size = tuple(segmentation.shape[-2:])
-    m = mask.to(device=segmentation.device, dtype=torch.float32)
-    if m.ndim == 2:
-        m = m[None, None]
-    elif m.ndim == 3:
-        m = m[:, None]
-    if m.ndim != 4 or m.shape[1] != 1 or m.shape[0] not in (1, batch):
+    m = resample_mask(mask.to(segmentation.device), size)
+    if m.shape[0] not in (1, batch):
         raise ValueError(
-            f"`mask` must be (H, W), (B, H, W) or (B, 1, H, W) with B={batch}, got shape "
-            f"{tuple(mask.shape)}"
+            f"`mask` must be (H, W), (B, H, W) or (B, 1, H, W) with B={batch}, got shape {tuple(mask.shape)}"
         )
-    if tuple(m.shape[-2:]) != size:
-        if m.shape[-2] >= size[0] and m.shape[-1] >= size[1]:
-            m = F.adaptive_avg_pool2d(m, size)
-        else:
-            m = F.interpolate(m, size=size, mode="nearest")
     return (m[:, 0] >= 0.5).expand(batch, *size)
 
 
