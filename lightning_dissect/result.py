@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
-from lightning_dissect.segmenters.base import ConceptVocabulary
+from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -170,10 +170,13 @@ def test_result_depends_on_nothing_above_it():
     graph = module_graph()
     assert closure(graph, "lightning_dissect.result") <= {
         "lightning_dissect._io",
-        "lightning_dissect.segmenters.base",
-        "lightning_dissect.functional._checks",
+        "lightning_dissect.vocabulary",
     }
-    assert graph["lightning_dissect.segmenters.base"] <= {"lightning_dissect.functional._checks"}
+    assert graph["lightning_dissect.vocabulary"] == set()
+    assert graph["lightning_dissect.segmenters.base"] <= {
+        "lightning_dissect.functional._checks",
+        "lightning_dissect.vocabulary",
+    }
     assert graph["lightning_dissect.functional._checks"] == set()
     assert graph["lightning_dissect._io"] == set()
     assert closure(graph, "lightning_dissect.history") <= {

@@ -9,7 +9,7 @@ from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.functional.scores import iou_from_counts, iqr_from_counts
 from lightning_dissect.result import LayerDissection, UnitDissection
-from lightning_dissect.segmenters.base import ConceptVocabulary
+from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["summarise_layer"]
 
