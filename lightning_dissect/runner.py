@@ -458,13 +458,22 @@ def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 def _warn_if_unit_range(images: Tensor, segmenter: Segmenter) -> None:
-    """``[0, 1]`` images given to a ``[-1, 1]`` segmenter are in range, but most likely wrong."""
+    """``[0, 1]`` images given to a ``[-1, 1]`` segmenter are in range, but most likely wrong.
+
+    Only a warning: a scene of bright colours can be non-negative in ``[-1, 1]`` too. A segmenter
+    wrapped by ``adapt_input`` has its input range declared explicitly and is trusted.
+    """
+    from lightning_dissect.segmenters.combine import AdaptedSegmenter
+
+    if isinstance(segmenter, AdaptedSegmenter):
+        return
     low, high = (float(v) for v in segmenter.value_range)
     if low < 0.0 and images.numel() > 64 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0:
         warnings.warn(
             f"the generator's images lie in [0, 1] but the segmenter expects [{low:g}, {high:g}]: if the generator "
             "outputs [0, 1], pass `generate=lambda g, z: g(z) * 2 - 1` or wrap the segmenter as "
-            "adapt_input(segmenter, value_range=(0, 1)) (lightning_dissect.segmenters)",
+            "adapt_input(segmenter, value_range=(0, 1)) (lightning_dissect.segmenters); if the images really "
+            f"are in [{low:g}, {high:g}], say so with adapt_input(segmenter, value_range=({low:g}, {high:g}))",
             UserWarning,
             stacklevel=3,
         )

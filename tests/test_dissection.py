@@ -368,9 +368,18 @@ def test_defaults_page_matches_the_code():
 
 
 def test_unit_range_images_for_a_symmetric_segmenter_warn_with_the_fix(world):
-    from lightning_dissect.runner import GeneratorRunner
+    import warnings
 
+    from lightning_dissect.runner import GeneratorRunner
+    from lightning_dissect.segmenters import adapt_input
+
+    torch.manual_seed(0)
     gen = nn.Sequential(nn.Linear(4, 3 * 16 * 16), nn.Unflatten(1, (3, 16, 16)), nn.Sigmoid())  # [0, 1] images
+    segmenter = SyntheticSceneSegmenter(world)
     runner = GeneratorRunner(gen)
+    bank = LatentBank(2, (4,), seed=1)
     with pytest.warns(UserWarning, match=r"lie in \[0, 1\].*adapt_input\(segmenter, value_range=\(0, 1\)\)"):
-        runner.dry_run(["2"], [LatentBank(2, (4,), seed=1)], SyntheticSceneSegmenter(world))
+        runner.dry_run(["2"], [bank], segmenter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a declared input range is trusted
+        runner.dry_run(["2"], [bank], adapt_input(segmenter, value_range=(0, 1)))
