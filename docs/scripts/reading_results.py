@@ -23,7 +23,6 @@ import json
 import statistics
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -179,10 +178,15 @@ def main() -> None:
                       key=lambda c: -coverage[c])
     rows = []
     for c in concepts:
-        rows.append([c, f"{100 * coverage[c]:.1f}%"] + [
-            sum(s3[m][name].get(c, 0) for name in LAYERS) for m in modes])
-    print(table(["concept", "pixels covered", *[f"units, {m}" for m in modes]], rows))
+        row = [c, f"{100 * coverage[c]:.1f}%"]
+        for res in modes.values():
+            units = [u for name in LAYERS for u in res[name].interpretable_units() if u.label == c]
+            row.append(f"{len(units)} ({med(u.iou for u in units)} / {med(u.chance_iou for u in units)})"
+                       if units else "0")
+        rows.append(row)
+    print(table(["concept", "pixels covered", *[f"{m}: units (median IoU / chance)" for m in modes]], rows))
     print()
+    print(f"unlabeled pixels: {100 * coverage['unlabeled']:.1f}%\n")
     out["section3"] = s3
 
     # ---- 4. layers ------------------------------------------------------------------------------
