@@ -1,7 +1,7 @@
 """Measure every number of docs/reading-results.md ("How to read the numbers") on the example generator.
 
 Train the example generator first (about 5 minutes on 2 CPU cores), then run this script from the
-repository root (about 6 to 8 minutes on 2 CPU cores)::
+repository root (6 to 11 minutes on 2 CPU cores shared with other work)::
 
     python examples/train_gan.py --max-epochs 2 --max-time none --num-train 4096 --seed 0 \
         --default-root-dir /tmp/run_c
