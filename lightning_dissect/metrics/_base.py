@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -63,9 +64,9 @@ class SumStateMetric(Metric):
             yield
 
     # ------------------------------------------------------------------ loading
+    @abstractmethod
     def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        """For every state, its axes as ``(setting that sets the length, length)``."""
-        raise NotImplementedError
+        """For every state, its axes as ``(setting that sets the length, length)`` (each metric says)."""
 
     def _settings_text(self) -> str:
         """The settings the states depend on, for messages (``num_units=4, ...``)."""
