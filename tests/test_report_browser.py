@@ -40,9 +40,17 @@ def chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProc
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage", "--run-all-compositor-stages-before-draw",
-        f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+        "--virtual-time-budget=5000",
     ]
-    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+    # headless Chromium now and then hangs on start-up on a busy machine: one retry, fresh profile
+    for attempt in range(2):
+        try:
+            return subprocess.run([binary, *flags, f"--user-data-dir={profile}-{attempt}", *args],
+                                  capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
