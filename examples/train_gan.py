@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gan_model import DCGAN
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from process_group import ReleaseGlooProcessGroup
 
     from lightning_dissect.segmenters.datamodule import SyntheticSceneDataModule
     from lightning_dissect.visualize import encode_png
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         strategy=args.strategy,
         default_root_dir=str(root),
         logger=logger,
-        callbacks=[checkpoint, *build_callbacks(args)],
+        callbacks=[checkpoint, *build_callbacks(args), ReleaseGlooProcessGroup()],
         log_every_n_steps=10 if not args.smoke else 1,
         limit_val_batches=0,  # the GAN has no validation step
         enable_progress_bar=not args.no_progress_bar,
@@ -284,8 +285,8 @@ def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:
         batch_size=100,
         threshold_mode="quantile",
         progress=False,
-        # rank 0 alone, also when a `ddp` process group is still alive after fit() (the other
-        # ranks have returned): a sharded dissect() would wait for them forever
+        # rank 0 alone: the other ranks have returned after fit(), so a sharded dissect() in a
+        # process group that is still alive (a user's own, say) would wait for them forever
         distributed=False,
         metadata={"source": "examples/train_gan.py", "args": _plain(vars(args))},
     )

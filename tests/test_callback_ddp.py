@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -13,6 +16,19 @@ from lightning_dissect.segmenters import SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, TinyGenerator, scene_loader
 
 LAYERS = ["layer1", "layer2"]
+
+
+def _release_gloo_process_group() -> pl.Callback:
+    """The example's callback that destroys the gloo group after fit() (no abort at exit).
+
+    ``examples/`` stays on ``sys.path``: the spawned workers unpickle the callback by its module.
+    """
+    examples = str(Path(__file__).resolve().parents[1] / "examples")
+    if examples not in sys.path:
+        sys.path.append(examples)
+    from process_group import ReleaseGlooProcessGroup
+
+    return ReleaseGlooProcessGroup()
 
 
 class SaveGenerator(pl.Callback):
@@ -46,7 +62,7 @@ def test_ddp_round_equals_single_process(tmp_path):
         devices=2,
         strategy="ddp_spawn_find_unused_parameters_true",
         logger=TensorBoardLogger(tmp_path, name="tb", version=0),  # the parent must not pick a new one
-        callbacks=[callback, SaveGenerator(tmp_path / "generator.pt")],
+        callbacks=[callback, SaveGenerator(tmp_path / "generator.pt"), _release_gloo_process_group()],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
