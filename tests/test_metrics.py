@@ -90,6 +90,54 @@ def test_iou_metric_accumulates_dataset_level(gen, thresholds, layers, ignore_in
     assert torch.equal(single.compute(), iou)
 
 
+@pytest.mark.parametrize("thresholds", [THRESHOLDS_1, THRESHOLDS_K], ids=["U", "UK"])
+@pytest.mark.parametrize(("layers", "ignore_index"), [(None, None), (2, 0), (3, 255)])
+@pytest.mark.parametrize("budget", [None, 4096], ids=["one-step", "many-steps"])
+def test_paired_metric_counts_both_segmentations_like_the_reference(gen, thresholds, layers, ignore_index, budget):
+    data = batches(gen, [1, 3, 2], layers=layers, ignore=ignore_index)
+    other = [seg[torch.randperm(seg.shape[0], generator=gen)].roll(1, -1) for _, seg in data]
+    options = {} if budget is None else {"max_temporary_bytes": budget}
+    metric = UnitConceptIoU(4, 5, thresholds, ignore_index=ignore_index, paired=True, **options)
+    for (acts, seg), paired_seg in zip(data, other):
+        metric.update(acts, seg, paired_seg)
+    expected = reference_over(data, thresholds, 5, ignore_index)
+    paired = reference_over([(a, o) for (a, _), o in zip(data, other)], thresholds, 5, ignore_index)
+    for got, want in ((metric.counts(), expected), (metric.paired_counts(), paired)):
+        np.testing.assert_array_equal(got.intersection.numpy(), want["intersection"])
+        np.testing.assert_array_equal(got.unit_area.numpy(), want["unit_area"])
+        np.testing.assert_array_equal(got.concept_area.numpy(), want["concept_area"])
+        assert int(got.total) == int(want["total"]) == 6 * 64
+    assert not np.array_equal(expected["intersection"], paired["intersection"])  # a real test
+
+
+def test_paired_metric_arguments_and_state_dict(gen):
+    acts, seg = batches(gen, [2])[0]
+    plain = UnitConceptIoU(4, 5, THRESHOLDS_1)
+    with pytest.raises(ValueError, match="paired=True"):
+        plain.update(acts, seg, seg)
+    with pytest.raises(ValueError, match="paired=True"):
+        plain.paired_counts()
+    paired = UnitConceptIoU(4, 5, THRESHOLDS_1, paired=True)
+    with pytest.raises(ValueError, match="pass `paired_segmentation`"):
+        paired.update(acts, seg)
+    with pytest.raises(ValueError, match="`paired_segmentation` has size"):
+        paired.update(acts, seg, seg[..., :4])
+    with pytest.raises(ValueError, match="`paired_segmentation` has labels outside"):
+        paired.update(acts, seg, seg + 5)
+    with pytest.raises(TypeError, match="`paired` must be a bool"):
+        UnitConceptIoU(4, 5, THRESHOLDS_1, paired=1)
+    paired.update(acts, seg, seg.flip(0))
+    paired.persistent(True)
+    plain.persistent(True)
+    restored = UnitConceptIoU(4, 5, THRESHOLDS_1, paired=True)
+    restored.load_state_dict(paired.state_dict())
+    assert torch.equal(restored.paired_counts().intersection, paired.paired_counts().intersection)
+    target = UnitConceptIoU(4, 5, THRESHOLDS_1, paired=True)
+    target.persistent(True)
+    with pytest.raises(RuntimeError, match="paired_intersection"):  # strict: missing paired states
+        target.load_state_dict(plain.state_dict())
+
+
 def test_iou_is_pooled_not_per_image_mean():
     metric = UnitConceptIoU(1, 2, torch.tensor([0.5]))
     # image 1: unit on 1 of 4 pixels, concept 1 on that pixel -> IoU 1

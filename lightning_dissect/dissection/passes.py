@@ -131,20 +131,22 @@ def count_pass(
     if chance and cached is None:
         raise ValueError("the chance baseline pairs cached segmentations: pass `cached`")
 
-    def metric(name: str) -> UnitConceptIoU:
-        return UnitConceptIoU(
+    shard = runner.shard(bank)
+    chance = chance and len(bank) > 1  # one sample: no other image to pair with
+    # with the chance baseline, one paired metric per layer: each map is upsampled and
+    # thresholded once for the real and the paired labels
+    metrics = {
+        name: UnitConceptIoU(
             thresholds[name].shape[0],
             vocabulary.num_concepts,
             thresholds[name],
             ignore_index=vocabulary.unlabeled_index,
             validate_args=False,
+            paired=chance,
             **runner.metric_options,
         ).to(runner.device)
-
-    shard = runner.shard(bank)
-    chance = chance and len(bank) > 1  # one sample: no other image to pair with
-    metrics = {n: metric(n) for n in layers}
-    paired = {n: metric(n) for n in layers} if chance else {}
+        for name in layers
+    }
     task = progress.task(what, len(shard))
     labels_of: Callable[[int, GeneratedBatch], Tensor]
     if cached is not None:
@@ -159,6 +161,7 @@ def count_pass(
         )
         for i, batch in enumerate(batches):
             labels = labels_of(i, batch)
+            shifted = None
             if previous is not None:
                 # image j is paired with the segmentation of image j - 1 of the whole bank (image 0
                 # with the last one): the pairing depends on neither the batch size nor the ranks
@@ -166,11 +169,9 @@ def count_pass(
                 previous = labels[-1:]
             for name in layers:
                 a = batch.activations[name].float()
-                metrics[name].update(a, labels)
-                if previous is not None:
-                    paired[name].update(a, shifted)
+                metrics[name].update(a, labels, shifted)
     counts = {n: metrics[n].counts() for n in layers}
-    chance_counts = {n: paired[n].counts() for n in layers} if chance else None
+    chance_counts = {n: metrics[n].paired_counts() for n in layers} if chance else None
     return CountPass(counts, chance_counts)
 
 

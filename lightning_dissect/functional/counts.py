@@ -398,6 +398,7 @@ def accumulate_unit_concept_counts(
     ignore_index: int | None = None,
     chunk_elements: int = 1 << 20,
     max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
+    paired: tuple[ConceptCounts, Tensor] | None = None,
 ) -> None:
     """Add one batch's counts into ``out`` in place, with bounded temporary memory.
 
@@ -416,6 +417,10 @@ def accumulate_unit_concept_counts(
         ignore_index: Label of pixels that belong to no concept.
         chunk_elements: Upsampled values compared at a time inside one step (cache size).
         max_temporary_bytes: Approximate bound on the temporary memory of one step.
+        paired: ``(paired_out, paired_segmentation)``: also count the same unit maps against a
+            second segmentation of the batch (e.g. every image against another image's labels,
+            a chance baseline) into ``paired_out``. Equal to a second call with
+            ``paired_segmentation``, but every map is upsampled and thresholded once for both.
 
     Examples:
         >>> out = ConceptCounts(*(torch.zeros(s, dtype=torch.int64) for s in [(1, 2), (1,), (2,), ()]))
@@ -431,29 +436,37 @@ def accumulate_unit_concept_counts(
         return
     size = tuple(segmentation.shape[-2:])
     pixels_per_image = size[0] * size[1]
-    layers = 1 if segmentation.ndim == 3 else segmentation.shape[1]
+    groups = [(out, segmentation)] if paired is None else [(out, segmentation), paired]
+    layers = sum(1 if seg.ndim == 3 else seg.shape[1] for _, seg in groups)
+    width = num_concepts + 1
     bins = 2 if thresholds.ndim == 1 else thresholds.shape[1] + 1
     images, unit_step = _plan_chunks(
-        batch, units, pixels_per_image, layers, bins, num_concepts + 1, int(max_temporary_bytes)
+        batch, units, pixels_per_image, layers, bins, len(groups) * width, int(max_temporary_bytes)
     )
+    # the label groups share one histogram: group g's labels (sink included) are shifted by g * width
+    counted = len(groups) * width - 1
+    counter = _counts_single_level if thresholds.ndim == 1 else _counts_multi_level
     for first in range(0, batch, images):
-        seg = segmentation[first : first + images]
-        labels = concept_labels(seg, num_concepts, ignore_index)
-        concept_area = torch.bincount(labels.reshape(-1), minlength=num_concepts + 1)
-        out.concept_area.add_(concept_area[:num_concepts])
+        shifted = []
+        for g, (counts, seg) in enumerate(groups):
+            labels = concept_labels(seg[first : first + images], num_concepts, ignore_index)
+            counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=width)[:num_concepts])
+            shifted.append(labels + g * width if g else labels)
+        labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
         for start in range(0, units, unit_step):
             part = slice(start, start + unit_step)
             values = upsample_units_first(activations[first : first + images, part], size)
             if values.dtype not in (torch.float32, torch.float64):
                 values = values.to(torch.float32)
             levels = _thresholds_as(thresholds[part], values.dtype)
-            counter = _counts_single_level if thresholds.ndim == 1 else _counts_multi_level
-            inter, area = counter(values, levels, labels, num_concepts, chunk_elements)
+            inter, area = counter(values, levels, labels, counted, chunk_elements)
             del values
-            out.intersection[part] += inter
-            out.unit_area[part] += area
+            for g, (counts, _seg) in enumerate(groups):
+                counts.intersection[part] += inter[..., g * width : g * width + num_concepts]
+                counts.unit_area[part] += area
             del inter, area
-    out.total.add_(batch * pixels_per_image)
+    for counts, _seg in groups:
+        counts.total.add_(batch * pixels_per_image)
 
 
 def unit_concept_counts(

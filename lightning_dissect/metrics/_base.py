@@ -117,6 +117,13 @@ class SumStateMetric(Metric):
                 f"state `{key}` has shape {_shape(shape)} but {built} expects {_shape(expected)}: "
                 f"the state was saved by a metric built with another " + ", ".join(differing)
             )
+        present = [key for key in self._state_axes() if prefix + key in state_dict]
+        missing = [key for key in self._state_axes() if prefix + key not in state_dict]
+        if present and missing:
+            errors.append(
+                f"the state dict has the states {present} but not {missing} that {built} keeps: it "
+                "was saved by a metric built with other settings"
+            )
         for key in self._setting_buffers:
             if prefix + key not in state_dict:
                 continue

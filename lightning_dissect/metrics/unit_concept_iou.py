@@ -56,6 +56,11 @@ class UnitConceptIoU(SumStateMetric):
             its inputs: the counts are added into the states a few images and units at a time.
             Default 64 MiB; the floor is one image and one unit, about
             ``48 * (K + 1) * (C + 1) + 48 * H * W`` bytes.
+        paired: Also count every batch against a second segmentation, given to ``update`` as
+            ``paired_segmentation`` (e.g. each image paired with another image's labels: a
+            chance baseline). Each unit map is upsampled and thresholded once for both; the
+            states ``paired_intersection`` and ``paired_concept_area`` hold the second counts
+            (read them with :meth:`paired_counts`).
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
@@ -73,6 +78,14 @@ class UnitConceptIoU(SumStateMetric):
         >>> metric.update(acts, torch.tensor([[[0, 1], [1, 1]]]))
         >>> metric.compute()
         tensor([[0.0000, 0.6667]])
+
+        Counting against a second segmentation of the same images at no extra upsampling:
+
+        >>> paired = UnitConceptIoU(1, 2, torch.tensor([0.5]), paired=True)
+        >>> paired.update(acts, torch.tensor([[[0, 1], [1, 1]]]),
+        ...               paired_segmentation=torch.tensor([[[1, 0], [1, 0]]]))
+        >>> paired.paired_counts().intersection.tolist()
+        [[0, 1]]
     """
 
     higher_is_better: bool | None = True
@@ -92,9 +105,13 @@ class UnitConceptIoU(SumStateMetric):
         ignore_index: int | None = None,
         validate_args: bool = True,
         max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
+        paired: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not isinstance(paired, bool):
+            raise TypeError(f"`paired` must be a bool, got {type(paired).__name__}")
+        self.paired = paired
         self.max_temporary_bytes = check_count(max_temporary_bytes, "max_temporary_bytes")
         self.num_units = check_count(num_units, "num_units")
         self.num_concepts = check_count(num_concepts, "num_concepts")
@@ -107,6 +124,9 @@ class UnitConceptIoU(SumStateMetric):
         self._add_sum_state("unit_area", (self.num_units, *levels))
         self._add_sum_state("concept_area", (self.num_concepts,))
         self._add_sum_state("total", ())
+        if paired:
+            self._add_sum_state("paired_intersection", (self.num_units, *levels, self.num_concepts))
+            self._add_sum_state("paired_concept_area", (self.num_concepts,))
 
     def _settings_text(self) -> str:
         return (
@@ -118,12 +138,15 @@ class UnitConceptIoU(SumStateMetric):
         units = ("num_units", self.num_units)
         levels = () if self.num_levels is None else (("thresholds levels K", self.num_levels),)
         concepts = ("num_concepts", self.num_concepts)
-        return {
+        axes = {
             "intersection": (units, *levels, concepts),
             "unit_area": (units, *levels),
             "concept_area": (concepts,),
             "total": (),
         }
+        if self.paired:
+            axes.update(paired_intersection=axes["intersection"], paired_concept_area=(concepts,))
+        return axes
 
     def _rank_mismatch(self, key: str, shape: tuple[int, ...]) -> str:
         if self.num_levels is None:
@@ -152,21 +175,30 @@ class UnitConceptIoU(SumStateMetric):
         """``K`` for ``(U, K)`` thresholds, ``None`` for ``(U,)``."""
         return None if self.thresholds.ndim == 1 else int(self.thresholds.shape[1])
 
-    def update(self, activations: Tensor, segmentation: Tensor) -> None:
+    def update(
+        self, activations: Tensor, segmentation: Tensor, paired_segmentation: Tensor | None = None
+    ) -> None:
         """Add a batch.
 
         Args:
             activations: ``(B, U, h, w)`` floating activations, any resolution.
             segmentation: ``(B, H, W)`` integer labels, or ``(B, L, H, W)`` multi-labels.
+            paired_segmentation: The second segmentation of a ``paired`` metric (same rules and
+                size as ``segmentation``); required exactly when the metric is ``paired``.
         """
         check_activations(activations, num_units=self.num_units, check_values=self.validate_args)
-        check_segmentation(
-            segmentation,
-            num_concepts=self.num_concepts,
-            ignore_index=self.ignore_index,
-            batch_size=activations.shape[0],
-            check_values=self.validate_args,
-        )
+        for argument, labels in (("segmentation", segmentation), ("paired_segmentation", paired_segmentation)):
+            if labels is None:
+                continue
+            check_segmentation(
+                labels,
+                num_concepts=self.num_concepts,
+                ignore_index=self.ignore_index,
+                batch_size=activations.shape[0],
+                check_values=self.validate_args,
+                name=argument,
+            )
+        paired = self._paired_target(segmentation, paired_segmentation)
         device = self.intersection.device
         accumulate_unit_concept_counts(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
@@ -176,7 +208,33 @@ class UnitConceptIoU(SumStateMetric):
             self.num_concepts,
             ignore_index=self.ignore_index,
             max_temporary_bytes=self.max_temporary_bytes,
+            paired=paired,
         )
+
+    def _paired_target(
+        self, segmentation: Tensor, paired_segmentation: Tensor | None
+    ) -> tuple[ConceptCounts, Tensor] | None:
+        """The paired states and labels of an update, after checking that they go together."""
+        if not self.paired:
+            if paired_segmentation is not None:
+                raise ValueError("`paired_segmentation` given to a UnitConceptIoU built without `paired=True`")
+            return None
+        if paired_segmentation is None:
+            raise ValueError("this UnitConceptIoU was built with `paired=True`: pass `paired_segmentation`")
+        if tuple(paired_segmentation.shape[-2:]) != tuple(segmentation.shape[-2:]):
+            raise ValueError(
+                f"`paired_segmentation` has size {tuple(paired_segmentation.shape[-2:])} but "
+                f"`segmentation` {tuple(segmentation.shape[-2:])}; both label the same pixels"
+            )
+        # unit areas and totals do not depend on the labels: the shared states are added once (the
+        # paired pass adds its copies into scratch tensors)
+        counts = ConceptCounts(
+            self.paired_intersection,
+            torch.zeros_like(self.unit_area),
+            self.paired_concept_area,
+            torch.zeros_like(self.total),
+        )
+        return counts, paired_segmentation.to(self.intersection.device)
 
     def compute(self) -> Tensor:
         """IoU, ``(U, C)`` for ``(U,)`` thresholds or ``(U, K, C)`` for ``(U, K)`` (float32)."""
@@ -192,6 +250,22 @@ class UnitConceptIoU(SumStateMetric):
                 self.intersection.clone(),
                 self.unit_area.clone(),
                 self.concept_area.clone(),
+                self.total.clone(),
+            )
+
+    def paired_counts(self) -> ConceptCounts:
+        """The synced counts against the paired segmentations (a ``paired`` metric only).
+
+        ``unit_area`` and ``total`` are those of :meth:`counts` (they do not depend on the
+        labels). Synchronises like ``compute``: under DDP call it on every rank.
+        """
+        if not self.paired:
+            raise ValueError("paired_counts() needs a UnitConceptIoU built with `paired=True`")
+        with self.synced_states():
+            return ConceptCounts(
+                self.paired_intersection.clone(),
+                self.unit_area.clone(),
+                self.paired_concept_area.clone(),
                 self.total.clone(),
             )
 
