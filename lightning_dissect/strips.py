@@ -1,13 +1,15 @@
-"""Unit strips: regenerate a unit's top images and overlay its thresholded, upsampled map.
+"""Unit strips: a unit's top images with its thresholded, upsampled map overlaid.
 
-The top images are regenerated through :meth:`GeneratorRunner.regenerate`: whole batches of the
-dissection, with their noise seeds, so a generator that draws noise in ``forward`` shows exactly
-the images that were ranked.
+The images and maps come from the frames a dissection pass kept, or, without them, are generated
+again through :meth:`GeneratorRunner.regenerate`: whole batches of the dissection, with their
+noise seeds, so a generator that draws noise in ``forward`` shows exactly the images that were
+ranked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -16,10 +18,17 @@ from lightning_dissect.functional.upsample import upsample_bilinear
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.result import DissectionResult, UnitDissection
-from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.runner import Generate, GeneratedBatch, GeneratorRunner
 from lightning_dissect.visualize import overlay_mask, to_uint8
 
-__all__ = ["render_unit_images"]
+__all__ = ["Frame", "keep_frames", "render_unit_images"]
+
+
+class Frame(NamedTuple):
+    """One latent's generated image ``(C, H, W)`` and its captured maps ``layer -> (U, h, w)``."""
+
+    image: Tensor
+    maps: Mapping[str, Tensor]
 
 
 def render_unit_images(
@@ -35,8 +44,9 @@ def render_unit_images(
     batch_size: int | None = None,
     scale: int = 1,
     units: Mapping[str, Sequence[int]] | None = None,
+    frames: Mapping[int, Frame] | None = None,
 ) -> dict[str, dict[int, Tensor]]:
-    """Regenerate the top images of each layer's best units and overlay the unit masks.
+    """Draw the top images of each layer's best units with the unit masks overlaid.
 
     Args:
         generator: The generator the result was computed on, or a :class:`GeneratorRunner`
@@ -52,6 +62,8 @@ def render_unit_images(
             regenerated in the batches that were ranked, with the same noise).
         scale: Enlarge every image by this integer factor (nearest).
         units: Explicit ``layer -> unit indices`` to render instead of the top ``num_units``.
+        frames: ``latent index -> Frame`` kept by the dissection; the images are generated
+            again only when a needed latent is missing from it.
 
     Returns:
         ``layer -> unit -> uint8 (k, 3, H, W)`` — each unit's top images, outside its thresholded
@@ -74,24 +86,41 @@ def render_unit_images(
     )
     if not needed:
         return {}
+    if frames is None or not set(needed) <= set(frames):
+        frames = _regenerate(runner, result, bank, needed, list(wanted))
     images_by_index: dict[int, Tensor] = {}
     acts_by_index: dict[str, dict[int, Tensor]] = {name: {} for name in wanted}
-    world_size = int(result.settings.get("world_size", 1))
-    keep = set(needed)
-    with runner.session():
-        for batch in runner.regenerate(bank, needed, layers=list(wanted), world_size=world_size):
-            for j, i in enumerate(batch.indices.tolist()):
-                if i not in keep:
-                    continue
-                image = to_uint8(batch.images[j].cpu(), value_range)
-                # grey generators (1 channel): the strips are RGB (the mask outline is coloured)
-                images_by_index[i] = image.expand(3, -1, -1) if image.shape[0] == 1 else image
-                for name in wanted:
-                    acts_by_index[name][i] = batch.activations[name][j].float().cpu()
+    for i in needed:
+        image = to_uint8(frames[i].image, value_range)
+        # grey generators (1 channel): the strips are RGB (the mask outline is coloured)
+        images_by_index[i] = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        for name in wanted:
+            acts_by_index[name][i] = frames[i].maps[name]
     return {
         name: {u: _strip(result.layers[name].units[u], u, images_by_index, acts_by_index[name], scale) for u in chosen}
         for name, chosen in wanted.items()
     }
+
+
+def _regenerate(
+    runner: GeneratorRunner, result: DissectionResult, bank: LatentBank, needed: Sequence[int], layers: list[str]
+) -> dict[int, Frame]:
+    """Generate the batches that held the ``needed`` latents again and keep their frames."""
+    keep = set(needed)
+    frames: dict[int, Frame] = {}
+    world_size = int(result.settings.get("world_size", 1))
+    with runner.session():
+        for batch in runner.regenerate(bank, needed, layers=layers, world_size=world_size):
+            keep_frames(frames, batch, keep)
+    return frames
+
+
+def keep_frames(frames: dict[int, Frame], batch: GeneratedBatch, keep: Collection[int]) -> None:
+    """Copy the image and captured maps of the batch's latents that are in ``keep`` to the CPU."""
+    for j, i in enumerate(batch.indices.tolist()):
+        if i in keep:
+            maps = {name: a[j].float().cpu() for name, a in batch.activations.items()}
+            frames[i] = Frame(batch.images[j].cpu(), maps)
 
 
 def _strip(

@@ -220,6 +220,38 @@ def test_visualized_units(painter, segmenter):
         assert strip.shape == (3, 3, 32, 32) and strip.dtype == torch.uint8
 
 
+def test_strips_are_drawn_from_pass_two_without_generating_again(painter, segmenter, monkeypatch):
+    from lightning_dissect import dissection
+    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.strips import render_unit_images
+
+    calls = []
+    handle = painter.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        result = run(painter, segmenter, num_samples=64, batch_size=32, num_visualized_units=2, top_k=3)
+    finally:
+        handle.remove()
+    # the dry run (2 latents), then pass 1 and pass 2 in two batches each: nothing for the strips
+    assert calls == [2, 32, 32, 32, 32]
+    bank = LatentBank(64, (painter.latent_dim,), result.settings["seed"])
+    regenerated = render_unit_images(painter, result, bank, segmenter.value_range, num_units=2)
+    assert set(regenerated) == set(result.unit_images) == {"layout"}
+    for unit, strip in regenerated["layout"].items():
+        assert torch.equal(result.unit_images["layout"][unit], strip)
+
+    # beyond the frame budget the strips generate their images again, with the same result
+    monkeypatch.setattr(dissection, "FRAME_BUDGET_BYTES", 0)
+    calls.clear()
+    handle = painter.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        again = run(painter, segmenter, num_samples=64, batch_size=32, num_visualized_units=2, top_k=3)
+    finally:
+        handle.remove()
+    assert len(calls) > 5
+    for unit, strip in again.unit_images["layout"].items():
+        assert torch.equal(result.unit_images["layout"][unit], strip)
+
+
 def test_config_object_and_overrides(painter, segmenter):
     cfg = DissectionConfig(num_samples=64, batch_size=32, progress=False, quantile=0.97)
     result = dissect(painter, "layout", segmenter, latent_shape=(painter.latent_dim,), config=cfg,

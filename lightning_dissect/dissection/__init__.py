@@ -115,14 +115,34 @@ def dissect(
                 runner, selection_bank, thresholds, segmenter, progress, what="dissection: level selection set"
             ).counts
         counted = count_pass(
-            runner, bank, thresholds, segmenter, progress, cached=found.segmentations, chance=cfg.chance_baseline
+            runner, bank, thresholds, segmenter, progress, cached=found.segmentations,
+            chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk, world_size),
         )
     result = _assemble(cfg, layers, segmenter, found, thresholds, topk, counted, selection, world_size, metadata)
     if cfg.num_visualized_units and rank == 0:
         result.unit_images = render_unit_images(
-            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units
+            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units,
+            frames=counted.frames,
         )
     return result
+
+
+#: Pass 2 keeps the frames of every unit's top latents for the unit strips when they fit in this
+#: many bytes (float32 image and maps per latent); beyond it the strips generate them again.
+FRAME_BUDGET_BYTES = 64 << 20
+
+
+def _strip_latents(
+    cfg: DissectionConfig, found: ThresholdPass, topk: dict[str, tuple[Tensor, Tensor]], world_size: int
+) -> set[int]:
+    """Latents whose frames pass 2 keeps for the strips: any unit's top images, if they fit.
+
+    Under several ranks each rank sees only its shard, so rank 0 generates the strips' images.
+    """
+    if not cfg.num_visualized_units or world_size > 1:
+        return set()
+    wanted = {int(i) for _, indices in topk.values() for i in indices.reshape(-1).tolist()}
+    return wanted if len(wanted) * found.frame_bytes <= FRAME_BUDGET_BYTES else set()
 
 
 def _assemble(

@@ -12,7 +12,7 @@ Every loop runs inside :meth:`GeneratorRunner.collective`, so a failure on one r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +27,7 @@ from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
 from lightning_dissect.runner import GeneratedBatch, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.strips import Frame, keep_frames
 
 __all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass"]
 
@@ -47,6 +48,8 @@ class ThresholdPass:
     topk: dict[str, TopK] = field(default_factory=dict)
     segmentations: list[Tensor] = field(default_factory=list)
     segmentation_size: tuple[int, int] = (0, 0)
+    #: Bytes of one latent's image and captured maps as float32 (what keeping a frame costs).
+    frame_bytes: int = 0
 
 
 def threshold_pass(
@@ -68,6 +71,7 @@ def threshold_pass(
             labels = batch.labels
             assert labels is not None
             out.segmentation_size = (int(labels.shape[-2]), int(labels.shape[-1]))
+            out.frame_bytes = 4 * (batch.images[0].numel() + sum(batch.activations[n][0].numel() for n in layers))
             out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
             for name in layers:
                 a = batch.activations[name].float()
@@ -106,6 +110,8 @@ class CountPass:
 
     counts: dict[str, ConceptCounts]
     chance: dict[str, ConceptCounts] | None
+    #: ``latent index -> (image, layer -> maps)`` of the latents asked for with ``keep`` (on CPU).
+    frames: dict[int, Frame] = field(default_factory=dict)
 
 
 def count_pass(
@@ -117,6 +123,7 @@ def count_pass(
     *,
     cached: Sequence[Tensor] | None = None,
     chance: bool = False,
+    keep: Collection[int] = (),
     what: str = "dissection pass 2/2: IoU",
 ) -> CountPass:
     """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``bank``.
@@ -124,7 +131,8 @@ def count_pass(
     Labels come from ``cached`` (pass 1's segmentations, in batch order) or, without it, from
     the segmenter. With ``chance`` (and cached labels), every image is also counted against the
     segmentation of the previous image of the bank, the first image against the last one; with
-    one sample there is no pair and no chance counts.
+    one sample there is no pair and no chance counts. The image and maps of every latent in
+    ``keep`` are kept (unit strips are drawn from them instead of generating the images again).
     """
     vocabulary = segmenter.vocabulary
     layers = list(thresholds)
@@ -135,6 +143,8 @@ def count_pass(
     chance = chance and len(bank) > 1  # one sample: no other image to pair with
     # with the chance baseline, one paired metric per layer: each map is upsampled and
     # thresholded once for the real and the paired labels
+    frames: dict[int, Frame] = {}
+    keep = set(keep)
     metrics = {
         name: UnitConceptIoU(
             thresholds[name].shape[0],
@@ -170,9 +180,10 @@ def count_pass(
             for name in layers:
                 a = batch.activations[name].float()
                 metrics[name].update(a, labels, shifted)
+            keep_frames(frames, batch, keep)
     counts = {n: metrics[n].counts() for n in layers}
     chance_counts = {n: metrics[n].paired_counts() for n in layers} if chance else None
-    return CountPass(counts, chance_counts)
+    return CountPass(counts, chance_counts, frames)
 
 
 def _last_label_of_previous_shard(runner: GeneratorRunner, cached: Sequence[Tensor]) -> Tensor:
