@@ -39,7 +39,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,17 @@ class UnitDissection:
     interpretable: bool
     chance_iou: float | None
     top_images: list[dict[str, float]] = field(default_factory=list)
+
+
+
+_UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))
+
+
+def _unit_dict(unit: UnitDissection) -> dict[str, Any]:
+    """``dataclasses.asdict`` of a unit record without its generic deep copy (a round has many)."""
+    data = {name: getattr(unit, name) for name in _UNIT_FIELDS}
+    data["top_images"] = [dict(image) for image in unit.top_images]
+    return data
 
 
 @dataclass
@@ -194,7 +205,7 @@ class DissectionResult:
         for name, layer in self.layers.items():
             entry: dict[str, Any] = {
                 "num_units": layer.num_units,
-                "units": [asdict(u) for u in layer.units],
+                "units": [_unit_dict(u) for u in layer.units],
                 "iou": [[round(float(v), 6) for v in row] for row in layer.iou.tolist()],
             }
             if layer.chance_iou is not None:
