@@ -19,7 +19,6 @@ Like the reference's ``InstrumentedModel`` but per call: a runner holds no hooks
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -305,12 +304,19 @@ class GeneratorRunner:
         return tensor.to(self.device)
 
     @staticmethod
-    def segment(images: Tensor, segmenter: Segmenter, *, check_images: bool) -> Tensor:
-        """Segment ``images``; check their range (when asked) and always the labels' range."""
+    def segment(images: Tensor, segmenter: Segmenter, *, check_images: bool, edited: bool = False) -> Tensor:
+        """Segment ``images``; check their range (when asked) and always the labels' range.
+
+        The image check of unedited images also refuses ``[0, 1]`` images for a ``[-1, 1]``
+        segmenter (see :func:`_refuse_unit_range`); an edit may legitimately paint a whole image in
+        one bright colour.
+        """
         if check_images:
             validate_images(
                 images, segmenter.value_range, name="generator output", channels=getattr(segmenter, "channels", 3)
             )
+            if not edited:
+                _refuse_unit_range(images, segmenter)
         labels = segmenter(images.float() if images.dtype in (torch.float16, torch.bfloat16) else images)
         # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
         validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])
@@ -353,7 +359,9 @@ class GeneratorRunner:
                 seed=noise_seed(bank.seed, int(idx[0])),
                 require_maps=require_maps,
             )
-            labels = None if segmenter is None else self.segment(images, segmenter, check_images=i == 0)
+            labels = None if segmenter is None else self.segment(
+                images, segmenter, check_images=i == 0, edited=bool(edits)
+            )
             yield GeneratedBatch(idx, images, acts, labels)
             if on_batch is not None:
                 on_batch(len(idx))
@@ -419,7 +427,6 @@ class GeneratorRunner:
                         self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
                     if segmenter is not None:
                         self.segment(images, segmenter, check_images=True)
-                        _warn_if_unit_range(images, segmenter)
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
                 # a layer that ran twice (or not at all) is found after a successful forward too
@@ -457,11 +464,12 @@ def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
             yield
 
 
-def _warn_if_unit_range(images: Tensor, segmenter: Segmenter) -> None:
-    """``[0, 1]`` images given to a ``[-1, 1]`` segmenter are in range, but most likely wrong.
+def _refuse_unit_range(images: Tensor, segmenter: Segmenter) -> None:
+    """Refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter: in range, but almost surely wrong.
 
-    Only a warning: a scene of bright colours can be non-negative in ``[-1, 1]`` too. A segmenter
-    wrapped by ``adapt_input`` has its input range declared explicitly and is trusted.
+    A generator whose images really lie in ``[-1, 1]`` and happened to be non-negative on the dry
+    run's latents (a bright scene) says so with ``adapt_input(segmenter, value_range=(-1, 1))``:
+    a segmenter wrapped by ``adapt_input`` has its input range declared and is trusted.
     """
     from lightning_dissect.segmenters.combine import AdaptedSegmenter
 
@@ -469,13 +477,12 @@ def _warn_if_unit_range(images: Tensor, segmenter: Segmenter) -> None:
         return
     low, high = (float(v) for v in segmenter.value_range)
     if low < 0.0 and images.numel() > 64 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0:
-        warnings.warn(
+        raise ValueError(
             f"the generator's images lie in [0, 1] but the segmenter expects [{low:g}, {high:g}]: if the generator "
             "outputs [0, 1], pass `generate=lambda g, z: g(z) * 2 - 1` or wrap the segmenter as "
             "adapt_input(segmenter, value_range=(0, 1)) (lightning_dissect.segmenters); if the images really "
-            f"are in [{low:g}, {high:g}], say so with adapt_input(segmenter, value_range=({low:g}, {high:g}))",
-            UserWarning,
-            stacklevel=3,
+            f"are in [{low:g}, {high:g}] and were only non-negative here, declare it with "
+            f"adapt_input(segmenter, value_range=({low:g}, {high:g}))"
         )
 
 

@@ -399,10 +399,8 @@ def test_defaults_page_matches_the_code():
         assert cli[name] == DissectionConfig.__dataclass_fields__[name].default, name
 
 
-def test_unit_range_images_for_a_symmetric_segmenter_warn_with_the_fix(world):
-    import warnings
-
-    from lightning_dissect.runner import GeneratorRunner
+def test_unit_range_images_for_a_symmetric_segmenter_are_refused_with_the_fix(world):
+    from lightning_dissect.runner import DryRunError, GeneratorRunner
     from lightning_dissect.segmenters import adapt_input
 
     torch.manual_seed(0)
@@ -410,8 +408,13 @@ def test_unit_range_images_for_a_symmetric_segmenter_warn_with_the_fix(world):
     segmenter = SyntheticSceneSegmenter(world)
     runner = GeneratorRunner(gen)
     bank = LatentBank(2, (4,), seed=1)
-    with pytest.warns(UserWarning, match=r"lie in \[0, 1\].*adapt_input\(segmenter, value_range=\(0, 1\)\)"):
+    with pytest.raises(DryRunError, match=r"lie in \[0, 1\].*adapt_input\(segmenter, value_range=\(0, 1\)\)"):
         runner.dry_run(["2"], [bank], segmenter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a declared input range is trusted
-        runner.dry_run(["2"], [bank], adapt_input(segmenter, value_range=(0, 1)))
+    with pytest.raises(ValueError, match=r"generate=lambda g, z: g\(z\) \* 2 - 1"):
+        dissect(gen, ["2"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
+    # a declared input range is trusted: both fixes the message names work
+    runner.dry_run(["2"], [bank], adapt_input(segmenter, value_range=(0, 1)))
+    runner.dry_run(["2"], [bank], adapt_input(segmenter, value_range=(-1, 1)))
+    result = dissect(gen, ["2"], segmenter, latent_shape=(4,), num_samples=8, progress=False,
+                     generate=lambda g, z: g(z) * 2 - 1)
+    assert result["2"].num_units == 3

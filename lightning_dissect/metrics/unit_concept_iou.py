@@ -84,8 +84,8 @@ class UnitConceptIoU(SumStateMetric):
         >>> paired = UnitConceptIoU(1, 2, torch.tensor([0.5]), paired=True)
         >>> paired.update(acts, torch.tensor([[[0, 1], [1, 1]]]),
         ...               paired_segmentation=torch.tensor([[[1, 0], [1, 0]]]))
-        >>> paired.paired_counts().intersection.tolist()
-        [[0, 1]]
+        >>> paired.paired_counts().intersection.tolist()  # the unit's pixels carry concept 0 there
+        [[2, 0]]
     """
 
     higher_is_better: bool | None = True
