@@ -467,16 +467,22 @@ def _maybe_seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 def _refuse_unit_range(images: Tensor, segmenter: Segmenter) -> None:
     """Refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter: in range, but almost surely wrong.
 
-    A generator whose images really lie in ``[-1, 1]`` and happened to be non-negative on the dry
-    run's latents (a bright scene) says so with ``adapt_input(segmenter, value_range=(-1, 1))``:
-    a segmenter wrapped by ``adapt_input`` has its input range declared and is trusted.
+    "``[0, 1]`` images" means every value in ``[0, 1]`` and a mean of at least 0.25: a freshly
+    initialised ``[-1, 1]`` generator (values near 0, e.g. ``tanh`` of a small positive bias) is
+    not refused. A generator whose images really lie in ``[-1, 1]`` and happened to be
+    non-negative on these latents (a bright scene) says so with ``adapt_input(segmenter,
+    value_range=(-1, 1))``: a segmenter wrapped by ``adapt_input`` has its input range declared
+    and is trusted.
     """
     from lightning_dissect.segmenters.combine import AdaptedSegmenter
 
     if isinstance(segmenter, AdaptedSegmenter):
         return
     low, high = (float(v) for v in segmenter.value_range)
-    if low < 0.0 and images.numel() > 64 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0:
+    if low >= 0.0 or images.numel() <= 64:
+        return
+    values = images.detach().float()
+    if float(values.min()) >= 0.0 and float(values.max()) <= 1.0 and float(values.mean()) >= 0.25:
         raise ValueError(
             f"the generator's images lie in [0, 1] but the segmenter expects [{low:g}, {high:g}]: if the generator "
             "outputs [0, 1], pass `generate=lambda g, z: g(z) * 2 - 1` or wrap the segmenter as "

@@ -418,3 +418,15 @@ def test_unit_range_images_for_a_symmetric_segmenter_are_refused_with_the_fix(wo
     result = dissect(gen, ["2"], segmenter, latent_shape=(4,), num_samples=8, progress=False,
                      generate=lambda g, z: g(z) * 2 - 1)
     assert result["2"].num_units == 3
+
+
+def test_a_fresh_tanh_generator_with_positive_biases_is_not_refused(world):
+    # untrained: tiny weights, positive output biases -> every value in (0, 0.1), still [-1, 1] output
+    gen = nn.Sequential(nn.Linear(4, 3 * 16 * 16), nn.Unflatten(1, (3, 16, 16)), nn.Tanh())
+    with torch.no_grad():
+        gen[0].weight.mul_(1e-3)
+        gen[0].bias.uniform_(0.01, 0.06)
+    images = gen(torch.randn(8, 4))
+    assert float(images.min()) > 0 and float(images.max()) < 0.1
+    result = dissect(gen, ["2"], SyntheticSceneSegmenter(world), latent_shape=(4,), num_samples=8, progress=False)
+    assert result["2"].num_units == 3
