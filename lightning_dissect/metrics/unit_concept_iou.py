@@ -245,13 +245,7 @@ class UnitConceptIoU(SumStateMetric):
 
         Synchronises like ``compute``: under DDP call it on every rank.
         """
-        with self.synced_states():
-            return ConceptCounts(
-                self.intersection.clone(),
-                self.unit_area.clone(),
-                self.concept_area.clone(),
-                self.total.clone(),
-            )
+        return self._synced_counts("intersection", "concept_area")
 
     def paired_counts(self) -> ConceptCounts:
         """The synced counts against the paired segmentations (a ``paired`` metric only).
@@ -261,11 +255,14 @@ class UnitConceptIoU(SumStateMetric):
         """
         if not self.paired:
             raise ValueError("paired_counts() needs a UnitConceptIoU built with `paired=True`")
+        return self._synced_counts("paired_intersection", "paired_concept_area")
+
+    def _synced_counts(self, intersection: str, concept_area: str) -> ConceptCounts:
         with self.synced_states():
             return ConceptCounts(
-                self.paired_intersection.clone(),
+                getattr(self, intersection).clone(),
                 self.unit_area.clone(),
-                self.paired_concept_area.clone(),
+                getattr(self, concept_area).clone(),
                 self.total.clone(),
             )
 
