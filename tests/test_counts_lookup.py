@@ -184,3 +184,26 @@ def test_temporary_budget_steps_match_loop(gen, levels, budget):
         thresholds = thresholds[:, 0].contiguous()
     seg = torch.randint(0, 6, (3, 2, 4, 4), generator=gen)
     assert_matches_loop(acts, seg, thresholds, 6, ignore_index=1, max_temporary_bytes=budget)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_single_threshold_on_pixel_path_and_full_path_match_loop(gen, multilabel, monkeypatch):
+    """Top-quantile thresholds (few pixels on) take the on-pixel path; low ones count every pixel."""
+    from lightning_dissect.functional import counts as module
+
+    calls = []
+    original = module._count_on_pixels
+    monkeypatch.setattr(module, "_count_on_pixels", lambda *a: calls.append(1) or original(*a))
+    units = 6
+    acts = torch.randn(3, units, 8, 8, generator=gen)
+    flat = acts.transpose(0, 1).reshape(units, -1)
+    high, low = torch.quantile(flat, 0.97, dim=1), torch.quantile(flat, 0.2, dim=1)
+    thresholds = torch.where(torch.arange(units) % 2 == 0, high, low)
+    shape = (3, 2, 8, 8) if multilabel else (3, 8, 8)
+    seg = torch.randint(0, 5, shape, generator=gen)
+    assert_matches_loop(acts, seg, thresholds, 5, ignore_index=0, chunk_elements=64)  # a unit per chunk
+    assert len(calls) == 3  # the three top-quantile units
+    assert_matches_loop(acts, seg, high, 5, ignore_index=0)  # every unit sparse, one chunk
+    assert len(calls) == 4
+    assert_matches_loop(acts, seg, low, 5, ignore_index=0)  # dense: the full path
+    assert len(calls) == 4
