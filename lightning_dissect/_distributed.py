@@ -76,6 +76,24 @@ def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.cat(parts, dim)
 
 
+def gather_dicts_to_zero(local: dict, device: torch.device) -> dict:
+    """The union of every rank's ``local`` dict on rank 0 (other ranks get ``{}``); a collective.
+
+    The values are pickled (``torch.distributed.gather_object``); keep them small and on the CPU.
+    """
+    rank, size = world()
+    if size == 1:
+        return local
+    if device.type == "cuda":  # NCCL moves the pickled bytes through the current device
+        torch.cuda.set_device(device)
+    parts: list | None = [None] * size if rank == 0 else None
+    torch.distributed.gather_object(local, parts, dst=0)
+    merged: dict = {}
+    for part in parts or []:
+        merged.update(part or {})
+    return merged
+
+
 @contextmanager
 def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Run the block with the global RNG seeded by ``seed``; restore the caller's RNG after.

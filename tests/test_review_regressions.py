@@ -115,6 +115,14 @@ def _ddp_worker(rank, world, path, results):
         r = dissect(gen, ["layer1"], seg, latent_shape=(16,), num_samples=3, batch_size=2, top_k=2,
                     progress=False)
         out["uneven"] = r.to_dict()
+        # unit strips: rank 0 draws them from the frames every rank kept in pass 2, no regeneration
+        calls = []
+        handle = gen.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+        strips = dissect(gen, ["layer1"], seg, latent_shape=(16,), num_samples=8, batch_size=2, top_k=2,
+                         num_visualized_units=2, progress=False)
+        handle.remove()
+        out["strips"] = {u: t.clone() for u, t in strips.unit_images.get("layer1", {}).items()}
+        out["strip_calls"] = calls
         try:
             dissect(gen, ["layer1"], seg, latent_shape=(16,), num_samples=1, progress=False)
         except ValueError as err:
@@ -157,3 +165,12 @@ def test_ddp_uneven_shards_too_few_samples_and_one_failing_rank(tmp_path):
     assert rank1["uneven"]["layers"] == single["layers"]
     assert "segmenter broke on rank 1" in rank1["failure"]
     assert "failed on another rank" in rank0["failure"]
+    # the strips of a sharded dissection: the dry run (2 latents), then 2 batches of 2 per pass on
+    # each rank, nothing more; and the same pictures as one process draws
+    assert rank0["strip_calls"] == rank1["strip_calls"] == [2, 2, 2, 2, 2]
+    assert rank1["strips"] == {}
+    alone = dissect(gen, ["layer1"], SyntheticSceneSegmenter(16), latent_shape=(16,), num_samples=8,
+                    batch_size=2, top_k=2, num_visualized_units=2, progress=False).unit_images["layer1"]
+    assert set(rank0["strips"]) == set(alone) and len(alone) == 2
+    for unit, strip in alone.items():
+        assert torch.equal(rank0["strips"][unit], strip), unit

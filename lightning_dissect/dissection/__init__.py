@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_dissect._distributed import check_samples_per_rank
+from lightning_dissect._distributed import check_samples_per_rank, gather_dicts_to_zero
 from lightning_dissect._progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
@@ -116,30 +116,32 @@ def dissect(
             ).counts
         counted = count_pass(
             runner, bank, thresholds, segmenter, progress, cached=found.segmentations,
-            chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk, world_size),
+            chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk),
         )
+        frames = counted.frames
+        if cfg.num_visualized_units and runner.distributed and world_size > 1:
+            # every rank kept the frames of its shard: rank 0 draws the strips from all of them
+            frames = gather_dicts_to_zero(frames, runner.device)
     result = _assemble(cfg, layers, segmenter, found, thresholds, topk, counted, selection, world_size, metadata)
     if cfg.num_visualized_units and rank == 0:
         result.unit_images = render_unit_images(
-            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units,
-            frames=counted.frames,
+            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units, frames=frames,
         )
     return result
 
 
 #: Pass 2 keeps the frames of every unit's top latents for the unit strips when they fit in this
-#: many bytes (float32 image and maps per latent); beyond it the strips generate them again.
+#: many bytes (float32 image and maps per latent, all ranks together); beyond it the strips
+#: generate them again.
 FRAME_BUDGET_BYTES = 64 << 20
 
 
-def _strip_latents(
-    cfg: DissectionConfig, found: ThresholdPass, topk: dict[str, tuple[Tensor, Tensor]], world_size: int
-) -> set[int]:
+def _strip_latents(cfg: DissectionConfig, found: ThresholdPass, topk: dict[str, tuple[Tensor, Tensor]]) -> set[int]:
     """Latents whose frames pass 2 keeps for the strips: any unit's top images, if they fit.
 
-    Under several ranks each rank sees only its shard, so rank 0 generates the strips' images.
+    ``topk`` is the same on every rank, and so is the answer (each rank keeps those of its shard).
     """
-    if not cfg.num_visualized_units or world_size > 1:
+    if not cfg.num_visualized_units:
         return set()
     wanted = {int(i) for _, indices in topk.values() for i in indices.reshape(-1).tolist()}
     return wanted if len(wanted) * found.frame_bytes <= FRAME_BUDGET_BYTES else set()
