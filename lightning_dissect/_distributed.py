@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
@@ -84,10 +84,10 @@ def gather_dicts_to_zero(local: dict, device: torch.device) -> dict:
     rank, size = world()
     if size == 1:
         return local
-    if device.type == "cuda":  # NCCL moves the pickled bytes through the current device
-        torch.cuda.set_device(device)
     parts: list | None = [None] * size if rank == 0 else None
-    torch.distributed.gather_object(local, parts, dst=0)
+    # NCCL moves the pickled bytes through the current CUDA device: make it this rank's, for the call
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        torch.distributed.gather_object(local, parts, dst=0)
     merged: dict = {}
     for part in parts or []:
         merged.update(part or {})

@@ -80,7 +80,6 @@ class UnitDissection:
     top_images: list[dict[str, float]] = field(default_factory=list)
 
 
-
 _UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))
 
 
@@ -429,7 +428,6 @@ class DissectionResult:
         return "\n".join(rows)
 
 
-_UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))
 _REQUIRED_UNIT_FIELDS = tuple(
     f.name for f in fields(UnitDissection) if f.name not in ("top_images", "chance_iou")
 )

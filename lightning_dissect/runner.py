@@ -304,19 +304,22 @@ class GeneratorRunner:
         return tensor.to(self.device)
 
     @staticmethod
-    def segment(images: Tensor, segmenter: Segmenter, *, check_images: bool, edited: bool = False) -> Tensor:
+    def segment(
+        images: Tensor, segmenter: Segmenter, *, check_images: bool, refuse_unit_range: bool = False
+    ) -> Tensor:
         """Segment ``images``; check their range (when asked) and always the labels' range.
 
-        The image check of unedited images also refuses ``[0, 1]`` images for a ``[-1, 1]``
-        segmenter (see :func:`_refuse_unit_range`); an edit may legitimately paint a whole image in
-        one bright colour.
+        ``refuse_unit_range``: also refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter (see
+        :func:`_refuse_unit_range`). Set where a run starts (the dry run, the first batch of a
+        dissection that did not dry-run the segmenter), never for edited images: an edit may
+        legitimately paint a whole image in one bright colour.
         """
         if check_images:
             validate_images(
                 images, segmenter.value_range, name="generator output", channels=getattr(segmenter, "channels", 3)
             )
-            if not edited:
-                _refuse_unit_range(images, segmenter)
+        if refuse_unit_range:
+            _refuse_unit_range(images, segmenter)
         labels = segmenter(images.float() if images.dtype in (torch.float16, torch.bfloat16) else images)
         # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
         validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])
@@ -342,12 +345,14 @@ class GeneratorRunner:
         edits: Mapping[str, LayerEdit] | None = None,
         require_maps: bool = True,
         on_batch: Callable[[int], None] | None = None,
+        refuse_unit_range: bool = False,
     ) -> Iterator[GeneratedBatch]:
         """Generate ``bank[indices]`` batch by batch (default: this rank's shard).
 
         Noise is seeded by :func:`noise_seed` of each batch's first index, so iterating the same
-        indices again gives the same images. Images are range-checked on the first batch, labels
-        on every batch. ``on_batch(n)`` is called after each batch (progress bars).
+        indices again gives the same images. Images are range-checked on the first batch (with
+        ``refuse_unit_range``, see :meth:`segment`), labels on every batch. ``on_batch(n)`` is
+        called after each batch (progress bars).
         """
         if indices is None:
             indices = self.shard(bank)
@@ -360,7 +365,7 @@ class GeneratorRunner:
                 require_maps=require_maps,
             )
             labels = None if segmenter is None else self.segment(
-                images, segmenter, check_images=i == 0, edited=bool(edits)
+                images, segmenter, check_images=i == 0, refuse_unit_range=refuse_unit_range and i == 0
             )
             yield GeneratedBatch(idx, images, acts, labels)
             if on_batch is not None:
@@ -426,7 +431,7 @@ class GeneratorRunner:
                     if edits:
                         self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
                     if segmenter is not None:
-                        self.segment(images, segmenter, check_images=True)
+                        self.segment(images, segmenter, check_images=True, refuse_unit_range=True)
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
                 # a layer that ran twice (or not at all) is found after a successful forward too

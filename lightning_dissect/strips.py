@@ -54,7 +54,8 @@ def render_unit_images(
         result: The dissection result (its top-image latent indices and thresholds are used).
         bank: The latent bank of the dissection.
         value_range: Value range of the generated images.
-        num_units: Units per layer (the best by IoU) when ``units`` is not given.
+        num_units: Units per layer (``LayerDissection.top_units``: interpretable first, best
+            first) when ``units`` is not given.
         generate: Custom ``(generator, latents) -> images``.
         selector: Picks the tensor from tuple/dict layer outputs.
         device: Where to run the generator.
@@ -116,11 +117,15 @@ def _regenerate(
 
 
 def keep_frames(frames: dict[int, Frame], batch: GeneratedBatch, keep: Collection[int]) -> None:
-    """Copy the image and captured maps of the batch's latents that are in ``keep`` to the CPU."""
+    """Copy the image and captured maps of the batch's latents that are in ``keep`` to the CPU.
+
+    Copies, not views: a view of one latent would keep the whole batch alive (and pickle it whole
+    when the frames are gathered across ranks).
+    """
     for j, i in enumerate(batch.indices.tolist()):
         if i in keep:
-            maps = {name: a[j].float().cpu() for name, a in batch.activations.items()}
-            frames[i] = Frame(batch.images[j].cpu(), maps)
+            maps = {name: a[j].detach().to("cpu", torch.float32, copy=True) for name, a in batch.activations.items()}
+            frames[i] = Frame(batch.images[j].detach().to("cpu", copy=True), maps)
 
 
 def _strip(

@@ -252,6 +252,21 @@ def test_strips_are_drawn_from_pass_two_without_generating_again(painter, segmen
         assert torch.equal(result.unit_images["layout"][unit], strip)
 
 
+def test_kept_frames_are_copies_not_views_of_the_batch():
+    from lightning_dissect.runner import GeneratedBatch
+    from lightning_dissect.strips import keep_frames
+
+    batch = GeneratedBatch(torch.arange(8), torch.rand(8, 3, 16, 16), {"l": torch.rand(8, 4, 4, 4)})
+    frames = {}
+    keep_frames(frames, batch, {2, 5})
+    assert set(frames) == {2, 5}
+    frame = frames[5]
+    assert torch.equal(frame.image, batch.images[5]) and torch.equal(frame.maps["l"], batch.activations["l"][5])
+    # one latent's bytes each, so the frame budget counts what is kept (and gathering pickles no batch)
+    assert frame.image.untyped_storage().nbytes() == 3 * 16 * 16 * 4
+    assert frame.maps["l"].untyped_storage().nbytes() == 4 * 4 * 4 * 4
+
+
 def test_config_object_and_overrides(painter, segmenter):
     cfg = DissectionConfig(num_samples=64, batch_size=32, progress=False, quantile=0.97)
     result = dissect(painter, "layout", segmenter, latent_shape=(painter.latent_dim,), config=cfg,

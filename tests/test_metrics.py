@@ -108,6 +108,10 @@ def test_paired_metric_counts_both_segmentations_like_the_reference(gen, thresho
         np.testing.assert_array_equal(got.concept_area.numpy(), want["concept_area"])
         assert int(got.total) == int(want["total"]) == 6 * 64
     assert not np.array_equal(expected["intersection"], paired["intersection"])  # a real test
+    real, chance = metric.counts_and_paired_counts()  # both from one synchronisation
+    np.testing.assert_array_equal(real.intersection.numpy(), expected["intersection"])
+    np.testing.assert_array_equal(chance.intersection.numpy(), paired["intersection"])
+    np.testing.assert_array_equal(chance.concept_area.numpy(), paired["concept_area"])
 
 
 def test_paired_metric_arguments_and_state_dict(gen):

@@ -106,7 +106,8 @@ def dissect(
         _dry_run(runner, layers, bank, latent_sampler is not None, latent_shape)
     rank, world_size = runner.rank_world
     with runner.session(), Progress(cfg.progress and rank == 0) as progress:
-        found = threshold_pass(runner, bank, layers, segmenter, cfg, progress)
+        # the dry run did not segment (each image is segmented once, in pass 1): pass 1 checks the range
+        found = threshold_pass(runner, bank, layers, segmenter, cfg, progress, refuse_unit_range=dry_run)
         thresholds = thresholds_from(found, layers, cfg)
         topk = {n: found.topk[n].gathered(world_size) for n in layers}
         selection = None
@@ -139,7 +140,10 @@ FRAME_BUDGET_BYTES = 64 << 20
 def _strip_latents(cfg: DissectionConfig, found: ThresholdPass, topk: dict[str, tuple[Tensor, Tensor]]) -> set[int]:
     """Latents whose frames pass 2 keeps for the strips: any unit's top images, if they fit.
 
-    ``topk`` is the same on every rank, and so is the answer (each rank keeps those of its shard).
+    Which units get strips is known only after pass 2, so every unit's top latents are kept: with
+    many units (say 512 units × 12 top images of 64×64 maps) that exceeds the budget and the
+    strips generate their images again. ``topk`` is the same on every rank, and so is the answer
+    (each rank keeps those of its shard).
     """
     if not cfg.num_visualized_units:
         return set()

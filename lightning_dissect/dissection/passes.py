@@ -59,19 +59,30 @@ def threshold_pass(
     segmenter: Segmenter,
     cfg: DissectionConfig,
     progress: Progress,
+    *,
+    refuse_unit_range: bool = False,
 ) -> ThresholdPass:
-    """Pass 1 over this rank's shard of ``bank`` (see the module docs)."""
+    """Pass 1 over this rank's shard of ``bank`` (see the module docs).
+
+    ``refuse_unit_range``: refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter on the first batch
+    (see :meth:`GeneratorRunner.segment`).
+    """
     out = ThresholdPass()
     shard = runner.shard(bank)
     task = progress.task("dissection pass 1/2: thresholds", len(shard))
     device = runner.device
     num_concepts = segmenter.vocabulary.num_concepts
     with runner.collective("dissection pass 1"):
-        for batch in runner.batches(bank, shard, layers=layers, segmenter=segmenter, on_batch=progress.callback(task)):
+        batches = runner.batches(
+            bank, shard, layers=layers, segmenter=segmenter, on_batch=progress.callback(task),
+            refuse_unit_range=refuse_unit_range,
+        )
+        for batch in batches:
             labels = batch.labels
             assert labels is not None
             out.segmentation_size = (int(labels.shape[-2]), int(labels.shape[-1]))
-            out.frame_bytes = 4 * (batch.images[0].numel() + sum(batch.activations[n][0].numel() for n in layers))
+            if not out.frame_bytes:
+                out.frame_bytes = 4 * (batch.images[0].numel() + sum(batch.activations[n][0].numel() for n in layers))
             out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
             for name in layers:
                 a = batch.activations[name].float()
@@ -181,9 +192,10 @@ def count_pass(
                 a = batch.activations[name].float()
                 metrics[name].update(a, labels, shifted)
             keep_frames(frames, batch, keep)
-    counts = {n: metrics[n].counts() for n in layers}
-    chance_counts = {n: metrics[n].paired_counts() for n in layers} if chance else None
-    return CountPass(counts, chance_counts, frames)
+    if not chance:
+        return CountPass({n: metrics[n].counts() for n in layers}, None, frames)
+    both = {n: metrics[n].counts_and_paired_counts() for n in layers}  # one sync per layer
+    return CountPass({n: c for n, (c, _) in both.items()}, {n: p for n, (_, p) in both.items()}, frames)
 
 
 def _last_label_of_previous_shard(runner: GeneratorRunner, cached: Sequence[Tensor]) -> Tensor:

@@ -447,8 +447,10 @@ def accumulate_unit_concept_counts(
         max_temporary_bytes: Approximate bound on the temporary memory of one step.
         paired: ``(paired_out, paired_segmentation)``: also count the same unit maps against a
             second segmentation of the batch (e.g. every image against another image's labels,
-            a chance baseline) into ``paired_out``. Equal to a second call with
-            ``paired_segmentation``, but every map is upsampled and thresholded once for both.
+            a chance baseline), adding into ``paired_out.intersection`` and
+            ``paired_out.concept_area`` what a second call with ``paired_segmentation`` would add
+            there; every map is upsampled and thresholded once for both. The unit areas and the
+            total do not depend on the labels: they are added to ``out`` only.
 
     Examples:
         >>> out = ConceptCounts(*(torch.zeros(s, dtype=torch.int64) for s in [(1, 2), (1,), (2,), ()]))
@@ -491,10 +493,9 @@ def accumulate_unit_concept_counts(
             del values
             for g, (counts, _seg) in enumerate(groups):
                 counts.intersection[part] += inter[..., g * width : g * width + num_concepts]
-                counts.unit_area[part] += area
+            out.unit_area[part] += area
             del inter, area
-    for counts, _seg in groups:
-        counts.total.add_(batch * pixels_per_image)
+    out.total.add_(batch * pixels_per_image)
 
 
 def unit_concept_counts(

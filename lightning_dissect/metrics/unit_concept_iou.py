@@ -131,7 +131,7 @@ class UnitConceptIoU(SumStateMetric):
     def _settings_text(self) -> str:
         return (
             f"num_units={self.num_units}, num_concepts={self.num_concepts}, thresholds of shape "
-            f"{_shape(self.thresholds)}"
+            f"{_shape(self.thresholds)}, paired={self.paired}"
         )
 
     def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -226,14 +226,8 @@ class UnitConceptIoU(SumStateMetric):
                 f"`paired_segmentation` has size {tuple(paired_segmentation.shape[-2:])} but "
                 f"`segmentation` {tuple(segmentation.shape[-2:])}; both label the same pixels"
             )
-        # unit areas and totals do not depend on the labels: the shared states are added once (the
-        # paired pass adds its copies into scratch tensors)
-        counts = ConceptCounts(
-            self.paired_intersection,
-            torch.zeros_like(self.unit_area),
-            self.paired_concept_area,
-            torch.zeros_like(self.total),
-        )
+        # the unit areas and the total are shared: the counting adds them to the real counts only
+        counts = ConceptCounts(self.paired_intersection, self.unit_area, self.paired_concept_area, self.total)
         return counts, paired_segmentation.to(self.intersection.device)
 
     def compute(self) -> Tensor:
@@ -257,14 +251,25 @@ class UnitConceptIoU(SumStateMetric):
             raise ValueError("paired_counts() needs a UnitConceptIoU built with `paired=True`")
         return self._synced_counts("paired_intersection", "paired_concept_area")
 
-    def _synced_counts(self, intersection: str, concept_area: str) -> ConceptCounts:
+    def counts_and_paired_counts(self) -> tuple[ConceptCounts, ConceptCounts]:
+        """:meth:`counts` and :meth:`paired_counts` from one synchronisation (a ``paired`` metric)."""
+        if not self.paired:
+            raise ValueError("counts_and_paired_counts() needs a UnitConceptIoU built with `paired=True`")
+        return self._synced_counts("intersection", "concept_area", "paired_intersection", "paired_concept_area")
+
+    def _synced_counts(self, *names: str) -> Any:
+        """``ConceptCounts`` of each (intersection, concept area) state pair, synced once."""
         with self.synced_states():
-            return ConceptCounts(
-                getattr(self, intersection).clone(),
-                self.unit_area.clone(),
-                getattr(self, concept_area).clone(),
-                self.total.clone(),
+            found = tuple(
+                ConceptCounts(
+                    getattr(self, intersection).clone(),
+                    self.unit_area.clone(),
+                    getattr(self, concept_area).clone(),
+                    self.total.clone(),
+                )
+                for intersection, concept_area in zip(names[::2], names[1::2])
             )
+        return found[0] if len(found) == 1 else found
 
     def contingency(self) -> Tensor:
         """The 2×2 table ``[[I, A−I], [S−I, N−A−S+I]]`` for every (unit, [level,] concept).

@@ -208,7 +208,7 @@ def _layer_section(
     cutoff = result.settings.get("iou_threshold")
     heat = iou_heatmap(layer, result.vocabulary.names, max_units=heatmap_units,
                        threshold=float(cutoff) if isinstance(cutoff, (int, float)) else None)
-    shown = min(heatmap_units, layer.num_units)
+    shown = len(layer.top_units(heatmap_units))
     return f"""
 <section class="layer" id="{slug}">
   <h2>Layer <code>{escape(name)}</code></h2>
@@ -216,7 +216,8 @@ def _layer_section(
   <h3>Interpretable units per concept</h3>
   {_bars_html(result, layer)}
   <h3>IoU of the top {shown} units</h3>
-  <p class="note">Rows: the units of highest label IoU, grouped by label; columns: the concepts that
+  <p class="note">Rows: the top units (interpretable first, best label IoU first; none at or below
+  its chance IoU), grouped by label; columns: the concepts that
   label any unit, ordered so that each unit's label (outlined in red) runs down the diagonal. Fixed
   colour scale 0 – {IOU_SCALE_MAX:g} (higher IoUs get the top colour), the same in every layer and
   report; hover a cell for its value.</p>

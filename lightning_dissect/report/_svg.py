@@ -127,9 +127,10 @@ def _rgb(value: float) -> str:
 def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int = 40,
                 max_concepts: int = 40, vmax: float = IOU_SCALE_MAX,
                 threshold: float | None = None) -> str:
-    """Units × concepts IoU heatmap of the layer's top units (by label IoU) as an ``<svg>``.
+    """Units × concepts IoU heatmap of the layer's top units as an ``<svg>``.
 
-    Rows: the ``max_units`` units of highest label IoU; columns: their labels and the other
+    Rows: ``layer.top_units(max_units)`` (interpretable first, best label IoU first; none at or
+    below its chance IoU); columns: their labels and the other
     concepts that label any unit of the layer, ordered by :func:`diagonal_order` so the
     outlined label cells run down a diagonal. The colour scale is fixed, ``0 .. vmax`` (values
     above ``vmax`` get the top colour), and labelled; ``threshold`` (the interpretability IoU
