@@ -23,6 +23,9 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
 * :func:`average_causal_effect` — ``ACE = E[s_c(x_inserted)] − E[s_c(x_ablated)]``;
 * :func:`ablation_curve` — the remaining fraction after zeroing the top-``n`` units by IoU,
   ``n = 0 … N`` (gandissect's curve), with the control curve;
+* :func:`causal_units` — learn a coefficient α per unit that removes (ablation) and creates
+  (insertion) a concept, with an L2 penalty (GAN Dissection's causal unit sets), and compare the
+  top units by α with the top units by IoU and random units (:class:`CausalUnits`);
 * :func:`ablation_check` — for every concept with interpretable units in a
   :class:`~lightning_dissect.result.LayerDissection`, switch off its units and report the drop;
   this is what :class:`~lightning_dissect.callback.DissectionCallback` runs at every round.
@@ -55,6 +58,8 @@ from lightning_dissect.interventions._common import (
     Latents,
     RunOptions,
 )
+from lightning_dissect.interventions.causal import DEFAULT_SIZES, causal_units
+from lightning_dissect.interventions.causal_result import CausalComparison, CausalUnits
 from lightning_dissect.interventions.check import ablation_check
 from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
@@ -75,6 +80,9 @@ __all__ = [
     "InsertionEffect",
     "CausalEffect",
     "AblationCurve",
+    "CausalUnits",
+    "CausalComparison",
+    "DEFAULT_SIZES",
     "intervene",
     "ablate",
     "insert",
@@ -85,4 +93,5 @@ __all__ = [
     "average_causal_effect",
     "ablation_curve",
     "ablation_check",
+    "causal_units",
 ]

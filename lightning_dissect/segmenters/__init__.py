@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from .base import (
     CallableSegmenter,
+    ConceptScores,
     ConceptVocabulary,
     Segmenter,
+    concept_scores_of,
     map_range,
     resample_labels,
     segmenter_channels,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "AdaptedSegmenter",
     "CallableSegmenter",
+    "ConceptScores",
     "ConceptVocabulary",
     "MergedSegmenter",
     "SceneWorld",
@@ -41,6 +44,7 @@ __all__ = [
     "TorchvisionSegmenter",
     "TransformersSegmenter",
     "adapt_input",
+    "concept_scores_of",
     "map_range",
     "merge_segmenters",
     "resample_labels",

@@ -173,6 +173,37 @@ class ModelSegmenter(abc.ABC):
                 out[s : s + self.batch_size] = labels.to(images.device)
         return out
 
+    def concept_scores(self, images: Tensor) -> Tensor:
+        """The model's class probabilities per pixel ``(B, C, H', W')``, differentiable.
+
+        The softmax of the class scores over the model's classes, resized to ``resolution`` like
+        the scores the labels come from (so their arg-max is the label, up to float16 autocast on
+        CUDA); vocabulary entries that are not model classes (the ``label_offset`` entries before
+        them, e.g. a never-produced ``"unlabeled"``) score 0. Not run under inference mode:
+        gradients flow back to ``images`` (the model's own parameters are not trained by it).
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``value_range``.
+
+        Returns:
+            Float32 ``(B, C, H', W')`` on the images' device.
+        """
+        validate_images(images, self.value_range, channels=self.channels)
+        size = resolve_resolution(self.resolution, tuple(images.shape[-2:]))
+        device = self._model_device()
+        chunks = []
+        for s in range(0, images.shape[0], self.batch_size):
+            x = self.preprocess(images[s : s + self.batch_size], device)
+            with self._autocast(device):
+                scores = self.logits(x, size)
+            if tuple(scores.shape[-2:]) != size:
+                scores = _resize(scores.float(), size)
+            probs = torch.softmax(scores.float(), dim=1)
+            if self.label_offset:
+                probs = F.pad(probs, (0, 0, 0, 0, self.label_offset, 0))
+            chunks.append(probs.to(images.device))
+        return torch.cat(chunks)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model={type(self.model).__name__}, "

@@ -27,9 +27,11 @@ from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
 
 __all__ = [
     "CallableSegmenter",
+    "ConceptScores",
     "ConceptVocabulary",
     "NO_CATEGORY",
     "Segmenter",
+    "concept_scores_of",
     "resample_labels",
     "map_range",
     "resolve_resolution",
@@ -72,6 +74,47 @@ class Segmenter(Protocol):
     def __call__(self, images: Tensor) -> Tensor:  # pragma: no cover - protocol
         """Label ``images`` ``(B, 3, H, W)``; int64 ``(B, H', W')`` or ``(B, L, H', W')``."""
         ...
+
+
+ConceptScores = Callable[[Tensor], Tensor]
+"""``images (B, C_in, H, W) -> (B, C, H', W')``: a soft, differentiable score in ``[0, 1]`` per
+pixel for every concept of the vocabulary (e.g. class probabilities)."""
+
+
+def concept_scores_of(segmenter: object, argument: str = "segmenter") -> ConceptScores:
+    """The soft concept scores of ``segmenter``: its ``concept_scores`` method, checked.
+
+    Causal unit sets optimise a differentiable objective, so they need more than labels: a
+    per-pixel score for each concept whose gradient flows back to the images. The embedded
+    :class:`~lightning_dissect.segmenters.SyntheticSceneSegmenter` and the Hugging Face and
+    torchvision adapters have one (softened nearest-colour distances, class probabilities);
+    :func:`~lightning_dissect.segmenters.adapt_input` passes its segmenter's through.
+
+    Raises:
+        TypeError: If ``segmenter`` (or the segmenter it wraps) has no ``concept_scores`` method;
+            the message names ``argument`` and what is missing.
+
+    Examples:
+        >>> seg = CallableSegmenter(lambda x: (x[:, 0] > 0).long(),
+        ...                         ConceptVocabulary(("unlabeled", "red"), ("none", "colour")))
+        >>> try:
+        ...     concept_scores_of(seg)
+        ... except TypeError as err:
+        ...     print(str(err)[:67])
+        `segmenter` (CallableSegmenter) has no soft concept scores: it lacks
+    """
+    inner = segmenter
+    while hasattr(inner, "adapt") and hasattr(inner, "segmenter"):  # adapt_input(...) passes through
+        inner = inner.segmenter
+    method = getattr(inner, "concept_scores", None)
+    if not callable(method):
+        raise TypeError(
+            f"`{argument}` ({type(inner).__name__}) has no soft concept scores: it lacks a method "
+            "`concept_scores(images) -> (B, C, H, W)` giving a differentiable per-pixel score in [0, 1] for "
+            "every concept (e.g. the softmax of its class logits). Causal unit sets optimise through it; "
+            "SyntheticSceneSegmenter, TorchvisionSegmenter and TransformersSegmenter have one"
+        )
+    return segmenter.concept_scores  # type: ignore[attr-defined]
 
 
 def segmenter_channels(segmenter: object) -> int:

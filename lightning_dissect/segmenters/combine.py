@@ -12,6 +12,7 @@ from .base import (
     ConceptVocabulary,
     Segmenter,
     _nearest_index,
+    concept_scores_of,
     map_range,
     resolve_resolution,
     segmenter_channels,
@@ -95,6 +96,15 @@ class AdaptedSegmenter:
         """Validate ``images`` ``(B, channels, H, W)`` in ``value_range``, map them, segment them."""
         validate_images(images, self.value_range, channels=self.channels)
         return self.segmenter(self.adapt(images))
+
+    def concept_scores(self, images: Tensor) -> Tensor:
+        """The wrapped segmenter's soft concept scores of the mapped images (differentiable).
+
+        Raises:
+            TypeError: If the wrapped segmenter has no ``concept_scores``.
+        """
+        validate_images(images, self.value_range, channels=self.channels)
+        return concept_scores_of(self.segmenter)(self.adapt(images))
 
     def __repr__(self) -> str:
         return f"adapt_input({self.segmenter!r}, value_range={self.value_range}, channels={self.channels})"

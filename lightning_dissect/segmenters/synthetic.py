@@ -10,9 +10,11 @@ colours are not any concept.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -24,12 +26,17 @@ from .base import (
 )
 from .world import SceneWorld
 
-__all__ = ["DEFAULT_MAX_DISTANCE", "SyntheticSceneDataset", "SyntheticSceneSegmenter"]
+__all__ = ["DEFAULT_MAX_DISTANCE", "DEFAULT_TEMPERATURE", "SyntheticSceneDataset", "SyntheticSceneSegmenter"]
 
 #: Default colour distance (Euclidean, RGB in [-1, 1]) beyond which a pixel is unlabeled. It is
 #: above the largest texture deviation (0.08·√3 ≈ 0.139) and at most half the smallest distance
 #: between two base colours (≈ 0.55), so the balls around the base colours do not overlap.
 DEFAULT_MAX_DISTANCE = 0.25
+
+#: Default softness of :meth:`SyntheticSceneSegmenter.concept_scores`: the squared colour distance
+#: per unit of log-odds. A pixel of the world's own texture (at most 0.139 from its base colour,
+#: at least 0.41 from every other) gets its concept's probability above 0.999.
+DEFAULT_TEMPERATURE = 0.02
 
 
 class SyntheticSceneSegmenter:
@@ -48,6 +55,8 @@ class SyntheticSceneSegmenter:
         max_distance: Pixels farther than this from every base colour (Euclidean in [-1, 1] RGB
             units) are unlabeled (0). ``float("inf")`` labels every pixel.
         chunk_size: Images classified per chunk (bounds memory).
+        temperature: Softness of :meth:`concept_scores` (squared colour distance per unit of
+            log-odds). Smaller is closer to the hard labels, larger gives smoother gradients.
 
     Examples:
         >>> world = SceneWorld(32)
@@ -60,6 +69,9 @@ class SyntheticSceneSegmenter:
         >>> k = world.vocabulary.index("roof")  # paint a concept's base colour: it segments as it
         >>> int(seg(world.palette[k].view(1, 3, 1, 1).expand(1, 3, 4, 4))[0, 0, 0]) == k
         True
+        >>> scores = seg.concept_scores(images)  # soft, differentiable; its argmax is the label
+        >>> bool((scores.argmax(1) == labels).all())
+        True
 
     """
 
@@ -70,6 +82,7 @@ class SyntheticSceneSegmenter:
         multilabel: bool = False,
         max_distance: float = DEFAULT_MAX_DISTANCE,
         chunk_size: int = 256,
+        temperature: float = DEFAULT_TEMPERATURE,
     ) -> None:
         if isinstance(world, int) and not isinstance(world, bool):
             world = SceneWorld(world)
@@ -87,6 +100,9 @@ class SyntheticSceneSegmenter:
         self.multilabel = bool(multilabel)
         self.resolution = resolution
         self.max_distance = float(max_distance)
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"`temperature` must be a positive finite number, got {temperature!r}.")
+        self.temperature = float(temperature)
         self.chunk_size = max(1, int(chunk_size))
         self._palette = world.palette[1:].clone()  # concepts 1..C-1; label 0 is never a colour
         self._parents = world.vocabulary.parent_table()
@@ -106,6 +122,41 @@ class SyntheticSceneSegmenter:
             best, idx = d2.min(1)
             out[s : s + self.chunk_size] = torch.where(best <= limit, idx + 1, 0)
         return out
+
+    def concept_scores(self, images: Tensor) -> Tensor:
+        """Soft, differentiable per-pixel concept scores ``(B, C, H', W')`` in ``[0, 1]``.
+
+        The softmax over ``−d²/temperature`` of the squared distances ``d²`` to every base colour,
+        with ``−max_distance²/temperature`` for "unlabeled" (index 0): at the image resolution
+        the arg-max over concepts is exactly the label :meth:`__call__` gives (the nearest base
+        colour within ``max_distance``, else 0). With ``multilabel``, a whole also scores its
+        parts' probabilities (``house`` = house + window + door + roof), as its label channel
+        does. At a smaller ``resolution`` the scores are averaged over each cell (``area``), at a
+        larger one the nearest pixel is taken. Not run under inference mode: gradients flow back
+        to ``images``.
+
+        Args:
+            images: ``(B, 3, H, W)`` in [-1, 1].
+
+        Returns:
+            Float32 ``(B, C, H', W')``; the channels sum to 1 per pixel (without ``multilabel``).
+        """
+        validate_images(images, self.value_range)
+        x = images.float()
+        pal = self._palette.to(x.device)
+        d2 = (x * x).sum(1, keepdim=True) - 2.0 * torch.einsum("bchw,kc->bkhw", x, pal)
+        d2 = d2 + (pal * pal).sum(1).view(1, -1, 1, 1)
+        unlabeled = torch.full_like(d2[:, :1], self.max_distance**2)
+        probs = torch.softmax(torch.cat([unlabeled, d2], 1) / -self.temperature, dim=1)
+        if self.multilabel:
+            parents = self._parents.to(x.device)
+            parts = (parents != 0).nonzero().flatten()
+            probs = probs.index_add(1, parents[parts], probs[:, parts])
+        size = resolve_resolution(self.resolution, tuple(images.shape[-2:]))
+        if tuple(probs.shape[-2:]) != size:
+            shrink = size[0] <= probs.shape[-2] and size[1] <= probs.shape[-1]
+            probs = F.interpolate(probs, size=size, mode="area" if shrink else "nearest-exact")
+        return probs
 
     def __call__(self, images: Tensor) -> Tensor:
         """Label images ``(B, 3, H, W)`` in [-1, 1].

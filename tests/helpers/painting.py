@@ -41,6 +41,7 @@ from lightning_dissect.segmenters import SceneWorld
 
 __all__ = [
     "PARAMS_PER_UNIT",
+    "CausalPaintingGenerator",
     "PaintingGenerator",
     "make_painting_generator",
     "make_painting_segmenter",
@@ -227,3 +228,80 @@ def __getattr__(name: str) -> Any:
             _LAZY[name] = _make_lightning_class()
         return _LAZY[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class CausalPaintingGenerator(nn.Module):
+    """Units that *cause* a concept, units that only *match* it, and units that do neither.
+
+    Every image has one Gaussian blob at a latent-determined place. Layer ``"units"``
+    (``(B, U, low, low)``, an ``nn.Identity``) holds, in this order:
+
+    * ``strong`` units: the blob plus a private bump elsewhere, weight 1 in the picture;
+    * ``weak`` units: the blob plus a private bump, weight ``weak_weight``;
+    * ``decoys``: exactly the blob (they match the concept best by IoU) with weight 0: they
+      cause nothing;
+    * ``others``: a private bump only, weight 0.
+
+    The picture shows ``concept`` where ``Σ_u weight_u · r_u > threshold`` (soft edge), else
+    ``background``. With the defaults all strong units together are needed (two of them alone
+    stay below the threshold at the blob, private bumps never reach it), the weak units only
+    widen the concept's area: ablating the strong units removes the concept, ablating the
+    decoys removes nothing. Everything is a deterministic, differentiable function of ``z``.
+    """
+
+    def __init__(
+        self,
+        world: SceneWorld,
+        concept: str = "tree",
+        background: str = "grass",
+        *,
+        strong: int = 3,
+        weak: int = 2,
+        decoys: int = 3,
+        others: int = 4,
+        weak_weight: float = 0.35,
+        threshold: float = 2.2,
+        size: int = 32,
+        low: int = 8,
+    ) -> None:
+        super().__init__()
+        self.strong = list(range(strong))
+        self.weak = list(range(strong, strong + weak))
+        self.decoys = list(range(strong + weak, strong + weak + decoys))
+        self.others = list(range(strong + weak + decoys, strong + weak + decoys + others))
+        self.num_units = strong + weak + decoys + others
+        self.latent_dim = 2 * (1 + self.num_units)
+        weights = torch.zeros(self.num_units)
+        weights[self.strong] = 1.0
+        weights[self.weak] = float(weak_weight)
+        self.register_buffer("weights", weights)
+        vocab = world.vocabulary
+        self.register_buffer("colours", world.palette[[vocab.index(concept), vocab.index(background)]].clone())
+        self.register_buffer("coords", (torch.arange(low, dtype=torch.float32) + 0.5) / low)
+        self.threshold = float(threshold)
+        self.size, self.low = int(size), int(low)
+        self.units = nn.Identity()
+
+    def _bump(self, z: Tensor, width: float) -> Tensor:
+        """``(B, low, low)`` Gaussian bump centred by the two latent entries ``z`` ``(B, 2)``."""
+        cx, cy = (0.15 + 0.7 * _phi(z[:, i]) for i in (0, 1))
+        dx = (self.coords.view(1, 1, -1) - cx.view(-1, 1, 1)) / width
+        dy = (self.coords.view(1, -1, 1) - cy.view(-1, 1, 1)) / width
+        return torch.exp(-0.5 * (dx * dx + dy * dy))
+
+    def unit_maps(self, z: Tensor) -> Tensor:
+        z = z.reshape(z.shape[0], -1).float()
+        blob = self._bump(z[:, :2], 1.3 / self.low)
+        private = torch.stack([self._bump(z[:, 2 + 2 * u : 4 + 2 * u], 1.3 / self.low) for u in range(self.num_units)], 1)
+        maps = private.clone()
+        matching = self.strong + self.weak
+        maps[:, matching] = blob[:, None] + private[:, matching]
+        maps[:, self.decoys] = blob[:, None].expand(-1, len(self.decoys), -1, -1)
+        return maps
+
+    def forward(self, z: Tensor) -> Tensor:
+        r = self.units(self.unit_maps(z))
+        logit = (r * self.weights.view(1, -1, 1, 1)).sum(1, keepdim=True) - self.threshold
+        p = torch.sigmoid(4.0 * upsample_bilinear(logit, (self.size, self.size)))
+        concept, background = self.colours[0].view(1, 3, 1, 1), self.colours[1].view(1, 3, 1, 1)
+        return p * concept + (1 - p) * background
