@@ -100,7 +100,7 @@ def concept_scores_of(segmenter: object, argument: str = "segmenter") -> Concept
         >>> try:
         ...     concept_scores_of(seg)
         ... except TypeError as err:
-        ...     print(str(err)[:67])
+        ...     print(str(err)[:68])
         `segmenter` (CallableSegmenter) has no soft concept scores: it lacks
     """
     inner = segmenter

@@ -292,7 +292,8 @@ class CausalPaintingGenerator(nn.Module):
     def unit_maps(self, z: Tensor) -> Tensor:
         z = z.reshape(z.shape[0], -1).float()
         blob = self._bump(z[:, :2], 1.3 / self.low)
-        private = torch.stack([self._bump(z[:, 2 + 2 * u : 4 + 2 * u], 1.3 / self.low) for u in range(self.num_units)], 1)
+        width = 1.3 / self.low
+        private = torch.stack([self._bump(z[:, 2 + 2 * u : 4 + 2 * u], width) for u in range(self.num_units)], 1)
         maps = private.clone()
         matching = self.strong + self.weak
         maps[:, matching] = blob[:, None] + private[:, matching]
