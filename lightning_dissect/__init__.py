@@ -19,6 +19,8 @@ _LAZY = {
     "edit_layers": "lightning_dissect.hooks",
     "LayerEdit": "lightning_dissect.hooks",
     "dissect": "lightning_dissect.dissection",
+    "dissect_images": "lightning_dissect.dissection",
+    "ImageSet": "lightning_dissect.images",
     "DissectionConfig": "lightning_dissect.dissection",
     "DissectionResult": "lightning_dissect.result",
     "DissectionCallback": "lightning_dissect.callback",

@@ -277,14 +277,36 @@ class GeneratorRunner:
             ``(images, activations)``.
         """
         z = map_latents(self._move, latents)
+        images, activations = self._hooked(
+            lambda: self.generate(self.generator, z), layers, edits=edits, seed=seed, require_maps=require_maps,
+            check_output=_check_images_shape,
+        )
+        return images, activations
+
+    def _hooked(
+        self,
+        call: Callable[[], Any],
+        layers: Sequence[str],
+        *,
+        edits: Mapping[str, LayerEdit] | None,
+        seed: int | None,
+        require_maps: bool,
+        check_output: Callable[[Any], Any] = lambda output: output,
+        network: str = "generator",
+    ) -> tuple[Any, dict[str, Tensor]]:
+        """Run ``call()`` with ``edits`` and capture hooks on ``layers``: the one hooked call of every runner.
+
+        ``check_output`` checks the call's output before the layers are; ``network`` names the
+        module in error messages.
+        """
         with _maybe_seeded(seed, self.device):
             with edit_layers(self.model, edits or {}, self.selector):
                 with capture_layers(self.model, list(layers), self.selector) as captured:
-                    images = self.generate(self.generator, z)
-        images = _check_images_shape(images)
+                    output = call()
+        output = check_output(output)
         missing = [n for n in layers if n not in captured]
         if missing:
-            raise LayerCallError(f"layers {missing} did not run during the generator's forward pass")
+            raise LayerCallError(f"layers {missing} did not run during the {network}'s forward pass")
         repeated = {n: c for n, c in captured.calls.items() if c > 1}
         if repeated:
             raise LayerCallError(
@@ -295,7 +317,7 @@ class GeneratorRunner:
         activations = {n: _as_units(captured[n]) for n in layers}
         if require_maps:
             _check_maps(activations)
-        return images, activations
+        return output, activations
 
     def _move(self, tensor: Tensor) -> Tensor:
         """Latents follow the generator: its device, and its dtype for floating-point latents."""

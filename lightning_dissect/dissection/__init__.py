@@ -11,7 +11,7 @@ rank gets the same result.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -23,13 +23,15 @@ from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_
 from lightning_dissect.dissection.summary import summarise_layer
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.hooks import OutputSelector
+from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
 from lightning_dissect.latents import LatentBank, LatentSampler
 from lightning_dissect.result import DissectionResult
 from lightning_dissect.runner import Generate, GeneratorRunner, check_segmenter
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.strips import render_unit_images
+from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["DissectionConfig", "dissect", "resolve_config"]
+__all__ = ["DissectionConfig", "dissect", "dissect_images", "resolve_config"]
 
 
 def resolve_config(config: DissectionConfig | None, overrides: Mapping[str, Any]) -> DissectionConfig:
@@ -104,10 +106,126 @@ def dissect(
     bank, selection_bank = _banks(cfg, latent_shape, latent_sampler, distributed)
     if dry_run:
         _dry_run(runner, layers, bank, latent_sampler is not None, latent_shape)
+    return _run_passes(
+        runner, bank, layers, segmenter, cfg, selection_bank=selection_bank, value_range=segmenter.value_range,
+        metadata=metadata, refuse_unit_range=dry_run,
+    )
+
+
+def dissect_images(
+    network: nn.Module,
+    layers: Sequence[str],
+    images: ImageSet | Any,
+    segmenter: Segmenter | None = None,
+    *,
+    vocabulary: ConceptVocabulary | None = None,
+    value_range: tuple[float, float] | None = None,
+    transform: Transform | None = None,
+    selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    config: DissectionConfig | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    distributed: bool = True,
+    **overrides: Any,
+) -> DissectionResult:
+    """Network Dissection: dissect ``layers`` of a network that reads images, over real images.
+
+    The same passes, statistics and result as :func:`dissect`, with an image set in place of the
+    latent bank: per-unit thresholds over every upsampled pixel of the set, IoU summed over the
+    whole set, the chance baseline and each unit's top images (indices into the set). Concepts come
+    from ``segmenter`` run on the images, or from the dataset's own segmentations when
+    ``vocabulary`` is given (items ``(image, segmentation)``; ``(L, H, W)`` for several labels per
+    pixel). Under an initialised process group each rank reads a contiguous, disjoint share of the
+    images (never a ``DistributedSampler``'s padded one) and every rank returns the same result,
+    bit-identical to a single process.
+
+    Before any pass, the first two images are checked: the items, their dtype and value range, the
+    network call, every layer, and the labels; each problem is reported naming its argument.
+
+    Args:
+        network: The ``nn.Module`` that reads images (classifier, encoder, discriminator).
+        layers: Dotted names of its layers to dissect (see ``network.named_modules()``).
+        images: An :class:`~lightning_dissect.images.ImageSet`, or a map-style ``Dataset``, a
+            ``DataLoader`` (read through its dataset), or a tensor ``(N, C, H, W)``.
+        segmenter: Images → concept labels; ``None`` with ``vocabulary`` (ground truth).
+        vocabulary: The concepts the dataset's segmentations index (items are
+            ``(image, segmentation)`` pairs).
+        value_range: The images' value range (default ``(0, 1)``, torchvision's convention);
+            images are mapped from it to the segmenter's range.
+        transform: The network's own preprocessing (e.g. normalisation), applied before the
+            network only: the segmenter and the unit strips see the images as they are.
+        selector: Picks the tensor from tuple/dict layer outputs (one for all or per layer).
+        config: A :class:`DissectionConfig`; keyword ``overrides`` replace its fields.
+            ``num_samples`` becomes the number of images; ``"iqr"`` levels are chosen on the set.
+        metadata: Free-form context stored in the result.
+        distributed: ``False``: dissect on this process alone, even inside a process group.
+        overrides: Any :class:`DissectionConfig` field, e.g. ``threshold_mode="netdissect"``.
+
+    Returns:
+        A :class:`~lightning_dissect.result.DissectionResult`; ``top_images`` index the set.
+
+    Examples:
+        >>> from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+        >>> world = SceneWorld(16)
+        >>> images, _ = world.render(12, seed=0)
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, stride=2))
+        >>> result = dissect_images(net, ["1"], images, SyntheticSceneSegmenter(world), value_range=(-1, 1),
+        ...                         batch_size=4, progress=False)
+        >>> result["1"].num_units, result.settings["num_samples"]
+        (4, 12)
+    """
+    if isinstance(images, ImageSet):
+        source = images
+        if vocabulary is not None or value_range is not None:
+            raise ValueError(
+                "`vocabulary` and `value_range` belong to the ImageSet given as `images`; set them there"
+            )
+    else:
+        source = ImageSet(images, vocabulary=vocabulary, value_range=value_range or (0.0, 1.0))
+    if segmenter is None:
+        if source.vocabulary is None:
+            raise ValueError(
+                "pass a `segmenter` to label the images, or a `vocabulary` naming the concepts of the dataset's own "
+                "segmentations (items (image, segmentation))"
+            )
+        segmenter = GroundTruth(source.vocabulary, source.value_range)  # type: ignore[assignment]
+    else:
+        check_segmenter(segmenter)
+        if source.vocabulary is not None:
+            raise ValueError(
+                "give either a `segmenter` or the dataset's segmentations with `vocabulary`, not both"
+            )
+    cfg = resolve_config(config, overrides)
+    cfg = replace(cfg, num_samples=len(source), level_selection_samples=None)
+    runner = ImageRunner(
+        network, transform=transform, selector=selector, batch_size=cfg.batch_size, device=cfg.device,
+        distributed=distributed,
+    )
+    layers = runner.check_layers(layers)
+    check_samples_per_rank(len(source), "images", distributed=distributed)
+    runner.check(source, layers, segmenter)  # type: ignore[arg-type]
+    return _run_passes(
+        runner, source, layers, segmenter, cfg, selection_bank=None,  # type: ignore[arg-type]
+        value_range=source.value_range, metadata=metadata, refuse_unit_range=False,
+    )
+
+
+def _run_passes(
+    runner: GeneratorRunner,
+    bank: LatentBank | ImageSet,
+    layers: list[str],
+    segmenter: Segmenter,
+    cfg: DissectionConfig,
+    *,
+    selection_bank: LatentBank | None,
+    value_range: tuple[float, float],
+    metadata: Mapping[str, Any] | None,
+    refuse_unit_range: bool,
+) -> DissectionResult:
+    """The passes of every dissection, whatever the runner (generator or image reader) and its source."""
     rank, world_size = runner.rank_world
     with runner.session(), Progress(cfg.progress and rank == 0) as progress:
         # the dry run did not segment (each image is segmented once, in pass 1): pass 1 checks the range
-        found = threshold_pass(runner, bank, layers, segmenter, cfg, progress, refuse_unit_range=dry_run)
+        found = threshold_pass(runner, bank, layers, segmenter, cfg, progress, refuse_unit_range=refuse_unit_range)
         thresholds = thresholds_from(found, layers, cfg)
         topk = {n: found.topk[n].gathered(world_size) for n in layers}
         selection = None
@@ -126,7 +244,7 @@ def dissect(
     result = _assemble(cfg, layers, segmenter, found, thresholds, topk, counted, selection, world_size, metadata)
     if cfg.num_visualized_units and rank == 0:
         result.unit_images = render_unit_images(
-            runner, result, bank, segmenter.value_range, num_units=cfg.num_visualized_units, frames=frames,
+            runner, result, bank, value_range, num_units=cfg.num_visualized_units, frames=frames,  # type: ignore[arg-type]
         )
     return result
 
