@@ -1,0 +1,72 @@
+"""Network Dissection under DDP: 2 gloo processes give bit-identical results to one process.
+
+7 images do not divide by 2 processes: a ``DistributedSampler`` would pad one shard by repeating
+an image. The images are given as such a loader; each rank reads its own exact, disjoint share of
+the dataset, so no image is counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+NUM_IMAGES = 7
+
+
+def make_data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return torch.rand(NUM_IMAGES, 3, 8, 8, generator=gen), torch.randint(0, 4, (NUM_IMAGES, 8, 8), generator=gen)
+
+
+def run(distributed: bool) -> dict:
+    from lightning_dissect import dissect_images
+    from tests.test_network_dissection import VOCAB, SmallReader
+
+    images, seg = make_data()
+    dataset = TensorDataset(images, seg)
+    loader = DataLoader(dataset, batch_size=2)
+    if distributed:
+        loader = DataLoader(dataset, batch_size=2, sampler=DistributedSampler(dataset, shuffle=False))
+        assert len(loader.sampler) * dist.get_world_size() == NUM_IMAGES + 1  # the sampler pads
+    result = dissect_images(SmallReader(), ["conv"], loader, vocabulary=VOCAB, batch_size=2, quantile=0.9,
+                            num_visualized_units=2, top_k=3, progress=False)
+    layer = result["conv"]
+    strips = result.unit_images.get("conv", {})  # drawn on rank 0 only
+    return {
+        "iou": layer.iou,
+        "chance_iou": layer.chance_iou,
+        "levels": torch.tensor([u.level for u in layer.units], dtype=torch.float64),
+        "top": torch.tensor([[t["index"] for t in u.top_images] for u in layer.units]),
+        "strips": torch.stack([strips[u] for u in sorted(strips)]) if strips else torch.zeros(0),
+        "world_size": torch.tensor(result.settings["world_size"]),
+    }
+
+
+def _worker(rank: int, world_size: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        found = run(True)
+        if rank == 0:
+            torch.save(found, out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_two_processes_match_one_with_a_padded_sampler(tmp_path, monkeypatch):
+    store, out = tmp_path / "store", tmp_path / "rank0.pt"
+    if "GLOO_SOCKET_IFNAME" not in os.environ:
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(2, str(store), str(out)), nprocs=2, join=True)
+    distributed = torch.load(out, weights_only=True)
+    single = run(False)
+    assert int(distributed.pop("world_size")) == 2 and int(single.pop("world_size")) == 1
+    for key, value in single.items():
+        assert torch.equal(distributed[key], value), key
