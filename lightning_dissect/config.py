@@ -10,7 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["DissectionConfig", "CALLBACK_DEFAULTS", "CLI_DEFAULTS", "config_defaults", "defaults_table"]
+__all__ = [
+    "DissectionConfig", "QUANTILE_PRESETS", "CALLBACK_DEFAULTS", "CLI_DEFAULTS", "config_defaults", "defaults_table",
+]
+
+
+QUANTILE_PRESETS: dict[str, float] = {
+    "netdissect": 0.995,
+    "pnas": 0.99,
+    "netdissect-lite": 0.96,
+}
+"""Named threshold levels of the reference methods, accepted as ``quantile``: ``"netdissect"`` is
+the Network Dissection paper's top 0.5 % of each unit's activations, ``"pnas"`` the 0.99 quantile
+of Bau et al. 2020 (this package's default), ``"netdissect-lite"`` the 0.96 quantile that
+NetDissect-Lite's ``settings.py`` ships (``QUANTILE = 0.04``)."""
 
 
 @dataclass
@@ -23,7 +36,8 @@ class DissectionConfig:
         seed: Seed of the dissection bank (gandissect: 1).
         threshold_mode: ``"quantile"`` (per-unit level ``quantile``; NetDissect / PNAS) or
             ``"iqr"`` (GAN Dissection: per unit the candidate level of its best-IQR concept).
-        quantile: Level for ``"quantile"`` mode (PNAS 0.99; NetDissect 0.995).
+        quantile: Level for ``"quantile"`` mode (PNAS 0.99; NetDissect 0.995), or a name of
+            :data:`QUANTILE_PRESETS` (``"netdissect"``: the paper's top 0.5 %), replaced by its level.
         num_levels: Candidate levels in ``"iqr"`` mode: top fractions ``logspace(-3, 0, K)``
             (gandissect uses 100).
         level_selection_samples: ``"iqr"`` mode: pick levels on a separate bank of this size
@@ -43,6 +57,8 @@ class DissectionConfig:
     Examples:
         >>> DissectionConfig(num_samples=64).validate().batch_size
         32
+        >>> DissectionConfig(quantile="netdissect").quantile
+        0.995
     """
 
     num_samples: int = 1000
@@ -61,6 +77,14 @@ class DissectionConfig:
     relative_accuracy: float = 0.005
     progress: bool = True
     device: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantile, str):
+            if self.quantile not in QUANTILE_PRESETS:
+                raise ValueError(
+                    f"`quantile` must be a level in (0, 1) or one of {sorted(QUANTILE_PRESETS)}, got {self.quantile!r}"
+                )
+            self.quantile = QUANTILE_PRESETS[self.quantile]
 
     def validate(self) -> DissectionConfig:
         """Raise ``ValueError`` naming the first bad setting; return ``self``."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lightning_dissect.config import CLI_DEFAULTS, config_defaults
+from lightning_dissect.config import CLI_DEFAULTS, QUANTILE_PRESETS, config_defaults
 from lightning_dissect.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
 
-__all__ = ["add_command", "add_generator_arguments", "add_dissection_arguments", "add_run_arguments"]
+__all__ = [
+    "add_command", "add_generator_arguments", "add_network_arguments", "add_dissection_arguments", "add_run_arguments",
+]
 
 _DEFAULTS = config_defaults(CLI_DEFAULTS)
 
@@ -40,6 +42,17 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _quantile(text: str) -> float:
+    if text in QUANTILE_PRESETS:
+        return QUANTILE_PRESETS[text]
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a level in (0, 1) or one of {', '.join(sorted(QUANTILE_PRESETS))}, got {text!r}"
+        ) from err
+
+
 def add_command(
     sub: Any, name: str, summary: str, description: str, *, show_defaults: bool = True
 ) -> argparse.ArgumentParser:
@@ -52,11 +65,15 @@ def add_command(
     return sub.add_parser(name, help=summary, description=description, formatter_class=formatter)
 
 
-def add_generator_arguments(p: argparse.ArgumentParser) -> None:
-    """``--generator``, ``--checkpoint``, ``--layers``, latent, call and selector options."""
+def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--generator``, ``--checkpoint``, ``--layers``, latent, call and selector options.
+
+    ``required=False``: ``--generator`` may be replaced by ``--network`` (see
+    :func:`add_network_arguments`); the command checks that exactly one is given.
+    """
     model = p.add_argument_group("generator")
     model.add_argument(
-        "--generator", required=True, metavar="MODULE:ATTR",
+        "--generator", required=required, metavar="MODULE:ATTR",
         help="the generator: a factory function returning an nn.Module, an nn.Module instance, "
         "or a class (a LightningModule class with --checkpoint); MODULE may be a dotted module "
         "importable from the current directory or a path/to/file.py. The generator is the "
@@ -102,6 +119,41 @@ def add_generator_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """Network Dissection: ``--network`` (in place of ``--generator``) over ``--images``."""
+    net = p.add_argument_group(
+        "network that reads images (Network Dissection; in place of --generator)",
+        "--checkpoint, --layers, --selector and --batch-size apply to it as to a generator",
+    )
+    net.add_argument(
+        "--network", metavar="MODULE:ATTR",
+        help="the network to dissect: a factory function returning an nn.Module, an nn.Module instance, or a "
+        "class (a LightningModule class with --checkpoint); --layers are relative to it",
+    )
+    net.add_argument(
+        "--images", metavar="FOLDER",
+        help="PNG or JPEG files, read as RGB float tensors in [0, 1] in sorted file-name order",
+    )
+    net.add_argument(
+        "--transform", metavar="MODULE:ATTR",
+        help="the network's own preprocessing, a callable images (B, 3, H, W) in [0, 1] -> network input; the "
+        "segmenter and the report see the images as read",
+    )
+    net.add_argument(
+        "--segmentations", metavar="FOLDER",
+        help="ground truth instead of --segmenter: for each image NAME.*, a single-channel PNG NAME.png whose "
+        "pixel values are concept indices (needs --concepts)",
+    )
+    net.add_argument(
+        "--concepts", metavar="FILE",
+        help="with --segmentations: one concept name per line, line i naming index i (index 0: unlabeled)",
+    )
+    net.add_argument(
+        "--unreadable", choices=("warn", "error"), default="warn",
+        help="image files that cannot be read: skip each with a warning naming it, or refuse the folder",
+    )
+
+
 def add_dissection_arguments(p: argparse.ArgumentParser) -> None:
     """Segmenter and dissection settings (defaults: :data:`~lightning_dissect.config.CLI_DEFAULTS`)."""
     seg = p.add_argument_group("segmenter")
@@ -128,8 +180,9 @@ def add_dissection_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--threshold-mode", choices=("quantile", "iqr"), default=_DEFAULTS["threshold_mode"],
                      help="per-unit thresholds: a fixed activation quantile (NetDissect) or the "
                      "level maximising the information quality ratio (GAN Dissection)")
-    run.add_argument("--quantile", type=float, default=_DEFAULTS["quantile"], metavar="Q",
-                     help="quantile level of the thresholds in quantile mode")
+    run.add_argument("--quantile", type=_quantile, default=_DEFAULTS["quantile"], metavar="Q",
+                     help="quantile level of the thresholds in quantile mode, or a named level: netdissect "
+                     "(0.995, the Network Dissection paper's top 0.5 %%), pnas (0.99), netdissect-lite (0.96)")
     run.add_argument("--num-levels", type=_positive_int, default=_DEFAULTS["num_levels"], metavar="K",
                      help="candidate levels in iqr mode")
     run.add_argument("--level-selection-samples", type=_positive_int, metavar="N",

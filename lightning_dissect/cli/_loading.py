@@ -12,7 +12,9 @@ from typing import Any
 
 from lightning_dissect.discovery import find_generator_or_self
 
-__all__ = ["CLIError", "load_object", "load_generator", "load_segmenter", "check_checkpoint", "check_output"]
+__all__ = [
+    "CLIError", "load_object", "load_module", "load_generator", "load_segmenter", "check_checkpoint", "check_output",
+]
 
 
 class CLIError(Exception):
@@ -106,11 +108,24 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
     The generator is the model's submodule found by :func:`~lightning_dissect.discovery.find_generator_or_self`
     (``attribute`` names it; ``None`` when the model is the generator itself).
     """
+    model = load_module(spec, checkpoint, device, "--generator")
+    generator, attribute = find_generator_or_self(model)
+    return model, generator, attribute
+
+
+def load_module(spec: str, checkpoint: str | None, device: str, option: str = "--generator") -> Any:
+    """Load the ``nn.Module`` a ``MODULE:ATTR`` spec names, with an optional checkpoint.
+
+    ``spec`` names a factory function, an ``nn.Module`` instance or a class; a class with
+    ``load_from_checkpoint`` (a LightningModule) is loaded from ``checkpoint``, any other class or
+    factory is called without arguments, and a plain module gets the checkpoint's ``state_dict``.
+    Errors name ``option``.
+    """
     import torch
     from torch import nn
 
     check_checkpoint(checkpoint)
-    obj = load_object(spec, "--generator")
+    obj = load_object(spec, option)
     loaded = False
     if isinstance(obj, type):
         if checkpoint is not None and hasattr(obj, "load_from_checkpoint"):
@@ -125,7 +140,7 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
         else:
             if hasattr(obj, "load_from_checkpoint"):
                 warnings.warn(
-                    f"--generator {spec} is a LightningModule class given without --checkpoint: "
+                    f"{option} {spec} is a LightningModule class given without --checkpoint: "
                     "dissecting freshly initialised (random) weights",
                     UserWarning,
                     stacklevel=2,
@@ -134,7 +149,7 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
                 model = obj()
             except Exception as err:
                 raise CLIError(
-                    f"--generator: {spec} could not be created without arguments: "
+                    f"{option}: {spec} could not be created without arguments: "
                     f"{_describe(err)} (use a factory function, or --checkpoint with a "
                     "LightningModule class)"
                 ) from err
@@ -144,13 +159,13 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
         try:
             model = obj()
         except Exception as err:
-            raise CLIError(f"--generator: calling {spec}() failed: {_describe(err)}") from err
+            raise CLIError(f"{option}: calling {spec}() failed: {_describe(err)}") from err
     else:
         raise CLIError(
-            f"--generator: {spec} is a {type(obj).__name__}, not a factory, a module or a class"
+            f"{option}: {spec} is a {type(obj).__name__}, not a factory, a module or a class"
         )
     if not isinstance(model, nn.Module):
-        raise CLIError(f"--generator: {spec} gave a {type(model).__name__}, not a torch.nn.Module")
+        raise CLIError(f"{option}: {spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None and not loaded:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -162,8 +177,7 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
                 f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
                 f"{_checkpoint_error(checkpoint, err)}"
             ) from err
-    generator, attribute = find_generator_or_self(model)
-    return model, generator, attribute
+    return model
 
 
 def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) -> Any:

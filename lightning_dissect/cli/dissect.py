@@ -1,4 +1,11 @@
-"""``lightning-dissect dissect``: dissect a generator's layers, print a summary, write a report."""
+"""``lightning-dissect dissect``: dissect a generator's or an image-reading network's layers.
+
+With ``--generator`` the samples are a seeded latent bank; with ``--network`` a folder of images.
+Prints a summary and, with ``--output``, writes ``dissect.json`` and the HTML report.
+
+Under ``torchrun`` the latent bank (or the image folder) is split across the processes (gloo on
+CPU, nccl on CUDA) and rank 0 prints and writes what a single process would.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from lightning_dissect.cli._arguments import (
     add_command,
     add_dissection_arguments,
     add_generator_arguments,
+    add_network_arguments,
     add_run_arguments,
 )
 from lightning_dissect.cli._loading import (
@@ -19,23 +27,27 @@ from lightning_dissect.cli._loading import (
     _describe,
     check_output,
     load_generator,
+    load_module,
     load_object,
     load_segmenter,
 )
 from lightning_dissect.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
 
-__all__ = ["add_dissect_command", "prepare_generator", "dissection_config", "run_dissect"]
+__all__ = ["add_dissect_command", "prepare_generator", "prepare_network", "dissection_config", "run_dissect"]
 
 
 def add_dissect_command(sub: Any) -> None:
     """Register ``dissect`` on the sub-command parsers ``sub``."""
     p = add_command(
-        sub, "dissect", "dissect layers of a generator and write dissect.json + an HTML report",
-        "Dissect the named layers of a generator against a segmenter's concepts: per unit, the concept its "
+        sub, "dissect", "dissect layers of a generator, or of a network over images, and write dissect.json + "
+        "an HTML report",
+        "Dissect the named layers of a generator (--generator) or of a network that reads images (--network, "
+        "over --images) against a segmenter's concepts or ground-truth --segmentations: per unit, the concept its "
         "thresholded activation overlaps best (IoU). Prints a summary; with --output also writes dissect.json "
-        "and index.html.",
+        "and index.html. Under torchrun the samples are split across the processes; rank 0 writes.",
     )
-    add_generator_arguments(p)
+    add_generator_arguments(p, required=False)
+    add_network_arguments(p)
     add_dissection_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument("--output", metavar="DIR",
@@ -175,11 +187,112 @@ def dissection_config(args: argparse.Namespace, device: str, *, visualize: bool)
         raise CLIError(str(err).replace("`", "")) from err
 
 
+#: Options of ``dissect`` that only a generator takes (refused with ``--network``).
+_GENERATOR_ONLY = ("latent_dim", "latent_shape", "latent_sampler", "generate", "level_selection_samples")
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Exactly one of ``--generator`` and ``--network``, each with its own options."""
+    network = getattr(args, "network", None)
+    if bool(args.generator) == bool(network):
+        raise CLIError("give exactly one of --generator (a generator) and --network (a network that reads --images)")
+    if network is None:
+        for option in ("images", "transform", "segmentations", "concepts"):
+            if getattr(args, option, None):
+                raise CLIError(f"--{option} applies to --network only")
+        return
+    for option in _GENERATOR_ONLY:
+        if getattr(args, option, None):
+            raise CLIError(f"--{option.replace('_', '-')} applies to --generator only, not to --network")
+    if not args.images:
+        raise CLIError("--network needs --images FOLDER: the images it reads")
+    if bool(args.segmentations) != bool(args.concepts):
+        raise CLIError("--segmentations and --concepts go together: label maps and the names of their indices")
+
+
+def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
+    """Load ``--network``, the image folder and its labels, and check them on two images.
+
+    Returns the keyword arguments of :func:`~lightning_dissect.dissection.dissect_images`, plus
+    ``"device"``.
+    """
+    from lightning_dissect.image_folder import ImageFolder, read_concepts
+    from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet
+    from lightning_dissect.runner import check_segmenter
+
+    layers = _layers(args.layers)
+    if not layers:
+        raise CLIError("--layers: give at least one layer name")
+    device = _device(args.device)
+    network = load_module(args.network, getattr(args, "checkpoint", None), device, "--network")
+    network.to(device)
+    layers = _layer_names(layers, network, None)
+    transform = load_object(args.transform, "--transform") if args.transform else None
+    if transform is not None and not callable(transform):
+        raise CLIError(f"--transform: {args.transform} is a {type(transform).__name__}, not a callable")
+    selector = _selector(args.selector)
+    try:
+        vocabulary = read_concepts(args.concepts, "--concepts") if args.concepts else None
+        folder = ImageFolder(args.images, args.segmentations, on_unreadable=args.unreadable, argument="--images")
+        images = ImageSet(folder, vocabulary=vocabulary, name="--images")
+    except (ValueError, TypeError, ImportError) as err:
+        raise CLIError(str(err).replace("`", "")) from err
+    if vocabulary is not None:
+        segmenter: Any = GroundTruth(vocabulary)
+    else:
+        segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)
+        try:
+            check_segmenter(segmenter, "--segmenter")
+        except TypeError as err:
+            raise CLIError(str(err).replace("`", "")) from err
+    runner = ImageRunner(network, transform=transform, selector=selector, batch_size=args.batch_size, device=device)
+    try:
+        runner.check(images, layers, segmenter)
+    except (ValueError, TypeError) as err:
+        if args.debug:
+            raise
+        message = str(err).replace("`layers`", "--layers").replace("`network`", "--network").replace("`", "")
+        raise CLIError(message) from err
+    return {
+        "network": network, "layers": layers, "images": images,
+        "segmenter": None if vocabulary is not None else segmenter, "transform": transform, "selector": selector,
+        "device": device,
+    }
+
+
 def run_dissect(args: argparse.Namespace) -> int:
     """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
+    import torch
+
+    from lightning_dissect._distributed import world
+    from lightning_dissect.emergence import init_distributed
+
+    _check_model_options(args)
+    check_output(args.output)
+    device, initialised = init_distributed(_device(args.device))
+    args.device = device
+    try:
+        result = _network_result(args) if args.network else _generator_result(args)
+        if world()[0] != 0:
+            return 0
+        if args.summary_units:
+            from rich.console import Console
+
+            Console().print(result.summary(args.summary_units))
+        if args.output:
+            from lightning_dissect.report import write_report
+
+            path = write_report(result, args.output, title=args.title)
+            print(f"wrote {Path(args.output) / 'dissect.json'} and {path}")
+        return 0
+    finally:
+        if initialised:
+            torch.distributed.destroy_process_group()
+
+
+def _generator_result(args: argparse.Namespace) -> Any:
     from lightning_dissect.dissection import dissect
 
-    check_output(args.output)
     prepared = prepare_generator(args)
     config = dissection_config(args, prepared["device"], visualize=bool(args.output))
     metadata: dict[str, Any] = {"generator": args.generator}
@@ -188,7 +301,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     if args.checkpoint:
         metadata["checkpoint"] = str(args.checkpoint)
     try:
-        result = dissect(
+        return dissect(
             prepared["generator"], prepared["layers"], prepared["segmenter"],
             latent_shape=prepared["latent_shape"], latent_sampler=prepared["latent_sampler"],
             generate=prepared["generate"], selector=prepared["selector"], config=config, metadata=metadata,
@@ -198,15 +311,23 @@ def run_dissect(args: argparse.Namespace) -> int:
             raise
         raise CLIError(f"dissection failed: {_describe(err)}") from err
 
-    if args.summary_units:
-        from rich.console import Console
 
-        Console().print(result.summary(args.summary_units))
-    if args.output:
-        from lightning_dissect.report import write_report
+def _network_result(args: argparse.Namespace) -> Any:
+    from lightning_dissect.dissection import dissect_images
 
-        path = write_report(result, args.output, title=args.title)
-        print(f"wrote {Path(args.output) / 'dissect.json'} and {path}")
-    return 0
-
-
+    prepared = prepare_network(args)
+    config = dissection_config(args, prepared["device"], visualize=bool(args.output))
+    metadata: dict[str, Any] = {"network": args.network, "images": str(args.images)}
+    if args.checkpoint:
+        metadata["checkpoint"] = str(args.checkpoint)
+    if args.segmentations:
+        metadata["segmentations"] = str(args.segmentations)
+    try:
+        return dissect_images(
+            prepared["network"], prepared["layers"], prepared["images"], prepared["segmenter"],
+            transform=prepared["transform"], selector=prepared["selector"], config=config, metadata=metadata,
+        )
+    except (ValueError, TypeError, RuntimeError) as err:
+        if args.debug:
+            raise
+        raise CLIError(f"dissection failed: {_describe(err)}") from err
