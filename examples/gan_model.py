@@ -22,8 +22,9 @@ from ``image_size``: 32 -> 3, 64 -> 4.) Dissecting ``generator`` directly, the l
 
 **Step axis.** With manual optimisation every ``optimizer.step()`` advances ``trainer.global_step``,
 so with the two optimizers here ``global_step`` advances **twice per training batch** (once for the
-discriminator, once for the generator). ``trainer.global_step // 2`` is the number of batches
-seen; logged curves and any dissection artefacts keyed by ``global_step`` use this doubled axis.
+discriminator, once for the generator). Logged curves do not use it: ``self.log`` values are filed
+under the number of batches (one step per batch), and ``DissectionCallback`` logs on that same axis;
+``global_step`` is kept in each round's metadata and names its round file.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ class DCGAN(L.LightningModule):
     Note:
         Under manual optimisation each ``optimizer.step()`` increments ``trainer.global_step``:
         with the two optimizers here it advances **twice per batch**. Logged metrics
-        (``g_loss``, ``d_loss``, ``d_real``, ``d_fake``) are plotted against this doubled step.
+        (``g_loss``, ``d_loss``, ``d_real``, ``d_fake``) are filed by Lightning under the batch
+        count instead (one step per batch), the axis the dissection callback logs on too.
         Under DDP the module needs ``find_unused_parameters=True`` (the discriminator step does not
         use the generator's parameters): pass ``strategy="ddp_find_unused_parameters_true"`` (or
         ``"ddp_spawn_find_unused_parameters_true"``).

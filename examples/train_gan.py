@@ -19,7 +19,8 @@ What it writes under ``--default-root-dir``:
 * ``final_dissection.json`` — the offline dissection of the final generator.
 
 Note: the GAN uses manual optimisation with two optimizers, so ``trainer.global_step`` advances
-twice per training batch (see :class:`gan_model.DCGAN`).
+twice per training batch (see :class:`gan_model.DCGAN`); the losses and every ``dissection/*`` tag
+are logged on the batch axis of ``self.log`` (one step per batch) all the same.
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ from lightning_dissect.dissection import dissect
 from lightning_dissect.history import load_history, round_path
 from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
+from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, round_writers
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.round_logging import RoundLogger, round_entry, segmenter_palette
+from lightning_dissect.round_logging import RoundLogger, round_entry
+from lightning_dissect.round_pictures import segmenter_palette
 from lightning_dissect.runner import DryRunError, Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
@@ -77,9 +79,9 @@ class DissectionCallback(Callback):
     Add it to ``Trainer(callbacks=[...])``; it finds the generator and the latent size by the usual
     names (``generator``/``G``/``netG``; ``hparams.latent_dim``/``latent_dim``/``nz``/``z_dim``) or
     by the callables you pass. At each round it dissects ``layers`` on a fixed, seeded latent bank
-    (the same at every round, split across ranks under DDP), then global rank 0 logs under the
-    ``trainer.global_step`` axis (with manual optimisation of two optimizers that axis advances
-    twice per batch):
+    (the same at every round, split across ranks under DDP), then global rank 0 logs it to every
+    logger on the step axis of the LightningModule's own ``self.log`` calls (one step per batch,
+    whatever the number of optimizers; ``trainer.global_step`` is kept in the round's metadata):
 
     * ``dissection/<layer>/top_units`` — Markdown table (unit, concept, category, IoU, IQR,
       threshold, chance IoU); row ``i`` is row ``i`` of the unit strips image;
@@ -94,8 +96,11 @@ class DissectionCallback(Callback):
     * every round's :class:`DissectionResult` as ``<log_dir>/dissection/round_<step>.json``
       (read them back with :func:`load_history`).
 
-    Other loggers receive the scalars. The history of rounds lives in the callback state (saved in
-    checkpoints), so a resumed run continues its time series.
+    Loggers with a folder (``CSVLogger``) receive the same tables and pictures as files beside their
+    own; other loggers receive the scalars. Each of these sinks fails on its
+    own, with a warning naming it: a computed round always reaches :attr:`history`. The history of
+    rounds lives in the callback state (saved in checkpoints), so a resumed run continues its time
+    series.
 
     Args:
         layers: Generator layer names (relative to the generator, as in its ``named_modules()``).
@@ -205,7 +210,7 @@ class DissectionCallback(Callback):
         self.last_ablations: dict[str, list[Any]] = {}
         self._last_step: int = -1
         self._round_logger: RoundLogger | None = None
-        self._layout_written = False
+        self._warned_loggers: set[str] = set()
 
     # ------------------------------------------------------------------ state
     @property
@@ -334,6 +339,7 @@ class DissectionCallback(Callback):
             return None
         self._last_step = step
         epoch = int(trainer.current_epoch)
+        log_step = logging_step(trainer)
         try:
             generator = self.resolve_generator(pl_module)
             assert self.segmenter is not None, "setup() did not run"
@@ -346,7 +352,7 @@ class DissectionCallback(Callback):
                 generate=self.generate,
                 selector=self.selector,
                 config=self.config,
-                metadata={"global_step": step, "epoch": epoch, "name": self.name},
+                metadata={"global_step": step, "log_step": log_step, "epoch": epoch, "name": self.name},
                 dry_run=False,  # done once in on_fit_start
             )
             ablations: dict[str, list[Any]] = {}
@@ -362,8 +368,6 @@ class DissectionCallback(Callback):
                     )
             if ablations:
                 result.ablations = {name: [r.to_dict() for r in records] for name, records in ablations.items()}
-            if trainer.is_global_zero:
-                self._log(trainer, result, ablations, step)
         except Exception as err:  # noqa: BLE001 - never corrupt training; report with context
             context = (
                 f"DissectionCallback round at global_step={step}, epoch={epoch}, "
@@ -373,9 +377,19 @@ class DissectionCallback(Callback):
                 raise RuntimeError(context) from err
             rank_zero_warn(context + "\n" + traceback.format_exc(limit=4))
             return None
+        # the round is computed: it reaches the history whatever happens to its sinks
+        failures: list[str] = []
+        content = self._content(result, ablations, log_step, failures) if trainer.is_global_zero else None
         self.last_ablations = ablations
         self.last_result = result
         self.history.append(round_entry(result, step, epoch))
+        if content is not None:
+            self._write(trainer, content, failures)
+        if failures and self.on_error == "raise":
+            raise RuntimeError(
+                f"DissectionCallback round at global_step={step} is kept in `history`, but writing it failed: "
+                + "; ".join(failures)
+            )
         return result
 
     # ------------------------------------------------------------------ ablation
@@ -430,42 +444,74 @@ class DissectionCallback(Callback):
             )
         return self._round_logger
 
-    def _log(
-        self,
-        trainer: pl.Trainer,
-        result: DissectionResult,
-        ablations: Mapping[str, list[Any]],
-        step: int,
-    ) -> None:
-        round_logger = self.round_logger
+    def _content(
+        self, result: DissectionResult, ablations: Mapping[str, list[Any]], step: int, failures: list[str]
+    ) -> RoundContent | None:
+        """The round's content for every logger; on a failure to draw it, the scalars alone."""
         previous = self.history[-1] if self.history else None
-        scalars = round_logger.scalars(result, previous, ablations)
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-        writer = _tensorboard_writer(trainer)
-        if writer is not None:
-            if not self._layout_written:
-                round_logger.write_layout(writer, list(result.layers))
-                self._layout_written = True
-            round_logger.log_tensorboard(writer, result, step, history=self.history, ablations=ablations)
+        try:
+            return self.round_logger.content(result, step, history=self.history, ablations=ablations)
+        except Exception as err:  # noqa: BLE001 - a picture that cannot be drawn must not cost the round
+            self._sink_failed(failures, result, "the round's tables and pictures", err)
+        try:
+            return RoundContent(self.round_logger.prefix, step, result,
+                                scalars=self.round_logger.scalars(result, previous, ablations))
+        except Exception as err:  # noqa: BLE001
+            self._sink_failed(failures, result, "the round's scalars", err)
+        return None
+
+    def _sink_failed(self, failures: list[str], result: DissectionResult, what: str, err: BaseException) -> None:
+        _add_failure(failures, result, f"could not write {what}: {type(err).__name__}: {err}")
+
+    def _write(self, trainer: pl.Trainer, content: RoundContent, failures: list[str]) -> None:
+        """Every sink on its own: the round file, each logger's scalars, each logger's writer."""
+        result = content.result
         log_dir = _log_directory(trainer)
         if log_dir is not None:
-            path = round_path(log_dir, step, self.name)
+            path = round_path(log_dir, int(result.metadata["global_step"]), self.name)
             try:
                 result.to_json(path)  # atomic: a crash never leaves a half-written round
-            except (OSError, ValueError) as err:
-                # the round is computed and logged: keep it; the next round tries again
-                rank_zero_warn(f"DissectionCallback could not write the round file {path}: {err}")
+            except Exception as err:  # noqa: BLE001
+                self._sink_failed(failures, result, f"the round file {path}", err)
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics(content.scalars, step=content.step)
+            except Exception as err:  # noqa: BLE001
+                self._sink_failed(failures, result, f"the round's scalars to {type(logger).__name__}", err)
+        writers, unsupported = round_writers(trainer.loggers, round_dir=log_dir)
+        for logger in unsupported:
+            kind = type(logger).__name__
+            if kind not in self._warned_loggers:
+                self._warned_loggers.add(kind)
+                rank_zero_warn(
+                    f"DissectionCallback: {kind} receives the dissection's scalars only, not its {NOT_DELIVERED}"
+                )
+        deliver(content, writers, lambda message: _add_failure(failures, result, message))
 
 
-def _tensorboard_writer(trainer: pl.Trainer) -> Any:
-    """The ``SummaryWriter`` of the first TensorBoard logger, or ``None``."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+def _add_failure(failures: list[str], result: DissectionResult, message: str) -> None:
+    failures.append(message)
+    rank_zero_warn(
+        f"DissectionCallback {message} (round at global_step={result.metadata.get('global_step')}; the round "
+        "is kept in `history`, and the other loggers and files are unaffected)"
+    )
 
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step the LightningModule's own ``self.log`` uses now, whatever the number of optimizers.
+
+    Lightning files logged values under the number of batches that stepped the optimizers
+    (``trainer.global_step`` counts optimizer steps: twice per batch with two optimizers under
+    manual optimization). In ``on_train_epoch_end`` it files the epoch's values under the last
+    batch's step, and so does this.
+    """
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    batches = getattr(loop, "_batches_that_stepped", None)
+    if not isinstance(batches, int):
+        return int(trainer.global_step)
+    progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None), "current", None)
+    at_epoch_end = progress is not None and progress.processed > progress.completed  # epoch-end hooks run
+    return max(batches - 1, 0) if at_epoch_end else batches
 
 
 def _log_directory(trainer: pl.Trainer) -> str | None:

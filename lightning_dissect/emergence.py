@@ -34,8 +34,10 @@ from lightning_dissect.dissection import dissect
 from lightning_dissect.history import load_history, round_path
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentSampler
+from lightning_dissect.loggers import TensorBoardWriter
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.round_logging import RoundLogger, round_entry, segmenter_palette
+from lightning_dissect.round_logging import RoundLogger, round_entry
+from lightning_dissect.round_pictures import segmenter_palette
 from lightning_dissect.runner import Generate
 from lightning_dissect.segmenters.base import Segmenter
 
@@ -460,18 +462,14 @@ def _open_logbook(out: Path, layers: Sequence[str], segmenter: Segmenter, config
             _remove_event_files(out)
             run.rebuilt_tensorboard = True
         book.writer = SummaryWriter(str(out))
-        round_logger.write_layout(book.writer, layers)
     return book
 
 
 def _log(
     round_logger: RoundLogger, writer: Any, result: DissectionResult, step: int, history: Sequence[Mapping[str, Any]]
 ) -> None:
-    """The callback's ``_log`` for a SummaryWriter: scalars, then tables and pictures."""
-    previous = history[-1] if history else None
-    for tag, value in round_logger.scalars(result, previous).items():
-        writer.add_scalar(tag, value, step)
-    round_logger.log_tensorboard(writer, result, step, history=history)
+    """The callback's rounds for a SummaryWriter: scalars, tables and pictures (the same content)."""
+    TensorBoardWriter(writer, scalars=True).write(round_logger.content(result, step, history=history))
 
 
 def init_distributed(device: str) -> tuple[str, bool]:

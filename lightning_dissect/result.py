@@ -409,23 +409,46 @@ class DissectionResult:
 
         Console().print(self.summary(top))
 
+    def top_units_table(self, layer: str, top: int = 20) -> tuple[list[str], list[list[Any]]]:
+        """The :meth:`LayerDissection.top_units` of ``layer``, in order, as columns and plain rows.
+
+        Every logger's top-units table is made from these rows (:meth:`markdown_table` renders them).
+
+        Examples:
+            >>> from lightning_dissect.vocabulary import ConceptVocabulary
+            >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
+            >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
+            >>> layer = LayerDissection("conv", [unit], torch.tensor([[0.0, 0.5]]))
+            >>> columns, rows = DissectionResult({"conv": layer}, vocab).top_units_table("conv")
+            >>> columns
+            ['unit', 'concept', 'category', 'interpretable', 'IoU', 'IQR', 'threshold', 'chance IoU']
+            >>> rows
+            [[0, 'sky', 'material', True, 0.5, 0.2, 1.0, 0.01]]
+        """
+        columns = ["unit", "concept", "category", "interpretable", "IoU", "IQR", "threshold", "chance IoU"]
+        rows: list[list[Any]] = [
+            [u.unit, u.label, u.category, bool(u.interpretable), float(u.iou), float(u.iou_iqr), float(u.level),
+             None if u.chance_iou is None else float(u.chance_iou)]
+            for u in self.layers[layer].top_units(top)
+        ]
+        return columns, rows
+
     def markdown_table(self, layer: str, top: int = 20) -> str:
-        """The :meth:`LayerDissection.top_units` of ``layer``, in order, as a Markdown table.
+        """The :meth:`top_units_table` of ``layer`` as a Markdown table.
 
         TensorBoard's text plugin renders it; interpretable units come first, and units not above
         their chance IoU are left out.
         """
-        rows = [
+        out = [
             "| unit | concept | category | IoU | IQR | threshold | chance IoU |",
             "|---:|:---|:---|---:|---:|---:|---:|",
         ]
-        for u in self.layers[layer].top_units(top):
-            mark = "" if u.interpretable else " (not interpretable)"
-            rows.append(
-                f"| {u.unit} | {u.label}{mark} | {u.category} | {u.iou:.3f} | {u.iou_iqr:.3f} "
-                f"| {u.level:.3g} | {_fmt(u.chance_iou)} |"
+        for unit, label, category, interpretable, iou, iqr, level, chance in self.top_units_table(layer, top)[1]:
+            mark = "" if interpretable else " (not interpretable)"
+            out.append(
+                f"| {unit} | {label}{mark} | {category} | {iou:.3f} | {iqr:.3f} | {level:.3g} | {_fmt(chance)} |"
             )
-        return "\n".join(rows)
+        return "\n".join(out)
 
 
 _REQUIRED_UNIT_FIELDS = tuple(

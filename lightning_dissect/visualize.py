@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dissect._font import draw_text, text_size
+from lightning_dissect.colours import scale_colours
 
 __all__ = [
     "IOU_SCALE_MAX",
@@ -100,16 +101,8 @@ def image_strip(images: Sequence[Tensor] | Tensor, gap: int = 2) -> Tensor:
 
 
 def _colormap(x: Tensor) -> Tensor:
-    """A perceptually ordered dark-blue → yellow map of values in [0, 1] to uint8 RGB."""
-    stops = torch.tensor(
-        [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
-        dtype=torch.float32,
-    )
-    pos = x.clamp(0, 1) * (len(stops) - 1)
-    lo = pos.floor().long().clamp(max=len(stops) - 2)
-    frac = (pos - lo.float()).unsqueeze(-1)
-    rgb = stops[lo] * (1 - frac) + stops[lo + 1] * frac
-    return rgb.round().to(torch.uint8).permute(2, 0, 1)
+    """The shared IoU colour scale (:func:`~lightning_dissect.colours.scale_colours`) of ``x`` in [0, 1]."""
+    return scale_colours(x)
 
 
 def heatmap(values: Tensor, cell: int = 8, vmax: float | None = None) -> Tensor:

@@ -28,13 +28,13 @@ def make_callback(**kwargs):
     return DissectionCallback(LAYERS, SyntheticSceneSegmenter(16), **defaults)
 
 
-def fit(tmp_path, callbacks, max_epochs=1, seed=0, ckpt_path=None, model=None, **trainer_kwargs):
+def fit(tmp_path, callbacks, max_epochs=1, seed=0, ckpt_path=None, model=None, logger=None, **trainer_kwargs):
     pl.seed_everything(seed)
     model = model or TinyGAN()
     trainer = pl.Trainer(
         max_epochs=max_epochs,
         default_root_dir=tmp_path,
-        logger=TensorBoardLogger(tmp_path, name="tb"),
+        logger=logger if logger is not None else TensorBoardLogger(tmp_path, name="tb"),
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -66,7 +66,7 @@ def test_logs_every_documented_tag(tmp_path):
                        "churn/gained", "churn/lost", "churn/relabelled"):
             assert prefix + scalar in tags["scalars"], scalar
         steps = [e.step for e in acc.Scalars(prefix + "interpretable_units")]
-        assert steps == [8, 16]
+        assert steps == [3, 7]  # the `self.log` axis: last batch of epochs 0 and 1
         assert any(t.startswith(prefix + "ablation/") for t in tags["scalars"])
         assert prefix + "ablation/text_summary" in tags["tensors"]
     assert "custom_scalars__config__" in tags["tensors"]
@@ -277,7 +277,7 @@ def test_a_round_file_that_cannot_be_written_keeps_the_round(tmp_path):
     acc = EventAccumulator(str(logger_dir), size_guidance={"scalars": 0})
     acc.Reload()
     steps = [e.step for e in acc.Scalars("dissection/layer1/interpretable_units")]
-    assert steps == [8, 16]
+    assert steps == [3, 7]
 
 
 def test_dissection_config_conflicting_with_a_keyword_is_an_error():
@@ -287,3 +287,106 @@ def test_dissection_config_conflicting_with_a_keyword_is_an_error():
         make_callback(dissection_config={"num_sample": 64})
     callback = make_callback(dissection_config={"level_selection_samples": 16})
     assert callback.config.level_selection_samples == 16 and callback.config.num_samples == 32
+
+
+# ------------------------------------------------------------------ step axis and sinks
+def test_dissection_is_logged_on_the_step_axis_of_self_log(tmp_path):
+    # TinyGAN steps two optimizers per batch: global_step advances twice per batch, `self.log` once
+    callback = make_callback(ablation_check=False)
+    trainer, _ = fit(tmp_path, [callback], max_epochs=2, enable_checkpointing=False)
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    loss_steps = [e.step for e in acc.Scalars("g_loss")]
+    assert loss_steps == list(range(8))  # 4 batches per epoch, one `self.log` step per batch
+    # each epoch's round sits on the step of the epoch's last batch, as epoch-end `self.log` values do
+    assert [e.step for e in acc.Scalars("dissection/layer1/interpretable_units")] == [3, 7]
+    assert [e.step for e in acc.Images("dissection/layer1/iou_heatmap")] == [3, 7]
+    # global_step stays in the round's metadata (and names the round files)
+    assert [e["global_step"] for e in callback.history] == [8, 16]
+    rounds = load_history(trainer.logger.log_dir)
+    assert [(r.metadata["global_step"], r.metadata["log_step"]) for r in rounds] == [(8, 3), (16, 7)]
+
+
+def test_step_rounds_sit_on_their_batch_step(tmp_path):
+    callback = make_callback(ablation_check=False, every_n_epochs=None, every_n_train_steps=4)
+    trainer, _ = fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
+    assert [e["global_step"] for e in callback.history] == [4, 8]  # after batches 1 and 3
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("dissection/layer1/interpretable_units")] == [1, 3]
+
+
+class _FullDiskWriter:
+    """A SummaryWriter whose disk filled up: every write raises ENOSPC (flushing nothing still works)."""
+
+    def flush(self):
+        pass
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        return fail
+
+
+class FullDiskTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard's pictures and Lightning's own finalize fail as on a full disk; scalars still go."""
+
+    @property
+    def experiment(self):
+        return _FullDiskWriter()
+
+    def log_metrics(self, metrics, step=None):
+        self.logged = [*getattr(self, "logged", []), (step, dict(metrics))]
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+    def finalize(self, status):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failing_tensorboard_writer_costs_only_its_own_writes(tmp_path):
+    callback = make_callback(ablation_check=False)
+    logger = FullDiskTensorBoardLogger(tmp_path, name="tb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(OSError, match="No space left"):  # Lightning's own finalize, at the end of fit
+            fit(tmp_path, [callback], max_epochs=2, enable_checkpointing=False, logger=logger)
+    messages = [str(w.message) for w in caught]
+    # the rounds were computed and kept before Lightning's finalize failed
+    assert [e["global_step"] for e in callback.history] == [8, 16]
+    assert callback.last_result is not None and callback.last_result.metadata["global_step"] == 16
+    # ... their files were written (the round folder is on another disk than the event files here)
+    assert [r.metadata["global_step"] for r in load_history(logger.log_dir)] == [8, 16]
+    # ... the scalars reached the logger, and the warning names the sink that failed
+    dissection_steps = [s for s, m in logger.logged if "dissection/layer1/interpretable_units" in m]
+    assert dissection_steps == [3, 7]
+    failed = [m for m in messages if "could not write the round to FullDiskTensorBoardLogger" in m]
+    assert len(failed) == 2 and "No space left on device" in failed[0]
+
+
+def test_every_sink_fails_alone_and_the_round_still_reaches_history(tmp_path):
+    class Blocker(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            Path(trainer.logger.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(trainer.logger.log_dir) / "dissection").write_text("a file where the round folder should be")
+
+    callback = make_callback(ablation_check=False)
+    logger = FullDiskTensorBoardLogger(tmp_path, name="tb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(OSError, match="No space left"):
+            fit(tmp_path, [Blocker(), callback], max_epochs=1, enable_checkpointing=False, logger=logger)
+    messages = " ".join(str(w.message) for w in caught)
+    assert [e["global_step"] for e in callback.history] == [8]
+    assert "the round file" in messages and "FullDiskTensorBoardLogger" in messages
+    assert [s for s, m in logger.logged if "dissection/layer1/interpretable_units" in m] == [3]
+
+
+def test_on_error_raise_reports_a_failed_sink_after_keeping_the_round(tmp_path):
+    callback = make_callback(ablation_check=False, on_error="raise")
+    logger = FullDiskTensorBoardLogger(tmp_path, name="tb")
+    with pytest.raises(RuntimeError, match="kept in `history`.*FullDiskTensorBoardLogger"):
+        fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False, logger=logger)
+    assert [e["global_step"] for e in callback.history] == [8]

@@ -190,3 +190,19 @@ def test_report_does_not_import_the_training_side():
     above = {"lightning_dissect.callback", "lightning_dissect.round_logging", "lightning_dissect.cli"}
     assert not closure(graph, "lightning_dissect.report") & above
     assert "lightning_dissect.report" not in closure(graph, "lightning_dissect.result")
+
+
+def test_drawing_and_logger_writers_sit_below_the_round_content():
+    graph = module_graph()
+    assert graph["lightning_dissect.colours"] == set()  # the colour scale's stops live here only
+    drawing = closure(graph, "lightning_dissect.round_pictures")
+    assert not drawing & {"lightning_dissect.round_logging", "lightning_dissect.callback",
+                          "lightning_dissect.loggers", "lightning_dissect.report"}
+    writers = [m for m in graph if m == "lightning_dissect.loggers" or m.startswith("lightning_dissect.loggers.")]
+    assert len(writers) >= 3
+    for module in writers:  # writers get the built content: they never reach up into the callback
+        assert not closure(graph, module) & {"lightning_dissect.round_logging", "lightning_dissect.callback",
+                                             "lightning_dissect.round_pictures"}, module
+    # the report takes concept colours from the shared module, not from the logging side
+    assert not closure(graph, "lightning_dissect.report.emergence") & {
+        "lightning_dissect.round_pictures", "lightning_dissect.round_logging", "lightning_dissect.loggers"}

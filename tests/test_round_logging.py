@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 
 from lightning_dissect._font import GLYPHS
+from lightning_dissect.loggers import TensorBoardWriter
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.round_logging import (
-    RoundLogger,
-    iou_heatmap_image,
-    units_by_round_concepts,
-    units_by_round_image,
-)
+from lightning_dissect.round_logging import RoundLogger
+from lightning_dissect.round_pictures import iou_heatmap_image, units_by_round_concepts, units_by_round_image
 from lightning_dissect.segmenters import ConceptVocabulary
 from lightning_dissect.visualize import IOU_SCALE_MAX, labelled_heatmap, labelled_heatmap_grid, legend_image
 
@@ -75,6 +72,9 @@ class _Writer:
     def add_image(self, tag, image, step, dataformats="CHW"):
         self.images[tag] = image
 
+    def add_custom_scalars(self, layout):
+        self.layout = layout
+
     def flush(self):
         pass
 
@@ -90,7 +90,7 @@ def test_table_rows_are_strip_rows_and_heatmap_units():
     # every unit's strip is one flat colour (its index) so the strip rows can be read back
     result.unit_images = {"l": {u.unit: _tile((10 * u.unit, 0, 0), 96)[None].repeat(2, 1, 1, 1) for u in units}}
     writer = _Writer()
-    RoundLogger(num_visualized_units=3).log_tensorboard(writer, result, step=5)
+    TensorBoardWriter(writer).write(RoundLogger(num_visualized_units=3).content(result, step=5))
     table = writer.texts["dissection/l/top_units"].splitlines()[2:]
     table_units = [int(r.split("|")[1]) for r in table]
     assert table_units == [3, 1, 2]
@@ -103,7 +103,7 @@ def test_table_rows_are_strip_rows_and_heatmap_units():
 def test_heatmap_says_so_when_no_unit_is_above_chance():
     result = DissectionResult({"l": layer_of([unit(0, "sky", 0.1, False, 0.2)])}, VOCAB)
     writer = _Writer()
-    RoundLogger(num_visualized_units=3).log_tensorboard(writer, result, step=1)
+    TensorBoardWriter(writer).write(RoundLogger(num_visualized_units=3).content(result, step=1))
     assert "|" not in "".join(writer.texts["dissection/l/top_units"].splitlines()[2:])  # header only
     for kind in ("iou_heatmap", "unit_strips"):
         img = writer.images[f"dissection/l/{kind}"]

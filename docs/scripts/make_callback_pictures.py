@@ -19,11 +19,11 @@ OUT = ROOT / "docs" / "images"
 from gan_model import DCGAN  # noqa: E402
 
 from lightning_dissect import dissect, load_history  # noqa: E402
-from lightning_dissect.round_logging import (  # noqa: E402
-    _strip_grid,
+from lightning_dissect.round_logging import round_entry  # noqa: E402
+from lightning_dissect.round_pictures import (  # noqa: E402
     iou_heatmap_image,
-    round_entry,
     segmenter_palette,
+    unit_strip_grid,
     units_by_round_image,
 )
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
@@ -42,7 +42,7 @@ def main() -> None:
                      num_samples=128, batch_size=64, threshold_mode="iqr", num_levels=16,
                      num_visualized_units=8, top_k=6, progress=False)
     shown = [u.unit for u in result[layer].top_units(8)]
-    (OUT / "unit_strips_tensorboard.png").write_bytes(encode_png(_strip_grid(result, layer, shown)))
+    (OUT / "unit_strips_tensorboard.png").write_bytes(encode_png(unit_strip_grid(result, layer, shown)))
     picture = iou_heatmap_image(result[layer], segmenter.vocabulary.names, result[layer].top_units(8))
     if picture is not None:
         (OUT / "iou_heatmap.png").write_bytes(encode_png(picture))

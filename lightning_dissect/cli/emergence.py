@@ -171,7 +171,7 @@ def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], co
     from lightning_dissect.emergence import Checkpoint
     from lightning_dissect.latents import LatentBank
     from lightning_dissect.report.emergence import write_emergence_report
-    from lightning_dissect.round_logging import segmenter_palette
+    from lightning_dissect.round_pictures import segmenter_palette
     from lightning_dissect.strips import render_unit_images
 
     if not run.rounds:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 # the heatmaps' fixed colour scale and row/column order are shared with the TensorBoard pictures
+from lightning_dissect.colours import scale_rgb
 from lightning_dissect.visualize import IOU_SCALE_MAX, diagonal_order
 
 if TYPE_CHECKING:  # annotations only: the report sits above the result type, never the reverse
@@ -112,15 +113,9 @@ def concept_bar_chart(layer: LayerDissection, categories: list[str]) -> str:
     )
 
 
-_STOPS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
-
-
 def _rgb(value: float) -> str:
-    """Dark blue → yellow (viridis-like) colour of ``value`` in [0, 1] (clipped)."""
-    pos = min(max(value, 0.0), 1.0) * (len(_STOPS) - 1)
-    lo = min(int(pos), len(_STOPS) - 2)
-    frac = pos - lo
-    r, g, b = (round(a * (1 - frac) + b * frac) for a, b in zip(_STOPS[lo], _STOPS[lo + 1]))
+    """The shared IoU colour scale's colour of ``value`` in [0, 1] (clipped) as CSS ``rgb()``."""
+    r, g, b = scale_rgb(value)
     return f"rgb({r},{g},{b})"
 
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect.colours import concept_colour
 from lightning_dissect.report import layer_slug
 from lightning_dissect.report._page import html_page, run_facts, subtitle
-from lightning_dissect.round_logging import concept_colour
 from lightning_dissect.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def write_emergence_report(
     Args:
         rounds: The rounds, e.g. :func:`~lightning_dissect.history.load_history` of a run.
         path: The HTML file to write (parents created).
-        palette: Concept colours (:func:`~lightning_dissect.round_logging.segmenter_palette`);
+        palette: Concept colours (:func:`~lightning_dissect.round_pictures.segmenter_palette`);
             other concepts get the stable hashed colour of the TensorBoard pictures.
         unit_images: Strips of the last round's units, ``layer -> unit -> uint8 (k, 3, H, W)``
             (:func:`~lightning_dissect.strips.render_unit_images`), embedded as PNG data.

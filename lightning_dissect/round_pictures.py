@@ -1,0 +1,172 @@
+"""The pictures of a dissection round: unit strips, the labelled IoU heatmap, units by round.
+
+Every function returns a ``uint8 (3, H, W)`` tensor drawn with :mod:`lightning_dissect.visualize`;
+the colours come from :mod:`lightning_dissect.colours`. :mod:`lightning_dissect.round_logging`
+puts them into a round's content, which each logger's writer then receives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_dissect.colours import concept_colour
+from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
+from lightning_dissect.visualize import (
+    IOU_SCALE_MAX,
+    diagonal_order,
+    image_strip,
+    labelled_heatmap,
+    legend_image,
+    text_image,
+)
+
+__all__ = [
+    "NO_UNITS",
+    "segmenter_palette",
+    "units_by_round_concepts",
+    "units_by_round_image",
+    "iou_heatmap_image",
+    "unit_strip",
+    "unit_strip_grid",
+    "no_units_image",
+]
+
+#: What an empty picture says.
+NO_UNITS = "no unit has an iou above\nits chance iou this round"
+
+
+def no_units_image() -> Tensor:
+    """The picture shown in place of strips or a heatmap when no unit is above its chance IoU."""
+    return text_image(NO_UNITS)
+
+
+def segmenter_palette(segmenter: Any) -> dict[str, list[int]] | None:
+    """Concept colours of a segmenter that has them (the scene world's), else ``None``."""
+    world = getattr(segmenter, "world", None)
+    palette = getattr(world, "palette", None)
+    vocabulary = getattr(segmenter, "vocabulary", None)
+    if palette is None or vocabulary is None:
+        return None
+    rgb = ((palette.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return {name: rgb[i].tolist() for i, name in enumerate(vocabulary.names)}
+
+
+def units_by_round_concepts(entries: Sequence[Mapping[str, Any]], layer: str) -> list[str]:
+    """The concepts that label a unit of ``layer`` in any of the rounds ``entries``, by name.
+
+    Examples:
+        >>> entries = [{"layers": {"l": {"labels": ["sky", ""]}}}, {"layers": {"l": {"labels": ["", "tree"]}}}]
+        >>> units_by_round_concepts(entries, "l")
+        ['sky', 'tree']
+    """
+    return sorted({label for e in entries if layer in e["layers"] for label in e["layers"][layer]["labels"] if label})
+
+
+def units_by_round_image(
+    entries: Sequence[Mapping[str, Any]],
+    layer: str,
+    palette: Mapping[str, Sequence[int]] | None = None,
+    cell: int = 6,
+    legend: bool = True,
+) -> Tensor:
+    """Units (rows) × rounds (columns), each cell coloured by the unit's label (dark: none).
+
+    Rows are ``cell`` pixels tall; columns are wider while there are few rounds. The map is the
+    picture's top-left corner; with ``legend``, a legend of the concepts that occur (colour swatch
+    and name, :func:`units_by_round_concepts`) is drawn to its right.
+    """
+    columns = [e["layers"][layer]["labels"] for e in entries if layer in e["layers"]]
+    units = max(len(c) for c in columns)
+    img = torch.full((3, units, len(columns)), 40, dtype=torch.uint8)
+    for j, labels in enumerate(columns):
+        for i, label in enumerate(labels):
+            if label:
+                img[:, i, j] = concept_colour(label, palette)
+    width = max(cell, min(4 * cell, 240 // max(1, len(columns))))  # wide columns for few rounds
+    grid = img.repeat_interleave(cell, 1).repeat_interleave(width, 2)
+    if not legend:
+        return grid
+    items = [(name, concept_colour(name, palette).tolist()) for name in units_by_round_concepts(entries, layer)]
+    key = legend_image(items, title="concepts (dark: none)", max_height=max(grid.shape[1], 120))
+    height = max(grid.shape[1], key.shape[1])
+    out = torch.full((3, height, grid.shape[2] + 8 + key.shape[2]), 255, dtype=torch.uint8)
+    out[:, : grid.shape[1], : grid.shape[2]] = grid
+    out[:, : key.shape[1], grid.shape[2] + 8 :] = key
+    return out
+
+
+def iou_heatmap_image(
+    layer: LayerDissection,
+    names: Sequence[str],
+    units: Sequence[UnitDissection],
+    max_concepts: int = 16,
+    vmax: float = IOU_SCALE_MAX,
+) -> Tensor | None:
+    """The labelled IoU heatmap of ``units`` (rows) × concepts (columns), or ``None`` without units.
+
+    Columns: the labels of ``units``, then other concepts that label an interpretable unit of the
+    layer, at most ``max_concepts``; rows and columns in
+    :func:`~lightning_dissect.visualize.diagonal_order`, so the outlined label cells run down a
+    diagonal. Rows are named ``unit <n>`` (grey: not interpretable); the colour scale is fixed,
+    ``0 .. vmax``.
+    """
+    if not units:
+        return None
+    index = {u.unit: i for i, u in enumerate(layer.units)}
+    iou = layer.iou.float()
+    chosen = iou[torch.tensor([index[u.unit] for u in units])]
+    candidates = {u.concept_index for u in layer.units if u.interpretable}
+    rows, cols = diagonal_order(list(units), chosen, candidates, max(max_concepts, 1))
+    values = iou[torch.tensor([index[u.unit] for u in rows])][:, cols]
+    position = {c: j for j, c in enumerate(cols)}
+    marks = [(i, position[u.concept_index]) for i, u in enumerate(rows) if u.concept_index in position]
+    return labelled_heatmap(
+        values,
+        [f"unit {u.unit}" for u in rows],
+        [names[c] for c in cols],
+        vmax=vmax,
+        marks=marks,
+        row_colours=[(29, 35, 48) if u.interpretable else (140, 146, 158) for u in rows],
+    )
+
+
+def unit_strip(images: Tensor) -> Tensor:
+    """One unit's frames ``(k, 3, h, w)`` side by side; frames under 96 px are enlarged (nearest).
+
+    Examples:
+        >>> unit_strip(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape[1]
+        96
+    """
+    factor = max(1, 96 // int(images.shape[-2]))
+    if factor > 1:
+        images = images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    return image_strip(list(images))
+
+
+def unit_strip_grid(result: DissectionResult, layer: str, units: Sequence[int]) -> Tensor | None:
+    """The :func:`unit_strip` of each of ``units`` that has frames, top to bottom (``None``: none has).
+
+    Row ``i`` is the ``i``-th of ``units`` with frames; rows are separated by 2 white pixels.
+    """
+    strips = result.unit_images.get(layer, {})
+    rows = []
+    for u in units:
+        if u not in strips:
+            continue
+        rows.append(unit_strip(strips[u]))
+    if not rows:
+        return None
+    width = max(r.shape[2] for r in rows)
+    gap = torch.full((3, 2, width), 255, dtype=torch.uint8)
+    parts: list[Tensor] = []
+    for i, row in enumerate(rows):
+        if i:
+            parts.append(gap)
+        if row.shape[2] < width:
+            pad = torch.full((3, row.shape[1], width - row.shape[2]), 255, dtype=torch.uint8)
+            row = torch.cat([row, pad], 2)
+        parts.append(row)
+    return torch.cat(parts, 1)
