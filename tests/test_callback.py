@@ -387,6 +387,79 @@ def test_every_sink_fails_alone_and_the_round_still_reaches_history(tmp_path):
 def test_on_error_raise_reports_a_failed_sink_after_keeping_the_round(tmp_path):
     callback = make_callback(ablation_check=False, on_error="raise")
     logger = FullDiskTensorBoardLogger(tmp_path, name="tb")
+    logger.finalize = lambda status: None  # only the round's own failure here
     with pytest.raises(RuntimeError, match="kept in `history`.*FullDiskTensorBoardLogger"):
         fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False, logger=logger)
     assert [e["global_step"] for e in callback.history] == [8]
+
+
+def test_csv_logger_gets_round_files_pictures_and_tables_beside_metrics_csv(tmp_path):
+    import csv
+    import json
+
+    from lightning.pytorch.loggers import CSVLogger
+    from PIL import Image
+
+    callback = make_callback(ablation_check=False)
+    tb = TensorBoardLogger(tmp_path, name="tb")
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False, logger=[tb, csv_logger])
+    folder = Path(csv_logger.log_dir)
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    logged = [r for r in rows if r.get("dissection/layer1/interpretable_units")]
+    assert [int(r["step"]) for r in logged] == [3]  # the same step as the losses of the epoch's last batch
+    assert any(r.get("g_loss") and int(r["step"]) == 3 for r in rows)
+    # the round file (also under TensorBoard's folder, where load_history finds it)
+    data = json.loads((folder / "dissection" / "round_00000008.json").read_text())
+    assert data["metadata"]["global_step"] == 8
+    assert (Path(tb.log_dir) / "dissection" / "round_00000008.json").exists()
+    step = folder / "dissection" / "step_00000003"
+    for layer in LAYERS:
+        for kind in ("unit_strips", "iou_heatmap", "units_by_round"):
+            with Image.open(step / layer / f"{kind}.png") as img:
+                assert img.mode == "RGB" and img.width > 10
+        table = list(csv.DictReader(open(step / layer / "top_units.csv")))
+        units = {u["unit"]: u for u in data["layers"][layer]["units"]}
+        # every row is a unit of the round file, with its label and IoU, none at or below chance
+        assert 0 < len(table) <= 3
+        for row in table:
+            unit = units[int(row["unit"])]
+            assert row["concept"] == unit["label"] and abs(float(row["IoU"]) - unit["iou"]) < 1e-6
+            assert unit["chance_iou"] is None or unit["iou"] > unit["chance_iou"]
+        # interpretable units first, best IoU first within each group
+        keys = [(row["interpretable"] != "True", -float(row["IoU"])) for row in table]
+        assert keys == sorted(keys)
+    # the strips picture is the one TensorBoard shows
+    acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    encoded = acc.Images("dissection/layer1/unit_strips")[-1].encoded_image_string
+    import io
+
+    with Image.open(io.BytesIO(encoded)) as a, Image.open(step / "layer1" / "unit_strips.png") as b:
+        assert a.size == b.size and a.tobytes() == b.convert("RGB").tobytes()
+
+
+class ScalarsOnlyLogger(pl.loggers.Logger):
+    name = "mine"
+    version = 0
+
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+
+def test_a_logger_without_a_writer_gets_the_scalars_and_one_warning_naming_it(tmp_path):
+    callback = make_callback(ablation_check=False)
+    logger = ScalarsOnlyLogger()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, [callback], max_epochs=2, enable_checkpointing=False, logger=logger)
+    named = [str(w.message) for w in caught if "ScalarsOnlyLogger" in str(w.message)]
+    assert len(named) == 1 and "scalars only" in named[0] and "pictures" in named[0]
+    assert [s for s, m in logger.logged if "dissection/layer2/mean_best_iou" in m] == [3, 7]
