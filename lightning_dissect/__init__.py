@@ -24,6 +24,7 @@ _LAZY = {
     "DissectionConfig": "lightning_dissect.dissection",
     "DissectionResult": "lightning_dissect.result",
     "DissectionCallback": "lightning_dissect.callback",
+    "ImageDissectionCallback": "lightning_dissect.image_callback",
     "load_history": "lightning_dissect.history",
     "intervene": "lightning_dissect.interventions",
     "ablate": "lightning_dissect.interventions",

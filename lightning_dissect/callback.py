@@ -341,24 +341,13 @@ class DissectionCallback(Callback):
         epoch = int(trainer.current_epoch)
         log_step = logging_step(trainer)
         try:
-            generator = self.resolve_generator(pl_module)
-            assert self.segmenter is not None, "setup() did not run"
-            result = dissect(
-                generator,
-                self.layers,
-                self.segmenter,
-                latent_shape=self.latent_shape,
-                latent_sampler=self.latent_sampler,
-                generate=self.generate,
-                selector=self.selector,
-                config=self.config,
-                metadata={"global_step": step, "log_step": log_step, "epoch": epoch, "name": self.name},
-                dry_run=False,  # done once in on_fit_start
+            result = self.dissect_now(
+                trainer, pl_module, {"global_step": step, "log_step": log_step, "epoch": epoch, "name": self.name}
             )
             ablations: dict[str, list[Any]] = {}
             if self.ablation_check:
                 try:
-                    ablations = self._ablation(trainer, generator, result)
+                    ablations = self._ablation(trainer, self.resolve_generator(pl_module), result)
                 except Exception as err:  # noqa: BLE001 - the dissection itself is still logged
                     if self.on_error == "raise":
                         raise
@@ -391,6 +380,24 @@ class DissectionCallback(Callback):
                 + "; ".join(failures)
             )
         return result
+
+    def dissect_now(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, metadata: Mapping[str, Any]
+    ) -> DissectionResult:
+        """The dissection of one round (all ranks call it); the statistics of a round come from here only."""
+        assert self.segmenter is not None, "setup() did not run"
+        return dissect(
+            self.resolve_generator(pl_module),
+            self.layers,
+            self.segmenter,
+            latent_shape=self.latent_shape,
+            latent_sampler=self.latent_sampler,
+            generate=self.generate,
+            selector=self.selector,
+            config=self.config,
+            metadata=metadata,
+            dry_run=False,  # done once in on_fit_start
+        )
 
     # ------------------------------------------------------------------ ablation
     def _ablation_latents(self, trainer: pl.Trainer) -> Tensor:

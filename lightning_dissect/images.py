@@ -138,7 +138,9 @@ class ImageSet:
         """Image ``index`` ``(C, H, W)`` and its segmentation (``None`` without a vocabulary)."""
         if isinstance(self.data, Tensor):
             return self.data[index], None
-        item = self.data[index]
+        return self._parse(self.data[index], index)
+
+    def _parse(self, item: Any, index: int) -> tuple[Tensor, Tensor | None]:
         segmentation = None
         if isinstance(item, (tuple, list)):
             if not item:
@@ -171,7 +173,9 @@ class ImageSet:
         idx = [int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)]
         if isinstance(self.data, Tensor):
             return self.data[idx], None
-        items = [self.item(i) for i in idx]
+        many = getattr(self.data, "__getitems__", None)  # a dataset's batched access (as DataLoader uses it)
+        raw = many(idx) if many is not None else [self.data[i] for i in idx]
+        items = [self._parse(item, i) for item, i in zip(raw, idx)]
         shapes = {tuple(image.shape) for image, _ in items}
         if len(shapes) > 1:
             raise ValueError(
@@ -208,6 +212,21 @@ def _check_segmentation_item(segmentation: Any, image: Tensor, index: int, name:
             "disagree (a segmentation must be at the image size or an integer fraction of it)"
         )
     return segmentation
+
+
+def _check_range(images: Tensor, source: ImageSet) -> None:
+    """Images of ``source`` are finite and inside its declared ``value_range`` (with the usual tolerance)."""
+    try:
+        validate_images(images, source.value_range, name=source.name, channels=images.shape[1])
+    except ValueError as err:
+        if " is declared" not in str(err):
+            raise
+        low, high = float(images.min()), float(images.max())
+        raise ValueError(
+            f"`{source.name}` has values in [{low:.4g}, {high:.4g}] outside the declared `value_range`="
+            f"{tuple(source.value_range)}: declare the images' own range (e.g. value_range=(-1, 1), or (0, 255) for "
+            "unscaled pixels)"
+        ) from None
 
 
 def _call_network(network: nn.Module, images: Tensor) -> Any:
@@ -312,9 +331,11 @@ class ImageRunner(GeneratorRunner):
             return segmentation
         if isinstance(segmenter, GroundTruth):
             raise ValueError(f"`{source.name}` has no segmentations: pass a `segmenter` to label its images")
-        channels = getattr(segmenter, "channels", 3)
-        if first:
-            validate_images(images, source.value_range, name=source.name, channels=channels)
+        if first:  # the range was checked on loading: the channel count for the segmenter here
+            validate_images(
+                map_range(images, source.value_range, segmenter.value_range), segmenter.value_range, name=source.name,
+                channels=getattr(segmenter, "channels", 3),
+            )
         return self.segment(map_range(images, source.value_range, segmenter.value_range), segmenter, check_images=False)
 
     def batches(  # type: ignore[override]
@@ -340,7 +361,7 @@ class ImageRunner(GeneratorRunner):
         for i, idx in enumerate(self.split(indices)):
             images, segmentation = self.load(source, idx)
             if i == 0:
-                validate_images(images, source.value_range, name=source.name, channels=images.shape[1])
+                _check_range(images, source)
             _, acts = self.forward(images, layers, edits=edits, require_maps=require_maps)
             labels = None if segmenter is None else self.labels(source, images, segmentation, segmenter, first=i == 0)
             yield GeneratedBatch(idx, images, acts, labels)
@@ -371,7 +392,7 @@ class ImageRunner(GeneratorRunner):
         idx = torch.arange(min(2, len(source)))
         with self.session():
             images, segmentation = self.load(source, idx)
-            validate_images(images, source.value_range, name=source.name, channels=images.shape[1])
+            _check_range(images, source)
             try:
                 _, captured = self.forward(images, layers, require_maps=False)
             except LayerCallError as err:

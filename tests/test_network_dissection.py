@@ -201,7 +201,7 @@ def test_wrong_rank_and_dtype():
 
 
 def test_values_outside_the_declared_range():
-    with pytest.raises(ValueError, match=r"`images` has values in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"`images` has values in \[0, 255\] outside the declared `value_range`"):
         dissect_images(Painted(), ["units"], torch.full((4, 3, 8, 8), 255.0).index_fill_(0, torch.tensor([0]), 0),
                        SyntheticSceneSegmenter(16), progress=False)
 
