@@ -261,3 +261,94 @@ def test_training_state_untouched():
     rng = torch.get_rng_state()
     dissect_images(net, ["conv"], ImageSet(TensorDataset(images, seg), vocabulary=VOCAB), progress=False)
     assert net.training and torch.equal(rng, torch.get_rng_state())
+
+
+# ---------------------------------------------------------------------- ablation for readers
+class TinyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.features = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.features(x)).mean((2, 3)))
+
+
+def _accuracy_by_hand(net, images, classes, units, present=None):
+    """Accuracy with ``units`` of ``features`` set to zero, computed without hooks."""
+    with torch.no_grad():
+        maps = net.features(images)
+        maps[:, list(units)] = 0.0
+        correct = (net.head(torch.relu(maps).mean((2, 3))).argmax(1) == classes).double()
+    if present is not None:
+        correct = correct[present]
+    return float(correct.mean()) if correct.numel() else float("nan")
+
+
+def test_reader_ablation_matches_a_plain_loop():
+    from lightning_dissect.interventions import ReaderAblationEffect, reader_ablation
+    from lightning_dissect.result import LayerDissection, UnitDissection
+
+    gen = torch.Generator().manual_seed(8)
+    images = torch.rand(10, 3, 8, 8, generator=gen)
+    seg = torch.randint(0, 4, (10, 8, 8), generator=gen)
+    seg[:4] = seg[:4].clamp(max=2)  # concept 3 absent from the first four images
+    classes = torch.randint(0, 3, (10,), generator=gen)
+    net = TinyClassifier()
+    units = [UnitDissection(u, VOCAB.names[1 + u % 3], 1 + u % 3, "colour", 0.3 - 0.01 * u, 0.0, 0.1, u < 5, 0.0)
+             for u in range(6)]
+    layer = LayerDissection("features", units, torch.zeros(6, 4))
+    data = [(images[i], seg[i], int(classes[i])) for i in range(10)]
+    records = reader_ablation(net, layer, data, vocabulary=VOCAB, top_n=2, batch_size=4, num_controls=2)
+    assert [r.concept for r in records] == ["red", "green", "blue"]  # 2, 2 and 1 units
+    for record in records:
+        assert isinstance(record, ReaderAblationEffect) and record.metric == "accuracy"
+        c = record.concept_index
+        chosen = [u.unit for u in sorted((u for u in units if u.concept_index == c and u.interpretable),
+                                         key=lambda u: -u.iou)][:2]
+        assert record.units == sorted(chosen)
+        present = (seg == c).flatten(1).any(1)
+        assert record.num_present == int(present.sum()) and record.num_images == 10
+        assert record.baseline == pytest.approx(_accuracy_by_hand(net, images, classes, []))
+        assert record.ablated == pytest.approx(_accuracy_by_hand(net, images, classes, record.units))
+        assert record.present_ablated == pytest.approx(_accuracy_by_hand(net, images, classes, record.units, present))
+        assert len(record.control_units) == 2
+        expected_control = np.mean([_accuracy_by_hand(net, images, classes, u) for u in record.control_units])
+        assert record.control_ablated == pytest.approx(expected_control)
+        for control in record.control_units:
+            assert len(control) == len(record.units) and not set(control) & set(record.units)
+        assert record.drop == pytest.approx(record.baseline - record.ablated)
+
+
+def test_reader_ablation_discriminator_score():
+    from lightning_dissect.interventions import reader_ablation
+    from lightning_dissect.result import LayerDissection, UnitDissection
+
+    images, seg = painted_images(6)
+    net = Painted()
+    units = [UnitDissection(u, VOCAB.names[max(u, 1)], max(u, 1), "colour", 1.0, 0.0, 0.5, u > 0, 0.0)
+             for u in range(4)]
+    records = reader_ablation(net, LayerDissection("units", units, torch.zeros(4, 4)), TensorDataset(images, seg),
+                              vocabulary=VOCAB, metric="score", num_controls=0)
+    with torch.no_grad():
+        full = net(images).mean(1)
+    for record in records:
+        k = record.concept_index
+        kept = net(images).detach().clone()
+        kept[:, k] = 0.0
+        assert record.baseline == pytest.approx(float(full.mean()))
+        assert record.ablated == pytest.approx(float(kept.mean(1).mean()))
+        assert record.control_units == [] and np.isnan(record.control_ablated)
+
+
+def test_reader_ablation_bad_input():
+    from lightning_dissect.interventions import reader_ablation
+    from lightning_dissect.result import LayerDissection
+
+    layer = LayerDissection("units", [], torch.zeros(0, 4))
+    images, seg = painted_images(4)
+    with pytest.raises(ValueError, match="`metric`"):
+        reader_ablation(Painted(), layer, TensorDataset(images, seg), vocabulary=VOCAB, metric="loss")
+    with pytest.raises(ValueError, match="`targets`: item 0"):
+        reader_ablation(Painted(), layer, TensorDataset(images, seg), vocabulary=VOCAB)

@@ -28,7 +28,10 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
   top units by α with the top units by IoU and random units (:class:`CausalUnits`);
 * :func:`ablation_check` — for every concept with interpretable units in a
   :class:`~lightning_dissect.result.LayerDissection`, switch off its units and report the drop;
-  this is what :class:`~lightning_dissect.callback.DissectionCallback` runs at every round.
+  this is what :class:`~lightning_dissect.callback.DissectionCallback` runs at every round;
+* :func:`reader_ablation` — the same for a network that *reads* images (Network Dissection): a
+  classifier's accuracy (over all images and those with the concept) or a discriminator's score,
+  with the same random-units control and record format (:class:`ReaderAblationEffect`).
 
 Every function runs the generator through a :class:`~lightning_dissect.runner.GeneratorRunner`:
 under ``torch.inference_mode()`` with the generator in eval mode (restoring each submodule's
@@ -65,6 +68,7 @@ from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
 from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
 from lightning_dissect.interventions.insertion import insertion_effect
+from lightning_dissect.interventions.readers import ReaderAblationEffect, reader_ablation
 from lightning_dissect.interventions.records import AblationEffect, CausalEffect, EffectRecord, InsertionEffect
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
 
@@ -94,4 +98,6 @@ __all__ = [
     "ablation_curve",
     "ablation_check",
     "causal_units",
+    "ReaderAblationEffect",
+    "reader_ablation",
 ]
