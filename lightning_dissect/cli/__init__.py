@@ -17,13 +17,14 @@ import sys
 from collections.abc import Sequence
 
 from lightning_dissect.cli._loading import CLIError, load_generator, load_object, load_segmenter
+from lightning_dissect.cli.causal import add_causal_command, run_causal
 from lightning_dissect.cli.compare import add_compare_command, run_compare
 from lightning_dissect.cli.dissect import add_dissect_command, run_dissect
 from lightning_dissect.cli.emergence import add_emergence_command, run_emergence
 
 __all__ = ["CLIError", "build_parser", "main", "load_object", "load_generator", "load_segmenter"]
 
-COMMANDS = {"dissect": run_dissect, "emergence": run_emergence, "compare": run_compare}
+COMMANDS = {"dissect": run_dissect, "emergence": run_emergence, "compare": run_compare, "causal": run_causal}
 """Command name -> function running it (``args -> exit status``)."""
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dissect_command(sub)
     add_emergence_command(sub)
     add_compare_command(sub)
+    add_causal_command(sub)
     return parser
 
 

@@ -65,11 +65,12 @@ def add_command(
     return sub.add_parser(name, help=summary, description=description, formatter_class=formatter)
 
 
-def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True, one_layer: bool = False) -> None:
     """``--generator``, ``--checkpoint``, ``--layers``, latent, call and selector options.
 
     ``required=False``: ``--generator`` may be replaced by ``--network`` (see
-    :func:`add_network_arguments`); the command checks that exactly one is given.
+    :func:`add_network_arguments`); the command checks that exactly one is given. With
+    ``one_layer``, ``--layer LAYER`` (one name, stored as ``layers``) replaces ``--layers``.
     """
     model = p.add_argument_group("generator")
     model.add_argument(
@@ -86,12 +87,18 @@ def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True
         "cls.load_from_checkpoint(PATH, map_location=DEVICE); with a plain module, its "
         "state_dict (or the checkpoint's 'state_dict' entry)",
     )
-    model.add_argument(
-        "--layers", required=True, nargs="+", metavar="LAYER",
-        help="dotted names of the layers to dissect, relative to the generator (as in "
-        "generator.named_modules()), space- or comma-separated, e.g. block3 block4; a name "
-        "prefixed with the generator's attribute (generator.block3) is accepted too",
-    )
+    if one_layer:
+        model.add_argument(
+            "--layer", dest="layers", required=True, nargs=1, metavar="LAYER",
+            help="dotted name of the layer, relative to the generator (as in generator.named_modules())",
+        )
+    else:
+        model.add_argument(
+            "--layers", required=True, nargs="+", metavar="LAYER",
+            help="dotted names of the layers to dissect, relative to the generator (as in "
+            "generator.named_modules()), space- or comma-separated, e.g. block3 block4; a name "
+            "prefixed with the generator's attribute (generator.block3) is accepted too",
+        )
     model.add_argument(
         "--latent-dim", type=_positive_int, metavar="D",
         help="latent size, tried as (D,) then (D, 1, 1); default: the first of "

@@ -74,6 +74,7 @@ def causal_units(
     l2: float = 0.005,
     sizes: Sequence[int] | None = None,
     seed: int = 0,
+    num_examples: int = 4,
     **options: Unpack[RunOptions],
 ) -> CausalUnits:
     """Learn α per unit of ``layer`` for ``concept``; compare α-, IoU- and randomly chosen units.
@@ -99,6 +100,8 @@ def causal_units(
         l2: Weight ``λ ≥ 0`` of the penalty ``λ‖α‖²`` that keeps the set small.
         sizes: The ``n`` to compare at (default :data:`DEFAULT_SIZES` up to the layer width).
         seed: Seed of the random units' draw.
+        num_examples: Sample images kept as pictures (those with the most of the concept): each
+            unedited, with the top α units ablated and with them inserted (0: none).
         **options: :class:`RunOptions`: ``batch_size``, ``generate``, ``selector``, ``distributed``.
 
     Returns:
@@ -142,6 +145,8 @@ def causal_units(
     iou_ranking = torch.sort(-torch.nan_to_num(iou, nan=-1.0).double(), stable=True).indices
     order = torch.randperm(p.width, generator=_control_rng(seed, p.concept))
     baseline, comparison = _compare(p, stats.value, points, ranking, iou_ranking, order)
+    shown = _shown_units(comparison, baseline)
+    examples = _examples(p, stats, ranking[:shown], _count(num_examples, "num_examples"))
     return CausalUnits(
         layer=p.layer,
         concept=p.concept_name,
@@ -162,6 +167,8 @@ def causal_units(
         num_images=stats.num_images,
         num_images_with_concept=stats.images_with_concept,
         passes_per_image=passes,
+        examples=examples,
+        example_units=ranking[:shown].tolist() if examples else [],
     )
 
 
@@ -173,6 +180,12 @@ def _check_settings(steps: Any, lr: Any, l2: Any) -> None:
         raise ValueError(f"`lr` must be a number in (0, 1], got {lr!r}")
     if not _number(l2) or not 0.0 <= l2 <= 1.0:
         raise ValueError(f"`l2` (the penalty weight λ) must be a number in [0, 1], got {l2!r}")
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative int, got {value!r}")
+    return value
 
 
 def _number(value: Any) -> bool:
@@ -343,6 +356,44 @@ def _ranking(alpha: Tensor, gradient: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- evaluation
+def _shown_units(comparison: list[CausalComparison], baseline: float) -> int:
+    """The ``n`` pictured: the smallest whose α-ablation leaves at most 10 % of the concept, else
+    the one that leaves the least."""
+    for c in comparison:
+        if c.ablated_alpha <= 0.1 * baseline:
+            return c.n
+    return min(comparison, key=lambda c: (c.ablated_alpha, c.n)).n
+
+
+def _examples(p: Prepared, stats: _Statistics, units: Tensor, count: int) -> dict[str, Tensor]:
+    """``{"before", "ablated", "inserted"}`` → ``(k, C, H, W)`` images of the samples richest in the concept.
+
+    Only this process's latents are looked at (pictures, not statistics: no collective).
+    """
+    if not count:
+        return {}
+    pixels = torch.cat([m.flatten(1).sum(1) for m in stats.present]) if stats.present else torch.zeros(0)
+    if not len(pixels) or int(pixels.max()) == 0:
+        return {}
+    chosen = torch.sort(-pixels.double(), stable=True).indices[: min(count, int((pixels > 0).sum()))]
+    strength = torch.zeros(p.width)
+    strength[units] = 1.0
+    edits = {
+        "before": None,
+        "ablated": {p.layer: LayerEdit(alpha=strength, value=0.0)},
+        "inserted": {p.layer: LayerEdit(alpha=strength, value=stats.value)},
+    }
+    out: dict[str, list[Tensor]] = {name: [] for name in edits}
+    with p.runner.session():
+        for index in chosen.tolist():
+            first = index - index % p.runner.batch_size  # its batch: the same generator noise
+            batch = torch.arange(first, min(first + p.runner.batch_size, len(p.bank)))
+            for name, edit in edits.items():
+                images, _ = p.runner.forward(p.bank[batch], (), edits=edit, seed=noise_seed(p.bank.seed, first))
+                out[name].append(images[index - first].detach().float().cpu().clone())
+    return {name: torch.stack(images) for name, images in out.items()}
+
+
 def _compare(
     p: Prepared, value: Tensor, points: list[int], ranking: Tensor, iou_ranking: Tensor, order: Tensor
 ) -> tuple[float, list[CausalComparison]]:

@@ -81,6 +81,10 @@ class CausalUnits:
         num_images_with_concept: Those in which the concept is present.
         passes_per_image: Generator forward+backward passes per sample image of the optimisation
             (two per step: one ablated, one inserted).
+        examples: Pictures (not in the JSON): ``"before"``, ``"ablated"`` and ``"inserted"`` →
+            ``(k, C, H, W)`` generated images of the samples that show most of the concept,
+            unedited, with ``example_units`` switched off and with them switched on.
+        example_units: The top units by α edited in ``examples``.
     """
 
     layer: str
@@ -99,6 +103,8 @@ class CausalUnits:
     num_images: int = 0
     num_images_with_concept: int = 0
     passes_per_image: int = 0
+    examples: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    example_units: list[int] = field(default_factory=list)
 
     @property
     def sizes(self) -> list[int]:
@@ -139,6 +145,7 @@ class CausalUnits:
             "num_images": self.num_images,
             "num_images_with_concept": self.num_images_with_concept,
             "passes_per_image": self.passes_per_image,
+            "example_units": list(self.example_units),
         }
 
     @classmethod
@@ -161,6 +168,7 @@ class CausalUnits:
             num_images=int(data.get("num_images", 0)),
             num_images_with_concept=int(data.get("num_images_with_concept", 0)),
             passes_per_image=int(data.get("passes_per_image", 0)),
+            example_units=[int(u) for u in data.get("example_units", [])],
         )
 
     def save_json(self, path: str | Path) -> Path:

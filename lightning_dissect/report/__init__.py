@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -32,14 +32,22 @@ from torch import Tensor, nn
 from lightning_dissect._io import atomic_write_text, check_writable_output
 from lightning_dissect.report._page import html_page, run_facts, subtitle
 from lightning_dissect.report._svg import IOU_SCALE_MAX, category_colour, concept_bar_chart, iou_heatmap
+from lightning_dissect.report.causal import (
+    causal_css,
+    causal_section,
+    causal_slug,
+    write_causal_images,
+    write_causal_report,
+)
 from lightning_dissect.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
     from lightning_dissect.hooks import OutputSelector
+    from lightning_dissect.interventions.causal_result import CausalUnits
     from lightning_dissect.latents import LatentBank
     from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 
-__all__ = ["write_report", "layer_slug"]
+__all__ = ["write_report", "write_causal_report", "layer_slug"]
 
 
 def layer_slug(name: str, index: int) -> str:
@@ -80,6 +88,7 @@ def write_report(
     heatmap_units: int = 40,
     title: str | None = None,
     write_json: bool = True,
+    causal: Sequence[CausalUnits] = (),
 ) -> Path:
     """Write the static HTML report of ``result`` into ``directory``; return ``index.html``'s path.
 
@@ -104,6 +113,9 @@ def write_report(
         heatmap_units: Rows (top units) of the IoU heatmap.
         title: Page title (default: "Dissection report").
         write_json: Also write ``dissect.json``.
+        causal: Causal unit sets (:func:`~lightning_dissect.interventions.causal_units`) to show,
+            a section each after the layers (α profile, effect curves, before/after pictures);
+            each is also written as ``causal-<layer>-<concept>.json`` (its ``to_dict()``).
 
     Returns:
         Path of ``index.html``.
@@ -135,7 +147,12 @@ def write_report(
                                          generate=generate, selector=selector, device=device)
         rendered = True
     sections, nav = _layer_sections(out, result, unit_images, heatmap_units, rendered, generator is not None)
-    return atomic_write_text(out / "index.html", _page(result, sections, nav, title))
+    if causal:
+        for item in causal:
+            atomic_write_text(out / f"{causal_slug(item)}.json", json.dumps(item.to_dict(), indent=1))
+            sections.append(causal_section(item, write_causal_images(item, out, segmenter_value_range)))
+            nav.insert(-1, f'<a href="#{causal_slug(item)}">causal: {escape(item.concept)}</a>')
+    return atomic_write_text(out / "index.html", _page(result, sections, nav, title, bool(causal)))
 
 
 def _layer_sections(
@@ -158,7 +175,9 @@ def _layer_sections(
     return sections, nav
 
 
-def _page(result: DissectionResult, sections: list[str], nav: list[str], title: str | None) -> str:
+def _page(
+    result: DissectionResult, sections: list[str], nav: list[str], title: str | None, causal: bool = False
+) -> str:
     """The whole ``index.html``."""
     from lightning_dissect import __version__
 
@@ -172,7 +191,8 @@ def _page(result: DissectionResult, sections: list[str], nav: list[str], title: 
 <footer>lightning-dissect {escape(__version__)} · result schema version {result.schema_version}
  · data: <a href="dissect.json">dissect.json</a>
  · <span id="image-status" data-loaded="" data-total="" data-checked="false"></span></footer>"""
-    return html_page(title or "Dissection report", sub, "".join(nav), _asset("report.css"), main, _asset("report.js"))
+    css = _asset("report.css") + (causal_css() if causal else "")
+    return html_page(title or "Dissection report", sub, "".join(nav), css, main, _asset("report.js"))
 
 
 def _write_strips(out: Path, slug: str, images: Mapping[int, Tensor]) -> dict[int, str]:

@@ -43,6 +43,7 @@ __all__ = [
     "PARAMS_PER_UNIT",
     "CausalPaintingGenerator",
     "PaintingGenerator",
+    "make_causal_painting_generator",
     "make_painting_generator",
     "make_painting_segmenter",
     "painting_latent_shape",
@@ -306,3 +307,11 @@ class CausalPaintingGenerator(nn.Module):
         p = torch.sigmoid(4.0 * upsample_bilinear(logit, (self.size, self.size)))
         concept, background = self.colours[0].view(1, 3, 1, 1), self.colours[1].view(1, 3, 1, 1)
         return p * concept + (1 - p) * background
+
+
+def make_causal_painting_generator() -> CausalPaintingGenerator:
+    """A factory for the command line: ``--generator tests.helpers.painting:make_causal_painting_generator``.
+
+    Its latent size is ``latent_dim`` (26 with the defaults).
+    """
+    return CausalPaintingGenerator(SceneWorld(32))
