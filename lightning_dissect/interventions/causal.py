@@ -357,8 +357,10 @@ def _ranking(alpha: Tensor, gradient: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- evaluation
 def _shown_units(comparison: list[CausalComparison], baseline: float) -> int:
-    """The ``n`` pictured: the smallest whose α-ablation leaves at most 10 % of the concept, else
-    the one that leaves the least."""
+    """The ``n`` pictured: the smallest whose α-ablation leaves at most 10 % of the concept.
+
+    Else the ``n`` that leaves the least.
+    """
     for c in comparison:
         if c.ablated_alpha <= 0.1 * baseline:
             return c.n
