@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -223,3 +224,67 @@ def test_layer_that_cannot_be_edited_is_refused(world):
     seg = SyntheticSceneSegmenter(world)
     with pytest.raises(ValueError, match="causal units"):
         causal_units(Gen(), "pair", 1, seg, torch.randn(2, 4), iou=torch.zeros(3), selector=lambda out: out[0])
+
+
+# ---------------------------------------------------------------------- command line and report
+CAUSAL_FACTORY = "tests.helpers.painting:make_causal_painting_generator"
+
+
+def test_cli_writes_causal_json_and_report(capsys, tmp_path):
+    from lightning_dissect.cli import main
+
+    out = tmp_path / "out"
+    code = main([
+        "causal", "--generator", CAUSAL_FACTORY, "--layer", "units", "--concept", "tree", "--num-samples", "48",
+        "--causal-samples", "16", "--threshold-mode", "iqr", "--steps", "4", "--sizes", "1,3", "--output", str(out),
+        "--quiet",
+    ])  # fmt: skip
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads((out / "causal.json").read_text())
+    gen = CausalPaintingGenerator(SceneWorld(32))
+    assert len(data["alpha"]) == gen.num_units and data["layer"] == "units" and data["concept"] == "tree"
+    assert data["settings"]["steps"] == 4 and data["num_images"] == 16
+    assert [c["n"] for c in data["comparison"]] == [1, 3]
+    assert sorted(data["ranking"][:3]) == gen.strong
+    for page in ("causal.html", "index.html"):
+        html = (out / page).read_text()
+        assert "Causal units of <code>tree</code>" in html and "top-n by α" in html
+    assert sorted(p.name for p in (out / "images" / "causal-units-tree").iterdir()) == [
+        "ablated.png", "before.png", "inserted.png"
+    ]
+    assert "causal.json" in stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--concept", "treee"], "did you mean tree"),
+        (["--concept", "tree", "--lr", "2"], "lr"),
+        (["--concept", "tree", "--segmenter", "tests.test_causal_units:labels_only_segmenter"], "no soft concept"),
+    ],
+)
+def test_cli_errors_are_one_line(capsys, tmp_path, argv, fragment):
+    from lightning_dissect.cli import main
+
+    code = main(["causal", "--generator", CAUSAL_FACTORY, "--layer", "units", "--num-samples", "8", "--quiet",
+                 "--output", str(tmp_path / "o"), *argv])  # fmt: skip
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def labels_only_segmenter() -> CallableSegmenter:
+    world = SceneWorld(32)
+    return CallableSegmenter(SyntheticSceneSegmenter(world), world.vocabulary)
+
+
+def test_report_section_matches_the_result(painted, tmp_path):
+    from lightning_dissect.report import write_causal_report
+
+    result = painted[-1]
+    page = write_causal_report([result], tmp_path).read_text()
+    for c in result.comparison:  # the table shows every measured fraction relative to the baseline
+        for value in (c.ablated_alpha, c.ablated_iou, c.inserted_alpha):
+            assert f"{value / result.baseline:.1%}" in page
+    assert page.count('class="causal-curve"') == 2 and 'class="alpha-profile"' in page
+    assert page.count("<rect") == len(result.alpha)  # one α bar per unit
