@@ -32,7 +32,7 @@ from lightning_dissect.dissection import dissect
 from lightning_dissect.history import load_history, round_path
 from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
-from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, round_writers
+from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, finish, round_writers
 from lightning_dissect.result import DissectionResult
 from lightning_dissect.round_logging import RoundLogger, round_entry
 from lightning_dissect.round_pictures import segmenter_palette
@@ -319,6 +319,15 @@ class DissectionCallback(Callback):
         step = trainer.global_step
         if step > 0 and step // self.every_n_train_steps > max(self._last_step, 0) // self.every_n_train_steps:
             self._round(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hand the last round to the writers that take something at the end (MLflow: the HTML report)."""
+        if not trainer.is_global_zero or self.last_result is None:
+            return
+        writers, _ = round_writers(trainer.loggers, round_dir=_log_directory(trainer))
+        failures: list[str] = []
+        result = self.last_result
+        finish(result, self.round_logger.prefix, writers, lambda message: _add_failure(failures, result, message))
 
     # ------------------------------------------------------------------ one round
     def run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> DissectionResult | None:

@@ -189,3 +189,20 @@ def test_units_by_round_legend_lists_exactly_the_concepts_present():
              if (key == torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)).all(0).sum() >= 100}
     assert found == {"grass", "sky", "tree"}  # door labels only another layer
     assert _ink(key) > 100
+
+
+# ------------------------------------------------------------------ optional logger libraries
+def test_wandb_and_mlflow_are_imported_only_when_their_logger_is_in_use(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger\n"
+        "import lightning_dissect.callback\n"
+        "from lightning_dissect.loggers import round_writers\n"
+        f"writers, _ = round_writers([TensorBoardLogger({str(tmp_path)!r}), CSVLogger({str(tmp_path)!r})])\n"
+        "print(len(writers), 'wandb' in sys.modules, 'mlflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["2", "False", "False"]

@@ -13,7 +13,9 @@ from typing import Any, Callable, Sequence
 
 from lightning_dissect.loggers.content import RoundContent, RoundWriter, Table
 from lightning_dissect.loggers.folder import FolderWriter, step_folder
+from lightning_dissect.loggers.mlflow import MLflowWriter
 from lightning_dissect.loggers.tensorboard import TensorBoardWriter
+from lightning_dissect.loggers.wandb import WandbWriter
 
 __all__ = [
     "RoundContent",
@@ -21,9 +23,12 @@ __all__ = [
     "Table",
     "TensorBoardWriter",
     "FolderWriter",
+    "WandbWriter",
+    "MLflowWriter",
     "step_folder",
     "round_writers",
     "deliver",
+    "finish",
     "NOT_DELIVERED",
 ]
 
@@ -37,6 +42,7 @@ def round_writers(
     """The writer of each logger, by its type, and the loggers that have none.
 
     * ``TensorBoardLogger`` → :class:`TensorBoardWriter` on its ``SummaryWriter``;
+    * ``WandbLogger`` → :class:`WandbWriter`; ``MLFlowLogger`` → :class:`MLflowWriter`;
     * any other logger with a ``log_dir`` (``CSVLogger``, ...) → :class:`FolderWriter` (the round
       JSON too, unless ``round_dir`` is that folder: the callback writes it there already);
     * the rest receive the scalars only.
@@ -45,7 +51,7 @@ def round_writers(
         >>> round_writers([])
         ([], [])
     """
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
     writers: list[RoundWriter] = []
     unsupported: list[Any] = []
@@ -54,6 +60,12 @@ def round_writers(
         kind = type(logger).__name__
         if isinstance(logger, TensorBoardLogger):
             writers.append(TensorBoardWriter(logger.experiment, name=kind))
+            continue
+        if isinstance(logger, WandbLogger):
+            writers.append(WandbWriter(logger, name=kind))
+            continue
+        if isinstance(logger, MLFlowLogger):
+            writers.append(MLflowWriter(logger, name=kind))
             continue
         log_dir = getattr(logger, "log_dir", None)
         if log_dir:
@@ -85,4 +97,25 @@ def deliver(content: RoundContent, writers: Sequence[RoundWriter], warn: Callabl
         except Exception as err:  # noqa: BLE001 - one sink's failure must not cost the others
             failed.append(writer.name)
             warn(f"could not write the round to {writer.name}: {type(err).__name__}: {err}")
+    return failed
+
+
+def finish(
+    result: Any, prefix: str, writers: Sequence[RoundWriter], warn: Callable[[str], None]
+) -> list[str]:
+    """At the end of fit, let each writer that has a ``finish(result, prefix)`` step take it.
+
+    ``result`` is the last round's; a failing writer is reported through ``warn`` and skipped.
+    Returns the names of the writers that failed.
+    """
+    failed = []
+    for writer in writers:
+        step = getattr(writer, "finish", None)
+        if step is None:
+            continue
+        try:
+            step(result, prefix)
+        except Exception as err:  # noqa: BLE001 - one sink's failure must not cost the others
+            failed.append(writer.name)
+            warn(f"could not write the last round's report to {writer.name}: {type(err).__name__}: {err}")
     return failed
