@@ -7,16 +7,26 @@
   them raise together.
 * :func:`seeded_rng`: generators that draw noise in ``forward`` (StyleGAN-style) get the same noise
   for the same latents in every pass, and the caller's global RNG is restored afterwards.
+* :func:`init_distributed`: the process group of a command started under ``torchrun``.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
 
-__all__ = ["world", "agree_on_failure", "seeded_rng", "check_samples_per_rank", "all_gather_cat"]
+__all__ = [
+    "world",
+    "agree_on_failure",
+    "OtherRankError",
+    "seeded_rng",
+    "check_samples_per_rank",
+    "all_gather_cat",
+    "init_distributed",
+]
 
 
 def world(distributed: bool = True) -> tuple[int, int]:
@@ -34,26 +44,44 @@ def world(distributed: bool = True) -> tuple[int, int]:
     return 0, 1
 
 
+class OtherRankError(RuntimeError):
+    """Raised on the ranks that did not fail when another rank did (see :func:`agree_on_failure`).
+
+    Attributes:
+        ranks: The ranks that failed (each raised, and reports, its own error).
+    """
+
+    def __init__(self, what: str, ranks: list[int]) -> None:
+        self.ranks = list(ranks)
+        which = "rank " + ", ".join(str(r) for r in self.ranks) if len(self.ranks) == 1 else (
+            "ranks " + ", ".join(str(r) for r in self.ranks)
+        )
+        super().__init__(f"{what} failed on {which}; that rank reports its own error, tagged [rank N]")
+
+
 def agree_on_failure(
     error: BaseException | None, device: torch.device, what: str, *, distributed: bool = True
 ) -> None:
     """Raise on every rank if any rank failed (``error`` is this rank's exception or ``None``).
 
+    A failed rank re-raises its own error; the others raise :class:`OtherRankError` naming the
+    ranks that failed.
+
     Examples:
         >>> agree_on_failure(None, torch.device("cpu"), "pass 1")  # single process, no error
     """
-    _, size = world(distributed)
+    rank, size = world(distributed)
+    failed_ranks = [rank] if error is not None else []
     if size > 1:
-        flag = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        failed = bool(flag.item())
-    else:
-        failed = error is not None
-    if not failed:
+        flags = torch.zeros(size, dtype=torch.int64, device=device)
+        flags[rank] = 0 if error is None else 1
+        torch.distributed.all_reduce(flags)
+        failed_ranks = [i for i, flag in enumerate(flags.tolist()) if flag]
+    if not failed_ranks:
         return
     if error is not None:
         raise error
-    raise RuntimeError(f"{what} failed on another rank; see that rank's error")
+    raise OtherRankError(what, failed_ranks)
 
 
 def check_samples_per_rank(num_samples: int, name: str, *, distributed: bool = True) -> None:
@@ -115,3 +143,27 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def init_distributed(device: str) -> tuple[str, bool]:
+    """Initialise the default process group from torchrun's environment variables, if set.
+
+    Returns ``(device, initialised_here)``: on CUDA the device becomes ``cuda:<LOCAL_RANK>``
+    (backend ``nccl``); on CPU the backend is ``gloo``. Without ``WORLD_SIZE`` > 1 nothing happens.
+
+    Examples:
+        >>> init_distributed("cpu") if "WORLD_SIZE" not in os.environ else ("cpu", False)
+        ('cpu', False)
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return device, False
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    torch.distributed.init_process_group(backend)
+    return device, True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import traceback
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
@@ -19,8 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_dissect._distributed import check_samples_per_rank, world
-from lightning_dissect.config import CALLBACK_DEFAULTS, DissectionConfig, config_defaults
+from lightning_dissect._distributed import OtherRankError, check_samples_per_rank, world
+from lightning_dissect.config import CALLBACK_DEFAULTS, DissectionConfig, config_defaults, merge_settings
 from lightning_dissect.discovery import (
     GENERATOR_ATTRIBUTES,
     LATENT_DIM_ATTRIBUTES,
@@ -29,6 +30,7 @@ from lightning_dissect.discovery import (
     latent_shape_candidates,
 )
 from lightning_dissect.dissection import dissect
+from lightning_dissect.functional._checks import check_choice, check_flag, check_int
 from lightning_dissect.history import load_history, round_path
 from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
@@ -37,12 +39,26 @@ from lightning_dissect.result import DissectionResult
 from lightning_dissect.round_logging import RoundLogger, round_entry
 from lightning_dissect.round_pictures import segmenter_palette
 from lightning_dissect.runner import DryRunError, Generate, GeneratorRunner
-from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 
 __all__ = ["DissectionCallback", "load_history", "GENERATOR_ATTRIBUTES", "LATENT_DIM_ATTRIBUTES"]
 
 _CONFIG_ARGUMENTS = ("num_samples", "batch_size", "threshold_mode", "quantile", "iou_threshold",
                      "num_visualized_units", "top_k", "seed")
+
+
+def _check_name(name: Any) -> str | None:
+    """``name`` names state keys, tags and a round folder: a plain folder name or ``None``."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a string or None, got {name!r} ({type(name).__name__})")
+    if not name or any(c in name for c in "/\\\0"):
+        raise ValueError(
+            "`name` must be a non-empty name without '/' or '\\' (it names the round folder "
+            f"dissection-<name>/, read back by load_history(name=...)), got {name!r}"
+        )
+    return name
 
 
 def callback_config(
@@ -51,7 +67,8 @@ def callback_config(
     """The callback's :class:`DissectionConfig`: its defaults, then keyword arguments, then ``dissection_config``.
 
     ``explicit`` maps keyword arguments to their values (``None``: not given). A setting given in
-    both places is an error, as is an unknown ``dissection_config`` key.
+    both places is an error, as is an unknown ``dissection_config`` key (see
+    :func:`~lightning_dissect.config.merge_settings`).
 
     Examples:
         >>> callback_config({"num_samples": 256}).num_samples
@@ -60,17 +77,11 @@ def callback_config(
         4
     """
     given = {k: v for k, v in explicit.items() if v is not None}
-    extra = dict(dissection_config or {})
-    unknown = sorted(set(extra) - set(DissectionConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"`dissection_config` has unknown settings {unknown}")
-    conflicts = sorted(set(given) & set(extra))
-    if conflicts:
-        raise ValueError(
-            f"{', '.join(conflicts)} given both as keyword argument(s) and in `dissection_config`; "
-            "give each setting once"
-        )
-    return DissectionConfig(**{**config_defaults(CALLBACK_DEFAULTS), **given, **extra}).validate()
+    return merge_settings(
+        config_defaults(CALLBACK_DEFAULTS),
+        ("the keyword arguments", given),
+        ("`dissection_config`", dict(dissection_config or {})),
+    )
 
 
 class DissectionCallback(Callback):
@@ -105,7 +116,8 @@ class DissectionCallback(Callback):
     Args:
         layers: Generator layer names (relative to the generator, as in its ``named_modules()``).
         segmenter: Images → concept labels; default: the embedded synthetic-world segmenter.
-        every_n_epochs: Dissect after every ``n``-th training epoch (``None``/0 to disable).
+        every_n_epochs: Dissect after every ``n``-th training epoch. Default: every epoch, unless
+            ``every_n_train_steps`` is set (set one schedule; ``0`` with no step schedule is an error).
         every_n_train_steps: Dissect every ``n`` global steps instead (checked after each batch).
         num_samples: Latents per round (the sample budget; cost is linear in it). Default 512.
         batch_size: Latents per generator call. Default 64.
@@ -146,7 +158,7 @@ class DissectionCallback(Callback):
         layers: Sequence[str],
         segmenter: Segmenter | None = None,
         *,
-        every_n_epochs: int | None = 1,
+        every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
         num_samples: int | None = None,
         batch_size: int | None = None,
@@ -173,23 +185,33 @@ class DissectionCallback(Callback):
             layers = [layers]
         if not layers:
             raise ValueError("`layers` must name at least one generator layer")
+        every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=0, optional=True)
+        every_n_train_steps = check_int(every_n_train_steps, "every_n_train_steps", minimum=0, optional=True)
+        if every_n_epochs is None and not every_n_train_steps:
+            every_n_epochs = 1  # the default schedule; setting `every_n_train_steps` alone replaces it
         if not every_n_epochs and not every_n_train_steps:
             raise ValueError("set `every_n_epochs` or `every_n_train_steps`")
         if every_n_epochs and every_n_train_steps:
             raise ValueError("set only one of `every_n_epochs` and `every_n_train_steps`")
-        for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"`{arg}` must be a non-negative int or None, got {value!r}")
-        if on_error not in ("warn", "raise"):
-            raise ValueError(f"`on_error` must be 'warn' or 'raise', got {on_error!r}")
-        if ablation_top_n < 1 or ablation_samples < 1:
-            raise ValueError("`ablation_top_n` and `ablation_samples` must be positive")
+        on_error = check_choice(on_error, "on_error", ("warn", "raise"))
+        ablation_check = check_flag(ablation_check, "ablation_check")
+        ablation_top_n = check_int(ablation_top_n, "ablation_top_n", minimum=1)
+        ablation_samples = check_int(ablation_samples, "ablation_samples", minimum=1)
+        name = _check_name(name)
         explicit = dict(
             zip(
                 _CONFIG_ARGUMENTS,
                 (num_samples, batch_size, threshold_mode, quantile, iou_threshold, num_visualized_units, top_k, seed),
             )
         )
+        if segmenter is not None:
+            check_segmenter(segmenter)
+        if latent_sampler is not None and not callable(latent_sampler):
+            raise TypeError(
+                f"`latent_sampler` must be a callable (n, torch.Generator) -> latents, got {latent_sampler!r}"
+            )
+        if generate is not None and not callable(generate):
+            raise TypeError(f"`generate` must be a callable (generator, latents) -> images, got {generate!r}")
         self.layers = list(layers)
         self.segmenter = segmenter
         self.every_n_epochs = every_n_epochs or None
@@ -236,9 +258,9 @@ class DissectionCallback(Callback):
             raise ValueError(f"DissectionCallback {err}") from err
         return unwrap_model(module)
 
-    def _latent_candidates(self, pl_module: pl.LightningModule) -> list[tuple[int, ...] | None]:
+    def _latent_candidates(self, pl_module: pl.LightningModule) -> list[tuple[int, ...]]:
         if self.latent_sampler is not None:
-            return [None]
+            return []
         if self.latent_shape is not None:
             return [self.latent_shape]
         dim = find_latent_dim(pl_module)
@@ -277,6 +299,8 @@ class DissectionCallback(Callback):
         Runs after ``LightningModule.setup``/``configure_model`` (so generators built there are
         found) and after the model was moved to its device.
         """
+        # every rank gets at least one latent of each bank: found now, not at every round
+        check_samples_per_rank(self.config.num_samples, "num_samples")
         if self.ablation_check:
             check_samples_per_rank(self.ablation_samples, "ablation_samples")
         if self.segmenter is None:
@@ -285,23 +309,18 @@ class DissectionCallback(Callback):
             self.segmenter = SyntheticSceneSegmenter()
         runner = self._runner(self.resolve_generator(pl_module))
         runner.check_layers(self.layers)
-        candidates = self._latent_candidates(pl_module)
-        banks = [LatentBank(2, shape, seed=self.config.seed, sampler=self.latent_sampler) for shape in candidates]
-        shapes = {id(bank): shape for bank, shape in zip(banks, candidates)}
-
-        def describe(bank: LatentBank) -> str:
-            shape = shapes[id(bank)]
-            return "latent_sampler" if shape is None else f"latent shape {shape}"
-
         try:
             # with the ablation check on, every layer must also take an edit (selectors that
             # cannot write back are refused now, not mid-training)
             edits = {name: LayerEdit(alpha=0.0) for name in self.layers} if self.ablation_check else None
-            chosen = runner.dry_run(self.layers, banks, self.segmenter, describe=describe, edits=edits)
+            shape = runner.choose_latents(
+                self.layers, self.segmenter, self._latent_candidates(pl_module), seed=self.config.seed,
+                sampler=self.latent_sampler, edits=edits,
+            )
         except DryRunError as err:
-            raise RuntimeError(f"DissectionCallback {err}") from err
-        if shapes[id(chosen)] is not None:
-            self.latent_shape = shapes[id(chosen)]
+            raise DryRunError(f"DissectionCallback {err}") from err
+        if shape is not None:
+            self.latent_shape = shape
         self._round_logger = None  # built for this segmenter on first use
 
     # ------------------------------------------------------------------ scheduling
@@ -373,7 +392,7 @@ class DissectionCallback(Callback):
             )
             if self.on_error == "raise":
                 raise RuntimeError(context) from err
-            rank_zero_warn(context + "\n" + traceback.format_exc(limit=4))
+            _warn_failure(context + "\n" + traceback.format_exc(limit=4), own=not isinstance(err, OtherRankError))
             return None
         # the round is computed: it reaches the history whatever happens to its sinks
         failures: list[str] = []
@@ -511,6 +530,18 @@ def _add_failure(failures: list[str], result: DissectionResult, message: str) ->
         f"DissectionCallback {message} (round at global_step={result.metadata.get('global_step')}; the round "
         "is kept in `history`, and the other loggers and files are unaffected)"
     )
+
+
+def _warn_failure(message: str, *, own: bool) -> None:
+    """Report a failed round: a rank's own error on that rank (tagged with it), the others' on rank 0.
+
+    ``rank_zero_warn`` prints nothing on ranks > 0, so a rank that failed alone warns itself.
+    """
+    rank, size = world()
+    if own and size > 1:
+        warnings.warn(f"[rank {rank}] {message}", UserWarning, stacklevel=3)
+    elif rank == 0:
+        rank_zero_warn(message)
 
 
 def logging_step(trainer: pl.Trainer) -> int:

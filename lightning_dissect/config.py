@@ -7,13 +7,24 @@ The callback and the command line start from the same values and change only the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = [
-    "DissectionConfig", "QUANTILE_PRESETS", "CALLBACK_DEFAULTS", "CLI_DEFAULTS", "config_defaults", "defaults_table",
-]
+from lightning_dissect.functional._checks import check_choice, check_flag, check_int, check_real
 
+__all__ = [
+    "DissectionConfig",
+    "QUANTILE_PRESETS",
+    "CALLBACK_DEFAULTS",
+    "CLI_DEFAULTS",
+    "FIELD_CHECKS",
+    "THRESHOLD_MODES",
+    "check_setting",
+    "config_defaults",
+    "defaults_table",
+    "merge_settings",
+]
 
 QUANTILE_PRESETS: dict[str, float] = {
     "netdissect": 0.995,
@@ -24,6 +35,67 @@ QUANTILE_PRESETS: dict[str, float] = {
 the Network Dissection paper's top 0.5 % of each unit's activations, ``"pnas"`` the 0.99 quantile
 of Bau et al. 2020 (this package's default), ``"netdissect-lite"`` the 0.96 quantile that
 NetDissect-Lite's ``settings.py`` ships (``QUANTILE = 0.04``)."""
+
+THRESHOLD_MODES: tuple[str, ...] = ("quantile", "iqr")
+"""The values of :attr:`DissectionConfig.threshold_mode`."""
+
+
+def _device(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if type(value).__name__ == "device":  # a torch.device
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a device name such as 'cpu' or 'cuda:0', or None; got {value!r}")
+    return value
+
+
+def _quantile(value: Any, name: str) -> float:
+    if isinstance(value, str):
+        if value not in QUANTILE_PRESETS:
+            raise ValueError(f"`{name}` must be a level in (0, 1) or one of {sorted(QUANTILE_PRESETS)}, got {value!r}")
+        return QUANTILE_PRESETS[value]
+    return float(check_real(value, name, low=0.0, high=1.0, low_open=True, high_open=True))  # type: ignore[arg-type]
+
+
+FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "num_samples": lambda v, n: check_int(v, n, minimum=1),
+    "batch_size": lambda v, n: check_int(v, n, minimum=1),
+    "seed": lambda v, n: check_int(v, n, minimum=0),
+    "threshold_mode": lambda v, n: check_choice(v, n, THRESHOLD_MODES),
+    "quantile": _quantile,
+    "num_levels": lambda v, n: check_int(v, n, minimum=1),
+    "level_selection_samples": lambda v, n: check_int(v, n, minimum=1, optional=True),
+    "iou_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
+    "iqr_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
+    "min_concept_fraction": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
+    "top_k": lambda v, n: check_int(v, n, minimum=1),
+    "num_visualized_units": lambda v, n: check_int(v, n, minimum=0),
+    "chance_baseline": check_flag,
+    "relative_accuracy": lambda v, n: check_real(v, n, low=0.0, high=1.0, low_open=True, high_open=True),
+    "progress": check_flag,
+    "device": _device,
+}
+"""``field -> check(value, name)``: the one rule of every :class:`DissectionConfig` field.
+
+Each check returns the value in its plain Python type and raises ``TypeError`` (wrong type) or
+``ValueError`` (wrong value) naming ``name``. The callback's keyword arguments, ``dissect()``'s
+overrides and the command line's options (which pass ``--option-name``) all go through it.
+"""
+
+
+def check_setting(name: str, value: Any, argument: str | None = None) -> Any:
+    """Check one :class:`DissectionConfig` setting with its rule; errors name ``argument`` (default ``name``).
+
+    Examples:
+        >>> check_setting("seed", 3)
+        3
+        >>> check_setting("top_k", 0, "--top-k")
+        Traceback (most recent call last):
+        ...
+        ValueError: `--top-k` must be at least 1, got 0
+    """
+    return FIELD_CHECKS[name](value, argument or name)
 
 
 @dataclass
@@ -79,39 +151,21 @@ class DissectionConfig:
     device: str | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if isinstance(self.quantile, str):
-            if self.quantile not in QUANTILE_PRESETS:
-                raise ValueError(
-                    f"`quantile` must be a level in (0, 1) or one of {sorted(QUANTILE_PRESETS)}, got {self.quantile!r}"
-                )
-            self.quantile = QUANTILE_PRESETS[self.quantile]
+        if isinstance(self.quantile, str):  # a preset name becomes its level at once
+            self.quantile = _quantile(self.quantile, "quantile")
 
     def validate(self) -> DissectionConfig:
-        """Raise ``ValueError`` naming the first bad setting; return ``self``."""
-        for name in ("num_samples", "batch_size", "num_levels", "top_k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        if self.threshold_mode not in ("quantile", "iqr"):
-            raise ValueError(f"`threshold_mode` must be 'quantile' or 'iqr', got {self.threshold_mode!r}")
-        if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"`quantile` must be in (0, 1), got {self.quantile}")
-        if not 0.0 <= self.iou_threshold < 1.0:
-            raise ValueError(f"`iou_threshold` must be in [0, 1), got {self.iou_threshold}")
-        if (
-            not isinstance(self.num_visualized_units, int)
-            or isinstance(self.num_visualized_units, bool)
-            or self.num_visualized_units < 0
-        ):
-            raise ValueError(f"`num_visualized_units` must be an int >= 0, got {self.num_visualized_units!r}")
-        if self.level_selection_samples is not None and (
-            not isinstance(self.level_selection_samples, int)
-            or isinstance(self.level_selection_samples, bool)
-            or self.level_selection_samples < 1
-        ):
-            raise ValueError("`level_selection_samples` must be a positive int or None")
-        if not 0.0 < self.relative_accuracy < 1.0:
-            raise ValueError(f"`relative_accuracy` must be in (0, 1), got {self.relative_accuracy}")
+        """Check every field with its rule in :data:`FIELD_CHECKS`; return ``self``.
+
+        Values are normalised to plain Python types (a NumPy integer becomes an ``int``).
+
+        Raises:
+            TypeError: A field of the wrong type (``seed="a"``, ``top_k=2.5``, ``progress=1``),
+                naming the field.
+            ValueError: A field with a value outside its range, naming the field.
+        """
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
         return self
 
 
@@ -140,6 +194,56 @@ def config_defaults(overrides: dict[str, tuple[Any, str]] | None = None) -> dict
     values = {f.name: f.default for f in fields(DissectionConfig)}
     values.update({k: v for k, (v, _) in (overrides or {}).items()})
     return values
+
+
+def merge_settings(
+    base: DissectionConfig | Mapping[str, Any] | None, *sources: tuple[str, Mapping[str, Any]]
+) -> DissectionConfig:
+    """The one way settings become a :class:`DissectionConfig`: ``base``, then each source in order.
+
+    Args:
+        base: A config or a ``field -> value`` mapping of defaults (``None``: the class defaults).
+        sources: ``(what, settings)`` pairs, e.g. ``("keyword arguments", {...})``; ``what``
+            names the source in errors. A setting given by two sources is an error.
+
+    Raises:
+        TypeError: A key that is not a :class:`DissectionConfig` field, naming the source and
+            listing the valid fields; or a value of the wrong type (see :meth:`DissectionConfig.validate`).
+        ValueError: A setting given by two sources, or a value out of range.
+
+    Examples:
+        >>> merge_settings(None, ("keyword arguments", {"top_k": 4})).top_k
+        4
+        >>> merge_settings(None, ("`dissection_config`", {"topk": 4}))
+        Traceback (most recent call last):
+        ...
+        TypeError: `dissection_config` has unknown setting(s) ['topk'] (did you mean 'top_k'?); ...
+    """
+    import difflib
+
+    names = [f.name for f in fields(DissectionConfig)]
+    if isinstance(base, DissectionConfig):
+        values = asdict(base)
+    else:
+        values = {**config_defaults(), **dict(base or {})}
+    seen: dict[str, str] = {}
+    for what, settings in sources:
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"{what} has unknown setting(s) {unknown}{hint}; the settings are the fields of "
+                f"DissectionConfig: {names}"
+            )
+        twice = sorted(set(settings) & set(seen))
+        if twice:
+            raise ValueError(
+                f"{', '.join(twice)} given both in {seen[twice[0]]} and in {what}; give each setting once"
+            )
+        seen.update(dict.fromkeys(settings, what))
+        values.update(settings)
+    return DissectionConfig(**values).validate()
 
 
 def defaults_table() -> str:

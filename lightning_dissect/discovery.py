@@ -20,6 +20,8 @@ __all__ = [
     "GENERATOR_ATTRIBUTES",
     "LATENT_DIM_ATTRIBUTES",
     "find_generator",
+    "find_generator_or_self",
+    "is_lightning_module",
     "find_latent_dim",
     "latent_shape_candidates",
 ]
@@ -95,15 +97,37 @@ def _search(owner: Any, candidates: Sequence[str]) -> tuple[Any, str] | None:
     return None
 
 
-def find_generator_or_self(owner: nn.Module) -> tuple[nn.Module, str | None]:
-    """``(generator, attribute path)`` of ``owner``, or ``(owner, None)`` when it has none.
-
-    Used where the object given may itself be the generator (the command line's ``--generator``).
+def is_lightning_module(obj: Any) -> bool:
+    """Whether ``obj`` is a LightningModule (checked by class name, without importing Lightning).
 
     Examples:
-        >>> find_generator_or_self(nn.Linear(2, 2))[1] is None
+        >>> is_lightning_module(nn.Linear(2, 2))
+        False
+    """
+    return any(
+        cls.__name__ == "LightningModule" and cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+        for cls in type(obj).__mro__
+    )
+
+
+def find_generator_or_self(owner: nn.Module) -> tuple[nn.Module, str | None]:
+    """``(generator, attribute path)`` of a LightningModule, or ``(owner, None)`` for a plain module.
+
+    Used where the object given may itself be the generator (the command line's ``--generator``):
+    a plain ``nn.Module`` is the generator as named, even when it has a ``generator``-like
+    attribute (BigGAN's wrapper has a ``.generator``); only inside a LightningModule (which trains
+    a generator beside a discriminator) is :data:`GENERATOR_ATTRIBUTES` searched.
+
+    Examples:
+        >>> class Wrapper(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.generator = nn.Linear(2, 2)
+        >>> find_generator_or_self(Wrapper())[1] is None
         True
     """
+    if not is_lightning_module(owner):
+        return owner, None
     found = _search(owner, GENERATOR_ATTRIBUTES)
     if found is not None and isinstance(found[0], nn.Module):
         return found[0], found[1]

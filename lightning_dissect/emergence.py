@@ -19,7 +19,6 @@ dissects its shard of the bank; only rank 0 writes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from lightning_dissect._distributed import world
+from lightning_dissect._torch_messages import cannot_mmap, checkpoint_reason, refused_global
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection import dissect
 from lightning_dissect.history import load_history, round_path
@@ -49,7 +49,6 @@ __all__ = [
     "read_checkpoint_step",
     "order_checkpoints",
     "dissect_checkpoints",
-    "init_distributed",
 ]
 
 #: File endings taken as checkpoints when a folder is given.
@@ -146,13 +145,13 @@ def read_checkpoint_step(path: str | Path) -> tuple[int | None, int | None]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as err:
-            if "mmap" not in str(err):
+            if not cannot_mmap(err):
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):  # a real pickle with custom objects: no safe step
+        if refused_global(err):  # a real pickle with custom objects: no safe step
             return None, None
-        raise ValueError(_first_line(err)) from None
+        raise ValueError(checkpoint_reason(err)) from None
     if not isinstance(state, Mapping):
         return None, None
 
@@ -182,7 +181,7 @@ def order_checkpoints(
         try:
             step, epoch = read_checkpoint_step(path)
         except Exception as err:  # noqa: BLE001 - any failure to read means: skip this file
-            report(f"skipped {path}: unreadable checkpoint ({type(err).__name__}: {_first_line(err)})")
+            report(f"skipped {path}: unreadable checkpoint ({type(err).__name__}: {checkpoint_reason(err)})")
             continue
         if step is None:
             unstepped.append((path, epoch))
@@ -199,16 +198,6 @@ def order_checkpoints(
             continue
         kept.append(checkpoint)
     return kept
-
-
-def _first_line(err: BaseException, limit: int = 200) -> str:
-    """A short one-line reason (torch's weights-only errors are paragraphs)."""
-    text = " ".join(str(err).split())
-    if "WeightsUnpickler error:" in text:
-        head = text.split("Weights only load failed")[0]
-        reason = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip()
-        text = f"{head}not a torch checkpoint that loads safely ({reason})"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same_file(recorded: Any, path: Path) -> bool:
@@ -382,8 +371,8 @@ def _dissect_loaded(
     try:
         generator = load(checkpoint)
     except Exception as err:  # noqa: BLE001 - a bad file must not stop the series
-        run.failed.append((checkpoint.path, _first_line(err)))
-        report(f"skipped {checkpoint.path}: cannot load it ({_first_line(err)})")
+        run.failed.append((checkpoint.path, checkpoint_reason(err)))
+        report(f"skipped {checkpoint.path}: cannot load it ({checkpoint_reason(err)})")
         return None
     result = dissect_one(generator, checkpoint)
     run.generator = generator
@@ -470,27 +459,3 @@ def _log(
 ) -> None:
     """The callback's rounds for a SummaryWriter: scalars, tables and pictures (the same content)."""
     TensorBoardWriter(writer, scalars=True).write(round_logger.content(result, step, history=history))
-
-
-def init_distributed(device: str) -> tuple[str, bool]:
-    """Initialise the default process group from torchrun's environment variables, if set.
-
-    Returns ``(device, initialised_here)``: on CUDA the device becomes ``cuda:<LOCAL_RANK>``
-    (backend ``nccl``); on CPU the backend is ``gloo``. Without ``WORLD_SIZE`` > 1 nothing happens.
-
-    Examples:
-        >>> init_distributed("cpu") if "WORLD_SIZE" not in os.environ else ("cpu", False)
-        ('cpu', False)
-    """
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if size <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
-        return device, False
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}"
-        torch.cuda.set_device(local)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    torch.distributed.init_process_group(backend)
-    return device, True

@@ -22,6 +22,7 @@ from lightning_dissect.dissection import dissect_images
 from lightning_dissect.hooks import OutputSelector, unwrap_model
 from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
 from lightning_dissect.result import DissectionResult
+from lightning_dissect.runner import DryRunError
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -62,7 +63,8 @@ class ImageDissectionCallback(DissectionCallback):
         max_images: Dissect only the first ``max_images`` images of the set.
         transform: The network's own preprocessing (the segmenter sees the raw images).
         selector: Picks the tensor from tuple/dict layer outputs.
-        every_n_epochs: Dissect after every ``n``-th training epoch.
+        every_n_epochs: Dissect after every ``n``-th training epoch (default: every epoch, unless
+            ``every_n_train_steps`` is set).
         every_n_train_steps: Dissect every ``n`` global steps instead.
         batch_size: Images per network call. Default 64.
         threshold_mode: ``"quantile"`` or ``"iqr"``.
@@ -96,7 +98,7 @@ class ImageDissectionCallback(DissectionCallback):
         max_images: int | None = None,
         transform: Transform | None = None,
         selector: OutputSelector | Mapping[str, OutputSelector] = None,
-        every_n_epochs: int | None = 1,
+        every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
         batch_size: int | None = None,
         threshold_mode: str | None = None,
@@ -201,7 +203,7 @@ class ImageDissectionCallback(DissectionCallback):
             images = self.image_set(trainer, pl_module)
             runner.check(images, self.layers, self.segmenter)
         except (ValueError, TypeError) as err:
-            raise RuntimeError(f"ImageDissectionCallback (name={self.name!r}): {err}") from err
+            raise DryRunError(f"ImageDissectionCallback (name={self.name!r}): {err}") from err
         self._round_logger = None
 
     # ------------------------------------------------------------------ one round

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from lightning_dissect.functional._checks import ImageRangeError
 from lightning_dissect.hooks import LayerEdit, OutputSelector
 from lightning_dissect.latents import shard_indices
 from lightning_dissect.runner import GeneratedBatch, GeneratorRunner, LayerCallError, _check_maps
@@ -218,9 +219,7 @@ def _check_range(images: Tensor, source: ImageSet) -> None:
     """Images of ``source`` are finite and inside its declared ``value_range`` (with the usual tolerance)."""
     try:
         validate_images(images, source.value_range, name=source.name, channels=images.shape[1])
-    except ValueError as err:
-        if " is declared" not in str(err):
-            raise
+    except ImageRangeError:
         low, high = float(images.min()), float(images.max())
         raise ValueError(
             f"`{source.name}` has values in [{low:.4g}, {high:.4g}] outside the declared `value_range`="

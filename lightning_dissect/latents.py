@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightning_dissect.functional._checks import check_count
+
 __all__ = ["Latents", "LatentSampler", "LatentBank", "shard_indices", "map_latents", "latent_count"]
 
 Latents = Union[Tensor, tuple, list, Mapping[str, Any]]
@@ -116,8 +118,7 @@ class LatentBank:
         seed: int = 1,
         sampler: LatentSampler | None = None,
     ) -> None:
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}")
+        num_samples = check_count(num_samples, "num_samples")
         if sampler is None and latent_shape is None:
             raise ValueError("LatentBank needs `latent_shape` or a `sampler`")
         generator = torch.Generator(device="cpu")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,48 @@ class LayerDissection:
     def num_concepts_covered(self) -> int:
         """Distinct concepts that label at least one interpretable unit."""
         return len({u.label for u in self.units if u.interpretable})
+
+
+def unit_labels(layer: LayerDissection) -> list[str]:
+    """Per unit (by unit index), its label when interpretable, else ``""``: what churn compares.
+
+    The callback's history stores these lists for every round, so rounds read back from the
+    history and full results are compared by the same rule (:func:`label_changes`).
+    """
+    labels = [""] * layer.num_units
+    for u in layer.units:
+        if u.interpretable and 0 <= u.unit < len(labels):
+            labels[u.unit] = u.label
+    return labels
+
+
+def label_changes(
+    old: Sequence[str], new: Sequence[str]
+) -> tuple[list[int], list[int], list[tuple[int, str, str]]]:
+    """Churn between two label lists (``""`` = not interpretable): the one definition of it.
+
+    Returns:
+        ``(gained, lost, relabelled)``: units interpretable only in ``new``, only in ``old``, and
+        ``(unit, old_label, new_label)`` for units interpretable in both whose label changed. A
+        unit missing from the shorter list counts as not interpretable there.
+
+    Examples:
+        >>> label_changes(["sky", "", "tree"], ["sky", "door", "grass"])
+        ([1], [], [(2, 'tree', 'grass')])
+    """
+    gained: list[int] = []
+    lost: list[int] = []
+    relabelled: list[tuple[int, str, str]] = []
+    for unit in range(max(len(old), len(new))):
+        was = old[unit] if unit < len(old) else ""
+        now = new[unit] if unit < len(new) else ""
+        if now and not was:
+            gained.append(unit)
+        elif was and not now:
+            lost.append(unit)
+        elif was and now and was != now:
+            relabelled.append((unit, was, now))
+    return gained, lost, relabelled
 
 
 @dataclass
@@ -354,17 +396,8 @@ class DissectionResult:
         relabelled: dict[str, list[tuple[int, str, str]]] = {}
         for name, layer in self.layers.items():
             old = other.layers.get(name)
-            old_units = {u.unit: u for u in old.units} if old is not None else {}
-            gained[name], lost[name], relabelled[name] = [], [], []
-            for unit in layer.units:
-                before = old_units.get(unit.unit)
-                was = before is not None and before.interpretable
-                if unit.interpretable and not was:
-                    gained[name].append(unit.unit)
-                elif was and not unit.interpretable:
-                    lost[name].append(unit.unit)
-                elif was and unit.interpretable and before.label != unit.label:  # type: ignore[union-attr]
-                    relabelled[name].append((unit.unit, before.label, unit.label))  # type: ignore[union-attr]
+            old_labels = unit_labels(old) if old is not None else [""] * layer.num_units
+            gained[name], lost[name], relabelled[name] = label_changes(old_labels, unit_labels(layer))
         return ResultComparison(gained, lost, relabelled)
 
     # ------------------------------------------------------------------ console

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from lightning_dissect.loggers.content import RoundContent, Table
-from lightning_dissect.result import DissectionResult, LayerDissection
+from lightning_dissect.result import DissectionResult, LayerDissection, label_changes, unit_labels
 from lightning_dissect.round_pictures import (
     iou_heatmap_image,
     no_units_image,
@@ -42,7 +42,7 @@ def round_entry(result: DissectionResult, step: int, epoch: int) -> dict[str, An
     layers = {}
     for name, layer in result.layers.items():
         layers[name] = {
-            "labels": [u.label if u.interpretable else "" for u in layer.units],
+            "labels": unit_labels(layer),
             "iou": [round(u.iou, 5) for u in layer.units],
             "num_interpretable": layer.num_interpretable,
         }
@@ -113,10 +113,8 @@ class RoundLogger:
             out[tag(name, "units_per_concept", concept)] = float(count)
         if previous is not None and name in previous["layers"]:
             old_labels = previous["layers"][name]["labels"]
-            new_labels = [u.label if u.interpretable else "" for u in layer.units]
-            gained = sum(1 for o, n in zip(old_labels, new_labels) if not o and n)
-            lost = sum(1 for o, n in zip(old_labels, new_labels) if o and not n)
-            relabelled = sum(1 for o, n in zip(old_labels, new_labels) if o and n and o != n)
+            new_labels = unit_labels(layer)
+            gained, lost, relabelled = (len(units) for units in label_changes(old_labels, new_labels))
             # concepts that lost all their units this round drop to zero explicitly
             for concept in set(old_labels) - set(new_labels) - {""}:
                 out[tag(name, "units_per_concept", concept)] = 0.0

@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect._distributed import agree_on_failure, seeded_rng, world
+from lightning_dissect.functional._checks import check_int
 from lightning_dissect.hooks import LayerEdit, OutputSelector, capture_layers, edit_layers, resolve_layer, unwrap_model
-from lightning_dissect.latents import LatentBank, map_latents, shard_indices
-from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
+from lightning_dissect.latents import LatentBank, LatentSampler, map_latents, shard_indices
+from lightning_dissect.segmenters.base import Segmenter, check_segmenter, validate_images, validate_segmentation
 
 __all__ = [
     "Generate",
@@ -121,26 +122,6 @@ def noise_seed(bank_seed: int, first_index: int) -> int:
     return int(bank_seed) * 1_000_003 + int(first_index)
 
 
-def check_segmenter(segmenter: Any, argument: str = "segmenter") -> None:
-    """Raise a ``TypeError`` naming ``argument`` unless ``segmenter`` follows the segmenter protocol.
-
-    Examples:
-        >>> try:
-        ...     check_segmenter(lambda images: images)
-        ... except TypeError as err:
-        ...     print(str(err)[:52])
-        `segmenter` is a function without `vocabulary`/`valu
-    """
-    missing = [a for a in ("vocabulary", "value_range") if not hasattr(segmenter, a)]
-    if missing or not callable(segmenter):
-        kind = "function" if callable(segmenter) else type(segmenter).__name__
-        raise TypeError(
-            f"`{argument}` is a {kind} without `{'`/`'.join(missing) or '__call__'}`: a segmenter maps images to "
-            "labels and names its concepts; wrap a plain function as "
-            "CallableSegmenter(fn, vocabulary, value_range) (lightning_dissect.segmenters)"
-        )
-
-
 def _default_generate(generator: nn.Module, latents: Any) -> Tensor:
     return generator(latents)
 
@@ -200,8 +181,7 @@ class GeneratorRunner:
     ) -> None:
         if not isinstance(generator, nn.Module):
             raise TypeError(f"`generator` must be a torch.nn.Module, got {type(generator).__name__}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
         if generate is not None and not callable(generate):
             raise TypeError(f"`generate` must be a callable (generator, latents) -> images, got {generate!r}")
         self.generator = generator
@@ -464,7 +444,86 @@ class GeneratorRunner:
         if len(attempts) > 1:
             lines.append("attempts:")
             lines += [f"  {describe(b)}: {type(e).__name__}: {e}" for b, e, _ in attempts]
+        if not lead[2]:
+            hint = self._structured_latents_hint(lead[0])
+            if hint:
+                lines.append(hint)
         raise DryRunError("\n".join(lines)) from lead[1]
+
+    def _structured_latents_hint(self, bank: LatentBank) -> str:
+        """For tuple/dict latents the default call ``generator(latents)`` failed on: the call that works."""
+        latents = bank.latents
+        if self.generate is not _default_generate or not isinstance(latents, (tuple, list, Mapping)):
+            return ""
+        spread = "generator(**latents)" if isinstance(latents, Mapping) else "generator(*latents)"
+        try:
+            with self.session(), _maybe_seeded(noise_seed(bank.seed, 0), self.device):
+                part = bank[torch.arange(min(2, len(bank)))]
+                moved = map_latents(self._move, part)
+                out = self.generator(**moved) if isinstance(moved, Mapping) else self.generator(*moved)
+            works = isinstance(out, Tensor)
+        except Exception:  # noqa: BLE001 - only a hint: the original error is what is reported
+            works = False
+        kind = "dict" if isinstance(latents, Mapping) else "tuple"
+        if works:
+            return (
+                f"hint: the latents are a {kind} and the generator takes them as separate arguments; "
+                f"pass generate=lambda generator, latents: {spread} (that call works on these latents)"
+            )
+        return (
+            f"hint: the latents are a {kind}, and the default call is generator(latents) with the whole "
+            f"{kind} as one argument; pass a generate=lambda generator, latents: ... that calls the generator "
+            f"as it expects, e.g. {spread}"
+        )
+
+    def choose_latents(
+        self,
+        layers: Sequence[str],
+        segmenter: Segmenter | None,
+        shapes: Sequence[tuple[int, ...]],
+        *,
+        seed: int,
+        sampler: LatentSampler | None = None,
+        edits: Mapping[str, LayerEdit] | None = None,
+        sampler_name: str = "latent_sampler",
+    ) -> tuple[int, ...] | None:
+        """The one way a latent layout is chosen: dry-run each candidate and return the first that works.
+
+        Args:
+            layers: Layers to capture in the dry run.
+            segmenter: Checked on the dry run's images (``None``: no segmentation).
+            shapes: Candidate shapes of one latent, tried in order (ignored with ``sampler``).
+            seed: Seed of the latent bank.
+            sampler: A custom latent sampler: the only candidate (returns ``None``).
+            edits: Also check that the layers take these edits.
+            sampler_name: How the sampler is named in messages (``"--latent-sampler"`` on the CLI).
+
+        Returns:
+            The chosen shape, or ``None`` for the sampler.
+
+        Raises:
+            ValueError: No candidate (no sampler and no shape).
+            DryRunError: Every candidate failed (each attempt listed).
+
+        Examples:
+            >>> runner = GeneratorRunner(nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)), nn.Tanh()))
+            >>> runner.choose_latents(["0"], None, [(4, 1, 1), (4,)], seed=1, )
+            (4,)
+        """
+        candidates: list[tuple[int, ...] | None] = [None] if sampler is not None else [tuple(s) for s in shapes]
+        if not candidates:
+            raise ValueError("no latent layout to try: give a latent shape, a latent size or a latent sampler")
+        banks = [LatentBank(2, shape, seed=seed, sampler=sampler) for shape in candidates]
+
+        def index(bank: LatentBank) -> int:
+            return next(i for i, b in enumerate(banks) if b is bank)
+
+        def describe(bank: LatentBank) -> str:
+            shape = candidates[index(bank)]
+            return sampler_name if shape is None else f"latent shape {shape}"
+
+        chosen = self.dry_run(layers, banks, segmenter, describe=describe, edits=edits)
+        return candidates[index(chosen)]
 
 
 # ---------------------------------------------------------------------- helpers

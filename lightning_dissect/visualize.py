@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lightning_dissect._font import draw_text, text_size
 from lightning_dissect.colours import scale_colours
+from lightning_dissect.functional._checks import check_count
 
 __all__ = [
     "IOU_SCALE_MAX",
@@ -174,8 +175,7 @@ def diagonal_order(
 
 
 def _check_scale(scale: Any) -> None:
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
-        raise ValueError(f"`font_scale` must be an int >= 1, got {scale!r}")
+    scale = check_count(scale, "font_scale")
 
 
 def labelled_heatmap(

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -13,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_dissect.callback import DissectionCallback, load_history
+from lightning_dissect.runner import DryRunError
 from lightning_dissect.segmenters import CallableSegmenter, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, scene_loader
 
@@ -141,14 +143,61 @@ def test_bad_configuration_fails_at_setup(tmp_path, kwargs, match):
     segmenter = kwargs.pop("segmenter", SyntheticSceneSegmenter(16))
     callback = DissectionCallback(layers, segmenter, **kwargs)
     CountingGAN.steps = 0
-    with pytest.raises((ValueError, RuntimeError), match=match):
+    with pytest.raises(ValueError, match=match) as caught:
         fit(tmp_path, [callback], model=CountingGAN(), enable_checkpointing=False)
     assert CountingGAN.steps == 0  # failed before the first training step
+    if "dry run" in match:
+        assert isinstance(caught.value, DryRunError)  # the documented type: `except DryRunError` catches it
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(ablation_samples="x"), TypeError, r"`ablation_samples` must be an int, got 'x' \(str\)"),
+        (dict(ablation_samples=2.5), TypeError, r"`ablation_samples` must be an int, got 2.5 \(float\)"),
+        (dict(ablation_samples=0), ValueError, r"`ablation_samples` must be at least 1"),
+        (dict(ablation_top_n=True), TypeError, r"`ablation_top_n` must be an int, got True"),
+        (dict(seed="a"), TypeError, r"`seed` must be an int, got 'a' \(str\)"),
+        (dict(every_n_epochs=True), TypeError, r"`every_n_epochs` must be an int or None, got True"),
+        (dict(every_n_train_steps=1.5), TypeError, r"`every_n_train_steps` must be an int or None"),
+        (dict(num_samples=np.float64(8)), TypeError, r"`num_samples` must be an int"),
+        (dict(quantile="0.9"), ValueError, r"`quantile` must be a level in \(0, 1\) or one of"),
+        (dict(quantile=[0.9]), TypeError, r"`quantile` must be a number"),
+        (dict(ablation_check="yes"), TypeError, r"`ablation_check` must be True or False"),
+        (dict(name="a/b"), ValueError, r"`name` must be a non-empty name without '/'"),
+        (dict(name=3), TypeError, r"`name` must be a string or None"),
+        (dict(dissection_config={"iqr_threshold": 2}), ValueError, r"`iqr_threshold` must be in \[0, 1\)"),
+        (dict(dissection_config={"progress": 1}), TypeError, r"`progress` must be True or False"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction_naming_them(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DissectionCallback(["layer1"], **kwargs)
+
+
+def test_numpy_integers_are_counts_like_ints():
+    callback = DissectionCallback(["layer1"], num_samples=np.int64(16), seed=np.int32(3), ablation_samples=np.int64(4))
+    assert (callback.config.num_samples, callback.config.seed, callback.ablation_samples) == (16, 3, 4)
+    assert type(callback.config.num_samples) is int  # plain values: the JSON and checkpoints stay plain
+
+
+def test_one_schedule_is_enough():
+    steps = DissectionCallback(["layer1"], every_n_train_steps=5)
+    assert (steps.every_n_epochs, steps.every_n_train_steps) == (None, 5)
+    default = DissectionCallback(["layer1"])
+    assert (default.every_n_epochs, default.every_n_train_steps) == (1, None)
+    with pytest.raises(ValueError, match="set only one of"):
+        DissectionCallback(["layer1"], every_n_epochs=2, every_n_train_steps=5)
+
+
+def test_a_plain_function_segmenter_is_refused_with_the_fix():
+    with pytest.raises(TypeError, match=r"`segmenter` is a function without `vocabulary`.*CallableSegmenter"):
+        DissectionCallback(["layer1"], lambda images: images[:, 0].long())
 
 
 def test_bad_arguments_fail_at_construction():
     with pytest.raises(ValueError, match="every_n_epochs"):
-        DissectionCallback(["layer1"], every_n_epochs=None, every_n_train_steps=None)
+        DissectionCallback(["layer1"], every_n_epochs=0, every_n_train_steps=None)
     with pytest.raises(ValueError, match="threshold_mode"):
         DissectionCallback(["layer1"], threshold_mode="median")
     with pytest.raises(ValueError, match="on_error"):
@@ -283,7 +332,7 @@ def test_a_round_file_that_cannot_be_written_keeps_the_round(tmp_path):
 def test_dissection_config_conflicting_with_a_keyword_is_an_error():
     with pytest.raises(ValueError, match="num_samples given both"):
         make_callback(dissection_config={"num_samples": 64})
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['num_sample'\] \(did you mean 'num_samples'\?\)"):
         make_callback(dissection_config={"num_sample": 64})
     callback = make_callback(dissection_config={"level_selection_samples": 16})
     assert callback.config.level_selection_samples == 16 and callback.config.num_samples == 32

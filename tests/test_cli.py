@@ -103,9 +103,8 @@ def test_no_command_prints_help(capsys):
         (["--generator", FACTORY, "--layers", "layout", "--checkpoint", "nowhere.ckpt"],
          ["--checkpoint: file not found: nowhere.ckpt"]),
         (["--generator", FACTORY, "--layers", "layout", "--latent-dim", "3"],
-         ["dry run failed", "latents of shape (3,)", "--latent-dim"]),
+         ["dry run failed", "latent shape (3,)", "--latent-dim"]),
         (["--generator", "torch.nn:Identity", "--layers", "x"], ["unknown layer 'x'"]),
-        (["--generator", FACTORY, "--layers", "layout", "--quantile", "2"], ["quantile"]),
         (["--generator", FACTORY, "--layers", "layout", "--segmenter", "json:dumps"],
          ["calling json:dumps() failed"]),
         (["--generator", FACTORY, "--layers", "layout", "--segmenter", "json:JSONDecoder"],
@@ -115,6 +114,53 @@ def test_no_command_prints_help(capsys):
 def test_errors_are_one_line(capsys, argv, fragments):
     code, _, err = run(capsys, "dissect", *argv, *FAST)
     assert_one_line_error(code, err, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("--quantile", "2", "--quantile must be in (0, 1), got 2.0"),
+        ("--num-samples", "2.5", "--num-samples must be an int, got 2.5 (float)"),
+        ("--num-samples", "0", "--num-samples must be at least 1, got 0"),
+        ("--seed", "a", "--seed must be an int, got 'a' (str)"),
+        ("--iqr-threshold", "1.5", "--iqr-threshold must be in [0, 1), got 1.5"),
+        ("--min-concept-fraction", "-1", "--min-concept-fraction must be in [0, 1), got -1.0"),
+        ("--relative-accuracy", "0", "--relative-accuracy must be in (0, 1), got 0.0"),
+        ("--threshold-mode", "max", "--threshold-mode must be one of 'quantile', 'iqr'; got 'max'"),
+        ("--visualize-units", "-1", "--visualize-units must be at least 0, got -1"),
+        ("--level-selection-samples", "x", "--level-selection-samples must be an int or None, got 'x' (str)"),
+    ],
+)
+def test_config_options_are_checked_by_the_config_rule_before_any_work(capsys, option, value, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dissect", "--generator", FACTORY, "--layers", "layout", option, value])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_every_config_field_has_its_option():
+    from dataclasses import fields
+
+    from lightning_dissect.cli._prepare import dissection_config
+    from lightning_dissect.config import DissectionConfig
+
+    argv = ["dissect", "--generator", FACTORY, "--layers", "layout",
+            "--num-samples", "7", "--batch-size", "3", "--seed", "5", "--threshold-mode", "iqr",
+            "--quantile", "0.9", "--num-levels", "9", "--level-selection-samples", "11",
+            "--iou-threshold", "0.1", "--iqr-threshold", "0.2", "--min-concept-fraction", "0.003",
+            "--top-k", "4", "--visualize-units", "2", "--no-chance-baseline", "--relative-accuracy", "0.01",
+            "--quiet", "--device", "cpu"]
+    args = build_parser().parse_args(argv)
+    config = dissection_config(args, "cpu", visualize=True)
+    expected = DissectionConfig(
+        num_samples=7, batch_size=3, seed=5, threshold_mode="iqr", quantile=0.9, num_levels=9,
+        level_selection_samples=11, iou_threshold=0.1, iqr_threshold=0.2, min_concept_fraction=0.003,
+        top_k=4, num_visualized_units=2, chance_baseline=False, relative_accuracy=0.01, progress=False,
+        device="cpu",
+    )
+    assert config == expected
+    # every field differs from its default here: each option really sets its field
+    assert all(getattr(expected, f.name) != f.default for f in fields(DissectionConfig))
 
 
 def test_generator_without_latent_size(capsys):
@@ -129,6 +175,24 @@ def test_generator_without_latent_size(capsys):
 
 def not_a_module() -> dict:
     return {}
+
+
+class _WrappedPainter(torch.nn.Module):
+    """Like BigGAN's wrapper: it has a `.generator`, but only its own forward takes the latents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.helpers.painting import make_painting_generator
+
+        self.generator = make_painting_generator(latent_dim=64)
+        self.latent_dim = 32  # the wrapper widens its latents before calling the inner network
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(torch.cat([z, z], 1))
+
+
+def wrapped_painter() -> torch.nn.Module:
+    return _WrappedPainter()
 
 
 def broken_factory() -> torch.nn.Module:
@@ -180,12 +244,32 @@ def test_find_generator_and_latent_dim():
 
     holder = Holder()
     assert find_generator(holder) is holder.netG
-    assert find_generator_or_self(holder) == (holder.netG, "netG")
+    # a plain module is the generator as named, even with a generator-like attribute (BigGAN)
+    assert find_generator_or_self(holder) == (holder, None)
     assert find_latent_dim(holder, holder.netG) == 7
     plain = torch.nn.Linear(2, 2)
     assert find_generator_or_self(plain) == (plain, None) and find_latent_dim(plain) is None
     with pytest.raises(ValueError, match="looked for attribute"):
         find_generator(plain)
+
+
+def test_only_a_lightning_module_is_searched_for_its_generator():
+    from lightning.pytorch import LightningModule
+
+    class GAN(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.netG = torch.nn.Linear(2, 2)
+
+    gan = GAN()
+    assert find_generator_or_self(gan) == (gan.netG, "netG")
+
+
+def test_a_plain_module_with_a_generator_attribute_is_dissected_as_named(capsys, tmp_path):
+    # BigGAN-like: the wrapper holds `.generator` but its own forward is what takes the latents
+    code, out, err = run(capsys, "dissect", "--generator", "tests.test_cli:wrapped_painter", "--layers",
+                         "generator.layout", *FAST)
+    assert code == 0, err
 
 
 @pytest.mark.slow

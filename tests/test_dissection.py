@@ -366,8 +366,6 @@ def test_segmenter_labels_outside_vocabulary(painter, segmenter, corrupt_batch):
     [
         ("num_samples", 0, "num_samples"),
         ("batch_size", -1, "batch_size"),
-        ("batch_size", 2.5, "batch_size"),
-        ("num_samples", True, "num_samples"),
         ("top_k", 0, "top_k"),
         ("num_levels", 0, "num_levels"),
         ("threshold_mode", "median", "threshold_mode"),
@@ -381,6 +379,12 @@ def test_segmenter_labels_outside_vocabulary(painter, segmenter, corrupt_batch):
 )
 def test_bad_config_values(painter, segmenter, field, value, match):
     with pytest.raises(ValueError, match=match):
+        run(painter, segmenter, **{field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [("batch_size", 2.5), ("num_samples", True), ("seed", "a")])
+def test_config_values_of_the_wrong_type_are_type_errors(painter, segmenter, field, value):
+    with pytest.raises(TypeError, match=f"`{field}` must be an int"):
         run(painter, segmenter, **{field: value})
 
 
@@ -409,8 +413,9 @@ def test_defaults_page_matches_the_code():
         assert getattr(callback.config, name) == value, name
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["dissect"]
     cli = {a.dest: a.default for a in sub._actions}
-    assert cli["visualize_units"] == CLI_DEFAULTS["num_visualized_units"][0]
-    for name in ("num_samples", "batch_size", "top_k", "quantile", "num_levels", "iou_threshold", "seed"):
+    assert cli["num_visualized_units"] == CLI_DEFAULTS["num_visualized_units"][0]
+    for name in ("num_samples", "batch_size", "top_k", "quantile", "num_levels", "iou_threshold", "seed",
+                 "iqr_threshold", "min_concept_fraction", "relative_accuracy", "level_selection_samples"):
         assert cli[name] == DissectionConfig.__dataclass_fields__[name].default, name
 
 
@@ -445,3 +450,92 @@ def test_a_fresh_tanh_generator_with_positive_biases_is_not_refused(world):
     assert float(images.min()) > 0 and float(images.max()) < 0.1
     result = dissect(gen, ["2"], SyntheticSceneSegmenter(world), latent_shape=(4,), num_samples=8, progress=False)
     assert result["2"].num_units == 3
+
+
+# ------------------------------------------------------------ one rule per setting
+_BAD_SETTINGS = [
+    ("num_samples", 2.5, TypeError), ("num_samples", 0, ValueError), ("num_samples", True, TypeError),
+    ("batch_size", "8", TypeError), ("seed", "a", TypeError), ("seed", -1, ValueError),
+    ("threshold_mode", "max", ValueError), ("threshold_mode", 1, TypeError),
+    ("quantile", 1.0, ValueError), ("quantile", float("nan"), ValueError), ("quantile", "0.9", ValueError), ("quantile", [0.9], TypeError),
+    ("num_levels", 0, ValueError), ("level_selection_samples", 0, ValueError),
+    ("level_selection_samples", 1.5, TypeError), ("iou_threshold", -0.1, ValueError),
+    ("iou_threshold", True, TypeError), ("iqr_threshold", 1.0, ValueError), ("iqr_threshold", None, TypeError),
+    ("min_concept_fraction", 2, ValueError), ("top_k", 0, ValueError), ("num_visualized_units", -1, ValueError),
+    ("chance_baseline", 1, TypeError), ("relative_accuracy", 0, ValueError), ("progress", "no", TypeError),
+    ("device", 0, TypeError),
+]
+
+
+def test_every_config_field_is_validated():
+    from dataclasses import fields
+
+    checked = {name for name, _, _ in _BAD_SETTINGS}
+    assert checked == {f.name for f in fields(DissectionConfig)}  # no field skipped
+    for name, value, error in _BAD_SETTINGS:
+        with pytest.raises(error, match=f"`{name}`"):
+            DissectionConfig(**{name: value}).validate()
+
+
+def test_validate_normalises_numpy_numbers():
+    import numpy as np
+
+    config = DissectionConfig(num_samples=np.int64(8), quantile=np.float32(0.5), progress=np.bool_(False)).validate()
+    assert (type(config.num_samples), type(config.quantile), type(config.progress)) == (int, float, bool)
+
+
+def test_every_entry_point_refuses_an_unknown_setting_with_the_same_type():
+    from lightning_dissect.callback import callback_config
+    from lightning_dissect.config import merge_settings
+    from lightning_dissect.dissection import resolve_config
+
+    for call in (
+        lambda: callback_config({}, {"topk": 3}),
+        lambda: resolve_config(None, {"topk": 3}),
+        lambda: merge_settings(None, ("the options", {"topk": 3})),
+    ):
+        with pytest.raises(TypeError, match=r"unknown setting\(s\) \['topk'\] \(did you mean 'top_k'\?\)"):
+            call()
+
+
+def test_quantile_defaults_come_from_the_one_defaults_table():
+    import inspect
+
+    from lightning_dissect.interventions import average_causal_effect, insertion_effect, unit_statistics
+    from lightning_dissect.metrics import UnitQuantiles
+
+    for function, parameter in ((average_causal_effect, "quantile"), (insertion_effect, "quantile"),
+                                (unit_statistics, "quantile"), (UnitQuantiles, "quantiles")):
+        assert inspect.signature(function).parameters[parameter].default == DissectionConfig.quantile
+    # no signature writes the number itself
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "lightning_dissect"
+    written = [p.name for p in package.rglob("*.py") if "= 0.99," in p.read_text() or "= 0.99\n" in p.read_text()]
+    assert written == ["config.py"], written
+
+
+class _NaNUnits(nn.Module):
+    """Marks unit 0 NaN where it is negative; the images stay finite (the next layer ignores it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([torch.where(x[:, :1] < 0, float("nan"), x[:, :1]), x[:, 1:]], 1)
+
+
+def test_nan_activations_are_reported_with_the_layer_name(segmenter):
+    gen = nn.Sequential(
+        nn.Linear(8, 4 * 8 * 8), nn.Unflatten(1, (4, 8, 8)), _NaNUnits(), nn.Identity(),
+    )
+
+    class Finite(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = gen
+            self.paint = nn.Upsample(size=32)
+
+        def forward(self, z: Tensor) -> Tensor:
+            x = self.body(z).nan_to_num(0.0)[:, 1:]
+            return self.paint(torch.tanh(x))
+
+    with pytest.raises(ValueError, match=r"activations of layer 'body.2'.*NaN"):
+        dissect(Finite(), ["body.2"], segmenter, latent_shape=(8,), num_samples=8, progress=False)

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dissect import ImageDissectionCallback
+from lightning_dissect.runner import DryRunError
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, scene_loader
 
@@ -89,7 +90,7 @@ def test_bad_network_and_layer_fail_before_training(tmp_path):
         fit(tmp_path, [bad_network])
     wrong_range = ImageDissectionCallback(["0"], network="discriminator", vocabulary=WORLD.vocabulary)
     declared = r"`images` has values in \[-0.\d+, 1\] outside the declared `value_range`=\(0.0, 1.0\)"
-    with pytest.raises(RuntimeError, match=declared):
+    with pytest.raises(DryRunError, match=declared):  # the documented type of a failed check before training
         fit(tmp_path, [wrong_range])
 
 

@@ -257,6 +257,40 @@ def test_iou_refuses_other_thresholds_and_sizes(gen):
         UnitConceptIoU(3, 4, thresholds).load_state_dict(float_state)
 
 
+def _iou_metric(gen, thresholds, num_concepts=4):
+    acts = torch.rand(2, thresholds.shape[0], 4, 4, generator=gen)
+    seg = torch.randint(0, num_concepts, (2, 4, 4), generator=gen)
+    metric = UnitConceptIoU(thresholds.shape[0], num_concepts, thresholds)
+    metric.update(acts, seg)
+    return metric, acts, seg
+
+
+def test_merge_state_adds_counts_of_compatible_metrics(gen):
+    thresholds = torch.tensor([0.2, 0.5, 0.8])
+    a, acts_a, seg_a = _iou_metric(gen, thresholds)
+    b, acts_b, seg_b = _iou_metric(gen, thresholds.clone())
+    a.merge_state(b)
+    ref = np_iou(torch.cat([acts_a, acts_b]).numpy(), torch.cat([seg_a, seg_b]).numpy(), thresholds.numpy(), 4)
+    np.testing.assert_allclose(a.compute().numpy(), ref, rtol=1e-6)
+
+
+def test_merge_state_refuses_what_loading_refuses_with_the_same_message(gen):
+    thresholds = torch.tensor([0.2, 0.5, 0.8])
+    other, _, _ = _iou_metric(gen, thresholds + 0.1)
+    target, _, _ = _iou_metric(gen, thresholds)
+    before = target.intersection.clone()
+    with pytest.raises(ValueError, match="counted at other `thresholds`"):
+        target.merge_state(other)
+    wider, _, _ = _iou_metric(gen, thresholds, num_concepts=5)
+    with pytest.raises(ValueError, match=r"`num_concepts` \(5 in the loaded state, 4 here\)"):
+        target.merge_state(wider)
+    with pytest.raises(ValueError, match=r"`num_units` \(2 in the loaded state, 3 here\)"):
+        target.merge_state(_iou_metric(gen, thresholds[:2])[0])
+    with pytest.raises(TypeError, match="needs a UnitConceptIoU"):
+        target.merge_state(UnitQuantiles(3))
+    assert torch.equal(target.intersection, before)  # nothing merged
+
+
 def test_quantiles_refuse_other_histogram_layout(gen):
     source = UnitQuantiles(2)
     source.persistent(True)

@@ -3,16 +3,134 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from typing import Any
 
-from lightning_dissect.config import CLI_DEFAULTS, QUANTILE_PRESETS, config_defaults
+from lightning_dissect.config import CLI_DEFAULTS, THRESHOLD_MODES, DissectionConfig, check_setting, config_defaults
 from lightning_dissect.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
 
 __all__ = [
-    "add_command", "add_generator_arguments", "add_network_arguments", "add_dissection_arguments", "add_run_arguments",
+    "CONFIG_OPTIONS",
+    "add_command",
+    "add_generator_arguments",
+    "add_network_arguments",
+    "add_dissection_arguments",
+    "add_run_arguments",
+    "config_settings",
+    "non_negative_int",
+    "positive_int",
 ]
 
 _DEFAULTS = config_defaults(CLI_DEFAULTS)
+
+CONFIG_OPTIONS: dict[str, tuple[str, str | None, str]] = {
+    "num_samples": ("--num-samples", "N", "latents in the dissection bank"),
+    "batch_size": ("--batch-size", "B", "latents per generator call"),
+    "seed": ("--seed", "SEED", "seed of the latent bank (iqr level selection uses SEED+1)"),
+    "threshold_mode": (
+        "--threshold-mode", "{" + ",".join(THRESHOLD_MODES) + "}",
+        "per-unit thresholds: a fixed activation quantile (NetDissect) or the level maximising the "
+        "information quality ratio (GAN Dissection)",
+    ),
+    "quantile": (
+        "--quantile", "Q",
+        "quantile level of the thresholds in quantile mode, or a named level: netdissect (0.995, the "
+        "Network Dissection paper's top 0.5 %%), pnas (0.99), netdissect-lite (0.96)",
+    ),
+    "num_levels": ("--num-levels", "K", "candidate levels in iqr mode"),
+    "level_selection_samples": (
+        "--level-selection-samples", "N", "iqr mode: choose levels on a separate bank of N latents (seed+1)",
+    ),
+    "iou_threshold": ("--iou-threshold", "T", "a unit is interpretable when its best IoU exceeds T"),
+    "iqr_threshold": ("--iqr-threshold", "T", "iqr mode: a unit is interpretable only when its IQR also exceeds T"),
+    "min_concept_fraction": (
+        "--min-concept-fraction", "F",
+        "iqr mode: ignore concepts covering less than F of the pixels when choosing levels",
+    ),
+    "top_k": ("--top-k", "K", "top images kept per unit (by spatial max activation)"),
+    "num_visualized_units": (
+        "--visualize-units", "N", "per layer, render image strips of the N best units for the report",
+    ),
+    "chance_baseline": (
+        "--no-chance-baseline", None, "skip the chance IoU (images paired with another image's segmentation)",
+    ),
+    "relative_accuracy": (
+        "--relative-accuracy", "A", "relative accuracy of the quantile histogram behind the thresholds",
+    ),
+    "progress": ("--quiet", None, "no progress bars"),
+    "device": ("--device", None, "where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1"),
+}
+"""``DissectionConfig`` field -> ``(option, metavar, help)``: every field has its option.
+
+Each option's value is checked by the field's own rule (:func:`~lightning_dissect.config.check_setting`),
+so the command line refuses exactly what ``DissectionConfig.validate`` refuses, naming the option.
+``--no-chance-baseline`` and ``--quiet`` are switches that turn a field off (``--quiet`` is added by
+:func:`add_run_arguments`); ``--device`` also takes ``auto``.
+"""
+
+_SWITCHES = ("chance_baseline", "progress")
+
+
+def _literal(text: str) -> object:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, anything else stays text (the field's rule judges the type)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _setting(field_name: str, option: str, kind: str) -> Any:
+    """The argparse ``type=`` of a config field: parse ``text``, then check it with the field's rule."""
+
+    def parse(text: str) -> Any:
+        value: object = text if kind.startswith("str") else _literal(text)
+        if isinstance(value, int) and kind.startswith("float"):
+            value = float(value)
+        if value == "None" and "None" in kind:
+            value = None
+        try:
+            return check_setting(field_name, value, option)
+        except (TypeError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err).replace("`", "")) from None
+
+    parse.__name__ = field_name  # argparse names the type in some messages
+    return parse
+
+
+def _add_config_options(group: Any) -> None:
+    """One option per :class:`~lightning_dissect.config.DissectionConfig` field, checked by its rule."""
+    for f in fields(DissectionConfig):
+        option, metavar, text = CONFIG_OPTIONS[f.name]
+        if f.name == "progress":
+            continue  # --quiet comes with --debug (add_run_arguments)
+        if f.name in _SWITCHES:
+            group.add_argument(option, action="store_true", help=text)
+        elif f.name == "device":
+            group.add_argument(option, default="auto", help=text)
+        else:
+            group.add_argument(
+                option, dest=f.name, type=_setting(f.name, option, str(f.type)), default=_DEFAULTS[f.name],
+                metavar=metavar, help=text,
+            )
+
+
+def config_settings(args: argparse.Namespace, *, device: str | None = None, visualize: bool = True) -> dict[str, Any]:
+    """The :class:`~lightning_dissect.config.DissectionConfig` settings of parsed options.
+
+    ``device`` replaces ``--device`` (after ``auto`` is resolved); with ``visualize=False`` no unit
+    strips are rendered (``dissect`` without ``--output``).
+    """
+    settings = {
+        f.name: getattr(args, f.name) for f in fields(DissectionConfig) if f.name not in (*_SWITCHES, "device")
+    }
+    settings["chance_baseline"] = not args.no_chance_baseline
+    settings["progress"] = not args.quiet
+    settings["device"] = device if device is not None else args.device
+    if not visualize:
+        settings["num_visualized_units"] = 0
+    return settings
 
 
 def _int_at_least(minimum: int, what: str) -> Any:
@@ -28,8 +146,8 @@ def _int_at_least(minimum: int, what: str) -> Any:
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -40,17 +158,6 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise argparse.ArgumentTypeError(f"expected positive sizes like 128,1,1, got {text!r}")
     return shape
-
-
-def _quantile(text: str) -> float:
-    if text in QUANTILE_PRESETS:
-        return QUANTILE_PRESETS[text]
-    try:
-        return float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected a level in (0, 1) or one of {', '.join(sorted(QUANTILE_PRESETS))}, got {text!r}"
-        ) from err
 
 
 def add_command(
@@ -77,9 +184,9 @@ def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True
         "--generator", required=required, metavar="MODULE:ATTR",
         help="the generator: a factory function returning an nn.Module, an nn.Module instance, "
         "or a class (a LightningModule class with --checkpoint); MODULE may be a dotted module "
-        "importable from the current directory or a path/to/file.py. The generator is the "
-        f"object's {'/'.join(GENERATOR_ATTRIBUTES)} submodule when it has one, else the object "
-        "(point MODULE:ATTR at the generator itself to override).",
+        "importable from the current directory or a path/to/file.py. A plain nn.Module is the "
+        "generator as named; in a LightningModule the generator is its "
+        f"{'/'.join(GENERATOR_ATTRIBUTES)} submodule.",
     )
     model.add_argument(
         "--checkpoint", metavar="PATH",
@@ -100,7 +207,7 @@ def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True
             "prefixed with the generator's attribute (generator.block3) is accepted too",
         )
     model.add_argument(
-        "--latent-dim", type=_positive_int, metavar="D",
+        "--latent-dim", type=positive_int, metavar="D",
         help="latent size, tried as (D,) then (D, 1, 1); default: the first of "
         f"{', '.join(LATENT_DIM_ATTRIBUTES)} on the model's or the generator's hparams or attributes",
     )
@@ -170,46 +277,19 @@ def add_dissection_arguments(p: argparse.ArgumentParser) -> None:
         "segmenter instance or factory (with vocabulary, value_range, __call__)",
     )
     seg.add_argument(
-        "--image-size", type=_positive_int, default=32, metavar="PX",
+        "--image-size", type=positive_int, default=32, metavar="PX",
         help="image size of the synthetic scene world (>= 16; it segments images of any size)",
     )
     seg.add_argument(
-        "--segmentation-size", type=_positive_int, metavar="PX",
+        "--segmentation-size", type=positive_int, metavar="PX",
         help="resolution of the synthetic segmentation; default: the image size",
     )
-    run = p.add_argument_group("dissection")
-    run.add_argument("--num-samples", type=_positive_int, default=_DEFAULTS["num_samples"], metavar="N",
-                     help="latents in the dissection bank")
-    run.add_argument("--batch-size", type=_positive_int, default=_DEFAULTS["batch_size"], metavar="B",
-                     help="latents per generator call")
-    run.add_argument("--seed", type=int, default=_DEFAULTS["seed"],
-                     help="seed of the latent bank (iqr level selection uses SEED+1)")
-    run.add_argument("--threshold-mode", choices=("quantile", "iqr"), default=_DEFAULTS["threshold_mode"],
-                     help="per-unit thresholds: a fixed activation quantile (NetDissect) or the "
-                     "level maximising the information quality ratio (GAN Dissection)")
-    run.add_argument("--quantile", type=_quantile, default=_DEFAULTS["quantile"], metavar="Q",
-                     help="quantile level of the thresholds in quantile mode, or a named level: netdissect "
-                     "(0.995, the Network Dissection paper's top 0.5 %%), pnas (0.99), netdissect-lite (0.96)")
-    run.add_argument("--num-levels", type=_positive_int, default=_DEFAULTS["num_levels"], metavar="K",
-                     help="candidate levels in iqr mode")
-    run.add_argument("--level-selection-samples", type=_positive_int, metavar="N",
-                     help="iqr mode: choose levels on a separate bank of N latents (seed+1)")
-    run.add_argument("--iou-threshold", type=float, default=_DEFAULTS["iou_threshold"], metavar="T",
-                     help="a unit is interpretable when its best IoU exceeds T")
-    run.add_argument("--top-k", type=_positive_int, default=_DEFAULTS["top_k"], metavar="K",
-                     help="top images kept per unit (by spatial max activation)")
-    run.add_argument("--visualize-units", type=_non_negative_int, default=_DEFAULTS["num_visualized_units"],
-                     metavar="N",
-                     help="per layer, render image strips of the N best units for the report")
-    run.add_argument("--no-chance-baseline", action="store_true",
-                     help="skip the chance IoU (images paired with another image's segmentation)")
-    run.add_argument("--device", default="auto",
-                     help="where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
+    _add_config_options(p.add_argument_group("dissection"))
 
 
 def add_run_arguments(group: Any) -> None:
-    """``--quiet`` and ``--debug``."""
-    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    """``--quiet`` (the ``progress`` setting) and ``--debug``."""
+    group.add_argument(CONFIG_OPTIONS["progress"][0], action="store_true", help=CONFIG_OPTIONS["progress"][2])
     group.add_argument("--debug", action="store_true",
                        help="show the full traceback of errors instead of one line")
 

@@ -13,12 +13,24 @@ from typing import Any
 from lightning_dissect.discovery import find_generator_or_self
 
 __all__ = [
-    "CLIError", "load_object", "load_module", "load_generator", "load_segmenter", "check_checkpoint", "check_output",
+    "CLIError",
+    "CheckpointError",
+    "describe_error",
+    "load_object",
+    "load_module",
+    "load_generator",
+    "load_segmenter",
+    "check_checkpoint",
+    "check_output",
 ]
 
 
 class CLIError(Exception):
     """A user error: printed as one ``error: ...`` line, exit status 2."""
+
+
+class CheckpointError(CLIError):
+    """A checkpoint that is missing, unreadable, truncated or does not fit the model."""
 
 
 def load_object(spec: str, option: str = "--generator") -> Any:
@@ -77,25 +89,24 @@ def check_checkpoint(checkpoint: str | None, option: str = "--checkpoint") -> No
         return
     path = Path(checkpoint)
     if path.is_dir():
-        raise CLIError(f"{option}: {checkpoint} is a directory; give the checkpoint file inside it")
+        raise CheckpointError(f"{option}: {checkpoint} is a directory; give the checkpoint file inside it")
     if not path.exists():
-        raise CLIError(f"{option}: file not found: {checkpoint}")
+        raise CheckpointError(f"{option}: file not found: {checkpoint}")
     if not os.access(path, os.R_OK):
-        raise CLIError(f"{option}: {checkpoint} is not readable")
+        raise CheckpointError(f"{option}: {checkpoint} is not readable")
 
 
 def _checkpoint_error(checkpoint: str, err: BaseException) -> str:
     """Name a truncated or corrupt checkpoint instead of the raw OSError/unpickling error."""
-    text = str(err)
-    if isinstance(err, (OSError, EOFError, RuntimeError)) and (
-        "Invalid argument" in text or "PytorchStreamReader" in text or "zip archive" in text
-        or "central directory" in text or isinstance(err, EOFError)
-    ):
+    from lightning_dissect._torch_messages import checkpoint_reason, is_truncated_checkpoint
+
+    if is_truncated_checkpoint(err):
         return f"{checkpoint} is truncated or not a PyTorch checkpoint ({type(err).__name__})"
-    return _describe(err)
+    return f"{type(err).__name__}: {checkpoint_reason(err, limit=500)}"
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
+    """``TypeName: message`` of an error, for one-line CLI messages."""
     return f"{type(err).__name__}: {err}"
 
 
@@ -132,7 +143,7 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
             try:
                 model = obj.load_from_checkpoint(checkpoint, map_location=device)
             except Exception as err:
-                raise CLIError(
+                raise CheckpointError(
                     f"--checkpoint: {obj.__name__}.load_from_checkpoint({checkpoint!r}) failed: "
                     f"{_checkpoint_error(checkpoint, err)}"
                 ) from err
@@ -150,7 +161,7 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
             except Exception as err:
                 raise CLIError(
                     f"{option}: {spec} could not be created without arguments: "
-                    f"{_describe(err)} (use a factory function, or --checkpoint with a "
+                    f"{describe_error(err)} (use a factory function, or --checkpoint with a "
                     "LightningModule class)"
                 ) from err
     elif isinstance(obj, nn.Module):
@@ -159,7 +170,7 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
         try:
             model = obj()
         except Exception as err:
-            raise CLIError(f"{option}: calling {spec}() failed: {_describe(err)}") from err
+            raise CLIError(f"{option}: calling {spec}() failed: {describe_error(err)}") from err
     else:
         raise CLIError(
             f"{option}: {spec} is a {type(obj).__name__}, not a factory, a module or a class"
@@ -173,7 +184,7 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
                 state = state["state_dict"]
             model.load_state_dict(state)
         except Exception as err:
-            raise CLIError(
+            raise CheckpointError(
                 f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
                 f"{_checkpoint_error(checkpoint, err)}"
             ) from err
@@ -194,13 +205,13 @@ def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) ->
         try:
             obj = obj()
         except Exception as err:
-            raise CLIError(f"--segmenter: calling {spec}() failed: {_describe(err)}") from err
-    missing = [a for a in ("vocabulary", "value_range") if not hasattr(obj, a)]
-    if missing or not callable(obj):
-        raise CLIError(
-            f"--segmenter: {spec} is not a segmenter (needs `vocabulary`, `value_range` and "
-            f"__call__; missing {', '.join(missing) or '__call__'})"
-        )
+            raise CLIError(f"--segmenter: calling {spec}() failed: {describe_error(err)}") from err
+    from lightning_dissect.segmenters.base import check_segmenter
+
+    try:
+        check_segmenter(obj, "--segmenter")  # the checks every entry point makes
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"--segmenter {spec} is not a segmenter: {str(err).replace('`', '')}") from err
     return obj
 
 

@@ -10,30 +10,35 @@ CPU, nccl on CUDA) and rank 0 prints and writes what a single process would.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_dissect.cli._arguments import (
-    _non_negative_int,
     add_command,
     add_dissection_arguments,
     add_generator_arguments,
     add_network_arguments,
     add_run_arguments,
+    non_negative_int,
 )
 from lightning_dissect.cli._loading import (
     CLIError,
-    _describe,
     check_output,
-    load_generator,
+    describe_error,
     load_module,
     load_object,
     load_segmenter,
 )
-from lightning_dissect.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
+from lightning_dissect.cli._prepare import (
+    dissection_config,
+    layer_names,
+    parse_selector,
+    prepare_generator,
+    resolve_device,
+    split_layers,
+)
 
-__all__ = ["add_dissect_command", "prepare_generator", "prepare_network", "dissection_config", "run_dissect"]
+__all__ = ["add_dissect_command", "prepare_network", "run_dissect"]
 
 
 def add_dissect_command(sub: Any) -> None:
@@ -53,138 +58,11 @@ def add_dissect_command(sub: Any) -> None:
     out.add_argument("--output", metavar="DIR",
                      help="write DIR/dissect.json and the HTML report DIR/index.html")
     out.add_argument("--title", help="title of the HTML report")
-    out.add_argument("--summary-units", type=_non_negative_int, default=10, metavar="N",
+    out.add_argument("--summary-units", type=non_negative_int, default=10, metavar="N",
                      help="units per layer in the printed summary (0: no summary)")
     add_run_arguments(out)
 
 
-
-
-def _layers(values: Sequence[str]) -> list[str]:
-    return [name.strip() for v in values for name in v.split(",") if name.strip()]
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise CLIError(f"--device: {err}") from err
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine")
-    return name
-
-
-def _selector(text: str | None) -> Any:
-    if text is None:
-        return None
-    if text.lstrip("-").isdigit():
-        return int(text)
-    if ":" in text:
-        return load_object(text, "--selector")
-    return text
-
-
-def _layer_names(layers: list[str], generator: Any, attribute: str | None) -> list[str]:
-    """Layer names relative to the generator; ``<attribute>.name`` is accepted too."""
-    from lightning_dissect.hooks import resolve_layer
-
-    names = []
-    for name in layers:
-        if attribute and name.startswith(attribute + "."):
-            try:
-                resolve_layer(generator, name)
-            except ValueError:
-                name = name[len(attribute) + 1 :]
-        try:
-            resolve_layer(generator, name)
-        except ValueError as err:
-            raise CLIError(str(err).replace("`layers`", "--layers")) from err
-        names.append(name)
-    return names
-
-
-def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the generator and segmenter of a command and dry-run them before any long work.
-
-    Returns the keyword arguments for :func:`~lightning_dissect.dissect` (generator, layers,
-    segmenter, latent options), plus ``"model"``, the object ``--generator`` named.
-    """
-    from lightning_dissect.latents import LatentBank
-    from lightning_dissect.runner import DryRunError, GeneratorRunner
-
-    layers = _layers(args.layers)
-    if not layers:
-        raise CLIError("--layers: give at least one layer name")
-    device = _device(args.device)
-    model, generator, attribute = load_generator(args.generator, getattr(args, "checkpoint", None), device)
-    generator.to(device)
-    layers = _layer_names(layers, generator, attribute)
-    sampler = load_object(args.latent_sampler, "--latent-sampler") if args.latent_sampler else None
-    generate = load_object(args.generate, "--generate") if args.generate else None
-    selector = _selector(args.selector)
-    if sampler is not None:
-        shapes: list[tuple[int, ...] | None] = [None]
-    else:
-        dim = args.latent_dim or find_latent_dim(model, generator)
-        shapes = list(latent_shape_candidates(dim, args.latent_shape))
-        if not shapes:
-            raise CLIError(
-                "cannot tell the latent size: pass --latent-dim, --latent-shape or --latent-sampler (looked for "
-                f"hparams/attributes {', '.join(LATENT_DIM_ATTRIBUTES)})"
-            )
-    segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)
-    runner = GeneratorRunner(generator, generate=generate, selector=selector, batch_size=args.batch_size)
-    banks = [LatentBank(2, shape, args.seed, sampler) for shape in shapes]
-    described = {id(b): ("--latent-sampler" if s is None else f"latents of shape {s}") for b, s in zip(banks, shapes)}
-    try:
-        chosen = runner.dry_run(layers, banks, segmenter, describe=lambda b: described[id(b)])
-    except DryRunError as err:
-        called = (f"the {attribute!r} submodule of {type(model).__name__}" if attribute
-                  else f"{type(generator).__name__}")
-        raise CLIError(
-            f"{err} — called {called}; check --latent-dim / --latent-shape, or pass --generate, "
-            "--latent-sampler, or a --generator MODULE:ATTR that names the generator itself"
-        ) from err
-    shape = shapes[banks.index(chosen)]
-    return {
-        "model": model,
-        "generator": generator,
-        "layers": layers,
-        "segmenter": segmenter,
-        "latent_shape": shape,
-        "latent_sampler": sampler,
-        "generate": generate,
-        "selector": selector,
-        "device": device,
-    }
-
-
-def dissection_config(args: argparse.Namespace, device: str, *, visualize: bool) -> Any:
-    """The :class:`~lightning_dissect.config.DissectionConfig` of a command's options."""
-    from lightning_dissect.config import DissectionConfig
-
-    try:
-        return DissectionConfig(
-            num_samples=args.num_samples,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            threshold_mode=args.threshold_mode,
-            quantile=args.quantile,
-            num_levels=args.num_levels,
-            level_selection_samples=args.level_selection_samples,
-            iou_threshold=args.iou_threshold,
-            top_k=args.top_k,
-            num_visualized_units=args.visualize_units if visualize else 0,
-            chance_baseline=not args.no_chance_baseline,
-            progress=not args.quiet,
-            device=device,
-        ).validate()
-    except ValueError as err:
-        raise CLIError(str(err).replace("`", "")) from err
 
 
 #: Options of ``dissect`` that only a generator takes (refused with ``--network``).
@@ -218,19 +96,18 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     """
     from lightning_dissect.image_folder import ImageFolder, read_concepts
     from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet
-    from lightning_dissect.runner import check_segmenter
 
-    layers = _layers(args.layers)
+    layers = split_layers(args.layers)
     if not layers:
         raise CLIError("--layers: give at least one layer name")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     network = load_module(args.network, getattr(args, "checkpoint", None), device, "--network")
     network.to(device)
-    layers = _layer_names(layers, network, None)
+    layers = layer_names(layers, network, None)
     transform = load_object(args.transform, "--transform") if args.transform else None
     if transform is not None and not callable(transform):
         raise CLIError(f"--transform: {args.transform} is a {type(transform).__name__}, not a callable")
-    selector = _selector(args.selector)
+    selector = parse_selector(args.selector)
     try:
         vocabulary = read_concepts(args.concepts, "--concepts") if args.concepts else None
         folder = ImageFolder(args.images, args.segmentations, on_unreadable=args.unreadable, argument="--images")
@@ -240,11 +117,7 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     if vocabulary is not None:
         segmenter: Any = GroundTruth(vocabulary)
     else:
-        segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)
-        try:
-            check_segmenter(segmenter, "--segmenter")
-        except TypeError as err:
-            raise CLIError(str(err).replace("`", "")) from err
+        segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)  # checked there
     runner = ImageRunner(network, transform=transform, selector=selector, batch_size=args.batch_size, device=device)
     try:
         runner.check(images, layers, segmenter)
@@ -264,12 +137,11 @@ def run_dissect(args: argparse.Namespace) -> int:
     """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
     import torch
 
-    from lightning_dissect._distributed import world
-    from lightning_dissect.emergence import init_distributed
+    from lightning_dissect._distributed import init_distributed, world
 
     _check_model_options(args)
     check_output(args.output)
-    device, initialised = init_distributed(_device(args.device))
+    device, initialised = init_distributed(resolve_device(args.device))
     args.device = device
     try:
         result = _network_result(args) if args.network else _generator_result(args)
@@ -309,7 +181,7 @@ def _generator_result(args: argparse.Namespace) -> Any:
     except (ValueError, TypeError, RuntimeError) as err:
         if args.debug:
             raise
-        raise CLIError(f"dissection failed: {_describe(err)}") from err
+        raise CLIError(f"dissection failed: {describe_error(err)}") from err
 
 
 def _network_result(args: argparse.Namespace) -> Any:
@@ -330,4 +202,4 @@ def _network_result(args: argparse.Namespace) -> Any:
     except (ValueError, TypeError, RuntimeError) as err:
         if args.debug:
             raise
-        raise CLIError(f"dissection failed: {_describe(err)}") from err
+        raise CLIError(f"dissection failed: {describe_error(err)}") from err

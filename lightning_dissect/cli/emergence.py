@@ -16,8 +16,8 @@ from typing import Any
 
 from lightning_dissect._distributed import world
 from lightning_dissect.cli import _arguments
-from lightning_dissect.cli._loading import CLIError, _describe, check_output, load_generator
-from lightning_dissect.cli.dissect import dissection_config, prepare_generator
+from lightning_dissect.cli._loading import CheckpointError, CLIError, check_output, describe_error, load_generator
+from lightning_dissect.cli._prepare import dissection_config, prepare_generator, resolve_device
 
 __all__ = ["add_emergence_command", "run_emergence"]
 
@@ -47,7 +47,7 @@ def add_emergence_command(sub: Any) -> None:
                      help="rounds (DIR/dissection/round_<step>.json), TensorBoard events and "
                      "DIR/emergence.html")
     out.add_argument("--title", help="title of emergence.html")
-    out.add_argument("--report-units", type=_arguments._non_negative_int, default=6, metavar="N",
+    out.add_argument("--report-units", type=_arguments.non_negative_int, default=6, metavar="N",
                      help="per layer, unit strips of the last checkpoint's N best units in emergence.html")
     out.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
     _arguments.add_run_arguments(out)
@@ -57,12 +57,11 @@ def run_emergence(args: argparse.Namespace) -> int:
     """Run the ``emergence`` command (raises :class:`CLIError` on user errors)."""
     import torch
 
-    from lightning_dissect.cli.dissect import _device
-    from lightning_dissect.emergence import init_distributed
+    from lightning_dissect._distributed import init_distributed
 
     if getattr(args, "checkpoint", None):
         raise CLIError("--checkpoint: emergence takes --checkpoints PATH [PATH ...] (files or folders)")
-    device, initialised = init_distributed(_device(args.device))
+    device, initialised = init_distributed(resolve_device(args.device))
     args.device = device
     rank, _ = world()
 
@@ -109,9 +108,7 @@ def _prepare_first(args: argparse.Namespace, checkpoints: list[Any], say: Callab
         try:
             prepared = prepare_generator(args)
             break
-        except CLIError as err:
-            if not str(err).startswith("--checkpoint"):
-                raise
+        except CheckpointError as err:
             say(f"skipped {checkpoint.path}: {' '.join(str(err).split())}")
             checkpoints.remove(checkpoint)
     args.checkpoint = None
@@ -163,7 +160,7 @@ def _dissect_series(args: argparse.Namespace, checkpoints: list[Any], load: Call
     except (TypeError, RuntimeError) as err:
         if args.debug:
             raise
-        raise CLIError(f"dissection failed: {_describe(err)}") from err
+        raise CLIError(f"dissection failed: {describe_error(err)}") from err
 
 
 def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], config: Any, output: Path,

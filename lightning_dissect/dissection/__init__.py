@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lightning_dissect._distributed import check_samples_per_rank, gather_dicts_to_zero
 from lightning_dissect._progress import Progress
-from lightning_dissect.config import DissectionConfig
+from lightning_dissect.config import DissectionConfig, merge_settings
 from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
 from lightning_dissect.dissection.summary import summarise_layer
 from lightning_dissect.functional.counts import ConceptCounts
@@ -26,8 +26,8 @@ from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
 from lightning_dissect.latents import LatentBank, LatentSampler
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.runner import Generate, GeneratorRunner, check_segmenter
-from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.runner import Generate, GeneratorRunner
+from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.strips import render_unit_images
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -35,14 +35,11 @@ __all__ = ["DissectionConfig", "dissect", "dissect_images", "resolve_config"]
 
 
 def resolve_config(config: DissectionConfig | None, overrides: Mapping[str, Any]) -> DissectionConfig:
-    """``config`` (default: :class:`DissectionConfig`) with keyword ``overrides``, validated."""
-    unknown = sorted(set(overrides) - set(DissectionConfig.__dataclass_fields__))
-    if unknown:
-        raise TypeError(
-            f"dissect() got unknown settings {unknown}; valid ones are the fields of "
-            f"DissectionConfig: {sorted(DissectionConfig.__dataclass_fields__)}"
-        )
-    return DissectionConfig(**{**asdict(config or DissectionConfig()), **overrides}).validate()
+    """``config`` (default: :class:`DissectionConfig`) with keyword ``overrides``, validated.
+
+    See :func:`~lightning_dissect.config.merge_settings` (an unknown key is a ``TypeError``).
+    """
+    return merge_settings(config, ("dissect()'s keyword arguments", overrides))
 
 
 def dissect(

@@ -22,6 +22,7 @@ from lightning_dissect._distributed import all_gather_cat
 from lightning_dissect._progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.topk import TopK
+from lightning_dissect.functional._checks import check_finite
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
@@ -86,6 +87,8 @@ def threshold_pass(
             out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
             for name in layers:
                 a = batch.activations[name].float()
+                # name the layer (the metric's own check would only say "activations")
+                check_finite(a, f"activations of layer {name!r}", "check the generator for diverged weights")
                 if name not in out.quantiles:
                     out.quantiles[name] = UnitQuantiles(
                         a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy, **runner.metric_options

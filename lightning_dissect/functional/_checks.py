@@ -20,8 +20,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ImageRangeError",
     "check_activations",
+    "check_choice",
     "check_count",
+    "check_flag",
+    "check_int",
+    "check_real",
     "check_finite",
     "check_ignore_index",
     "check_images",
@@ -31,6 +36,10 @@ __all__ = [
     "check_size",
     "check_thresholds",
 ]
+
+
+class ImageRangeError(ValueError):
+    """Images with values outside the declared ``value_range`` (the caller may add the fix)."""
 
 
 def _shape(t: Tensor | Sequence[int]) -> str:
@@ -44,6 +53,41 @@ def _fmt(v: float) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
+    """Check an integer setting: an ``int`` (NumPy integers too, never a ``bool``) of at least ``minimum``.
+
+    The one rule every entry point uses for counts, seeds and schedules: a wrong *type* (``"x"``,
+    ``2.5``, ``True``) is a ``TypeError``, a value below ``minimum`` a ``ValueError``; both name
+    the argument.
+
+    Args:
+        value: The value to check.
+        name: The argument's name, used in the message.
+        minimum: The smallest allowed value (``None``: any int).
+        optional: Also accept ``None`` (returned as is).
+
+    Returns:
+        The value as a plain ``int`` (or ``None``).
+
+    Examples:
+        >>> import numpy as np
+        >>> check_int(np.int64(3), "seed"), check_int(None, "top_k", optional=True)
+        (3, None)
+        >>> check_int(2.5, "ablation_samples", minimum=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: `ablation_samples` must be an int, got 2.5 (float)
+    """
+    if value is None and optional:
+        return None
+    if not _is_int(value):
+        kind = "an int or None" if optional else "an int"
+        raise TypeError(f"`{name}` must be {kind}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -60,11 +104,90 @@ def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
         ...
         TypeError: `num_units` must be an int, got True (bool)
     """
-    if not _is_int(value):
-        raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}")
-    return int(value)
+    return int(check_int(value, name, minimum=minimum))  # type: ignore[arg-type]
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> float | None:
+    """Check a real-valued setting: a finite number (not a ``bool``) in ``[low, high]``.
+
+    ``low_open``/``high_open`` exclude the bounds. A wrong type is a ``TypeError``, NaN, an
+    infinity or a value outside the interval a ``ValueError``; both name the argument.
+
+    Returns:
+        The value as a plain ``float`` (or ``None`` when ``optional``).
+
+    Examples:
+        >>> check_real(0.99, "quantile", low=0, high=1, low_open=True, high_open=True)
+        0.99
+        >>> check_real(1.0, "quantile", low=0, high=1, low_open=True, high_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: `quantile` must be in (0, 1), got 1.0
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.dtype == torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number or None" if optional else "a number"
+        raise TypeError(f"`{name}` must be {kind}, got {value!r} ({type(value).__name__})")
+    number = float(value)
+    interval = (
+        ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+        + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
+    )
+    inside = math.isfinite(number)
+    if low is not None:
+        inside = inside and (number > low if low_open else number >= low)
+    if high is not None:
+        inside = inside and (number < high if high_open else number <= high)
+    if not inside:
+        raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
+    return number
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Check an on/off setting: a ``bool`` (NumPy's too), never ``0``/``1`` or a string.
+
+    Examples:
+        >>> check_flag(False, "progress")
+        False
+        >>> check_flag("no", "progress")
+        Traceback (most recent call last):
+        ...
+        TypeError: `progress` must be True or False, got 'no' (str)
+    """
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        return bool(value)
+    raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """Check a setting that takes one of a few names.
+
+    Examples:
+        >>> check_choice("iqr", "threshold_mode", ("quantile", "iqr"))
+        'iqr'
+        >>> check_choice("max", "threshold_mode", ("quantile", "iqr"))
+        Traceback (most recent call last):
+        ...
+        ValueError: `threshold_mode` must be one of 'quantile', 'iqr'; got 'max'
+    """
+    listed = ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {listed}; got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {listed}; got {value!r}")
+    return value
 
 
 def check_ignore_index(value: Any, name: str = "ignore_index") -> int | None:
@@ -405,7 +528,7 @@ def check_images(
         raise ValueError(f"`{name}` contains NaN or Inf values")
     tol = 1e-3 * (high - low)
     if vmin < low - tol or vmax > high + tol:
-        raise ValueError(
+        raise ImageRangeError(
             f"`{name}` has values in [{_fmt(vmin)}, {_fmt(vmax)}] given where "
             f"[{_fmt(low)}, {_fmt(high)}] is declared; rescale the images (or declare the "
             "segmenter's value_range to match the generator's output)"

@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor
 
+from lightning_dissect.functional._checks import check_count
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics._sync import all_reduce_sum
@@ -92,10 +93,7 @@ def _as_bank(latents: Latents) -> LatentBank:
 
 def _check_count(value: Any, name: str, minimum: int) -> int:
     """``value`` must be an int ``>= minimum`` (the error names the argument)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"`{name}` must be {kind} int, got {value!r}")
-    return value
+    return check_count(value, name, minimum=minimum)
 
 
 def _check_mode(mode: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.config import DissectionConfig
 from lightning_dissect.interventions._common import (
     _CONTROL_DEFAULTS,
     Latents,
@@ -56,7 +57,7 @@ class Prepared:
     concept: int = -1
     units: Tensor | None = None
     statistics: UnitStatistics | Tensor | None = None
-    quantile: float = 0.99
+    quantile: float = DissectionConfig.quantile
     region: Tensor | None = None
     num_controls: int = 1
     control_seed: int = 0
@@ -112,7 +113,7 @@ def _prepare(
     units: Units | None = None,
     num_units: int | None = None,
     statistics: UnitStatistics | Tensor | None = None,
-    quantile: float = 0.99,
+    quantile: float = DissectionConfig.quantile,
     region: Tensor | None = None,
     options: Mapping[str, Any],
     function: str,

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.functional._checks import check_count
 from lightning_dissect.hooks import LayerEdit, OutputSelector, edit_layers, unwrap_model
 from lightning_dissect.interventions._common import Units
 from lightning_dissect.interventions.statistics import UnitStatistics
@@ -18,8 +19,7 @@ from lightning_dissect.interventions.statistics import UnitStatistics
 
 def _unit_index(units: Units, num_units: int, name: str = "units") -> Tensor:
     """Sorted, unique long indices of ``units`` (indices or a boolean mask), range-checked."""
-    if isinstance(num_units, bool) or not isinstance(num_units, int) or num_units < 1:
-        raise ValueError(f"`num_units` must be a positive int, got {num_units!r}")
+    num_units = check_count(num_units, "num_units")
     t = torch.as_tensor(units)
     if t.dtype == torch.bool:
         if t.shape != (num_units,):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 
+from lightning_dissect.config import DissectionConfig
 from lightning_dissect.interventions._common import InterventionOptions, Latents, Units, _mean
 from lightning_dissect.interventions._engine import _Measured, _Variant
 from lightning_dissect.interventions._prepare import Prepared, _prepare
@@ -79,7 +80,7 @@ def average_causal_effect(
     region: Tensor | None = None,
     value: float | Tensor | UnitStatistics | None = None,
     statistics: UnitStatistics | None = None,
-    quantile: float = 0.99,
+    quantile: float = DissectionConfig.quantile,
     num_units: int | None = None,
     **options: Unpack[InterventionOptions],
 ) -> CausalEffect:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.config import DissectionConfig
 from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
     Latents,
@@ -56,7 +57,7 @@ def unit_statistics(
     layer: str,
     latents: Latents,
     *,
-    quantile: float = 0.99,
+    quantile: float = DissectionConfig.quantile,
     relative_accuracy: float = 0.005,
     **options: Unpack[RunOptions],
 ) -> UnitStatistics:
@@ -93,7 +94,7 @@ def _layer_statistics(
     runner: GeneratorRunner,
     bank: LatentBank,
     layers: Sequence[str],
-    quantile: float = 0.99,
+    quantile: float = DissectionConfig.quantile,
     relative_accuracy: float = 0.005,
 ) -> dict[str, UnitStatistics]:
     """:class:`UnitStatistics` of several layers from one pass over ``bank`` (see ``unit_statistics``)."""

@@ -26,9 +26,10 @@ class SumStateMetric(Metric):
     * :meth:`synced_states`, a context in which the states are synchronised exactly as inside
       ``compute()``, for extra result methods (``counts()``, ``quantile()``, ...). It uses only
       public TorchMetrics API: ``sync_context`` with ``sync_on_compute``.
-    * ``load_state_dict`` refuses states that do not fit: each incoming state must have the shape
-      this metric was built for and an integer dtype, and every setting buffer named in
-      :attr:`_setting_buffers` must be equal; the error names the setting to change.
+    * ``load_state_dict`` and ``merge_state`` refuse states that do not fit, with the same checks
+      and messages: each incoming state must have the shape this metric was built for and an
+      integer dtype, and every setting buffer named in :attr:`_setting_buffers` (e.g. the
+      thresholds the counts were made at) must be equal; the error names the setting to change.
 
     Subclasses register their states with :meth:`_add_sum_state` and describe the axes of each
     state in :meth:`_state_axes`.
@@ -131,6 +132,39 @@ class SumStateMetric(Metric):
             if message:
                 errors.append(message)
         return errors
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's counts (or a dict of states) to these, after the checks of loading.
+
+        A metric of the same class built with other settings (another unit count, other
+        thresholds, another number of levels) is refused with the message ``load_state_dict``
+        gives, never merged into wrong sums or failed with a raw broadcast error.
+
+        Raises:
+            TypeError: ``incoming_state`` is neither a dict nor a metric of this class.
+            ValueError: The states do not fit (each problem named).
+        """
+        if isinstance(incoming_state, Metric):
+            if not isinstance(incoming_state, type(self)):
+                raise TypeError(
+                    f"{type(self).__name__}.merge_state needs a {type(self).__name__} or a dict of its "
+                    f"states, got a {type(incoming_state).__name__}"
+                )
+            state = {key: getattr(incoming_state, key) for key in (*self._state_axes(), *self._setting_buffers)}
+        elif isinstance(incoming_state, dict):
+            state = dict(incoming_state)
+        else:
+            raise TypeError(
+                f"{type(self).__name__}.merge_state needs a {type(self).__name__} or a dict of its states, "
+                f"got {type(incoming_state).__name__}"
+            )
+        errors = self._state_errors(state, "")
+        missing = [key for key in self._state_axes() if key not in state]
+        if missing and not errors:
+            errors.append(f"the incoming state lacks {missing}")
+        if errors:
+            raise ValueError(f"{type(self).__name__}.merge_state: " + "; ".join(errors))
+        super().merge_state({key: state[key].to(getattr(self, key).device) for key in self._state_axes()})
 
     def _load_from_state_dict(
         self,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
+from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional._checks import check_activations, check_count, check_levels
 from lightning_dissect.functional.quantiles import (
     LogHistogramSpec,
@@ -77,7 +78,7 @@ class UnitQuantiles(SumStateMetric):
     def __init__(
         self,
         num_units: int,
-        quantiles: float | Sequence[float] | Tensor = 0.99,
+        quantiles: float | Sequence[float] | Tensor = DissectionConfig.quantile,
         relative_accuracy: float = 0.005,
         min_magnitude: float = 1e-6,
         max_magnitude: float = 1e6,

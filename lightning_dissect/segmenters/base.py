@@ -16,13 +16,14 @@ Conventions (see ``docs/segmenters.md``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import check_images, check_segmentation
+from lightning_dissect.functional._checks import ImageRangeError, check_count, check_images, check_segmentation
 from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "ConceptVocabulary",
     "NO_CATEGORY",
     "Segmenter",
+    "check_segmenter",
+    "check_value_range",
     "concept_scores_of",
     "resample_labels",
     "map_range",
@@ -117,6 +120,70 @@ def concept_scores_of(segmenter: object, argument: str = "segmenter") -> Concept
     return segmenter.concept_scores  # type: ignore[attr-defined]
 
 
+def check_value_range(value_range: object, name: str = "value_range") -> tuple[float, float]:
+    """Check a ``(low, high)`` pair of finite numbers with ``low < high``; return it as floats.
+
+    Examples:
+        >>> check_value_range([0, 1])
+        (0.0, 1.0)
+        >>> check_value_range((1, 0))
+        Traceback (most recent call last):
+        ...
+        ValueError: `value_range` must be (low, high) with low < high, got (1, 0)
+    """
+    try:
+        low, high = (float(v) for v in value_range)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a pair (low, high) of numbers, got {value_range!r}") from None
+    if not (high > low and math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"`{name}` must be (low, high) with low < high, got {value_range!r}")
+    return (low, high)
+
+
+def check_segmenter(segmenter: object, argument: str = "segmenter") -> None:
+    """The one check that ``segmenter`` follows the :class:`Segmenter` protocol; errors name ``argument``.
+
+    A segmenter is callable and has a :class:`ConceptVocabulary` ``vocabulary`` and a valid
+    ``value_range``; ``channels`` (default 3) must be a positive int and ``multilabel`` (default
+    ``False``) a bool when present. Every entry point (``dissect()``, the callback, the
+    interventions, the combinators, the command line) calls it before any work.
+
+    Raises:
+        TypeError: Not callable, a missing or mistyped attribute; a plain function is told to wrap
+            itself in :class:`CallableSegmenter`.
+        ValueError: A ``value_range`` that is not ascending, ``channels < 1``.
+
+    Examples:
+        >>> try:
+        ...     check_segmenter(lambda images: images)
+        ... except TypeError as err:
+        ...     print(str(err)[:52])
+        `segmenter` is a function without `vocabulary`/`valu
+    """
+    missing = [a for a in ("vocabulary", "value_range") if not hasattr(segmenter, a)]
+    if missing or not callable(segmenter):
+        kind = "function" if callable(segmenter) else type(segmenter).__name__
+        raise TypeError(
+            f"`{argument}` is a {kind} without `{'`/`'.join(missing) or '__call__'}`: a segmenter maps images to "
+            "labels and names its concepts; wrap a plain function as "
+            "CallableSegmenter(fn, vocabulary, value_range) (lightning_dissect.segmenters)"
+        )
+    vocabulary = segmenter.vocabulary
+    if not isinstance(vocabulary, ConceptVocabulary):
+        raise TypeError(
+            f"`{argument}.vocabulary` must be a ConceptVocabulary, got {type(vocabulary).__name__}"
+        )
+    check_value_range(segmenter.value_range, f"{argument}.value_range")
+    channels = getattr(segmenter, "channels", 3)
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"`{argument}.channels` must be an int, got {channels!r}")
+    if channels < 1:
+        raise ValueError(f"`{argument}.channels` must be at least 1, got {channels!r}")
+    multilabel = getattr(segmenter, "multilabel", False)
+    if not isinstance(multilabel, bool) and type(multilabel).__name__ not in ("bool_", "bool"):
+        raise TypeError(f"`{argument}.multilabel` must be True or False, got {multilabel!r}")
+
+
 def segmenter_channels(segmenter: object) -> int:
     """The channel count a segmenter takes: its ``channels`` attribute, 3 (RGB) when it has none.
 
@@ -189,7 +256,8 @@ def validate_images(
     Raises:
         TypeError: If ``images`` is not a tensor or not floating point.
         ValueError: Naming the problem: rank, channel count, empty batch, NaN/Inf, values outside
-            the range (with the range actually found), or ``value_range`` not ascending.
+            the range (an ``ImageRangeError``, with the range actually found and the fix), or
+            ``value_range`` not ascending.
 
     Examples:
         >>> validate_images(torch.zeros(2, 3, 8, 8))
@@ -197,11 +265,10 @@ def validate_images(
         >>> validate_images(torch.full((1, 3, 4, 4), 200.0))
         Traceback (most recent call last):
         ...
-        ValueError: `images` has values in [200, 200] given where [-1, 1] is declared; ...
+        lightning_dissect.functional._checks.ImageRangeError: `images` has values in [200, 200] given where [-1, 1] ...
 
     """
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"`channels` must be a positive int, got {channels!r}")
+    channels = check_count(channels, "channels")
     if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] != channels:
         got = int(images.shape[1])
         hint = " (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == channels else ""
@@ -218,10 +285,8 @@ def validate_images(
         view = images.reshape(images.shape[0], 1, -1, images.shape[-1]).expand(-1, 3, -1, -1)
     try:
         check_images(view, value_range=value_range, name=name)
-    except ValueError as err:
-        if " is declared" not in str(err):
-            raise
-        raise ValueError(f"{err}{_range_fix(images, value_range)}") from None
+    except ImageRangeError as err:
+        raise ImageRangeError(f"{err}{_range_fix(images, value_range)}") from None
 
 
 def validate_segmentation(

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..functional._checks import check_count
 from .base import (
     NO_CATEGORY,
     ConceptVocabulary,
     Segmenter,
     _nearest_index,
+    check_segmenter,
+    check_value_range,
     concept_scores_of,
     map_range,
     resolve_resolution,
@@ -26,16 +29,6 @@ __all__ = ["AdaptedSegmenter", "MergedSegmenter", "adapt_input", "merge_segmente
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def _pair(value_range: Sequence[float], what: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{what}` must be a pair (low, high) of numbers, got {value_range!r}") from None
-    if not high > low:
-        raise ValueError(f"`{what}` must be (low, high) with low < high, got {value_range!r}")
-    return (low, high)
-
-
 def _map_channels(images: Tensor, target: int) -> Tensor:
     c = images.shape[1]
     if c == target:
@@ -45,14 +38,6 @@ def _map_channels(images: Tensor, target: int) -> Tensor:
     # c == 3 and target == 1 (checked at construction): luminance
     w = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images * w).sum(1, keepdim=True)
-
-
-def _check_segmenter(segmenter: object, what: str) -> None:
-    if not callable(segmenter) or not all(hasattr(segmenter, a) for a in ("vocabulary", "value_range", "multilabel")):
-        raise TypeError(
-            f"`{what}` is not a segmenter (vocabulary, value_range, multilabel, __call__), "
-            f"got {type(segmenter).__name__}"
-        )
 
 
 def _check_channel_map(source: int, target: int, what: str) -> None:
@@ -77,15 +62,14 @@ class AdaptedSegmenter:
     """
 
     def __init__(self, segmenter: Segmenter, value_range: tuple[float, float], channels: int) -> None:
-        _check_segmenter(segmenter, "segmenter")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"`channels` must be a positive int, got {channels!r}")
+        check_segmenter(segmenter, "segmenter")
+        channels = check_count(channels, "channels")
         _check_channel_map(channels, segmenter_channels(segmenter), "channels")
         self.segmenter = segmenter
-        self.value_range = _pair(value_range, "value_range")
+        self.value_range = check_value_range(value_range, "value_range")
         self.channels = channels
         self.vocabulary: ConceptVocabulary = segmenter.vocabulary
-        self.multilabel = bool(segmenter.multilabel)
+        self.multilabel = bool(getattr(segmenter, "multilabel", False))
 
     def adapt(self, images: Tensor) -> Tensor:
         """Map validated images to the wrapped segmenter's value range and channel count."""
@@ -143,7 +127,7 @@ def adapt_input(
         [[[0, 1]]]
 
     """
-    _check_segmenter(segmenter, "segmenter")
+    check_segmenter(segmenter, "segmenter")
     vr = tuple(segmenter.value_range) if value_range is None else value_range
     ch = segmenter_channels(segmenter) if channels is None else channels
     return AdaptedSegmenter(segmenter, vr, ch)  # type: ignore[arg-type]
@@ -217,7 +201,7 @@ class MergedSegmenter:
         if not segmenters:
             raise ValueError("MergedSegmenter needs at least one segmenter")
         for i, seg in enumerate(segmenters):
-            _check_segmenter(seg, f"segmenters[{i}]")
+            check_segmenter(seg, f"segmenters[{i}]")
         channels = [segmenter_channels(s) for s in segmenters]
         if len(set(channels)) > 1:
             raise ValueError(
@@ -233,7 +217,7 @@ class MergedSegmenter:
             resolve_resolution(resolution, (1, 1))
         self.segmenters = tuple(segmenters)
         self.resolution = resolution
-        self.value_range = _pair(
+        self.value_range = check_value_range(
             segmenters[0].value_range if value_range is None else value_range, "value_range"
         )
         self.channels = channels[0]
@@ -284,7 +268,7 @@ class MergedSegmenter:
             labels = seg(map_range(images, self.value_range, tuple(seg.value_range)))
             validate_segmentation(
                 labels, seg.vocabulary, images.shape[0], name=f"segmenters[{i}] output",
-                multilabel=bool(seg.multilabel),
+                multilabel=bool(getattr(seg, "multilabel", False)),
             )  # fmt: skip
             labels = table.to(labels.device)[labels.long()]
             if labels.ndim == 3:
