@@ -308,7 +308,10 @@ def test_no_decision_is_made_on_an_error_message():
     """Code decides by exception type; only ``_torch_messages`` reads torch's text."""
     import re
 
-    pattern = re.compile(r"""["'][^"'\n]*["']\s+(not\s+)?in\s+str\((err|error|exc|e)\)|str\((err|error|exc|e)\)\.startswith""")
+    pattern = re.compile(
+        r"""["'][^"'\n]*["']\s+(not\s+)?in\s+str\((err|error|exc|e)\)"""
+        r"""|str\((err|error|exc|e)\)\.startswith"""
+    )
     found = []
     for name, path in _modules().items():
         if name == "lightning_dissect._torch_messages":
