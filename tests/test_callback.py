@@ -512,3 +512,48 @@ def test_a_logger_without_a_writer_gets_the_scalars_and_one_warning_naming_it(tm
     named = [str(w.message) for w in caught if "ScalarsOnlyLogger" in str(w.message)]
     assert len(named) == 1 and "scalars only" in named[0] and "pictures" in named[0]
     assert [s for s, m in logger.logged if "dissection/layer2/mean_best_iou" in m] == [3, 7]
+
+
+def test_num_samples_below_the_world_size_fails_at_fit_start(monkeypatch):
+    import lightning_dissect._distributed as distributed
+
+    monkeypatch.setattr(distributed, "world", lambda distributed=True: (0, 64))
+    callback = make_callback(num_samples=32, ablation_check=False)
+    with pytest.raises(ValueError, match=r"`num_samples`=32 is smaller than the number of processes \(64\)"):
+        callback.on_fit_start(None, TinyGAN())
+
+
+def test_a_rank_that_failed_alone_reports_its_own_error_with_its_rank(monkeypatch):
+    """`rank_zero_warn` prints nothing on rank 1: the failing rank must warn itself."""
+    from types import SimpleNamespace
+
+    import lightning_dissect.callback as module
+    from lightning_dissect._distributed import OtherRankError
+
+    callback = make_callback(ablation_check=False)
+    callback.segmenter = SyntheticSceneSegmenter(16)
+    trainer = SimpleNamespace(global_step=8, current_epoch=0, sanity_checking=False, is_global_zero=False)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("segmenter broke on rank 1")
+
+    monkeypatch.setattr(module, "dissect", fails)
+    monkeypatch.setattr(module, "world", lambda distributed=True: (1, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert callback._round_body(trainer, TinyGAN()) is None
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("[rank 1] DissectionCallback round at global_step=8") and "segmenter broke on rank 1" in m
+               for m in messages), messages
+
+    # rank 0 did not fail: its warning names the rank that did
+    def other(*args, **kwargs):
+        raise OtherRankError("pass 1", [1])
+
+    monkeypatch.setattr(module, "dissect", other)
+    monkeypatch.setattr(module, "world", lambda distributed=True: (0, 2))
+    trainer.global_step, trainer.is_global_zero = 16, True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback._round_body(trainer, TinyGAN())
+    assert any("pass 1 failed on rank 1" in str(w.message) for w in caught)

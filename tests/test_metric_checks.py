@@ -366,3 +366,25 @@ def test_load_after_compute_drops_the_cached_result(gen):
     target.load_state_dict(state)
     ref = np_iou(acts.numpy(), seg.numpy(), thresholds.numpy(), 4)
     np.testing.assert_allclose(target.compute().numpy(), ref, rtol=1e-6)
+
+
+def test_count_states_are_held_once_and_reset_to_zeros_of_their_shape(gen):
+    metric = UnitQuantiles(16)
+    state_bytes = sum(getattr(metric, k).nbytes for k in ("histogram", "overflow"))
+    # every tensor the metric holds (states, their reset defaults): the states once, plus 0-d zeros
+    held = [v for v in vars(metric).values() if isinstance(v, torch.Tensor)]
+    held += [v for v in metric._defaults.values() if isinstance(v, torch.Tensor)]
+    assert sum(t.nbytes for t in held) <= state_bytes + 64
+    metric.update(torch.randn(2, 16, 4, 4, generator=gen))
+    assert int(metric.histogram.sum() + metric.overflow.sum()) == 2 * 16 * 4 * 4  # every value counted once
+    metric.reset()
+    assert metric.histogram.shape == (16, metric.spec.num_buckets) and metric.histogram.dtype == torch.int64
+    assert int(metric.histogram.abs().sum()) == 0 and metric.overflow.shape == (16,)
+    # after a reset the metric counts again from zero: the same as a fresh one
+    acts = torch.randn(3, 16, 4, 4, generator=gen)
+    metric.update(acts)
+    fresh = UnitQuantiles(16)
+    fresh.update(acts)
+    assert torch.equal(metric.histogram, fresh.histogram)
+    reference = np.array([np_order_statistic(acts[:, u].flatten().numpy(), 0.99) for u in range(16)])
+    np.testing.assert_allclose(metric.compute().reshape(16).numpy(), reference, rtol=0.01)

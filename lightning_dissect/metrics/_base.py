@@ -47,7 +47,23 @@ class SumStateMetric(Metric):
         super().__init__(**kwargs)
 
     def _add_sum_state(self, name: str, shape: tuple[int, ...]) -> None:
+        """Register a zero-initialised int64 sum state of ``shape``, held in memory once.
+
+        TorchMetrics keeps a copy of every state's initial value to reset to, which doubles the
+        resident memory of large count states. A sum state always resets to zeros of its shape,
+        so its stored default is one 0-d zero (following the metric's device and dtype moves) and
+        :meth:`reset` rebuilds the zeros at full shape.
+        """
         self.add_state(name, torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
+        self._defaults[name] = torch.zeros((), dtype=torch.int64)
+        self._sum_state_shapes = {**getattr(self, "_sum_state_shapes", {}), name: tuple(shape)}
+
+    def reset(self) -> None:
+        """Zero every state (at its full shape, on its device) and forget cached results."""
+        super().reset()  # sets each sum state to its 0-d default on the state's device
+        for name, shape in getattr(self, "_sum_state_shapes", {}).items():
+            zero = getattr(self, name)
+            setattr(self, name, torch.zeros(shape, dtype=zero.dtype, device=zero.device))
 
     @contextmanager
     def synced_states(self) -> Iterator[None]:
