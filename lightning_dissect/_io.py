@@ -18,7 +18,9 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
 
     The text goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
     renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows). Parent folders are
-    created. On any error the temporary file is removed and ``path`` is left as it was.
+    created. On any error the temporary file is removed and ``path`` is left as it was. The file
+    gets the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces,
+    else ``0o666`` less the process umask (``mkstemp`` alone would make it private, ``0o600``).
 
     Args:
         path: The file to write.
@@ -38,6 +40,8 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        with contextlib.suppress(OSError):  # e.g. a file system without permissions
+            os.chmod(tmp, _open_mode(target))
         with os.fdopen(fd, "w", encoding=encoding) as handle:
             handle.write(text)
             handle.flush()
@@ -55,6 +59,25 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
             finally:
                 os.close(dir_fd)
     return target
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _open_mode(target: Path) -> int:
+    """The permission bits ``open(target, "w")`` would leave: the old file's, else ``0o666 & ~umask``."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def check_writable_output(path: str | Path, argument: str, *, directory: bool = False) -> Path:

@@ -31,7 +31,7 @@ from lightning_dissect.discovery import (
 )
 from lightning_dissect.dissection import dissect
 from lightning_dissect.functional._checks import check_choice, check_flag, check_int
-from lightning_dissect.history import load_history, round_path
+from lightning_dissect.history import RUN_SETTINGS, load_history, round_path, run_settings
 from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
 from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, finish, round_writers
@@ -205,7 +205,7 @@ class DissectionCallback(Callback):
             )
         )
         if segmenter is not None:
-            check_segmenter(segmenter)
+            self._check_segmenter(segmenter)
         if latent_sampler is not None and not callable(latent_sampler):
             raise TypeError(
                 f"`latent_sampler` must be a callable (n, torch.Generator) -> latents, got {latent_sampler!r}"
@@ -233,6 +233,10 @@ class DissectionCallback(Callback):
         self._last_step: int = -1
         self._round_logger: RoundLogger | None = None
         self._warned_loggers: set[str] = set()
+
+    def _check_segmenter(self, segmenter: Any) -> None:
+        """Refuse what is not a segmenter now, not at the first round."""
+        check_segmenter(segmenter)
 
     # ------------------------------------------------------------------ state
     @property
@@ -322,6 +326,37 @@ class DissectionCallback(Callback):
         if shape is not None:
             self.latent_shape = shape
         self._round_logger = None  # built for this segmenter on first use
+        if trainer is not None and trainer.is_global_zero:
+            self._warn_on_foreign_rounds(trainer)
+
+    def _warn_on_foreign_rounds(self, trainer: pl.Trainer) -> None:
+        """Warn when the round folder already holds rounds dissected with other settings (another run).
+
+        ``load_history`` would return both runs' rounds interleaved (e.g. under a pinned logger
+        version); the warning names the folder and the settings that differ.
+        """
+        log_dir = _log_directory(trainer)
+        if log_dir is None:
+            return
+        folder = round_path(log_dir, 0, self.name).parent
+        files = sorted(folder.glob("round_*.json")) if folder.is_dir() else []
+        if not files:
+            return
+        try:
+            old = run_settings(DissectionResult.from_json(files[-1]))
+        except (OSError, ValueError):
+            return  # an unreadable round is reported by load_history; nothing to compare here
+        mine = {k: getattr(self.config, k) for k in RUN_SETTINGS if hasattr(self.config, k)}
+        mine["layers"] = list(self.layers)
+        differing = [k for k in old if k in mine and old[k] != mine[k]]
+        if differing:
+            listed = ", ".join(f"{k}: {old[k]!r} there, {mine[k]!r} now" for k in differing)
+            rank_zero_warn(
+                f"DissectionCallback: {str(folder)!r} already holds {len(files)} round(s) dissected with other "
+                f"settings ({listed}); this run's rounds go into the same folder, and "
+                "load_history(..., settings={...}) tells the runs apart. Use another logger version or `name` "
+                "to keep them separate."
+            )
 
     # ------------------------------------------------------------------ scheduling
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

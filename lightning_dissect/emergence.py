@@ -31,7 +31,7 @@ from lightning_dissect._distributed import world
 from lightning_dissect._torch_messages import cannot_mmap, checkpoint_reason, refused_global
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection import dissect
-from lightning_dissect.history import load_history, round_path
+from lightning_dissect.history import RUN_SETTINGS, load_history, round_path
 from lightning_dissect.hooks import OutputSelector
 from lightning_dissect.latents import LatentSampler
 from lightning_dissect.loggers import TensorBoardWriter
@@ -55,8 +55,7 @@ __all__ = [
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 #: Settings that must agree between the rounds already in ``output`` and a new run over it.
-_RESUME_SETTINGS = ("num_samples", "seed", "threshold_mode", "quantile", "num_levels",
-                    "level_selection_samples", "iou_threshold", "iqr_threshold", "layers")
+_RESUME_SETTINGS = RUN_SETTINGS
 
 _REBUILD_MARKER = ".tensorboard-rebuild"
 
@@ -87,7 +86,7 @@ class EmergenceRun:
         rounds: Every round in ``output`` afterwards (earlier and new), in step order.
         dissected: Checkpoints dissected now.
         skipped: Checkpoints that already had a round.
-        failed: ``(path, reason)`` of checkpoints that could not be loaded.
+        failed: ``(path, reason)`` of checkpoints that could not be loaded or dissected.
         rebuilt_tensorboard: Whether the event files were rebuilt from all rounds.
         generator: The generator of the last checkpoint dissected now (``None`` when none was).
     """
@@ -256,7 +255,8 @@ def dissect_checkpoints(
     Args:
         checkpoints: The series, in order (see :func:`order_checkpoints`).
         load: ``checkpoint -> generator`` with that checkpoint's weights, on the dissection device.
-            A checkpoint whose ``load`` raises is reported in one line and skipped.
+            A checkpoint whose ``load`` raises, or whose dissection fails (a diverged step whose
+            generator gives NaN), is reported in one line, recorded in ``run.failed`` and skipped.
         layers: Layer names relative to the generator.
         segmenter: Images → concept labels.
         output: Folder of the rounds (``output/dissection/round_<step>.json``) and event files.
@@ -367,14 +367,25 @@ def _dissect_loaded(
     run: EmergenceRun,
     report: Callable[[str], None],
 ) -> DissectionResult | None:
-    """Load ``checkpoint`` and dissect it; ``None`` (reported, recorded in ``run.failed``) if it cannot load."""
+    """Load ``checkpoint`` and dissect it; ``None`` (reported, recorded in ``run.failed``) if it cannot.
+
+    A checkpoint that loads but cannot be dissected (a diverged step whose generator gives NaN) is
+    recorded as failed with its file and reason, and the series goes on.
+    """
     try:
         generator = load(checkpoint)
     except Exception as err:  # noqa: BLE001 - a bad file must not stop the series
         run.failed.append((checkpoint.path, checkpoint_reason(err)))
         report(f"skipped {checkpoint.path}: cannot load it ({checkpoint_reason(err)})")
         return None
-    result = dissect_one(generator, checkpoint)
+    try:
+        result = dissect_one(generator, checkpoint)
+    except Exception as err:  # noqa: BLE001 - one diverged step must not stop the series
+        # under a process group every rank raises here together (the runner agrees on failures)
+        reason = f"{type(err).__name__}: {checkpoint_reason(err)}"
+        run.failed.append((checkpoint.path, f"step {checkpoint.global_step}: {reason}"))
+        report(f"failed {checkpoint.path} (step {checkpoint.global_step}): {reason}")
+        return None
     run.generator = generator
     return result
 

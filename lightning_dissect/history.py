@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning_dissect.result import DissectionResult
 
-__all__ = ["ROUND_DIR", "load_history", "round_path"]
+__all__ = ["ROUND_DIR", "RUN_SETTINGS", "load_history", "round_path", "run_settings", "settings_groups"]
 
 #: Folder (under the logger's directory) holding the rounds of an unnamed callback.
 ROUND_DIR = "dissection"
@@ -68,8 +70,51 @@ def _version_key(folder: Path) -> tuple[int, int | str]:
     return (0, int(match.group(1))) if match else (1, folder.name)
 
 
+#: The settings that make two rounds comparable members of one run (a different value: another run).
+RUN_SETTINGS: tuple[str, ...] = (
+    "num_samples", "seed", "threshold_mode", "quantile", "num_levels", "level_selection_samples",
+    "iou_threshold", "iqr_threshold", "layers",
+)
+
+
+def run_settings(result: DissectionResult) -> dict[str, Any]:
+    """The :data:`RUN_SETTINGS` of a round (those it records), as compared between rounds.
+
+    Examples:
+        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> r = DissectionResult({}, ConceptVocabulary(("unlabeled",), ("none",)), {"num_samples": 8, "x": 1})
+        >>> run_settings(r)
+        {'num_samples': 8}
+    """
+    return {key: result.settings[key] for key in RUN_SETTINGS if key in result.settings}
+
+
+def settings_groups(rounds: Sequence[DissectionResult]) -> list[tuple[dict[str, Any], list[int]]]:
+    """Rounds grouped by their :func:`run_settings`: ``[(settings, steps), ...]`` in order of appearance."""
+    groups: list[tuple[dict[str, Any], list[int]]] = []
+    for result in rounds:
+        own = run_settings(result)
+        step = int(result.metadata.get("global_step", -1))
+        for settings, steps in groups:
+            if settings == own:
+                steps.append(step)
+                break
+        else:
+            groups.append((own, [step]))
+    return groups
+
+
+def _differing(groups: Sequence[tuple[dict[str, Any], list[int]]]) -> list[str]:
+    keys = sorted({k for settings, _ in groups for k in settings})
+    return [k for k in keys if len({repr(settings.get(k)) for settings, _ in groups}) > 1]
+
+
 def load_history(
-    directory: str | Path, *, name: str | None = None, strict: bool = False
+    directory: str | Path,
+    *,
+    name: str | None = None,
+    strict: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[DissectionResult]:
     """Load every dissection round written under ``directory``, ordered by ``global_step``.
 
@@ -91,10 +136,16 @@ def load_history(
     it; with ``strict=True`` a :class:`ValueError` naming it is raised instead. A log folder
     without any rounds gives an empty list.
 
+    Rounds of different runs in one folder (a fresh run written where an older run's rounds are,
+    e.g. under a pinned logger version) are told apart by their :data:`RUN_SETTINGS`: when they
+    differ, a warning lists each group of settings with its steps and the settings that differ;
+    pass ``settings={"num_samples": 512}`` (any of them) to keep only the rounds that match.
+
     Args:
         directory: Rounds folder, logger directory or logger root (see above).
         name: The callback's ``name`` (``None``: the unnamed one, see above).
         strict: Raise instead of skipping unreadable round files.
+        settings: Keep only the rounds whose settings have these values (see above).
 
     Returns:
         The rounds, oldest ``global_step`` first, one per step.
@@ -115,7 +166,25 @@ def load_history(
     if not root.is_dir():
         raise FileNotFoundError(f"load_history: {str(root)!r} is not a directory")
     by_step = _read_rounds(_sources(root, name), strict)
-    return [by_step[step] for step in sorted(by_step)]
+    rounds = [by_step[step] for step in sorted(by_step)]
+    if settings is not None:
+        unknown = sorted(set(settings) - set(RUN_SETTINGS))
+        if unknown:
+            raise ValueError(f"load_history: `settings` may select by {list(RUN_SETTINGS)}, got {unknown}")
+        return [r for r in rounds if all(r.settings.get(k) == v for k, v in settings.items())]
+    groups = settings_groups(rounds)
+    if len(groups) > 1:
+        differing = _differing(groups)
+        listed = "; ".join(
+            ", ".join(f"{k}={g.get(k)!r}" for k in differing) + f" (steps {steps[0]}..{steps[-1]}, {len(steps)} rounds)"
+            for g, steps in groups
+        )
+        warnings.warn(
+            f"load_history: {str(root)!r} holds rounds of {len(groups)} runs with different settings: {listed}; "
+            f"pass settings={{{differing[0]!r}: ...}} to keep one run",
+            stacklevel=2,
+        )
+    return rounds
 
 
 def _sources(root: Path, name: str | None) -> list[Path]:

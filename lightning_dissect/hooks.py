@@ -29,6 +29,7 @@ __all__ = [
     "capture_layers",
     "edit_layers",
     "apply_edit",
+    "check_editable",
 ]
 
 class Selector:
@@ -149,16 +150,38 @@ def _select(output: Any, selector: OutputSelector, name: str) -> Tensor:
     return value
 
 
+_NOT_EDITABLE = (
+    "editing a layer whose output is selected by a plain callable is not possible: pass an int or str "
+    "selector, or Selector(select, replace) that also writes the edited tensor back"
+)
+
+
+def check_editable(selector: OutputSelector | Mapping[str, OutputSelector], layer: str) -> None:
+    """Refuse, before any work, a selector that cannot write an edited tensor back into ``layer``'s output.
+
+    Interventions edit layers: a plain callable selector only reads (it cannot put the edited
+    tensor back), so it is refused at once, not after the first generator calls.
+
+    Examples:
+        >>> check_editable(0, "block"), check_editable(Selector(lambda o: o[0], lambda o, t: (t,)), "block")
+        (None, None)
+        >>> check_editable(lambda out: out[0], "block")
+        Traceback (most recent call last):
+        ...
+        TypeError: layer 'block': editing a layer whose output is selected by a plain callable is not possible: ...
+    """
+    chosen = _selector_for(selector, layer)
+    if callable(chosen) and not isinstance(chosen, Selector):
+        raise TypeError(f"layer {layer!r}: {_NOT_EDITABLE}")
+
+
 def _replace(output: Any, selector: OutputSelector, value: Tensor) -> Any:
     if selector is None:
         return value
     if isinstance(selector, Selector):
         return selector.replace(output, value)
     if callable(selector):
-        raise TypeError(
-            "editing a layer whose output is selected by a plain callable is not possible: pass an int or str "
-            "selector, or Selector(select, replace) that also writes the edited tensor back"
-        )
+        raise TypeError(_NOT_EDITABLE)
     if isinstance(output, tuple):
         items = list(output)
         items[selector] = value  # type: ignore[index]

@@ -147,6 +147,11 @@ class ImageDissectionCallback(DissectionCallback):
         self.max_images = max_images
         self.transform = transform
 
+    def _check_segmenter(self, segmenter: Any) -> None:
+        """The dataset's own segmentations (``GroundTruth``) label the images; a segmenter is checked."""
+        if not isinstance(segmenter, GroundTruth):
+            super()._check_segmenter(segmenter)
+
     # ------------------------------------------------------------------ resolution
     def resolve_generator(self, pl_module: pl.LightningModule) -> nn.Module:
         """The network that reads the images (see the ``network`` argument)."""

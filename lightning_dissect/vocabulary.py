@@ -112,13 +112,26 @@ class ConceptVocabulary:
         """Label index of a concept name.
 
         Raises:
-            KeyError: If the vocabulary has no concept of that name.
+            KeyError: If the vocabulary has no concept of that name (the message lists the closest
+                names, as an unknown layer name does).
+
+        Examples:
+            >>> vocab = ConceptVocabulary(("unlabeled", "tree", "grass"), ("none", "object", "material"))
+            >>> try:
+            ...     vocab.index("trees")
+            ... except KeyError as err:
+            ...     print(err.args[0])
+            'trees' is not a concept of this vocabulary; closest concept names: 'tree'
 
         """
         try:
             return self._lookup[name]
-        except KeyError:
-            raise KeyError(f"{name!r} is not a concept of this vocabulary") from None
+        except (KeyError, TypeError):
+            import difflib
+
+            close = difflib.get_close_matches(str(name), list(self._lookup), n=3, cutoff=0.5)
+            hint = f"; closest concept names: {', '.join(repr(c) for c in close)}" if close else ""
+            raise KeyError(f"{name!r} is not a concept of this vocabulary{hint}") from None
 
     def parent_table(self) -> Tensor:
         """Int64 ``(num_concepts,)``: each concept's parent, or the unlabeled index (0) if none.

@@ -557,3 +557,25 @@ def test_a_rank_that_failed_alone_reports_its_own_error_with_its_rank(monkeypatc
         warnings.simplefilter("always")
         callback._round_body(trainer, TinyGAN())
     assert any("pass 1 failed on rank 1" in str(w.message) for w in caught)
+
+
+def test_fit_start_warns_when_the_round_folder_holds_another_runs_rounds(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning_dissect.history import round_path
+    from lightning_dissect.result import DissectionResult
+
+    trainer = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path), is_global_zero=True)
+    callback = make_callback(num_samples=32)
+    older = DissectionResult({}, SyntheticSceneSegmenter(16).vocabulary,
+                             {"num_samples": 512, "seed": 1, "layers": LAYERS}, {"global_step": 8})
+    older.to_json(round_path(tmp_path, 8))
+    with pytest.warns(UserWarning, match=r"already holds 1 round\(s\) dissected with other settings \(num_samples: "
+                                         r"512 there, 32 now\)"):
+        callback._warn_on_foreign_rounds(trainer)
+    same = DissectionResult({}, SyntheticSceneSegmenter(16).vocabulary,
+                            {"num_samples": 32, "seed": 1, "layers": LAYERS}, {"global_step": 16})
+    same.to_json(round_path(tmp_path, 16))  # a resumed run of the same settings: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callback._warn_on_foreign_rounds(trainer)

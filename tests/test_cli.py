@@ -345,3 +345,40 @@ def test_layer_names_prefixed_with_the_generator_attribute(capsys):
                          "--layers", "generator.layout", "--latent-dim", "40", "--summary-units", "1", *FAST)
     assert code == 0, err
     assert "layout:" in out
+
+
+def test_ctrl_c_during_dissect_is_one_line_and_status_130(capsys, monkeypatch, tmp_path):
+    import lightning_dissect.dissection as engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "dissect", interrupted)
+    code, _, err = run(capsys, "dissect", "--generator", FACTORY, "--layers", "layout", "--output",
+                       str(tmp_path / "out"), *FAST)
+    assert code == 130
+    assert err.strip().splitlines() == ["interrupted: dissect stopped; nothing half-written was left"]
+    assert not (tmp_path / "out" / "dissect.json").exists()
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would write a marker file: a checkpoint must never run it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+@pytest.mark.parametrize("generator", [FACTORY, "tests.helpers.painting:PaintingGAN"])
+def test_a_checkpoint_that_would_run_code_is_refused_not_run(capsys, tmp_path, generator):
+    from tests.helpers.painting import make_painting_generator
+
+    marker = tmp_path / "ran.txt"
+    checkpoint = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": make_painting_generator().state_dict(), "extra": _RunsCode(str(marker))}, checkpoint)
+    code, _, err = run(capsys, "dissect", "--generator", generator, "--checkpoint", str(checkpoint),
+                       "--layers", "layout", *FAST)
+    assert code == 2 and "--checkpoint" in err and "loads safely" in err, err
+    assert not marker.exists()  # nothing in the file was executed

@@ -314,3 +314,31 @@ def test_unwritable_output_fails_before_any_checkpoint_is_read(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 2
     assert "--output" in err and "--checkpoints" not in err  # the output is checked first
+
+
+def test_a_diverged_checkpoint_is_recorded_as_failed_and_the_series_goes_on(tmp_path, capsys):
+    folder = tmp_path / "ckpts"
+    write_checkpoint(folder / "a.ckpt", 10, (TREE, HOUSE, WATER))
+    bad = write_checkpoint(folder / "b.ckpt", 20)
+    data = torch.load(bad, weights_only=True)
+    data["state_dict"]["colours"] = torch.full_like(data["state_dict"]["colours"], float("nan"))  # diverged
+    torch.save(data, bad)
+    write_checkpoint(folder / "c.ckpt", 30, (HOUSE, TREE, WATER))
+    out = tmp_path / "out"
+    code, stdout, err = emergence(capsys, "--checkpoints", str(folder), "--output", str(out), "--no-tensorboard")
+    assert code == 0, err
+    assert [r.metadata["global_step"] for r in load_history(out)] == [10, 30]  # the rest of the series
+    failed = [line for line in stdout.splitlines() if line.startswith("failed")]
+    assert len(failed) == 1 and "b.ckpt" in failed[0] and "step 20" in failed[0] and "NaN" in failed[0], stdout
+    assert "1 failed" in stdout
+    page = (out / "emergence.html").read_text(encoding="utf-8")
+    assert "Checkpoints that failed" in page and "b.ckpt" in page and "NaN" in page
+
+
+def test_a_failed_run_leaves_no_empty_output_folders(tmp_path, capsys):
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "broken.ckpt").write_bytes(b"\x00garbage")
+    out = tmp_path / "fresh" / "out"
+    code, _, err = emergence(capsys, "--checkpoints", str(tmp_path / "ckpts"), "--output", str(out))
+    assert code == 2 and err.startswith("error: ")
+    assert not (tmp_path / "fresh").exists()  # nor the parent it created

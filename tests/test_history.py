@@ -127,3 +127,36 @@ def test_no_warning_for_good_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(load_history(tmp_path)) == 1
+
+
+def _run_round(step: int, num_samples: int) -> DissectionResult:
+    out = result(step)
+    out.settings = {"num_samples": num_samples, "seed": 1, "threshold_mode": "quantile", "layers": ["conv"]}
+    return out
+
+
+def test_rounds_of_two_runs_in_one_folder_are_detected_and_selectable(tmp_path):
+    folder = tmp_path / "dissection"
+    for step in (4, 8, 12):  # an older run with 512 samples
+        _run_round(step, 512).to_json(folder / f"round_{step:08d}.json")
+    for step in (6, 12, 18):  # a fresh run (pinned logger version) with 64: step 12 overwritten
+        _run_round(step, 64).to_json(folder / f"round_{step:08d}.json")
+    with pytest.warns(UserWarning, match=r"rounds of 2 runs with different settings: num_samples=512 \(steps 4\.\.8, "
+                                         r"2 rounds\); num_samples=64 \(steps 6\.\.18, 3 rounds\)"):
+        mixed = load_history(tmp_path)
+    assert steps(mixed) == [4, 6, 8, 12, 18]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # selecting a run: no warning
+        fresh = load_history(tmp_path, settings={"num_samples": 64})
+        older = load_history(tmp_path, settings={"num_samples": 512})
+    assert steps(fresh) == [6, 12, 18] and steps(older) == [4, 8]
+    with pytest.raises(ValueError, match="may select by"):
+        load_history(tmp_path, settings={"colour": "red"})
+
+
+def test_one_run_gives_no_warning(tmp_path):
+    for step in (4, 8):
+        _run_round(step, 64).to_json(tmp_path / "dissection" / f"round_{step:08d}.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert steps(load_history(tmp_path)) == [4, 8]

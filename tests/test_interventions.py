@@ -590,3 +590,21 @@ def test_ddp_ablation_check_matches_single_process(tmp_path, monkeypatch):
         assert torch.equal(local["stats"].mean, alone["stats"].mean)
         assert torch.equal(local["stats"].high, alone["stats"].high)
         assert torch.equal(local["curve"], alone["curve"])
+
+
+def test_an_unknown_concept_name_lists_the_closest_ones(setup):
+    world, seg, gen, z = setup
+    with pytest.raises(KeyError, match=r"'houses' is not a concept of this vocabulary; closest concept names: 'house'"):
+        ablation_effect(gen, LAYER, [3], "houses", seg, z)
+
+
+def test_a_plain_callable_selector_is_refused_before_any_generator_call(setup):
+    world, seg, gen, z = setup
+    calls = []
+    handle = gen.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(TypeError, match=r"editing a layer whose output is selected by a plain callable"):
+            ablation_effect(gen, LAYER, [3], "house", seg, z, selector=lambda output: output)
+    finally:
+        handle.remove()
+    assert calls == []  # refused before the first generator call, not after seconds of work

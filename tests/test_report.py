@@ -316,3 +316,35 @@ def test_mask_outline_is_dark_and_light_and_visible_on_any_image():
         rest = ~(inner | outer)
         expected = torch.where(mask, torch.tensor(float(fill)), torch.tensor(float(round(fill * 0.5))))
         assert torch.equal(out[0][rest], expected[rest])
+
+
+def test_rewriting_a_report_with_fewer_layers_leaves_no_stale_pictures(setup, tmp_path):
+    _, result, _ = setup
+    folder = tmp_path / "report"
+    write_report(result, folder)
+    both = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert len(both) == 6
+    own = folder / "images" / "notes.txt"  # not the report's: left alone
+    own.write_text("mine")
+    one = DissectionResult(
+        {"layout": result.layers["layout"]}, result.vocabulary, settings=result.settings,
+        unit_images={"layout": result.unit_images["layout"]},
+    )
+    path = write_report(one, folder)
+    left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    shown = sorted(images_of(parse(path)))
+    assert left == shown and len(left) == 3  # every picture in the folder is one the page shows
+    assert own.read_text() == "mine"
+
+
+def test_report_files_get_the_permissions_of_a_plain_open(setup, tmp_path):
+    import os
+
+    _, result, _ = setup
+    old = os.umask(0o022)
+    try:
+        path = write_report(result, tmp_path / "report")
+    finally:
+        os.umask(old)
+    for file in (path, path.parent / "dissect.json", next(path.parent.rglob("*.png"))):
+        assert file.stat().st_mode & 0o777 == 0o644, file  # servable "as is", like the PNGs

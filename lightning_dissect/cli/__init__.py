@@ -7,7 +7,7 @@
 
 dissects the named layers of a generator, prints a summary table and, with ``--output``, writes
 ``dissect.json`` and the HTML report. Errors are reported as one ``error: ...`` line on stderr with
-exit status 2 (``--debug`` shows the traceback instead).
+exit status 2 (``--debug`` shows the traceback instead); Ctrl-C prints one line and exits with 130.
 """
 
 from __future__ import annotations
@@ -57,3 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # files are written atomically: an interrupted command leaves no half-written file
+        print(f"interrupted: {args.command} stopped; nothing half-written was left", file=sys.stderr)
+        return 130

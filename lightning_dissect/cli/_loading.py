@@ -105,6 +105,22 @@ def _checkpoint_error(checkpoint: str, err: BaseException) -> str:
     return f"{type(err).__name__}: {checkpoint_reason(err, limit=500)}"
 
 
+def _weights_only(cls: type) -> dict[str, bool]:
+    """``weights_only=True`` for ``load_from_checkpoint`` where Lightning takes it (2.4+).
+
+    A checkpoint is data: it must never run code when it is read. torch >= 2.6 (required) loads
+    weights only by default; passing it explicitly keeps that true whatever a Lightning version
+    defaults to.
+    """
+    import inspect
+
+    try:
+        parameters = inspect.signature(cls.load_from_checkpoint).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return {}
+    return {"weights_only": True} if "weights_only" in parameters else {}
+
+
 def describe_error(err: BaseException) -> str:
     """``TypeName: message`` of an error, for one-line CLI messages."""
     return f"{type(err).__name__}: {err}"
@@ -141,7 +157,7 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
     if isinstance(obj, type):
         if checkpoint is not None and hasattr(obj, "load_from_checkpoint"):
             try:
-                model = obj.load_from_checkpoint(checkpoint, map_location=device)
+                model = obj.load_from_checkpoint(checkpoint, map_location=device, **_weights_only(obj))
             except Exception as err:
                 raise CheckpointError(
                     f"--checkpoint: {obj.__name__}.load_from_checkpoint({checkpoint!r}) failed: "

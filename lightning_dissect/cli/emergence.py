@@ -9,6 +9,7 @@ is split across the processes (gloo on CPU, nccl on CUDA); rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,9 @@ def run_emergence(args: argparse.Namespace) -> int:
         if rank == 0:
             print(line, flush=True)
 
+    target = Path(args.output).absolute()
+    # the topmost folder this run creates (None: --output exists already)
+    created = next((p for p in reversed([target, *target.parents]) if not p.exists()), None)
     try:
         check_output(args.output)  # before any checkpoint is read
         checkpoints = _ordered_checkpoints(args, say)
@@ -83,8 +87,30 @@ def run_emergence(args: argparse.Namespace) -> int:
             _write_page(args, run, prepared, config, output, load)
         return 0
     finally:
+        if rank == 0:
+            _remove_empty_folders(target, created)
         if initialised:
             torch.distributed.destroy_process_group()
+
+
+def _remove_empty_folders(output: Path, created: Path | None) -> None:
+    """Remove the folders a run left empty under ``output``, and those it created above them.
+
+    A failed run (no checkpoint loads, the dry run fails) must not leave empty output folders.
+    Only empty folders are removed, never a file; folders that existed before the run stay.
+    """
+    if not output.is_dir():
+        return
+    for folder in sorted((p for p in output.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # fails, and is kept, unless empty
+    if created is None:
+        return
+    for folder in [output, *output.parents]:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        if folder == created:
+            break
 
 
 def _ordered_checkpoints(args: argparse.Namespace, say: Callable[[str], None]) -> list[Any]:
@@ -193,7 +219,7 @@ def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], co
             )
     page = write_emergence_report(
         run.rounds, output / "emergence.html", palette=segmenter_palette(prepared["segmenter"]),
-        unit_images=images, title=args.title,
+        unit_images=images, title=args.title, failed=run.failed,
     )
     tb = "" if args.no_tensorboard else f"; tensorboard --logdir {output}"
     print(f"{len(run.dissected)} checkpoints dissected, {len(run.skipped)} already done, "

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.hooks import check_editable
 from lightning_dissect.interventions._common import (
     _CONTROL_DEFAULTS,
     Latents,
@@ -131,6 +132,7 @@ def _prepare(
     num_controls = _check_count(opts.get("num_controls", 0), "num_controls", 0)
     control_seed = opts.get("control_seed", 0)
     name = runner.check_layers(layer, argument="layer")[0]
+    check_editable(runner.selector, name)  # an intervention edits: refuse a read-only selector now
     bank = _as_bank(latents)
     index = -1 if concept is None else _concept_index(concept, segmenter)
     width = num_units or _layer_width(runner, bank, name)

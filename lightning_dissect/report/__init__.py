@@ -146,12 +146,15 @@ def write_report(
         unit_images = render_unit_images(generator, result, latent_bank, segmenter_value_range, num_units=num_units,
                                          generate=generate, selector=selector, device=device)
         rendered = True
-    sections, nav = _layer_sections(out, result, unit_images, heatmap_units, rendered, generator is not None)
+    sections, nav, written = _layer_sections(out, result, unit_images, heatmap_units, rendered, generator is not None)
     if causal:
         for item in causal:
             atomic_write_text(out / f"{causal_slug(item)}.json", json.dumps(item.to_dict(), indent=1))
-            sections.append(causal_section(item, write_causal_images(item, out, segmenter_value_range)))
+            pictures = write_causal_images(item, out, segmenter_value_range)
+            written.update(pictures.values())
+            sections.append(causal_section(item, pictures))
             nav.insert(-1, f'<a href="#{causal_slug(item)}">causal: {escape(item.concept)}</a>')
+    _remove_stale_pictures(out, written)
     return atomic_write_text(out / "index.html", _page(result, sections, nav, title, bool(causal)))
 
 
@@ -162,17 +165,39 @@ def _layer_sections(
     heatmap_units: int,
     rendered: bool,
     had_generator: bool,
-) -> tuple[list[str], list[str]]:
-    """Write every layer's strips; return the layer sections and the navigation links of the page."""
+) -> tuple[list[str], list[str], set[str]]:
+    """Write every layer's strips; return the layer sections, the navigation links and the files written."""
     sections = []
     nav = ['<a href="#legend">legend</a>', '<a href="#summary">summary</a>']
+    written: set[str] = set()
     for index, (name, layer) in enumerate(result.layers.items()):
         slug = layer_slug(name, index)
         strips = _write_strips(out, slug, unit_images.get(name, {}))
+        written.update(strips.values())
         sections.append(_layer_section(result, name, layer, slug, strips, heatmap_units, rendered, had_generator))
         nav.append(f'<a href="#{slug}">{escape(name)}</a>')
     nav.append('<a href="#settings">settings</a>')
-    return sections, nav
+    return sections, nav, written
+
+
+def _remove_stale_pictures(out: Path, written: set[str]) -> None:
+    """Delete the pictures an earlier report left in ``out/images`` that this page does not show.
+
+    A report rewritten into the same folder (fewer layers, other units, other causal sets) must not
+    leave pictures that no result describes. Only files of the report's own naming are deleted
+    (``images/<layer>/unit-NNNN.png``, ``images/causal-*/*.png``), then the folders they leave empty.
+    """
+    images = out / "images"
+    if not images.is_dir():
+        return
+    for strip in [*images.glob("*/unit-*.png"), *images.glob("causal-*/*.png")]:
+        if strip.relative_to(out).as_posix() not in written:
+            strip.unlink(missing_ok=True)
+    for folder in images.iterdir():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(images.iterdir()):
+        images.rmdir()
 
 
 def _page(

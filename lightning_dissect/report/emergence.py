@@ -290,6 +290,21 @@ def _layer_section(rounds: Sequence[DissectionResult], layer: str, index: int, p
 </section>"""
 
 
+def _failed_section(failed: Sequence[tuple[str | Path, str]]) -> str:
+    """The checkpoints that have no round because loading or dissecting them failed."""
+    if not failed:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{escape(str(path))}</code></td><td>{escape(reason)}</td></tr>" for path, reason in failed
+    )
+    return f"""<section id="failed"><h2>Checkpoints that failed</h2>
+<p>{len(failed)} checkpoint(s) of the series have no round: they could not be loaded or dissected. The
+other steps are shown below; fix or remove these files and run the command again to add them.</p>
+<table class="data compact failed"><thead><tr><th>checkpoint</th><th>reason</th></tr></thead>
+<tbody>{rows}</tbody></table></section>
+"""
+
+
 def write_emergence_report(
     rounds: Sequence[DissectionResult],
     path: str | Path,
@@ -297,6 +312,7 @@ def write_emergence_report(
     palette: Mapping[str, Sequence[int]] | None = None,
     unit_images: Mapping[str, Mapping[int, Tensor]] | None = None,
     title: str | None = None,
+    failed: Sequence[tuple[str | Path, str]] = (),
 ) -> Path:
     """Write the emergence page of ``rounds`` (oldest step first) to the file ``path``.
 
@@ -308,6 +324,8 @@ def write_emergence_report(
         unit_images: Strips of the last round's units, ``layer -> unit -> uint8 (k, 3, H, W)``
             (:func:`~lightning_dissect.strips.render_unit_images`), embedded as PNG data.
         title: Page title.
+        failed: ``(checkpoint file, reason)`` of the checkpoints that could not be loaded or
+            dissected (e.g. a diverged step), listed on the page.
 
     Returns:
         The path written.
@@ -338,7 +356,7 @@ def write_emergence_report(
     css = resources.files("lightning_dissect.report").joinpath("report.css").read_text(encoding="utf-8")
     from lightning_dissect import __version__
 
-    main = f"""{sections}
+    main = f"""{_failed_section(failed)}{sections}
 <footer>lightning-dissect {escape(__version__)} · every step dissected on the same seeded latent bank ·
 <span id="emergence-status" data-loaded="" data-total="" data-charts="" data-checked="false"></span></footer>"""
     html = html_page(title or "Emergence of interpretable units", sub, nav, f"{css}\n{_CSS}", main, _SCRIPT)
