@@ -222,7 +222,8 @@ def test_layer_that_cannot_be_edited_is_refused(world):
             return torch.tanh(a)
 
     seg = SyntheticSceneSegmenter(world)
-    with pytest.raises(ValueError, match="causal units"):
+    # refused before any generator call: a plain callable selector cannot write the edit back
+    with pytest.raises(TypeError, match="layer 'pair': editing a layer whose output is selected by a plain callable"):
         causal_units(Gen(), "pair", 1, seg, torch.randn(2, 4), iou=torch.zeros(3), selector=lambda out: out[0])
 
 

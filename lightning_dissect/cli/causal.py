@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dissect.cli._arguments import (
-    _positive_int,
     add_command,
     add_dissection_arguments,
     add_generator_arguments,
     add_run_arguments,
+    positive_int,
 )
-from lightning_dissect.cli._loading import CLIError, _describe, check_output
-from lightning_dissect.cli.dissect import dissection_config, prepare_generator
+from lightning_dissect.cli._loading import CLIError, check_output, describe_error
+from lightning_dissect.cli._prepare import dissection_config, prepare_generator
 
 __all__ = ["add_causal_command", "run_causal"]
 
@@ -50,9 +50,9 @@ def add_causal_command(sub: Any) -> None:
     add_dissection_arguments(p)
     causal = p.add_argument_group("causal units")
     causal.add_argument("--concept", required=True, metavar="NAME", help="the concept (a name of the vocabulary)")
-    causal.add_argument("--causal-samples", type=_positive_int, default=200, metavar="N",
+    causal.add_argument("--causal-samples", type=positive_int, default=200, metavar="N",
                         help="sample latents alpha is learned on (the first N of the dissection's bank)")
-    causal.add_argument("--steps", type=_positive_int, default=8, help="Adam steps, each over all sample latents")
+    causal.add_argument("--steps", type=positive_int, default=8, help="Adam steps, each over all sample latents")
     causal.add_argument("--lr", type=_float, default=0.1, help="Adam's learning rate, in (0, 1]")
     causal.add_argument("--l2", type=_float, default=0.005, help="weight of the L2 penalty on alpha, in [0, 1]")
     causal.add_argument("--sizes", type=_sizes, metavar="N,N,...",
@@ -101,7 +101,7 @@ def run_causal(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
         if args.debug:
             raise
-        raise CLIError(f"causal units failed: {_describe(err)}") from err
+        raise CLIError(f"causal units failed: {describe_error(err)}") from err
     value_range = tuple(segmenter.value_range)
     page = write_causal_report([causal], args.output, value_range=value_range, title=args.title)
     write_report(result, args.output, causal=[causal], segmenter_value_range=value_range, title=args.title)
