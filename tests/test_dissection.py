@@ -540,3 +540,48 @@ def test_nan_activations_are_reported_with_the_layer_name(segmenter):
 
     with pytest.raises(ValueError, match=r"activations of layer 'body.2'.*NaN"):
         dissect(Finite(), ["body.2"], segmenter, latent_shape=(8,), num_samples=8, progress=False)
+
+
+def test_iou_iqr_is_the_same_whatever_the_thread_count(painter, segmenter):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(painter, segmenter, num_samples=64, threshold_mode="iqr", num_levels=12)
+        torch.set_num_threads(3)
+        three = run(painter, segmenter, num_samples=64, threshold_mode="iqr", num_levels=12)
+    finally:
+        torch.set_num_threads(threads)
+    assert [u.iou_iqr for u in one["layout"].units] == [u.iou_iqr for u in three["layout"].units]
+    assert one.to_dict()["layers"] == three.to_dict()["layers"]
+    assert any(u.iou_iqr > 0 for u in one["layout"].units)
+
+
+class _TwoArguments(nn.Module):
+    """A generator of several arguments, e.g. ``G(z, y)`` (BigGAN takes a class vector too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3 * 16 * 16)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return torch.tanh(self.lin(torch.cat([z, y], 1))).view(-1, 3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "call"),
+    [
+        (lambda n, g: (torch.randn(n, 4, generator=g), torch.randn(n, 2, generator=g)), r"generator\(\*latents\)"),
+        (lambda n, g: {"z": torch.randn(n, 4, generator=g), "y": torch.randn(n, 2, generator=g)},
+         r"generator\(\*\*latents\)"),
+    ],
+)
+def test_structured_latents_for_several_arguments_get_the_call_that_works(sampler, call):
+    from lightning_dissect.runner import DryRunError, GeneratorRunner
+
+    runner = GeneratorRunner(_TwoArguments())
+    with pytest.raises(DryRunError, match=rf"pass generate=lambda generator, latents: {call} \(that call works"):
+        runner.choose_latents(["lin"], None, [], seed=1, sampler=sampler)
+    # and the call it suggests does work
+    spread = (lambda g, z: g(**z)) if "\\*\\*" in call else (lambda g, z: g(*z))
+    assert GeneratorRunner(_TwoArguments(), generate=spread).choose_latents(["lin"], None, [], seed=1,
+                                                                            sampler=sampler) is None

@@ -367,3 +367,32 @@ def test_counts_rejects_bad_temporary_budget(gen):
         unit_concept_counts(acts, seg, torch.zeros(2), 3, max_temporary_bytes=0)
     with pytest.raises(TypeError, match="`max_temporary_bytes` must be an int"):
         unit_concept_counts(acts, seg, torch.zeros(2), 3, max_temporary_bytes=1.5)
+
+
+def test_reported_iqr_is_an_exact_function_of_the_integer_counts():
+    """``iqr_of_table``: plain-Python arithmetic in a fixed order, against a NumPy loop of the formula."""
+    import math as _math
+
+    import numpy as np
+
+    from lightning_dissect.functional.scores import iqr_from_counts, iqr_of_table
+
+    def reference(i, a, s, n):
+        table = np.array([[i, a - i], [s - i, n - a - s + i]], dtype=np.float64) / n
+        rows, cols = table.sum(1), table.sum(0)
+        mi = sum(table[r, c] * _math.log(table[r, c] / (rows[r] * cols[c]))
+                 for r in range(2) for c in range(2) if table[r, c] > 0)
+        h = -sum(table[r, c] * _math.log(table[r, c]) for r in range(2) for c in range(2) if table[r, c] > 0)
+        return mi / h if h > 0 else 0.0
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(200):
+        n = int(torch.randint(1, 10**9, (), generator=g))
+        a, s = (int(torch.randint(0, n + 1, (), generator=g)) for _ in range(2))
+        i = int(torch.randint(max(0, a + s - n), min(a, s) + 1, (), generator=g))
+        value = iqr_of_table(i, a, s, n)
+        assert value == pytest.approx(reference(i, a, s, n), rel=1e-12, abs=1e-15)
+        assert value == iqr_of_table(i, a, s, n)  # the same digits every call
+        tensor = iqr_from_counts(torch.tensor([[i]]), torch.tensor([a]), torch.tensor([s]), n)
+        assert float(tensor) == pytest.approx(value, rel=1e-12, abs=1e-15)
+    assert iqr_of_table(0, 0, 0, 0) == 0.0 and iqr_of_table(5, 5, 5, 5) == 0.0  # no entropy: 0

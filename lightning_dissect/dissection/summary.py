@@ -7,7 +7,7 @@ from torch import Tensor
 
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional.counts import ConceptCounts
-from lightning_dissect.functional.scores import iou_from_counts, iqr_from_counts
+from lightning_dissect.functional.scores import iou_from_counts, iqr_from_counts, iqr_of_table
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -34,6 +34,19 @@ def _iqr_choice(
     return flat // iqr.shape[-1], flat % iqr.shape[-1]
 
 
+def _unit_iqr(counts: ConceptCounts, level: Tensor | None, label: Tensor) -> Tensor:
+    """Each unit's IQR at its level and label, from its integer counts (:func:`iqr_of_table`: reproducible)."""
+    rows = torch.arange(label.shape[0])
+    intersection, unit_area = counts.intersection.cpu(), counts.unit_area.cpu()
+    if level is not None:
+        intersection, unit_area = intersection[rows, level], unit_area[rows, level]
+    i = intersection[rows, label].tolist()
+    a = unit_area.tolist()
+    s = counts.concept_area.cpu()[label].tolist()
+    n = int(counts.total)
+    return torch.tensor([iqr_of_table(*cell, n) for cell in zip(i, a, s)], dtype=torch.float64)
+
+
 def summarise_layer(
     name: str,
     cfg: DissectionConfig,
@@ -48,7 +61,6 @@ def summarise_layer(
     """Label every unit of one layer from its counts (see docs/math.md for the rules)."""
     ignore_index = vocabulary.unlabeled_index
     iou = iou_from_counts(counts.intersection, counts.unit_area, counts.concept_area)
-    iqr = iqr_from_counts(counts.intersection, counts.unit_area, counts.concept_area, counts.total)
     chance_iou = None
     if chance_counts is not None:
         chance_iou = iou_from_counts(chance_counts.intersection, chance_counts.unit_area, chance_counts.concept_area)
@@ -58,16 +70,16 @@ def summarise_layer(
         level, label = _iqr_choice(cfg, selection_counts if selection_counts is not None else counts, ignore_index)
         level, label = level.cpu(), label.cpu()
         unit_thresholds = thresholds.cpu()[rows, level]
-        iou, iqr = iou.cpu()[rows, level], iqr.cpu()[rows, level]
+        iou = iou.cpu()[rows, level]
         if chance_iou is not None:
             chance_iou = chance_iou.cpu()[rows, level]
     else:
         unit_thresholds = thresholds.cpu()
-        iou, iqr = iou.cpu(), iqr.cpu()
+        iou = iou.cpu()
         chance_iou = chance_iou.cpu() if chance_iou is not None else None
         label = _without_unlabeled(iou, ignore_index).argmax(1)
     unit_iou = iou[rows, label]
-    unit_iqr = iqr[rows, label]
+    unit_iqr = _unit_iqr(counts, level if cfg.threshold_mode == "iqr" else None, label)
     interpretable = (unit_iou > cfg.iou_threshold) & torch.isfinite(unit_iou)
     if cfg.threshold_mode == "iqr":
         interpretable &= unit_iqr > cfg.iqr_threshold

@@ -6,6 +6,8 @@ All functions broadcast: ``intersection`` may be ``(U, C)`` or ``(U, K, C)``, ``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -14,6 +16,7 @@ __all__ = [
     "contingency_from_counts",
     "mutual_information_from_counts",
     "iqr_from_counts",
+    "iqr_of_table",
 ]
 
 
@@ -107,3 +110,36 @@ def iqr_from_counts(
     mi = _xlogx_terms(p, rows * cols).sum((-1, -2))
     entropy = -_xlogx_terms(p, torch.ones_like(p)).sum((-1, -2))
     return torch.where(entropy > 0, mi / entropy.clamp(min=1e-300), torch.zeros_like(mi))
+
+
+def iqr_of_table(intersection: int, unit_area: int, concept_area: int, total: int) -> float:
+    """The information quality ratio of one unit–concept pair, exactly reproducible from its counts.
+
+    The same value as :func:`iqr_from_counts` (to rounding), computed in plain Python from the four
+    integers with a fixed order of operations. Tensor ``log`` kernels may round the last bit
+    differently with the thread count or the memory alignment of a run (vectorised and scalar paths
+    disagree by an ulp), so the value a result reports comes from here: the same counts give the
+    same digits on every run and machine.
+
+    Examples:
+        >>> iqr_of_table(5, 5, 5, 10)
+        1.0
+        >>> iqr_of_table(0, 0, 0, 0)
+        0.0
+    """
+    i, a, s, n = int(intersection), int(unit_area), int(concept_area), int(total)
+    if n <= 0:
+        return 0.0
+    cells = (i, a - i, s - i, n - a - s + i)  # on∧present, on∧absent, off∧present, off∧absent
+    rows = (a, n - a)
+    cols = (s, n - s)
+    mi = 0.0
+    entropy = 0.0
+    for index, count in enumerate(cells):
+        if count <= 0:
+            continue
+        p = count / n
+        row, col = rows[index // 2], cols[index % 2]
+        mi += p * math.log(count * n / (row * col))
+        entropy -= p * math.log(p)
+    return mi / entropy if entropy > 0 else 0.0
