@@ -1,32 +1,10 @@
 """``DissectionResult``: the plain result object every sink (TensorBoard, JSON, HTML, console) reads.
 
-JSON schema (version 1) — field names follow gandissect's ``dissect.json`` where they overlap::
-
-    {
-      "schema_version": 1,
-      "settings": {...},                        # how the result was computed
-      "metadata": {...},                        # free-form: step, epoch, checkpoint, ...
-      "vocabulary": {"names": [...], "categories": [...], "unlabeled_index": 0, "parents": [...]},
-      "ablations": {"<layer>": [{...AblationEffect fields...}, ...]},   # optional
-      "layers": {
-        "<layer>": {
-          "num_units": U,
-          "iou": [[...C floats...] x U],           # IoU of every unit with every concept
-          "units": [{
-              "unit": 0,                           # channel index
-              "label": "tree",                     # best concept (name)
-              "concept_index": 5,
-              "category": "object",
-              "iou": 0.12,                         # IoU with the label
-              "iou_iqr": 0.04,                     # information quality ratio with the label
-              "level": 1.73,                       # the unit's activation threshold
-              "interpretable": true,
-              "chance_iou": 0.01,                  # IoU with the label under shuffled pairing
-              "top_images": [{"index": 17, "maxact": 4.2}, ...]   # latent-bank indices
-          }, ...]
-        }
-      }
-    }
+The JSON layout (``schema_version`` 1: settings, metadata, vocabulary, optional ablations, and per
+layer ``num_units``, the ``iou`` and ``chance_iou`` matrices and one record per unit) is described
+once, field by field with a complete example, on the documentation's ``dissect.json`` page
+(``docs/schema.md``); :meth:`DissectionResult.to_dict` writes it and :meth:`DissectionResult.from_dict`
+reads it.
 
 Readers tolerate unknown extra fields at any level (they are ignored), so a file written by a newer
 release with the same ``schema_version`` still loads; malformed files raise a :class:`ValueError`

@@ -227,3 +227,22 @@ def test_path_objects_and_strings_load_the_same(tmp_path):
     path = Path(tmp_path) / "r.json"
     make().to_json(path)
     assert DissectionResult.from_json(path).to_dict() == DissectionResult.from_json(str(path)).to_dict()
+
+
+def test_the_schema_pages_example_is_a_complete_loadable_document():
+    """docs/schema.md is the one description of the JSON: its example loads and round-trips."""
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "schema.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 1
+    example = json.loads(blocks[0])
+    result = DissectionResult.from_json(blocks[0])
+    assert result.to_dict() == example  # nothing dropped, nothing added: the page shows every field
+    layer = result.layers["layout"]
+    assert layer.chance_iou is not None and layer.chance_iou.shape == (2, 4)  # the layer-level chance IoU
+    assert [u.label for u in layer.units] == ["tree", "sky"] and result.ablations["layout"][0]["units"] == [0]
+    # every field of the page's per-unit and per-layer tables appears in the example
+    documented = set(re.findall(r"^\| `(\w+)` \|", page, flags=re.M))
+    present = set(example) | set(example["layers"]["layout"]) | set(example["layers"]["layout"]["units"][0])
+    assert documented <= present, documented - present
