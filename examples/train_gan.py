@@ -1,4 +1,4 @@
-"""Train a small DCGAN on the synthetic scene world, then dissect its generator.
+"""Train a small DCGAN on the synthetic scene world, then dissect its generator (and its discriminator).
 
 Run (defaults: ~10 minutes of training on a 2-core CPU)::
 
@@ -48,6 +48,8 @@ DEFAULTS = dict(
     dissect_samples=1000,
     callback_every=1,
     callback_samples=128,
+    d_dissect_layers=("net.4", "net.7"),
+    d_dissect_images=256,
 )
 SMOKE = dict(
     max_epochs=1,
@@ -59,6 +61,7 @@ SMOKE = dict(
     dissect_samples=32,
     callback_every=1,
     callback_samples=16,
+    d_dissect_images=16,
     max_time=None,
 )
 
@@ -77,7 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"epochs between dissection rounds (default {DEFAULTS['callback_every']})")
     p.add_argument("--callback-samples", type=int, default=None,
                    help=f"latents per dissection round (default {DEFAULTS['callback_samples']})")
-    p.add_argument("--no-callback", action="store_true", help="train without the dissection callback")
+    p.add_argument("--no-callback", action="store_true", help="train without the dissection callbacks")
+    p.add_argument("--d-dissect-layers", type=str, nargs="+", default=None,
+                   help="discriminator layers dissected every round over real scenes "
+                        f"(default {' '.join(DEFAULTS['d_dissect_layers'])}; 'none' to skip)")
+    p.add_argument("--d-dissect-images", type=int, default=None,
+                   help=f"real scenes (with their exact segmentations) per discriminator round "
+                        f"(default {DEFAULTS['d_dissect_images']})")
     p.add_argument("--no-final-dissection", action="store_true",
                    help="skip the offline dissection of the final generator")
     p.add_argument("--accelerator", type=str, default="auto")
@@ -133,8 +142,9 @@ def build_callbacks(args: argparse.Namespace) -> list:
     from lightning_dissect import DissectionCallback
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
-    segmenter = SyntheticSceneSegmenter(SceneWorld(args.image_size))
-    return [
+    world = SceneWorld(args.image_size)
+    segmenter = SyntheticSceneSegmenter(world)
+    callbacks = [
         DissectionCallback(
             list(args.dissect_layers),
             segmenter,
@@ -148,6 +158,25 @@ def build_callbacks(args: argparse.Namespace) -> list:
             dissection_config={"num_levels": 16},
         )
     ]
+    if list(args.d_dissect_layers) != ["none"]:
+        from lightning_dissect import ImageDissectionCallback
+
+        # Network Dissection of the discriminator over real scenes of the validation split, with
+        # the scene world's exact segmentations (no segmenter runs): tags `dissection-discriminator/...`
+        callbacks.append(
+            ImageDissectionCallback(
+                list(args.d_dissect_layers),
+                network="discriminator",
+                vocabulary=world.vocabulary,
+                value_range=(-1, 1),
+                every_n_epochs=args.callback_every,
+                batch_size=64,
+                num_visualized_units=8,
+                top_k=6,
+                name="discriminator",
+            )
+        )
+    return callbacks
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -169,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     datamodule = SyntheticSceneDataModule(
         image_size=args.image_size,
         num_train=args.num_train,
-        num_val=args.batch_size,
+        num_val=args.d_dissect_images,  # read only by the discriminator's dissection (no validation step)
         batch_size=args.batch_size,
         seed=args.seed,
         num_workers=args.num_workers,
@@ -235,9 +264,12 @@ def _percent(fraction: float) -> str:
 
 def print_rounds(trainer) -> None:
     """Print the callback's rounds: interpretable units per layer over training, last ablation."""
-    from lightning_dissect import DissectionCallback
+    from lightning_dissect import DissectionCallback, ImageDissectionCallback
 
-    callbacks = [c for c in trainer.callbacks if isinstance(c, DissectionCallback)]
+    for reader in (c for c in trainer.callbacks if isinstance(c, ImageDissectionCallback) and c.history):
+        _print_reader_rounds(reader)
+    callbacks = [c for c in trainer.callbacks
+                 if isinstance(c, DissectionCallback) and not isinstance(c, ImageDissectionCallback)]
     if not callbacks or not callbacks[0].history:
         return
     from rich.console import Console
@@ -266,6 +298,21 @@ def print_rounds(trainer) -> None:
                   f"{_percent(r.relative_drop)} of it (random units of the same number: "
                   f"{_percent(r.control_relative_drop)})")
     print(f"TensorBoard: tensorboard --logdir {trainer.default_root_dir}")
+
+
+def _print_reader_rounds(callback) -> None:
+    """Interpretable discriminator units per round, and what the last round's units detect."""
+    layers = list(callback.history[-1]["layers"])
+    rows = ", ".join(
+        f"epoch {e['epoch']}: " + " ".join(f"{n} {e['layers'][n]['num_interpretable']}" for n in layers)
+        for e in callback.history
+    )
+    print(f"discriminator rounds (interpretable units over real scenes): {rows}")
+    last = callback.last_result
+    if last is not None:
+        for name in layers:
+            counts = ", ".join(f"{k} {v}" for k, v in last[name].concept_counts().items())
+            print(f"  discriminator {name} at the last round: {counts or 'none'}")
 
 
 def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:

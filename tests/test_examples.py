@@ -31,6 +31,10 @@ def test_train_then_dissect_checkpoint(tmp_path, examples_path, capsys):
     assert len(rounds) == 1 and rounds[0].settings["threshold_mode"] == "iqr"
     out = capsys.readouterr().out
     assert "DissectionCallback rounds" in out and "final dissection" in out
+    assert "discriminator rounds (interpretable units over real scenes): epoch 0:" in out
+    discriminator = load_history(tmp_path / "lightning_logs" / "version_0", name="discriminator")
+    assert len(discriminator) == 1 and discriminator[0].settings["num_samples"] == 16
+    assert set(discriminator[0].layers) == {"net.4", "net.7"}
 
     report_dir = tmp_path / "report"
     result = dissect_checkpoint.main(
@@ -47,5 +51,6 @@ def test_no_callback_flag(tmp_path, examples_path):
     args = train_gan.parse_args(["--smoke", "--no-callback"])
     assert train_gan.build_callbacks(args) == []
     args = train_gan.parse_args(["--smoke"])
-    (callback,) = train_gan.build_callbacks(args)
+    callback, discriminator = train_gan.build_callbacks(args)
     assert callback.every_n_epochs == 1
+    assert discriminator.name == "discriminator" and discriminator.every_n_epochs == 1
