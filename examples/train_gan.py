@@ -49,7 +49,7 @@ DEFAULTS = dict(
     callback_every=1,
     callback_samples=128,
     d_dissect_layers=("net.4", "net.7"),
-    d_dissect_images=256,
+    d_dissect_images=128,
 )
 SMOKE = dict(
     max_epochs=1,

@@ -215,6 +215,10 @@ def _check_segmentation_item(segmentation: Any, image: Tensor, index: int, name:
     return segmentation
 
 
+#: An :class:`ImageRunner` keeps the batches it read, for the next pass, up to this many bytes.
+IMAGE_CACHE_BYTES = 64 << 20
+
+
 def _check_range(images: Tensor, source: ImageSet) -> None:
     """Images of ``source`` are finite and inside its declared ``value_range`` (with the usual tolerance)."""
     try:
@@ -278,6 +282,10 @@ class ImageRunner(GeneratorRunner):
             distributed=distributed,
         )
         self.transform = transform
+        #: Bytes of read batches kept for a second pass (see :meth:`load`); 0 reads every time.
+        self.cache_bytes = IMAGE_CACHE_BYTES
+        self._cache: dict[tuple[int, tuple[int, ...]], tuple[Tensor, Tensor | None]] = {}
+        self._cached_bytes = 0
 
     def forward(  # type: ignore[override]
         self,
@@ -307,8 +315,21 @@ class ImageRunner(GeneratorRunner):
         return shard_indices(len(source), rank, size)
 
     def load(self, source: ImageSet, indices: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Images (float, on the runner's device) and dataset segmentations at ``indices``."""
-        images, segmentation = source[indices]
+        """Images (float, on the runner's device) and dataset segmentations at ``indices``.
+
+        Batches read once are kept (on the CPU, as read) while they fit in ``cache_bytes``
+        together, so the second pass of a dissection does not decode or render them again; beyond
+        the budget they are read again, and memory stays bounded whatever the number of images.
+        """
+        key = (id(source), tuple(int(i) for i in indices.tolist()))
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = source[indices]
+            size = sum(t.numel() * t.element_size() for t in cached if t is not None)
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[key] = cached
+                self._cached_bytes += size
+        images, segmentation = cached
         if not images.is_floating_point():
             raise TypeError(
                 f"`{source.name}` yields images of dtype {images.dtype}; images must be floating point in "
