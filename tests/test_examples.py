@@ -54,3 +54,17 @@ def test_no_callback_flag(tmp_path, examples_path):
     callback, discriminator = train_gan.build_callbacks(args)
     assert callback.every_n_epochs == 1
     assert discriminator.name == "discriminator" and discriminator.every_n_epochs == 1
+
+
+def test_classifier_example_smoke(tmp_path, examples_path, capsys):
+    import train_classifier
+
+    summary = train_classifier.main(["--smoke", "--default-root-dir", str(tmp_path), "--no-progress-bar"])
+    assert len(summary["history"]) == 1
+    assert set(summary["history"][0]["layers"]) == {"layer2", "layer3"}
+    out = capsys.readouterr().out
+    assert "interpretable units per round: epoch 0:" in out
+    from lightning_dissect import load_history
+
+    (round_,) = load_history(tmp_path / "lightning_logs" / "version_0", name="classifier")
+    assert round_.settings["num_samples"] == 32
