@@ -8,6 +8,9 @@ budget to run it). Writes ``tensorboard_images.png``, ``tensorboard_text.png`` a
     python examples/train_gan.py --max-epochs 3 --max-time none --num-train 1024 \\
         --default-root-dir /tmp/tbrun --no-final-dissection --no-progress-bar
     python docs/scripts/tensorboard_screenshots.py /tmp/tbrun [--out docs/images]
+    # the discriminator's rounds (docs/network-dissection.md):
+    python docs/scripts/tensorboard_screenshots.py /tmp/tbrun --tabs images \
+        --tag-filter dissection-discriminator --name tensorboard_discriminator
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=int, default=15000, help="Chromium's virtual-time budget")
     parser.add_argument("--tag-filter", default="layer3", help="regex of the tags shown (empty: all)")
     parser.add_argument("--tabs", nargs="+", default=list(TABS), choices=list(TABS))
+    parser.add_argument("--name", default="tensorboard",
+                        help="file name prefix: NAME_images.png ... (e.g. tensorboard_discriminator)")
     args = parser.parse_args()
     port = args.port or free_port()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +76,7 @@ def main() -> None:
         time.sleep(5)  # first scan of the event files
         with tempfile.TemporaryDirectory() as profile:
             for tab in args.tabs:
-                target = (args.out / TABS[tab]).resolve()
+                target = (args.out / TABS[tab].replace("tensorboard", args.name, 1)).resolve()
                 subprocess.run(
                     [args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                      f"--user-data-dir={profile}", f"--window-size={args.window_size}",
