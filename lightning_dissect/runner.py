@@ -434,6 +434,7 @@ class GeneratorRunner:
                         self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
                     if segmenter is not None:
                         self.segment(images, segmenter, check_images=True, refuse_unit_range=True)
+                _warn_margins(self.model, layers, self.selector)
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
                 # a layer that ran twice (or not at all) is found after a successful forward too
@@ -527,6 +528,32 @@ class GeneratorRunner:
 
 
 # ---------------------------------------------------------------------- helpers
+def _warn_margins(model: nn.Module, layers: Sequence[str], selector: Any) -> None:
+    """Say so when the generator keeps margins around its maps (StyleGAN3's ``margin_size``).
+
+    Such maps are larger than the region that becomes the image; dissected whole they are stretched
+    over the image and the masks are misaligned. A layer with a selector is taken as handled.
+    """
+    margin = next(
+        (m.margin_size for m in model.modules() if isinstance(getattr(m, "margin_size", None), (int, float))),
+        None,
+    )
+    if not margin:
+        return
+    bare = [name for name in layers if (selector.get(name) if isinstance(selector, Mapping) else selector) is None]
+    if bare:
+        import warnings
+
+        warnings.warn(
+            f"the generator keeps a margin around its maps (margin_size={margin}): layers {bare} are dissected "
+            "whole, stretched over the image, so their masks are shifted; give them a cropping "
+            "Selector(select, replace) that takes the centre that becomes the image (see docs/real-models.md, "
+            "'Layers with margins')",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _never() -> bool:
     return False
 

@@ -585,3 +585,27 @@ def test_structured_latents_for_several_arguments_get_the_call_that_works(sample
     spread = (lambda g, z: g(**z)) if "\\*\\*" in call else (lambda g, z: g(*z))
     assert GeneratorRunner(_TwoArguments(), generate=spread).choose_latents(["lin"], None, [], seed=1,
                                                                             sampler=sampler) is None
+
+
+def test_a_generator_with_margins_is_told_to_crop_its_layers(segmenter):
+    import warnings
+
+    from lightning_dissect.hooks import Selector
+    from lightning_dissect.runner import GeneratorRunner
+
+    class Synthesis(nn.Module):  # StyleGAN3 keeps `margin_size` on its synthesis network
+        margin_size = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(8, 3 * 12 * 12), nn.Unflatten(1, (3, 12, 12)))
+
+        def forward(self, z: Tensor) -> Tensor:
+            return torch.tanh(self.block(z)[..., 2:-2, 2:-2])
+
+    with pytest.warns(UserWarning, match=r"margin_size=2\): layers \['block'\] are dissected whole.*cropping"):
+        GeneratorRunner(Synthesis()).choose_latents(["block"], segmenter, [(8,)], seed=1)
+    cropping = Selector(lambda out: out[..., 2:-2, 2:-2], lambda out, t: out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a layer with a selector is taken as handled
+        GeneratorRunner(Synthesis(), selector=cropping).choose_latents(["block"], segmenter, [(8,)], seed=1)
