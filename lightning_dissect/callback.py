@@ -36,6 +36,7 @@ from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
 from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, finish, round_writers
 from lightning_dissect.result import DissectionResult
+from lightning_dissect.round_causal import causal_entry
 from lightning_dissect.round_logging import RoundLogger, round_entry
 from lightning_dissect.round_pictures import segmenter_palette
 from lightning_dissect.runner import DryRunError, Generate, GeneratorRunner
@@ -139,6 +140,14 @@ class DissectionCallback(Callback):
         ablation_check: Run the ablation check at each round.
         ablation_top_n: Units switched off per concept (the paper: 20), capped by layer width.
         ablation_samples: Latents used by the ablation check.
+        causal_concepts: Concepts whose causal unit sets are learned
+            (:func:`~lightning_dissect.interventions.causal_units`); empty (the default): off.
+        causal_every_n_rounds: Learn them at every ``n``-th round (the first round included).
+        causal_layer: The layer (one of ``layers``; default the first); its round's IoU is the
+            initial α and the ranking compared against.
+        causal_samples: Latents α is learned on (the ablation check's source: the validation
+            latents when they fit, else a seeded bank), split across ranks.
+        causal_options: ``steps``, ``lr``, ``l2`` and ``sizes`` of ``causal_units``.
         on_error: ``"warn"`` (report the failed round with context and keep training) or
             ``"raise"``.
         name: Distinguishes several callbacks in one trainer (state keys, tags, folders).
@@ -176,6 +185,11 @@ class DissectionCallback(Callback):
         ablation_check: bool = True,
         ablation_top_n: int = 20,
         ablation_samples: int = 64,
+        causal_concepts: Sequence[str] = (),
+        causal_every_n_rounds: int = 1,
+        causal_layer: str | None = None,
+        causal_samples: int = 64,
+        causal_options: Mapping[str, Any] | None = None,
         on_error: str = "warn",
         name: str | None = None,
         dissection_config: Mapping[str, Any] | None = None,
@@ -198,6 +212,9 @@ class DissectionCallback(Callback):
         ablation_top_n = check_int(ablation_top_n, "ablation_top_n", minimum=1)
         ablation_samples = check_int(ablation_samples, "ablation_samples", minimum=1)
         name = _check_name(name)
+        causal_options = _check_causal(
+            causal_concepts, causal_every_n_rounds, causal_layer, causal_samples, causal_options, layers
+        )
         explicit = dict(
             zip(
                 _CONFIG_ARGUMENTS,
@@ -225,6 +242,12 @@ class DissectionCallback(Callback):
         self.ablation_check = ablation_check
         self.ablation_top_n = ablation_top_n
         self.ablation_samples = ablation_samples
+        self.causal_concepts = [causal_concepts] if isinstance(causal_concepts, str) else list(causal_concepts)
+        self.causal_every_n_rounds = causal_every_n_rounds
+        self.causal_layer = causal_layer or layers[0]
+        self.causal_samples = causal_samples
+        self.causal_options = causal_options
+        self.last_causal: list[Any] = []
         self.on_error = on_error
         self.name = name
         self.history: list[dict[str, Any]] = []
@@ -311,12 +334,21 @@ class DissectionCallback(Callback):
             from lightning_dissect.segmenters import SyntheticSceneSegmenter
 
             self.segmenter = SyntheticSceneSegmenter()
+        if self.causal_concepts:
+            from lightning_dissect.interventions.causal import _concept
+            from lightning_dissect.segmenters.base import concept_scores_of
+
+            check_samples_per_rank(self.causal_samples, "causal_samples")
+            concept_scores_of(self.segmenter)
+            for concept in self.causal_concepts:
+                _concept(concept, self.segmenter)
         runner = self._runner(self.resolve_generator(pl_module))
         runner.check_layers(self.layers)
         try:
-            # with the ablation check on, every layer must also take an edit (selectors that
-            # cannot write back are refused now, not mid-training)
-            edits = {name: LayerEdit(alpha=0.0) for name in self.layers} if self.ablation_check else None
+            # with the ablation check (or causal sets) on, every layer must also take an edit
+            # (selectors that cannot write back are refused now, not mid-training)
+            editing = self.ablation_check or bool(self.causal_concepts)
+            edits = {name: LayerEdit(alpha=0.0) for name in self.layers} if editing else None
             shape = runner.choose_latents(
                 self.layers, self.segmenter, self._latent_candidates(pl_module), seed=self.config.seed,
                 sampler=self.latent_sampler, edits=edits,
@@ -420,6 +452,7 @@ class DissectionCallback(Callback):
                     )
             if ablations:
                 result.ablations = {name: [r.to_dict() for r in records] for name, records in ablations.items()}
+            causal = self._causal(trainer, pl_module, result) if self._causal_round() else []
         except Exception as err:  # noqa: BLE001 - never corrupt training; report with context
             context = (
                 f"DissectionCallback round at global_step={step}, epoch={epoch}, "
@@ -431,10 +464,14 @@ class DissectionCallback(Callback):
             return None
         # the round is computed: it reaches the history whatever happens to its sinks
         failures: list[str] = []
-        content = self._content(result, ablations, log_step, failures) if trainer.is_global_zero else None
+        content = self._content(result, ablations, log_step, failures, causal) if trainer.is_global_zero else None
         self.last_ablations = ablations
+        self.last_causal = causal
         self.last_result = result
-        self.history.append(round_entry(result, step, epoch))
+        entry = round_entry(result, step, epoch)
+        if causal:
+            entry["causal"] = causal_entry(causal)
+        self.history.append(entry)
         if content is not None:
             self._write(trainer, content, failures)
         if failures and self.on_error == "raise":
@@ -463,8 +500,9 @@ class DissectionCallback(Callback):
         )
 
     # ------------------------------------------------------------------ ablation
-    def _ablation_latents(self, trainer: pl.Trainer) -> Tensor:
+    def _ablation_latents(self, trainer: pl.Trainer, samples: int | None = None) -> Tensor:
         """Latents from the validation dataloader when it yields them, else a seeded bank."""
+        wanted_samples = self.ablation_samples if samples is None else samples
         wanted = self.latent_shape
         loaders = getattr(trainer, "val_dataloaders", None)
         if wanted is not None and loaders is not None:
@@ -478,14 +516,14 @@ class DissectionCallback(Callback):
                         break
                     found.append(z)
                     total += z.shape[0]
-                    if total >= self.ablation_samples:
+                    if total >= wanted_samples:
                         break
             except TypeError:
                 found = []
             if found:
-                return torch.cat(found)[: self.ablation_samples]
+                return torch.cat(found)[: wanted_samples]
         rank, size = world()
-        bank = LatentBank(self.ablation_samples, wanted, seed=self.config.seed + 1000, sampler=self.latent_sampler)
+        bank = LatentBank(wanted_samples, wanted, seed=self.config.seed + 1000, sampler=self.latent_sampler)
         return bank[shard_indices(len(bank), rank, size)]
 
     def _ablation(
@@ -499,6 +537,34 @@ class DissectionCallback(Callback):
             generator, result, self.segmenter, latents, top_n=self.ablation_top_n,
             generate=self.generate, selector=self.selector, batch_size=self.config.batch_size,
         )
+
+    # ------------------------------------------------------------------ causal unit sets
+    def _causal_round(self) -> bool:
+        """Causal sets are learned at rounds 0, n, 2n, ... (counted in this run's history)."""
+        return bool(self.causal_concepts) and len(self.history) % self.causal_every_n_rounds == 0
+
+    def _causal(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: DissectionResult) -> list[Any]:
+        """The causal unit sets of this round; a concept that fails is warned about and left out."""
+        from lightning_dissect.interventions import causal_units
+
+        generator = self.resolve_generator(pl_module)
+        latents = self._ablation_latents(trainer, self.causal_samples)
+        found = []
+        for concept in self.causal_concepts:
+            try:
+                found.append(causal_units(
+                    generator, self.causal_layer, concept, self.segmenter, latents, result.layers[self.causal_layer],
+                    generate=self.generate, selector=self.selector, batch_size=self.config.batch_size,
+                    num_examples=0, **self.causal_options,
+                ))  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - the dissection and the other concepts are still logged
+                if self.on_error == "raise":
+                    raise
+                rank_zero_warn(
+                    f"DissectionCallback causal units of {concept!r} at global_step={trainer.global_step} failed "
+                    f"({type(err).__name__}: {err}); logging the round without them"
+                )
+        return found
 
     # ------------------------------------------------------------------ logging
     @property
@@ -515,12 +581,17 @@ class DissectionCallback(Callback):
         return self._round_logger
 
     def _content(
-        self, result: DissectionResult, ablations: Mapping[str, list[Any]], step: int, failures: list[str]
+        self,
+        result: DissectionResult,
+        ablations: Mapping[str, list[Any]],
+        step: int,
+        failures: list[str],
+        causal: Sequence[Any] = (),
     ) -> RoundContent | None:
         """The round's content for every logger; on a failure to draw it, the scalars alone."""
         previous = self.history[-1] if self.history else None
         try:
-            return self.round_logger.content(result, step, history=self.history, ablations=ablations)
+            return self.round_logger.content(result, step, history=self.history, ablations=ablations, causal=causal)
         except Exception as err:  # noqa: BLE001 - a picture that cannot be drawn must not cost the round
             self._sink_failed(failures, result, "the round's tables and pictures", err)
         try:
@@ -557,6 +628,31 @@ class DissectionCallback(Callback):
                     f"DissectionCallback: {kind} receives the dissection's scalars only, not its {NOT_DELIVERED}"
                 )
         deliver(content, writers, lambda message: _add_failure(failures, result, message))
+
+
+_CAUSAL_OPTIONS = ("steps", "lr", "l2", "sizes")
+
+
+def _check_causal(
+    concepts: Any, every: Any, layer: Any, samples: Any, options: Mapping[str, Any] | None, layers: Sequence[str]
+) -> dict[str, Any]:
+    """Check the causal-set arguments early (each error names its argument); return the options."""
+    from lightning_dissect.interventions.causal import _check_settings
+
+    if isinstance(concepts, str):
+        concepts = [concepts]
+    if not all(isinstance(c, str) and c for c in concepts):
+        raise ValueError(f"`causal_concepts` must be concept names, got {concepts!r}")
+    check_int(every, "causal_every_n_rounds", minimum=1)
+    check_int(samples, "causal_samples", minimum=1)
+    if layer is not None and layer not in layers:
+        raise ValueError(f"`causal_layer` must be one of the dissected `layers` {list(layers)}, got {layer!r}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_CAUSAL_OPTIONS))
+    if unknown:
+        raise ValueError(f"`causal_options` takes {list(_CAUSAL_OPTIONS)}, got unknown keys {unknown}")
+    _check_settings(options.get("steps", 8), options.get("lr", 0.1), options.get("l2", 0.005))
+    return options
 
 
 def _add_failure(failures: list[str], result: DissectionResult, message: str) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from lightning_dissect.loggers.content import RoundContent, Table
 from lightning_dissect.result import DissectionResult, LayerDissection, label_changes, unit_labels
+from lightning_dissect.round_causal import add_causal_content, causal_layout
 from lightning_dissect.round_pictures import (
     iou_heatmap_image,
     no_units_image,
@@ -147,8 +148,12 @@ class RoundLogger:
         *,
         history: Sequence[Mapping[str, Any]] = (),
         ablations: Mapping[str, Sequence[Any]] | None = None,
+        causal: Sequence[Any] = (),
     ) -> RoundContent:
         """Everything one round delivers to loggers, built once.
+
+        ``causal``: the round's causal unit sets (:class:`~lightning_dissect.interventions.CausalUnits`),
+        logged as described in :mod:`lightning_dissect.round_causal`.
 
         ``history`` holds the :func:`round_entry` records of the earlier rounds (the last one gives
         the churn); the current round is appended for the units-by-round picture. ``step`` is the
@@ -186,6 +191,11 @@ class RoundLogger:
             records = ablations.get(name, [])
             if records:
                 content.tables[tag(name, "ablation")] = ablation_table(records)
+        if causal:
+            add_causal_content(content, causal, tag, history)
+            for name in {r.layer for r in causal}:
+                charts = causal_layout(tag, name, [r.concept for r in causal if r.layer == name])
+                content.layout.setdefault(f"{self.prefix}/{name} emergence", {}).update(charts)
         return content
 
 

@@ -199,8 +199,11 @@ def test_bad_input(world, painted):
     with pytest.raises(ValueError, match="unit"):
         causal_units(**{**run, "layer": "unitz"}, concept="tree")
     for key, value, name in [("l2", -1.0, "l2"), ("steps", 0, "steps"), ("lr", 0.0, "lr"), ("lr", float("nan"), "lr"),
-                             ("steps", 2.5, "steps"), ("l2", 5.0, "l2")]:  # fmt: skip
+                             ("steps", 20_000, "steps"), ("l2", 5.0, "l2")]:  # fmt: skip
         with pytest.raises(ValueError, match=f"`{name}`"):
+            causal_units(concept="tree", **run, **{key: value})
+    for key, value in [("steps", 2.5), ("lr", "fast"), ("l2", True)]:  # a wrong type is a TypeError
+        with pytest.raises(TypeError, match=f"`{key}`"):
             causal_units(concept="tree", **run, **{key: value})
     with pytest.raises(ValueError, match="`sizes`"):
         causal_units(concept="tree", **run, sizes=[0])

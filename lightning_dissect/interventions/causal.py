@@ -25,7 +25,6 @@ RNG are not touched.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_dissect.functional._checks import check_count, check_int, check_real
 from lightning_dissect.hooks import LayerEdit
 from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
@@ -123,7 +123,7 @@ def causal_units(
         >>> result.baseline, result.comparison[0].ablated_alpha  # no sky left without unit 0
         (0.25, 0.0)
     """
-    _check_settings(steps, lr, l2)
+    steps, lr, l2 = _check_settings(steps, lr, l2)
     scores = concept_scores_of(segmenter)
     index = _concept(concept, segmenter)
     iou = _concept_iou(iou, index).detach().float().cpu()
@@ -173,23 +173,18 @@ def causal_units(
 
 
 # ---------------------------------------------------------------------- checks
-def _check_settings(steps: Any, lr: Any, l2: Any) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10_000:
-        raise ValueError(f"`steps` must be an int in [1, 10000], got {steps!r}")
-    if not _number(lr) or not 0.0 < lr <= 1.0:
-        raise ValueError(f"`lr` must be a number in (0, 1], got {lr!r}")
-    if not _number(l2) or not 0.0 <= l2 <= 1.0:
-        raise ValueError(f"`l2` (the penalty weight λ) must be a number in [0, 1], got {l2!r}")
+def _check_settings(steps: Any, lr: Any, l2: Any) -> tuple[int, float, float]:
+    """``steps`` in [1, 10000], ``lr`` in (0, 1], ``l2`` in [0, 1] (a wrong type is a ``TypeError``)."""
+    steps = check_int(steps, "steps", minimum=1)
+    if steps > 10_000:
+        raise ValueError(f"`steps` must be in [1, 10000], got {steps!r}")
+    lr = check_real(lr, "lr", low=0.0, high=1.0, low_open=True)
+    l2 = check_real(l2, "l2", low=0.0, high=1.0)
+    return steps, lr, l2  # type: ignore[return-value]
 
 
 def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative int, got {value!r}")
-    return value
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return check_count(value, name, minimum=0)
 
 
 def _concept(concept: int | str, segmenter: Segmenter) -> int:
