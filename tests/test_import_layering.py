@@ -72,6 +72,7 @@ LAYERS: dict[str, int] = {
     "lightning_dissect.loggers": 6,
     # 7: training side and series of checkpoints
     "lightning_dissect.round_logging": 7,
+    "lightning_dissect.round_causal": 7,
     "lightning_dissect.emergence": 7,
     "lightning_dissect.callback": 7,
     "lightning_dissect.image_callback": 7,
