@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_dissect.callback import DissectionCallback
 from lightning_dissect.dissection import dissect_images
+from lightning_dissect.functional._checks import check_int
 from lightning_dissect.hooks import OutputSelector, unwrap_model
 from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
 from lightning_dissect.result import DissectionResult
@@ -116,9 +117,7 @@ class ImageDissectionCallback(DissectionCallback):
             raise TypeError(
                 f"`network` must be an attribute path or a callable pl_module -> nn.Module, got {network!r}"
             )
-        if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
-                                       or max_images < 1):
-            raise ValueError(f"`max_images` must be a positive int or None, got {max_images!r}")
+        max_images = check_int(max_images, "max_images", minimum=1, optional=True)
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be a callable images -> network input, got {transform!r}")
         if isinstance(images, ImageSet) and vocabulary is not None:

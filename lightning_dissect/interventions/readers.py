@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.functional._checks import check_int
 from lightning_dissect.hooks import LayerEdit, OutputSelector
 from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
 from lightning_dissect.interventions._common import _NAN, _control_rng, _sum_over_ranks
@@ -134,8 +135,7 @@ def reader_ablation(
     if metric not in SCORES:
         raise ValueError(f"`metric` must be one of {SCORES}, got {metric!r}")
     for name, value, minimum in (("top_n", top_n, 1), ("num_controls", num_controls, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, minimum=minimum)
     if isinstance(images, ImageSet):
         source = images
     else:

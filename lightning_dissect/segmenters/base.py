@@ -23,7 +23,13 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import ImageRangeError, check_count, check_images, check_segmentation
+from lightning_dissect.functional._checks import (
+    ImageRangeError,
+    check_count,
+    check_images,
+    check_int,
+    check_segmentation,
+)
 from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
 
 __all__ = [
@@ -174,11 +180,7 @@ def check_segmenter(segmenter: object, argument: str = "segmenter") -> None:
             f"`{argument}.vocabulary` must be a ConceptVocabulary, got {type(vocabulary).__name__}"
         )
     check_value_range(segmenter.value_range, f"{argument}.value_range")
-    channels = getattr(segmenter, "channels", 3)
-    if isinstance(channels, bool) or not isinstance(channels, int):
-        raise TypeError(f"`{argument}.channels` must be an int, got {channels!r}")
-    if channels < 1:
-        raise ValueError(f"`{argument}.channels` must be at least 1, got {channels!r}")
+    check_int(getattr(segmenter, "channels", 3), f"{argument}.channels", minimum=1)
     multilabel = getattr(segmenter, "multilabel", False)
     if not isinstance(multilabel, bool) and type(multilabel).__name__ not in ("bool_", "bool"):
         raise TypeError(f"`{argument}.multilabel` must be True or False, got {multilabel!r}")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..functional._checks import check_int
 from .base import ConceptVocabulary
 
 __all__ = ["SceneWorld", "TEXTURE_AMPLITUDE", "WORLD_CONCEPTS"]
@@ -118,8 +119,7 @@ class SceneWorld:
     """
 
     def __init__(self, image_size: int = 32, chunk_size: int = 256) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
-            raise ValueError(f"SceneWorld: image_size must be an int >= 16, got {image_size!r}.")
+        image_size = int(check_int(image_size, "image_size", minimum=16))  # type: ignore[arg-type]
         self.image_size = image_size
         self.chunk_size = max(1, int(chunk_size))
         names = tuple(c[0] for c in WORLD_CONCEPTS)
