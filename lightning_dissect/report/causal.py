@@ -84,10 +84,12 @@ def _alpha_profile(result: CausalUnits, width: int = 640, height: int = 160) -> 
         )
         y = top + plot_h * (1 - float(iou[unit]) / iou_max)
         parts.append(f'<circle cx="{x + step / 2:.2f}" cy="{y:.2f}" r="1.6" fill="{CURVE_COLOURS["iou"]}"/>')
-    for i, unit in enumerate(order[: min(n, 8)]):
+    labelled = min(n, 8) if step >= 14 else 0  # unit numbers only where they fit under their bars
+    for i, unit in enumerate(order[:labelled]):
         x = left + (i + 0.5) * step
         parts.append(_text(x, height - bottom + 12, str(unit), text_anchor="middle", font_size="9"))
-    caption = f"units by α, best first (labels: the top {min(n, 8)}); dots: IoU / max IoU ({iou_max:.3f})"
+    shown = f"labels: the top {labelled}" if labelled else "hover a bar for its unit"
+    caption = f"{n} units by α, best first ({shown}); dots: IoU / max IoU ({iou_max:.3f})"
     parts.append(_text(left, height - 3, caption, font_size="10"))
     parts.append("</svg>")
     return "".join(parts)
