@@ -187,7 +187,8 @@ def _peak_child(n: int, cache: int) -> dict:
 def memory(args: argparse.Namespace) -> None:
     print("peak resident memory of dissect_images (small CNN, layers of 64 and 128 units, 64x64 scenes read "
           "from a dataset, batch 64), each run in a fresh process")
-    for cache, label in ((0, "no image cache"), (64 << 20, "default 64 MiB image cache")):
+    configs = {"none": (0, "no image cache"), "default": (64 << 20, "default 64 MiB image cache")}
+    for cache, label in (configs[c] for c in args.memory_caches):
         for n in args.memory_sizes:
             found = _peak_child(n, cache)
             print(f"  {label:28s} {n:6d} images: peak {found['peak_mib']:7.1f} MiB "
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="measure peak memory over growing image sets")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--memory-caches", nargs="+", default=["none", "default"], choices=["none", "default"])
     args = parser.parse_args()
     if args.memory:
         memory(args)
