@@ -1,6 +1,6 @@
 """Train a small DCGAN on the synthetic scene world, then dissect its generator (and its discriminator).
 
-Run (defaults: ~10 minutes of training on a 2-core CPU)::
+Run (defaults: 10 epochs, the same on any machine; about 10 minutes in all on 2 idle CPU cores)::
 
     python examples/train_gan.py --default-root-dir runs/gan
     tensorboard --logdir runs/gan
@@ -16,7 +16,12 @@ What it writes under ``--default-root-dir``:
   ``checkpoints/last.ckpt`` (the final checkpoint, for ``examples/dissect_checkpoint.py``) and
   ``checkpoints/epochNN-stepS.ckpt`` (one per epoch, for ``lightning-dissect emergence``);
 * ``samples.png`` — a grid of images from the final generator (fixed latents);
-* ``final_dissection.json`` — the offline dissection of the final generator.
+* ``final_dissection.json`` — the offline dissection of the final generator;
+* ``report/index.html`` — its HTML report (per layer: concepts, IoU heatmap, unit strips, all units).
+
+At the end it prints how long the run took and where these files are. ``--max-time`` can cap the
+training's wall time; a run it cuts short says so in the final summary (its result then depends on
+the machine's speed).
 
 Note: the GAN uses manual optimisation with two optimizers, so ``trainer.global_step`` advances
 twice per training batch (see :class:`gan_model.DCGAN`); the losses and every ``dissection/*`` tag
@@ -32,10 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lightning_dissect._text import plural  # noqa: E402
+
 # Defaults of the example (documented in docs/example.md).
 DEFAULTS = dict(
     max_epochs=10,
-    max_time="00:00:10:00",
+    max_time=None,
     num_train=20_000,
     batch_size=64,
     image_size=32,
@@ -71,8 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-epochs", type=int, default=None, help=f"(default {DEFAULTS['max_epochs']})")
     p.add_argument("--max-time", type=str, default=None,
-                   help="stop training after this long, Lightning's DD:HH:MM:SS "
-                        f"(default {DEFAULTS['max_time']}; 'none' for no limit)")
+                   help="also stop training after this long, Lightning's DD:HH:MM:SS (default: no "
+                        "limit, so the result does not depend on the machine's speed)")
     p.add_argument("--default-root-dir", type=str, default="runs/gan",
                    help="logs, checkpoints and reports go here (default runs/gan)")
     p.add_argument("--seed", type=int, default=0, help="seed_everything(seed, workers=True)")
@@ -181,6 +188,7 @@ def build_callbacks(args: argparse.Namespace) -> list:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, save samples and a checkpoint, dissect the final generator; return a summary dict."""
+    run_start = time.perf_counter()
     args = parse_args(argv)
     import lightning as L
     from gan_model import DCGAN
@@ -233,17 +241,22 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
+    # a run that --max-time stopped before --max-epochs did not finish its last epoch
+    cut_short = args.max_time is not None and trainer.current_epoch < args.max_epochs
     summary = {
         "train_seconds": train_seconds,
         "global_step": trainer.global_step,
         "batches": trainer.global_step // 2,
         "checkpoint": checkpoint.last_model_path,
+        "epochs": trainer.current_epoch,
+        "cut_short": cut_short,
+        "log_dir": logger.log_dir,
     }
     if not trainer.is_global_zero:
         return summary
     print(
-        f"training: {train_seconds:.1f} s, {trainer.current_epoch} epochs, "
-        f"{trainer.global_step // 2} batches (global_step {trainer.global_step})"
+        f"training: {train_seconds:.1f} s, {plural(trainer.current_epoch, 'epoch')}, "
+        f"{plural(trainer.global_step // 2, 'batch', 'batches')} (global_step {trainer.global_step})"
     )
 
     model = model.cpu() if args.strategy.startswith("ddp_spawn") else model
@@ -255,7 +268,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_final_dissection:
         summary.update(final_dissection(model, args, root))
+    summary["total_seconds"] = time.perf_counter() - run_start
+    print_where_to_look(summary, args)
     return summary
+
+
+def print_where_to_look(summary: dict, args: argparse.Namespace) -> None:
+    """The closing lines: how long the run took, whether it was cut short, and where to look."""
+    minutes, seconds = divmod(round(summary["total_seconds"]), 60)
+    print(f"\ndone in {minutes} min {seconds:02d} s (training {summary['train_seconds']:.0f} s)")
+    if summary["cut_short"]:
+        print(f"WARNING: --max-time {args.max_time} stopped training after "
+              f"{plural(summary['epochs'], 'complete epoch')} of {args.max_epochs}: the counts above "
+              "depend on this machine's speed; run without --max-time for the full result")
+    print("where to look:")
+    print(f"  TensorBoard logs:  tensorboard --logdir {summary['log_dir']}")
+    if "json" in summary:
+        print(f"  final dissection:  {summary['json']}")
+        print(f"  HTML report:       {summary['report']}")
 
 
 def _percent(fraction: float) -> str:
@@ -294,10 +324,9 @@ def print_rounds(trainer) -> None:
             print(f"  {name} at the last round: {counts or 'none'}")
     for name, records in callback.last_ablations.items():
         for r in records[:3]:
-            print(f"  ablation check, {name}: switching off {len(r.units)} '{r.concept}' units removes "
-                  f"{_percent(r.relative_drop)} of it (random units of the same number: "
-                  f"{_percent(r.control_relative_drop)})")
-    print(f"TensorBoard: tensorboard --logdir {trainer.default_root_dir}")
+            print(f"  ablation check, {name}: switching off {plural(len(r.units), repr(r.concept) + ' unit')} "
+                  f"removes {_percent(r.relative_drop)} of it ({r.drop:.4f} of all pixels); as many random "
+                  f"units: {_percent(r.control_relative_drop)} ({r.control_drop:.4f} of all pixels)")
 
 
 def _print_reader_rounds(callback) -> None:
@@ -320,6 +349,7 @@ def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:
     import torch
 
     from lightning_dissect import dissect
+    from lightning_dissect.report import write_report
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
     segmenter = SyntheticSceneSegmenter(SceneWorld(args.image_size))
@@ -332,6 +362,7 @@ def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:
         num_samples=args.dissect_samples,
         batch_size=100,
         threshold_mode="quantile",
+        num_visualized_units=12,  # unit strips for the HTML report
         progress=False,
         # rank 0 alone: the other ranks have returned after fit(), so a sharded dissect() in a
         # process group that is still alive (a user's own, say) would wait for them forever
@@ -341,16 +372,19 @@ def final_dissection(model, args: argparse.Namespace, root: Path) -> dict:
     seconds = time.perf_counter() - start
     result.print_summary()
     per_layer = {name: result[name].num_interpretable for name in args.dissect_layers}
-    print(f"final dissection ({args.dissect_samples} samples, quantile 0.99, IoU > 0.04): "
-          f"{seconds:.1f} s")
+    print(f"final dissection ({plural(args.dissect_samples, 'sample')}, quantile 0.99, interpretable: "
+          f"{result.rule.describe()}): {seconds:.1f} s")
     for name in args.dissect_layers:
         layer = result[name]
         print(f"  {name}: {layer.num_interpretable}/{layer.num_units} interpretable units  "
               f"{layer.concept_counts()}")
-    print(f"  total: {sum(per_layer.values())} interpretable units")
-    result.to_json(root / "final_dissection.json", indent=1)
+    print(f"  total: {plural(sum(per_layer.values()), 'interpretable unit')}")
+    json_path = root / "final_dissection.json"
+    result.to_json(json_path, indent=1)
+    report = write_report(result, root / "report", title="Final dissection of the example GAN", write_json=False)
     del torch
-    return {"dissection_seconds": seconds, "interpretable": per_layer, "result": result}
+    return {"dissection_seconds": seconds, "interpretable": per_layer, "result": result,
+            "json": json_path, "report": report}
 
 
 def _plain(values: dict) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lightning_dissect.functional._checks import check_choice, check_flag, check_int, check_real
+from lightning_dissect.interpretability import INTERPRETABLE_RULES, InterpretabilityRule
 
 __all__ = [
     "DissectionConfig",
@@ -67,6 +68,8 @@ FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "num_levels": lambda v, n: check_int(v, n, minimum=1),
     "level_selection_samples": lambda v, n: check_int(v, n, minimum=1, optional=True),
     "iou_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
+    "interpretable": lambda v, n: check_choice(v, n, tuple(INTERPRETABLE_RULES)),
+    "chance_ratio": lambda v, n: check_real(v, n, low=1.0),
     "iqr_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
     "min_concept_fraction": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
     "top_k": lambda v, n: check_int(v, n, minimum=1),
@@ -114,8 +117,13 @@ class DissectionConfig:
             (gandissect uses 100).
         level_selection_samples: ``"iqr"`` mode: pick levels on a separate bank of this size
             seeded ``seed + 1`` (the paper's held-out set); ``None`` picks on the dissection bank.
-        iou_threshold: A unit is interpretable when its label IoU exceeds this (0.04 NetDissect /
+        iou_threshold: The label IoU of an interpretable unit exceeds this (0.04 NetDissect /
             PNAS; 0.05 gandissect).
+        interpretable: Which units count as interpretable
+            (:class:`~lightning_dissect.interpretability.InterpretabilityRule`): ``"chance_ratio"``
+            (label IoU above ``iou_threshold`` and at least ``chance_ratio`` × the unit's chance
+            IoU; needs ``chance_baseline``) or ``"paper"`` (``iou_threshold`` alone, as in the papers).
+        chance_ratio: ``"chance_ratio"`` rule: the factor over the chance IoU (>= 1).
         iqr_threshold: ``"iqr"`` mode also asks IQR above this (gandissect 0.01).
         min_concept_fraction: ``"iqr"`` mode ignores concepts covering less than this fraction of
             pixels when choosing levels (gandissect 1e-3).
@@ -141,6 +149,8 @@ class DissectionConfig:
     num_levels: int = 64
     level_selection_samples: int | None = None
     iou_threshold: float = 0.04
+    interpretable: str = "chance_ratio"
+    chance_ratio: float = 2.0
     iqr_threshold: float = 0.01
     min_concept_fraction: float = 1e-3
     top_k: int = 8
@@ -162,11 +172,30 @@ class DissectionConfig:
         Raises:
             TypeError: A field of the wrong type (``seed="a"``, ``top_k=2.5``, ``progress=1``),
                 naming the field.
-            ValueError: A field with a value outside its range, naming the field.
+            ValueError: A field with a value outside its range, naming the field; also
+                ``interpretable="chance_ratio"`` with ``chance_baseline=False``.
         """
         for f in fields(self):
             object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
+        if self.interpretable == "chance_ratio" and not self.chance_baseline:
+            raise ValueError(
+                "`interpretable`='chance_ratio' compares each unit with its chance IoU, which "
+                "`chance_baseline`=False switches off; keep the baseline or set `interpretable`='paper'"
+            )
         return self
+
+    def rule(self) -> InterpretabilityRule:
+        """The :class:`~lightning_dissect.interpretability.InterpretabilityRule` of these settings.
+
+        Examples:
+            >>> DissectionConfig().rule().describe()
+            'label IoU > 0.04 and ≥ 2× its chance IoU'
+            >>> DissectionConfig(interpretable="paper", threshold_mode="iqr").rule().describe()
+            'label IoU > 0.04 and IQR > 0.01'
+        """
+        return InterpretabilityRule.from_settings(
+            {f.name: getattr(self, f.name) for f in fields(self)}
+        )
 
 
 CALLBACK_DEFAULTS: dict[str, tuple[Any, str]] = {

@@ -73,7 +73,7 @@ def _version_key(folder: Path) -> tuple[int, int | str]:
 #: The settings that make two rounds comparable members of one run (a different value: another run).
 RUN_SETTINGS: tuple[str, ...] = (
     "num_samples", "seed", "threshold_mode", "quantile", "num_levels", "level_selection_samples",
-    "iou_threshold", "iqr_threshold", "layers",
+    "iou_threshold", "interpretable", "chance_ratio", "iqr_threshold", "layers",
 )
 
 

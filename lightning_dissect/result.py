@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect.interpretability import InterpretabilityRule
 from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = [
@@ -216,6 +217,14 @@ class DissectionResult:
 
     def __getitem__(self, layer: str) -> LayerDissection:
         return self.layers[layer]
+
+    @property
+    def rule(self) -> InterpretabilityRule:
+        """The rule that decided which units are interpretable (from :attr:`settings`).
+
+        Results written before the rule was a setting read as the papers' fixed cut, ``"paper"``.
+        """
+        return InterpretabilityRule.from_settings(self.settings)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -412,6 +421,9 @@ class DissectionResult:
                     style=style,
                 )
             parts.append(table)
+        if self.layers:
+            rule = self.rule
+            parts.append(f"[dim]interpretable: {rule.describe()} (rule {rule.name!r})[/dim]")
         return Group(*parts)
 
     def print_summary(self, top: int = 10) -> None:

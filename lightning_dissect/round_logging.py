@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from lightning_dissect._ablation_table import ablation_header, ablation_markdown, ablation_values
 from lightning_dissect.loggers.content import RoundContent, Table
 from lightning_dissect.result import DissectionResult, LayerDissection, label_changes, unit_labels
 from lightning_dissect.round_causal import add_causal_content, causal_layout
@@ -200,19 +201,10 @@ class RoundLogger:
 
 
 def ablation_table(records: Sequence[Any]) -> Table:
-    """The ablation check's records of one layer as a :class:`~lightning_dissect.loggers.content.Table`."""
-    columns = ["concept", "units", "baseline", "ablated", "drop", "relative drop", "control drop"]
-    rows = [
-        [r.concept, len(r.units), float(r.baseline), float(r.ablated), float(r.drop), float(r.relative_drop),
-         float(r.control_drop)]
-        for r in records
-    ]
-    lines = [
-        "| concept | units | baseline | ablated | drop | relative drop | control drop |",
-        "|:---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for concept, units, baseline, ablated, drop, relative, control in rows:
-        lines.append(
-            f"| {concept} | {units} | {baseline:.4f} | {ablated:.4f} | {drop:.4f} | {relative:.3f} | {control:.4f} |"
-        )
-    return Table(columns, rows, "\n".join(lines))
+    """The ablation check's records of one layer as a :class:`~lightning_dissect.loggers.content.Table`.
+
+    Every measure for the chosen units and for the random control side by side, in the same units
+    (:data:`~lightning_dissect._ablation_table.ABLATION_COLUMNS`); the rows hold the numbers, the
+    Markdown the formatted table.
+    """
+    return Table(ablation_header(), ablation_values(records), ablation_markdown(records))

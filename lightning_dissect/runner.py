@@ -40,6 +40,7 @@ __all__ = [
     "LayerShapeError",
     "LayerCallError",
     "DryRunError",
+    "SegmenterError",
     "eval_mode",
     "module_device",
     "module_dtype",
@@ -60,7 +61,20 @@ class LayerCallError(ValueError, RuntimeError):
 
 
 class DryRunError(ValueError):
-    """The dry run failed for every latent layout tried; the message lists each attempt."""
+    """The dry run failed.
+
+    When the generator's forward pass failed for every latent layout tried, the message lists
+    each attempt. A problem found after a forward pass succeeded (a layer's output, the segmenter)
+    is reported alone, with ``after_forward`` set: another latent layout would not fix it.
+    """
+
+    def __init__(self, message: str, *, after_forward: bool = False) -> None:
+        super().__init__(message)
+        self.after_forward = after_forward
+
+
+class SegmenterError(RuntimeError):
+    """The segmenter raised on the generator's images; the message gives their size and range."""
 
 
 @contextmanager
@@ -322,7 +336,15 @@ class GeneratorRunner:
             )
         if refuse_unit_range:
             _refuse_unit_range(images, segmenter)
-        labels = segmenter(images.float() if images.dtype in (torch.float16, torch.bfloat16) else images)
+        given = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
+        try:
+            labels = segmenter(given)
+        except Exception as err:
+            raise SegmenterError(
+                f"the segmenter ({type(segmenter).__name__}) failed on the generator's images: "
+                f"{describe_images(given)}, segmenter value_range {tuple(segmenter.value_range)}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         # every batch: a label outside the vocabulary would corrupt the counts (cheap min/max)
         validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])
         return labels
@@ -438,9 +460,13 @@ class GeneratorRunner:
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
                 # a layer that ran twice (or not at all) is found after a successful forward too
-                attempts.append((bank, err, forward_ok or isinstance(err, LayerCallError)))
-        # a problem found after a successful forward pass leads: another latent layout won't fix it
-        lead = next((a for a in attempts if a[2]), attempts[-1])
+                if forward_ok or isinstance(err, (LayerCallError, SegmenterError)):
+                    # the generator ran with this latent layout: another layout will not fix what
+                    # failed after it (a layer's output, the segmenter), so no other is tried
+                    text = str(err) if isinstance(err, SegmenterError) else f"{type(err).__name__}: {err}"
+                    raise DryRunError(f"{what} failed: {text}", after_forward=True) from err
+                attempts.append((bank, err, False))
+        lead = attempts[-1]
         lines = [f"{what} failed: {type(lead[1]).__name__}: {lead[1]}"]
         if len(attempts) > 1:
             lines.append("attempts:")
@@ -552,6 +578,23 @@ def _warn_margins(model: nn.Module, layers: Sequence[str], selector: Any) -> Non
             UserWarning,
             stacklevel=3,
         )
+
+
+def describe_images(images: Tensor) -> str:
+    """Shape, dtype and value range of a batch of images, for error messages.
+
+    Examples:
+        >>> describe_images(torch.tensor([[[[-0.5, 1.0]]]]))
+        'images of shape (1, 1, 1, 2) = (N, C, H, W), size 1x2 pixels, float32, values in [-0.5, 1]'
+    """
+    text = f"images of shape {tuple(images.shape)}"
+    if images.ndim == 4:
+        text += f" = (N, C, H, W), size {images.shape[-2]}x{images.shape[-1]} pixels"
+    text += f", {str(images.dtype).replace('torch.', '')}"
+    if images.numel() and (images.is_floating_point() or not images.is_complex()):
+        low, high = images.min().item(), images.max().item()
+        text += f", values in [{low:.3g}, {high:.3g}]"
+    return text
 
 
 def _never() -> bool:

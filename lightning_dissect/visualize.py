@@ -1,8 +1,8 @@
 """Picture primitives: masks overlaid on images, image strips, labelled IoU heatmaps, legends, PNG.
 
 Everything returns ``uint8`` tensors ``(3, H, W)`` (TensorBoard's ``add_image`` layout) and needs
-no plotting library: labels are drawn with a built-in 5×7 pixel font (letters as capitals), and
-:func:`encode_png` writes PNG without Pillow.
+no plotting library: labels are drawn with Pillow's built-in scalable font (anti-aliased, no font
+file; see ``lightning_dissect._font``), and :func:`encode_png` writes PNG.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
 IOU_SCALE_MAX = 0.5
 
 _TEXT = (29, 35, 48)  # label ink
+_TICK_IN, _TICK_OUT, _TICK_GAP = 4, 3, 8  # colour-bar tick: pixels inside / outside the bar, gap to its number
 _MARK = (224, 49, 49)  # outline of a unit's label cell
 
 _BORDER = torch.tensor([255, 221, 0], dtype=torch.uint8)  # light (yellow) inner outline
@@ -194,7 +195,8 @@ def labelled_heatmap(
 
     Row labels are drawn left of the grid, column labels above it (vertical, read bottom to top),
     and a colour bar from 0 to ``vmax`` (values above get the top colour, its tick reads
-    ``vmax+``) to the right, under ``title``. Cell ``(i, j)`` is the ``cell - 1`` pixel square at
+    ``vmax+``) to the right, under ``title``; each tick mark crosses the bar's edge, and its
+    number stands 8 pixels clear of it. Cell ``(i, j)`` is the ``cell - 1`` pixel square at
     ``(left + j*cell, top + i*cell)`` (one white pixel between cells); :func:`labelled_heatmap_grid`
     gives ``(top, left)``.
 
@@ -207,7 +209,7 @@ def labelled_heatmap(
         marks: ``(row, col)`` cells outlined in red (e.g. each unit's label).
         row_colours: Ink of each row label (default: dark).
         title: Drawn above the colour bar.
-        font_scale: Pixel size of the 5×7 font (2: 10×14 pixel letters).
+        font_scale: Text size: ``7 * font_scale`` pixel font (2: 14 pixels).
 
     Returns:
         ``uint8 (3, H, W)`` on a white background.
@@ -226,7 +228,10 @@ def labelled_heatmap(
     tick_text = [f"{t:.3g}" + ("+" if k == 5 else "") for k, t in enumerate(ticks)]
     bar_h = max(rows * cell, 120)
     bar_x, bar_w = left + cols * cell + 16, 14
-    width = bar_x + bar_w + 6 + max(text_size(t, s)[1] for t in tick_text) + 8
+    # tick marks are drawn across the bar's right edge; their numbers start a clear gap (_TICK_GAP)
+    # to the right of them, so that a mark never reads as a minus sign in front of its number
+    text_x = bar_x + bar_w + _TICK_OUT + _TICK_GAP
+    width = text_x + max(text_size(t, s)[1] for t in tick_text) + 8
     width = max(width, bar_x + text_size(title, s)[1] + 8)
     height = top + max(rows * cell, bar_h) + glyph_h // 2 + 8
     img = torch.full((3, height, width), 255, dtype=torch.uint8)
@@ -244,8 +249,9 @@ def labelled_heatmap(
     img[:, top : top + bar_h, bar_x : bar_x + bar_w] = bar.expand(3, bar_h, bar_w)
     for t, text in zip(ticks, tick_text):
         y = top + round((bar_h - 1) * (1 - t / vmax))
-        img[:, y, bar_x + bar_w : bar_x + bar_w + 4] = torch.tensor(_TEXT, dtype=torch.uint8).view(3, 1)
-        draw_text(img, text, bar_x + bar_w + 6, y - glyph_h // 2, _TEXT, s)
+        ink = torch.tensor(_TEXT, dtype=torch.uint8).view(3, 1)
+        img[:, y, bar_x + bar_w - _TICK_IN : bar_x + bar_w + _TICK_OUT] = ink
+        draw_text(img, text, text_x, y - glyph_h // 2, _TEXT, s)
     draw_text(img, title, bar_x, top - 6 - glyph_h, _TEXT, s)
     return img
 
@@ -324,7 +330,7 @@ def legend_image(
     Args:
         items: ``(name, RGB)`` pairs in display order.
         title: Drawn above the entries.
-        font_scale: Pixel size of the 5×7 font.
+        font_scale: Text size: ``7 * font_scale`` pixel font.
         max_height: Tallest the picture may be (at least one entry per column).
 
     Returns:

@@ -223,6 +223,54 @@ def test_plain_module_checkpoint_state_dict(capsys, tmp_path):
     assert_one_line_error(code, err, "loading the state dict")
 
 
+def test_lightning_checkpoint_given_with_the_bare_generator_class(capsys, tmp_path):
+    class Holder(torch.nn.Module):  # what a LightningModule's checkpoint holds: prefixed keys
+        def __init__(self) -> None:
+            super().__init__()
+            self.generator = tiny_generator()
+            self.discriminator = torch.nn.Linear(3, 1)
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+    path = tmp_path / "gan.ckpt"
+    torch.save({"state_dict": Holder().state_dict(), "epoch": 3}, path)
+    code, _, err = run(
+        capsys, "dissect", "--generator", "tests.test_cli:tiny_generator", "--checkpoint",
+        str(path), "--layers", "1", "--latent-dim", "4", *FAST,
+    )
+    assert_one_line_error(code, err, "prefix 'generator.'", "name that LightningModule class in --generator")
+    assert "Missing key" not in err and "Unexpected key" not in err and "discriminator.weight" not in err
+    # every key under one prefix the generator lacks, although its keys do not all fit
+    torch.save({"state_dict": {"net.0.weight": torch.zeros(1)}}, path)
+    code, _, err = run(
+        capsys, "dissect", "--generator", "tests.test_cli:tiny_generator", "--checkpoint",
+        str(path), "--layers", "1", "--latent-dim", "4", *FAST,
+    )
+    assert_one_line_error(code, err, "every key starts with 'net.'", "LightningModule class")
+
+
+class Fixed64Segmenter:
+    """A segmenter whose head takes 64×64 images only (a flattening linear layer)."""
+
+    def __init__(self) -> None:
+        from lightning_dissect.segmenters import ConceptVocabulary
+
+        self.vocabulary = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
+        self.value_range = (-1.0, 1.0)
+        self.head = torch.nn.Linear(3 * 64 * 64, 2)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(images.flatten(1)).argmax(1)[:, None, None].expand(-1, 64, 64)
+
+
+def test_segmenter_failure_is_named_with_the_images_it_was_given(capsys):
+    code, _, err = run(capsys, "dissect", "--generator", FACTORY, "--layers", "layout",
+                       "--segmenter", "tests.test_cli:Fixed64Segmenter", *FAST)
+    assert_one_line_error(code, err, "the segmenter (Fixed64Segmenter) failed on the generator's images",
+                          "size 32x32 pixels", "values in [", "value_range (-1.0, 1.0)", "mat1 and mat2")
+    # the generator ran: no latent layouts were retried, and no latent option is blamed
+    assert "attempts" not in err and "latent" not in err
+
+
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(

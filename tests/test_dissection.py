@@ -340,7 +340,7 @@ def test_linear_layer_units_are_whole_image_maps(world, segmenter):
     gen = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3 * 32 * 32), nn.Unflatten(1, (3, 32, 32)),
                         nn.Tanh())
     result = dissect(gen, ["1"], segmenter, latent_shape=(6,), num_samples=24, batch_size=8, progress=False,
-                     quantile=0.8, chance_baseline=False)
+                     quantile=0.8, chance_baseline=False, interpretable="paper")
     layer = result["1"]
     assert layer.num_units == 12
     bank = LatentBank(24, (6,), seed=1)

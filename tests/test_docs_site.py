@@ -29,8 +29,7 @@ RESOURCE_ATTRS = {
 }
 FETCHING_LINK_RELS = {"stylesheet", "preload", "prefetch", "modulepreload", "icon", "shortcut", "manifest",
                       "apple-touch-icon", "preconnect", "dns-prefetch"}
-PAGES = {"index": "index.html", "callback": "callback/index.html", "metrics": "metrics/index.html",
-         "api": "api/index.html"}
+PAGES = {"index": "index.html", "callback": "callback.html", "metrics": "metrics.html", "api": "api.html"}
 
 
 class _Resources(HTMLParser):
@@ -97,21 +96,51 @@ def test_site_loads_nothing_from_outside(site: Path):
     assert "https://" in (site / "index.html").read_text(encoding="utf-8")
 
 
+class _Links(HTMLParser):
+    """Collects the ``href`` of every ``<a>`` of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def test_site_is_browsable_from_disk(site: Path):
+    """Opened as file://, a link to a folder shows a directory listing: every link must name a file."""
+    broken = []
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 17
+    for page in pages:
+        parser = _Links()
+        parser.feed(page.read_text(encoding="utf-8"))
+        for href in parser.hrefs:
+            target = href.split("#")[0].split("?")[0]
+            if not target or EXTERNAL.match(href) or re.match(r"^[a-z]+:", href):
+                continue
+            resolved = (page.parent / html.unescape(target)).resolve()
+            if not resolved.is_file():
+                broken.append(f"{page.relative_to(site)}: {href}")
+    assert not broken, "links that do not name a file:\n" + "\n".join(broken[:20])
+
+
 def test_code_is_highlighted_at_build_time(site: Path):
-    page = (site / "interventions" / "index.html").read_text(encoding="utf-8")
+    page = (site / "interventions.html").read_text(encoding="utf-8")
     assert 'class="language-python highlight"' in page or '<div class="highlight">' in page
     assert '<span class="kn">import</span>' in page          # Pygments tokens, no client-side highlighter
     assert "highlight.min.js" not in page and "hljs" not in page
 
 
 def test_lists_and_fences_render(site: Path):
-    math = (site / "math" / "index.html").read_text(encoding="utf-8")
+    math = (site / "math.html").read_text(encoding="utf-8")
     ordered = math[math.index("<ol>"):math.index("</ol>")]
     assert "IoU(u, c) = Σ I / (Σ A_u + Σ S_c − Σ I)" in ordered      # the formula stays in item 3
     assert ordered.count("<li>") == 4 and "<li>\n<p><strong>Labels.</strong>" in ordered   # item 4 is its own item
-    for page in sorted(site.glob("*/index.html")):
-        assert "```" not in page.read_text(encoding="utf-8"), f"{page.parent.name}: a literal code fence"
-    report = (site / "report" / "index.html").read_text(encoding="utf-8")
+    for page in sorted(site.glob("*.html")):
+        assert "```" not in page.read_text(encoding="utf-8"), f"{page.name}: a literal code fence"
+    report = (site / "report.html").read_text(encoding="utf-8")
     listed = report[report.index("Where the unit images come from"):]
     listed = listed[listed.index("<ol>"):listed.index("</ol>")]
     assert listed.count("<li>") == 3, listed                          # three items, the code inside item 2
@@ -119,7 +148,7 @@ def test_lists_and_fences_render(site: Path):
 
 
 def test_api_reference_is_public_only_with_defaults(site: Path):
-    api = (site / "api" / "index.html").read_text(encoding="utf-8")
+    api = (site / "api.html").read_text(encoding="utf-8")
     text = html.unescape(re.sub(r"<[^>]+>", "", api))
     documented = set(re.findall(r'id="(lightning_dissect\.[\w.]+)"', api))
     for name in ("UnitQuantiles", "unit_concept_iou", "DissectionConfig", "dissect", "DissectionCallback",

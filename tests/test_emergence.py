@@ -159,7 +159,7 @@ def test_resume_skips_done_and_adds_new(run_dir, checkpoints, tmp_path, capsys):
     code, text, err = emergence(capsys, "--checkpoints", str(checkpoints), "--output", str(out))
     assert code == 0, err
     assert sum(line.startswith("skipped") and "already in" in line for line in text.splitlines()) == 3
-    assert "1 checkpoints dissected, 3 already done" in text
+    assert "1 checkpoint dissected, 3 already done" in text  # one, not "1 checkpoints"
     after = load_history(out)
     assert [r.metadata["global_step"] for r in after] == [10, 20, 30, 40]
     for name, data in before.items():  # earlier rounds untouched
@@ -295,6 +295,48 @@ def test_compare_markdown_and_json(tmp_path, capsys):
     assert data["total"] == {"a": 3, "b": 4, "delta": 1}
     assert data["concepts"][2] == {"concept": "house", "category": "object", "a": 1, "b": 0, "delta": -1}
     assert data["gained"] == [2] and data["lost"] == [] and data["relabelled"] == [[3, "house", "sky"]]
+
+
+def test_compare_layer_on_one_side_is_absent_not_zero(tmp_path, capsys):
+    a = _result({"l1": [("sky", True)], "l2": [("tree", True)] * 6})
+    b = _result({"l1": [("sky", True)]})
+    a.to_json(tmp_path / "a.json")
+    b.to_json(tmp_path / "b.json")
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                 "--output", str(tmp_path / "cmp.json")]) == 0
+    out = capsys.readouterr().out
+    section = out.split("## l2")[1]
+    assert "(only in A: absent from B, not zero)" in section
+    assert "| tree | object | 6 | absent | – |" in section
+    assert "| **total** | | 6 | absent | – |" in section
+    assert "-6" not in section and "WARNING" not in out  # same settings: no warning
+    total = json.loads((tmp_path / "cmp.json").read_text())["layers"]["l2"]["total"]
+    assert total == {"a": 6, "b": None, "delta": None}
+
+
+def test_compare_warns_when_settings_differ(tmp_path, capsys):
+    a = _result({"l1": [("sky", True)]})
+    b = _result({"l1": [("sky", True)]})
+    a.settings.update(num_samples=512, threshold_mode="iqr", num_levels=16, interpretable="chance_ratio")
+    b.settings.update(num_samples=1000, threshold_mode="quantile", num_levels=64, interpretable="paper")
+    a.to_json(tmp_path / "a.json")
+    b.to_json(tmp_path / "b.json")
+    c = _result({"l1": [("sky", True)]})
+    c.vocabulary = ConceptVocabulary(("unlabeled", "sky", "tree", "house", "road"),
+                                     ("none", "material", "object", "object", "material"))
+    c.layers["l1"].iou = torch.zeros(1, 5)
+    c.settings.update(a.settings)
+    c.to_json(tmp_path / "c.json")
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
+    assert len(lines) == 1 and "not comparable" in lines[0]
+    for part in ("num_samples: A 512, B 1000", "threshold_mode: A iqr, B quantile", "num_levels: A 16, B 64",
+                 "interpretable: A chance_ratio, B paper"):
+        assert part in lines[0]
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
+    assert len(lines) == 1 and "vocabulary: A 4 concepts, B 5 concepts" in lines[0]
+    assert "num_samples" not in lines[0]
 
 
 def test_compare_missing_run_is_one_line_error(tmp_path, capsys):

@@ -273,7 +273,12 @@ def test_report_legend_summary_and_ablations(setup, tmp_path):
     table = html[start:html.index("</table>", start)]
     rows = re.findall(r"<tr><td>([^<]*)</td>(.*?)</tr>", table)
     assert [r[0] for r in rows] == ["tree", "house"]
-    assert re.findall(r'<td class="num"[^>]*>([^<]*)</td>', rows[0][1]) == ["2", "0.3000", "0.0300", "0.900", "0.033"]
+    # every measure for the units and the random control side by side, in the same units
+    head = re.findall(r'<th class="num">([^<]*)</th>', table)
+    assert head == ["units off", "baseline", "ablated: units", "ablated: random", "drop: units", "drop: random",
+                    "relative drop: units", "relative drop: random"]
+    assert re.findall(r'<td class="num"[^>]*>([^<]*)</td>', rows[0][1]) == [
+        "2", "0.3000", "0.0300", "0.2900", "0.2700", "0.0100", "90.0 %", "3.3 %"]
     assert re.findall(r'<td class="num"[^>]*>([^<]*)</td>', rows[1][1])[-1] == "–"
     assert "Ablation check" in html
 

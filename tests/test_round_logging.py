@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from lightning_dissect._font import GLYPHS
 from lightning_dissect.loggers import TensorBoardWriter
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.round_logging import RoundLogger
@@ -129,23 +128,40 @@ def test_labelled_heatmap_cells_take_the_fixed_scale_colour():
     assert other[:, top + 7, left + 7].tolist() == img[:, top + 7, left + 2 * 16 + 7].tolist()
 
 
+def _pil_font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=14)  # font scale 2: a 14 pixel font
+
+
+def _pil_width(text: str) -> int:
+    import math
+
+    return math.ceil(_pil_font().getlength(text))
+
+
 def test_labelled_heatmap_has_labels_and_a_colour_bar():
+    from PIL import Image, ImageDraw
+
     values = torch.full((2, 2), 0.25)
     short = labelled_heatmap(values, ["unit 1", "unit 2"], ["sky", "tree"])
     long = labelled_heatmap(values, ["unit 1", "unit 2 with a long name"], ["sky", "tree"])
-    assert long.shape[2] - short.shape[2] == 6 * len(" with a long name") * 2  # 6 px a letter, font scale 2
+    assert long.shape[2] - short.shape[2] == _pil_width("unit 2 with a long name") - _pil_width("unit 2")
     taller = labelled_heatmap(values, ["unit 1", "unit 2"], ["sky", "a long concept"])
-    assert taller.shape[1] - short.shape[1] == 6 * len("a long concept") * 2 - 6 * len("tree") * 2
+    assert taller.shape[1] - short.shape[1] == _pil_width("a long concept") - _pil_width("tree")
     top, left = labelled_heatmap_grid(["unit 1", "unit 2"], ["sky", "tree"])
     assert _ink(short[:, top:top + 32, :left]) > 50  # row labels left of the grid
     assert _ink(short[:, :top, left:left + 32]) > 50  # column labels above it
-    # the "u" of "unit 1", read back from the pixels against the glyph table
-    glyph = GLYPHS["u"].repeat_interleave(2, 0).repeat_interleave(2, 1)
-    h_text = 14
-    y = top + (16 - h_text) // 2
-    x = left - 6 - (6 * len("unit 1") - 1) * 2
-    drawn = (short[:, y:y + 14, x:x + 10] == torch.tensor([29, 35, 48], dtype=torch.uint8).view(3, 1, 1)).all(0)
-    assert torch.equal(drawn, glyph)
+    # "unit 1", read back from the pixels against Pillow drawing the same text in the same place
+    ascent, descent = _pil_font().getmetrics()
+    h_text, w_text = ascent + descent, _pil_width("unit 1")
+    y, x = top + (16 - h_text) // 2, left - 6 - w_text
+    reference = Image.new("RGB", (w_text, h_text), (255, 255, 255))
+    ImageDraw.Draw(reference).text((0, 0), "unit 1", fill=(29, 35, 48), font=_pil_font())
+    expected = torch.from_numpy(__import__("numpy").asarray(reference)).permute(2, 0, 1).int()
+    drawn = short[:, y:y + h_text, x:x + w_text].int()
+    assert (drawn - expected).abs().max() <= 1  # the same anti-aliased letters, up to rounding
+    assert _ink(drawn.to(torch.uint8)) > 20
     # colour bar right of the grid: top = the top colour, bottom = the bottom colour, monotone in between
     bar_x = left + 2 * 16 + 16 + 7
     column = short[:, top:top + 120, bar_x].T.tolist()

@@ -8,6 +8,7 @@ from typing import Any
 
 from lightning_dissect.config import CLI_DEFAULTS, THRESHOLD_MODES, DissectionConfig, check_setting, config_defaults
 from lightning_dissect.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
+from lightning_dissect.interpretability import INTERPRETABLE_RULES
 
 __all__ = [
     "CONFIG_OPTIONS",
@@ -41,7 +42,13 @@ CONFIG_OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "level_selection_samples": (
         "--level-selection-samples", "N", "iqr mode: choose levels on a separate bank of N latents (seed+1)",
     ),
-    "iou_threshold": ("--iou-threshold", "T", "a unit is interpretable when its best IoU exceeds T"),
+    "iou_threshold": ("--iou-threshold", "T", "an interpretable unit's best IoU exceeds T"),
+    "interpretable": (
+        "--interpretable", "{" + ",".join(INTERPRETABLE_RULES) + "}",
+        "which units count as interpretable: chance_ratio (best IoU above T and at least R times the "
+        "unit's chance IoU) or paper (best IoU above T alone, the papers' fixed cut)",
+    ),
+    "chance_ratio": ("--chance-ratio", "R", "chance_ratio rule: an interpretable unit's IoU is at least R × its chance IoU"),
     "iqr_threshold": ("--iqr-threshold", "T", "iqr mode: a unit is interpretable only when its IQR also exceeds T"),
     "min_concept_fraction": (
         "--min-concept-fraction", "F",

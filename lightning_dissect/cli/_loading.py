@@ -194,17 +194,62 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
     if not isinstance(model, nn.Module):
         raise CLIError(f"{option}: {spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None and not loaded:
+        state = None
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
             model.load_state_dict(state)
         except Exception as err:
+            hint = _prefix_hint(state, model) if isinstance(err, RuntimeError) else None
+            if hint is not None:
+                raise CheckpointError(
+                    f"--checkpoint: the state dict of {checkpoint} does not fit {spec}: {hint}"
+                ) from err
             raise CheckpointError(
                 f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
                 f"{_checkpoint_error(checkpoint, err)}"
             ) from err
     return model
+
+
+def _prefix_hint(state: Any, model: Any) -> str | None:
+    """Why a state dict does not fit a model when its keys carry submodule prefixes the model lacks.
+
+    A LightningModule's checkpoint stores the generator's weights as ``generator.<key>`` (next to,
+    say, ``discriminator.<key>``). Given with the bare generator class, every key misses. Returns
+    ``None`` unless the model's keys are all found under one prefix ``"<name>."`` of the state's
+    keys, or every key of the state starts with one such prefix that the model's keys lack; then
+    says so and suggests naming the LightningModule class instead.
+
+    Examples:
+        >>> from torch import nn
+        >>> state = {"generator.0.weight": 0, "generator.0.bias": 0, "discriminator.0.weight": 0}
+        >>> hint = _prefix_hint(state, nn.Sequential(nn.Linear(1, 1)))
+        >>> hint.split(":")[0]
+        "the generator's keys are all there, each with the prefix 'generator.' (the checkpoint's keys start with \
+'discriminator.', 'generator.')"
+        >>> _prefix_hint({"0.weight": 0, "0.bias": 0}, nn.Sequential(nn.Linear(1, 1))) is None
+        True
+    """
+    if not isinstance(state, dict) or not state:
+        return None
+    keys = [str(k) for k in state]
+    heads = sorted({k.split(".", 1)[0] for k in keys if "." in k})
+    own = set(model.state_dict())
+    if not own or not heads or any(k.split(".", 1)[0] in heads for k in own):
+        return None
+    found = [h for h in heads if own <= {k[len(h) + 1:] for k in keys if k.startswith(h + ".")}]
+    if not found and (len(heads) > 1 or not all("." in k for k in keys)):
+        return None
+    shown = ", ".join(repr(h + ".") for h in heads)
+    if found:
+        what = (f"the generator's keys are all there, each with the prefix {found[0] + '.'!r} "
+                f"(the checkpoint's keys start with {shown})")
+    else:
+        what = f"every key starts with {shown}, which none of the generator's keys do"
+    return (f"{what}: this is the checkpoint of a LightningModule; name that LightningModule class in "
+            "--generator instead of the bare generator class")
 
 
 def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) -> Any:

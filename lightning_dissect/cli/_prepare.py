@@ -110,6 +110,8 @@ def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
             layers, segmenter, shapes, seed=args.seed, sampler=sampler, sampler_name="--latent-sampler"
         )
     except DryRunError as err:
+        if err.after_forward:  # the generator ran: the latent options are not the problem
+            raise CLIError(" ".join(str(err).split())) from err
         called = (f"the {attribute!r} submodule of {type(model).__name__}" if attribute
                   else f"{type(generator).__name__}")
         advice = (

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dissect._distributed import world
+from lightning_dissect._text import plural
 from lightning_dissect.cli import _arguments
 from lightning_dissect.cli._loading import CheckpointError, CLIError, check_output, describe_error, load_generator
 from lightning_dissect.cli._prepare import dissection_config, prepare_generator, resolve_device
@@ -222,5 +223,5 @@ def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], co
         unit_images=images, title=args.title, failed=run.failed,
     )
     tb = "" if args.no_tensorboard else f"; tensorboard --logdir {output}"
-    print(f"{len(run.dissected)} checkpoints dissected, {len(run.skipped)} already done, "
+    print(f"{plural(len(run.dissected), 'checkpoint')} dissected, {len(run.skipped)} already done, "
           f"{len(run.failed)} failed; wrote {page}{tb}")

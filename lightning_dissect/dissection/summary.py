@@ -80,10 +80,9 @@ def summarise_layer(
         label = _without_unlabeled(iou, ignore_index).argmax(1)
     unit_iou = iou[rows, label]
     unit_iqr = _unit_iqr(counts, level if cfg.threshold_mode == "iqr" else None, label)
-    interpretable = (unit_iou > cfg.iou_threshold) & torch.isfinite(unit_iou)
-    if cfg.threshold_mode == "iqr":
-        interpretable &= unit_iqr > cfg.iqr_threshold
-    unit_chance = chance_iou[rows, label].tolist() if chance_iou is not None else [None] * units
+    label_chance = chance_iou[rows, label] if chance_iou is not None else None
+    interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr)
+    unit_chance = label_chance.tolist() if label_chance is not None else [None] * units
     top_values, top_indices = (t.cpu().tolist() for t in topk)
     names, categories = vocabulary.names, vocabulary.categories
     records = [

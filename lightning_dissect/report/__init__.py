@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._ablation_table import ABLATION_COLUMNS, ablation_rows
 from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect._text import plural
+from lightning_dissect.interpretability import InterpretabilityRule
 from lightning_dissect.report._page import html_page, run_facts, subtitle
 from lightning_dissect.report._svg import IOU_SCALE_MAX, category_colour, concept_bar_chart, iou_heatmap
 from lightning_dissect.report.causal import (
@@ -207,7 +210,7 @@ def _page(
     from lightning_dissect import __version__
 
     sub = subtitle(
-        *run_facts(len(result.layers), result.settings), f"{result.vocabulary.num_concepts} concepts"
+        *run_facts(len(result.layers), result.settings), plural(result.vocabulary.num_concepts, "concept")
     )
     main = f"""{_legend_section(result)}
 {_summary_section(result)}
@@ -260,7 +263,7 @@ def _layer_section(
   <div class="stats">{_stats_html(layer)}</div>
   <h3>Interpretable units per concept</h3>
   {_bars_html(result, layer)}
-  <h3>IoU of the top {shown} units</h3>
+  <h3>IoU of the top {plural(shown, "unit") if shown != 1 else "unit"}</h3>
   <p class="note">Rows: the top units (interpretable first, best label IoU first; none at or below
   its chance IoU), grouped by label; columns: the concepts that
   label any unit, ordered so that each unit's label (outlined in red) runs down the diagonal. Fixed
@@ -292,8 +295,8 @@ def _bars_html(result: DissectionResult, layer: LayerDissection) -> str:
     """Interpretable units per concept, or a note when there are none."""
     bars = concept_bar_chart(layer, list(result.vocabulary.category_names))
     return (f'<div class="chart">{bars}</div>' if bars else
-            '<p class="note">No interpretable units in this layer (no unit\'s best IoU '
-            f'exceeds the cut-off {result.settings.get("iou_threshold", "")}).</p>')
+            '<p class="note">No interpretable units in this layer (none has its '
+            f'{escape(InterpretabilityRule.from_settings(result.settings).describe())}).</p>')
 
 
 def _strips_html(layer: LayerDissection, slug: str, strips: dict[int, str], rendered: bool,
@@ -368,12 +371,12 @@ def _unit_row(u: UnitDissection, slug: str, linked: bool) -> str:
 
 def _legend_section(result: DissectionResult) -> str:
     settings = result.settings
-    cut = settings.get("iou_threshold")
-    iqr_cut = settings.get("iqr_threshold")
     mode = settings.get("threshold_mode")
-    rule = f"label IoU &gt; {escape(str(cut))}" if cut is not None else "label IoU above the cut-off"
-    if mode == "iqr" and iqr_cut is not None:
-        rule += f" and IQR &gt; {escape(str(iqr_cut))}"
+    chosen = InterpretabilityRule.from_settings(settings)
+    rule = escape(chosen.describe())
+    rule += (" (the papers' fixed cut, <code>interpretable=\"paper\"</code>)" if chosen.name == "paper" else
+             " (<code>interpretable=\"chance_ratio\"</code>; the papers' fixed cut alone is "
+             "<code>interpretable=\"paper\"</code>)")
     return f"""
 <section class="legend" id="legend">
   <h2>How to read this report</h2>
@@ -434,36 +437,42 @@ def _num(record: Mapping[str, Any], key: str) -> float | None:
 
 
 def _ablation_html(result: DissectionResult, layer: str) -> str:
-    """The ablation check of ``layer`` (``result.ablations[layer]``) as a table, or ``""``."""
+    """The ablation check of ``layer`` (``result.ablations[layer]``) as a table, or ``""``.
+
+    Every measure appears twice, for the chosen units and for the random control, in the same
+    units (:data:`~lightning_dissect._ablation_table.ABLATION_COLUMNS`).
+    """
     records = (result.ablations or {}).get(layer) or []
     if not records:
         return ""
+    records = sorted(records, key=lambda r: -(_num(r, "relative_drop") or 0.0))
     rows = []
-    for record in sorted(records, key=lambda r: -(_num(r, "relative_drop") or 0.0)):
+    for record, cells in zip(records, ablation_rows(records)):
         rel, ctrl = _num(record, "relative_drop"), _num(record, "control_relative_drop")
         units = record.get("units") or []
-        bar = (f'<span class="bar" style="width:{max(0.0, min(rel, 1.0)) * 100:.0f}%"></span>'
-               if rel is not None else "")
-        rows.append(
-            f'<tr><td>{escape(str(record.get("concept", "?")))}</td>'
-            f'<td class="num" title="{escape(", ".join(map(str, units)))}">{len(units)}</td>'
-            f'<td class="num">{_fmt(_num(record, "baseline"), 4)}</td>'
-            f'<td class="num">{_fmt(_num(record, "ablated"), 4)}</td>'
-            f'<td class="num">{_fmt(rel, 3)}</td>'
-            f'<td class="num">{_fmt(ctrl, 3)}</td>'
-            f'<td class="barcell">{bar}</td></tr>'
+        bars = "".join(
+            f'<span class="bar{cls}" style="width:{max(0.0, min(v, 1.0)) * 100:.0f}%" title="{label}"></span>'
+            for v, cls, label in ((rel, "", "units"), (ctrl, " control", "random control")) if v is not None
         )
+        rows.append(
+            f'<tr><td>{escape(cells[0])}</td>'
+            f'<td class="num" title="{escape(", ".join(map(str, units)))}">{cells[1]}</td>'
+            + "".join(f'<td class="num">{escape(c)}</td>' for c in cells[2:])
+            + f'<td class="barcell">{bars}</td></tr>'
+        )
+    head = "".join(f'<th class="num">{escape(h)}</th>' for h, _, _ in ABLATION_COLUMNS)
     mode = records[0].get("mode", "zero")
     images = records[0].get("num_images")
     return f"""<h3>Ablation check</h3>
   <p class="note">Per concept, its interpretable units switched off ({escape(str(mode))} ablation{
-      f", {images} images" if images else ""}): the fraction of pixels the segmenter assigns to the
-  concept before (baseline) and after, and the relative drop; the control switches off as many
-  random other units. A relative drop well above the control's means the units cause the concept.
-  </p>
+      ", " + plural(images, "image") if images else ""}), and as a control as many random other units of
+  the layer. Each measure is shown for both, side by side: the fraction of all pixels the segmenter
+  assigns to the concept before (baseline) and after (ablated), the drop (baseline − ablated, a
+  fraction of all pixels) and the relative drop (drop / baseline). A drop well above the random
+  control's means the units cause the concept; the bars show both relative drops (dark: units,
+  light: random).</p>
   <div class="table-wrap"><table class="data ablation"><thead><tr><th>concept</th>
-  <th class="num">units off</th><th class="num">baseline</th><th class="num">ablated</th>
-  <th class="num">relative drop</th><th class="num">control drop</th><th></th></tr></thead>
+  <th class="num">units off</th>{head}<th></th></tr></thead>
   <tbody>{"".join(rows)}</tbody></table></div>"""
 
 

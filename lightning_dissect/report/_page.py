@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from lightning_dissect._text import plural
+
 
 def subtitle(*parts: str) -> str:
     """The non-empty ``parts`` and the time of writing, joined by `` · ``."""
@@ -16,8 +18,8 @@ def subtitle(*parts: str) -> str:
 def run_facts(num_layers: int, settings: Mapping[str, Any]) -> tuple[str, str, str]:
     """Layer count, sample count and threshold mode of a result's settings (empty when not recorded)."""
     return (
-        f"{num_layers} layer{'s' if num_layers != 1 else ''}",
-        f"{settings['num_samples']} samples" if "num_samples" in settings else "",
+        plural(num_layers, "layer"),
+        plural(settings["num_samples"], "sample") if "num_samples" in settings else "",
         f"{settings['threshold_mode']} thresholds" if "threshold_mode" in settings else "",
     )
 

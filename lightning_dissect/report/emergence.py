@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect._text import plural
 from lightning_dissect.colours import concept_colour
 from lightning_dissect.report import layer_slug
 from lightning_dissect.report._page import html_page, run_facts, subtitle
@@ -195,7 +196,7 @@ def _line_chart(steps: list[int], counts: Mapping[str, list[int]], palette: Any)
                      f'fill="none" stroke="{colour}" stroke-width="2"/>')
         for s, v in zip(steps, values):
             parts.append(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.6" fill="{colour}">'
-                         f"<title>{escape(concept)} at step {s}: {v} units</title></circle>")
+                         f"<title>{escape(concept)} at step {s}: {plural(v, 'unit')}</title></circle>")
     parts.append(f'<text x="{left + w / 2:.1f}" y="{top + h + 34}" font-size="11.5" text-anchor="middle" '
                  'fill="#1d2330">global step</text>')
     return (f'<svg class="emergence-chart concept-lines" xmlns="http://www.w3.org/2000/svg" '
@@ -352,7 +353,8 @@ def write_emergence_report(
     sections = "".join(_layer_section(rounds, name, i, palette, images.get(name, {})) for i, name in enumerate(layers))
     nav = "".join(f'<a href="#{layer_slug(n, i)}">{escape(n)}</a>' for i, n in enumerate(layers))
     steps = _steps(rounds)
-    sub = subtitle(f"{len(rounds)} steps ({steps[0]} – {steps[-1]})", *run_facts(len(layers), rounds[-1].settings))
+    span = f" ({steps[0]} – {steps[-1]})" if len(rounds) > 1 else f" ({steps[0]})"
+    sub = subtitle(plural(len(rounds), "step") + span, *run_facts(len(layers), rounds[-1].settings))
     css = resources.files("lightning_dissect.report").joinpath("report.css").read_text(encoding="utf-8")
     from lightning_dissect import __version__
 
