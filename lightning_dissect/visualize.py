@@ -303,8 +303,9 @@ def labelled_heatmap_grid(
     """``(top, left)`` pixel of the first cell of :func:`labelled_heatmap` with these labels.
 
     Examples:
-        >>> labelled_heatmap_grid(["unit 3"], ["sky"], font_scale=1)
-        (34, 49)
+        >>> top, left = labelled_heatmap_grid(["unit 3"], ["sky"], font_scale=1)
+        >>> left == 8 + text_size("unit 3", 1)[1] + 6  # the longest row label, then a 6 pixel gap
+        True
     """
     _check_scale(font_scale)
     s = font_scale
@@ -338,7 +339,7 @@ def legend_image(
 
     Examples:
         >>> legend_image([("sky", (90, 160, 230)), ("grass", (60, 150, 60))]).shape
-        torch.Size([3, 44, 90])
+        torch.Size([3, 52, 71])
     """
     _check_scale(font_scale)
     s = font_scale
@@ -373,7 +374,7 @@ def text_image(text: str, *, font_scale: int = 2) -> Tensor:
 
     Examples:
         >>> text_image("no units").shape
-        torch.Size([3, 26, 106])
+        torch.Size([3, 30, 63])
     """
     _check_scale(font_scale)
     lines = text.split("\n")

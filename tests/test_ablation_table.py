@@ -40,4 +40,4 @@ def test_missing_control_reads_as_a_dash():
     record["control_relative_drop"] = math.nan
     record["control_ablated"] = None
     row = ablation_rows([record])[0]
-    assert row[3] == "–" and row[-1] == "–" and row[-2] == "50.0 %"
+    assert row[3] == "0.1000" and row[4] == "–" and row[-1] == "–" and row[-2] == "50.0 %"

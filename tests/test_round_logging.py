@@ -110,6 +110,11 @@ def test_heatmap_says_so_when_no_unit_is_above_chance():
 
 
 # ------------------------------------------------------------------ heatmap
+def _dark(region) -> int:
+    """Pixels darker than mid-grey (anti-aliased text has few pixels of exactly the ink colour)."""
+    return int((region.int().sum(0) < 3 * 128).sum())
+
+
 def _ink(region, colour=(29, 35, 48)):
     return int((region == torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)).all(0).sum())
 
@@ -150,15 +155,15 @@ def test_labelled_heatmap_has_labels_and_a_colour_bar():
     taller = labelled_heatmap(values, ["unit 1", "unit 2"], ["sky", "a long concept"])
     assert taller.shape[1] - short.shape[1] == _pil_width("a long concept") - _pil_width("tree")
     top, left = labelled_heatmap_grid(["unit 1", "unit 2"], ["sky", "tree"])
-    assert _ink(short[:, top:top + 32, :left]) > 50  # row labels left of the grid
-    assert _ink(short[:, :top, left:left + 32]) > 50  # column labels above it
+    assert _dark(short[:, top:top + 32, :left]) > 50  # row labels left of the grid
+    assert _dark(short[:, :top, left:left + 32]) > 50  # column labels above it
     # "unit 1", read back from the pixels against Pillow drawing the same text in the same place
     ascent, descent = _pil_font().getmetrics()
     h_text, w_text = ascent + descent, _pil_width("unit 1")
     y, x = top + (16 - h_text) // 2, left - 6 - w_text
     reference = Image.new("RGB", (w_text, h_text), (255, 255, 255))
     ImageDraw.Draw(reference).text((0, 0), "unit 1", fill=(29, 35, 48), font=_pil_font())
-    expected = torch.from_numpy(__import__("numpy").asarray(reference)).permute(2, 0, 1).int()
+    expected = torch.from_numpy(__import__("numpy").array(reference)).permute(2, 0, 1).int()
     drawn = short[:, y:y + h_text, x:x + w_text].int()
     assert (drawn - expected).abs().max() <= 1  # the same anti-aliased letters, up to rounding
     assert _ink(drawn.to(torch.uint8)) > 20
@@ -167,7 +172,24 @@ def test_labelled_heatmap_has_labels_and_a_colour_bar():
     column = short[:, top:top + 120, bar_x].T.tolist()
     assert tuple(column[0]) == viridis_like(IOU_SCALE_MAX * (1 - 0.5 / 120), IOU_SCALE_MAX)
     assert tuple(column[-1]) == viridis_like(IOU_SCALE_MAX * 0.5 / 120, IOU_SCALE_MAX)
-    assert _ink(short[:, top - 20:top + 130, bar_x + 8:]) > 100  # tick labels and title
+    assert _dark(short[:, top - 20:top + 130, bar_x + 8:]) > 100  # tick labels and title
+
+
+def test_colour_bar_ticks_stand_clear_of_their_numbers():
+    """A tick mark touching its number read as a minus sign ("-0.5+"): a white gap must part them."""
+    img = labelled_heatmap(torch.full((2, 2), 0.25), ["unit 1", "unit 2"], ["sky", "tree"])
+    top, left = labelled_heatmap_grid(["unit 1", "unit 2"], ["sky", "tree"])
+    bar_right = left + 2 * 16 + 16 + 14  # first column right of the 14 pixel colour bar
+    ink = (29, 35, 48)
+    ticks = [y for y in range(top, top + 120) if tuple(img[:, y, bar_right].tolist()) == ink]
+    assert len(ticks) == 6  # 0, 0.1, ..., 0.5+
+    for y in ticks:
+        end = bar_right
+        while tuple(img[:, y, end + 1].tolist()) == ink:
+            end += 1
+        gap = img[:, y - 5:y + 6, end + 1:end + 7]  # the tick's height band, 6 columns right of the mark
+        assert bool((gap == 255).all()), f"tick at row {y} touches its number"
+        assert _dark(img[:, y - 8:y + 9, end + 7:end + 40]) > 5  # and the number is there
 
 
 def test_iou_heatmap_image_orders_a_diagonal_and_names_units():

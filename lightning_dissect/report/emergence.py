@@ -354,7 +354,8 @@ def write_emergence_report(
     nav = "".join(f'<a href="#{layer_slug(n, i)}">{escape(n)}</a>' for i, n in enumerate(layers))
     steps = _steps(rounds)
     span = f" ({steps[0]} – {steps[-1]})" if len(rounds) > 1 else f" ({steps[0]})"
-    sub = subtitle(plural(len(rounds), "step") + span, *run_facts(len(layers), rounds[-1].settings))
+    sub = subtitle(plural(len(rounds), "step") + span, *run_facts(len(layers), rounds[-1].settings),
+                   f"interpretable: {rounds[-1].rule.describe()}")
     css = resources.files("lightning_dissect.report").joinpath("report.css").read_text(encoding="utf-8")
     from lightning_dissect import __version__
 
