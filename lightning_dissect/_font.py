@@ -35,7 +35,7 @@ def text_size(text: str, scale: int = 1) -> tuple[int, int]:
     """``(height, width)`` in pixels of ``text`` drawn at ``scale``.
 
     The height is the font's line height (ascent + descent), the same for every text, so that
-    labels of one picture line up.
+    labels of one picture line up; the width covers the text's advance and all of its ink.
 
     Examples:
         >>> text_size("", 2)[1]
@@ -43,10 +43,18 @@ def text_size(text: str, scale: int = 1) -> tuple[int, int]:
         >>> text_size("unit 12", 2)[0] == text_size("sky", 2)[0]
         True
     """
+    if not text:
+        return sum(font(scale).getmetrics()), 0
+    return _size(text, scale)
+
+
+@lru_cache(maxsize=4096)
+def _size(text: str, scale: int) -> tuple[int, int]:
     f = font(scale)
     ascent, descent = f.getmetrics()
-    width = int(np.ceil(f.getlength(text))) if text else 0
-    return ascent + descent, width
+    # the advance width, or further where a last glyph's ink reaches beyond it (a "y", say)
+    _, _, right, bottom = f.getbbox(text)
+    return max(ascent + descent, bottom), max(int(np.ceil(f.getlength(text))), right)
 
 
 def text_mask(text: str, scale: int = 1) -> Tensor:

@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from lightning_dissect._font import draw_text, text_size
+from lightning_dissect._text import plural
 from lightning_dissect.colours import concept_colour
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.visualize import (
@@ -31,11 +33,22 @@ __all__ = [
     "iou_heatmap_image",
     "unit_strip",
     "unit_strip_grid",
+    "unit_label_lines",
     "no_units_image",
 ]
 
+_INK = (29, 35, 48)
+_GREY = (140, 146, 158)  # a unit that is not interpretable
+_FONT_SCALE = 2  # 14 pixel text: legible at TensorBoard's default image size
+
+#: The units-by-round map is at most this tall (rows get thinner for wide layers) and at least
+#: this wide (columns get wider for few rounds), so that one round of a 256-unit layer is not a
+#: 1-pixel column 1,536 pixels tall.
+UNITS_BY_ROUND_MAX_HEIGHT = 512
+UNITS_BY_ROUND_MIN_WIDTH = 240
+
 #: What an empty picture says.
-NO_UNITS = "no unit has an iou above\nits chance iou this round"
+NO_UNITS = "No unit has an IoU above\nits chance IoU this round."
 
 
 def no_units_image() -> Tensor:
@@ -74,9 +87,18 @@ def units_by_round_image(
 ) -> Tensor:
     """Units (rows) × rounds (columns), each cell coloured by the unit's label (dark: none).
 
-    Rows are ``cell`` pixels tall; columns are wider while there are few rounds. The map is the
-    picture's top-left corner; with ``legend``, a legend of the concepts that occur (colour swatch
-    and name, :func:`units_by_round_concepts`) is drawn to its right.
+    Rows are ``cell`` pixels tall, thinner (down to 1 pixel) when the map would be taller than
+    :data:`UNITS_BY_ROUND_MAX_HEIGHT`; columns share at least :data:`UNITS_BY_ROUND_MIN_WIDTH`
+    pixels (and half the map's height), at least 2 pixels each, so the picture keeps a readable
+    size and aspect from the first round on. The map is the picture's top-left corner, with a
+    caption under it (``rows: N units · columns: M rounds``); with ``legend``, a legend of the
+    concepts that occur (colour swatch and name, :func:`units_by_round_concepts`) is drawn to its
+    right.
+
+    Examples:
+        >>> entries = [{"layers": {"l": {"labels": ["sky"] + [""] * 255}}}]
+        >>> units_by_round_image(entries, "l", legend=False).shape  # one round of 256 units
+        torch.Size([3, 538, 256])
     """
     columns = [e["layers"][layer]["labels"] for e in entries if layer in e["layers"]]
     units = max(len(c) for c in columns)
@@ -85,16 +107,23 @@ def units_by_round_image(
         for i, label in enumerate(labels):
             if label:
                 img[:, i, j] = concept_colour(label, palette)
-    width = max(cell, min(4 * cell, 240 // max(1, len(columns))))  # wide columns for few rounds
-    grid = img.repeat_interleave(cell, 1).repeat_interleave(width, 2)
+    row_h = max(1, min(cell, UNITS_BY_ROUND_MAX_HEIGHT // max(1, units)))
+    map_w = max(UNITS_BY_ROUND_MIN_WIDTH, units * row_h // 2)
+    col_w = max(2, -(-map_w // len(columns)))  # wide columns for few rounds
+    grid = img.repeat_interleave(row_h, 1).repeat_interleave(col_w, 2)
+    caption = f"rows: {plural(units, 'unit')} · columns: {plural(len(columns), 'round')}"
+    text_h, text_w = text_size(caption, _FONT_SCALE)
+    body = torch.full((3, grid.shape[1] + 8 + text_h, max(grid.shape[2], text_w)), 255, dtype=torch.uint8)
+    body[:, : grid.shape[1], : grid.shape[2]] = grid
+    draw_text(body, caption, 0, grid.shape[1] + 6, _INK, _FONT_SCALE)
     if not legend:
-        return grid
+        return body
     items = [(name, concept_colour(name, palette).tolist()) for name in units_by_round_concepts(entries, layer)]
     key = legend_image(items, title="concepts (dark: none)", max_height=max(grid.shape[1], 120))
-    height = max(grid.shape[1], key.shape[1])
-    out = torch.full((3, height, grid.shape[2] + 8 + key.shape[2]), 255, dtype=torch.uint8)
-    out[:, : grid.shape[1], : grid.shape[2]] = grid
-    out[:, : key.shape[1], grid.shape[2] + 8 :] = key
+    height = max(body.shape[1], key.shape[1])
+    out = torch.full((3, height, body.shape[2] + 8 + key.shape[2]), 255, dtype=torch.uint8)
+    out[:, : body.shape[1], : body.shape[2]] = body
+    out[:, : key.shape[1], body.shape[2] + 8 :] = key
     return out
 
 
@@ -146,19 +175,44 @@ def unit_strip(images: Tensor) -> Tensor:
     return image_strip(list(images))
 
 
+def unit_label_lines(unit: UnitDissection) -> list[str]:
+    """The label of a unit's strip row, one line each: unit, concept, IoU, chance IoU.
+
+    Examples:
+        >>> u = UnitDissection(12, "sky", 1, "material", 0.2312, 0.1, 1.0, False, 0.1416)
+        >>> unit_label_lines(u)
+        ['unit 12', 'sky', 'IoU 0.231', 'chance 0.142', 'not interpretable']
+    """
+    chance = "–" if unit.chance_iou is None else f"{unit.chance_iou:.3f}"
+    lines = [f"unit {unit.unit}", unit.label, f"IoU {unit.iou:.3f}", f"chance {chance}"]
+    return lines if unit.interpretable else [*lines, "not interpretable"]
+
+
 def unit_strip_grid(result: DissectionResult, layer: str, units: Sequence[int]) -> Tensor | None:
     """The :func:`unit_strip` of each of ``units`` that has frames, top to bottom (``None``: none has).
 
-    Row ``i`` is the ``i``-th of ``units`` with frames; rows are separated by 2 white pixels.
+    Row ``i`` is the ``i``-th of ``units`` with frames, labelled on its left with
+    :func:`unit_label_lines` (grey for a unit that is not interpretable), so that the picture
+    explains itself without the text tab; rows are separated by 2 white pixels.
     """
     strips = result.unit_images.get(layer, {})
-    rows = []
-    for u in units:
-        if u not in strips:
-            continue
-        rows.append(unit_strip(strips[u]))
-    if not rows:
+    records = result.layers[layer].units
+    shown = [u for u in units if u in strips]
+    if not shown:
         return None
+    labels = {u: unit_label_lines(records[u]) for u in shown}
+    line_h = text_size("0", _FONT_SCALE)[0]
+    panel_w = 12 + max(text_size(line, _FONT_SCALE)[1] for lines in labels.values() for line in lines)
+    rows = []
+    for u in shown:
+        strip = unit_strip(strips[u])
+        height = max(strip.shape[1], 8 + line_h * len(labels[u]))
+        row = torch.full((3, height, panel_w + strip.shape[2]), 255, dtype=torch.uint8)
+        row[:, : strip.shape[1], panel_w:] = strip
+        ink = _INK if records[u].interpretable else _GREY
+        for k, line in enumerate(labels[u]):
+            draw_text(row, line, 4, 4 + k * line_h, ink, _FONT_SCALE)
+        rows.append(row)
     width = max(r.shape[2] for r in rows)
     gap = torch.full((3, 2, width), 255, dtype=torch.uint8)
     parts: list[Tensor] = []

@@ -238,9 +238,11 @@ def test_result_depends_on_nothing_above_it():
     graph = module_graph()
     assert closure(graph, "lightning_dissect.result") <= {
         "lightning_dissect._io",
+        "lightning_dissect.interpretability",
         "lightning_dissect.vocabulary",
     }
     assert graph["lightning_dissect.vocabulary"] == set()
+    assert graph["lightning_dissect.interpretability"] == set()  # the one rule sits at the bottom
     assert graph["lightning_dissect.segmenters.base"] <= {
         "lightning_dissect.functional._checks",
         "lightning_dissect.vocabulary",

@@ -99,7 +99,7 @@ def test_multilabel_ground_truth_and_half_size_segmentations():
     seg = torch.randint(0, 4, (6, 2, 4, 4), generator=gen)
     net = SmallReader()
     result = dissect_images(net, ["conv"], TensorDataset(images, seg), vocabulary=VOCAB, batch_size=4,
-                            quantile=0.8, chance_baseline=False, progress=False)
+                            quantile=0.8, chance_baseline=False, interpretable="paper", progress=False)
     with torch.no_grad():
         acts = net.conv(images).numpy()
     thresholds = np.array([u.level for u in result["conv"].units])
@@ -122,7 +122,7 @@ def test_segmenter_labels_the_images_and_transform_feeds_the_network_only():
     # the images are in [0, 1] here; the segmenter expects [-1, 1]: they are mapped for it
     unit = (images + 1) / 2
     result = dissect_images(net, ["conv"], unit, segmenter, transform=transform, batch_size=8, quantile=0.9,
-                            chance_baseline=False, progress=False)
+                            chance_baseline=False, interpretable="paper", progress=False)
     assert all(float(x.min()) >= 0 for x in seen)  # the transform saw the [0, 1] images
     with torch.no_grad():
         acts = net.conv(unit * 2.0).numpy()

@@ -94,8 +94,10 @@ def test_table_rows_are_strip_rows_and_heatmap_units():
     table_units = [int(r.split("|")[1]) for r in table]
     assert table_units == [3, 1, 2]
     strips = writer.images["dissection/l/unit_strips"]
-    strip_units = [int(strips[0, 98 * i + 48, 48]) // 10 for i in range(3)]  # rows 96 px + 2 px gap
-    assert strip_units == table_units and strips.shape[1] == 3 * 96 + 2 * 2
+    # rows 96 px + 2 px gap, the frames right of each row's label panel (unit 2, not interpretable,
+    # has a fifth label line: its row is 8 + 5 * 18 = 98 px tall)
+    strip_units = [int(strips[0, 98 * i + 48, -48]) // 10 for i in range(3)]
+    assert strip_units == table_units and strips.shape[1] == 96 + 96 + 98 + 2 * 2
     assert writer.images["dissection/l/iou_heatmap"].dtype == torch.uint8
 
 
@@ -244,3 +246,54 @@ def test_wandb_and_mlflow_are_imported_only_when_their_logger_is_in_use(tmp_path
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["2", "False", "False"]
+
+
+def test_units_by_round_has_a_sensible_size_from_the_first_round():
+    # one round of a 256-unit layer was a 1-pixel column 1,536 pixels tall
+    palette = {"sky": (90, 160, 230), "grass": (60, 200, 60)}
+    labels = ["sky"] * 3 + [""] * 250 + ["grass"] * 3
+    img = units_by_round_image([{"layers": {"layer1": {"labels": labels}}}], "layer1", palette, legend=False)
+    height, width = img.shape[1:]
+    assert 256 <= width and height <= 512 + 40 and width * 3 >= height  # wide enough, not a sliver
+    row = 512 // 256  # each unit's row: 2 pixels
+    for unit, label in enumerate(labels):  # every unit's cell holds its label's colour, dark for none
+        expected = palette[label] if label else (40, 40, 40)
+        cells = img[:, unit * row:(unit + 1) * row, :width // 2]
+        assert bool((cells == torch.tensor(expected, dtype=torch.uint8).view(3, 1, 1)).all()), unit
+    # a caption under the map names the axes
+    assert _dark(img[:, 512:, :]) > 50
+    # a narrow layer keeps its 6 pixel rows; many rounds keep at least 2 pixels per column
+    many = [{"layers": {"l": {"labels": ["sky", ""]}}}] * 300
+    wide = units_by_round_image(many, "l", palette, legend=False)
+    assert wide.shape[2] == 600 and bool((wide[:, :6, :] == torch.tensor((90, 160, 230), dtype=torch.uint8)
+                                          .view(3, 1, 1)).all())
+
+
+def test_unit_strips_are_labelled_with_unit_concept_iou_and_chance():
+    from PIL import Image, ImageDraw
+
+    from lightning_dissect.round_pictures import unit_strip_grid
+
+    units = [unit(0, "sky", 0.7234, True, 0.631), unit(1, "grass", 0.118, False, 0.114)]
+    result = DissectionResult({"l": layer_of(units)}, VOCAB)
+    frames = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    result.unit_images = {"l": {0: frames, 1: frames}}
+    grid = unit_strip_grid(result, "l", [1, 0])
+    font = _pil_font()
+    line_h = sum(font.getmetrics())
+    expected_lines = {1: ["unit 1", "grass", "IoU 0.118", "chance 0.114", "not interpretable"],
+                      0: ["unit 0", "sky", "IoU 0.723", "chance 0.631"]}
+    panel_w = 12 + max(_pil_width(t) for lines in expected_lines.values() for t in lines)
+    assert grid.shape[2] == panel_w + 2 * 96 + 2  # the label panel, then two 96 pixel frames
+    top = 0
+    for u, ink in ((1, (140, 146, 158)), (0, (29, 35, 48))):  # grey: not interpretable
+        lines = expected_lines[u]
+        height = max(96, 8 + line_h * len(lines))
+        reference = Image.new("RGB", (panel_w, height), (255, 255, 255))
+        draw = ImageDraw.Draw(reference)
+        for k, text in enumerate(lines):
+            draw.text((4, 4 + k * line_h), text, fill=ink, font=font)
+        expected = torch.from_numpy(__import__("numpy").array(reference)).permute(2, 0, 1).int()
+        assert (grid[:, top:top + height, :panel_w].int() - expected).abs().max() <= 1, u
+        assert bool((grid[:, top:top + 96, panel_w:panel_w + 96] == 128).all())  # then the frames
+        top += height + 2

@@ -48,7 +48,9 @@ CONFIG_OPTIONS: dict[str, tuple[str, str | None, str]] = {
         "which units count as interpretable: chance_ratio (best IoU above T and at least R times the "
         "unit's chance IoU) or paper (best IoU above T alone, the papers' fixed cut)",
     ),
-    "chance_ratio": ("--chance-ratio", "R", "chance_ratio rule: an interpretable unit's IoU is at least R × its chance IoU"),
+    "chance_ratio": (
+        "--chance-ratio", "R", "chance_ratio rule: an interpretable unit's IoU is at least R × its chance IoU",
+    ),
     "iqr_threshold": ("--iqr-threshold", "T", "iqr mode: a unit is interpretable only when its IQR also exceeds T"),
     "min_concept_fraction": (
         "--min-concept-fraction", "F",
