@@ -137,7 +137,9 @@ class RoundLogger:
                 "units per concept": ["Multiline", [tag(name, "units_per_concept", ".*")]],
                 "interpretable units per category": ["Multiline", [tag(name, "interpretable", ".*")]],
                 "label churn": ["Multiline", [tag(name, "churn", ".*")]],
-                "ablation: relative drop": ["Multiline", [tag(name, "ablation", ".*", "relative_drop")]],
+                # the units' and the random control's relative drops side by side
+                "ablation: relative drop, units and random control": [
+                    "Multiline", [tag(name, "ablation", ".*relative_drop")]],
             }
             for name in layers
         }

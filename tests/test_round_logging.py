@@ -297,3 +297,36 @@ def test_unit_strips_are_labelled_with_unit_concept_iou_and_chance():
         assert (grid[:, top:top + height, :panel_w].int() - expected).abs().max() <= 1, u
         assert bool((grid[:, top:top + 96, panel_w:panel_w + 96] == 128).all())  # then the frames
         top += height + 2
+
+
+def test_every_custom_scalars_chart_matches_exactly_its_scalars():
+    """Each chart of the layout, matched as TensorBoard does (``re.match`` of its regex on every tag of
+    the run), shows exactly the scalars it is built from, and every scalar it is built from."""
+    import re
+    from types import SimpleNamespace
+
+    units = [unit(0, "sky", 0.5, True, 0.1), unit(1, "tree", 0.4, True, 0.1), unit(2, "door", 0.3, True, 0.1)]
+    result = DissectionResult({"l": layer_of(units), "l2": layer_of(units)}, VOCAB)
+    previous = {"layers": {"l": {"labels": ["grass", "", "door"]}, "l2": {"labels": ["", "", ""]}}}
+    record = SimpleNamespace(concept="sky", units=[0], baseline=0.2, drop=0.1, relative_drop=0.5, control_drop=0.02,
+                             control_relative_drop=0.1)
+    logger = RoundLogger(categories=VOCAB.categories)
+    tags = set(logger.scalars(result, previous, {"l": [record]}))
+    layout = logger.layout(["l", "l2"])
+    assert set(layout) == {"dissection/l emergence", "dissection/l2 emergence"}
+    section = layout["dissection/l emergence"]
+
+    def shown(title):
+        return {t for t in tags for regex in section[title][1] if re.compile(regex).match(t)}
+
+    expected = {
+        "units per concept": {f"dissection/l/units_per_concept/{c}" for c in ("sky", "tree", "door", "grass")},
+        "interpretable units per category": {f"dissection/l/interpretable/{c}" for c in ("material", "object", "part")},
+        "label churn": {f"dissection/l/churn/{k}" for k in ("gained", "lost", "relabelled")},
+        "ablation: relative drop, units and random control": {"dissection/l/ablation/sky/relative_drop",
+                                                               "dissection/l/ablation/sky/control_relative_drop"},
+    }
+    assert set(section) == set(expected)
+    for title, tags_of_chart in expected.items():
+        assert tags_of_chart <= tags, title  # the data exists
+        assert shown(title) == tags_of_chart, title  # and the chart shows exactly it
