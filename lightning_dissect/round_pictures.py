@@ -40,6 +40,7 @@ __all__ = [
 _INK = (29, 35, 48)
 _GREY = (140, 146, 158)  # a unit that is not interpretable
 _FONT_SCALE = 2  # 14 pixel text: legible at TensorBoard's default image size
+STRIP_FONT_SCALE = 4  # 28 pixel headers: a strip grid is shown at about half size
 
 #: The units-by-round map is at most this tall (rows get thinner for wide layers) and at least
 #: this wide (columns get wider for few rounds), so that one round of a 256-unit layer is not a
@@ -176,7 +177,7 @@ def unit_strip(images: Tensor) -> Tensor:
 
 
 def unit_label_lines(unit: UnitDissection) -> list[str]:
-    """The label of a unit's strip row, one line each: unit, concept, IoU, chance IoU.
+    """The label of a unit's strip row, one part each: unit, concept, IoU, chance IoU.
 
     Examples:
         >>> u = UnitDissection(12, "sky", 1, "material", 0.2312, 0.1, 1.0, False, 0.1416)
@@ -191,27 +192,25 @@ def unit_label_lines(unit: UnitDissection) -> list[str]:
 def unit_strip_grid(result: DissectionResult, layer: str, units: Sequence[int]) -> Tensor | None:
     """The :func:`unit_strip` of each of ``units`` that has frames, top to bottom (``None``: none has).
 
-    Row ``i`` is the ``i``-th of ``units`` with frames, labelled on its left with
-    :func:`unit_label_lines` (grey for a unit that is not interpretable), so that the picture
-    explains itself without the text tab; rows are separated by 2 white pixels.
+    Row ``i`` is the ``i``-th of ``units`` with frames, under a header line that labels it with
+    :func:`unit_label_lines` joined by `` · `` (grey for a unit that is not interpretable), so that
+    the picture explains itself without the text tab. The header's font is
+    :data:`STRIP_FONT_SCALE` (28 pixels): TensorBoard shows a strip grid about half size, where it
+    still reads as 14 pixel text. Rows are separated by 2 white pixels.
     """
     strips = result.unit_images.get(layer, {})
     records = result.layers[layer].units
     shown = [u for u in units if u in strips]
     if not shown:
         return None
-    labels = {u: unit_label_lines(records[u]) for u in shown}
-    line_h = text_size("0", _FONT_SCALE)[0]
-    panel_w = 12 + max(text_size(line, _FONT_SCALE)[1] for lines in labels.values() for line in lines)
     rows = []
     for u in shown:
         strip = unit_strip(strips[u])
-        height = max(strip.shape[1], 8 + line_h * len(labels[u]))
-        row = torch.full((3, height, panel_w + strip.shape[2]), 255, dtype=torch.uint8)
-        row[:, : strip.shape[1], panel_w:] = strip
-        ink = _INK if records[u].interpretable else _GREY
-        for k, line in enumerate(labels[u]):
-            draw_text(row, line, 4, 4 + k * line_h, ink, _FONT_SCALE)
+        header = " · ".join(unit_label_lines(records[u]))
+        text_h, text_w = text_size(header, STRIP_FONT_SCALE)
+        row = torch.full((3, text_h + 4 + strip.shape[1], max(strip.shape[2], text_w + 8)), 255, dtype=torch.uint8)
+        draw_text(row, header, 4, 2, _INK if records[u].interpretable else _GREY, STRIP_FONT_SCALE)
+        row[:, text_h + 4 :, : strip.shape[2]] = strip
         rows.append(row)
     width = max(r.shape[2] for r in rows)
     gap = torch.full((3, 2, width), 255, dtype=torch.uint8)

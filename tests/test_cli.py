@@ -147,14 +147,16 @@ def test_every_config_field_has_its_option():
     argv = ["dissect", "--generator", FACTORY, "--layers", "layout",
             "--num-samples", "7", "--batch-size", "3", "--seed", "5", "--threshold-mode", "iqr",
             "--quantile", "0.9", "--num-levels", "9", "--level-selection-samples", "11",
-            "--iou-threshold", "0.1", "--iqr-threshold", "0.2", "--min-concept-fraction", "0.003",
+            "--iou-threshold", "0.1", "--interpretable", "paper", "--chance-ratio", "3",
+            "--iqr-threshold", "0.2", "--min-concept-fraction", "0.003",
             "--top-k", "4", "--visualize-units", "2", "--no-chance-baseline", "--relative-accuracy", "0.01",
             "--quiet", "--device", "cpu"]
     args = build_parser().parse_args(argv)
     config = dissection_config(args, "cpu", visualize=True)
     expected = DissectionConfig(
         num_samples=7, batch_size=3, seed=5, threshold_mode="iqr", quantile=0.9, num_levels=9,
-        level_selection_samples=11, iou_threshold=0.1, iqr_threshold=0.2, min_concept_fraction=0.003,
+        level_selection_samples=11, iou_threshold=0.1, interpretable="paper", chance_ratio=3.0,
+        iqr_threshold=0.2, min_concept_fraction=0.003,
         top_k=4, num_visualized_units=2, chance_baseline=False, relative_accuracy=0.01, progress=False,
         device="cpu",
     )

@@ -59,10 +59,12 @@ def test_mask_and_call_match_the_definition(name, iqr_cut):
 
 
 def test_bad_settings_name_the_argument():
-    with pytest.raises(ValueError, match="`interpretable` must be one of"):
+    with pytest.raises(ValueError, match="`interpretable`.*'strict'"):
         DissectionConfig(interpretable="strict").validate()
-    with pytest.raises(ValueError, match="`chance_ratio` must be a finite number >= 1"):
+    with pytest.raises(ValueError, match=r"`chance_ratio` must be in \[1, .*0\.5"):
         DissectionConfig(chance_ratio=0.5).validate()
+    with pytest.raises(ValueError, match="`chance_ratio` must be a finite number >= 1"):
+        InterpretabilityRule(chance_ratio=float("nan"))
     with pytest.raises(ValueError, match="`chance_baseline`=False.*`interpretable`='paper'"):
         DissectionConfig(chance_baseline=False).validate()
     assert DissectionConfig(chance_baseline=False, interpretable="paper").validate()

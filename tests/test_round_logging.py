@@ -94,10 +94,13 @@ def test_table_rows_are_strip_rows_and_heatmap_units():
     table_units = [int(r.split("|")[1]) for r in table]
     assert table_units == [3, 1, 2]
     strips = writer.images["dissection/l/unit_strips"]
-    # rows 96 px + 2 px gap, the frames right of each row's label panel (unit 2, not interpretable,
-    # has a fifth label line: its row is 8 + 5 * 18 = 98 px tall)
-    strip_units = [int(strips[0, 98 * i + 48, -48]) // 10 for i in range(3)]
-    assert strip_units == table_units and strips.shape[1] == 96 + 96 + 98 + 2 * 2
+    # each row: a header line (a 28 pixel font, + 4 px), then the 96 px frames; 2 px gaps
+    from PIL import ImageFont
+
+    header = sum(ImageFont.load_default(size=28).getmetrics()) + 4
+    row = header + 96
+    strip_units = [int(strips[0, (row + 2) * i + header + 48, 48]) // 10 for i in range(3)]
+    assert strip_units == table_units and strips.shape[1] == 3 * row + 2 * 2
     assert writer.images["dissection/l/iou_heatmap"].dtype == torch.uint8
 
 
@@ -270,34 +273,30 @@ def test_units_by_round_has_a_sensible_size_from_the_first_round():
 
 
 def test_unit_strips_are_labelled_with_unit_concept_iou_and_chance():
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from lightning_dissect.round_pictures import unit_strip_grid
 
     units = [unit(0, "sky", 0.7234, True, 0.631), unit(1, "grass", 0.118, False, 0.114)]
     result = DissectionResult({"l": layer_of(units)}, VOCAB)
-    frames = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    frames = torch.full((6, 3, 32, 32), 128, dtype=torch.uint8)
     result.unit_images = {"l": {0: frames, 1: frames}}
     grid = unit_strip_grid(result, "l", [1, 0])
-    font = _pil_font()
+    font = ImageFont.load_default(size=28)  # legible once TensorBoard shows the grid at half size
     line_h = sum(font.getmetrics())
-    expected_lines = {1: ["unit 1", "grass", "IoU 0.118", "chance 0.114", "not interpretable"],
-                      0: ["unit 0", "sky", "IoU 0.723", "chance 0.631"]}
-    panel_w = 12 + max(_pil_width(t) for lines in expected_lines.values() for t in lines)
-    assert grid.shape[2] == panel_w + 2 * 96 + 2  # the label panel, then two 96 pixel frames
+    headers = {1: ("unit 1 · grass · IoU 0.118 · chance 0.114 · not interpretable", (140, 146, 158)),
+               0: ("unit 0 · sky · IoU 0.723 · chance 0.631", (29, 35, 48))}  # grey: not interpretable
     top = 0
-    for u, ink in ((1, (140, 146, 158)), (0, (29, 35, 48))):  # grey: not interpretable
-        lines = expected_lines[u]
-        height = max(96, 8 + line_h * len(lines))
-        reference = Image.new("RGB", (panel_w, height), (255, 255, 255))
-        draw = ImageDraw.Draw(reference)
-        for k, text in enumerate(lines):
-            draw.text((4, 4 + k * line_h), text, fill=ink, font=font)
+    for u in (1, 0):
+        text, ink = headers[u]
+        reference = Image.new("RGB", (grid.shape[2], line_h + 4), (255, 255, 255))
+        ImageDraw.Draw(reference).text((4, 2), text, fill=ink, font=font)
         expected = torch.from_numpy(__import__("numpy").array(reference)).permute(2, 0, 1).int()
-        assert (grid[:, top:top + height, :panel_w].int() - expected).abs().max() <= 1, u
-        assert bool((grid[:, top:top + 96, panel_w:panel_w + 96] == 128).all())  # then the frames
-        top += height + 2
-
+        assert (grid[:, top:top + line_h + 4].int() - expected).abs().max() <= 1, u
+        frames_top = top + line_h + 4
+        assert bool((grid[:, frames_top:frames_top + 96, :96] == 128).all())  # then the frames
+        top = frames_top + 96 + 2
+    assert grid.shape[1] == top - 2
 
 def test_every_custom_scalars_chart_matches_exactly_its_scalars():
     """Each chart of the layout, matched as TensorBoard does (``re.match`` of its regex on every tag of
