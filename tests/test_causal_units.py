@@ -254,9 +254,10 @@ def test_cli_writes_causal_json_and_report(capsys, tmp_path):
     for page in ("causal.html", "index.html"):
         html = (out / page).read_text()
         assert "Causal units of <code>tree</code>" in html and "top-n by α" in html
-    assert sorted(p.name for p in (out / "images" / "causal-units-tree").iterdir()) == [
-        "ablated.png", "before.png", "inserted.png"
-    ]
+    names = sorted(p.name for p in (out / "images" / "causal-units-tree").iterdir())
+    top6 = [f"unit-{u:04d}.png" for u in sorted(data["ranking"][:6])]
+    assert names == ["ablated.png", "before.png", "inserted.png", *top6]  # + the top α units' strips
+    assert "Top units by α: their top images" in (out / "causal.html").read_text()
     assert "causal.json" in stdout
 
 

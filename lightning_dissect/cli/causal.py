@@ -103,9 +103,24 @@ def run_causal(args: argparse.Namespace) -> int:
             raise
         raise CLIError(f"causal units failed: {describe_error(err)}") from err
     value_range = tuple(segmenter.value_range)
+    causal.unit_images = _unit_strips(prepared, args, result, causal, value_range)
     page = write_causal_report([causal], args.output, value_range=value_range, title=args.title)
     write_report(result, args.output, causal=[causal], segmenter_value_range=value_range, title=args.title)
     if not args.quiet:
         print(causal.table())
     print(f"wrote {Path(args.output) / 'causal.json'}, {page} and {Path(args.output) / 'index.html'}")
     return 0
+
+
+def _unit_strips(prepared: dict[str, Any], args: argparse.Namespace, result: Any, causal: Any, value_range: Any) -> Any:
+    """The dissection's top images of the 6 best units by α, with their masks (the report's strips)."""
+    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.strips import render_unit_images
+
+    layer = causal.layer
+    bank = LatentBank(args.num_samples, prepared["latent_shape"], args.seed, prepared["latent_sampler"])
+    strips = render_unit_images(
+        prepared["generator"], result, bank, value_range, units={layer: causal.top_units(min(6, len(causal.alpha)))},
+        generate=prepared["generate"], selector=prepared["selector"], batch_size=args.batch_size, scale=2,
+    )  # fmt: skip
+    return strips.get(layer, {})

@@ -85,6 +85,9 @@ class CausalUnits:
             ``(k, C, H, W)`` generated images of the samples that show most of the concept,
             unedited, with ``example_units`` switched off and with them switched on.
         example_units: The top units by α edited in ``examples``.
+        unit_images: Optional unit strips (not in the JSON): ``unit -> uint8 (k, 3, H, W)``, the
+            top images of some top units by α with their masks (e.g. from
+            :func:`~lightning_dissect.strips.render_unit_images`); the report shows them.
     """
 
     layer: str
@@ -105,6 +108,7 @@ class CausalUnits:
     passes_per_image: int = 0
     examples: dict[str, Tensor] = field(default_factory=dict, repr=False)
     example_units: list[int] = field(default_factory=list)
+    unit_images: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def sizes(self) -> list[int]:

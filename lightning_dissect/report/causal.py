@@ -40,13 +40,23 @@ def causal_slug(result: CausalUnits) -> str:
 
 
 def write_causal_images(result: CausalUnits, directory: Path, value_range: tuple[float, float]) -> dict[str, str]:
-    """Write the result's before/ablated/inserted pictures as PNG strips; return name → relative path."""
-    if not result.examples:
+    """Write the result's before/ablated/inserted pictures and unit strips as PNGs; return name → relative path.
+
+    Unit strips are named ``unit-<u>``.
+    """
+    if not result.examples and not result.unit_images:
         return {}
     slug = causal_slug(result)
     folder = directory / "images" / slug
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
+    for unit, tiles in result.unit_images.items():
+        if tiles.ndim == 3:
+            tiles = tiles.unsqueeze(0)
+        if tiles.shape[0]:
+            name = f"unit-{int(unit):04d}"
+            (folder / f"{name}.png").write_bytes(encode_png(image_strip(list(tiles.to(torch.uint8).cpu()), gap=2)))
+            paths[f"unit-{int(unit)}"] = f"images/{slug}/{name}.png"
     for name, images in result.examples.items():
         tiles = to_uint8(images, value_range)
         if tiles.shape[1] == 1:
@@ -167,6 +177,15 @@ def causal_section(result: CausalUnits, images: dict[str, str] | None = None) ->
             if name in images
         )  # fmt: skip
         pictures = f'<h3>Top units by α, before and after</h3><div class="causal-images">{rows}</div>'
+    strips = [(u, images[f"unit-{u}"]) for u in result.top_units(len(result.alpha)) if images and f"unit-{u}" in images]
+    if strips:
+        cards = "".join(
+            f'<figure><figcaption>unit {u}: α = {float(result.alpha[u]):.2f}, IoU = {float(result.iou[u]):.3f}'
+            f'</figcaption><img src="{escape(path)}" alt="unit {u}"></figure>'
+            for u, path in strips
+        )
+        pictures += (f'<h3>Top units by α: their top images</h3><p class="note">Each unit\'s top images in the '
+                     f'dissection, outside its thresholded map dimmed.</p><div class="causal-images">{cards}</div>')
     return f"""
 <section class="causal" id="{causal_slug(result)}">
   <h2>Causal units of <code>{escape(result.concept)}</code> in <code>{escape(result.layer)}</code></h2>
