@@ -13,7 +13,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SCALE_STOPS", "scale_colours", "scale_rgb", "concept_colour"]
+__all__ = ["IOU_SCALE_MAX", "SCALE_STOPS", "scale_colours", "scale_rgb", "concept_colour"]
+
+#: Top of the heatmaps' fixed IoU colour scale; larger IoUs get the top colour. Fixed (not the
+#: layer's maximum) so colours mean the same IoU in every layer, every round and every report.
+IOU_SCALE_MAX = 0.5
 
 #: The colour scale's stops (dark blue → yellow, viridis-like), evenly spaced over [0, 1].
 SCALE_STOPS: tuple[tuple[int, int, int], ...] = (

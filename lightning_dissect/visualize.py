@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dissect._font import draw_text, text_size
-from lightning_dissect.colours import scale_colours
+from lightning_dissect.colours import IOU_SCALE_MAX, scale_colours
 from lightning_dissect.functional._checks import check_count
 
 __all__ = [
@@ -32,9 +32,6 @@ __all__ = [
     "encode_png",
 ]
 
-#: Top of the heatmaps' fixed IoU colour scale; larger IoUs get the top colour. Fixed (not the
-#: layer's maximum) so colours mean the same IoU in every layer, every round and every report.
-IOU_SCALE_MAX = 0.5
 
 _TEXT = (29, 35, 48)  # label ink
 _TICK_IN, _TICK_OUT, _TICK_GAP = 4, 3, 8  # colour-bar tick: pixels inside / outside the bar, gap to its number

@@ -8,7 +8,7 @@ reduced by summation, so a run split over processes gives bit-identical fraction
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -237,3 +237,57 @@ class ConceptPixelFraction(SumStateMetric):
         pixels = total / n
         variance = ((s2 - s1 * s1 / n) / (n - 1)).clamp(min=0.0) / (pixels * pixels)
         return (variance / n).sqrt()
+
+    def plot(
+        self,
+        val: Tensor | None = None,
+        ax: Any = None,
+        *,
+        concept_names: Sequence[str] | None = None,
+        max_concepts: int = 20,
+        error_bars: bool = True,
+    ) -> tuple[Any, Any]:
+        """The fraction of pixels of each concept, largest first, as bars (TorchMetrics' ``plot``).
+
+        Concepts with a zero fraction are left out; at most ``max_concepts`` bars. Error bars are
+        :meth:`standard_error` when ``val`` is not given and at least two images were seen.
+
+        Args:
+            val: Fractions ``(C,)`` (default: :meth:`compute`).
+            ax: Axes to draw into (default: a new figure).
+            concept_names: Bar labels (default: concept indices).
+            max_concepts: Bars shown.
+            error_bars: Draw the standard errors (with ``val`` not given).
+
+        Returns:
+            ``(fig, ax)``. Needs matplotlib.
+
+        Examples:
+            >>> metric = ConceptPixelFraction(num_concepts=3, ignore_index=0)
+            >>> metric.update(torch.tensor([[[1, 1], [2, 0]]]))
+            >>> fig, ax = metric.plot(concept_names=["none", "sky", "tree"])
+            >>> [t.get_text() for t in ax.get_yticklabels()], [float(p.get_width()) for p in ax.patches]
+            (['sky', 'tree'], [0.5, 0.25])
+        """
+        from lightning_dissect.metrics._plot import figure_and_axes
+
+        fractions = (self.compute() if val is None else val).detach().double().cpu()
+        if fractions.ndim != 1:
+            raise ValueError(f"`val` must be (C,) fractions, got shape {tuple(fractions.shape)}")
+        names = list(concept_names) if concept_names is not None else [str(c) for c in range(len(fractions))]
+        if len(names) != len(fractions):
+            raise ValueError(f"`concept_names` has {len(names)} names for {len(fractions)} concepts")
+        errors = self.standard_error().cpu() if val is None and error_bars else None
+        if errors is not None and bool(errors.isnan().all()):
+            errors = None
+        shown = [c for c in sorted(range(len(fractions)), key=lambda c: (-float(fractions[c]), c))
+                 if float(fractions[c]) > 0][: max(1, max_concepts)]
+        fig, ax = figure_and_axes(ax, (6.0, 0.9 + 0.3 * max(len(shown), 1)))
+        rows = list(range(len(shown)))
+        xerr = None if errors is None else [float(errors[c]) for c in shown]
+        ax.barh(rows, [float(fractions[c]) for c in shown], xerr=xerr, color="#4c6ef5", capsize=2)
+        ax.set_yticks(rows, [names[c] for c in shown])
+        ax.invert_yaxis()  # largest on top
+        ax.set_xlabel("fraction of pixels")
+        ax.set_title("Pixels carrying each concept")
+        return fig, ax

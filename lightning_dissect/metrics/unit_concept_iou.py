@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from lightning_dissect.colours import IOU_SCALE_MAX
 from lightning_dissect.functional._checks import (
     _shape,
     check_activations,
@@ -292,3 +293,80 @@ class UnitConceptIoU(SumStateMetric):
         return mutual_information_from_counts(
             c.intersection, c.unit_area, c.concept_area, c.total
         )
+
+    def plot(
+        self,
+        val: Tensor | None = None,
+        ax: Any = None,
+        *,
+        concept_names: Sequence[str] | None = None,
+        max_units: int = 20,
+        max_concepts: int = 16,
+        level: int | None = None,
+        vmax: float = IOU_SCALE_MAX,
+    ) -> tuple[Any, Any]:
+        """The unit × concept IoU heatmap of the best units, labelled (TorchMetrics' ``plot``).
+
+        Rows: the ``max_units`` units with the highest best IoU; columns: their best concepts, then
+        further concepts with a non-zero IoU, by their best IoU over those units, at most
+        ``max_concepts``. Rows and
+        columns are ordered so each unit's best concept (outlined) runs down a diagonal. The colour
+        scale is the fixed one of every dissection picture, ``0 .. vmax``. Needs matplotlib.
+
+        Args:
+            val: IoU ``(U, C)`` or ``(U, K, C)`` (default: :meth:`compute`).
+            ax: Axes to draw into (default: a new figure).
+            concept_names: Column labels (default: concept indices).
+            max_units: Rows shown.
+            max_concepts: Columns shown.
+            level: With candidate levels, the level to show (default: each unit's best level).
+            vmax: Top of the colour scale.
+
+        Returns:
+            ``(fig, ax)``.
+
+        Examples:
+            >>> metric = UnitConceptIoU(num_units=2, num_concepts=3, thresholds=torch.tensor([0.5, 0.5]))
+            >>> acts = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+            >>> metric.update(acts, torch.tensor([[[1, 2]]]))
+            >>> fig, ax = metric.plot(concept_names=["none", "sky", "tree"])
+            >>> [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()]
+            (['sky', 'tree'], ['unit 0', 'unit 1'])
+        """
+        from lightning_dissect.metrics._plot import figure_and_axes, iou_colormap
+
+        iou = (self.compute() if val is None else val).detach().float().cpu()
+        if iou.ndim == 3:
+            iou = iou.amax(1) if level is None else iou[:, level]
+        if iou.ndim != 2:
+            raise ValueError(f"`val` must be (U, C) or (U, K, C) IoU, got shape {tuple(iou.shape)}")
+        names = list(concept_names) if concept_names is not None else [str(c) for c in range(iou.shape[1])]
+        if len(names) != iou.shape[1]:
+            raise ValueError(f"`concept_names` has {len(names)} names for {iou.shape[1]} concepts")
+        best, label = iou.max(1)
+        units = sorted(range(iou.shape[0]), key=lambda u: (-float(best[u]), u))[: max(1, max_units)]
+        columns: list[int] = []
+        for u in units:  # best concepts first, in the order of their best unit
+            if int(label[u]) not in columns:
+                columns.append(int(label[u]))
+        rest = iou[units].amax(0)
+        order = sorted(range(iou.shape[1]), key=lambda c: (-float(rest[c]), c))
+        columns += [c for c in order if c not in columns and float(rest[c]) > 0]
+        columns = columns[: max(1, max_concepts)]
+        position = {c: j for j, c in enumerate(columns)}
+        units.sort(key=lambda u: (position.get(int(label[u]), len(columns)), -float(best[u]), u))
+        values = iou[units][:, columns]
+        fig, ax = figure_and_axes(ax, (1.2 + 0.32 * len(columns), 1.4 + 0.28 * len(units)))
+        image = ax.imshow(values.numpy(), cmap=iou_colormap(), vmin=0.0, vmax=vmax, aspect="auto",
+                          interpolation="nearest")
+        ax.set_xticks(range(len(columns)), [names[c] for c in columns], rotation=90)
+        ax.set_yticks(range(len(units)), [f"unit {u}" for u in units])
+        from matplotlib.patches import Rectangle
+
+        for i, u in enumerate(units):
+            j = position.get(int(label[u]))
+            if j is not None:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e03131", linewidth=1.5))
+        fig.colorbar(image, ax=ax, label="IoU", fraction=0.05, pad=0.03)
+        ax.set_title("IoU of each unit with each concept")
+        return fig, ax

@@ -205,3 +205,46 @@ class UnitQuantiles(SumStateMetric):
                     "which count as overflow)."
                 )
         return values.to(torch.float32)
+
+    def plot(self, val: Tensor | None = None, ax: Any = None, *, sort: bool = False) -> tuple[Any, Any]:
+        """The per-unit quantile profile: each unit's quantile, one line per level (TorchMetrics' ``plot``).
+
+        Args:
+            val: Quantiles ``(U,)`` or ``(U, Q)`` at this metric's levels (default: :meth:`compute`).
+            ax: Axes to draw into (default: a new figure).
+            sort: Order units by their value at the highest level (the x axis then ranks units).
+
+        Returns:
+            ``(fig, ax)``. Needs matplotlib.
+
+        Examples:
+            >>> metric = UnitQuantiles(num_units=3, quantiles=[0.5, 0.99])
+            >>> metric.update(torch.arange(24.0).reshape(2, 3, 2, 2))
+            >>> fig, ax = metric.plot()
+            >>> [line.get_label() for line in ax.get_lines()]
+            ['q = 0.5', 'q = 0.99']
+        """
+        from lightning_dissect.metrics._plot import figure_and_axes
+
+        values = (self.compute() if val is None else val).detach().float().cpu()
+        if values.ndim == 1:
+            values = values[:, None]
+        levels = [float(q) for q in self.levels.flatten()]
+        if values.ndim != 2 or values.shape[1] != len(levels):
+            raise ValueError(
+                f"`val` must be (U,) or (U, {len(levels)}) quantiles at levels {levels}, "
+                f"got shape {tuple(values.shape)}"
+            )
+        order = torch.argsort(values[:, -1], descending=True, stable=True) if sort else torch.arange(len(values))
+        values = values[order]
+        fig, ax = figure_and_axes(ax, (6.4, 3.6))
+        marker = "o" if len(values) <= 64 else None
+        for j, q in enumerate(levels):
+            ax.plot(range(len(values)), values[:, j].numpy(), marker=marker, markersize=3, label=f"q = {q:g}")
+        ax.set_xlabel("unit (ranked by the highest level)" if sort else "unit")
+        ax.set_ylabel("activation quantile")
+        ax.set_title("Per-unit activation quantiles")
+        if not sort and len(values) <= 32:
+            ax.set_xticks(range(len(values)))
+        ax.legend()
+        return fig, ax
