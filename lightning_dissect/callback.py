@@ -108,8 +108,9 @@ class DissectionCallback(Callback):
     * every round's :class:`DissectionResult` as ``<log_dir>/dissection/round_<step>.json``
       (read them back with :func:`load_history`).
 
-    Loggers with a folder (``CSVLogger``) receive the same tables and pictures as files beside their
-    own; other loggers receive the scalars. Each of these sinks fails on its
+    ``WandbLogger``, ``MLFlowLogger`` and ``CSVLogger`` (and any logger with a folder) receive the
+    same tables and pictures in their own form (``docs/loggers.md``); other loggers receive the
+    scalars and one warning. Each of these sinks fails on its
     own, with a warning naming it: a computed round always reaches :attr:`history`. The history of
     rounds lives in the callback state (saved in checkpoints), so a resumed run continues its time
     series.
