@@ -118,7 +118,8 @@ def main(argv=None):
     for which, label in (("tensorboard", "logging: TensorBoard only"), ("all", "logging: TB + W&B + MLflow + CSV")):
         t = statistics.median(logging[which])
         ratio = t / t_round
-        verdict = "" if which == "tensorboard" else f"   (target <= {TARGET:.0%}: {'ok' if ratio <= TARGET else 'above'})"
+        verdict = "" if which == "tensorboard" else (
+            f"   (target <= {TARGET:.0%}: {'ok' if ratio <= TARGET else 'above'})")
         print(f"{label:<44}{t:8.2f} s   {ratio:6.1%} of the round{verdict}")
 
 

@@ -133,10 +133,11 @@ def mlflow_screens(root: Path, logger, out: Path, chromium: str) -> None:
     try:
         wait_for(f"http://127.0.0.1:{port}/health", 180)
         base = f"http://127.0.0.1:{port}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
-        steps = sorted(p.name for p in (root / "mlartifacts" / logger.run_id / "artifacts" / "dissection").glob("step_*"))
+        artifacts = root / "mlartifacts" / logger.run_id / "artifacts" / "dissection"
+        steps = sorted(p.name for p in artifacts.glob("step_*"))
         artifact = f"dissection/{steps[-1]}/{LAYER}/iou_heatmap.png"
         screenshot(chromium, f"{base}/artifacts/{artifact}", out / "mlflow_artifacts.png", "1400,900")
-        screenshot(chromium, f"{base}/model-metrics", out / "mlflow_metrics.png", "1400,1000")
+        screenshot(chromium, f"{base}/model-metrics", out / "mlflow_metrics.png", "1400,1000", budget_ms=90000)
     finally:
         server.terminate()
         try:
@@ -167,15 +168,14 @@ def main() -> None:
         print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.0f} s")
         mlflow_logger = loggers[2]
     else:
-        from lightning.pytorch.loggers import MLFlowLogger
+        from types import SimpleNamespace
 
-        mlflow_logger = MLFlowLogger(experiment_name="lightning-dissect-demo",
-                                     tracking_uri=f"sqlite:///{root}/mlflow.db")
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-        run = client.search_runs([mlflow_logger.experiment_id])[0]
-        mlflow_logger._run_id = run.info.run_id
+        experiment = client.get_experiment_by_name("lightning-dissect-demo")
+        run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])[0]
+        mlflow_logger = SimpleNamespace(experiment_id=experiment.experiment_id, run_id=run.info.run_id)
     args.out.mkdir(parents=True, exist_ok=True)
     wandb_table(root, args.out, args.chromium)
     mlflow_screens(root, mlflow_logger, args.out, args.chromium)
