@@ -94,7 +94,7 @@ def test_wandb_table_has_a_unit_strip_in_each_row_at_the_runs_step(run):
             strip = _pixels(files[cell["path"]].read_bytes())
             assert torch.equal(strip, unit_strip(callback.last_result.unit_images[layer][unit.unit]))
         ablation, _ = tables[f"dissection/{layer}/ablation"]
-        assert ablation["columns"][:2] == ["concept", "units"]
+        assert ablation["columns"][0] == "concept" and len(ablation["columns"]) > 3
         assert [r[0] for r in ablation["data"]] == [a["concept"] for a in result.ablations[layer]]
 
 
