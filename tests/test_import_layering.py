@@ -43,6 +43,9 @@ LAYERS: dict[str, int] = {
     "lightning_dissect.report._page": 0,
     "lightning_dissect.colours": 0,
     "lightning_dissect.loggers.content": 0,
+    "lightning_dissect.interpretability": 0,
+    "lightning_dissect._text": 0,
+    "lightning_dissect._ablation_table": 0,
     # 1: pure functions, settings, latents, process groups, pictures
     "lightning_dissect.functional": 1,
     "lightning_dissect.config": 1,
