@@ -15,6 +15,7 @@ repeats images): under DDP every image is counted exactly once.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -215,7 +216,8 @@ def _check_segmentation_item(segmentation: Any, image: Tensor, index: int, name:
     return segmentation
 
 
-#: An :class:`ImageRunner` keeps the batches it read, for the next pass, up to this many bytes.
+#: An :class:`ImageRunner` keeps the batches it read, for the next pass, up to this many bytes
+#: (and, within one session, the maps the network gave for them, under the same budget).
 IMAGE_CACHE_BYTES = 64 << 20
 
 
@@ -286,6 +288,28 @@ class ImageRunner(GeneratorRunner):
         self.cache_bytes = IMAGE_CACHE_BYTES
         self._cache: dict[tuple[int, tuple[int, ...]], tuple[Tensor, Tensor | None]] = {}
         self._cached_bytes = 0
+        #: Captured maps of unedited batches, kept for the next pass of the same session.
+        self._maps: dict[tuple[Any, ...], dict[str, Tensor]] = {}
+        self._maps_bytes = 0
+        self._sessions = 0
+
+    @contextmanager
+    def session(self) -> Iterator[ImageRunner]:  # type: ignore[override]
+        """Inference and eval mode for the block; the maps kept by :meth:`batches` live as long as it.
+
+        The network may change between sessions (training), so its maps are never reused across
+        them; the images are.
+        """
+        self._sessions += 1
+        try:
+            with super().session():
+                yield self
+        finally:
+            self._sessions -= 1
+            if not self._sessions:
+                self._maps.clear()
+                self._cached_bytes -= self._maps_bytes
+                self._maps_bytes = 0
 
     def forward(  # type: ignore[override]
         self,
@@ -382,11 +406,40 @@ class ImageRunner(GeneratorRunner):
             images, segmentation = self.load(source, idx)
             if i == 0:
                 _check_range(images, source)
-            _, acts = self.forward(images, layers, edits=edits, require_maps=require_maps)
+            acts = self._maps_of(source, idx, images, layers, edits, require_maps)
             labels = None if segmenter is None else self.labels(source, images, segmentation, segmenter, first=i == 0)
             yield GeneratedBatch(idx, images, acts, labels)
             if on_batch is not None:
                 on_batch(len(idx))
+
+    def _maps_of(
+        self,
+        source: ImageSet,
+        idx: Tensor,
+        images: Tensor,
+        layers: Sequence[str],
+        edits: Mapping[str, LayerEdit] | None,
+        require_maps: bool,
+    ) -> dict[str, Tensor]:
+        """The network's maps of a batch: kept from an earlier pass of this session, or computed.
+
+        Within a session the network is fixed and in eval mode, so a second pass over the same
+        images (the counting pass of a dissection) reuses the maps of the first while they fit in
+        ``cache_bytes`` together with the cached images: the same tensors, without a second forward.
+        Edited calls are never kept.
+        """
+        if edits or not layers or not self._sessions:
+            return self.forward(images, layers, edits=edits, require_maps=require_maps)[1]
+        key = (id(source), tuple(int(i) for i in idx.tolist()), tuple(layers), require_maps)
+        acts = self._maps.get(key)
+        if acts is None:
+            _, acts = self.forward(images, layers, require_maps=require_maps)
+            size = sum(a.numel() * a.element_size() for a in acts.values())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._maps[key] = acts
+                self._cached_bytes += size
+                self._maps_bytes += size
+        return acts
 
     def regenerate(  # type: ignore[override]
         self,

@@ -352,3 +352,50 @@ def test_reader_ablation_bad_input():
         reader_ablation(Painted(), layer, TensorDataset(images, seg), vocabulary=VOCAB, metric="loss")
     with pytest.raises(ValueError, match="`targets`: item 0"):
         reader_ablation(Painted(), layer, TensorDataset(images, seg), vocabulary=VOCAB)
+
+
+def _dissect_scenes(net: nn.Module, images: torch.Tensor, segmenter: SyntheticSceneSegmenter):
+    return dissect_images(net, ["1", "3"], images, segmenter, value_range=(-1, 1), batch_size=4, progress=False)
+
+
+def test_maps_reused_by_the_counting_pass_give_the_same_result(monkeypatch):
+    from lightning_dissect import images as images_module
+    from lightning_dissect.dissection import passes
+
+    world = SceneWorld(16)
+    scenes, _ = world.render(10, seed=4)
+    segmenter = SyntheticSceneSegmenter(world)
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU())
+    calls: list[int] = []
+    net.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    kept = _dissect_scenes(net, scenes, segmenter)
+    # the check reads 2 images; each batch then goes through the network once, not once per pass
+    assert calls[1:] == [4, 4, 2]
+    calls.clear()
+    monkeypatch.setattr(images_module, "IMAGE_CACHE_BYTES", 0)
+    monkeypatch.setattr(passes, "METRIC_THREADS", None)
+    again = _dissect_scenes(net, scenes, segmenter)
+    assert calls[1:] == [4, 4, 2, 4, 4, 2]  # no cache: both passes run the network
+    for name in ("1", "3"):
+        assert torch.equal(torch.tensor([u.level for u in kept[name].units]),
+                           torch.tensor([u.level for u in again[name].units]))
+        assert torch.equal(kept[name].iou, again[name].iou)
+        assert torch.equal(kept[name].chance_iou, again[name].chance_iou)
+
+
+def test_kept_maps_do_not_outlive_the_session():
+    from lightning_dissect.images import ImageRunner
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 1))
+    runner = ImageRunner(net, batch_size=4)
+    source = ImageSet(torch.rand(4, 3, 5, 5))
+    with runner.session():
+        first = next(iter(runner.batches(source, layers=["0"]))).activations["0"].clone()
+        assert torch.equal(next(iter(runner.batches(source, layers=["0"]))).activations["0"], first)
+    with torch.no_grad():
+        net[0].bias += 1.0  # the network changed between sessions (e.g. training)
+    with runner.session():
+        second = next(iter(runner.batches(source, layers=["0"]))).activations["0"]
+    torch.testing.assert_close(second, first + 1.0)
+    assert runner._maps == {} and runner._maps_bytes == 0

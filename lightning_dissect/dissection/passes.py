@@ -12,7 +12,8 @@ Every loop runs inside :meth:`GeneratorRunner.collective`, so a failure on one r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,14 @@ from lightning_dissect.runner import GeneratedBatch, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.strips import Frame, keep_frames
 
-__all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass"]
+__all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass", "METRIC_THREADS"]
+
+#: CPU threads for the statistics of every batch (upsampling, quantile histogram, counts), which
+#: are many short operations on cache-sized chunks: there, the synchronisation of a second thread
+#: costs more than it saves, and several times more when other processes share the cores (the
+#: waiting thread is descheduled). The network and the segmenter keep torch's own thread count;
+#: ``None`` leaves torch's setting everywhere. Results are the same integers either way.
+METRIC_THREADS: int | None = 1
 
 
 def _compact_dtype(num_concepts: int) -> torch.dtype:
@@ -39,6 +47,28 @@ def _compact_dtype(num_concepts: int) -> torch.dtype:
     if num_concepts <= 32767:
         return torch.int16
     return torch.int32
+
+
+@contextmanager
+def metric_threads(device: torch.device | str) -> Iterator[None]:
+    """Run the block with at most :data:`METRIC_THREADS` CPU threads (on CPU; elsewhere as is).
+
+    Examples:
+        >>> before = torch.get_num_threads()
+        >>> with metric_threads("cpu"):
+        ...     inside = torch.get_num_threads()
+        >>> inside == min(before, METRIC_THREADS), torch.get_num_threads() == before
+        (True, True)
+    """
+    before = torch.get_num_threads()
+    if METRIC_THREADS is None or torch.device(device).type != "cpu" or before <= METRIC_THREADS:
+        yield
+        return
+    torch.set_num_threads(METRIC_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -85,17 +115,19 @@ def threshold_pass(
             if not out.frame_bytes:
                 out.frame_bytes = 4 * (batch.images[0].numel() + sum(batch.activations[n][0].numel() for n in layers))
             out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
-            for name in layers:
-                a = batch.activations[name].float()
-                # name the layer (the metric's own check would only say "activations")
-                check_finite(a, f"activations of layer {name!r}", "check the generator for diverged weights")
-                if name not in out.quantiles:
-                    out.quantiles[name] = UnitQuantiles(
-                        a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy, **runner.metric_options
-                    ).to(device)
-                    out.topk[name] = TopK(a.shape[1], cfg.top_k, device)
-                out.quantiles[name].update(a, size=out.segmentation_size)
-                out.topk[name].update(a.amax((2, 3)).T, batch.indices)
+            with metric_threads(device):
+                for name in layers:
+                    a = batch.activations[name].float()
+                    # name the layer (the metric's own check would only say "activations")
+                    check_finite(a, f"activations of layer {name!r}", "check the generator for diverged weights")
+                    if name not in out.quantiles:
+                        out.quantiles[name] = UnitQuantiles(
+                            a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy,
+                            **runner.metric_options,
+                        ).to(device)
+                        out.topk[name] = TopK(a.shape[1], cfg.top_k, device)
+                    out.quantiles[name].update(a, size=out.segmentation_size)
+                    out.topk[name].update(a.amax((2, 3)).T, batch.indices)
     return out
 
 
@@ -191,9 +223,10 @@ def count_pass(
                 # with the last one): the pairing depends on neither the batch size nor the ranks
                 shifted = torch.cat([previous, labels[:-1]])
                 previous = labels[-1:]
-            for name in layers:
-                a = batch.activations[name].float()
-                metrics[name].update(a, labels, shifted)
+            with metric_threads(runner.device):
+                for name in layers:
+                    a = batch.activations[name].float()
+                    metrics[name].update(a, labels, shifted)
             keep_frames(frames, batch, keep)
     if not chance:
         return CountPass({n: metrics[n].counts() for n in layers}, None, frames)
