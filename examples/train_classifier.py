@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lightning_dissect import ImageDissectionCallback
+    from lightning_dissect._text import plural
     from lightning_dissect.interventions import reader_ablation
 
     L.seed_everything(args.seed, workers=True)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                 DataLoader(val, batch_size=args.batch_size))
     seconds = time.perf_counter() - start
     accuracy = float(trainer.callback_metrics.get("val_accuracy", float("nan")))
-    print(f"training: {seconds:.1f} s, {trainer.current_epoch} epochs, validation accuracy {accuracy:.2f}")
+    print(f"training: {seconds:.1f} s, {plural(trainer.current_epoch, 'epoch')}, validation accuracy {accuracy:.2f}")
     print("interpretable units per round: " + ", ".join(
         f"epoch {e['epoch']}: " + " ".join(f"{n} {e['layers'][n]['num_interpretable']}" for n in LAYERS)
         for e in callback.history
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
                               batch_size=128) if result is not None else {}
     for layer, effects in records.items():
         for r in effects[:4]:
-            print(f"  {layer}: switching off {len(r.units)} '{r.concept}' units: accuracy {r.baseline:.2f} -> "
+            switched = plural(len(r.units), repr(r.concept) + " unit")
+            print(f"  {layer}: switching off {switched}: accuracy {r.baseline:.2f} -> "
                   f"{r.ablated:.2f} (random units {r.control_ablated:.2f}); on the {r.num_present} scenes with "
                   f"{r.concept}: {r.present_baseline:.2f} -> {r.present_ablated:.2f}")
     print(f"TensorBoard: tensorboard --logdir {root}")

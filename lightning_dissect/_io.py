@@ -1,4 +1,4 @@
-"""Small file-system helpers: atomic text writes and up-front checks of output paths.
+"""Small file-system helpers: atomic writes and up-front checks of output paths.
 
 This module imports nothing from the rest of the package, so any module may use it.
 """
@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "check_writable_output"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable_output"]
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
@@ -36,14 +36,32 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
         >>> atomic_write_text(target, '{"a": 1}').read_text()
         '{"a": 1}'
     """
-    target = Path(path)
+    return _atomic_write(Path(path), text, "w", encoding)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, as :func:`atomic_write_text` writes text.
+
+    Same guarantees: a temporary file in the same folder, ``fsync``-ed and renamed over ``path``;
+    on any error ``path`` is left as it was; the permissions of a plain ``open(path, "wb")``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "sub" / "a.png"
+        >>> atomic_write_bytes(target, b"\\x89PNG").read_bytes()
+        b'\\x89PNG'
+    """
+    return _atomic_write(Path(path), data, "wb", None)
+
+
+def _atomic_write(target: Path, content: str | bytes, mode: str, encoding: str | None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with contextlib.suppress(OSError):  # e.g. a file system without permissions
             os.chmod(tmp, _open_mode(target))
-        with os.fdopen(fd, "w", encoding=encoding) as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_dissect._text import plural
 from lightning_dissect.result import DissectionResult
 
 __all__ = ["ROUND_DIR", "RUN_SETTINGS", "load_history", "round_path", "run_settings", "settings_groups"]
@@ -176,7 +177,8 @@ def load_history(
     if len(groups) > 1:
         differing = _differing(groups)
         listed = "; ".join(
-            ", ".join(f"{k}={g.get(k)!r}" for k in differing) + f" (steps {steps[0]}..{steps[-1]}, {len(steps)} rounds)"
+            ", ".join(f"{k}={g.get(k)!r}" for k in differing)
+            + f" (steps {steps[0]}..{steps[-1]}, {plural(len(steps), 'round')})"
             for g, steps in groups
         )
         warnings.warn(

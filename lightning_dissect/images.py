@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from lightning_dissect._text import plural
 from lightning_dissect.functional._checks import ImageRangeError
 from lightning_dissect.hooks import LayerEdit, OutputSelector
 from lightning_dissect.latents import shard_indices
@@ -133,8 +134,8 @@ class ImageSet:
         return len(self.data)
 
     def __repr__(self) -> str:
-        labels = f", {self.vocabulary.num_concepts} labelled concepts" if self.vocabulary is not None else ""
-        return f"ImageSet({len(self)} images{labels})"
+        labels = f", {plural(self.vocabulary.num_concepts, 'labelled concept')}" if self.vocabulary is not None else ""
+        return f"ImageSet({plural(len(self), 'image')}{labels})"
 
     def item(self, index: int) -> tuple[Tensor, Tensor | None]:
         """Image ``index`` ``(C, H, W)`` and its segmentation (``None`` without a vocabulary)."""

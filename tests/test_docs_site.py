@@ -2,8 +2,8 @@
 
 The build test needs ``mkdocs`` (the ``docs`` extra). The ``browser`` tests need Chromium; they open
 the built pages headless, measure in the page whether anything is wider than the window, and take
-screenshots (kept in ``docs/images/site_*.png`` when ``LIGHTNING_DISSECT_SITE_SCREENSHOTS`` names a
-folder, e.g. ``docs/images``).
+screenshots (kept as ``site_*.png`` in the folder ``LIGHTNING_DISSECT_SITE_SCREENSHOTS`` names, e.g.
+``runs/site-screenshots``; no page shows them).
 """
 
 from __future__ import annotations

@@ -154,6 +154,18 @@ def test_rounds_of_two_runs_in_one_folder_are_detected_and_selectable(tmp_path):
         load_history(tmp_path, settings={"colour": "red"})
 
 
+def test_a_run_of_one_round_is_named_in_the_singular(tmp_path):
+    folder = tmp_path / "dissection"
+    _run_round(5, 512).to_json(folder / f"round_{5:08d}.json")
+    for step in (6, 7):
+        _run_round(step, 64).to_json(folder / f"round_{step:08d}.json")
+    with pytest.warns(UserWarning) as caught:
+        load_history(tmp_path)
+    message = str(caught[0].message)
+    assert "num_samples=512 (steps 5..5, 1 round);" in message
+    assert "num_samples=64 (steps 6..7, 2 rounds)" in message
+
+
 def test_one_run_gives_no_warning(tmp_path):
     for step in (4, 8):
         _run_round(step, 64).to_json(tmp_path / "dissection" / f"round_{step:08d}.json")

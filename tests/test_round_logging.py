@@ -298,6 +298,7 @@ def test_unit_strips_are_labelled_with_unit_concept_iou_and_chance():
         top = frames_top + 96 + 2
     assert grid.shape[1] == top - 2
 
+
 def test_every_custom_scalars_chart_matches_exactly_its_scalars():
     """Each chart of the layout, matched as TensorBoard does (``re.match`` of its regex on every tag of
     the run), shows exactly the scalars it is built from, and every scalar it is built from."""

@@ -74,7 +74,7 @@ def unit_statistics(
         generator: The generator.
         layer: Dotted layer name; its output is ``(B, U, h, w)`` (or ``(B, U)``).
         latents: This process's latents.
-        quantile: Level of ``high`` (GANPaint 0.99; PNAS 0.995).
+        quantile: Level of ``high`` (GANPaint insertion 0.99, as PNAS; NetDissect 0.995).
         relative_accuracy: Accuracy of the quantile histogram.
         **options: :class:`RunOptions` (``batch_size``, ``generate``, ``selector``, ``distributed``).
 

@@ -15,7 +15,7 @@ import csv
 import io
 from pathlib import Path
 
-from lightning_dissect._io import atomic_write_text
+from lightning_dissect._io import atomic_write_bytes, atomic_write_text
 from lightning_dissect.history import round_path
 from lightning_dissect.loggers.content import RoundContent
 from lightning_dissect.visualize import encode_png
@@ -52,8 +52,7 @@ class FolderWriter:
         folder = step_folder(self.log_dir, content.prefix, content.step)
         for tag, image in content.images.items():
             path = folder / (_relative(tag, content.prefix) + ".png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(encode_png(image))
+            atomic_write_bytes(path, encode_png(image))
         for tag, table in content.tables.items():
             buffer = io.StringIO()
             out = csv.writer(buffer, lineterminator="\n")

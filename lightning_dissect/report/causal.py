@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect._text import plural
 from lightning_dissect.report._page import html_page, subtitle
 from lightning_dissect.report._svg import _text
 from lightning_dissect.visualize import encode_png, image_strip, to_uint8
@@ -99,7 +100,7 @@ def _alpha_profile(result: CausalUnits, width: int = 640, height: int = 160) -> 
         x = left + (i + 0.5) * step
         parts.append(_text(x, height - bottom + 12, str(unit), text_anchor="middle", font_size="9"))
     shown = f"labels: the top {labelled}" if labelled else "hover a bar for its unit"
-    caption = f"{n} units by α, best first ({shown}); dots: IoU / max IoU ({iou_max:.3f})"
+    caption = f"{plural(n, 'unit')} by α, best first ({shown}); dots: IoU / max IoU ({iou_max:.3f})"
     parts.append(_text(left, height - 3, caption, font_size="10"))
     parts.append("</svg>")
     return "".join(parts)
@@ -191,7 +192,7 @@ def causal_section(result: CausalUnits, images: dict[str, str] | None = None) ->
   <h2>Causal units of <code>{escape(result.concept)}</code> in <code>{escape(result.layer)}</code></h2>
   <p class="note">α per unit learned so that switching the units off in proportion to α removes the
   concept where it is and switching them on creates it where it is not, with an L2 penalty
-  ({escape(settings)}; seed {result.seed}). {result.num_images} sample images,
+  ({escape(settings)}; seed {result.seed}). {plural(result.num_images, 'sample image')},
   {result.num_images_with_concept} showing the concept (baseline fraction {result.baseline:.2%});
   {result.passes_per_image} forward+backward passes per image. Top units by α: {escape(top)}.</p>
   <h3>α profile</h3>
