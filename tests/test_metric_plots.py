@@ -65,7 +65,11 @@ def test_iou_heatmap_of_levels_takes_each_units_best_or_a_chosen_level():
     shown = np.asarray(ax.images[0].get_array())
     rows = [int(t.get_text().split()[1]) for t in ax.get_yticklabels()]
     cols = [int(t.get_text()) for t in ax.get_xticklabels()]
-    np.testing.assert_allclose(shown, iou.numpy().max(1)[rows][:, cols], rtol=1e-6)
+    # NumPy reference: each unit's row at one level, that of its best (level, concept) IoU
+    a = iou.numpy()
+    best_level = [int(np.argmax(a[u])) // a.shape[2] for u in range(3)]
+    reference = np.stack([a[u, best_level[u]] for u in range(3)])
+    np.testing.assert_allclose(shown, reference[rows][:, cols], rtol=1e-6)
     fig2, ax2 = metric.plot(iou, level=2, max_units=3, max_concepts=5)
     rows2 = [int(t.get_text().split()[1]) for t in ax2.get_yticklabels()]
     cols2 = [int(t.get_text()) for t in ax2.get_xticklabels()]
@@ -73,6 +77,22 @@ def test_iou_heatmap_of_levels_takes_each_units_best_or_a_chosen_level():
     with pytest.raises(ValueError, match="concept_names"):
         metric.plot(iou, concept_names=["a"])
     plt.close("all")
+
+
+def test_iou_heatmap_of_levels_does_not_mix_levels_within_a_unit():
+    # unit 0: best IoU sky 0.5 at level 1; tree peaks at level 0 (0.4) where sky is only 0.1
+    iou = torch.tensor([[[0.0, 0.1, 0.4], [0.0, 0.5, 0.05]],
+                        [[0.0, 0.2, 0.0], [0.0, 0.0, 0.3]]])
+    metric = UnitConceptIoU(num_units=2, num_concepts=3, thresholds=torch.zeros(2, 2), ignore_index=0)
+    fig, ax = metric.plot(iou, concept_names=["none", "sky", "tree"])
+    rows = [int(t.get_text().split()[1]) for t in ax.get_yticklabels()]
+    cols = [["none", "sky", "tree"].index(t.get_text()) for t in ax.get_xticklabels()]
+    a = iou.numpy()
+    reference = np.stack([a[u, int(np.argmax(a[u])) // a.shape[2]] for u in range(2)])
+    np.testing.assert_allclose(reference, [[0.0, 0.5, 0.05], [0.0, 0.0, 0.3]], rtol=1e-6)
+    assert rows == [0, 1] and cols == [1, 2]
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), reference[rows][:, cols], rtol=1e-6)
+    plt.close(fig)
 
 
 def test_quantile_profile_draws_one_line_per_level():

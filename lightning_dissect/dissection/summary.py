@@ -7,7 +7,7 @@ from torch import Tensor
 
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional.counts import ConceptCounts
-from lightning_dissect.functional.scores import iou_from_counts, iqr_from_counts, iqr_of_table
+from lightning_dissect.functional.scores import best_level_and_concept, iou_from_counts, iqr_from_counts, iqr_of_table
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -30,8 +30,7 @@ def _iqr_choice(
     fraction = source.concept_area.double() / max(1, int(source.total))
     iqr = iqr.masked_fill((fraction < cfg.min_concept_fraction).view(1, 1, -1), 0.0)
     # a dead unit (all IQRs 0) never gets the "no label" label
-    flat = _without_unlabeled(iqr, ignore_index).reshape(iqr.shape[0], -1).argmax(1)
-    return flat // iqr.shape[-1], flat % iqr.shape[-1]
+    return best_level_and_concept(iqr, ignore_index)
 
 
 def _unit_iqr(counts: ConceptCounts, level: Tensor | None, label: Tensor) -> Tensor:

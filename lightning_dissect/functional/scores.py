@@ -143,3 +143,35 @@ def iqr_of_table(intersection: int, unit_area: int, concept_area: int, total: in
         mi += p * math.log(count * n / (row * col))
         entropy -= p * math.log(p)
     return mi / entropy if entropy > 0 else 0.0
+
+
+def best_level_and_concept(scores: Tensor, ignore_index: int | None = None) -> tuple[Tensor, Tensor]:
+    """Per unit, the ``(level, concept)`` of its best score over all candidate levels and concepts.
+
+    The one way a unit's level is chosen from ``(U, K, C)`` scores: the largest score over the
+    flattened ``(level, concept)`` grid, ties to the lower level, then the lower concept. The
+    ``ignore_index`` concept (the "no label" entry) is never chosen over a real concept, so a dead
+    unit (all scores 0) still gets a real concept. The dissection chooses the levels of ``"iqr"``
+    mode this way from the IQR; ``UnitConceptIoU.plot`` from the IoU.
+
+    Args:
+        scores: ``(U, K, C)``.
+        ignore_index: A concept never chosen while another is available.
+
+    Returns:
+        ``(level, concept)``, each ``(U,)`` int64.
+
+    Examples:
+        >>> scores = torch.tensor([[[0.1, 0.3], [0.2, 0.25]], [[0.0, 0.0], [0.0, 0.0]]])
+        >>> best_level_and_concept(scores)
+        (tensor([0, 0]), tensor([1, 0]))
+        >>> best_level_and_concept(scores, ignore_index=0)[1]
+        tensor([1, 1])
+    """
+    if scores.ndim != 3:
+        raise ValueError(f"`scores` must be (U, K, C), got shape {tuple(scores.shape)}")
+    scores = scores.clone()
+    if ignore_index is not None and 0 <= ignore_index < scores.shape[-1]:
+        scores[..., ignore_index] = -1.0
+    flat = scores.reshape(scores.shape[0], -1).argmax(1)
+    return flat // scores.shape[-1], flat % scores.shape[-1]

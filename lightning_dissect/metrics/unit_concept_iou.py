@@ -22,6 +22,7 @@ from lightning_dissect.functional.counts import (
     accumulate_unit_concept_counts,
 )
 from lightning_dissect.functional.scores import (
+    best_level_and_concept,
     contingency_from_counts,
     iou_from_counts,
     iqr_from_counts,
@@ -319,7 +320,8 @@ class UnitConceptIoU(SumStateMetric):
             concept_names: Column labels (default: concept indices).
             max_units: Rows shown.
             max_concepts: Columns shown.
-            level: With candidate levels, the level to show (default: each unit's best level).
+            level: With candidate levels, the level to show (default: each unit's best level, the level
+                of its best ``(level, concept)`` IoU; every column of a row is at that one level).
             vmax: Top of the colour scale.
 
         Returns:
@@ -337,7 +339,11 @@ class UnitConceptIoU(SumStateMetric):
 
         iou = (self.compute() if val is None else val).detach().float().cpu()
         if iou.ndim == 3:
-            iou = iou.amax(1) if level is None else iou[:, level]
+            if level is None:  # each unit's row at its best level, chosen as the dissection chooses levels
+                best_level, _ = best_level_and_concept(iou, self.ignore_index)
+                iou = iou[torch.arange(iou.shape[0]), best_level]
+            else:
+                iou = iou[:, level]
         if iou.ndim != 2:
             raise ValueError(f"`val` must be (U, C) or (U, K, C) IoU, got shape {tuple(iou.shape)}")
         names = list(concept_names) if concept_names is not None else [str(c) for c in range(iou.shape[1])]
