@@ -8,11 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
+from lightning_dissect import dissect_images
 from lightning_dissect.cli import main
+from lightning_dissect.segmenters import ConceptVocabulary
 from tests.test_cli import FACTORY, assert_one_line_error, run
 from tests.test_network_dissection import painted_images
 
@@ -106,6 +111,49 @@ def test_labels_outside_the_concepts_are_refused_before_the_passes(capsys, folde
         "--segmentations", str(folder / "labels"), "--concepts", str(folder / "concepts.txt"), "--quiet",
     )
     assert_one_line_error(code, err, "--images segmentation", "outside [0, 4)")
+
+
+class ReaderModule(L.LightningModule):
+    """A LightningModule that reads images: one 3×3 convolution block, its width a hyperparameter."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).mean((2, 3))
+
+
+def test_network_lightning_module_class_with_a_checkpoint(capsys, folder):
+    torch.manual_seed(3)
+    trained = ReaderModule(width=6)  # not the default width: the hyperparameters come from the file
+    checkpoint = folder / "reader.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams),
+                "pytorch-lightning_version": L.__version__}, checkpoint)  # Lightning's checkpoint format
+    out = folder / "out"
+    code, _, err = run(
+        capsys, "dissect", "--network", "tests.test_cli_network:ReaderModule", "--checkpoint", str(checkpoint),
+        "--layers", "net.1", "--images", str(folder / "images"), "--segmentations", str(folder / "labels"),
+        "--concepts", str(folder / "concepts.txt"), "--quantile", "0.8", "--batch-size", "4", "--quiet",
+        "--output", str(out),
+    )
+    assert code == 0, err
+    data = json.loads((out / "dissect.json").read_text())
+    # reference: the trained module dissected directly, over the same files read with PIL
+    names = sorted(p.name for p in (folder / "images").iterdir())
+    images = torch.stack([torch.from_numpy(np.array(Image.open(folder / "images" / n).convert("RGB")))
+                          .permute(2, 0, 1).float() / 255 for n in names])
+    labels = torch.stack([torch.from_numpy(np.array(Image.open(folder / "labels" / n))).long() for n in names])
+    vocabulary = ConceptVocabulary(("unlabeled", "red", "green", "blue"), ("none", "concept", "concept", "concept"))
+    direct = dissect_images(trained.eval(), ["net.1"], TensorDataset(images, labels), vocabulary=vocabulary,
+                            quantile=0.8, batch_size=4, progress=False)["net.1"]
+    layer = data["layers"]["net.1"]
+    assert layer["num_units"] == 6
+    np.testing.assert_allclose(np.array(layer["iou"]), direct.iou.numpy(), rtol=1e-5, atol=1e-6)
+    assert [u["label"] for u in layer["units"]] == [u.label for u in direct.units]
+    assert [u["level"] for u in layer["units"]] == pytest.approx([u.level for u in direct.units], rel=1e-6)
+    assert [u["interpretable"] for u in layer["units"]] == [u.interpretable for u in direct.units]
 
 
 @pytest.mark.ddp
