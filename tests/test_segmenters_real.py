@@ -95,6 +95,43 @@ def test_segformer_saved_and_loaded_offline(transformers, tmp_path):
     assert len(out.unique()) > 1  # random weights still give several classes
 
 
+def test_segformer_concept_scores_are_the_softmax_of_its_logits(transformers, tmp_path):
+    """``concept_scores``: per-pixel class probabilities (NumPy softmax of the resized logits), whose
+    arg-max is the label ``seg(x)`` gives; the "unlabeled" entry, no model class, scores 0."""
+    config = transformers.SegformerConfig(**labelled(dict(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+        num_attention_heads=[1, 1], decoder_hidden_size=16,
+    )))  # fmt: skip
+    model = build(lambda: transformers.SegformerForSemanticSegmentation(config))
+    with torch.no_grad():  # random weights give near-uniform probabilities: make the classes distinct
+        model.decode_head.classifier.weight.mul_(100.0)
+    processor = transformers.SegformerImageProcessor(
+        image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], size={"height": 32, "width": 32}
+    )
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    seg = TransformersSegmenter.from_pretrained(str(tmp_path), resolution=16)
+    x = images(3)
+    scores = seg.concept_scores(x)
+    assert scores.shape == (3, len(ADE) + 1, 16, 16) and scores.dtype == torch.float32
+    # reference: the processor's normalisation, the model's logits upsampled as post-processing
+    # does (bilinear), a softmax over the classes in NumPy (float64)
+    arrays = [((img.numpy() + 1) / 2).transpose(1, 2, 0) for img in x]
+    pixel_values = processor(images=arrays, do_rescale=False, do_resize=False, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+    up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False).double().numpy()
+    e = np.exp(up - up.max(1, keepdims=True))
+    probabilities = e / e.sum(1, keepdims=True)
+    np.testing.assert_allclose(scores[:, 1:].detach().numpy(), probabilities, atol=1e-5)
+    assert torch.equal(scores[:, 0], torch.zeros(3, 16, 16))
+    np.testing.assert_allclose(scores.detach().sum(1).numpy(), 1.0, atol=1e-5)
+    labels = seg(x)
+    assert torch.equal(scores.argmax(1), labels)
+    assert torch.equal(labels, torch.from_numpy(probabilities.argmax(1)) + 1)
+    assert len(labels.unique()) > 1
+
+
 def test_upernet_saved_and_loaded_offline(transformers, tmp_path):
     backbone = transformers.ConvNextConfig(
         num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
