@@ -60,8 +60,11 @@ class LayerCallError(ValueError, RuntimeError):
     """A layer did not run exactly once in a forward pass that itself succeeded (not run, or shared)."""
 
 
-class DryRunError(ValueError):
+class DryRunError(ValueError, RuntimeError):
     """The dry run failed.
+
+    A ``ValueError`` (the inputs do not fit the generator) and, as before, a ``RuntimeError``, so
+    code that caught either keeps working.
 
     When the generator's forward pass failed for every latent layout tried, the message lists
     each attempt. A problem found after a forward pass succeeded (a layer's output, the segmenter)

@@ -445,17 +445,17 @@ def test_cli_latent_sampler_generate_selector(tmp_path, capsys):
     assert [u["top_images"] for u in units] == [u.top_images for u in reference.layers["synthesis.blocks.1"].units]
 
 
-def test_cli_two_input_generator_in_G_names_the_submodule(capsys):
+def test_cli_plain_wrapper_module_is_used_as_named(capsys):
+    # a plain nn.Module is dissected as it is named (only a LightningModule is searched for its
+    # generator): its layers are named from the wrapper, and a wrong name gets the close match
     code = main(["dissect", "--generator", "tests.helpers.third_party:ConditionalGAN", "--layers", "fc",
                  "--num-samples", "8", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "missing 1 required positional argument: 'labels'" in err
-    assert "called the 'G' submodule of ConditionalGAN" in err
-    assert "--generate" in err and "--generator MODULE:ATTR" in err
-    # following the advice works
-    code = main(["dissect", "--generator", "tests.helpers.third_party:ConditionalGAN", "--layers", "fc",
-                 "--generate", "tests.helpers.third_party:conditional_generate", "--image-size", "16",
+    assert "unknown layer 'fc'" in err and "'G.fc'" in err
+    # following the advice, with a generate= that feeds the wrapper's two-input G, works
+    code = main(["dissect", "--generator", "tests.helpers.third_party:ConditionalGAN", "--layers", "G.fc",
+                 "--generate", "tests.helpers.third_party:conditional_wrapper_generate", "--image-size", "16",
                  "--num-samples", "8", "--batch-size", "4", "--summary-units", "0", "--quiet"])
     assert code == 0, capsys.readouterr().err
 

@@ -332,6 +332,11 @@ def conditional_generate(generator: TwoInputGenerator, z):
     return generator(z, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
 
 
+def conditional_wrapper_generate(gan: ConditionalGAN, z):
+    """``generate=`` for :class:`ConditionalGAN` named as it is: its ``G`` with class 0 for every latent."""
+    return conditional_generate(gan.G, z)
+
+
 def segmenter_01():
     """The scene-world segmenter taking ``[0, 1]`` images (every pixel labelled: random weights paint anything)."""
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter, adapt_input
