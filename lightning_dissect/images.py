@@ -422,7 +422,7 @@ class ImageRunner(GeneratorRunner):
         edits: Mapping[str, LayerEdit] | None,
         require_maps: bool,
     ) -> dict[str, Tensor]:
-        """The network's maps of a batch: kept from an earlier pass of this session, or computed.
+        """The network's maps of a batch: kept from an earlier pass of the same `session()` block, or computed.
 
         Within a session the network is fixed and in eval mode, so a second pass over the same
         images (the counting pass of a dissection) reuses the maps of the first while they fit in
