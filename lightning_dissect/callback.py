@@ -336,13 +336,13 @@ class DissectionCallback(Callback):
 
             self.segmenter = SyntheticSceneSegmenter()
         if self.causal_concepts:
-            from lightning_dissect.interventions.causal import _concept
+            from lightning_dissect.interventions._common import _concept_index
             from lightning_dissect.segmenters.base import concept_scores_of
 
             check_samples_per_rank(self.causal_samples, "causal_samples")
             concept_scores_of(self.segmenter)
             for concept in self.causal_concepts:
-                _concept(concept, self.segmenter)
+                _concept_index(concept, self.segmenter)
         runner = self._runner(self.resolve_generator(pl_module))
         runner.check_layers(self.layers)
         try:

@@ -192,7 +192,7 @@ def test_json_round_trip(painted, tmp_path):
 def test_bad_input(world, painted):
     gen, seg, z, layer, _ = painted
     run = dict(generator=gen, layer="units", segmenter=seg, latents=z[:4], iou=layer)
-    with pytest.raises(KeyError, match="did you mean 'tree'"):
+    with pytest.raises(KeyError, match="`concept`: .*closest concept names: 'tree'"):
         causal_units(concept="treee", **run)
     with pytest.raises(ValueError, match="'water' does not appear in any of the 4 sample images"):
         causal_units(concept="water", **run)
@@ -264,7 +264,7 @@ def test_cli_writes_causal_json_and_report(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--concept", "treee"], "did you mean tree"),
+        (["--concept", "treee"], "--concept: 'treee' is not a concept of this vocabulary; closest concept names: 'tree'"),  # noqa: E501
         (["--concept", "tree", "--lr", "2"], "lr"),
         (["--concept", "tree", "--segmenter", "tests.test_causal_units:labels_only_segmenter"], "no soft concept"),
     ],

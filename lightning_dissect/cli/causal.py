@@ -74,12 +74,10 @@ def run_causal(args: argparse.Namespace) -> int:
     check_output(args.output)
     prepared = prepare_generator(args)
     segmenter, layer = prepared["segmenter"], prepared["layers"][0]
-    if args.concept not in segmenter.vocabulary.names:
-        import difflib
-
-        close = difflib.get_close_matches(args.concept, segmenter.vocabulary.names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise CLIError(f"--concept {args.concept!r} is not a concept of the segmenter{hint}")
+    try:
+        segmenter.vocabulary.index(args.concept)
+    except KeyError as err:
+        raise CLIError(f"--concept: {err.args[0]}") from None
     try:
         from lightning_dissect.segmenters.base import concept_scores_of
 

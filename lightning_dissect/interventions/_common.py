@@ -103,9 +103,13 @@ def _check_mode(mode: str) -> str:
 
 
 def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
+    """The concept's label index; an unknown name raises ``KeyError`` naming `concept` and the closest names."""
     vocabulary = segmenter.vocabulary
     if isinstance(concept, str):
-        return vocabulary.index(concept)
+        try:
+            return vocabulary.index(concept)
+        except KeyError as err:
+            raise KeyError(f"`concept`: {err.args[0]}") from None
     if isinstance(concept, bool) or not isinstance(concept, int):
         raise TypeError(f"`concept` must be a name or an index, got {concept!r}")
     if not 0 <= concept < vocabulary.num_concepts:

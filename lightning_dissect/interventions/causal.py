@@ -24,7 +24,6 @@ RNG are not touched.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
     Latents,
     RunOptions,
+    _concept_index,
     _control_rng,
     _sum_over_ranks,
 )
@@ -125,7 +125,7 @@ def causal_units(
     """
     steps, lr, l2 = _check_settings(steps, lr, l2)
     scores = concept_scores_of(segmenter)
-    index = _concept(concept, segmenter)
+    index = _concept_index(concept, segmenter)
     iou = _concept_iou(iou, index).detach().float().cpu()
     p = _prepare(
         generator, layer, segmenter, latents, concept=index, num_units=int(iou.shape[0]), options=options,
@@ -185,22 +185,6 @@ def _check_settings(steps: Any, lr: Any, l2: Any) -> tuple[int, float, float]:
 
 def _count(value: Any, name: str) -> int:
     return check_count(value, name, minimum=0)
-
-
-def _concept(concept: int | str, segmenter: Segmenter) -> int:
-    """The concept's index; an unknown name raises ``KeyError`` with the closest names."""
-    vocabulary = segmenter.vocabulary
-    if isinstance(concept, str):
-        if concept not in vocabulary.names:
-            close = difflib.get_close_matches(concept, vocabulary.names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"`concept` {concept!r} is not a concept of the segmenter's vocabulary{hint}")
-        return vocabulary.index(concept)
-    if isinstance(concept, bool) or not isinstance(concept, int):
-        raise TypeError(f"`concept` must be a name or an index, got {concept!r}")
-    if not 0 <= concept < vocabulary.num_concepts:
-        raise ValueError(f"`concept` {concept} outside [0, {vocabulary.num_concepts})")
-    return concept
 
 
 def _sizes(sizes: Sequence[int] | None, width: int) -> list[int]:
