@@ -1,6 +1,6 @@
 """A folder of PNG/JPEG images (and, optionally, their segmentations) as a map-style dataset.
 
-Files are read with Pillow (the ``images`` extra, ``pip install lightning-dissect[images]``) as RGB
+Files are read with Pillow (a dependency of the package, ``pip install pillow`` if it was removed) as RGB
 float tensors in ``[0, 1]`` (torchvision's convention), in sorted file-name order. Every file is
 opened when the folder is listed (headers only, no decoding), so an unreadable file or a size that
 differs is reported before any long work.
@@ -33,7 +33,7 @@ def _pillow() -> Any:
         from PIL import Image
     except ImportError as err:  # pragma: no cover - Pillow is installed in CI
         raise ImportError(
-            "reading an image folder needs Pillow: pip install 'lightning-dissect[images]'"
+            "reading an image folder needs Pillow, a dependency of lightning-dissect: pip install 'pillow>=10.1'"
         ) from err
     return Image
 
