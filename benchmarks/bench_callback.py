@@ -29,7 +29,7 @@ def main() -> None:
     import torch
     import train_gan
 
-    from lightning_dissect.callback import DissectionCallback
+    from lightning_dissect.callbacks.generator import DissectionCallback
 
     # the time spent inside rounds, measured within the run that has the callback (the ratio
     # below does not depend on how busy the machine was during the other run)

@@ -32,8 +32,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "examples")]  # this checkout's package an
 from gan_model import DCGAN, Generator  # noqa: E402
 
 from lightning_dissect.dissection import dissect  # noqa: E402
+from lightning_dissect.engine.latents import LatentBank  # noqa: E402
 from lightning_dissect.interventions import causal_units  # noqa: E402
-from lightning_dissect.latents import LatentBank  # noqa: E402
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]

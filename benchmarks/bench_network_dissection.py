@@ -168,7 +168,7 @@ def _peak_child(n: int, cache: int) -> dict:
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from torch import nn\n"
         "from lightning_dissect import dissect_images\n"
-        "from lightning_dissect import images as images_module\n"
+        "from lightning_dissect.engine import images as images_module\n"
         "from lightning_dissect.segmenters import SceneWorld\n"
         "from lightning_dissect.segmenters.synthetic import SyntheticSceneDataset\n"
         f"images_module.IMAGE_CACHE_BYTES = {cache}\n"

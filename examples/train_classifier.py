@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lightning_dissect import ImageDissectionCallback
-    from lightning_dissect._text import plural
+    from lightning_dissect._utils.text import plural
     from lightning_dissect.interventions import reader_ablation
 
     L.seed_everything(args.seed, workers=True)

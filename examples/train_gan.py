@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lightning_dissect._text import plural  # noqa: E402
+from lightning_dissect._utils.text import plural  # noqa: E402
 
 # Defaults of the example (documented in docs/example.md).
 DEFAULTS = dict(
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     from process_group import ReleaseGlooProcessGroup
 
     from lightning_dissect.segmenters.datamodule import SyntheticSceneDataModule
-    from lightning_dissect.visualize import encode_png
+    from lightning_dissect.visual.visualize import encode_png
 
     L.seed_everything(args.seed, workers=True)
     root = Path(args.default_root_dir)

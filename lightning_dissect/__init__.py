@@ -9,23 +9,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lightning_dissect._utils import deprecation as _deprecation
+
+_deprecation.install()
+
 __version__ = "0.1.0"
 
 _LAZY = {
     "UnitConceptIoU": "lightning_dissect.metrics",
     "UnitQuantiles": "lightning_dissect.metrics",
     "ConceptPixelFraction": "lightning_dissect.metrics",
-    "capture_layers": "lightning_dissect.hooks",
-    "edit_layers": "lightning_dissect.hooks",
-    "LayerEdit": "lightning_dissect.hooks",
+    "capture_layers": "lightning_dissect.engine.hooks",
+    "edit_layers": "lightning_dissect.engine.hooks",
+    "LayerEdit": "lightning_dissect.engine.hooks",
     "dissect": "lightning_dissect.dissection",
     "dissect_images": "lightning_dissect.dissection",
-    "ImageSet": "lightning_dissect.images",
+    "ImageSet": "lightning_dissect.engine.images",
     "DissectionConfig": "lightning_dissect.dissection",
     "DissectionResult": "lightning_dissect.result",
-    "DissectionCallback": "lightning_dissect.callback",
-    "ImageDissectionCallback": "lightning_dissect.image_callback",
-    "load_history": "lightning_dissect.history",
+    "DissectionCallback": "lightning_dissect.callbacks.generator",
+    "ImageDissectionCallback": "lightning_dissect.callbacks.reader",
+    "load_history": "lightning_dissect.callbacks.history",
     "intervene": "lightning_dissect.interventions",
     "ablate": "lightning_dissect.interventions",
     "insert": "lightning_dissect.interventions",
@@ -42,6 +46,8 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if f"{__name__}.{name}" in _deprecation.MOVED_MODULES:  # `lightning_dissect.visualize` without an import
+        return _deprecation.moved_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'lightning_dissect' has no attribute {name!r}")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lightning_dissect.functional._checks import check_choice, check_flag, check_int, check_real
+from lightning_dissect._utils.checks import check_choice, check_flag, check_int, check_real
 from lightning_dissect.interpretability import INTERPRETABLE_RULES, InterpretabilityRule
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.io import atomic_write_text, check_writable_output
 from lightning_dissect.interpretability import InterpretabilityRule
 from lightning_dissect.vocabulary import ConceptVocabulary
 

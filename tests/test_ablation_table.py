@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from lightning_dissect._ablation_table import ablation_markdown, ablation_rows
 from lightning_dissect.interventions import AblationEffect
+from lightning_dissect.report._ablation_table import ablation_markdown, ablation_rows
 
 
 def effect(concept: str, units: list[int], baseline: float, ablated: float, control_ablated: float) -> AblationEffect:

@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_dissect.callback import DissectionCallback, load_history
-from lightning_dissect.runner import DryRunError
+from lightning_dissect.callbacks.generator import DissectionCallback, load_history
+from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.segmenters import CallableSegmenter, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, scene_loader
 
@@ -238,8 +238,8 @@ def test_every_n_train_steps(tmp_path):
 
 
 def test_ablation_check_logs_the_right_numbers(tmp_path):
+    from lightning_dissect.engine.latents import LatentBank
     from lightning_dissect.interventions import ablation_check
-    from lightning_dissect.latents import LatentBank
 
     callback = make_callback(num_samples=64, iou_threshold=0.0)  # every unit gets a label
     trainer, model = fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
@@ -515,7 +515,7 @@ def test_a_logger_without_a_writer_gets_the_scalars_and_one_warning_naming_it(tm
 
 
 def test_num_samples_below_the_world_size_fails_at_fit_start(monkeypatch):
-    import lightning_dissect._distributed as distributed
+    import lightning_dissect._utils.distributed as distributed
 
     monkeypatch.setattr(distributed, "world", lambda distributed=True: (0, 64))
     callback = make_callback(num_samples=32, ablation_check=False)
@@ -527,8 +527,8 @@ def test_a_rank_that_failed_alone_reports_its_own_error_with_its_rank(monkeypatc
     """`rank_zero_warn` prints nothing on rank 1: the failing rank must warn itself."""
     from types import SimpleNamespace
 
-    import lightning_dissect.callback as module
-    from lightning_dissect._distributed import OtherRankError
+    import lightning_dissect.callbacks.generator as module
+    from lightning_dissect._utils.distributed import OtherRankError
 
     callback = make_callback(ablation_check=False)
     callback.segmenter = SyntheticSceneSegmenter(16)
@@ -562,7 +562,7 @@ def test_a_rank_that_failed_alone_reports_its_own_error_with_its_rank(monkeypatc
 def test_fit_start_warns_when_the_round_folder_holds_another_runs_rounds(tmp_path):
     from types import SimpleNamespace
 
-    from lightning_dissect.history import round_path
+    from lightning_dissect.callbacks.history import round_path
     from lightning_dissect.result import DissectionResult
 
     trainer = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path), is_global_zero=True)

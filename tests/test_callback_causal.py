@@ -74,7 +74,7 @@ def test_causal_sets_are_off_by_default_and_checked_early(tmp_path):
         fit(tmp_path / "u", [unknown], max_epochs=1, enable_checkpointing=False)
     world_labels = SyntheticSceneSegmenter(16)
     labels_only = CallableSegmenter(world_labels, world_labels.vocabulary)
-    from lightning_dissect.callback import DissectionCallback
+    from lightning_dissect.callbacks.generator import DissectionCallback
 
     no_scores = DissectionCallback(["layer1"], labels_only, causal_concepts=["sky"], num_samples=16)
     with pytest.raises(TypeError, match="no soft concept scores"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_dissect.cli import build_parser, main
-from lightning_dissect.discovery import find_generator, find_generator_or_self, find_latent_dim
+from lightning_dissect.engine.discovery import find_generator, find_generator_or_self, find_latent_dim
 from lightning_dissect.result import DissectionResult
 from tests.helpers.painting import make_painting_generator
 

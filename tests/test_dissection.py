@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.dissection import DissectionConfig, dissect
+from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.functional.upsample import upsample_bilinear
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.painting import PaintingGenerator
 
@@ -222,8 +222,8 @@ def test_visualized_units(painter, segmenter):
 
 def test_strips_are_drawn_from_pass_two_without_generating_again(painter, segmenter, monkeypatch):
     from lightning_dissect import dissection
-    from lightning_dissect.latents import LatentBank
-    from lightning_dissect.strips import render_unit_images
+    from lightning_dissect.dissection.strips import render_unit_images
+    from lightning_dissect.engine.latents import LatentBank
 
     calls = []
     handle = painter.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
@@ -253,8 +253,8 @@ def test_strips_are_drawn_from_pass_two_without_generating_again(painter, segmen
 
 
 def test_kept_frames_are_copies_not_views_of_the_batch():
-    from lightning_dissect.runner import GeneratedBatch
-    from lightning_dissect.strips import keep_frames
+    from lightning_dissect.dissection.strips import keep_frames
+    from lightning_dissect.engine.runner import GeneratedBatch
 
     batch = GeneratedBatch(torch.arange(8), torch.rand(8, 3, 16, 16), {"l": torch.rand(8, 4, 4, 4)})
     frames = {}
@@ -401,7 +401,7 @@ def test_latent_shape_or_sampler_required(painter, segmenter):
 def test_defaults_page_matches_the_code():
     from pathlib import Path
 
-    from lightning_dissect.callback import DissectionCallback
+    from lightning_dissect.callbacks.generator import DissectionCallback
     from lightning_dissect.cli import build_parser
     from lightning_dissect.config import CALLBACK_DEFAULTS, CLI_DEFAULTS, defaults_table
 
@@ -420,7 +420,7 @@ def test_defaults_page_matches_the_code():
 
 
 def test_unit_range_images_for_a_symmetric_segmenter_are_refused_with_the_fix(world):
-    from lightning_dissect.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
     from lightning_dissect.segmenters import adapt_input
 
     torch.manual_seed(0)
@@ -488,7 +488,7 @@ def test_validate_normalises_numpy_numbers():
 
 
 def test_every_entry_point_refuses_an_unknown_setting_with_the_same_type():
-    from lightning_dissect.callback import callback_config
+    from lightning_dissect.callbacks.generator import callback_config
     from lightning_dissect.config import merge_settings
     from lightning_dissect.dissection import resolve_config
 
@@ -578,7 +578,7 @@ class _TwoArguments(nn.Module):
     ],
 )
 def test_structured_latents_for_several_arguments_get_the_call_that_works(sampler, call):
-    from lightning_dissect.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
 
     runner = GeneratorRunner(_TwoArguments())
     with pytest.raises(DryRunError, match=rf"pass generate=lambda generator, latents: {call} \(that call works"):
@@ -592,8 +592,8 @@ def test_structured_latents_for_several_arguments_get_the_call_that_works(sample
 def test_a_generator_with_margins_is_told_to_crop_its_layers(segmenter):
     import warnings
 
-    from lightning_dissect.hooks import Selector
-    from lightning_dissect.runner import GeneratorRunner
+    from lightning_dissect.engine.hooks import Selector
+    from lightning_dissect.engine.runner import GeneratorRunner
 
     class Synthesis(nn.Module):  # StyleGAN3 keeps `margin_size` on its synthesis network
         margin_size = 2

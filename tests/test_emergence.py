@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_dissect.callbacks.history import load_history, round_path
+from lightning_dissect.callbacks.replay import order_checkpoints
 from lightning_dissect.cli import main
-from lightning_dissect.emergence import order_checkpoints
-from lightning_dissect.history import load_history, round_path
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.segmenters import ConceptVocabulary
 from tests.helpers.painting import make_painting_generator
@@ -73,7 +73,7 @@ def test_order_by_stored_step_then_file_name(tmp_path):
     write_checkpoint(tmp_path / "c.ckpt", None)
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     (tmp_path / "broken.ckpt").write_bytes(b"\x00garbage")
-    from lightning_dissect.emergence import find_checkpoints
+    from lightning_dissect.callbacks.replay import find_checkpoints
 
     lines: list[str] = []
     ordered = order_checkpoints(find_checkpoints([tmp_path]), report=lines.append)

@@ -11,7 +11,7 @@ from lightning_dissect.loggers.content import RoundContent
 from lightning_dissect.loggers.folder import FolderWriter, step_folder
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.segmenters import ConceptVocabulary
-from lightning_dissect.visualize import encode_png
+from lightning_dissect.visual.visualize import encode_png
 
 
 def _content(value: int) -> RoundContent:

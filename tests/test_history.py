@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from lightning_dissect.history import load_history, round_path
+from lightning_dissect.callbacks.history import load_history, round_path
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.segmenters import ConceptVocabulary
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_dissect.hooks import (
+from lightning_dissect.engine.hooks import (
     LayerEdit,
     apply_edit,
     capture_layers,

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dissect import ImageDissectionCallback
-from lightning_dissect.runner import DryRunError
+from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, scene_loader
 

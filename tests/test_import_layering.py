@@ -26,59 +26,37 @@ import lightning_dissect
 PACKAGE = "lightning_dissect"
 ROOT = Path(lightning_dissect.__file__).parent
 
-#: The layer of every module, lowest first: a module may import only modules of its own layer or
-#: below (cycles are refused separately). The longest matching prefix decides, so a new module
-#: inside a package gets its package's layer; a new top-level module must be placed here.
+#: The layer of every folder of the package, lowest first: a module may import only modules of its
+#: own layer or below (cycles are refused separately). The longest matching prefix decides, so a new
+#: module inside a folder gets its folder's layer; a new top-level module must be placed here. The
+#: same table, in words, is the docs page "Map of the package" (docs/architecture.md).
 LAYERS: dict[str, int] = {
-    # 0: no imports from the package (the root loads its re-exports lazily, by name)
+    # 0: no imports from the package above this line (the root loads its re-exports lazily, by name)
     "lightning_dissect": 0,
-    "lightning_dissect._io": 0,
-    "lightning_dissect._font": 0,
-    "lightning_dissect._progress": 0,
-    "lightning_dissect._torch_messages": 0,
+    "lightning_dissect._utils": 0,
     "lightning_dissect.vocabulary": 0,
-    "lightning_dissect.discovery": 0,
-    "lightning_dissect.functional._checks": 0,
-    "lightning_dissect.metrics._sync": 0,
-    "lightning_dissect.report._page": 0,
-    "lightning_dissect.colours": 0,
-    "lightning_dissect.loggers.content": 0,
     "lightning_dissect.interpretability": 0,
-    "lightning_dissect._text": 0,
-    "lightning_dissect._ablation_table": 0,
-    # 1: pure functions, settings, latents, process groups, pictures
+    # 1: pure tensor math, settings, the result types
     "lightning_dissect.functional": 1,
     "lightning_dissect.config": 1,
-    "lightning_dissect._distributed": 1,
-    "lightning_dissect.latents": 1,
-    "lightning_dissect.visualize": 1,
-    "lightning_dissect.image_folder": 1,
-    # 2: metrics, hooks, the result, the segmenter protocol
-    "lightning_dissect.metrics": 2,
-    "lightning_dissect.hooks": 2,
-    "lightning_dissect.result": 2,
-    "lightning_dissect.segmenters.base": 2,
-    # 3: segmenters, history, report drawing
-    "lightning_dissect.segmenters": 3,
-    "lightning_dissect.history": 3,
-    "lightning_dissect.report._svg": 3,
-    "lightning_dissect.round_pictures": 3,
-    # 4: running a generator
-    "lightning_dissect.runner": 4,
-    "lightning_dissect.images": 4,
-    # 5: what runs generators: the engine, interventions, strips
-    "lightning_dissect.strips": 5,
-    "lightning_dissect.dissection": 5,
-    "lightning_dissect.interventions": 5,
-    # 6: reports and logger writers (read results and built round content; never the training side)
-    "lightning_dissect.report": 6,
+    "lightning_dissect.result": 1,
+    # 2: concept sources, pictures
+    "lightning_dissect.segmenters": 2,
+    "lightning_dissect.visual": 2,
+    # 3: metrics; how a network is run and fed
+    "lightning_dissect.metrics": 3,
+    "lightning_dissect.engine": 3,
+    # 4: what runs networks: dissection passes and strips, interventions
+    "lightning_dissect.dissection": 4,
+    "lightning_dissect.interventions": 4,
+    # 5: the static report (reads results; never the training side)
+    "lightning_dissect.report": 5,
+    # 6: round content and the logger writers
     "lightning_dissect.loggers": 6,
-    # 7: training side and series of checkpoints
-    "lightning_dissect.round_logging": 7,
-    "lightning_dissect.round_causal": 7,
-    "lightning_dissect.emergence": 7,
-    "lightning_dissect.callback": 7,
-    "lightning_dissect.image_callback": 7,
+    # 7: the training side: callbacks, their history, the replay of a run's checkpoints
+    "lightning_dissect.callbacks": 7,
+    # round files are read without the training side (the folder writer names them as history does)
+    "lightning_dissect.callbacks.history": 1,
     # 8: the command line
     "lightning_dissect.cli": 8,
     "lightning_dissect.__main__": 8,
@@ -86,7 +64,7 @@ LAYERS: dict[str, int] = {
 
 #: Known upward edges in a module being restructured elsewhere; each one is to be deleted from
 #: this list when the module that holds the import is reworked. Nothing in ``result``,
-#: ``history``, ``_io`` or ``report/__init__`` may appear here.
+#: ``callbacks.history``, ``_utils.io`` or ``report/__init__`` may appear here.
 KNOWN_UPWARD_EDGES: set[tuple[str, str]] = set()
 
 
@@ -212,17 +190,17 @@ def test_the_parser_sees_function_level_relative_and_type_checking_imports():
         "from lightning_dissect import result\n"
         "from .c import x\n"
         "if TYPE_CHECKING:\n    from lightning_dissect.cli import main\n"
-        "else:\n    import lightning_dissect.hooks\n"
-        "def f():\n    from ..latents import LatentBank\n    import lightning_dissect.visualize as v\n"
+        "else:\n    import lightning_dissect.engine.hooks\n"
+        "def f():\n    from ..latents import LatentBank\n    import lightning_dissect.visual.visualize as v\n"
         "class K:\n    def m(self):\n        from lightning_dissect.report._svg import iou_heatmap\n"
     )
     found = _imports(ast.parse(source), "lightning_dissect.pkg.mod", is_package=False)
     assert sorted(found) == sorted([
         "lightning_dissect.result",
         "lightning_dissect.pkg.c.x",
-        "lightning_dissect.hooks",
+        "lightning_dissect.engine.hooks",
         "lightning_dissect.latents.LatentBank",
-        "lightning_dissect.visualize",
+        "lightning_dissect.visual.visualize",
         "lightning_dissect.report._svg.iou_heatmap",
     ])
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -240,29 +218,29 @@ def test_no_import_cycles():
 def test_result_depends_on_nothing_above_it():
     graph = module_graph()
     assert closure(graph, "lightning_dissect.result") <= {
-        "lightning_dissect._io",
+        "lightning_dissect._utils.io",
         "lightning_dissect.interpretability",
         "lightning_dissect.vocabulary",
     }
     assert graph["lightning_dissect.vocabulary"] == set()
     assert graph["lightning_dissect.interpretability"] == set()  # the one rule sits at the bottom
     assert graph["lightning_dissect.segmenters.base"] <= {
-        "lightning_dissect.functional._checks",
+        "lightning_dissect._utils.checks",
         "lightning_dissect.vocabulary",
     }
-    assert graph["lightning_dissect.functional._checks"] == set()
-    assert graph["lightning_dissect._io"] == set()
-    assert closure(graph, "lightning_dissect.history") <= {
+    assert graph["lightning_dissect._utils.checks"] == set()
+    assert graph["lightning_dissect._utils.io"] == set()
+    assert closure(graph, "lightning_dissect.callbacks.history") <= {
         "lightning_dissect.result",
-        "lightning_dissect._text",  # wording only; imports nothing of the package
+        "lightning_dissect._utils.text",  # wording only; imports nothing of the package
         *closure(graph, "lightning_dissect.result"),
     }
 
 
 def test_report_does_not_import_the_training_side():
     graph = module_graph()
-    above = {"lightning_dissect.callback", "lightning_dissect.round_logging", "lightning_dissect.cli",
-             "lightning_dissect.emergence"}
+    above = {"lightning_dissect.callbacks.generator", "lightning_dissect.loggers.rounds", "lightning_dissect.cli",
+             "lightning_dissect.callbacks.replay"}
     reports = [m for m in graph if m == "lightning_dissect.report" or m.startswith("lightning_dissect.report.")]
     assert len(reports) > 1  # every module of the package, not only its __init__
     for module in reports:
@@ -275,18 +253,20 @@ def test_report_does_not_import_the_training_side():
 
 def test_drawing_and_logger_writers_sit_below_the_round_content():
     graph = module_graph()
-    assert graph["lightning_dissect.colours"] == set()  # the colour scale's stops live here only
-    drawing = closure(graph, "lightning_dissect.round_pictures")
-    assert not drawing & {"lightning_dissect.round_logging", "lightning_dissect.callback",
+    assert graph["lightning_dissect.visual.colours"] == set()  # the colour scale's stops live here only
+    drawing = closure(graph, "lightning_dissect.visual.round_pictures")
+    assert not drawing & {"lightning_dissect.loggers.rounds", "lightning_dissect.callbacks.generator",
                           "lightning_dissect.loggers", "lightning_dissect.report"}
-    writers = [m for m in graph if m == "lightning_dissect.loggers" or m.startswith("lightning_dissect.loggers.")]
+    content = {"lightning_dissect.loggers.rounds", "lightning_dissect.loggers.causal"}  # built here, written below
+    writers = [m for m in graph if (m == "lightning_dissect.loggers" or m.startswith("lightning_dissect.loggers."))
+               and m not in content]
     assert len(writers) >= 3
     for module in writers:  # writers get the built content: they never reach up into the callback
-        assert not closure(graph, module) & {"lightning_dissect.round_logging", "lightning_dissect.callback",
-                                             "lightning_dissect.round_pictures"}, module
+        assert not closure(graph, module) & {*content, "lightning_dissect.callbacks.generator",
+                                             "lightning_dissect.visual.round_pictures"}, module
     # the report takes concept colours from the shared module, not from the logging side
     assert not closure(graph, "lightning_dissect.report.emergence") & {
-        "lightning_dissect.round_pictures", "lightning_dissect.round_logging", "lightning_dissect.loggers"}
+        "lightning_dissect.visual.round_pictures", "lightning_dissect.loggers.rounds", "lightning_dissect.loggers"}
 
 
 def test_every_module_has_a_layer_and_imports_point_down():
@@ -321,7 +301,7 @@ def test_no_decision_is_made_on_an_error_message():
     )
     found = []
     for name, path in _modules().items():
-        if name == "lightning_dissect._torch_messages":
+        if name == "lightning_dissect._utils.torch_messages":
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if pattern.search(line):

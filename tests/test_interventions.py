@@ -22,7 +22,9 @@ try:
 except ImportError:  # tests/ itself is on sys.path
     from helpers.painting import PaintingGenerator
 
-from lightning_dissect.hooks import LayerEdit
+from lightning_dissect.engine.hooks import LayerEdit
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import noise_seed
 from lightning_dissect.interventions import (
     AblationEffect,
     ablate,
@@ -36,10 +38,8 @@ from lightning_dissect.interventions import (
     random_units,
     unit_statistics,
 )
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics import ConceptPixelFraction
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.runner import noise_seed
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
 SIZE, LOW, SAMPLES = 16, 4, 32

@@ -14,8 +14,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lightning_dissect.colours import IOU_SCALE_MAX  # noqa: E402
 from lightning_dissect.metrics import ConceptPixelFraction, UnitConceptIoU, UnitQuantiles  # noqa: E402
+from lightning_dissect.visual.colours import IOU_SCALE_MAX  # noqa: E402
 
 NAMES = ["none", "sky", "tree", "grass", "door"]
 

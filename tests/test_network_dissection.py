@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lightning_dissect import dissect_images
-from lightning_dissect.images import ImageSet
+from lightning_dissect.engine.images import ImageSet
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 from tests import reference
@@ -359,8 +359,8 @@ def _dissect_scenes(net: nn.Module, images: torch.Tensor, segmenter: SyntheticSc
 
 
 def test_maps_reused_by_the_counting_pass_give_the_same_result(monkeypatch):
-    from lightning_dissect import images as images_module
     from lightning_dissect.dissection import passes
+    from lightning_dissect.engine import images as images_module
 
     world = SceneWorld(16)
     scenes, _ = world.render(10, seed=4)
@@ -385,7 +385,7 @@ def test_maps_reused_by_the_counting_pass_give_the_same_result(monkeypatch):
 
 
 def test_kept_maps_do_not_outlive_the_session():
-    from lightning_dissect.images import ImageRunner
+    from lightning_dissect.engine.images import ImageRunner
 
     net = nn.Sequential(nn.Conv2d(3, 2, 1))
     runner = ImageRunner(net, batch_size=4)

@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dissect import DissectionCallback, ablation_check, ablation_effect, dissect
 from lightning_dissect.cli import main
+from lightning_dissect.dissection.strips import render_unit_images
+from lightning_dissect.engine.hooks import Selector
+from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.functional.upsample import upsample_bilinear
-from lightning_dissect.hooks import Selector
 from lightning_dissect.interventions import insertion_effect, unit_statistics
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter, adapt_input
-from lightning_dissect.strips import render_unit_images
-from lightning_dissect.visualize import overlay_mask, to_uint8
+from lightning_dissect.visual.visualize import overlay_mask, to_uint8
 from tests.helpers import third_party as tp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,7 +348,7 @@ def test_layer_shape_problem_leads_when_the_forward_succeeds():
         def forward(self, z):
             return torch.tanh(self.out(self.seq(self.fc(z)).flatten(1))).view(-1, 3, 16, 16)
 
-    from lightning_dissect.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
 
     runner = GeneratorRunner(Sequence3d())
     banks = [LatentBank(2, (8,)), LatentBank(2, (8, 1, 1))]

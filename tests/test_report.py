@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_dissect.dissection import dissect
-from lightning_dissect.latents import LatentBank
+from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.report import layer_slug, write_report
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.segmenters import ConceptVocabulary, SceneWorld, SyntheticSceneSegmenter
@@ -308,7 +308,7 @@ def _outline_reference(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_mask_outline_is_dark_and_light_and_visible_on_any_image():
-    from lightning_dissect.visualize import overlay_mask
+    from lightning_dissect.visual.visualize import overlay_mask
 
     mask = torch.rand(20, 24, generator=torch.Generator().manual_seed(3)) > 0.6
     inner, outer = _outline_reference(mask)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_dissect._io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.io import atomic_write_text, check_writable_output
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.segmenters import ConceptVocabulary
 

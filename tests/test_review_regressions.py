@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_dissect.callback import DissectionCallback
+from lightning_dissect.callbacks.generator import DissectionCallback
 from lightning_dissect.dissection import dissect
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, TinyGenerator, scene_loader

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from lightning_dissect.loggers import TensorBoardWriter
+from lightning_dissect.loggers.rounds import RoundLogger
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.round_logging import RoundLogger
-from lightning_dissect.round_pictures import iou_heatmap_image, units_by_round_concepts, units_by_round_image
 from lightning_dissect.segmenters import ConceptVocabulary
-from lightning_dissect.visualize import IOU_SCALE_MAX, labelled_heatmap, labelled_heatmap_grid, legend_image
+from lightning_dissect.visual.round_pictures import iou_heatmap_image, units_by_round_concepts, units_by_round_image
+from lightning_dissect.visual.visualize import IOU_SCALE_MAX, labelled_heatmap, labelled_heatmap_grid, legend_image
 
 VOCAB = ConceptVocabulary(("unlabeled", "sky", "tree", "grass", "door"), ("none", "material", "object", "material",
                                                                           "part"))
@@ -242,7 +242,7 @@ def test_wandb_and_mlflow_are_imported_only_when_their_logger_is_in_use(tmp_path
     code = (
         "import sys\n"
         "from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger\n"
-        "import lightning_dissect.callback\n"
+        "import lightning_dissect.callbacks.generator\n"
         "from lightning_dissect.loggers import round_writers\n"
         f"writers, _ = round_writers([TensorBoardLogger({str(tmp_path)!r}), CSVLogger({str(tmp_path)!r})])\n"
         "print(len(writers), 'wandb' in sys.modules, 'mlflow' in sys.modules)\n"
@@ -275,7 +275,7 @@ def test_units_by_round_has_a_sensible_size_from_the_first_round():
 def test_unit_strips_are_labelled_with_unit_concept_iou_and_chance():
     from PIL import Image, ImageDraw, ImageFont
 
-    from lightning_dissect.round_pictures import unit_strip_grid
+    from lightning_dissect.visual.round_pictures import unit_strip_grid
 
     units = [unit(0, "sky", 0.7234, True, 0.631), unit(1, "grass", 0.118, False, 0.114)]
     result = DissectionResult({"l": layer_of(units)}, VOCAB)

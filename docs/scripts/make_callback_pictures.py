@@ -19,15 +19,15 @@ OUT = ROOT / "docs" / "images"
 from gan_model import DCGAN  # noqa: E402
 
 from lightning_dissect import dissect, load_history  # noqa: E402
-from lightning_dissect.round_logging import round_entry  # noqa: E402
-from lightning_dissect.round_pictures import (  # noqa: E402
+from lightning_dissect.loggers.rounds import round_entry  # noqa: E402
+from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
+from lightning_dissect.visual.round_pictures import (  # noqa: E402
     iou_heatmap_image,
     segmenter_palette,
     unit_strip_grid,
     units_by_round_image,
 )
-from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
-from lightning_dissect.visualize import encode_png  # noqa: E402
+from lightning_dissect.visual.visualize import encode_png  # noqa: E402
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lightning_dissect.hooks import capture_layers  # noqa: E402
+from lightning_dissect.engine.hooks import capture_layers  # noqa: E402
 from lightning_dissect.metrics import ConceptPixelFraction, UnitConceptIoU, UnitQuantiles  # noqa: E402
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
 from tests.helpers.painting import PaintingGenerator  # noqa: E402

@@ -7,7 +7,7 @@ from dataclasses import fields
 from typing import Any
 
 from lightning_dissect.config import CLI_DEFAULTS, THRESHOLD_MODES, DissectionConfig, check_setting, config_defaults
-from lightning_dissect.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
+from lightning_dissect.engine.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
 from lightning_dissect.interpretability import INTERPRETABLE_RULES
 
 __all__ = [

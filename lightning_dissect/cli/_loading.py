@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning_dissect.discovery import find_generator_or_self
+from lightning_dissect.engine.discovery import find_generator_or_self
 
 __all__ = [
     "CLIError",
@@ -98,7 +98,7 @@ def check_checkpoint(checkpoint: str | None, option: str = "--checkpoint") -> No
 
 def _checkpoint_error(checkpoint: str, err: BaseException) -> str:
     """Name a truncated or corrupt checkpoint instead of the raw OSError/unpickling error."""
-    from lightning_dissect._torch_messages import checkpoint_reason, is_truncated_checkpoint
+    from lightning_dissect._utils.torch_messages import checkpoint_reason, is_truncated_checkpoint
 
     if is_truncated_checkpoint(err):
         return f"{checkpoint} is truncated or not a PyTorch checkpoint ({type(err).__name__})"
@@ -132,7 +132,7 @@ def load_generator(spec: str, checkpoint: str | None, device: str) -> tuple[Any,
     ``spec`` names a factory function, an ``nn.Module`` instance or a class; a class with
     ``load_from_checkpoint`` (a LightningModule) is loaded from ``checkpoint``, any other class or
     factory is called without arguments, and a plain module gets the checkpoint's ``state_dict``.
-    The generator is the model's submodule found by :func:`~lightning_dissect.discovery.find_generator_or_self`
+    The generator is the model's submodule found by :func:`~lightning_dissect.engine.discovery.find_generator_or_self`
     (``attribute`` names it; ``None`` when the model is the generator itself).
     """
     model = load_module(spec, checkpoint, device, "--generator")
@@ -282,7 +282,7 @@ def check_output(path: str | None, option: str = "--output") -> None:
     """Before any work: a one-line :class:`CLIError` when the output folder cannot be written."""
     if path is None:
         return
-    from lightning_dissect._io import check_writable_output
+    from lightning_dissect._utils.io import check_writable_output
 
     try:
         check_writable_output(path, option, directory=True)

@@ -2,7 +2,7 @@
 
 :func:`prepare_generator` loads the generator and the segmenter a command names, resolves the layer
 names and chooses the latent layout by one dry run
-(:meth:`~lightning_dissect.runner.GeneratorRunner.choose_latents`, as the callback does);
+(:meth:`~lightning_dissect.engine.runner.GeneratorRunner.choose_latents`, as the callback does);
 :func:`dissection_config` turns the options into a :class:`~lightning_dissect.config.DissectionConfig`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning_dissect.cli._arguments import config_settings
 from lightning_dissect.cli._loading import CLIError, load_generator, load_object, load_segmenter
-from lightning_dissect.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
+from lightning_dissect.engine.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
 
 __all__ = [
     "dissection_config",
@@ -59,7 +59,7 @@ def parse_selector(text: str | None) -> Any:
 
 def layer_names(layers: list[str], generator: Any, attribute: str | None) -> list[str]:
     """Layer names relative to the generator; ``<attribute>.name`` is accepted too."""
-    from lightning_dissect.hooks import resolve_layer
+    from lightning_dissect.engine.hooks import resolve_layer
 
     names = []
     for name in layers:
@@ -82,7 +82,7 @@ def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
     Returns the keyword arguments for :func:`~lightning_dissect.dissect` (generator, layers,
     segmenter, latent options), plus ``"model"``, the object ``--generator`` named.
     """
-    from lightning_dissect.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
 
     layers = split_layers(args.layers)
     if not layers:

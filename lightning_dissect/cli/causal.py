@@ -67,8 +67,8 @@ def add_causal_command(sub: Any) -> None:
 def run_causal(args: argparse.Namespace) -> int:
     """Run the ``causal`` command (raises :class:`CLIError` on user errors)."""
     from lightning_dissect.dissection import dissect
+    from lightning_dissect.engine.latents import LatentBank
     from lightning_dissect.interventions import causal_units
-    from lightning_dissect.latents import LatentBank
     from lightning_dissect.report import write_causal_report, write_report
 
     check_output(args.output)
@@ -112,8 +112,8 @@ def run_causal(args: argparse.Namespace) -> int:
 
 def _unit_strips(prepared: dict[str, Any], args: argparse.Namespace, result: Any, causal: Any, value_range: Any) -> Any:
     """The dissection's top images of the 6 best units by α, with their masks (the report's strips)."""
-    from lightning_dissect.latents import LatentBank
-    from lightning_dissect.strips import render_unit_images
+    from lightning_dissect.dissection.strips import render_unit_images
+    from lightning_dissect.engine.latents import LatentBank
 
     layer = causal.layer
     bank = LatentBank(args.num_samples, prepared["latent_shape"], args.seed, prepared["latent_sampler"])

@@ -44,7 +44,7 @@ def add_compare_command(sub: Any) -> None:
 
 def load_run(path: str, argument: str = "RUN") -> Any:
     """A result from a JSON file, a folder's ``dissect.json``, or the last round of a folder's rounds."""
-    from lightning_dissect.history import load_history
+    from lightning_dissect.callbacks.history import load_history
     from lightning_dissect.result import DissectionResult
 
     source = Path(path)
@@ -184,7 +184,7 @@ def comparison_markdown(
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run the ``compare`` command (raises :class:`CLIError` on user errors)."""
-    from lightning_dissect._io import atomic_write_text
+    from lightning_dissect._utils.io import atomic_write_text
 
     a = load_run(args.run_a, "RUN_A")
     b = load_run(args.run_b, "RUN_B")

@@ -94,8 +94,8 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     Returns the keyword arguments of :func:`~lightning_dissect.dissection.dissect_images`, plus
     ``"device"``.
     """
-    from lightning_dissect.image_folder import ImageFolder, read_concepts
-    from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet
+    from lightning_dissect.engine.image_folder import ImageFolder, read_concepts
+    from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet
 
     layers = split_layers(args.layers)
     if not layers:
@@ -137,7 +137,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     """Run the ``dissect`` command (raises :class:`CLIError` on user errors)."""
     import torch
 
-    from lightning_dissect._distributed import init_distributed, world
+    from lightning_dissect._utils.distributed import init_distributed, world
 
     _check_model_options(args)
     check_output(args.output)

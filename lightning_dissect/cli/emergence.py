@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_dissect._distributed import world
-from lightning_dissect._text import plural
+from lightning_dissect._utils.distributed import world
+from lightning_dissect._utils.text import plural
 from lightning_dissect.cli import _arguments
 from lightning_dissect.cli._loading import CheckpointError, CLIError, check_output, describe_error, load_generator
 from lightning_dissect.cli._prepare import dissection_config, prepare_generator, resolve_device
@@ -59,7 +59,7 @@ def run_emergence(args: argparse.Namespace) -> int:
     """Run the ``emergence`` command (raises :class:`CLIError` on user errors)."""
     import torch
 
-    from lightning_dissect._distributed import init_distributed
+    from lightning_dissect._utils.distributed import init_distributed
 
     if getattr(args, "checkpoint", None):
         raise CLIError("--checkpoint: emergence takes --checkpoints PATH [PATH ...] (files or folders)")
@@ -116,7 +116,7 @@ def _remove_empty_folders(output: Path, created: Path | None) -> None:
 
 def _ordered_checkpoints(args: argparse.Namespace, say: Callable[[str], None]) -> list[Any]:
     """The files of ``--checkpoints``, read and ordered by their stored ``global_step``."""
-    from lightning_dissect.emergence import find_checkpoints, order_checkpoints
+    from lightning_dissect.callbacks.replay import find_checkpoints, order_checkpoints
 
     try:
         files = find_checkpoints(args.checkpoints)
@@ -163,8 +163,8 @@ def _loader(args: argparse.Namespace, prepared: dict[str, Any], checkpoints: lis
 
 def _dissect_series(args: argparse.Namespace, checkpoints: list[Any], load: Callable[[Any], Any],
                     prepared: dict[str, Any], config: Any, output: Path, say: Callable[[str], None]) -> Any:
-    """:func:`~lightning_dissect.emergence.dissect_checkpoints` with CLI errors; ``None`` when interrupted."""
-    from lightning_dissect.emergence import dissect_checkpoints
+    """:func:`~lightning_dissect.callbacks.replay.dissect_checkpoints` with CLI errors; ``None`` when interrupted."""
+    from lightning_dissect.callbacks.replay import dissect_checkpoints
 
     metadata: dict[str, Any] = {"generator": args.generator}
     if prepared["latent_shape"] is not None:
@@ -192,11 +192,11 @@ def _dissect_series(args: argparse.Namespace, checkpoints: list[Any], load: Call
 
 def _write_page(args: argparse.Namespace, run: Any, prepared: dict[str, Any], config: Any, output: Path,
                 load: Any) -> None:
-    from lightning_dissect.emergence import Checkpoint
-    from lightning_dissect.latents import LatentBank
+    from lightning_dissect.callbacks.replay import Checkpoint
+    from lightning_dissect.dissection.strips import render_unit_images
+    from lightning_dissect.engine.latents import LatentBank
     from lightning_dissect.report.emergence import write_emergence_report
-    from lightning_dissect.round_pictures import segmenter_palette
-    from lightning_dissect.strips import render_unit_images
+    from lightning_dissect.visual.round_pictures import segmenter_palette
 
     if not run.rounds:
         print(f"no rounds in {output}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The dissection engine: one code path for the offline command, the report and the callback.
 
 :func:`dissect` runs the passes of :mod:`~lightning_dissect.dissection.passes` over a seeded latent
-bank (split across ranks under DDP) through a :class:`~lightning_dissect.runner.GeneratorRunner`,
+bank (split across ranks under DDP) through a :class:`~lightning_dissect.engine.runner.GeneratorRunner`,
 labels every unit (:mod:`~lightning_dissect.dissection.summary`) and returns a
 :class:`~lightning_dissect.result.DissectionResult`. All layers are dissected in the same passes.
 Statistics are TorchMetrics metrics, so under ``torch.distributed`` they are all-reduced and every
@@ -16,19 +16,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_dissect._distributed import check_samples_per_rank, gather_dicts_to_zero
-from lightning_dissect._progress import Progress
+from lightning_dissect._utils.distributed import check_samples_per_rank, gather_dicts_to_zero
+from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig, merge_settings
 from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
+from lightning_dissect.dissection.strips import render_unit_images
 from lightning_dissect.dissection.summary import summarise_layer
+from lightning_dissect.engine.hooks import OutputSelector
+from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet, Transform
+from lightning_dissect.engine.latents import LatentBank, LatentSampler
+from lightning_dissect.engine.runner import Generate, GeneratorRunner
 from lightning_dissect.functional.counts import ConceptCounts
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
-from lightning_dissect.latents import LatentBank, LatentSampler
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
-from lightning_dissect.strips import render_unit_images
 from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["DissectionConfig", "dissect", "dissect_images", "resolve_config"]
@@ -141,7 +141,7 @@ def dissect_images(
     Args:
         network: The ``nn.Module`` that reads images (classifier, encoder, discriminator).
         layers: Dotted names of its layers to dissect (see ``network.named_modules()``).
-        images: An :class:`~lightning_dissect.images.ImageSet`, or a map-style ``Dataset``, a
+        images: An :class:`~lightning_dissect.engine.images.ImageSet`, or a map-style ``Dataset``, a
             ``DataLoader`` (read through its dataset), or a tensor ``(N, C, H, W)``.
         segmenter: Images → concept labels; ``None`` with ``vocabulary`` (ground truth).
         vocabulary: The concepts the dataset's segmentations index (items are

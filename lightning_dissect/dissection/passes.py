@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_dissect._distributed import all_gather_cat
-from lightning_dissect._progress import Progress
+from lightning_dissect._utils.checks import check_finite
+from lightning_dissect._utils.distributed import all_gather_cat
+from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.dissection.strips import Frame, keep_frames
 from lightning_dissect.dissection.topk import TopK
-from lightning_dissect.functional._checks import check_finite
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import GeneratedBatch, GeneratorRunner
 from lightning_dissect.functional.counts import ConceptCounts
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
-from lightning_dissect.runner import GeneratedBatch, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
-from lightning_dissect.strips import Frame, keep_frames
 
 __all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass", "METRIC_THREADS"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_dissect._distributed import all_gather_cat
+from lightning_dissect._utils.distributed import all_gather_cat
 
 __all__ = ["TopK"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dissect.functional._checks import (
+from lightning_dissect._utils.checks import (
     check_activations,
     check_segmentation,
     check_thresholds,

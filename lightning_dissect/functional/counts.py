@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import (
+from lightning_dissect._utils.checks import (
     check_activations,
     check_count,
     check_segmentation,

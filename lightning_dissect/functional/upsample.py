@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import check_count, check_size
+from lightning_dissect._utils.checks import check_count, check_size
 
 __all__ = ["bilinear_matrix", "upsample_bilinear", "upsample_units_first", "resample_mask"]
 

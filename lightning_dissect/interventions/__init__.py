@@ -1,7 +1,7 @@
 r"""Interventions: switch units off (ablation) or on (insertion) and measure what the images lose.
 
 Dissection finds *correlation* between units and concepts; interventions test *causation*. One
-rule covers every edit of a layer output ``r`` (see :class:`~lightning_dissect.hooks.LayerEdit`):
+rule covers every edit of a layer output ``r`` (see :class:`~lightning_dissect.engine.hooks.LayerEdit`):
 
 .. math:: r \leftarrow r\,(1 - \alpha m) + v\,\alpha m
 
@@ -28,12 +28,12 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
   top units by α with the top units by IoU and random units (:class:`CausalUnits`);
 * :func:`ablation_check` — for every concept with interpretable units in a
   :class:`~lightning_dissect.result.LayerDissection`, switch off its units and report the drop;
-  this is what :class:`~lightning_dissect.callback.DissectionCallback` runs at every round;
+  this is what :class:`~lightning_dissect.callbacks.generator.DissectionCallback` runs at every round;
 * :func:`reader_ablation` — the same for a network that *reads* images (Network Dissection): a
   classifier's accuracy (over all images and those with the concept) or a discriminator's score,
   with the same random-units control and record format (:class:`ReaderAblationEffect`).
 
-Every function runs the generator through a :class:`~lightning_dissect.runner.GeneratorRunner`:
+Every function runs the generator through a :class:`~lightning_dissect.engine.runner.GeneratorRunner`:
 under ``torch.inference_mode()`` with the generator in eval mode (restoring each submodule's
 mode), hooks removed even when the generator raises, and generator noise seeded per batch: the
 batch of latents ``i, i+1, …`` gets the seed ``noise_seed(bank.seed, i)`` (latents passed as a

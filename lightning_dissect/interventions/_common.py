@@ -8,18 +8,18 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import check_count
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.latents import LatentBank
+from lightning_dissect._utils.checks import check_count
+from lightning_dissect.engine.hooks import OutputSelector
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import Generate, GeneratorRunner
 from lightning_dissect.metrics._sync import all_reduce_sum
-from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
 
 Latents = Tensor | tuple | dict | LatentBank
 """This process's latents: a ``(N, ...)`` tensor, a tuple/dict of such tensors (structured
-latents) or a :class:`~lightning_dissect.latents.LatentBank`."""
+latents) or a :class:`~lightning_dissect.engine.latents.LatentBank`."""
 
 
 Units = Sequence[int] | Tensor

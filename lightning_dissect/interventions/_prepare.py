@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.config import DissectionConfig
-from lightning_dissect.hooks import check_editable
+from lightning_dissect.engine.hooks import check_editable
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import GeneratorRunner, noise_seed
 from lightning_dissect.interventions._common import (
     _CONTROL_DEFAULTS,
     Latents,
@@ -26,8 +28,6 @@ from lightning_dissect.interventions._common import (
 from lightning_dissect.interventions._engine import _measure, _Measured, _Variant
 from lightning_dissect.interventions.edits import _unit_index, ablate, random_units
 from lightning_dissect.interventions.statistics import UnitStatistics, _layer_statistics, _unit_values
-from lightning_dissect.latents import LatentBank
-from lightning_dissect.runner import GeneratorRunner, noise_seed
 from lightning_dissect.segmenters.base import Segmenter
 
 

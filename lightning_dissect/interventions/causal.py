@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_dissect.functional._checks import check_count, check_int, check_real
-from lightning_dissect.hooks import LayerEdit
+from lightning_dissect._utils.checks import check_count, check_int, check_real
+from lightning_dissect.engine.hooks import LayerEdit
+from lightning_dissect.engine.latents import map_latents
+from lightning_dissect.engine.runner import eval_mode, noise_seed
 from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
     Latents,
@@ -47,9 +49,7 @@ from lightning_dissect.interventions._engine import _Variant
 from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.causal_result import CausalComparison, CausalUnits
 from lightning_dissect.interventions.curve import _concept_iou
-from lightning_dissect.latents import map_latents
 from lightning_dissect.result import LayerDissection
-from lightning_dissect.runner import eval_mode, noise_seed
 from lightning_dissect.segmenters.base import ConceptScores, Segmenter, concept_scores_of
 
 if TYPE_CHECKING:

@@ -87,7 +87,7 @@ class CausalUnits:
         example_units: The top units by α edited in ``examples``.
         unit_images: Optional unit strips (not in the JSON): ``unit -> uint8 (k, 3, H, W)``, the
             top images of some top units by α with their masks (e.g. from
-            :func:`~lightning_dissect.strips.render_unit_images`); the report shows them.
+            :func:`~lightning_dissect.dissection.strips.render_unit_images`); the report shows them.
     """
 
     layer: str

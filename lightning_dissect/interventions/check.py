@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, overload
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import GeneratorRunner
 from lightning_dissect.interventions import _common
 from lightning_dissect.interventions._common import _CONTROL_DEFAULTS, InterventionOptions, Latents
 from lightning_dissect.interventions._engine import _measure, _Variant
@@ -29,9 +31,7 @@ from lightning_dissect.interventions._prepare import Prepared, _prepare
 from lightning_dissect.interventions.edits import random_units
 from lightning_dissect.interventions.records import AblationEffect, _ablation_record
 from lightning_dissect.interventions.statistics import UnitStatistics, _layer_statistics
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.result import DissectionResult, LayerDissection
-from lightning_dissect.runner import GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.functional._checks import check_count
-from lightning_dissect.hooks import LayerEdit, OutputSelector, edit_layers, unwrap_model
+from lightning_dissect._utils.checks import check_count
+from lightning_dissect.engine.hooks import LayerEdit, OutputSelector, edit_layers, unwrap_model
 from lightning_dissect.interventions._common import Units
 from lightning_dissect.interventions.statistics import UnitStatistics
 
@@ -71,7 +71,7 @@ def ablate(
         mean: ``(U,)`` mean activations (or :class:`UnitStatistics`), for ``mode="mean"``.
 
     Returns:
-        A :class:`~lightning_dissect.hooks.LayerEdit` for :func:`intervene`.
+        A :class:`~lightning_dissect.engine.hooks.LayerEdit` for :func:`intervene`.
 
     Examples:
         >>> edit = ablate([1, 2], num_units=4)
@@ -118,7 +118,7 @@ def insert(
     Examples:
         >>> edit = insert([0], 2, torch.tensor([3.0, 9.0]), mask=torch.ones(8, 8))
         >>> r = torch.zeros(1, 2, 2, 2)
-        >>> from lightning_dissect.hooks import apply_edit
+        >>> from lightning_dissect.engine.hooks import apply_edit
         >>> apply_edit(r, edit)[0, :, 0, 0].tolist()
         [3.0, 0.0]
 
@@ -143,7 +143,7 @@ def intervene(
 ) -> Iterator[nn.Module]:
     """Apply ``{layer: LayerEdit}`` to the generator's forward passes inside the block.
 
-    A thin, validating wrapper over :func:`~lightning_dissect.hooks.edit_layers`: several layers
+    A thin, validating wrapper over :func:`~lightning_dissect.engine.hooks.edit_layers`: several layers
     at once, hooks removed on exit (also when the block raises).
 
     Args:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import GeneratorRunner
 from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
     Latents,
@@ -19,9 +21,7 @@ from lightning_dissect.interventions._common import (
     _runner,
     _sum_over_ranks,
 )
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.metrics.unit_quantiles import UnitQuantiles
-from lightning_dissect.runner import GeneratorRunner
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -1,7 +1,7 @@
 """What one dissection round hands to every logger: built once, written by each logger's writer.
 
 A :class:`RoundContent` holds plain values and ``uint8`` pictures only, so a writer needs nothing
-but this module: :mod:`lightning_dissect.round_logging` builds the content, and the writers in
+but this module: :mod:`lightning_dissect.loggers.rounds` builds the content, and the writers in
 :mod:`lightning_dissect.loggers` turn it into what each logger's users expect to find.
 """
 

@@ -15,10 +15,10 @@ import csv
 import io
 from pathlib import Path
 
-from lightning_dissect._io import atomic_write_bytes, atomic_write_text
-from lightning_dissect.history import round_path
+from lightning_dissect._utils.io import atomic_write_bytes, atomic_write_text
+from lightning_dissect.callbacks.history import round_path
 from lightning_dissect.loggers.content import RoundContent
-from lightning_dissect.visualize import encode_png
+from lightning_dissect.visual.visualize import encode_png
 
 __all__ = ["FolderWriter", "step_folder"]
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_dissect.functional._checks import _shape
+from lightning_dissect._utils.checks import _shape
 from lightning_dissect.metrics._sync import all_reduce_sum
 
 __all__ = ["SumStateMetric"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_dissect.colours import SCALE_STOPS
+from lightning_dissect.visual.colours import SCALE_STOPS
 
 __all__ = ["pyplot", "figure_and_axes", "iou_colormap"]
 
@@ -29,7 +29,7 @@ def figure_and_axes(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
 
 
 def iou_colormap() -> Any:
-    """The shared IoU colour scale (:data:`~lightning_dissect.colours.SCALE_STOPS`) as a matplotlib colormap."""
+    """The shared IoU colour scale (:data:`~lightning_dissect.visual.colours.SCALE_STOPS`) as a matplotlib colormap."""
     pyplot()
     from matplotlib.colors import LinearSegmentedColormap
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import (
+from lightning_dissect._utils.checks import (
     check_count,
     check_ignore_index,
     check_mask,

@@ -7,8 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from lightning_dissect.colours import IOU_SCALE_MAX
-from lightning_dissect.functional._checks import (
+from lightning_dissect._utils.checks import (
     _shape,
     check_activations,
     check_count,
@@ -29,6 +28,7 @@ from lightning_dissect.functional.scores import (
     mutual_information_from_counts,
 )
 from lightning_dissect.metrics._base import SumStateMetric
+from lightning_dissect.visual.colours import IOU_SCALE_MAX
 
 __all__ = ["UnitConceptIoU"]
 

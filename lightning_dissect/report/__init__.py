@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._ablation_table import ABLATION_COLUMNS, ablation_rows
-from lightning_dissect._io import atomic_write_text, check_writable_output
-from lightning_dissect._text import plural
+from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.text import plural
 from lightning_dissect.interpretability import InterpretabilityRule
+from lightning_dissect.report._ablation_table import ABLATION_COLUMNS, ablation_rows
 from lightning_dissect.report._page import html_page, run_facts, subtitle
 from lightning_dissect.report._svg import IOU_SCALE_MAX, category_colour, concept_bar_chart, iou_heatmap
 from lightning_dissect.report.causal import (
@@ -42,12 +42,12 @@ from lightning_dissect.report.causal import (
     write_causal_images,
     write_causal_report,
 )
-from lightning_dissect.visualize import encode_png, image_strip
+from lightning_dissect.visual.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
-    from lightning_dissect.hooks import OutputSelector
+    from lightning_dissect.engine.hooks import OutputSelector
+    from lightning_dissect.engine.latents import LatentBank
     from lightning_dissect.interventions.causal_result import CausalUnits
-    from lightning_dissect.latents import LatentBank
     from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 
 __all__ = ["write_report", "write_causal_report", "layer_slug"]
@@ -98,7 +98,7 @@ def write_report(
     Unit image strips come from ``result.unit_images`` when present (``dissect(...,
     num_visualized_units=n)``); otherwise, when ``generator`` and ``latent_bank`` (the bank the
     result was computed on) are given, the top ``num_units`` units of every layer are rendered
-    with :func:`~lightning_dissect.strips.render_unit_images`; otherwise the page says how to
+    with :func:`~lightning_dissect.dissection.strips.render_unit_images`; otherwise the page says how to
     get them.
 
     Args:
@@ -144,7 +144,7 @@ def write_report(
     }
     rendered = False
     if not unit_images and generator is not None and latent_bank is not None and num_units > 0:
-        from lightning_dissect.strips import render_unit_images
+        from lightning_dissect.dissection.strips import render_unit_images
 
         unit_images = render_unit_images(generator, result, latent_bank, segmenter_value_range, num_units=num_units,
                                          generate=generate, selector=selector, device=device)
@@ -440,7 +440,7 @@ def _ablation_html(result: DissectionResult, layer: str) -> str:
     """The ablation check of ``layer`` (``result.ablations[layer]``) as a table, or ``""``.
 
     Every measure appears twice, for the chosen units and for the random control, in the same
-    units (:data:`~lightning_dissect._ablation_table.ABLATION_COLUMNS`).
+    units (:data:`~lightning_dissect.report._ablation_table.ABLATION_COLUMNS`).
     """
     records = (result.ablations or {}).get(layer) or []
     if not records:

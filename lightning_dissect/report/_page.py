@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from lightning_dissect._text import plural
+from lightning_dissect._utils.text import plural
 
 
 def subtitle(*parts: str) -> str:

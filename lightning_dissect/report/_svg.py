@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 
 # the heatmaps' fixed colour scale and row/column order are shared with the TensorBoard pictures
-from lightning_dissect.colours import scale_rgb
-from lightning_dissect.visualize import IOU_SCALE_MAX, diagonal_order
+from lightning_dissect.visual.colours import scale_rgb
+from lightning_dissect.visual.visualize import IOU_SCALE_MAX, diagonal_order
 
 if TYPE_CHECKING:  # annotations only: the report sits above the result type, never the reverse
     from lightning_dissect.result import LayerDissection

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lightning_dissect._io import atomic_write_text, check_writable_output
-from lightning_dissect._text import plural
+from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.text import plural
 from lightning_dissect.report._page import html_page, subtitle
 from lightning_dissect.report._svg import _text
-from lightning_dissect.visualize import encode_png, image_strip, to_uint8
+from lightning_dissect.visual.visualize import encode_png, image_strip, to_uint8
 
 if TYPE_CHECKING:  # annotations only: the report sits above the results
     from lightning_dissect.interventions.causal_result import CausalUnits

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from lightning_dissect._io import atomic_write_text, check_writable_output
-from lightning_dissect._text import plural
-from lightning_dissect.colours import concept_colour
+from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.text import plural
 from lightning_dissect.report import layer_slug
 from lightning_dissect.report._page import html_page, run_facts, subtitle
-from lightning_dissect.visualize import encode_png, image_strip
+from lightning_dissect.visual.colours import concept_colour
+from lightning_dissect.visual.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
     from lightning_dissect.result import DissectionResult
@@ -318,12 +318,12 @@ def write_emergence_report(
     """Write the emergence page of ``rounds`` (oldest step first) to the file ``path``.
 
     Args:
-        rounds: The rounds, e.g. :func:`~lightning_dissect.history.load_history` of a run.
+        rounds: The rounds, e.g. :func:`~lightning_dissect.callbacks.history.load_history` of a run.
         path: The HTML file to write (parents created).
-        palette: Concept colours (:func:`~lightning_dissect.round_pictures.segmenter_palette`);
+        palette: Concept colours (:func:`~lightning_dissect.visual.round_pictures.segmenter_palette`);
             other concepts get the stable hashed colour of the TensorBoard pictures.
         unit_images: Strips of the last round's units, ``layer -> unit -> uint8 (k, 3, H, W)``
-            (:func:`~lightning_dissect.strips.render_unit_images`), embedded as PNG data.
+            (:func:`~lightning_dissect.dissection.strips.render_unit_images`), embedded as PNG data.
         title: Page title.
         failed: ``(checkpoint file, reason)`` of the checkpoints that could not be loaded or
             dissected (e.g. a diverged step), listed on the page.

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import (
+from lightning_dissect._utils.checks import (
     ImageRangeError,
     check_count,
     check_images,
@@ -267,7 +267,7 @@ def validate_images(
         >>> validate_images(torch.full((1, 3, 4, 4), 200.0))
         Traceback (most recent call last):
         ...
-        lightning_dissect.functional._checks.ImageRangeError: `images` has values in [200, 200] given where [-1, 1] ...
+        lightning_dissect._utils.checks.ImageRangeError: `images` has values in [200, 200] given where [-1, 1] ...
 
     """
     channels = check_count(channels, "channels")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..functional._checks import check_count
+from .._utils.checks import check_count
 from .base import (
     NO_CATEGORY,
     ConceptVocabulary,

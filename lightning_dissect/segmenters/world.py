@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..functional._checks import check_int
+from .._utils.checks import check_int
 from .base import ConceptVocabulary
 
 __all__ = ["SceneWorld", "TEXTURE_AMPLITUDE", "WORLD_CONCEPTS"]

@@ -4,10 +4,10 @@
 reads each one's stored ``global_step`` and orders them, and :func:`dissect_checkpoints` dissects
 every checkpoint on the same seeded latent bank, writing after each one
 
-* the round JSON at :func:`~lightning_dissect.history.round_path` ``(output, step)`` — the
-  callback's layout, so :func:`~lightning_dissect.history.load_history` reads them back;
+* the round JSON at :func:`~lightning_dissect.callbacks.history.round_path` ``(output, step)`` — the
+  callback's layout, so :func:`~lightning_dissect.callbacks.history.load_history` reads them back;
 * the callback's TensorBoard tags at the checkpoint's ``global_step`` through
-  :class:`~lightning_dissect.round_logging.RoundLogger` (``tensorboard --logdir output``).
+  :class:`~lightning_dissect.loggers.rounds.RoundLogger` (``tensorboard --logdir output``).
 
 Re-running over the same ``output`` skips checkpoints that already have a round (same
 ``global_step`` and same checkpoint file, recorded in the round's metadata). New rounds are
@@ -27,19 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_dissect._distributed import world
-from lightning_dissect._torch_messages import cannot_mmap, checkpoint_reason, refused_global
+from lightning_dissect._utils.distributed import world
+from lightning_dissect._utils.torch_messages import cannot_mmap, checkpoint_reason, refused_global
+from lightning_dissect.callbacks.history import RUN_SETTINGS, load_history, round_path
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection import dissect
-from lightning_dissect.history import RUN_SETTINGS, load_history, round_path
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.latents import LatentSampler
+from lightning_dissect.engine.hooks import OutputSelector
+from lightning_dissect.engine.latents import LatentSampler
+from lightning_dissect.engine.runner import Generate
 from lightning_dissect.loggers import TensorBoardWriter
+from lightning_dissect.loggers.rounds import RoundLogger, round_entry
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.round_logging import RoundLogger, round_entry
-from lightning_dissect.round_pictures import segmenter_palette
-from lightning_dissect.runner import Generate
 from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.visual.round_pictures import segmenter_palette
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",

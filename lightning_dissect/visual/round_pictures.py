@@ -1,7 +1,7 @@
 """The pictures of a dissection round: unit strips, the labelled IoU heatmap, units by round.
 
-Every function returns a ``uint8 (3, H, W)`` tensor drawn with :mod:`lightning_dissect.visualize`;
-the colours come from :mod:`lightning_dissect.colours`. :mod:`lightning_dissect.round_logging`
+Every function returns a ``uint8 (3, H, W)`` tensor drawn with :mod:`lightning_dissect.visual.visualize`;
+the colours come from :mod:`lightning_dissect.visual.colours`. :mod:`lightning_dissect.loggers.rounds`
 puts them into a round's content, which each logger's writer then receives.
 """
 
@@ -12,11 +12,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lightning_dissect._font import draw_text, text_size
-from lightning_dissect._text import plural
-from lightning_dissect.colours import concept_colour
+from lightning_dissect._utils.text import plural
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.visualize import (
+from lightning_dissect.visual._font import draw_text, text_size
+from lightning_dissect.visual.colours import concept_colour
+from lightning_dissect.visual.visualize import (
     IOU_SCALE_MAX,
     diagonal_order,
     image_strip,
@@ -139,7 +139,7 @@ def iou_heatmap_image(
 
     Columns: the labels of ``units``, then other concepts that label an interpretable unit of the
     layer, at most ``max_concepts``; rows and columns in
-    :func:`~lightning_dissect.visualize.diagonal_order`, so the outlined label cells run down a
+    :func:`~lightning_dissect.visual.visualize.diagonal_order`, so the outlined label cells run down a
     diagonal. Rows are named ``unit <n>`` (grey: not interpretable); the colour scale is fixed,
     ``0 .. vmax``.
     """

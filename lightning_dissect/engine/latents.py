@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional._checks import check_count
+from lightning_dissect._utils.checks import check_count
 
 __all__ = ["Latents", "LatentSampler", "LatentBank", "shard_indices", "map_latents", "latent_count"]
 

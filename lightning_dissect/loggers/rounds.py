@@ -5,7 +5,7 @@
 (:mod:`lightning_dissect.loggers`) then writes that content its own way. The callback uses it
 during training; the command line uses it to write the same tags for rounds dissected from
 checkpoints. Tags are documented in ``docs/callback.md``; the pictures are drawn by
-:mod:`lightning_dissect.round_pictures`.
+:mod:`lightning_dissect.visual.round_pictures`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from lightning_dissect._ablation_table import ablation_header, ablation_markdown, ablation_values
+from lightning_dissect.loggers.causal import add_causal_content, causal_layout
 from lightning_dissect.loggers.content import RoundContent, Table
+from lightning_dissect.report._ablation_table import ablation_header, ablation_markdown, ablation_values
 from lightning_dissect.result import DissectionResult, LayerDissection, label_changes, unit_labels
-from lightning_dissect.round_causal import add_causal_content, causal_layout
-from lightning_dissect.round_pictures import (
+from lightning_dissect.visual.round_pictures import (
     iou_heatmap_image,
     no_units_image,
     unit_strip,
@@ -156,7 +156,7 @@ class RoundLogger:
         """Everything one round delivers to loggers, built once.
 
         ``causal``: the round's causal unit sets (:class:`~lightning_dissect.interventions.CausalUnits`),
-        logged as described in :mod:`lightning_dissect.round_causal`.
+        logged as described in :mod:`lightning_dissect.loggers.causal`.
 
         ``history`` holds the :func:`round_entry` records of the earlier rounds (the last one gives
         the churn); the current round is appended for the units-by-round picture. ``step`` is the
@@ -206,7 +206,7 @@ def ablation_table(records: Sequence[Any]) -> Table:
     """The ablation check's records of one layer as a :class:`~lightning_dissect.loggers.content.Table`.
 
     Every measure for the chosen units and for the random control side by side, in the same units
-    (:data:`~lightning_dissect._ablation_table.ABLATION_COLUMNS`); the rows hold the numbers, the
+    (:data:`~lightning_dissect.report._ablation_table.ABLATION_COLUMNS`); the rows hold the numbers, the
     Markdown the formatted table.
     """
     return Table(ablation_header(), ablation_values(records), ablation_markdown(records))

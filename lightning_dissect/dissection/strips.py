@@ -14,12 +14,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.engine.hooks import OutputSelector
+from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import Generate, GeneratedBatch, GeneratorRunner
 from lightning_dissect.functional.upsample import upsample_bilinear
-from lightning_dissect.hooks import OutputSelector
-from lightning_dissect.latents import LatentBank
 from lightning_dissect.result import DissectionResult, UnitDissection
-from lightning_dissect.runner import Generate, GeneratedBatch, GeneratorRunner
-from lightning_dissect.visualize import overlay_mask, to_uint8
+from lightning_dissect.visual.visualize import overlay_mask, to_uint8
 
 __all__ = ["Frame", "keep_frames", "render_unit_images"]
 

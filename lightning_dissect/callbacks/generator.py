@@ -3,8 +3,8 @@
 The callback only schedules, resolves the generator and latents, and logs; every statistic comes
 from :func:`lightning_dissect.dissection.dissect` (and, for the ablation check, from
 :func:`lightning_dissect.interventions.ablation_check`). Generators are run through
-:class:`~lightning_dissect.runner.GeneratorRunner`, found by :mod:`lightning_dissect.discovery`,
-and rounds are written by :class:`~lightning_dissect.round_logging.RoundLogger`.
+:class:`~lightning_dissect.engine.runner.GeneratorRunner`, found by :mod:`lightning_dissect.engine.discovery`,
+and rounds are written by :class:`~lightning_dissect.loggers.rounds.RoundLogger`.
 """
 
 from __future__ import annotations
@@ -20,27 +20,27 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_dissect._distributed import OtherRankError, check_samples_per_rank, world
+from lightning_dissect._utils.checks import check_choice, check_flag, check_int
+from lightning_dissect._utils.distributed import OtherRankError, check_samples_per_rank, world
+from lightning_dissect.callbacks.history import RUN_SETTINGS, load_history, round_path, run_settings
 from lightning_dissect.config import CALLBACK_DEFAULTS, DissectionConfig, config_defaults, merge_settings
-from lightning_dissect.discovery import (
+from lightning_dissect.dissection import dissect
+from lightning_dissect.engine.discovery import (
     GENERATOR_ATTRIBUTES,
     LATENT_DIM_ATTRIBUTES,
     find_generator,
     find_latent_dim,
     latent_shape_candidates,
 )
-from lightning_dissect.dissection import dissect
-from lightning_dissect.functional._checks import check_choice, check_flag, check_int
-from lightning_dissect.history import RUN_SETTINGS, load_history, round_path, run_settings
-from lightning_dissect.hooks import LayerEdit, OutputSelector, unwrap_model
-from lightning_dissect.latents import LatentBank, LatentSampler, shard_indices
+from lightning_dissect.engine.hooks import LayerEdit, OutputSelector, unwrap_model
+from lightning_dissect.engine.latents import LatentBank, LatentSampler, shard_indices
+from lightning_dissect.engine.runner import DryRunError, Generate, GeneratorRunner
 from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, finish, round_writers
+from lightning_dissect.loggers.causal import causal_entry
+from lightning_dissect.loggers.rounds import RoundLogger, round_entry
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.round_causal import causal_entry
-from lightning_dissect.round_logging import RoundLogger, round_entry
-from lightning_dissect.round_pictures import segmenter_palette
-from lightning_dissect.runner import DryRunError, Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
+from lightning_dissect.visual.round_pictures import segmenter_palette
 
 __all__ = ["DissectionCallback", "load_history", "GENERATOR_ATTRIBUTES", "LATENT_DIM_ATTRIBUTES"]
 
@@ -131,9 +131,9 @@ class DissectionCallback(Callback):
         seed: Seed of the latent bank (private generator: the training RNG is untouched). Default 1.
         generator: Attribute path (``"G"``, ``"model.generator"``) or callable
             ``pl_module -> nn.Module``; default searches
-            :data:`~lightning_dissect.discovery.GENERATOR_ATTRIBUTES`.
+            :data:`~lightning_dissect.engine.discovery.GENERATOR_ATTRIBUTES`.
         latent_shape: Shape of one latent; default from
-            :data:`~lightning_dissect.discovery.LATENT_DIM_ATTRIBUTES`, trying
+            :data:`~lightning_dissect.engine.discovery.LATENT_DIM_ATTRIBUTES`, trying
             ``(d,)`` then ``(d, 1, 1)``.
         latent_sampler: Custom ``(n, torch.Generator) -> latents`` (overrides ``latent_shape``).
         generate: Custom ``(generator, latents) -> images``.

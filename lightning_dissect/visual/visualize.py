@@ -2,7 +2,7 @@
 
 Everything returns ``uint8`` tensors ``(3, H, W)`` (TensorBoard's ``add_image`` layout) and needs
 no plotting library: labels are drawn with Pillow's built-in scalable font (anti-aliased, no font
-file; see ``lightning_dissect._font``), and :func:`encode_png` writes PNG.
+file; see ``lightning_dissect.visual._font``), and :func:`encode_png` writes PNG.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dissect._font import draw_text, text_size
-from lightning_dissect.colours import IOU_SCALE_MAX, scale_colours
-from lightning_dissect.functional._checks import check_count
+from lightning_dissect._utils.checks import check_count
+from lightning_dissect.visual._font import draw_text, text_size
+from lightning_dissect.visual.colours import IOU_SCALE_MAX, scale_colours
 
 __all__ = [
     "IOU_SCALE_MAX",
@@ -100,7 +100,7 @@ def image_strip(images: Sequence[Tensor] | Tensor, gap: int = 2) -> Tensor:
 
 
 def _colormap(x: Tensor) -> Tensor:
-    """The shared IoU colour scale (:func:`~lightning_dissect.colours.scale_colours`) of ``x`` in [0, 1]."""
+    """The shared IoU colour scale (:func:`~lightning_dissect.visual.colours.scale_colours`) of ``x`` in [0, 1]."""
     return scale_colours(x)
 
 

@@ -2,7 +2,7 @@
 
 The dissection passes need two things: a *source* of samples, addressable by index and split into
 exact, disjoint shards across ranks, and a *probed network* whose layers are captured. For a
-generator (:class:`~lightning_dissect.runner.GeneratorRunner`) the source is a latent bank and the
+generator (:class:`~lightning_dissect.engine.runner.GeneratorRunner`) the source is a latent bank and the
 images are the generator's output. Here the source is an :class:`ImageSet` (a map-style dataset of
 real images, with or without their segmentations) and :class:`ImageRunner` feeds its images to the
 reading network (a classifier, an encoder, a GAN's discriminator). Both runners go through the same
@@ -22,11 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_dissect._text import plural
-from lightning_dissect.functional._checks import ImageRangeError
-from lightning_dissect.hooks import LayerEdit, OutputSelector
-from lightning_dissect.latents import shard_indices
-from lightning_dissect.runner import GeneratedBatch, GeneratorRunner, LayerCallError, _check_maps
+from lightning_dissect._utils.checks import ImageRangeError
+from lightning_dissect._utils.text import plural
+from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
+from lightning_dissect.engine.latents import shard_indices
+from lightning_dissect.engine.runner import GeneratedBatch, GeneratorRunner, LayerCallError, _check_maps
 from lightning_dissect.segmenters.base import Segmenter, map_range, validate_images, validate_segmentation
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -242,7 +242,7 @@ def _call_network(network: nn.Module, images: Tensor) -> Any:
 class ImageRunner(GeneratorRunner):
     """Feeds the images of an :class:`ImageSet` to a reading network, with hooks and checks.
 
-    The sibling of :class:`~lightning_dissect.runner.GeneratorRunner` for Network Dissection: its
+    The sibling of :class:`~lightning_dissect.engine.runner.GeneratorRunner` for Network Dissection: its
     "source" is an :class:`ImageSet` instead of a latent bank, and the images of a batch are the
     set's own, not the network's output. The passes of a dissection call both the same way.
 

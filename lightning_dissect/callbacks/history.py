@@ -1,6 +1,6 @@
 """Reading back the dissection rounds a training run wrote: :func:`load_history`.
 
-Layout (written by :class:`~lightning_dissect.callback.DissectionCallback`)::
+Layout (written by :class:`~lightning_dissect.callbacks.generator.DissectionCallback`)::
 
     <log_dir>/dissection/round_<step:08d>.json          # unnamed callback
     <log_dir>/dissection-<name>/round_<step:08d>.json   # DissectionCallback(name=...)
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_dissect._text import plural
+from lightning_dissect._utils.text import plural
 from lightning_dissect.result import DissectionResult
 
 __all__ = ["ROUND_DIR", "RUN_SETTINGS", "load_history", "round_path", "run_settings", "settings_groups"]

@@ -1,6 +1,6 @@
 """``ImageDissectionCallback``: Network Dissection of an image-reading network during training.
 
-The sibling of :class:`~lightning_dissect.callback.DissectionCallback` for networks that *read*
+The sibling of :class:`~lightning_dissect.callbacks.generator.DissectionCallback` for networks that *read*
 images — a GAN's discriminator, a classifier, an encoder. It shares the parent's scheduling, error
 handling, round history, checkpoint state and round logging (under its own tag prefix); only the
 dissection of a round differs: :func:`~lightning_dissect.dissection.dissect_images` over real images
@@ -17,13 +17,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_dissect.callback import DissectionCallback
+from lightning_dissect._utils.checks import check_int
+from lightning_dissect.callbacks.generator import DissectionCallback
 from lightning_dissect.dissection import dissect_images
-from lightning_dissect.functional._checks import check_int
-from lightning_dissect.hooks import OutputSelector, unwrap_model
-from lightning_dissect.images import GroundTruth, ImageRunner, ImageSet, Transform
+from lightning_dissect.engine.hooks import OutputSelector, unwrap_model
+from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet, Transform
+from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.runner import DryRunError
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -43,7 +43,7 @@ class ImageDissectionCallback(DissectionCallback):
     Concepts come from ``segmenter``, or from the dataset's segmentations with ``vocabulary``
     (items ``(image, segmentation)``, as the scene world's datamodule yields).
 
-    Everything else is :class:`~lightning_dissect.callback.DissectionCallback`'s: the schedule,
+    Everything else is :class:`~lightning_dissect.callbacks.generator.DissectionCallback`'s: the schedule,
     ``on_error``, the round history in checkpoints, and the logged tables, unit strips (made from
     the dataset's own images), interpretable-unit counts and emergence charts, under the tag prefix
     ``dissection-<name>`` (default ``dissection-network``) beside the generator's ``dissection``.
@@ -56,7 +56,7 @@ class ImageDissectionCallback(DissectionCallback):
             (unless ``vocabulary`` is given).
         network: Attribute path (``"discriminator"``, ``"model.encoder"``) or callable
             ``pl_module -> nn.Module``; default: the LightningModule itself (a classifier).
-        images: A dataset, ``DataLoader``, tensor or :class:`~lightning_dissect.images.ImageSet`,
+        images: A dataset, ``DataLoader``, tensor or :class:`~lightning_dissect.engine.images.ImageSet`,
             or a callable ``(trainer, pl_module) -> images`` called every round; default: the
             validation set.
         vocabulary: The concepts of the dataset's own segmentations (ground truth).

@@ -27,10 +27,17 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._distributed import agree_on_failure, seeded_rng, world
-from lightning_dissect.functional._checks import check_int
-from lightning_dissect.hooks import LayerEdit, OutputSelector, capture_layers, edit_layers, resolve_layer, unwrap_model
-from lightning_dissect.latents import LatentBank, LatentSampler, map_latents, shard_indices
+from lightning_dissect._utils.checks import check_int
+from lightning_dissect._utils.distributed import agree_on_failure, seeded_rng, world
+from lightning_dissect.engine.hooks import (
+    LayerEdit,
+    OutputSelector,
+    capture_layers,
+    edit_layers,
+    resolve_layer,
+    unwrap_model,
+)
+from lightning_dissect.engine.latents import LatentBank, LatentSampler, map_latents, shard_indices
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter, validate_images, validate_segmentation
 
 __all__ = [
