@@ -60,8 +60,9 @@ def ablate(
     num_units: int,
     mode: str = "zero",
     mean: Tensor | UnitStatistics | None = None,
+    mask: Tensor | None = None,
 ) -> LayerEdit:
-    """Build an edit that switches ``units`` off everywhere (``α = 1`` for them, 0 for others).
+    """Build an edit that switches ``units`` off (``α = 1`` for them, 0 for others), everywhere or in ``mask``.
 
     Args:
         units: The units to ablate (indices or a ``(U,)`` boolean mask).
@@ -69,6 +70,8 @@ def ablate(
         mode: ``"zero"`` writes 0 (the paper); ``"mean"`` writes each unit's mean activation
             (``mean``), keeping its average contribution but removing its variation.
         mean: ``(U,)`` mean activations (or :class:`UnitStatistics`), for ``mode="mean"``.
+        mask: Optional region in ``[0, 1]`` at any resolution (as for :func:`insert`): the units
+            are switched off only there (GANPaint's erase). ``None``: everywhere.
 
     Returns:
         A :class:`~lightning_dissect.engine.hooks.LayerEdit` for :func:`intervene`.
@@ -79,20 +82,27 @@ def ablate(
         ([0.0, 1.0, 1.0, 0.0], 0.0)
         >>> ablate([0], 2, mode="mean", mean=torch.tensor([0.5, 2.0])).value.tolist()
         [0.5, 2.0]
+        >>> from lightning_dissect.hooks import apply_edit
+        >>> left = torch.zeros(4, 4)
+        >>> left[:, :2] = 1  # switch unit 0 off in the left half only
+        >>> apply_edit(torch.ones(1, 2, 2, 2), ablate([0], 2, mask=left))[0, 0].tolist()
+        [[0.0, 1.0], [0.0, 1.0]]
 
     """
     index = _unit_index(units, num_units)
     alpha = torch.zeros(num_units)
     alpha[index] = 1.0
+    if mask is not None and not isinstance(mask, Tensor):
+        raise TypeError(f"`mask` must be a tensor or None, got {type(mask).__name__}")
     if mode == "zero":
-        return LayerEdit(alpha=alpha, value=0.0)
+        return LayerEdit(alpha=alpha, value=0.0, mask=mask)
     if mode == "mean":
         if mean is None:
             raise ValueError(
                 "mode='mean' needs the units' mean activations: pass `mean=` (see "
                 "unit_statistics())"
             )
-        return LayerEdit(alpha=alpha, value=_per_unit_values(mean, num_units, "mean", "mean"))
+        return LayerEdit(alpha=alpha, value=_per_unit_values(mean, num_units, "mean", "mean"), mask=mask)
     raise ValueError(f"`mode` must be 'zero' or 'mean', got {mode!r}")
 
 
