@@ -19,7 +19,8 @@ def nprng() -> np.random.Generator:
 # ------------------------------------------------------------------ required extras
 # `scripts/dev.sh test` (CI) sets LIGHTNING_DISSECT_REQUIRE_EXTRAS=1: there a test that skips because
 # one of these libraries is missing fails instead (only tests needing downloaded weights may skip).
-REQUIRED_EXTRAS = ("transformers", "scipy", "torchvision", "PIL", "wandb", "mlflow", "matplotlib")
+REQUIRED_EXTRAS = ("transformers", "scipy", "torchvision", "PIL", "wandb", "mlflow", "matplotlib", "fastapi", "uvicorn",
+                   "httpx", "playwright")
 
 
 def _missing_required_extra(report) -> str | None:

@@ -49,8 +49,9 @@ LAYERS: dict[str, int] = {
     # 4: what runs networks: dissection passes and strips, interventions
     "lightning_dissect.dissection": 4,
     "lightning_dissect.interventions": 4,
-    # 5: the static report (reads results; never the training side)
+    # 5: the static report (reads results; never the training side) and the paint app (runs edits)
     "lightning_dissect.report": 5,
+    "lightning_dissect.app": 5,
     # 6: round content and the logger writers
     "lightning_dissect.loggers": 6,
     # 7: the training side: callbacks, their history, the replay of a run's checkpoints

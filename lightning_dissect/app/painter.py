@@ -24,16 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.app.edits import MODES, PaintEdit, Stroke, _render, decode_mask, sample_bank
-from lightning_dissect.colours import concept_colour
 from lightning_dissect.config import DissectionConfig
-from lightning_dissect.discovery import find_latent_dim
-from lightning_dissect.hooks import OutputSelector
+from lightning_dissect.engine.discovery import find_latent_dim
+from lightning_dissect.engine.hooks import OutputSelector
+from lightning_dissect.engine.latents import LatentBank, LatentSampler
+from lightning_dissect.engine.runner import Generate, GeneratorRunner
 from lightning_dissect.interventions import CausalUnits, UnitStatistics, unit_statistics
-from lightning_dissect.latents import LatentBank, LatentSampler
 from lightning_dissect.result import DissectionResult, UnitDissection
-from lightning_dissect.runner import Generate, GeneratorRunner
 from lightning_dissect.segmenters.base import Segmenter
-from lightning_dissect.visualize import to_uint8
+from lightning_dissect.visual.colours import concept_colour
+from lightning_dissect.visual.visualize import to_uint8
 
 __all__ = ["DEFAULT_UNITS", "MAX_UNITS", "PaintError", "Painter"]
 
@@ -75,12 +75,18 @@ class Painter:
     Examples:
         >>> from lightning_dissect.interventions._toy import sky_grass
         >>> from lightning_dissect.dissection import dissect
-        >>> gen, segmenter = sky_grass(low=4)
-        >>> result = dissect(gen, ["1"], segmenter, latent_shape=(2,), num_samples=32, progress=False,
+        >>> from lightning_dissect.app import encode_mask
+        >>> gen, segmenter = sky_grass(low=4)  # layer "1": unit 0 paints sky, unit 1 grass
+        >>> scenes = lambda n, g: torch.eye(2)[(torch.arange(n) + 1) % 2]  # grass, sky, grass, ...
+        >>> result = dissect(gen, ["1"], segmenter, latent_sampler=scenes, num_samples=8, progress=False,
         ...                  num_visualized_units=0)
-        >>> painter = Painter(gen, result, segmenter, latent_shape=(2,))
-        >>> painter.image_size
-        (16, 16)
+        >>> painter = Painter(gen, result, segmenter, latent_sampler=scenes, statistics_samples=8)
+        >>> top = encode_mask(torch.arange(16).view(-1, 1).expand(16, 16) < 8)  # the top half
+        >>> out = painter.render({"seed": 0, "concept": "sky", "strokes": [  # sample 0 is all grass
+        ...     {"mode": "erase", "layer": "1", "units": [1], "mask": top},   # grass off up there
+        ...     {"mode": "draw", "layer": "1", "units": [0], "mask": top}]})  # sky on
+        >>> out["stats"]["inside_before"], out["stats"]["inside_after"], out["stats"]["outside_after"]
+        (0.0, 1.0, 0.0)
     """
 
     def __init__(
@@ -364,8 +370,8 @@ class Painter:
 
         From the result's own strips when it holds them, else regenerated from the dissection's bank.
         """
-        from lightning_dissect.strips import render_unit_images
-        from lightning_dissect.visualize import image_strip
+        from lightning_dissect.dissection.strips import render_unit_images
+        from lightning_dissect.visual.visualize import image_strip
 
         layer = self._layer(layer)
         (unit,) = self.check_units(layer, [unit] if not isinstance(unit, list) else unit, "unit")

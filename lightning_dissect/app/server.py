@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 from lightning_dissect.app.painter import Painter, PaintError
-from lightning_dissect.visualize import encode_png
+from lightning_dissect.visual.visualize import encode_png
 
 __all__ = ["MAX_REQUEST_BYTES", "PaintServer", "create_app", "find_free_port"]
 

@@ -21,10 +21,12 @@ from lightning_dissect.cli.causal import add_causal_command, run_causal
 from lightning_dissect.cli.compare import add_compare_command, run_compare
 from lightning_dissect.cli.dissect import add_dissect_command, run_dissect
 from lightning_dissect.cli.emergence import add_emergence_command, run_emergence
+from lightning_dissect.cli.paint import add_paint_command, run_paint
 
 __all__ = ["CLIError", "build_parser", "main", "load_object", "load_generator", "load_segmenter"]
 
-COMMANDS = {"dissect": run_dissect, "emergence": run_emergence, "compare": run_compare, "causal": run_causal}
+COMMANDS = {"dissect": run_dissect, "emergence": run_emergence, "compare": run_compare, "causal": run_causal,
+            "paint": run_paint}
 """Command name -> function running it (``args -> exit status``)."""
 
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_emergence_command(sub)
     add_compare_command(sub)
     add_causal_command(sub)
+    add_paint_command(sub)
     return parser
 
 

@@ -181,12 +181,17 @@ def add_command(
     return sub.add_parser(name, help=summary, description=description, formatter_class=formatter)
 
 
-def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True, one_layer: bool = False) -> None:
+def add_generator_arguments(
+    p: argparse.ArgumentParser, *, required: bool = True, one_layer: bool = False, layers_required: bool = True,
+    layers_help: str = "",
+) -> None:
     """``--generator``, ``--checkpoint``, ``--layers``, latent, call and selector options.
 
     ``required=False``: ``--generator`` may be replaced by ``--network`` (see
     :func:`add_network_arguments`); the command checks that exactly one is given. With
     ``one_layer``, ``--layer LAYER`` (one name, stored as ``layers``) replaces ``--layers``.
+    ``layers_required=False``: ``--layers`` may be left out (the command takes them from elsewhere,
+    ``layers_help`` says from where).
     """
     model = p.add_argument_group("generator")
     model.add_argument(
@@ -210,10 +215,10 @@ def add_generator_arguments(p: argparse.ArgumentParser, *, required: bool = True
         )
     else:
         model.add_argument(
-            "--layers", required=True, nargs="+", metavar="LAYER",
+            "--layers", required=layers_required, nargs="+", metavar="LAYER",
             help="dotted names of the layers to dissect, relative to the generator (as in "
             "generator.named_modules()), space- or comma-separated, e.g. block3 block4; a name "
-            "prefixed with the generator's attribute (generator.block3) is accepted too",
+            "prefixed with the generator's attribute (generator.block3) is accepted too" + layers_help,
         )
     model.add_argument(
         "--latent-dim", type=positive_int, metavar="D",
