@@ -272,3 +272,108 @@ def test_painter_refuses_a_segmenter_of_other_concepts(setup):
         Painter(setup.generator, setup.result, other)
     with pytest.raises(PaintError, match="unlabeled class"):
         Painter(setup.generator, setup.result, setup.segmenter, statistics_samples=4).concept_index("unlabeled")
+
+
+# ------------------------------------------------------------------ the command line
+FACTORY = "tests.helpers.painting:make_painting_generator"
+
+
+@pytest.fixture(scope="module")
+def dissection_file(tmp_path_factory):
+    from lightning_dissect.dissection import dissect
+    from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+    from tests.helpers.painting import make_painting_generator
+
+    gen = make_painting_generator()
+    result = dissect(gen, ["layout"], SyntheticSceneSegmenter(SceneWorld(32)), latent_shape=(gen.latent_dim,),
+                     num_samples=60, num_visualized_units=0, progress=False,
+                     metadata={"generator": FACTORY, "latent_shape": [gen.latent_dim]})
+    path = tmp_path_factory.mktemp("paint-cli") / "dissect.json"
+    result.to_json(path)
+    return path
+
+
+@pytest.fixture
+def no_serving(monkeypatch):
+    """``PaintServer.run`` returns at once (the command would serve until Ctrl-C); the app is kept."""
+    from lightning_dissect.app import server as server_module
+
+    served = {}
+
+    def run(self):
+        served["url"] = self.url
+
+    monkeypatch.setattr(server_module.PaintServer, "run", run)
+    return served
+
+
+def test_cli_serves_a_dissection_file(capsys, dissection_file, no_serving):
+    from lightning_dissect.cli import main
+
+    assert main(["paint", "--generator", FACTORY, "--dissection", str(dissection_file), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert no_serving["url"].startswith("http://127.0.0.1:") and f"serving {no_serving['url']}" in out
+
+
+def test_cli_quick_dissection_and_painter(capsys, no_serving):
+    from lightning_dissect.cli import build_parser
+    from lightning_dissect.cli.paint import build_painter
+
+    args = build_parser().parse_args(["paint", "--generator", FACTORY, "--layers", "layout", "--num-samples", "40",
+                                      "--statistics-samples", "8", "--port", "8123"])
+    painter = build_painter(args)
+    assert "dissecting layout on 40 samples first" in capsys.readouterr().out
+    assert list(painter.result.layers) == ["layout"] and painter.latent_shape == (31,)
+    assert painter.generator_name == FACTORY and args.port == 8123 and args.host == "127.0.0.1"
+    out = painter.render({"seed": 2, "concept": "tree", "strokes": [
+        {"mode": "draw", "layer": "layout", "concept": "tree", "mask": encode_mask(torch.ones(32, 32))}]})
+    assert out["stats"]["inside_after"] > 0.5  # tree everywhere the brush went (all of it)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--dissection", "no/such/dissect.json"], "--dissection: file not found"),
+        ([], "--layers: give the layers to dissect (or a --dissection file)"),
+        (["--layers", "layout", "--causal", "missing.json"], "--causal: file not found"),
+        (["--dissection", "DISSECTION", "--layers", "canvas"], "are not in --dissection"),
+        (["--dissection", "DISSECTION", "--causal", "CAUSAL"], "of layer 'canvas', which the dissection does not have"),
+        (["--dissection", "DISSECTION", "--segmenter", "tests.test_paint:other_segmenter"],
+         "does not know the concepts"),
+    ],
+)
+def test_cli_errors_are_one_line(capsys, tmp_path, dissection_file, no_serving, extra, fragment):
+    from lightning_dissect.cli import main
+    from lightning_dissect.interventions import CausalUnits
+
+    causal = CausalUnits(layer="canvas", concept="tree", concept_index=10, alpha=torch.zeros(3),
+                         ranking=torch.arange(3), iou=torch.zeros(3), gradient=torch.zeros(3),
+                         insertion_value=torch.ones(3), baseline=0.0)
+    causal_path = causal.save_json(tmp_path / "causal.json")
+    extra = [str(dissection_file) if e == "DISSECTION" else str(causal_path) if e == "CAUSAL" else e for e in extra]
+    assert main(["paint", "--generator", FACTORY, "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err
+    assert "url" not in no_serving
+
+
+def other_segmenter():
+    """A segmenter of other concepts than the dissection's (``--segmenter tests.test_paint:other_segmenter``)."""
+    from lightning_dissect.vocabulary import ConceptVocabulary
+
+    class Other:
+        vocabulary = ConceptVocabulary(names=("unlabeled", "cat"), categories=("none", "object"))
+        value_range = (-1.0, 1.0)
+
+        def __call__(self, images):
+            return torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long)
+
+    return Other()
+
+
+def test_cli_refuses_a_bad_port(capsys):
+    from lightning_dissect.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["paint", "--generator", FACTORY, "--port", "99999"])
+    assert "expected a port in 1..65535" in capsys.readouterr().err

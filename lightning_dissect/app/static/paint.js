@@ -282,6 +282,7 @@ function showStats(stats) {
     $(id).className = cls;
   }
   table.dataset.regionPixels = stats ? stats.region_pixels : 0;
+  $("seg-legend").textContent = stats ? `${stats.concept} in colour, the other concepts pale; the outline is the brushed region` : "";
 }
 
 function decodeRuns(mask) {
@@ -306,7 +307,8 @@ function drawRegion() {
         const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !region[i - 1] || !region[i + 1] ||
                      !region[i - w] || !region[i + w];
         const p = 4 * i;
-        if (edge) { image.data[p] = 255; image.data[p + 1] = 255; image.data[p + 2] = 255; image.data[p + 3] = 230; }
+        const ink = id === "region-original" ? 255 : 29; // white on the image, dark on the pale segmentation
+        if (edge) { image.data[p] = ink; image.data[p + 1] = ink; image.data[p + 2] = ink + (ink < 255 ? 19 : 0); image.data[p + 3] = 230; }
         else if (id !== "region-original") { image.data[p + 3] = 0; }
       }
     }
