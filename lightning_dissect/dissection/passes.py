@@ -27,18 +27,19 @@ from lightning_dissect.dissection.strips import Frame, keep_frames
 from lightning_dissect.dissection.topk import TopK
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.engine.runner import GeneratedBatch, GeneratorRunner
+from lightning_dissect.functional._parallel import statistics_threads
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
 from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass", "METRIC_THREADS"]
 
-#: CPU threads for the statistics of every batch (upsampling, quantile histogram, counts), which
-#: are many short operations on cache-sized chunks: there, the synchronisation of a second thread
-#: costs more than it saves, and several times more when other processes share the cores (the
-#: waiting thread is descheduled). The network and the segmenter keep torch's own thread count;
-#: ``None`` leaves torch's setting everywhere. Results are the same integers either way.
-METRIC_THREADS: int | None = 1
+#: Cap on the CPU threads of the statistics of every batch (upsampling, quantile histogram, counts);
+#: ``None`` (the default) uses torch's thread count. The statistics never split one short
+#: operation over threads (on a shared machine the barrier after each one cost more than the
+#: second thread saved): each thread takes whole unit groups, with torch on one thread inside
+#: (:mod:`lightning_dissect.functional._parallel`). Results are the same integers at any count.
+METRIC_THREADS: int | None = None
 
 
 def _compact_dtype(num_concepts: int) -> torch.dtype:
@@ -51,24 +52,17 @@ def _compact_dtype(num_concepts: int) -> torch.dtype:
 
 @contextmanager
 def metric_threads(device: torch.device | str) -> Iterator[None]:
-    """Run the block with at most :data:`METRIC_THREADS` CPU threads (on CPU; elsewhere as is).
+    """Run the block's statistics on at most :data:`METRIC_THREADS` worker threads (``None``: torch's count).
 
     Examples:
-        >>> before = torch.get_num_threads()
+        >>> from lightning_dissect.functional._parallel import worker_count
         >>> with metric_threads("cpu"):
-        ...     inside = torch.get_num_threads()
-        >>> inside == min(before, METRIC_THREADS), torch.get_num_threads() == before
-        (True, True)
+        ...     workers = worker_count(torch.device("cpu"))
+        >>> workers == min(torch.get_num_threads(), METRIC_THREADS or torch.get_num_threads())
+        True
     """
-    before = torch.get_num_threads()
-    if METRIC_THREADS is None or torch.device(device).type != "cpu" or before <= METRIC_THREADS:
+    with statistics_threads(METRIC_THREADS if torch.device(device).type == "cpu" else None):
         yield
-        return
-    torch.set_num_threads(METRIC_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

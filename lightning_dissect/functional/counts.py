@@ -20,6 +20,7 @@ distinct thresholds are compared with every threshold. float64 maps use a binary
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,7 @@ from lightning_dissect._utils.checks import (
     check_segmentation,
     check_thresholds,
 )
+from lightning_dissect.functional._parallel import run_tasks, worker_count
 from lightning_dissect.functional.upsample import upsample_units_first
 
 __all__ = [
@@ -302,25 +304,58 @@ def _level_table(keys: Tensor, bins: int, width: int, kdtype: torch.dtype) -> _L
     )
 
 
+class _LevelLookup(NamedTuple):
+    """A layer's level table, built once per call and shared by every unit step."""
+
+    table: _LevelTable
+    thresholds: Tensor  # (U, K) float32 thresholds it was built from
+
+
+def _level_lookup(thresholds: Tensor, width: int) -> _LevelLookup | None:
+    """The lookup of ascending NaN-free float32 ``(U, K)`` thresholds (``None`` for other thresholds)."""
+    if (
+        thresholds.dtype != torch.float32
+        or thresholds.numel() == 0
+        or bool(torch.isnan(thresholds).any())
+        or bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
+    ):
+        return None
+    units, levels = thresholds.shape
+    keys = _order_keys(thresholds.contiguous(), torch.empty_like(thresholds, dtype=torch.int32))
+    keys = keys.to(torch.int64).masked_fill(thresholds == 0, 0)  # -0.0 == +0.0
+    span = int((keys[:, -1] - keys[:, 0]).max())
+    fits = span < _INT32_MAX - 1 and 2 * units * (_LUT_BUCKETS + 2) < _INT32_MAX
+    kdtype = torch.int32 if fits else torch.int64
+    return _LevelLookup(_level_table(keys, levels + 1, width, kdtype), thresholds)
+
+
 def _counts_multi_level_lookup(
-    values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
+    values: Tensor,
+    thresholds: Tensor,
+    labels: Tensor,
+    num_concepts: int,
+    chunk_elements: int,
+    lookup: _LevelLookup | None = None,
+    first_unit: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Level by table lookup on the float's key bucket, then one bincount per label layer.
 
     Requires float32 values without NaN and ascending, NaN-free float32 thresholds. Equal to
     :func:`_counts_multi_level_search` for those inputs (including ties, ``-0.0`` and infinities).
+    ``lookup`` is a table built for a whole layer, of which ``values`` are the units from
+    ``first_unit`` on (``thresholds`` is then ignored); without it the table is built here.
     """
+    if lookup is None:
+        lookup = _level_lookup(thresholds, num_concepts + 1)
+        assert lookup is not None
+        first_unit = 0
+    table = lookup.table
     units, pixels = values.shape
-    levels = thresholds.shape[1]
+    levels = lookup.thresholds.shape[1]
     bins = levels + 1
     width = num_concepts + 1
     device = values.device
-    keys = _order_keys(thresholds.contiguous(), torch.empty_like(thresholds, dtype=torch.int32))
-    keys = keys.to(torch.int64).masked_fill(thresholds == 0, 0)  # -0.0 == +0.0
-    span = int((keys[:, -1] - keys[:, 0]).max()) if units else 0
-    fits = span < _INT32_MAX - 1 and 2 * units * (_LUT_BUCKETS + 2) < _INT32_MAX
-    kdtype = torch.int32 if fits else torch.int64
-    table = _level_table(keys, bins, width, kdtype)
+    kdtype = table.tau.dtype
     cdtype = table.cells.dtype
     histogram = torch.zeros(units * bins * width, dtype=torch.int64, device=device)
     area_hist = torch.zeros(units * bins, dtype=torch.int64, device=device)
@@ -335,8 +370,8 @@ def _counts_multi_level_lookup(
     label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
     for start in range(0, units, step):
         n = min(step, units - start)
-        part = slice(start, start + n)
-        key = _order_keys(values[part], key_buf[:n])
+        part = slice(first_unit + start, first_unit + start + n)
+        key = _order_keys(values[start : start + n], key_buf[:n])
         index = torch.clamp(key, table.low[part], table.high[part], out=index_buf[:n])
         index.sub_(table.base[part]).bitwise_right_shift_(table.shift[part]).add_(table.row[part])
         tau = torch.index_select(table.tau, 0, index.view(-1), out=tau_buf[:n].view(-1))
@@ -345,10 +380,12 @@ def _counts_multi_level_lookup(
         cell = torch.index_select(table.cells, 0, index.view(-1), out=cell_buf[:n].view(-1))
         cell = cell.view(n, pixels)
         if bool(table.ambiguous[part].any()):
-            _resolve_ambiguous(cell, values[part], thresholds[part], start, bins, width)
-        first_cell = start * bins * width
-        cell.sub_(first_cell)
+            _resolve_ambiguous(
+                cell, values[start : start + n], lookup.thresholds[part], first_unit + start, bins, width
+            )
+        cell.sub_((first_unit + start) * bins * width)
         size = n * bins * width
+        first_cell = start * bins * width
         for layer, label_step in enumerate(label_steps):
             cell.add_(label_step)
             counts = torch.bincount(cell.view(-1), minlength=size)
@@ -370,19 +407,35 @@ def _resolve_ambiguous(
 
 
 def _counts_multi_level(
-    values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int, chunk_elements: int
+    values: Tensor,
+    thresholds: Tensor,
+    labels: Tensor,
+    num_concepts: int,
+    chunk_elements: int,
+    lookup: _LevelLookup | None = None,
+    first_unit: int = 0,
 ) -> tuple[Tensor, Tensor]:
+    """``(U, K, C)`` and ``(U, K)`` counts of ``values`` (the units ``first_unit ...`` of ``lookup``'s layer).
+
+    The table lookup serves float32 values without NaN and thresholds that have a ``lookup``
+    (or, without one, ascending NaN-free float32 ``thresholds``); everything else is binary search.
+    """
+    if lookup is None and values.dtype == torch.float32:
+        lookup = _level_lookup(thresholds, num_concepts + 1)
+        first_unit = 0
     fast = (
-        values.dtype == torch.float32
-        and thresholds.dtype == torch.float32
+        lookup is not None
+        and values.dtype == torch.float32
         and values.numel() > 0
-        and not bool(torch.isnan(thresholds).any())
-        and not bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
         # a NaN makes the sum NaN (so does +inf with -inf: then the search path, also exact)
         and not bool(torch.isnan(values.sum()))
     )
-    counter = _counts_multi_level_lookup if fast else _counts_multi_level_search
-    histogram, area_hist = counter(values, thresholds, labels, num_concepts, chunk_elements)
+    if fast:
+        histogram, area_hist = _counts_multi_level_lookup(
+            values, thresholds, labels, num_concepts, chunk_elements, lookup, first_unit
+        )
+    else:
+        histogram, area_hist = _counts_multi_level_search(values, thresholds, labels, num_concepts, chunk_elements)
     # on at level k  <=>  bin >= k + 1: suffix sums over bins, dropping bin 0
     intersection = histogram.flip(1).cumsum(1).flip(1)[:, 1:, :num_concepts]
     unit_area = area_hist.flip(1).cumsum(1).flip(1)[:, 1:]
@@ -470,12 +523,35 @@ def accumulate_unit_concept_counts(
     layers = sum(1 if seg.ndim == 3 else seg.shape[1] for _, seg in groups)
     width = num_concepts + 1
     bins = 2 if thresholds.ndim == 1 else thresholds.shape[1] + 1
+    # each worker holds one step's temporaries: the budget is shared among them
+    workers = worker_count(activations.device)
     images, unit_step = _plan_chunks(
-        batch, units, pixels_per_image, layers, bins, len(groups) * width, int(max_temporary_bytes)
+        batch, units, pixels_per_image, layers, bins, len(groups) * width, int(max_temporary_bytes) // workers
     )
     # the label groups share one histogram: group g's labels (sink included) are shifted by g * width
     counted = len(groups) * width - 1
-    counter = _counts_single_level if thresholds.ndim == 1 else _counts_multi_level
+    single = thresholds.ndim == 1
+    value_dtype = activations.dtype if activations.dtype in (torch.float32, torch.float64) else torch.float32
+    all_levels = _thresholds_as(thresholds, value_dtype)
+    # the level table of the whole layer, built once and shared by every step
+    lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels, counted + 1)
+
+    def step(first: int, labels: Tensor, start: int) -> None:
+        part = slice(start, start + unit_step)
+        values = upsample_units_first(activations[first : first + images, part], size)
+        if values.dtype not in (torch.float32, torch.float64):
+            values = values.to(torch.float32)
+        levels = all_levels[part]
+        if single:
+            inter, area = _counts_single_level(values, levels, labels, counted, chunk_elements)
+        else:
+            table = lookup if values.dtype == torch.float32 else None
+            inter, area = _counts_multi_level(values, levels, labels, counted, chunk_elements, table, start)
+        del values
+        for g, (counts, _seg) in enumerate(groups):
+            counts.intersection[part] += inter[..., g * width : g * width + num_concepts]
+        out.unit_area[part] += area
+
     for first in range(0, batch, images):
         shifted = []
         for g, (counts, seg) in enumerate(groups):
@@ -483,18 +559,10 @@ def accumulate_unit_concept_counts(
             counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=width)[:num_concepts])
             shifted.append(labels + g * width if g else labels)
         labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
-        for start in range(0, units, unit_step):
-            part = slice(start, start + unit_step)
-            values = upsample_units_first(activations[first : first + images, part], size)
-            if values.dtype not in (torch.float32, torch.float64):
-                values = values.to(torch.float32)
-            levels = _thresholds_as(thresholds[part], values.dtype)
-            inter, area = counter(values, levels, labels, counted, chunk_elements)
-            del values
-            for g, (counts, _seg) in enumerate(groups):
-                counts.intersection[part] += inter[..., g * width : g * width + num_concepts]
-            out.unit_area[part] += area
-            del inter, area
+        # one task per unit step: each writes its own rows of the counts
+        run_tasks(
+            [partial(step, first, labels, start) for start in range(0, units, unit_step)], workers
+        )
     out.total.add_(batch * pixels_per_image)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -11,6 +12,7 @@ from torchmetrics.utilities import rank_zero_warn
 
 from lightning_dissect._utils.checks import check_activations, check_count, check_levels
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.functional._parallel import run_tasks, worker_count
 from lightning_dissect.functional.quantiles import (
     LogHistogramSpec,
     quantiles_from_histogram,
@@ -165,11 +167,17 @@ class UnitQuantiles(SumStateMetric):
             activations[0, 0].numel() if size is None else math.prod(_size2(size))
         )
         step = max(1, _CHUNK_VALUES // max(1, per_unit))
-        for start in range(0, self.num_units, step):
+
+        def add(start: int) -> None:  # one unit group; the groups write disjoint rows
             values = upsample_units_first(activations[:, start : start + step], size)
             counts, overflow = unit_histogram(values, self.spec)
             self.histogram[start : start + step] += counts
             self.overflow[start : start + step] += overflow
+
+        run_tasks(
+            [partial(add, start) for start in range(0, self.num_units, step)],
+            worker_count(activations.device),
+        )
 
     def compute(self) -> Tensor:
         """Quantiles, ``(U,)`` for one level or ``(U, Q)`` for several (float32)."""

@@ -1,0 +1,110 @@
+"""Coarse-grained CPU parallelism for the statistics: a few large tasks, no barrier per operation.
+
+The statistics (upsampling, histogram keys, level lookups, ``bincount``) are a dozen short
+operations per million values. Letting torch split each of them over its thread pool puts a
+barrier after every one, and on a machine whose cores are shared the threads that finish first
+wait for one that was descheduled: many times slower than one thread. Here instead each task is a
+whole unit group (all of its operations), run with torch on one thread inside the task, and the
+tasks are handed to a small pool of worker threads in order: a worker that falls behind delays
+only the group it holds, and the others take the remaining groups. torch releases the GIL inside
+its operations, so the workers run in parallel. Every task writes its own slice of the output,
+so the counts are the same integers whatever the number of threads.
+
+The number of workers is torch's thread count (``torch.get_num_threads()``) unless a caller caps
+it with :func:`statistics_threads`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["statistics_threads", "worker_count", "run_tasks"]
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+_local = threading.local()
+_cap: list[int | None] = [None]
+
+
+@contextmanager
+def statistics_threads(threads: int | None) -> Iterator[None]:
+    """Cap the worker threads of the statistics inside the block (``None``: no cap).
+
+    Examples:
+        >>> with statistics_threads(1):
+        ...     worker_count(torch.device("cpu"))
+        1
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"`threads` must be a positive int or None, got {threads!r}")
+    before = _cap[0]
+    _cap[0] = threads
+    try:
+        yield
+    finally:
+        _cap[0] = before
+
+
+def worker_count(device: torch.device) -> int:
+    """Workers for the statistics on ``device``: torch's thread count (capped), 1 off the CPU or inside a task."""
+    if device.type != "cpu" or getattr(_local, "inside", False):
+        return 1
+    threads = torch.get_num_threads()
+    cap = _cap[0]
+    return max(1, min(threads, cap) if cap is not None else threads)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="lightning-dissect-stats")
+        return pool
+
+
+def _run_one(task: Callable[[], None]) -> None:
+    _local.inside = True
+    torch.set_num_threads(1)  # the task's operations run on this thread only (OpenMP settings are per thread)
+    try:
+        task()
+    finally:
+        _local.inside = False
+
+
+def run_tasks(tasks: Sequence[Callable[[], None]], workers: int) -> None:
+    """Run every task, on ``workers`` threads, each task's torch operations on one thread.
+
+    Tasks must write disjoint outputs. With one worker (or one task) they run here, in order,
+    with torch on one thread. torch's thread count is restored afterwards. The first exception
+    of a task is raised once all tasks have ended.
+    """
+    if not tasks:
+        return
+    if getattr(_local, "inside", False):  # nested: already on a worker, one thread
+        for task in tasks:
+            task()
+        return
+    before = torch.get_num_threads()
+    try:
+        if workers <= 1 or len(tasks) == 1:
+            torch.set_num_threads(1)
+            for task in tasks:
+                task()
+            return
+        torch.set_num_threads(1)
+        futures = [_pool(workers).submit(_run_one, task) for task in tasks]
+        error = None
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
+        if error is not None:
+            raise error
+    finally:
+        torch.set_num_threads(before)
