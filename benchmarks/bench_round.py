@@ -1,17 +1,26 @@
-"""Cost of one dissection round relative to the forward passes it cannot avoid.
+"""Cost of one dissection round relative to the forward passes it cannot avoid, at several thread counts.
 
-Workload: the example's DCGAN generator (``examples/gan_model.py``) with random weights, layers
-``layer1`` ... ``layer4`` (256 + 128 + 64 + 32 = 480 units), 32 x 32 images, the
-:class:`~lightning_dissect.segmenters.SyntheticSceneSegmenter` and 128 latents.
+Two workloads (random weights, the embedded :class:`~lightning_dissect.segmenters.SyntheticSceneSegmenter`
+at the image size):
 
-* **forward floor**: two generator passes (pass 1 thresholds, pass 2 counts) plus one segmenter
-  pass over the 128 latents, with the same batch size; nothing else.
-* ``dissect()`` in ``"quantile"`` mode and in ``"iqr"`` mode with ``num_levels=16``.
+* ``example``: the example's DCGAN generator (``examples/gan_model.py``), layers ``layer1`` ...
+  ``layer4`` (256 + 128 + 64 + 32 = 480 units), 32 x 32 images, 128 latents, batch 32;
+* ``stylegan2``: a StyleGAN2-shaped generator (``benchmarks/stylegan2_shaped.py``), 128 x 128
+  images, its 32 x 32 and 64 x 64 blocks (256 + 128 units), 64 latents, batch 16.
 
-Prints the times (best of ``--repeats``) and the ratios ``dissect / floor`` measured in this run.
-``--profile`` adds a cProfile top-10 (by internal time) of one ``dissect()`` call per mode.
+For each workload and each thread count (by default 1, torch's default and every core; equal
+counts are run once) it times:
 
-Run ``python benchmarks/bench_round.py [--profile]``.
+* the **forward floor**: two generator passes (pass 1 thresholds, pass 2 counts) plus one
+  segmenter pass over the latents, with the same batch size; nothing else;
+* ``dissect()`` in ``"quantile"`` mode and in ``"iqr"`` mode (``num_levels=16``),
+
+and prints the times (best of the repeats, the three measurements interleaved) and the ratios
+``dissect / floor`` measured in this run, with the thread count in every row, and the load
+average of the machine before and after (the ratios move when other jobs share the cores).
+
+Run ``python benchmarks/bench_round.py`` (a few minutes on 2 cores) or
+``--workloads example --threads 1`` for one part; ``--profile`` adds a cProfile top-10 per mode.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import platform
 import pstats
 import sys
@@ -28,98 +38,147 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "examples")]  # this checkout's package and the example
+sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "benchmarks")]  # this checkout first
 
 from gan_model import Generator  # noqa: E402
+from stylegan2_shaped import LAYERS as STYLEGAN2_LAYERS  # noqa: E402
+from stylegan2_shaped import Z_DIM, StyleGAN2Shaped  # noqa: E402
 
 from lightning_dissect.dissection import dissect  # noqa: E402
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
 
-LAYERS = ["layer1", "layer2", "layer3", "layer4"]
-TARGETS = {"quantile": 4.0, "iqr": 8.0}
+#: ``dissect / floor`` targets per workload and mode.
+TARGETS = {
+    "example": {"quantile": 3.0, "iqr": 5.0},
+    "stylegan2": {"quantile": 1.2, "iqr": 1.5},
+}
 
 
-def best_time(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+def workload(name: str, device: torch.device):
+    """``(generator, layers, segmenter, latent_dim, image_size, samples, batch, units)``."""
+    torch.manual_seed(0)
+    if name == "example":
+        generator = Generator(latent_dim=128, image_size=32)
+        layers, latent_dim, size, samples, batch = ["layer1", "layer2", "layer3", "layer4"], 128, 32, 128, 32
+        units = sum(getattr(generator, n)[0].out_channels for n in layers)
+    else:
+        generator = StyleGAN2Shaped()
+        layers, latent_dim, size, samples, batch = STYLEGAN2_LAYERS, Z_DIM, 128, 64, 16
+        units = sum(generator.blocks[int(n.split(".")[1])].conv2.weight.shape[0] for n in layers)
+    segmenter = SyntheticSceneSegmenter(SceneWorld(size))
+    return generator.eval().to(device), layers, segmenter, latent_dim, size, samples, batch, units
+
+
+def thread_counts(spec: list[str]) -> list[tuple[int, str]]:
+    """Distinct thread counts with their names: ``1``, ``default`` (torch's), ``all`` (every core)."""
+    default = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    named: dict[int, list[str]] = {}
+    for item in spec:
+        count = {"default": default, "all": cores}.get(item)
+        count = int(item) if count is None else count
+        named.setdefault(count, []).append(item if item in ("default", "all") else "")
+    return [(count, ", ".join(n for n in names if n)) for count, names in named.items()]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workloads", nargs="+", default=["example", "stylegan2"], choices=["example", "stylegan2"])
+    parser.add_argument("--threads", nargs="+", default=["1", "default", "all"],
+                        help="thread counts: numbers, 'default' (torch's) and 'all' (every core)")
     parser.add_argument("--levels", type=int, default=16, help="num_levels in iqr mode")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the example workload (best of)")
+    parser.add_argument("--stylegan2-repeats", type=int, default=1, help="repeats of the StyleGAN2-shaped workload")
     parser.add_argument("--profile", action="store_true", help="print a cProfile top-10 per mode")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    torch.manual_seed(0)
-    generator = Generator(latent_dim=128, image_size=32).eval().to(device)
-    world = SceneWorld(32)
-    segmenter = SyntheticSceneSegmenter(world)
-    latents = torch.randn(args.samples, 128, generator=torch.Generator().manual_seed(1)).to(device)
-    units = sum(getattr(generator, name)[0].out_channels for name in LAYERS)
-
-    def forward_floor():
-        # two generator passes + one segmenter pass (the segmenter sees pass-2 images)
-        with torch.inference_mode():
-            for batch in latents.split(args.batch):
-                generator(batch)
-            for batch in latents.split(args.batch):
-                segmenter(generator(batch))
-
-    def run(mode):
-        return dissect(
-            generator,
-            LAYERS,
-            segmenter,
-            latent_shape=(128,),
-            num_samples=args.samples,
-            batch_size=args.batch,
-            threshold_mode=mode,
-            num_levels=args.levels,
-            progress=False,
-        )
-
+    counts = thread_counts(args.threads)
     print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
-          f"threads {torch.get_num_threads()}")
-    print(f"{units} units in {len(LAYERS)} layers, 32x32 images, {args.samples} latents, "
-          f"batch {args.batch}, iqr num_levels={args.levels}; best of {args.repeats}")
-    forward_floor()  # warm up
-    t_floor = best_time(forward_floor, args.repeats)
-    print(f"{'forward floor (2 G + 1 S)':<28}{t_floor * 1e3:9.1f} ms")
+          f"{os.cpu_count()} cores | torch default threads {torch.get_num_threads()} | device {device}")
+    print(f"iqr num_levels={args.levels}; times are the best of the repeats; ratios = dissect / floor")
+    rows = []
+    for name in args.workloads:
+        generator, layers, segmenter, latent_dim, size, samples, batch, units = workload(name, device)
+        repeats = args.repeats if name == "example" else args.stylegan2_repeats
+        latents = torch.randn(samples, latent_dim, generator=torch.Generator().manual_seed(1)).to(device)
+        print(f"\n[{name}] {units} units in {len(layers)} layers, {size}x{size} images, {samples} latents, "
+              f"batch {batch}, best of {repeats}; load average {os.getloadavg()[0]:.2f} at the start")
+
+        def floor(latents=latents, generator=generator, segmenter=segmenter, batch=batch):
+            with torch.inference_mode():
+                for chunk in latents.split(batch):
+                    generator(chunk)
+                for chunk in latents.split(batch):
+                    segmenter(generator(chunk))
+
+        def run(mode, samples=samples, generator=generator, layers=layers, segmenter=segmenter,
+                latent_dim=latent_dim, batch=batch):
+            return dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=samples,
+                           batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,
+                           device=device)
+
+        for threads, label in counts:
+            torch.set_num_threads(threads)
+            # warm-up: one batch of each
+            timed(lambda: floor(latents[:batch]))
+            for mode in ("quantile", "iqr"):
+                dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=batch,
+                        batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,
+                        device=device)
+            best = {"floor": float("inf"), "quantile": float("inf"), "iqr": float("inf")}
+            for _ in range(repeats):
+                best["floor"] = min(best["floor"], timed(floor))
+                for mode in ("quantile", "iqr"):
+                    best[mode] = min(best[mode], timed(lambda mode=mode: run(mode)))
+            row = (name, threads, label, best, os.getloadavg()[0])
+            rows.append(row)
+            print_row(row)
+            if args.profile:
+                for mode in ("quantile", "iqr"):
+                    profile(lambda mode=mode: run(mode), f"{name}, {threads} threads, dissect {mode}")
+    print("\nsummary (ms; ratio = dissect / floor; target in brackets)")
+    print(f"{'workload':<10} {'threads':<20} {'floor':>9} {'quantile':>9} {'ratio':>12} {'iqr':>9} {'ratio':>12} "
+          f"{'load':>5}")
+    for row in rows:
+        print_row(row)
+
+
+def print_row(row) -> None:
+    name, threads, label, best, load = row
+    cells = []
     for mode in ("quantile", "iqr"):
-        run(mode)  # warm up
-        t = best_time(lambda mode=mode: run(mode), args.repeats)
-        ratio = t / t_floor
-        verdict = "ok" if ratio <= TARGETS[mode] else "above target"
-        print(f"{'dissect ' + mode:<28}{t * 1e3:9.1f} ms   {ratio:5.2f}x floor "
-              f"(target <= {TARGETS[mode]:g}x: {verdict})")
-    if args.profile:
-        for mode in ("quantile", "iqr"):
-            profiler = cProfile.Profile()
-            profiler.enable()
-            run(mode)
-            profiler.disable()
-            stream = io.StringIO()
-            pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(10)
-            print(f"\n--- cProfile, dissect {mode}: top 10 by internal time ---")
-            lines = stream.getvalue().splitlines()
-            start = next(i for i, line in enumerate(lines) if "ncalls" in line)
-            print("\n".join(lines[start : start + 11]))
+        ratio = best[mode] / best["floor"]
+        target = TARGETS[name][mode]
+        cells.append(f"{best[mode] * 1e3:9.0f} {ratio:5.2f}x {'<=' if ratio <= target else '> '}{target:g}")
+    threads_text = f"{threads}" + (f" ({label})" if label else "")
+    print(f"{name:<10} {threads_text:<20} {best['floor'] * 1e3:9.0f} {cells[0]} {cells[1]} {load:5.2f}")
+
+
+def profile(fn, title: str) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fn()
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(10)
+    print(f"\n--- cProfile, {title}: top 10 by internal time ---")
+    lines = stream.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if "ncalls" in line)
+    print("\n".join(lines[start : start + 11]))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ _MAX_PIXELS_PER_CALL = 1 << 22
 # Single threshold: when at most one (unit, pixel) in this many is on, only the on pixels are counted.
 _SPARSE_ON_FRACTION = 8
 # Buckets per unit of the level lookup table (a power of two).
-_LUT_BUCKETS = 1024
+_LUT_BUCKETS = 4096
 _INT32_MAX = (1 << 31) - 1
 
 
@@ -148,7 +148,7 @@ def _counts_single_level(
     for start in range(0, units, step):
         n = min(step, units - start)
         above = torch.gt(values[start : start + n], thresholds[start : start + n, None], out=above_buf[:n])
-        if int(above.sum()) * _SPARSE_ON_FRACTION <= above.numel():
+        if int(torch.count_nonzero(above)) * _SPARSE_ON_FRACTION <= above.numel():
             # few pixels on (a top-quantile threshold): count only those, not every (unit, pixel)
             inter, area = _count_on_pixels(above, labels, width)
             histogram.view(units, 2, width)[start : start + n, 1] = inter
@@ -379,9 +379,11 @@ def _counts_multi_level_lookup(
         index.mul_(2).add_(above)
         cell = torch.index_select(table.cells, 0, index.view(-1), out=cell_buf[:n].view(-1))
         cell = cell.view(n, pixels)
-        if bool(table.ambiguous[part].any()):
+        ambiguous_rows = table.ambiguous[part].nonzero().view(-1)
+        if ambiguous_rows.numel():
             _resolve_ambiguous(
-                cell, values[start : start + n], lookup.thresholds[part], first_unit + start, bins, width
+                cell, values[start : start + n], lookup.thresholds[part], first_unit + start, bins, width,
+                ambiguous_rows,
             )
         cell.sub_((first_unit + start) * bins * width)
         size = n * bins * width
@@ -396,10 +398,17 @@ def _counts_multi_level_lookup(
 
 
 def _resolve_ambiguous(
-    cell: Tensor, values: Tensor, thresholds: Tensor, start: int, bins: int, width: int
+    cell: Tensor, values: Tensor, thresholds: Tensor, start: int, bins: int, width: int, rows: Tensor | None = None
 ) -> None:
-    """Exact cells (comparison with every threshold) where the table said ambiguous (-1)."""
-    row, col = (cell < 0).nonzero(as_tuple=True)
+    """Exact cells (comparison with every threshold) where the table said ambiguous (-1).
+
+    ``rows``: the only rows that can hold such cells (the units with an ambiguous bucket).
+    """
+    if rows is None:
+        row, col = (cell < 0).nonzero(as_tuple=True)
+    else:
+        sub, col = (cell.index_select(0, rows) < 0).nonzero(as_tuple=True)
+        row = rows[sub]
     if row.numel() == 0:
         return
     level = (values[row, col].unsqueeze(1) > thresholds[row]).sum(1)
@@ -469,6 +478,33 @@ def _plan_chunks(
     return images, unit_step
 
 
+def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
+    """The distinct label tuples ``(L, T)`` of ``(L, P)`` labels and each pixel's tuple ``(1, P)``.
+
+    ``None`` for one layer, or when there are at least ``width`` tuples (then counting layer by
+    layer is as cheap).
+    """
+    layers = labels.shape[0]
+    if layers < 2:
+        return None
+    if width**layers < (1 << 62):
+        key = labels[0].clone()
+        for layer in labels[1:]:
+            key.mul_(width).add_(layer)
+        unique, inverse = torch.unique(key, return_inverse=True)
+        if unique.numel() >= width:
+            return None
+        tuples = torch.empty(layers, unique.numel(), dtype=labels.dtype, device=labels.device)
+        for j in range(layers - 1, -1, -1):
+            tuples[j] = unique % width
+            unique = unique // width
+    else:
+        tuples, inverse = torch.unique(labels, dim=1, return_inverse=True)
+        if tuples.shape[1] >= width:
+            return None
+    return tuples, inverse.view(1, -1)
+
+
 def accumulate_unit_concept_counts(
     out: ConceptCounts,
     activations: Tensor,
@@ -533,21 +569,25 @@ def accumulate_unit_concept_counts(
     single = thresholds.ndim == 1
     value_dtype = activations.dtype if activations.dtype in (torch.float32, torch.float64) else torch.float32
     all_levels = _thresholds_as(thresholds, value_dtype)
-    # the level table of the whole layer, built once and shared by every step
-    lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels, counted + 1)
 
-    def step(first: int, labels: Tensor, start: int) -> None:
+    def step(first: int, labels: Tensor, tuples: Tensor | None, lookup: _LevelLookup | None, start: int) -> None:
         part = slice(start, start + unit_step)
         values = upsample_units_first(activations[first : first + images, part], size)
         if values.dtype not in (torch.float32, torch.float64):
             values = values.to(torch.float32)
         levels = all_levels[part]
+        columns = counted if tuples is None else tuples.shape[1]
         if single:
-            inter, area = _counts_single_level(values, levels, labels, counted, chunk_elements)
+            inter, area = _counts_single_level(values, levels, labels, columns, chunk_elements)
         else:
             table = lookup if values.dtype == torch.float32 else None
-            inter, area = _counts_multi_level(values, levels, labels, counted, chunk_elements, table, start)
+            inter, area = _counts_multi_level(values, levels, labels, columns, chunk_elements, table, start)
         del values
+        if tuples is not None:  # counts per label tuple -> counts per concept of every layer
+            per_tuple = inter
+            inter = per_tuple.new_zeros(*per_tuple.shape[:-1], counted + 1)
+            for layer in tuples:
+                inter.index_add_(-1, layer, per_tuple)
         for g, (counts, _seg) in enumerate(groups):
             counts.intersection[part] += inter[..., g * width : g * width + num_concepts]
         out.unit_area[part] += area
@@ -559,9 +599,18 @@ def accumulate_unit_concept_counts(
             counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=width)[:num_concepts])
             shifted.append(labels + g * width if g else labels)
         labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
+        # several label layers (multi-labels, the paired segmentation): count each pixel once, by
+        # the tuple of its labels, then spread the tuples' counts over their concepts
+        tuples = None
+        compact = _label_tuples(labels, counted + 1)
+        if compact is not None:
+            tuples, labels = compact
+        columns = counted if tuples is None else tuples.shape[1]
+        # the level table of the whole layer, built once per image group and shared by every step
+        lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels, columns + 1)
         # one task per unit step: each writes its own rows of the counts
         run_tasks(
-            [partial(step, first, labels, start) for start in range(0, units, unit_step)], workers
+            [partial(step, first, labels, tuples, lookup, start) for start in range(0, units, unit_step)], workers
         )
     out.total.add_(batch * pixels_per_image)
 
