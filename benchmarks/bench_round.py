@@ -134,7 +134,7 @@ def main(argv=None):
         for threads, label in counts:
             torch.set_num_threads(threads)
             # warm-up: one batch of each
-            timed(lambda: floor(latents[:batch]))
+            floor(latents[:batch])
             for mode in ("quantile", "iqr"):
                 dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=batch,
                         batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,

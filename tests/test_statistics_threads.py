@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tests.reference as ref
-from lightning_dissect.functional._parallel import run_tasks, statistics_threads, worker_count
+from lightning_dissect._utils.parallel import run_tasks, statistics_threads, worker_count
 from lightning_dissect.functional.counts import ConceptCounts, accumulate_unit_concept_counts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
 from lightning_dissect.metrics import unit_quantiles as unit_quantiles_module

@@ -21,13 +21,13 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import check_finite
 from lightning_dissect._utils.distributed import all_gather_cat
+from lightning_dissect._utils.parallel import statistics_threads
 from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.strips import Frame, keep_frames
 from lightning_dissect.dissection.topk import TopK
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.engine.runner import GeneratedBatch, GeneratorRunner
-from lightning_dissect.functional._parallel import statistics_threads
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
 from lightning_dissect.segmenters.base import Segmenter
@@ -38,7 +38,7 @@ __all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "
 #: ``None`` (the default) uses torch's thread count. The statistics never split one short
 #: operation over threads (on a shared machine the barrier after each one cost more than the
 #: second thread saved): each thread takes whole unit groups, with torch on one thread inside
-#: (:mod:`lightning_dissect.functional._parallel`). Results are the same integers at any count.
+#: (:mod:`lightning_dissect._utils.parallel`). Results are the same integers at any count.
 METRIC_THREADS: int | None = None
 
 
@@ -55,7 +55,7 @@ def metric_threads(device: torch.device | str) -> Iterator[None]:
     """Run the block's statistics on at most :data:`METRIC_THREADS` worker threads (``None``: torch's count).
 
     Examples:
-        >>> from lightning_dissect.functional._parallel import worker_count
+        >>> from lightning_dissect._utils.parallel import worker_count
         >>> with metric_threads("cpu"):
         ...     workers = worker_count(torch.device("cpu"))
         >>> workers == min(torch.get_num_threads(), METRIC_THREADS or torch.get_num_threads())

@@ -32,7 +32,7 @@ from lightning_dissect._utils.checks import (
     check_segmentation,
     check_thresholds,
 )
-from lightning_dissect.functional._parallel import run_tasks, worker_count
+from lightning_dissect._utils.parallel import run_tasks, worker_count
 from lightning_dissect.functional.upsample import upsample_units_first
 
 __all__ = [

@@ -11,8 +11,8 @@ from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
 from lightning_dissect._utils.checks import check_activations, check_count, check_levels
+from lightning_dissect._utils.parallel import run_tasks, worker_count
 from lightning_dissect.config import DissectionConfig
-from lightning_dissect.functional._parallel import run_tasks, worker_count
 from lightning_dissect.functional.quantiles import (
     LogHistogramSpec,
     quantiles_from_histogram,
