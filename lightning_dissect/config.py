@@ -7,6 +7,7 @@ The callback and the command line start from the same values and change only the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -16,7 +17,10 @@ from lightning_dissect.interpretability import INTERPRETABLE_RULES, Interpretabi
 
 __all__ = [
     "DissectionConfig",
+    "PRESETS",
+    "QUANTILE_OVER",
     "QUANTILE_PRESETS",
+    "UNIT_AREAS",
     "CALLBACK_DEFAULTS",
     "CLI_DEFAULTS",
     "FIELD_CHECKS",
@@ -30,12 +34,63 @@ __all__ = [
 QUANTILE_PRESETS: dict[str, float] = {
     "netdissect": 0.995,
     "pnas": 0.99,
-    "netdissect-lite": 0.96,
 }
-"""Named threshold levels of the reference methods, accepted as ``quantile``: ``"netdissect"`` is
-the Network Dissection paper's top 0.5 % of each unit's activations, ``"pnas"`` the 0.99 quantile
-of Bau et al. 2020 (this package's default), ``"netdissect-lite"`` the 0.96 quantile that
-NetDissect-Lite's ``settings.py`` ships (``QUANTILE = 0.04``)."""
+"""Named threshold *levels*, accepted as ``quantile``: ``"netdissect"`` is the Network Dissection
+paper's top 0.5 % of each unit's activations (NetDissect-Lite's ``settings.py``: ``QUANTILE =
+0.005``), ``"pnas"`` the 0.99 quantile of Bau et al. 2020 (this package's default). A level alone
+does not reproduce a tool: the preset of :data:`PRESETS` (``preset="netdissect"``) also takes the
+quantile over the raw maps and counts a unit's area per category, as NetDissect-Lite does.
+``"netdissect-lite"`` is a deprecated alias of ``"netdissect"`` (it used to give 0.96, which no
+released NetDissect-Lite ships)."""
+
+_DEPRECATED_QUANTILE_NAMES = {"netdissect-lite": "netdissect"}
+
+QUANTILE_OVER: tuple[str, ...] = ("upsampled", "raw")
+"""The values of :attr:`DissectionConfig.quantile_over`: the quantile of every *upsampled* pixel (the
+PNAS ``dissect`` code's convention) or of the *raw* activation maps (NetDissect, NetDissect-Lite)."""
+
+UNIT_AREAS: tuple[str, ...] = ("all", "category")
+"""The values of :attr:`DissectionConfig.unit_area`: a unit's area counted over *all* images (the plain
+IoU, PNAS) or, for each concept *category*, only over the images where the unit's active pixels
+overlap a label of that category (NetDissect-Lite)."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "netdissect": {
+        "threshold_mode": "quantile",
+        "quantile": 0.995,
+        "quantile_over": "raw",
+        "unit_area": "category",
+        "interpretable": "paper",
+        "iou_threshold": 0.04,
+    },
+    "pnas": {
+        "threshold_mode": "quantile",
+        "quantile": 0.99,
+        "quantile_over": "upsampled",
+        "unit_area": "all",
+    },
+    "netdissect-level-pnas-convention": {
+        "threshold_mode": "quantile",
+        "quantile": 0.995,
+        "quantile_over": "upsampled",
+        "unit_area": "all",
+    },
+}
+"""Settings that reproduce a reference tool, given as ``preset=`` (``--preset``); settings given
+beside a preset replace its values.
+
+* ``"netdissect"`` reproduces NetDissect-Lite (CSAILVision/NetDissect-Lite at its HEAD): the 0.995
+  quantile (its ``QUANTILE = 0.005``) of the *raw* activation maps; each map upsampled bilinearly
+  to the label resolution and thresholded; a unit's area counted per concept category; the label
+  of a unit chosen with NetDissect-Lite's tie conventions; interpretable when the label IoU exceeds
+  0.04, the papers' fixed cut. Image-level labels (scenes, textures) are whole-image masks
+  (:class:`~lightning_dissect.BrodenDataset` gives them so).
+* ``"pnas"``: the PNAS ``dissect`` code's convention (this package's default): the 0.99 quantile of
+  the *upsampled* maps, a unit's area over all images.
+* ``"netdissect-level-pnas-convention"``: NetDissect's level 0.995 taken the PNAS code's way (over
+  the upsampled maps, area over all images): what ``quantile="netdissect"`` alone gives, and what
+  earlier releases called the ``netdissect`` preset.
+"""
 
 THRESHOLD_MODES: tuple[str, ...] = ("quantile", "iqr")
 """The values of :attr:`DissectionConfig.threshold_mode`."""
@@ -53,6 +108,16 @@ def _device(value: Any, name: str) -> str | None:
 
 def _quantile(value: Any, name: str) -> float:
     if isinstance(value, str):
+        if value in _DEPRECATED_QUANTILE_NAMES:
+            new = _DEPRECATED_QUANTILE_NAMES[value]
+            warnings.warn(
+                f"`{name}`={value!r} is deprecated: NetDissect-Lite ships the 0.995 level, which "
+                f"{new!r} names (0.96 was wrong); for NetDissect-Lite's whole method use "
+                "preset='netdissect'",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            value = new
         if value not in QUANTILE_PRESETS:
             raise ValueError(f"`{name}` must be a level in (0, 1) or one of {sorted(QUANTILE_PRESETS)}, got {value!r}")
         return QUANTILE_PRESETS[value]
@@ -65,6 +130,9 @@ FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "seed": lambda v, n: check_int(v, n, minimum=0),
     "threshold_mode": lambda v, n: check_choice(v, n, THRESHOLD_MODES),
     "quantile": _quantile,
+    "quantile_over": lambda v, n: check_choice(v, n, QUANTILE_OVER),
+    "unit_area": lambda v, n: check_choice(v, n, UNIT_AREAS),
+    "preset": lambda v, n: None if v is None else check_choice(v, n, tuple(PRESETS)),
     "num_levels": lambda v, n: check_int(v, n, minimum=1),
     "level_selection_samples": lambda v, n: check_int(v, n, minimum=1, optional=True),
     "iou_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
@@ -113,6 +181,14 @@ class DissectionConfig:
             ``"iqr"`` (GAN Dissection: per unit the candidate level of its best-IQR concept).
         quantile: Level for ``"quantile"`` mode (PNAS 0.99; NetDissect 0.995), or a name of
             :data:`QUANTILE_PRESETS` (``"netdissect"``: the paper's top 0.5 %), replaced by its level.
+        quantile_over: ``"upsampled"``: the quantile of every upsampled pixel (the PNAS code's
+            convention); ``"raw"``: of the raw activation maps (NetDissect, NetDissect-Lite).
+        unit_area: ``"all"``: a unit's area counts over every image (the plain IoU);
+            ``"category"``: toward a concept category only in the images where the unit's active
+            pixels overlap a label of that category (NetDissect-Lite; see :data:`UNIT_AREAS`).
+        preset: The name of the :data:`PRESETS` entry these settings started from (``None``:
+            none). Set it through :func:`merge_settings` (``dissect(..., preset="netdissect")``,
+            ``--preset``) or :meth:`from_preset`, which apply the preset's values.
         num_levels: Candidate levels in ``"iqr"`` mode: top fractions ``logspace(-3, 0, K)``
             (gandissect uses 100).
         level_selection_samples: ``"iqr"`` mode: pick levels on a separate bank of this size
@@ -146,6 +222,9 @@ class DissectionConfig:
     seed: int = 1
     threshold_mode: str = "quantile"
     quantile: float = 0.99
+    quantile_over: str = "upsampled"
+    unit_area: str = "all"
+    preset: str | None = None
     num_levels: int = 64
     level_selection_samples: int | None = None
     iou_threshold: float = 0.04
@@ -163,6 +242,17 @@ class DissectionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.quantile, str):  # a preset name becomes its level at once
             self.quantile = _quantile(self.quantile, "quantile")
+
+    @classmethod
+    def from_preset(cls, name: str, **settings: Any) -> DissectionConfig:
+        """The settings of the :data:`PRESETS` entry ``name``, with ``settings`` replacing its values.
+
+        Examples:
+            >>> cfg = DissectionConfig.from_preset("netdissect")
+            >>> cfg.quantile, cfg.quantile_over, cfg.unit_area, cfg.interpretable
+            (0.995, 'raw', 'category', 'paper')
+        """
+        return merge_settings(None, ("`from_preset`", {"preset": name, **settings}))
 
     def validate(self) -> DissectionConfig:
         """Check every field with its rule in :data:`FIELD_CHECKS`; return ``self``.
@@ -233,7 +323,8 @@ def merge_settings(
     Args:
         base: A config or a ``field -> value`` mapping of defaults (``None``: the class defaults).
         sources: ``(what, settings)`` pairs, e.g. ``("keyword arguments", {...})``; ``what``
-            names the source in errors. A setting given by two sources is an error.
+            names the source in errors. A setting given by two sources is an error. A
+            ``preset`` (a :data:`PRESETS` name) sets its values for every setting no source gave.
 
     Raises:
         TypeError: A key that is not a :class:`DissectionConfig` field, naming the source and
@@ -272,6 +363,11 @@ def merge_settings(
             )
         seen.update(dict.fromkeys(settings, what))
         values.update(settings)
+    preset = values.get("preset")
+    if preset is not None:
+        name = check_setting("preset", preset, "preset")
+        # the preset's values, except those a source gave
+        values.update({k: v for k, v in PRESETS[name].items() if k not in seen})
     return DissectionConfig(**values).validate()
 
 

@@ -22,6 +22,9 @@ LEVELS = [0.0, 0.5, 0.9, 0.99, 0.995, 1.0]
 def make_data():
     gen = torch.Generator().manual_seed(2024)
     acts = torch.randn(SAMPLES, UNITS, 4, 4, generator=gen).relu() * 3
+    # unit 0 is 1000x larger in the second half: the processes' quantile histograms are anchored
+    # at different scales and must be aligned before they are summed
+    acts[SAMPLES // 2 :, 0] *= 1000.0
     seg = torch.randint(0, CONCEPTS, (SAMPLES, 2, 16, 16), generator=gen)
     seg[:, :, :3] = 255
     thresholds = torch.linspace(-0.5, 2.0, UNITS)

@@ -370,7 +370,7 @@ def test_load_after_compute_drops_the_cached_result(gen):
 
 def test_count_states_are_held_once_and_reset_to_zeros_of_their_shape(gen):
     metric = UnitQuantiles(16)
-    state_bytes = sum(getattr(metric, k).nbytes for k in ("histogram", "overflow"))
+    state_bytes = sum(getattr(metric, k).nbytes for k in ("histogram", "overflow", "anchor"))
     # every tensor the metric holds (states, their reset defaults): the states once, plus 0-d zeros
     held = [v for v in vars(metric).values() if isinstance(v, torch.Tensor)]
     held += [v for v in metric._defaults.values() if isinstance(v, torch.Tensor)]

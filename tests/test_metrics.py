@@ -369,7 +369,8 @@ def test_quantiles_independent_of_batching(gen):
 
 def test_quantiles_fixed_memory(gen):
     metric = UnitQuantiles(3, [0.5])
-    spec = LogHistogramSpec()
+    # the anchored window: 2**-40 .. 1 of each unit's largest magnitude, 2**-8 relative buckets
+    spec = LogHistogramSpec(0.005, 2.0**-40, 1.0)
     assert metric.histogram.shape == (3, spec.num_buckets)
     shapes = {k: tuple(v.shape) for k, v in metric.metric_state.items()}
     for _ in range(5):

@@ -6,7 +6,16 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from lightning_dissect.config import CLI_DEFAULTS, THRESHOLD_MODES, DissectionConfig, check_setting, config_defaults
+from lightning_dissect.config import (
+    CLI_DEFAULTS,
+    PRESETS,
+    QUANTILE_OVER,
+    THRESHOLD_MODES,
+    UNIT_AREAS,
+    DissectionConfig,
+    check_setting,
+    config_defaults,
+)
 from lightning_dissect.engine.discovery import GENERATOR_ATTRIBUTES, LATENT_DIM_ATTRIBUTES
 from lightning_dissect.interpretability import INTERPRETABLE_RULES
 
@@ -36,7 +45,21 @@ CONFIG_OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "quantile": (
         "--quantile", "Q",
         "quantile level of the thresholds in quantile mode, or a named level: netdissect (0.995, the "
-        "Network Dissection paper's top 0.5 %%), pnas (0.99), netdissect-lite (0.96)",
+        "Network Dissection paper's top 0.5 %%), pnas (0.99); --preset netdissect reproduces NetDissect-Lite",
+    ),
+    "quantile_over": (
+        "--quantile-over", "{" + ",".join(QUANTILE_OVER) + "}",
+        "take each unit's quantile over the upsampled maps (the PNAS code) or the raw maps (NetDissect)",
+    ),
+    "unit_area": (
+        "--unit-area", "{" + ",".join(UNIT_AREAS) + "}",
+        "count a unit's area over all images (plain IoU) or per concept category, only where its active "
+        "pixels overlap a label of the category (NetDissect-Lite)",
+    ),
+    "preset": (
+        "--preset", "{" + ",".join(PRESETS) + "}",
+        "settings that reproduce a tool: netdissect (NetDissect-Lite), pnas (the PNAS code, the default), "
+        "netdissect-level-pnas-convention; options left at their defaults take the preset's values",
     ),
     "num_levels": ("--num-levels", "K", "candidate levels in iqr mode"),
     "level_selection_samples": (
@@ -139,6 +162,9 @@ def config_settings(args: argparse.Namespace, *, device: str | None = None, visu
     settings["device"] = device if device is not None else args.device
     if not visualize:
         settings["num_visualized_units"] = 0
+    if settings.get("preset") is not None:
+        # an option left at its default gives way to the preset's value
+        settings = {k: v for k, v in settings.items() if k not in PRESETS[settings["preset"]] or v != _DEFAULTS[k]}
     return settings
 
 

@@ -120,7 +120,9 @@ def threshold_pass(
                             **runner.metric_options,
                         ).to(device)
                         out.topk[name] = TopK(a.shape[1], cfg.top_k, device)
-                    out.quantiles[name].update(a, size=out.segmentation_size)
+                    # NetDissect takes the quantile of the raw maps, the PNAS code of the upsampled ones
+                    size = None if cfg.quantile_over == "raw" else out.segmentation_size
+                    out.quantiles[name].update(a, size=size)
                     out.topk[name].update(a.amax((2, 3)).T, batch.indices)
     return out
 

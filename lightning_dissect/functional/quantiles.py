@@ -10,6 +10,19 @@ split over processes and summed is identical to one built in a single process.
 
 The bucket index is computed with integer operations on the float bits (no logarithm), which
 is what makes a pass over upsampled maps cheap.
+
+**Any scale.** A fixed window ``[min_magnitude, max_magnitude]`` cannot serve activations of
+every size (a layer whose values all lie below ``min_magnitude`` would get threshold 0). The
+*anchored* histogram follows each unit's own scale instead: a unit's values are multiplied by
+``2**-e`` (exact in floating point), where ``2**e`` bounds the largest magnitude seen so far
+(:func:`magnitude_exponents`), and counted in the window ``[2**-D, 1)``
+(:func:`anchored_spec`). When a later batch raises ``e``, the counts move down by whole binades
+(:func:`shift_histogram`, exact: a bucket maps onto a bucket) and what falls below the window
+joins the zero bucket. The result depends only on the multiset of values, not on their order or
+on how they were split, so anchored histograms of several processes, aligned to the largest
+anchor and summed, equal the histogram of one process. Scaling a unit by ``2**k`` shifts its
+anchor by ``k`` and scales its quantiles by exactly ``2**k``; any other positive factor scales
+them within the histogram's relative accuracy.
 """
 
 from __future__ import annotations
@@ -28,7 +41,15 @@ __all__ = [
     "unit_histogram",
     "quantiles_from_histogram",
     "quantile_rank",
+    "ANCHOR_UNSET",
+    "anchored_spec",
+    "magnitude_exponents",
+    "scale_by_exponents",
+    "shift_histogram",
 ]
+
+#: Anchor of a unit that has seen no non-zero value yet (below every float32 exponent).
+ANCHOR_UNSET = -(1 << 20)
 
 
 def _float_bits(value: float) -> int:
@@ -261,7 +282,7 @@ def quantile_rank(total: Tensor, levels: Tensor) -> Tensor:
 
 
 def quantiles_from_histogram(
-    counts: Tensor, levels: Sequence[float] | Tensor, spec: LogHistogramSpec
+    counts: Tensor, levels: Sequence[float] | Tensor, spec: LogHistogramSpec, exponents: Tensor | None = None
 ) -> Tensor:
     """Per-row quantiles from ``(U, num_buckets)`` counts.
 
@@ -269,6 +290,8 @@ def quantiles_from_histogram(
         counts: Histogram counts, one row per unit.
         levels: Quantile levels in ``[0, 1]``, shape ``(Q,)``.
         spec: The histogram layout the counts were made with.
+        exponents: ``(U,)`` anchors of an anchored histogram (see :func:`magnitude_exponents`):
+            the values are multiplied back by ``2**e``.
 
     Returns:
         ``(U, Q)`` float64 values; NaN for units that saw no values.
@@ -286,4 +309,100 @@ def quantiles_from_histogram(
     rank = quantile_rank(total, levels)
     index = torch.searchsorted(cumulative, rank).clamp(max=counts.shape[1] - 1)
     values = spec.bucket_values(counts.device)[index]
+    if exponents is not None:
+        e = exponents.to(device=counts.device, dtype=torch.int64)
+        e = torch.where(e == ANCHOR_UNSET, torch.zeros_like(e), e)
+        values = values * torch.pow(2.0, e.unsqueeze(1).to(torch.float64))  # exact: a power of two
     return values.masked_fill(total.unsqueeze(1) == 0, float("nan"))
+
+
+def anchored_spec(relative_accuracy: float = 0.005, dynamic_range: float = 2.0**40) -> LogHistogramSpec:
+    """The layout of an anchored histogram: values scaled into ``(-1, 1)``, resolved down to ``1 / dynamic_range``.
+
+    ``dynamic_range`` is rounded up to a power of two, so that the window's buckets are whole
+    binades and :func:`shift_histogram` is exact.
+
+    Examples:
+        >>> spec = anchored_spec()
+        >>> spec.min_magnitude == 2.0**-40, spec.max_magnitude, spec.num_buckets
+        (True, 1.0, 10243)
+    """
+    if not 2.0 <= float(dynamic_range) <= 2.0**100:
+        raise ValueError(f"`dynamic_range` must be in [2, 2**100], got {dynamic_range}")
+    binades = math.ceil(math.log2(float(dynamic_range)) - 1e-12)
+    return LogHistogramSpec(relative_accuracy, 2.0**-binades, 1.0)
+
+
+def magnitude_exponents(values: Tensor) -> Tensor:
+    """Per row (unit) of a ``(U, P)`` tensor, the smallest ``e`` with ``|x| < 2**e`` for every finite ``x``.
+
+    Rows without a finite non-zero value get :data:`ANCHOR_UNSET`. int64, shape ``(U,)``.
+
+    Examples:
+        >>> magnitude_exponents(torch.tensor([[0.5, -3.0], [0.0, 0.0], [1e-9, 0.0]])).tolist()
+        [2, -1048576, -29]
+    """
+    top = values.detach().abs().amax(1).to(torch.float32) if values.shape[1] else values.new_zeros(values.shape[0])
+    if not bool(torch.isfinite(top).all()):  # NaN / Inf (unvalidated input): anchor on the finite values
+        finite = values.detach().abs().to(torch.float32)
+        top = torch.where(torch.isfinite(finite), finite, torch.zeros_like(finite)).amax(1)
+    _, exponent = torch.frexp(top.to(torch.float32))
+    exponent = exponent.to(torch.int64)
+    return torch.where(top > 0, exponent, torch.full_like(exponent, ANCHOR_UNSET))
+
+
+def scale_by_exponents(values: Tensor, exponents: Tensor) -> Tensor:
+    """``values * 2**-e`` per row (exact: a power of two), as a new float32 tensor.
+
+    Rows with :data:`ANCHOR_UNSET` are returned as they are (they hold only zeros, or nothing yet).
+    The factor is applied in two halves, so that no factor overflows float32.
+
+    Examples:
+        >>> scale_by_exponents(torch.tensor([[3.0, -1.0], [2.0**-140, 0.0]]), torch.tensor([2, -139])).tolist()
+        [[0.75, -0.25], [0.5, 0.0]]
+    """
+    e = torch.where(exponents == ANCHOR_UNSET, torch.zeros_like(exponents), exponents)
+    first = -(e // 2)
+    second = -e - first
+    return values.to(torch.float32) * _power_of_two(first, values.device) * _power_of_two(second, values.device)
+
+
+def _power_of_two(exponent: Tensor, device: torch.device) -> Tensor:
+    """``(U, 1)`` float32 ``2**k`` built from its bits (``|k| <= 126``)."""
+    bits = ((exponent.to(device=device, dtype=torch.int64) + 127) << 23).to(torch.int32)
+    return bits.view(torch.float32).unsqueeze(1)
+
+
+def shift_histogram(counts: Tensor, by: Tensor, spec: LogHistogramSpec) -> Tensor:
+    """Move each row's counts down by ``by[u] >= 0`` binades (the values divided by ``2**by``), exactly.
+
+    ``spec`` must come from :func:`anchored_spec` (buckets are whole binades). Counts that fall
+    below the window join the zero bucket; nothing is lost.
+
+    Examples:
+        >>> spec = anchored_spec(dynamic_range=4.0)
+        >>> counts = unit_histogram(torch.tensor([[0.5, 0.3, -0.5, 0.0]]), spec)[0]
+        >>> moved = shift_histogram(counts, torch.tensor([1]), spec)
+        >>> torch.equal(moved, unit_histogram(torch.tensor([[0.25, 0.15, -0.25, 0.0]]), spec)[0])
+        True
+    """
+    by = by.to(device=counts.device, dtype=torch.int64).clamp(min=0)
+    if not bool(by.any()):
+        return counts
+    per_sign = spec.buckets_per_sign
+    step = by.clamp(max=per_sign) << spec.mantissa_bits  # buckets per binade: 2**m
+    step = step.clamp(max=per_sign).unsqueeze(1)
+    negative = counts[:, :per_sign]
+    zero = counts[:, per_sign : per_sign + 1]
+    positive = counts[:, per_sign + 1 :]
+    index = torch.arange(per_sign, device=counts.device).unsqueeze(0)
+    # positive buckets ascend in magnitude: new[j] = old[j + step]
+    source = index + step
+    new_positive = torch.gather(positive, 1, source.clamp(max=per_sign - 1)) * (source < per_sign)
+    # negative buckets descend in magnitude: new[i] = old[i - step]
+    source = index - step
+    new_negative = torch.gather(negative, 1, source.clamp(min=0)) * (source >= 0)
+    fallen = (positive.sum(1, keepdim=True) - new_positive.sum(1, keepdim=True)) + (
+        negative.sum(1, keepdim=True) - new_negative.sum(1, keepdim=True)
+    )
+    return torch.cat([new_negative, zero + fallen, new_positive], 1)

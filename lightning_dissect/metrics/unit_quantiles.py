@@ -14,8 +14,13 @@ from lightning_dissect._utils.checks import check_activations, check_count, chec
 from lightning_dissect._utils.parallel import run_tasks, worker_count
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional.quantiles import (
+    ANCHOR_UNSET,
     LogHistogramSpec,
+    anchored_spec,
+    magnitude_exponents,
     quantiles_from_histogram,
+    scale_by_exponents,
+    shift_histogram,
     unit_histogram,
 )
 from lightning_dissect.functional.upsample import _size2, upsample_units_first
@@ -34,23 +39,37 @@ class UnitQuantiles(SumStateMetric):
     processes, so the result does not depend on how samples are split over GPUs and a DDP run
     equals a single-process run bit for bit. The returned value for level ``q`` is within a
     relative error of ``relative_accuracy`` (the default gives ``2**-8 ≈ 0.39 %``) of the exact
-    order statistic ``torch.kthvalue(x, max(1, ceil(q * N)))`` for magnitudes in
-    ``[min_magnitude, max_magnitude]``; magnitudes below ``min_magnitude`` are returned as 0
-    (ReLU zeros are exact). For finer thresholds lower ``relative_accuracy`` (memory grows as
-    ``1 / relative_accuracy``).
+    order statistic ``torch.kthvalue(x, max(1, ceil(q * N)))``; ReLU zeros are exact. For finer
+    thresholds lower ``relative_accuracy`` (memory grows as ``1 / relative_accuracy``).
 
-    Memory is fixed, independent of the number of samples: ``8 * num_buckets + 8`` bytes per unit,
-    i.e. about 80 KiB per unit at the defaults (``num_buckets = 10207``); halving
-    ``relative_accuracy`` roughly doubles it, narrowing the magnitude range shrinks it.
+    **Any scale** (the default): the histogram follows each unit's own scale. It is anchored at
+    the power of two above the unit's largest magnitude seen so far and resolves magnitudes down
+    to ``1 / dynamic_range`` of it (default ``2**40 ≈ 1.1e12``); smaller ones count as zero.
+    Multiplying a unit's activations by any positive constant multiplies its quantiles by that
+    constant (exactly for a power of two, within ``relative_accuracy`` otherwise), from float32's
+    smallest normal number to its largest. The anchors are a state too: histograms with
+    different anchors are aligned (an exact shift by whole binades) before they are added, under
+    DDP (an all-reduce of the anchors by maximum, then the usual sum) and in ``merge_state``.
+
+    **A fixed window** (``min_magnitude`` or ``max_magnitude`` given): magnitudes in
+    ``[min_magnitude, max_magnitude]`` are resolved, smaller ones are 0, larger ones clamped.
+
+    Memory is fixed, independent of the number of samples: ``8 * num_buckets + 16`` bytes per unit,
+    i.e. about 80 KiB per unit at the defaults (``num_buckets = 10243``); halving
+    ``relative_accuracy`` roughly doubles it, a smaller ``dynamic_range`` shrinks it.
 
     Args:
         num_units: Number of units ``U`` (channels).
         quantiles: One level in ``[0, 1]`` (a number or a 0-d tensor; ``compute`` returns
             ``(U,)``) or a sequence / 1-D tensor of ``Q`` levels (``compute`` returns ``(U, Q)``).
         relative_accuracy: Worst relative error of a returned quantile.
-        min_magnitude: Smallest magnitude resolved; smaller ones count as zero.
-        max_magnitude: Largest magnitude resolved; larger ones are clamped (and counted in
-            :attr:`overflow`, with a warning at compute time if a quantile falls there).
+        min_magnitude: Fixed window: smallest magnitude resolved; smaller ones count as zero
+            (default ``None``: the anchored histogram; with only ``max_magnitude`` given, 1e-6).
+        max_magnitude: Fixed window: largest magnitude resolved; larger ones are clamped (and
+            counted in :attr:`overflow`, with a warning at compute time if a quantile falls
+            there). Default ``None`` (anchored; with only ``min_magnitude`` given, 1e6).
+        dynamic_range: Anchored histogram: magnitudes below ``1 / dynamic_range`` of a unit's
+            largest (rounded to a power of two) count as zero.
         validate_args: Check shapes and finiteness of every batch. Without the check, NaN and
             infinite activations count as overflow.
         kwargs: Passed to :class:`torchmetrics.Metric` (e.g. ``process_group``); ``dist_sync_fn``
@@ -82,18 +101,31 @@ class UnitQuantiles(SumStateMetric):
         num_units: int,
         quantiles: float | Sequence[float] | Tensor = DissectionConfig.quantile,
         relative_accuracy: float = 0.005,
-        min_magnitude: float = 1e-6,
-        max_magnitude: float = 1e6,
+        min_magnitude: float | None = None,
+        max_magnitude: float | None = None,
         validate_args: bool = True,
+        dynamic_range: float = 2.0**40,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_units = check_count(num_units, "num_units")
         self.levels, self._scalar = check_levels(quantiles, "quantiles")
-        self.spec = LogHistogramSpec(relative_accuracy, min_magnitude, max_magnitude)
+        self.anchored = min_magnitude is None and max_magnitude is None
+        if self.anchored:
+            self.spec = anchored_spec(relative_accuracy, dynamic_range)
+        else:
+            self.spec = LogHistogramSpec(
+                relative_accuracy,
+                1e-6 if min_magnitude is None else min_magnitude,
+                1e6 if max_magnitude is None else max_magnitude,
+            )
         self.validate_args = validate_args
         self._add_sum_state("histogram", (self.num_units, self.spec.num_buckets))
         self._add_sum_state("overflow", (self.num_units,))
+        if self.anchored:
+            # ``anchor[u] = e - ANCHOR_UNSET``: the unit's values are counted as ``x * 2**-e``;
+            # stored offset so that the reset value 0 means "no non-zero value seen yet"
+            self._add_sum_state("anchor", (self.num_units,))
         self.register_buffer("histogram_layout", self._layout(self.spec), persistent=True)
 
     @staticmethod
@@ -102,17 +134,71 @@ class UnitQuantiles(SumStateMetric):
 
     def _settings_text(self) -> str:
         s = self.spec
+        if self.anchored:
+            return (
+                f"num_units={self.num_units}, relative_accuracy={s.relative_accuracy}, "
+                f"dynamic_range=2**{round(-math.log2(s.min_magnitude))}"
+            )
         return (
             f"num_units={self.num_units}, relative_accuracy={s.relative_accuracy}, "
             f"min_magnitude={s.min_magnitude}, max_magnitude={s.max_magnitude}"
         )
 
     def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        buckets = ("relative_accuracy / min_magnitude / max_magnitude (histogram buckets)", self.spec.num_buckets)
-        return {
+        what = "dynamic_range" if self.anchored else "min_magnitude / max_magnitude"
+        buckets = (f"relative_accuracy / {what} (histogram buckets)", self.spec.num_buckets)
+        axes = {
             "histogram": (("num_units", self.num_units), buckets),
             "overflow": (("num_units", self.num_units),),
         }
+        if self.anchored:
+            axes["anchor"] = (("num_units", self.num_units),)
+        return axes
+
+    # ------------------------------------------------------------------ anchors
+    def _exponents(self, anchor: Tensor | None = None) -> Tensor:
+        """The anchor exponents ``e`` (``ANCHOR_UNSET`` where none)."""
+        stored = self.anchor if anchor is None else anchor
+        return torch.where(stored == 0, torch.full_like(stored, ANCHOR_UNSET), stored + ANCHOR_UNSET)
+
+    def _align(self, histogram: Tensor, anchor: Tensor, target: Tensor) -> Tensor:
+        """``histogram`` (counted at stored anchors ``anchor``) moved to the stored anchors ``target``."""
+        by = torch.where(anchor == 0, torch.zeros_like(anchor), target - anchor)
+        return shift_histogram(histogram, by, self.spec)
+
+    def _raise_anchor(self, exponents: Tensor) -> None:
+        """Raise each unit's anchor to at least ``exponents`` (moving its counts down)."""
+        stored = torch.where(exponents == ANCHOR_UNSET, torch.zeros_like(exponents), exponents - ANCHOR_UNSET)
+        target = torch.maximum(self.anchor, stored.to(self.anchor.device))
+        if torch.equal(target, self.anchor):
+            return
+        self.histogram = self._align(self.histogram, self.anchor, target)
+        self.anchor = target
+
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        """Add another histogram (``merge_state``, ``forward``): aligned to the larger anchors first."""
+        if not self.anchored:
+            super()._reduce_states(incoming_state)
+            return
+        theirs = incoming_state["anchor"].to(self.anchor.device)
+        target = torch.maximum(self.anchor, theirs)
+        self.histogram = self._align(self.histogram, self.anchor, target) + self._align(
+            incoming_state["histogram"].to(self.histogram.device), theirs, target
+        )
+        self.overflow = self.overflow + incoming_state["overflow"].to(self.overflow.device)
+        self.anchor = target
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any | None = None) -> None:
+        """Align every process's histogram to the largest anchors (all-reduce max), then sum."""
+        if self.anchored and torch.distributed.is_available() and torch.distributed.is_initialized():
+            target = self.anchor.clone()
+            torch.distributed.all_reduce(target, op=torch.distributed.ReduceOp.MAX, group=process_group)
+            self.histogram = self._align(self.histogram, self.anchor, target)
+            # the anchors are then equal everywhere; the states are summed below, so only the
+            # first process contributes them
+            first = torch.distributed.get_rank(process_group) == 0
+            self.anchor = target if first else torch.zeros_like(target)
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
 
     def _setting_mismatch(self, key: str, value: Tensor) -> str | None:
         mine = self.histogram_layout.cpu()
@@ -128,9 +214,12 @@ class UnitQuantiles(SumStateMetric):
                 f"metric {self.spec.relative_accuracy} resolves 2**-{int(mine[0]) + 1})"
             )
         else:
-            if theirs[1] != mine[1]:
+            if self.anchored and (theirs[1] != mine[1] or theirs[2] != mine[2]):
+                which.append(f"`dynamic_range` (this metric: {1.0 / self.spec.min_magnitude:g}; or the "
+                             "`min_magnitude` / `max_magnitude` of a fixed window)")
+            elif theirs[1] != mine[1]:
                 which.append(f"`min_magnitude` (this metric: {self.spec.min_magnitude})")
-            if theirs[2] != mine[2]:
+            if theirs[2] != mine[2] and not self.anchored:
                 which.append(f"`max_magnitude` (this metric: {self.spec.max_magnitude})")
         return (
             "the histogram was saved by a UnitQuantiles with another bucket layout: build this "
@@ -157,10 +246,18 @@ class UnitQuantiles(SumStateMetric):
         if activations.shape[0] == 0:  # an empty batch adds nothing
             return
         if activations.ndim == 2:
-            counts, overflow = unit_histogram(activations.T, self.spec)
+            values = activations.T
+            if self.anchored:
+                self._raise_anchor(magnitude_exponents(values))
+                values = scale_by_exponents(values, self._exponents())
+            counts, overflow = unit_histogram(values, self.spec)
             self.histogram += counts
             self.overflow += overflow
             return
+        if self.anchored:
+            # the largest magnitude of the raw maps bounds that of their bilinear upsampling
+            self._raise_anchor(magnitude_exponents(activations.transpose(0, 1).reshape(self.num_units, -1)))
+            exponents = self._exponents()
         # Upsample a few units at a time so the maps stay in cache (about 1M values per chunk);
         # the counts are the same integers as for one big pass.
         per_unit = activations.shape[0] * (
@@ -170,6 +267,8 @@ class UnitQuantiles(SumStateMetric):
 
         def add(start: int) -> None:  # one unit group; the groups write disjoint rows
             values = upsample_units_first(activations[:, start : start + step], size)
+            if self.anchored:
+                values = scale_by_exponents(values, exponents[start : start + step])
             counts, overflow = unit_histogram(values, self.spec)
             self.histogram[start : start + step] += counts
             self.overflow[start : start + step] += overflow
@@ -202,8 +301,14 @@ class UnitQuantiles(SumStateMetric):
     def _values(self, levels: Tensor) -> Tensor:
         if int(self.histogram[0].sum()) == 0:
             raise RuntimeError("UnitQuantiles.compute() called before any update()")
-        values = quantiles_from_histogram(self.histogram, levels.to(self.histogram.device), self.spec)
-        if bool(self.overflow.any()):
+        exponents = self._exponents() if self.anchored else None
+        values = quantiles_from_histogram(self.histogram, levels.to(self.histogram.device), self.spec, exponents)
+        if self.anchored and bool(self.overflow.any()):
+            rank_zero_warn(
+                "Some `activations` were NaN or infinite (validate_args=False): they count as the "
+                "largest values, and the quantiles of those units are not meaningful."
+            )
+        elif bool(self.overflow.any()):
             top = self.spec.bucket_values(values.device).abs().max()
             if bool((values.abs() >= top).any()):
                 rank_zero_warn(
