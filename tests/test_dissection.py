@@ -459,6 +459,8 @@ _BAD_SETTINGS = [
     ("threshold_mode", "max", ValueError), ("threshold_mode", 1, TypeError),
     ("quantile", 1.0, ValueError), ("quantile", float("nan"), ValueError), ("quantile", "0.9", ValueError),
     ("quantile", [0.9], TypeError),
+    ("quantile_over", "pixels", ValueError), ("unit_area", "image", ValueError), ("unit_area", 1, TypeError),
+    ("preset", "netdissect-lite", ValueError), ("preset", 2, TypeError),
     ("num_levels", 0, ValueError), ("level_selection_samples", 0, ValueError),
     ("level_selection_samples", 1.5, TypeError), ("iou_threshold", -0.1, ValueError),
     ("iou_threshold", True, TypeError), ("interpretable", "strict", ValueError),

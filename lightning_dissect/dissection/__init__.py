@@ -228,11 +228,12 @@ def _run_passes(
         selection = None
         if selection_bank is not None:
             selection = count_pass(
-                runner, selection_bank, thresholds, segmenter, progress, what="dissection: level selection set"
+                runner, selection_bank, thresholds, segmenter, progress, what="dissection: level selection set",
+                unit_area=cfg.unit_area,
             ).counts
         counted = count_pass(
             runner, bank, thresholds, segmenter, progress, cached=found.segmentations,
-            chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk),
+            chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk), unit_area=cfg.unit_area,
         )
         frames = counted.frames
         if cfg.num_visualized_units and runner.distributed and world_size > 1:

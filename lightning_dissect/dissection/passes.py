@@ -28,6 +28,7 @@ from lightning_dissect.dissection.strips import Frame, keep_frames
 from lightning_dissect.dissection.topk import TopK
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.engine.runner import GeneratedBatch, GeneratorRunner
+from lightning_dissect.functional.category_area import concept_category_index
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
 from lightning_dissect.segmenters.base import Segmenter
@@ -167,6 +168,7 @@ def count_pass(
     chance: bool = False,
     keep: Collection[int] = (),
     what: str = "dissection pass 2/2: IoU",
+    unit_area: str = "all",
 ) -> CountPass:
     """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``bank``.
 
@@ -175,6 +177,8 @@ def count_pass(
     segmentation of the previous image of the bank, the first image against the last one; with
     one sample there is no pair and no chance counts. The image and maps of every latent in
     ``keep`` are kept (unit strips are drawn from them instead of generating the images again).
+    ``unit_area="category"`` counts a unit's area per concept category (NetDissect-Lite's rule,
+    see :mod:`lightning_dissect.functional.category_area`).
     """
     vocabulary = segmenter.vocabulary
     layers = list(thresholds)
@@ -195,6 +199,10 @@ def count_pass(
             ignore_index=vocabulary.unlabeled_index,
             validate_args=False,
             paired=chance,
+            concept_categories=(
+                concept_category_index(vocabulary.categories, vocabulary.category_names)
+                if unit_area == "category" else None
+            ),
             **runner.metric_options,
         ).to(runner.device)
         for name in layers

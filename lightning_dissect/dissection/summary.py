@@ -11,7 +11,7 @@ from lightning_dissect.functional.scores import best_level_and_concept, iou_from
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["summarise_layer"]
+__all__ = ["netdissect_label", "summarise_layer"]
 
 
 def _without_unlabeled(scores: Tensor, ignore_index: int | None) -> Tensor:
@@ -20,6 +20,34 @@ def _without_unlabeled(scores: Tensor, ignore_index: int | None) -> Tensor:
     if ignore_index is not None and 0 <= ignore_index < scores.shape[-1]:
         scores[..., ignore_index] = -1.0
     return scores
+
+
+def netdissect_label(iou: Tensor, vocabulary: ConceptVocabulary) -> Tensor:
+    """Each unit's label with NetDissect-Lite's conventions, from its ``(U, C)`` IoU.
+
+    NetDissect-Lite picks the best concept of every category (the first one on a tie), then the
+    best category (the last one, in category order, on a tie). A unit whose IoU is 0 with every
+    concept gets the "no label" entry (NetDissect-Lite's label 0, ``-``). Categories are in the
+    order of :attr:`~lightning_dissect.vocabulary.ConceptVocabulary.category_names`.
+
+    Examples:
+        >>> from lightning_dissect.vocabulary import ConceptVocabulary
+        >>> vocabulary = ConceptVocabulary(("-", "sky", "red", "blue"), ("none", "object", "colour", "colour"))
+        >>> iou = torch.tensor([[0.0, 0.3, 0.3, 0.1], [0.0, 0.1, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]])
+        >>> netdissect_label(iou, vocabulary).tolist()  # tie: the later category; within one: the first
+        [1, 2, 0]
+    """
+    from lightning_dissect.functional.category_area import concept_category_index
+
+    scores = _without_unlabeled(iou.double(), vocabulary.unlabeled_index)
+    category = concept_category_index(vocabulary.categories, vocabulary.category_names).to(scores.device)
+    concepts = scores.shape[1]
+    best = scores.max(1, keepdim=True).values
+    key = category.double() * (concepts + 1) + (concepts - torch.arange(concepts, device=scores.device))
+    chosen = torch.where(scores == best, key.expand_as(scores), torch.full_like(scores, -1.0)).argmax(1)
+    if vocabulary.unlabeled_index is not None:
+        chosen = torch.where(best[:, 0] > 0, chosen, torch.full_like(chosen, vocabulary.unlabeled_index))
+    return chosen
 
 
 def _iqr_choice(
@@ -40,7 +68,7 @@ def _unit_iqr(counts: ConceptCounts, level: Tensor | None, label: Tensor) -> Ten
     if level is not None:
         intersection, unit_area = intersection[rows, level], unit_area[rows, level]
     i = intersection[rows, label].tolist()
-    a = unit_area.tolist()
+    a = (unit_area[rows, label] if unit_area.ndim == 2 else unit_area).tolist()
     s = counts.concept_area.cpu()[label].tolist()
     n = int(counts.total)
     return torch.tensor([iqr_of_table(*cell, n) for cell in zip(i, a, s)], dtype=torch.float64)
@@ -76,7 +104,10 @@ def summarise_layer(
         unit_thresholds = thresholds.cpu()
         iou = iou.cpu()
         chance_iou = chance_iou.cpu() if chance_iou is not None else None
-        label = _without_unlabeled(iou, ignore_index).argmax(1)
+        if cfg.preset == "netdissect":
+            label = netdissect_label(iou, vocabulary)
+        else:
+            label = _without_unlabeled(iou, ignore_index).argmax(1)
     unit_iou = iou[rows, label]
     unit_iqr = _unit_iqr(counts, level if cfg.threshold_mode == "iqr" else None, label)
     label_chance = chance_iou[rows, label] if chance_iou is not None else None

@@ -1,7 +1,8 @@
 """Scores from unit–concept counts: IoU, mutual information, information quality ratio.
 
 All functions broadcast: ``intersection`` may be ``(U, C)`` or ``(U, K, C)``, ``unit_area`` then
-``(U,)`` or ``(U, K)``, ``concept_area`` ``(C,)``. Computation is in float64.
+``(U,)`` or ``(U, K)`` (or of the intersection's shape: an area per concept, as with the
+per-category rule), ``concept_area`` ``(C,)``. Computation is in float64.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def _broadcast(
     intersection: Tensor, unit_area: Tensor, concept_area: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     i = intersection.to(torch.float64)
-    a = unit_area.to(torch.float64).unsqueeze(-1)
+    a = unit_area.to(torch.float64)
+    if a.ndim < i.ndim:  # one area per unit (and level); else one per concept too
+        a = a.unsqueeze(-1)
     s = concept_area.to(torch.float64)
     return i, a, s
 
@@ -54,7 +57,8 @@ def contingency_from_counts(
                   [2, 5]]]])
     """
     i = intersection.to(torch.int64)
-    a = unit_area.to(torch.int64).unsqueeze(-1).expand_as(i)
+    a = unit_area.to(torch.int64)
+    a = (a.unsqueeze(-1) if a.ndim < i.ndim else a).expand_as(i)
     s = concept_area.to(torch.int64).expand_as(i)
     n = torch.as_tensor(total, dtype=torch.int64, device=i.device)
     on_present, on_absent = i, a - i

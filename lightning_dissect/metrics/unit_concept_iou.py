@@ -15,6 +15,7 @@ from lightning_dissect._utils.checks import (
     check_segmentation,
     check_thresholds,
 )
+from lightning_dissect.functional.category_area import accumulate_category_unit_area
 from lightning_dissect.functional.counts import (
     DEFAULT_MAX_TEMPORARY_BYTES,
     ConceptCounts,
@@ -63,6 +64,13 @@ class UnitConceptIoU(SumStateMetric):
             chance baseline). Each unit map is upsampled and thresholded once for both; the
             states ``paired_intersection`` and ``paired_concept_area`` hold the second counts
             (read them with :meth:`paired_counts`).
+        concept_categories: ``(C,)`` integer category of every concept in ``[0, G)`` (-1: none).
+            Given, a unit's area is counted per category, NetDissect-Lite's rule: in an image it
+            counts toward category ``g`` only when the unit's active pixels there overlap a label
+            of ``g`` (state ``category_unit_area``, ``(U, [K,] G)``), and the IoU of a concept uses
+            the area of its category (see :mod:`lightning_dissect.functional.category_area`).
+            :meth:`counts` then returns a ``unit_area`` of shape ``(U, [K,] C)``: each concept's
+            own unit area. The paired counts keep the area over all images.
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
@@ -108,6 +116,7 @@ class UnitConceptIoU(SumStateMetric):
         validate_args: bool = True,
         max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
         paired: bool = False,
+        concept_categories: Tensor | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -129,6 +138,17 @@ class UnitConceptIoU(SumStateMetric):
         if paired:
             self._add_sum_state("paired_intersection", (self.num_units, *levels, self.num_concepts))
             self._add_sum_state("paired_concept_area", (self.num_concepts,))
+        self.concept_categories: Tensor | None = None
+        if concept_categories is not None:
+            categories = torch.as_tensor(concept_categories)
+            if categories.shape != (self.num_concepts,) or categories.is_floating_point():
+                raise ValueError(
+                    f"`concept_categories` must be ({self.num_concepts},) integers (one category per "
+                    f"concept, -1 for none), got {_shape(categories)} {categories.dtype}"
+                )
+            self.concept_categories = categories.to(torch.int64).cpu()
+            groups = max(1, int(self.concept_categories.max()) + 1)
+            self._add_sum_state("category_unit_area", (self.num_units, *levels, groups))
 
     def _settings_text(self) -> str:
         return (
@@ -148,6 +168,9 @@ class UnitConceptIoU(SumStateMetric):
         }
         if self.paired:
             axes.update(paired_intersection=axes["intersection"], paired_concept_area=(concepts,))
+        if self.concept_categories is not None:
+            groups = ("concept_categories (categories)", int(self.category_unit_area.shape[-1]))
+            axes["category_unit_area"] = (units, *levels, groups)
         return axes
 
     def _rank_mismatch(self, key: str, shape: tuple[int, ...]) -> str:
@@ -212,6 +235,16 @@ class UnitConceptIoU(SumStateMetric):
             max_temporary_bytes=self.max_temporary_bytes,
             paired=paired,
         )
+        if self.concept_categories is not None:
+            accumulate_category_unit_area(
+                self.category_unit_area,
+                activations.detach().to(device),
+                segmentation.to(device),
+                self.thresholds.to(device),
+                self.concept_categories,
+                ignore_index=self.ignore_index,
+                max_temporary_bytes=self.max_temporary_bytes,
+            )
 
     def _paired_target(
         self, segmentation: Tensor, paired_segmentation: Tensor | None
@@ -234,7 +267,17 @@ class UnitConceptIoU(SumStateMetric):
 
     def compute(self) -> Tensor:
         """IoU, ``(U, C)`` for ``(U,)`` thresholds or ``(U, K, C)`` for ``(U, K)`` (float32)."""
-        return iou_from_counts(self.intersection, self.unit_area, self.concept_area).float()
+        return iou_from_counts(self.intersection, self._concept_unit_area(), self.concept_area).float()
+
+    def _concept_unit_area(self) -> Tensor:
+        """The unit area each concept's IoU uses: ``unit_area``, or per category ``(U, [K,] C)``."""
+        if self.concept_categories is None:
+            return self.unit_area
+        categories = self.concept_categories.to(self.unit_area.device)
+        index = categories.clamp(min=0).expand(*self.category_unit_area.shape[:-1], -1)
+        per_concept = torch.gather(self.category_unit_area, -1, index)
+        plain = self.unit_area.unsqueeze(-1).expand_as(per_concept)
+        return torch.where(categories >= 0, per_concept, plain)
 
     def counts(self) -> ConceptCounts:
         """The synced raw counts (intersection, unit area, concept area, total pixels).
@@ -265,7 +308,7 @@ class UnitConceptIoU(SumStateMetric):
             found = tuple(
                 ConceptCounts(
                     getattr(self, intersection).clone(),
-                    self.unit_area.clone(),
+                    (self._concept_unit_area() if intersection == "intersection" else self.unit_area).clone(),
                     getattr(self, concept_area).clone(),
                     self.total.clone(),
                 )
