@@ -115,7 +115,10 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, TypeError, ImportError) as err:
         raise CLIError(str(err).replace("`", "")) from err
     if vocabulary is not None:
-        segmenter: Any = GroundTruth(vocabulary)
+        folder.labels_source = (  # type: ignore[attr-defined]
+            f"the concepts file {args.concepts} (--concepts, for --segmentations {args.segmentations})"
+        )
+        segmenter: Any = GroundTruth(vocabulary, source=folder.labels_source)  # type: ignore[attr-defined]
     else:
         segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)  # checked there
     runner = ImageRunner(network, transform=transform, selector=selector, batch_size=args.batch_size, device=device)

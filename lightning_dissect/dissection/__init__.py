@@ -177,6 +177,9 @@ def dissect_images(
                 "`vocabulary` and `value_range` belong to the ImageSet given as `images`; set them there"
             )
     else:
+        if vocabulary is None and segmenter is None:
+            # a dataset that carries its concepts (BrodenDataset) needs nothing more
+            vocabulary = getattr(images, "vocabulary", None)
         source = ImageSet(images, vocabulary=vocabulary, value_range=value_range or (0.0, 1.0))
     if segmenter is None:
         if source.vocabulary is None:
@@ -184,7 +187,9 @@ def dissect_images(
                 "pass a `segmenter` to label the images, or a `vocabulary` naming the concepts of the dataset's own "
                 "segmentations (items (image, segmentation))"
             )
-        segmenter = GroundTruth(source.vocabulary, source.value_range)  # type: ignore[assignment]
+        segmenter = GroundTruth(  # type: ignore[assignment]
+            source.vocabulary, source.value_range, source=getattr(source.data, "labels_source", None)
+        )
     else:
         check_segmenter(segmenter)
         if source.vocabulary is not None:

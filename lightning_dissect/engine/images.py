@@ -45,6 +45,8 @@ class GroundTruth:
     Args:
         vocabulary: The concepts the dataset's label values index.
         value_range: The value range of the dataset's images.
+        source: Where the labels and their names come from (files, options), named when a label
+            lies outside the vocabulary.
 
     Examples:
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
@@ -52,10 +54,14 @@ class GroundTruth:
         2
     """
 
-    def __init__(self, vocabulary: ConceptVocabulary, value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    def __init__(
+        self, vocabulary: ConceptVocabulary, value_range: tuple[float, float] = (0.0, 1.0), *, source: str | None = None
+    ) -> None:
         if not isinstance(vocabulary, ConceptVocabulary):
             raise TypeError(f"`vocabulary` must be a ConceptVocabulary, got {type(vocabulary).__name__}")
         self.vocabulary = vocabulary
+        #: Where the labels and their names come from, for messages (e.g. "label.csv of DIR (--broden)").
+        self.source = source
         self.value_range = tuple(float(v) for v in value_range)
 
     def __repr__(self) -> str:
@@ -370,8 +376,14 @@ class ImageRunner(GeneratorRunner):
     ) -> Tensor:
         """The concept labels of a batch: the dataset's segmentation, or the segmenter's (checked)."""
         if segmentation is not None:
+            count = segmenter.vocabulary.num_concepts
+            where = getattr(segmenter, "source", None) or f"the `vocabulary` given with `{source.name}`"
             validate_segmentation(
-                segmentation, segmenter.vocabulary, batch_size=images.shape[0], name=f"`{source.name}` segmentation"
+                segmentation, segmenter.vocabulary, batch_size=images.shape[0], name=f"`{source.name}` segmentation",
+                range_hint=(
+                    f"the ground-truth segmentations hold labels that {where} does not name "
+                    f"({count} concepts, labels 0..{count - 1})"
+                ),
             )
             return segmentation
         if isinstance(segmenter, GroundTruth):

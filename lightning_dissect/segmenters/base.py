@@ -297,6 +297,7 @@ def validate_segmentation(
     batch_size: int | None = None,
     name: str = "segmenter output",
     multilabel: bool | None = None,
+    range_hint: str | None = None,
 ) -> None:
     """Check a segmenter's output against its vocabulary.
 
@@ -309,6 +310,8 @@ def validate_segmentation(
         batch_size: The expected ``B`` (the number of images given), or ``None`` to skip.
         name: What to call the tensor in error messages.
         multilabel: If given, require rank 4 (``True``) or rank 3 (``False``).
+        range_hint: What to say about labels outside the vocabulary (default: the segmenter
+            returned them); ground truth names its files and options instead.
 
     Raises:
         TypeError: If ``labels`` is not a tensor or does not hold integers.
@@ -331,7 +334,7 @@ def validate_segmentation(
         name=name,
         multilabel=multilabel,
         batch_source="the images given",
-        range_hint=(
+        range_hint=range_hint or (
             f"the segmenter returned labels outside its vocabulary of {num_concepts} concepts "
             f"(valid labels 0..{num_concepts - 1})"
         ),
