@@ -25,6 +25,7 @@ _LAZY = {
     "dissect": "lightning_dissect.dissection",
     "dissect_images": "lightning_dissect.dissection",
     "ImageSet": "lightning_dissect.engine.images",
+    "BrodenDataset": "lightning_dissect.engine.broden",
     "DissectionConfig": "lightning_dissect.dissection",
     "DissectionResult": "lightning_dissect.result",
     "DissectionCallback": "lightning_dissect.callbacks.generator",

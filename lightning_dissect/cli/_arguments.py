@@ -303,6 +303,15 @@ def add_network_arguments(p: argparse.ArgumentParser) -> None:
         help="with --segmentations: one concept name per line, line i naming index i (index 0: unlabeled)",
     )
     net.add_argument(
+        "--broden", metavar="DIR",
+        help="a Broden-format folder (index.csv, category.csv, label.csv, c_<category>.csv, images/), read as it "
+        "is, in place of --images/--segmentations/--concepts",
+    )
+    net.add_argument(
+        "--categories", metavar="CAT,CAT",
+        help="with --broden: the categories to read (default: every one of category.csv), e.g. object,part",
+    )
+    net.add_argument(
         "--unreadable", choices=("warn", "error"), default="warn",
         help="image files that cannot be read: skip each with a warning naming it, or refuse the folder",
     )

@@ -82,8 +82,18 @@ def _check_model_options(args: argparse.Namespace) -> None:
     for option in _GENERATOR_ONLY:
         if getattr(args, option, None):
             raise CLIError(f"--{option.replace('_', '-')} applies to --generator only, not to --network")
+    broden = getattr(args, "broden", None)
+    if broden:
+        for option in ("images", "segmentations", "concepts"):
+            if getattr(args, option, None):
+                raise CLIError(f"--broden replaces --images/--segmentations/--concepts: drop --{option}")
+        if getattr(args, "segmenter", None):
+            raise CLIError("--broden brings its own labels: drop --segmenter")
+        return
+    if getattr(args, "categories", None):
+        raise CLIError("--categories applies to --broden only")
     if not args.images:
-        raise CLIError("--network needs --images FOLDER: the images it reads")
+        raise CLIError("--network needs --images FOLDER (or --broden DIR): the images it reads")
     if bool(args.segmentations) != bool(args.concepts):
         raise CLIError("--segmentations and --concepts go together: label maps and the names of their indices")
 
@@ -109,16 +119,26 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--transform: {args.transform} is a {type(transform).__name__}, not a callable")
     selector = parse_selector(args.selector)
     try:
-        vocabulary = read_concepts(args.concepts, "--concepts") if args.concepts else None
-        folder = ImageFolder(args.images, args.segmentations, on_unreadable=args.unreadable, argument="--images")
-        images = ImageSet(folder, vocabulary=vocabulary, name="--images")
+        if getattr(args, "broden", None):
+            from lightning_dissect.engine.broden import BrodenDataset
+
+            categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+            folder: Any = BrodenDataset(args.broden, categories)
+            vocabulary = folder.vocabulary
+            images = ImageSet(folder, vocabulary=vocabulary, name="--broden")
+        else:
+            vocabulary = read_concepts(args.concepts, "--concepts") if args.concepts else None
+            folder = ImageFolder(args.images, args.segmentations, on_unreadable=args.unreadable, argument="--images")
+            images = ImageSet(folder, vocabulary=vocabulary, name="--images")
     except (ValueError, TypeError, ImportError) as err:
-        raise CLIError(str(err).replace("`", "")) from err
-    if vocabulary is not None:
+        raise CLIError(str(err).replace("`root`", "--broden").replace("`categories`", "--categories").replace("`", "")) from err
+    if getattr(args, "broden", None):
+        segmenter: Any = GroundTruth(vocabulary, source=folder.labels_source)
+    elif vocabulary is not None:
         folder.labels_source = (  # type: ignore[attr-defined]
             f"the concepts file {args.concepts} (--concepts, for --segmentations {args.segmentations})"
         )
-        segmenter: Any = GroundTruth(vocabulary, source=folder.labels_source)  # type: ignore[attr-defined]
+        segmenter = GroundTruth(vocabulary, source=folder.labels_source)
     else:
         segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)  # checked there
     runner = ImageRunner(network, transform=transform, selector=selector, batch_size=args.batch_size, device=device)

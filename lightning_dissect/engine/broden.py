@@ -1,0 +1,297 @@
+"""A Broden-format folder read as it is: ``BrodenDataset(root, categories=None)``.
+
+A Broden folder (NetDissect's data set, and anything written in its format) holds:
+
+* ``index.csv``: one row per image: ``image`` (a path under ``images/``), ``split``, the image size
+  ``ih, iw``, the segmentation size ``sh, sw`` and one column per category holding
+  ``;``-separated entries: a PNG (path under ``images/``) of that category's pixel labels, or an
+  integer, an image-level label (a scene, a texture) that covers the whole image;
+* ``category.csv``: the categories (column ``name``);
+* ``label.csv``: the labels (``number``, ``name``, ...); number 0 means "no label";
+* ``c_<category>.csv``: the labels of each category with their ``coverage``.
+
+A label PNG encodes label ``R + 256 * G`` in its red and green channels. An item is
+``(image, labels)``: the image a float RGB tensor ``(3, ih, iw)`` in ``[0, 1]`` (torchvision's
+convention) and the labels an int64 ``(L, sh, sw)`` tensor, one channel per PNG or image-level
+label of the chosen categories, padded with 0 ("no label") to the largest ``L`` of the folder.
+Images are in ``index.csv`` order; rows without any label of the chosen categories are left out
+(as NetDissect-Lite does). Each concept's category is its *primary* category, the chosen category
+in which it covers the most pixels (its ``coverage`` in ``c_<category>.csv``), as NetDissect-Lite
+assigns it.
+
+Only the CSVs are read when the dataset is built; each item's files are read when the item is, so
+memory does not grow with the number of images and a ``DataLoader`` with workers streams it.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
+
+__all__ = ["BrodenDataset", "BrodenWarning"]
+
+_META = ("image", "split", "ih", "iw", "sh", "sw")
+
+
+class BrodenWarning(UserWarning):
+    """A Broden row that is read in a way its author may not expect (named in the message)."""
+
+
+def _pillow() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - Pillow is a dependency
+        raise ImportError("reading a Broden folder needs Pillow: pip install 'pillow>=10.1'") from err
+    return Image
+
+
+def _rows(path: Path, argument: str) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise ValueError(f"`{argument}`: {path.name} not found in {path.parent} (a Broden folder holds index.csv, "
+                         "category.csv, label.csv and c_<category>.csv)")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class BrodenDataset(Dataset):
+    """The images and labels of a Broden-format folder, with their :attr:`vocabulary`.
+
+    Args:
+        root: The folder holding ``index.csv``, ``category.csv``, ``label.csv``,
+            ``c_<category>.csv`` and ``images/``.
+        categories: The categories to read (e.g. ``["object", "part"]``); ``None``: every one of
+            ``category.csv``.
+        split: Keep only the rows of this ``split`` (``None``: all).
+
+    Attributes:
+        vocabulary: One concept per ``label.csv`` number (index = number; 0 is "no label"), each
+            with its primary category among ``categories``.
+        labels_source: Where the labels come from, named in error messages.
+
+    Raises:
+        ValueError: A missing CSV or column, an unknown category, an image-level label that
+            ``label.csv`` does not list (naming the file, row and value).
+
+    Examples:
+        >>> import tempfile
+        >>> from lightning_dissect.engine.broden import write_example_broden
+        >>> root = write_example_broden(tempfile.mkdtemp(), num_images=3)
+        >>> data = BrodenDataset(root)
+        >>> image, labels = data[0]
+        >>> tuple(image.shape), labels.dtype, len(data), data.vocabulary.category_names
+        ((3, 16, 16), torch.int64, 3, ('color', 'object', 'part', 'scene'))
+    """
+
+    def __init__(self, root: str | Path, categories: Sequence[str] | None = None, *, split: str | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"`root`: {self.root} is not a folder")
+        available = [r["name"] for r in _rows(self.root / "category.csv", "root")]
+        if categories is None:
+            chosen = list(available)
+        else:
+            if isinstance(categories, str):
+                categories = [c for c in categories.split(",") if c]
+            chosen = list(categories)
+            unknown = [c for c in chosen if c not in available]
+            if unknown or not chosen:
+                raise ValueError(
+                    f"`categories`: {unknown or chosen} not in {self.root / 'category.csv'}, which lists {available}"
+                )
+            chosen = [c for c in available if c in chosen]  # category.csv order
+        self.categories = tuple(chosen)
+        labels = _rows(self.root / "label.csv", "root")
+        numbers: dict[int, str] = {}
+        for line, row in enumerate(labels, start=2):
+            try:
+                numbers[int(row["number"])] = row["name"]
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"{self.root / 'label.csv'} line {line}: needs an integer `number` and a `name`") from err
+        size = max(numbers) + 1
+        coverage = [[0.0] * size for _ in self.categories]
+        member = [[False] * size for _ in self.categories]
+        for g, cat in enumerate(self.categories):
+            for row in _rows(self.root / f"c_{cat}.csv", "root"):
+                n = int(row["number"])
+                if n < size:
+                    member[g][n] = True
+                    coverage[g][n] = float(row.get("coverage") or 0.0)
+        names, cats = [], []
+        for n in range(size):
+            name = numbers.get(n, f"label {n}")
+            if n == 0:
+                names.append(name or "-")
+                cats.append(NO_CATEGORY)
+                continue
+            best = [(coverage[g][n], g) for g in range(len(self.categories)) if member[g][n]]
+            cats.append(self.categories[max(best)[1]] if best else NO_CATEGORY)
+            names.append(name if name not in names else f"{name} ({n})")
+        self.vocabulary = ConceptVocabulary(tuple(names), tuple(cats), unlabeled_index=0)
+        self.labels_source = f"{self.root / 'label.csv'} (--broden)"
+        self._items: list[tuple[int, str, tuple[int, int], tuple[int, int], list[str | int]]] = []
+        index = _rows(self.root / "index.csv", "root")
+        if index:
+            missing = [c for c in (*_META, *self.categories) if c not in index[0]]
+            if missing:
+                raise ValueError(f"{self.root / 'index.csv'} lacks the column(s) {missing}")
+        for line, row in enumerate(index, start=2):
+            if split is not None and row["split"] != split:
+                continue
+            entries: list[str | int] = []
+            for cat in self.categories:
+                for part in (row[cat] or "").split(";"):
+                    part = part.strip()
+                    if not part:
+                        continue
+                    if part.isdigit():
+                        value = int(part)
+                        if value >= size:
+                            raise ValueError(
+                                f"{self.root / 'index.csv'} line {line} ({row['image']}): image-level {cat} label "
+                                f"{value} is not in {self.root / 'label.csv'} (numbers 0..{size - 1})"
+                            )
+                        if value:
+                            entries.append(value)
+                    else:
+                        entries.append(part)
+            if not entries:
+                continue  # no label of the chosen categories (NetDissect-Lite leaves these out)
+            image_size = (int(row["ih"]), int(row["iw"]))
+            label_size = (int(row["sh"]), int(row["sw"]))
+            if image_size[0] % label_size[0] or image_size[1] % label_size[1]:
+                raise ValueError(
+                    f"{self.root / 'index.csv'} line {line} ({row['image']}): segmentation size {label_size} is not "
+                    f"an integer fraction of the image size {image_size}"
+                )
+            self._items.append((line, row["image"], image_size, label_size, entries))
+        if not self._items:
+            raise ValueError(f"{self.root / 'index.csv'} has no image with labels of the categories {list(self.categories)}")
+        self.depth = max(len(item[4]) for item in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _open(self, name: str, line: int) -> Any:
+        path = self.root / "images" / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.root / 'index.csv'} line {line}: {path} not found")
+        return _pillow().open(path)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        line, name, image_size, label_size, entries = self._items[index]
+        with self._open(name, line) as file:
+            rgb = file.convert("RGB")
+            if rgb.size != (image_size[1], image_size[0]):
+                warnings.warn(
+                    f"{self.root / 'index.csv'} line {line}: {name} is {rgb.size[1]}x{rgb.size[0]}, the index says "
+                    f"{image_size[0]}x{image_size[1]}; read at its own size",
+                    BrodenWarning,
+                    stacklevel=2,
+                )
+            image = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+            image = image.view(rgb.size[1], rgb.size[0], 3).permute(2, 0, 1).float().div_(255.0)
+        labels = torch.zeros(self.depth, *label_size, dtype=torch.int64)
+        count = self.vocabulary.num_concepts
+        for channel, entry in enumerate(entries):
+            if isinstance(entry, int):
+                labels[channel] = entry  # an image-level label covers the whole image
+                continue
+            with self._open(entry, line) as file:
+                png = file.convert("RGB")
+                if png.size != (label_size[1], label_size[0]):
+                    raise ValueError(
+                        f"{self.root / 'index.csv'} line {line}: {entry} is {png.size[1]}x{png.size[0]}, the index "
+                        f"says the segmentation is {label_size[0]}x{label_size[1]} (sh, sw)"
+                    )
+                data = torch.frombuffer(bytearray(png.tobytes()), dtype=torch.uint8).view(label_size[0], label_size[1], 3)
+            value = data[..., 0].to(torch.int64) + 256 * data[..., 1].to(torch.int64)
+            top = int(value.max())
+            if top >= count:
+                raise ValueError(
+                    f"{self.root / 'images' / entry} (index.csv line {line}) holds label {top}, which "
+                    f"{self.root / 'label.csv'} does not list (numbers 0..{count - 1})"
+                )
+            labels[channel] = value
+        return image, labels
+
+    def __repr__(self) -> str:
+        return f"BrodenDataset({str(self.root)!r}, {len(self)} images, categories={list(self.categories)})"
+
+
+def write_example_broden(
+    root: str | Path,
+    num_images: int = 8,
+    *,
+    image_size: int = 16,
+    label_size: int = 8,
+    concepts_per_category: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a small Broden-format folder (for examples, tests and benchmarks); return its path.
+
+    Categories: ``object`` and ``part`` (one PNG each, parts only on every other image),
+    ``color`` (two PNGs: several labels per pixel) and ``scene`` (an image-level label).
+
+    Examples:
+        >>> import tempfile
+        >>> root = write_example_broden(tempfile.mkdtemp(), num_images=2)
+        >>> sorted(p.name for p in root.iterdir())
+        ['c_color.csv', 'c_object.csv', 'c_part.csv', 'c_scene.csv', 'category.csv', 'images', 'index.csv', 'label.csv']
+    """
+    Image = _pillow()
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    categories = ("color", "object", "part", "scene")
+    numbers = {cat: list(range(1 + g * concepts_per_category, 1 + (g + 1) * concepts_per_category))
+               for g, cat in enumerate(categories)}
+    with (root / "category.csv").open("w", newline="") as f:
+        f.write("name,first,last,count,frequency\n")
+        for cat in categories:
+            f.write(f"{cat},{numbers[cat][0]},{numbers[cat][-1]},{concepts_per_category},{num_images}\n")
+    with (root / "label.csv").open("w", newline="") as f:
+        f.write("number,name,category,frequency,coverage,syns\n-\n".replace("-\n", "0,-,,0,0,\n"))
+        for cat in categories:
+            for j, n in enumerate(numbers[cat]):
+                f.write(f"{n},{cat}-{j},{cat}({j + 1}),1,1.0,\n")
+    for cat in categories:
+        with (root / f"c_{cat}.csv").open("w", newline="") as f:
+            f.write("code,number,name,frequency,coverage\n")
+            for j, n in enumerate(numbers[cat]):
+                f.write(f"{j + 1},{n},{cat}-{j},1,1.0\n")
+    ratio = image_size // label_size
+    with (root / "index.csv").open("w", newline="") as f:
+        f.write("image,split,ih,iw,sh,sw," + ",".join(categories) + "\n")
+        for i in range(num_images):
+            stem = f"img{i:04d}"
+            maps = {}
+            for cat in ("object", "part", "color"):
+                # the second colour PNG holds the first colour label: the first one never repeats it in a pixel
+                pool = numbers[cat][1:] if cat == "color" else numbers[cat]
+                choice = torch.tensor(pool)[torch.randint(0, len(pool), (label_size, label_size), generator=gen)]
+                blocks = torch.randint(0, 3, (1,), generator=gen).item()
+                if blocks:  # some unlabeled pixels
+                    choice[: blocks * label_size // 4] = 0
+                maps[cat] = choice
+            colour2 = torch.where(torch.rand(label_size, label_size, generator=gen) < 0.5, numbers["color"][0], 0)
+            pixels = (maps["object"].float() / max(1, numbers["part"][-1])).repeat_interleave(ratio, 0).repeat_interleave(ratio, 1)
+            rgb = torch.stack([pixels, torch.rand(image_size, image_size, generator=gen), 1 - pixels], -1)
+            Image.fromarray((rgb * 255).round().to(torch.uint8).numpy()).save(root / "images" / f"{stem}.jpg", quality=95)
+            files = {}
+            for key, value in (("object", maps["object"]), ("part", maps["part"]), ("color", maps["color"]), ("color2", colour2)):
+                png = torch.stack([value % 256, value // 256, torch.zeros_like(value)], -1).to(torch.uint8)
+                Image.fromarray(png.numpy()).save(root / "images" / f"{stem}_{key}.png")
+                files[key] = f"{stem}_{key}.png"
+            part = files["part"] if i % 2 == 0 else ""
+            scene = str(numbers["scene"][int(torch.randint(0, concepts_per_category, (1,), generator=gen))])
+            f.write(f"{stem}.jpg,train,{image_size},{image_size},{label_size},{label_size},"
+                    f"{files['color']};{files['color2']},{files['object']},{part},{scene}\n")
+    return root
