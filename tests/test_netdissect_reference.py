@@ -120,7 +120,9 @@ def _reference(acts, labels, categories, category_of, num_labels, thresholds):
 def test_netdissect_preset_reproduces_netdissect_lite(tmp_path, categories):
     root = write_example_broden(tmp_path / "broden", num_images=14, image_size=32, label_size=16, seed=4)
     torch.manual_seed(0)
-    reader = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 10, 3, stride=4, padding=1), nn.ReLU())
+    reader = nn.Sequential(
+        nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 10, 3, stride=4, padding=1), nn.ReLU()
+    )
     data = BrodenDataset(root, categories)
     result = dissect_images(reader, ["3"], data, preset="netdissect", batch_size=5, progress=False)
     units = result["3"].units

@@ -87,8 +87,6 @@ def _check_model_options(args: argparse.Namespace) -> None:
         for option in ("images", "segmentations", "concepts"):
             if getattr(args, option, None):
                 raise CLIError(f"--broden replaces --images/--segmentations/--concepts: drop --{option}")
-        if getattr(args, "segmenter", None):
-            raise CLIError("--broden brings its own labels: drop --segmenter")
         return
     if getattr(args, "categories", None):
         raise CLIError("--categories applies to --broden only")
@@ -131,7 +129,8 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
             folder = ImageFolder(args.images, args.segmentations, on_unreadable=args.unreadable, argument="--images")
             images = ImageSet(folder, vocabulary=vocabulary, name="--images")
     except (ValueError, TypeError, ImportError) as err:
-        raise CLIError(str(err).replace("`root`", "--broden").replace("`categories`", "--categories").replace("`", "")) from err
+        message = str(err).replace("`root`", "--broden").replace("`categories`", "--categories")
+        raise CLIError(message.replace("`", "")) from err
     if getattr(args, "broden", None):
         segmenter: Any = GroundTruth(vocabulary, source=folder.labels_source)
     elif vocabulary is not None:

@@ -114,7 +114,9 @@ class BrodenDataset(Dataset):
             try:
                 numbers[int(row["number"])] = row["name"]
             except (KeyError, ValueError) as err:
-                raise ValueError(f"{self.root / 'label.csv'} line {line}: needs an integer `number` and a `name`") from err
+                raise ValueError(
+                    f"{self.root / 'label.csv'} line {line}: needs an integer `number` and a `name`"
+                ) from err
         size = max(numbers) + 1
         coverage = [[0.0] * size for _ in self.categories]
         member = [[False] * size for _ in self.categories]
@@ -173,7 +175,9 @@ class BrodenDataset(Dataset):
                 )
             self._items.append((line, row["image"], image_size, label_size, entries))
         if not self._items:
-            raise ValueError(f"{self.root / 'index.csv'} has no image with labels of the categories {list(self.categories)}")
+            raise ValueError(
+                f"{self.root / 'index.csv'} has no image with labels of the categories {list(self.categories)}"
+            )
         self.depth = max(len(item[4]) for item in self._items)
 
     def __len__(self) -> int:
@@ -211,7 +215,8 @@ class BrodenDataset(Dataset):
                         f"{self.root / 'index.csv'} line {line}: {entry} is {png.size[1]}x{png.size[0]}, the index "
                         f"says the segmentation is {label_size[0]}x{label_size[1]} (sh, sw)"
                     )
-                data = torch.frombuffer(bytearray(png.tobytes()), dtype=torch.uint8).view(label_size[0], label_size[1], 3)
+                data = torch.frombuffer(bytearray(png.tobytes()), dtype=torch.uint8)
+                data = data.view(label_size[0], label_size[1], 3)
             value = data[..., 0].to(torch.int64) + 256 * data[..., 1].to(torch.int64)
             top = int(value.max())
             if top >= count:
@@ -276,17 +281,20 @@ def write_example_broden(
             for cat in ("object", "part", "color"):
                 # the second colour PNG holds the first colour label: the first one never repeats it in a pixel
                 pool = numbers[cat][1:] if cat == "color" else numbers[cat]
-                choice = torch.tensor(pool)[torch.randint(0, len(pool), (label_size, label_size), generator=gen)]
+                pick = torch.randint(0, len(pool), (label_size, label_size), generator=gen)
+                choice = torch.tensor(pool)[pick]
                 blocks = torch.randint(0, 3, (1,), generator=gen).item()
                 if blocks:  # some unlabeled pixels
                     choice[: blocks * label_size // 4] = 0
                 maps[cat] = choice
             colour2 = torch.where(torch.rand(label_size, label_size, generator=gen) < 0.5, numbers["color"][0], 0)
-            pixels = (maps["object"].float() / max(1, numbers["part"][-1])).repeat_interleave(ratio, 0).repeat_interleave(ratio, 1)
+            pixels = maps["object"].float() / max(1, numbers["part"][-1])
+            pixels = pixels.repeat_interleave(ratio, 0).repeat_interleave(ratio, 1)
             rgb = torch.stack([pixels, torch.rand(image_size, image_size, generator=gen), 1 - pixels], -1)
-            Image.fromarray((rgb * 255).round().to(torch.uint8).numpy()).save(root / "images" / f"{stem}.jpg", quality=95)
+            picture = Image.fromarray((rgb * 255).round().to(torch.uint8).numpy())
+            picture.save(root / "images" / f"{stem}.jpg", quality=95)
             files = {}
-            for key, value in (("object", maps["object"]), ("part", maps["part"]), ("color", maps["color"]), ("color2", colour2)):
+            for key, value in (*maps.items(), ("color2", colour2)):
                 png = torch.stack([value % 256, value // 256, torch.zeros_like(value)], -1).to(torch.uint8)
                 Image.fromarray(png.numpy()).save(root / "images" / f"{stem}_{key}.png")
                 files[key] = f"{stem}_{key}.png"

@@ -21,7 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional.counts import DEFAULT_MAX_TEMPORARY_BYTES, ConceptCounts, accumulate_unit_concept_counts
+from lightning_dissect.functional.counts import (
+    DEFAULT_MAX_TEMPORARY_BYTES,
+    ConceptCounts,
+    accumulate_unit_concept_counts,
+)
 
 __all__ = ["accumulate_category_unit_area", "concept_category_index"]
 
