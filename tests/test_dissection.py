@@ -254,9 +254,9 @@ def test_strips_are_drawn_from_pass_two_without_generating_again(painter, segmen
 
 def test_kept_frames_are_copies_not_views_of_the_batch():
     from lightning_dissect.dissection.strips import keep_frames
-    from lightning_dissect.engine.runner import GeneratedBatch
+    from lightning_dissect.engine.runner import Batch
 
-    batch = GeneratedBatch(torch.arange(8), torch.rand(8, 3, 16, 16), {"l": torch.rand(8, 4, 4, 4)})
+    batch = Batch(torch.arange(8), torch.rand(8, 3, 16, 16), {"l": torch.rand(8, 4, 4, 4)})
     frames = {}
     keep_frames(frames, batch, {2, 5})
     assert set(frames) == {2, 5}
@@ -420,7 +420,8 @@ def test_defaults_page_matches_the_code():
 
 
 def test_unit_range_images_for_a_symmetric_segmenter_are_refused_with_the_fix(world):
-    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.generator import GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError
     from lightning_dissect.segmenters import adapt_input
 
     torch.manual_seed(0)
@@ -429,12 +430,12 @@ def test_unit_range_images_for_a_symmetric_segmenter_are_refused_with_the_fix(wo
     runner = GeneratorRunner(gen)
     bank = LatentBank(2, (4,), seed=1)
     with pytest.raises(DryRunError, match=r"lie in \[0, 1\].*adapt_input\(segmenter, value_range=\(0, 1\)\)"):
-        runner.dry_run(["2"], [bank], segmenter)
+        runner.preflight(bank, ["2"], segmenter)
     with pytest.raises(ValueError, match=r"generate=lambda g, z: g\(z\) \* 2 - 1"):
         dissect(gen, ["2"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
     # a declared input range is trusted: both fixes the message names work
-    runner.dry_run(["2"], [bank], adapt_input(segmenter, value_range=(0, 1)))
-    runner.dry_run(["2"], [bank], adapt_input(segmenter, value_range=(-1, 1)))
+    runner.preflight(bank, ["2"], adapt_input(segmenter, value_range=(0, 1)))
+    runner.preflight(bank, ["2"], adapt_input(segmenter, value_range=(-1, 1)))
     result = dissect(gen, ["2"], segmenter, latent_shape=(4,), num_samples=8, progress=False,
                      generate=lambda g, z: g(z) * 2 - 1)
     assert result["2"].num_units == 3
@@ -580,7 +581,8 @@ class _TwoArguments(nn.Module):
     ],
 )
 def test_structured_latents_for_several_arguments_get_the_call_that_works(sampler, call):
-    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.generator import GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError
 
     runner = GeneratorRunner(_TwoArguments())
     with pytest.raises(DryRunError, match=rf"pass generate=lambda generator, latents: {call} \(that call works"):
@@ -594,8 +596,8 @@ def test_structured_latents_for_several_arguments_get_the_call_that_works(sample
 def test_a_generator_with_margins_is_told_to_crop_its_layers(segmenter):
     import warnings
 
+    from lightning_dissect.engine.generator import GeneratorRunner
     from lightning_dissect.engine.hooks import Selector
-    from lightning_dissect.engine.runner import GeneratorRunner
 
     class Synthesis(nn.Module):  # StyleGAN3 keeps `margin_size` on its synthesis network
         margin_size = 2
@@ -613,3 +615,61 @@ def test_a_generator_with_margins_is_told_to_crop_its_layers(segmenter):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a layer with a selector is taken as handled
         GeneratorRunner(Synthesis(), selector=cropping).choose_latents(["block"], segmenter, [(8,)], seed=1)
+
+
+@pytest.mark.parametrize("num_samples, batch_size", [(9, 2), (64, 8), (17, 5), (5, 8), (3, 2)])
+def test_every_rank_runs_the_batches_of_a_single_process(num_samples, batch_size):
+    """Whatever the world size, the batches of all ranks together are the batches of one process."""
+    from lightning_dissect.engine.latents import batch_shard
+
+    single = [list(range(start, min(start + batch_size, num_samples))) for start in range(0, num_samples, batch_size)]
+    for world_size in (1, 2, 3, 4):
+        shards = [batch_shard(num_samples, rank, world_size, batch_size).tolist() for rank in range(world_size)]
+        assert [i for shard in shards for i in shard] == list(range(num_samples))  # contiguous, in rank order
+        assert all(shards) or num_samples < world_size  # every rank works (given a sample each)
+        if len(single) >= world_size:
+            batches = [shard[i : i + batch_size] for shard in shards for i in range(0, len(shard), batch_size)]
+            assert batches == single
+            counts = [math.ceil(len(shard) / batch_size) for shard in shards]
+            assert max(counts) - min(counts) <= 1  # at most one batch more
+
+
+class _BatchCentred(nn.Module):
+    """A generator whose images depend on the composition of the batch (the batch mean is subtracted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 2 * 4 * 4), nn.Unflatten(1, (2, 4, 4)), nn.Conv2d(2, 3, 1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.net(z)
+        return torch.tanh(x - x.mean(0, keepdim=True)) if len(z) > 1 else torch.tanh(x)
+
+
+def test_ranks_compute_what_one_process_computes_to_the_last_bit():
+    """Each rank's share, run batch by batch, gives every sample's maps exactly as one process does."""
+    from lightning_dissect.engine.generator import GeneratorRunner
+    from lightning_dissect.engine.latents import batch_shard
+
+    torch.manual_seed(0)
+    runner = GeneratorRunner(_BatchCentred(), batch_size=2, distributed=False)
+    bank = LatentBank(9, (6,), seed=3)
+
+    def maxima(indices_per_rank: list[Tensor]) -> dict[int, Tensor]:
+        found = {}
+        with runner.session():
+            for indices in indices_per_rank:
+                for batch in runner.batches(bank, indices, layers=["net.2"]):
+                    for j, i in enumerate(batch.indices.tolist()):
+                        found[i] = batch.activations["net.2"][j].amax((1, 2))
+        return found
+
+    one = maxima([torch.arange(9)])
+    for world_size in (2, 3, 4):
+        ranks = maxima([batch_shard(9, rank, world_size, 2) for rank in range(world_size)])
+        assert all(torch.equal(one[i], ranks[i]) for i in range(9)), world_size
+    # the shares of the previous release (balanced sample by sample) put samples 4 and 5 in other batches
+    from lightning_dissect.engine.latents import shard_indices
+
+    balanced = maxima([shard_indices(9, rank, 2) for rank in range(2)])
+    assert not all(torch.equal(one[i], balanced[i]) for i in range(9))

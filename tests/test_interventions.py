@@ -23,8 +23,7 @@ except ImportError:  # tests/ itself is on sys.path
     from helpers.painting import PaintingGenerator
 
 from lightning_dissect.engine.hooks import LayerEdit
-from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import noise_seed
+from lightning_dissect.engine.latents import LatentBank, noise_seed
 from lightning_dissect.interventions import (
     AblationEffect,
     ablate,

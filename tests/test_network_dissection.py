@@ -360,7 +360,7 @@ def _dissect_scenes(net: nn.Module, images: torch.Tensor, segmenter: SyntheticSc
 
 def test_maps_reused_by_the_counting_pass_give_the_same_result(monkeypatch):
     from lightning_dissect.dissection import passes
-    from lightning_dissect.engine import images as images_module
+    from lightning_dissect.engine import reader as reader_module
 
     world = SceneWorld(16)
     scenes, _ = world.render(10, seed=4)
@@ -373,7 +373,7 @@ def test_maps_reused_by_the_counting_pass_give_the_same_result(monkeypatch):
     # the check reads 2 images; each batch then goes through the network once, not once per pass
     assert calls[1:] == [4, 4, 2]
     calls.clear()
-    monkeypatch.setattr(images_module, "IMAGE_CACHE_BYTES", 0)
+    monkeypatch.setattr(reader_module, "IMAGE_CACHE_BYTES", 0)
     monkeypatch.setattr(passes, "METRIC_THREADS", None)
     again = _dissect_scenes(net, scenes, segmenter)
     assert calls[1:] == [4, 4, 2, 4, 4, 2]  # no cache: both passes run the network
@@ -385,7 +385,7 @@ def test_maps_reused_by_the_counting_pass_give_the_same_result(monkeypatch):
 
 
 def test_kept_maps_do_not_outlive_the_session():
-    from lightning_dissect.engine.images import ImageRunner
+    from lightning_dissect.engine.reader import ImageRunner
 
     net = nn.Sequential(nn.Conv2d(3, 2, 1))
     runner = ImageRunner(net, batch_size=4)

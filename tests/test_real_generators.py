@@ -348,12 +348,13 @@ def test_layer_shape_problem_leads_when_the_forward_succeeds():
         def forward(self, z):
             return torch.tanh(self.out(self.seq(self.fc(z)).flatten(1))).view(-1, 3, 16, 16)
 
-    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.generator import GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError
 
     runner = GeneratorRunner(Sequence3d())
     banks = [LatentBank(2, (8,)), LatentBank(2, (8, 1, 1))]
     with pytest.raises(DryRunError) as info:
-        runner.dry_run(["seq"], banks, describe=lambda b: f"shape {tuple(b.latents.shape[1:])}")
+        runner.preflight(banks, ["seq"], describe=lambda b: f"shape {tuple(b.latents.shape[1:])}")
     first = str(info.value).splitlines()[0]
     assert first.startswith("dry run failed: LayerShapeError: layer 'seq' output has shape (2, 4, 6)")
 

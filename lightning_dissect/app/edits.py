@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
-from lightning_dissect.engine.latents import LatentBank, LatentSampler
-from lightning_dissect.engine.runner import Generate, GeneratorRunner, noise_seed
+from lightning_dissect.engine.latents import LatentBank, LatentSampler, noise_seed
 from lightning_dissect.interventions import ablate, insert, intervene
 
 __all__ = ["EDIT_FORMAT", "MODES", "PaintEdit", "Stroke", "decode_mask", "encode_mask", "replay_edit", "sample_bank"]

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from lightning_dissect.app.edits import MODES, PaintEdit, Stroke, _render, decode_mask, sample_bank
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.engine.discovery import find_latent_dim
+from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.latents import LatentBank, LatentSampler
-from lightning_dissect.engine.runner import Generate, GeneratorRunner
 from lightning_dissect.interventions import CausalUnits, UnitStatistics, unit_statistics
 from lightning_dissect.result import DissectionResult, UnitDissection
 from lightning_dissect.segmenters.base import Segmenter

@@ -32,9 +32,10 @@ from lightning_dissect.engine.discovery import (
     find_latent_dim,
     latent_shape_candidates,
 )
+from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector, unwrap_model
 from lightning_dissect.engine.latents import LatentBank, LatentSampler, shard_indices
-from lightning_dissect.engine.runner import DryRunError, Generate, GeneratorRunner
+from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.loggers import NOT_DELIVERED, RoundContent, deliver, finish, round_writers
 from lightning_dissect.loggers.causal import causal_entry
 from lightning_dissect.loggers.rounds import RoundLogger, round_entry

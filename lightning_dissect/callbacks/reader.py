@@ -21,7 +21,8 @@ from lightning_dissect._utils.checks import check_int
 from lightning_dissect.callbacks.generator import DissectionCallback
 from lightning_dissect.dissection import dissect_images
 from lightning_dissect.engine.hooks import OutputSelector, unwrap_model
-from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet, Transform
+from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
+from lightning_dissect.engine.reader import ImageRunner
 from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.result import DissectionResult
 from lightning_dissect.segmenters.base import Segmenter
@@ -205,7 +206,7 @@ class ImageDissectionCallback(DissectionCallback):
         runner.check_layers(self.layers)
         try:
             images = self.image_set(trainer, pl_module)
-            runner.check(images, self.layers, self.segmenter)
+            runner.preflight(images, self.layers, self.segmenter)
         except (ValueError, TypeError) as err:
             raise DryRunError(f"ImageDissectionCallback (name={self.name!r}): {err}") from err
         self._round_logger = None

@@ -32,9 +32,9 @@ from lightning_dissect._utils.torch_messages import cannot_mmap, checkpoint_reas
 from lightning_dissect.callbacks.history import RUN_SETTINGS, load_history, round_path
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection import dissect
+from lightning_dissect.engine.generator import Generate
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.latents import LatentSampler
-from lightning_dissect.engine.runner import Generate
 from lightning_dissect.loggers import TensorBoardWriter
 from lightning_dissect.loggers.rounds import RoundLogger, round_entry
 from lightning_dissect.result import DissectionResult

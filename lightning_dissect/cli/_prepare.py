@@ -2,7 +2,7 @@
 
 :func:`prepare_generator` loads the generator and the segmenter a command names, resolves the layer
 names and chooses the latent layout by one dry run
-(:meth:`~lightning_dissect.engine.runner.GeneratorRunner.choose_latents`, as the callback does);
+(:meth:`~lightning_dissect.engine.generator.GeneratorRunner.choose_latents`, as the callback does);
 :func:`dissection_config` turns the options into a :class:`~lightning_dissect.config.DissectionConfig`.
 """
 
@@ -82,7 +82,8 @@ def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
     Returns the keyword arguments for :func:`~lightning_dissect.dissect` (generator, layers,
     segmenter, latent options), plus ``"model"``, the object ``--generator`` named.
     """
-    from lightning_dissect.engine.runner import DryRunError, GeneratorRunner
+    from lightning_dissect.engine.generator import GeneratorRunner
+    from lightning_dissect.engine.runner import DryRunError
 
     layers = split_layers(args.layers)
     if not layers:

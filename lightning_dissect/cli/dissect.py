@@ -103,7 +103,8 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     ``"device"``.
     """
     from lightning_dissect.engine.image_folder import ImageFolder, read_concepts
-    from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet
+    from lightning_dissect.engine.images import GroundTruth, ImageSet
+    from lightning_dissect.engine.reader import ImageRunner
 
     layers = split_layers(args.layers)
     if not layers:
@@ -142,7 +143,7 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
         segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)  # checked there
     runner = ImageRunner(network, transform=transform, selector=selector, batch_size=args.batch_size, device=device)
     try:
-        runner.check(images, layers, segmenter)
+        runner.preflight(images, layers, segmenter)
     except (ValueError, TypeError) as err:
         if args.debug:
             raise

@@ -1,7 +1,7 @@
 """The dissection engine: one code path for the offline command, the report and the callback.
 
 :func:`dissect` runs the passes of :mod:`~lightning_dissect.dissection.passes` over a seeded latent
-bank (split across ranks under DDP) through a :class:`~lightning_dissect.engine.runner.GeneratorRunner`,
+bank (split across ranks under DDP) through a :class:`~lightning_dissect.engine.generator.GeneratorRunner`,
 labels every unit (:mod:`~lightning_dissect.dissection.summary`) and returns a
 :class:`~lightning_dissect.result.DissectionResult`. All layers are dissected in the same passes.
 Statistics are TorchMetrics metrics, so under ``torch.distributed`` they are all-reduced and every
@@ -22,10 +22,12 @@ from lightning_dissect.config import DissectionConfig, merge_settings
 from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
 from lightning_dissect.dissection.strips import render_unit_images
 from lightning_dissect.dissection.summary import summarise_layer
+from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
-from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet, Transform
+from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
 from lightning_dissect.engine.latents import LatentBank, LatentSampler
-from lightning_dissect.engine.runner import Generate, GeneratorRunner
+from lightning_dissect.engine.reader import ImageRunner
+from lightning_dissect.engine.runner import ModuleRunner, SourceT
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.result import DissectionResult
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
@@ -104,7 +106,7 @@ def dissect(
     if dry_run:
         _dry_run(runner, layers, bank, latent_sampler is not None, latent_shape)
     return _run_passes(
-        runner, bank, layers, segmenter, cfg, selection_bank=selection_bank, value_range=segmenter.value_range,
+        runner, bank, layers, segmenter, cfg, selection_source=selection_bank, value_range=segmenter.value_range,
         metadata=metadata, refuse_unit_range=dry_run,
     )
 
@@ -204,21 +206,21 @@ def dissect_images(
     )
     layers = runner.check_layers(layers)
     check_samples_per_rank(len(source), "images", distributed=distributed)
-    runner.check(source, layers, segmenter)  # type: ignore[arg-type]
+    runner.preflight(source, layers, segmenter)
     return _run_passes(
-        runner, source, layers, segmenter, cfg, selection_bank=None,  # type: ignore[arg-type]
+        runner, source, layers, segmenter, cfg, selection_source=None,
         value_range=source.value_range, metadata=metadata, refuse_unit_range=False,
     )
 
 
 def _run_passes(
-    runner: GeneratorRunner,
-    bank: LatentBank | ImageSet,
+    runner: ModuleRunner[SourceT],
+    source: SourceT,
     layers: list[str],
     segmenter: Segmenter,
     cfg: DissectionConfig,
     *,
-    selection_bank: LatentBank | None,
+    selection_source: SourceT | None,
     value_range: tuple[float, float],
     metadata: Mapping[str, Any] | None,
     refuse_unit_range: bool,
@@ -227,17 +229,17 @@ def _run_passes(
     rank, world_size = runner.rank_world
     with runner.session(), Progress(cfg.progress and rank == 0) as progress:
         # the dry run did not segment (each image is segmented once, in pass 1): pass 1 checks the range
-        found = threshold_pass(runner, bank, layers, segmenter, cfg, progress, refuse_unit_range=refuse_unit_range)
+        found = threshold_pass(runner, source, layers, segmenter, cfg, progress, refuse_unit_range=refuse_unit_range)
         thresholds = thresholds_from(found, layers, cfg)
         topk = {n: found.topk[n].gathered(world_size) for n in layers}
         selection = None
-        if selection_bank is not None:
+        if selection_source is not None:
             selection = count_pass(
-                runner, selection_bank, thresholds, segmenter, progress, what="dissection: level selection set",
+                runner, selection_source, thresholds, segmenter, progress, what="dissection: level selection set",
                 unit_area=cfg.unit_area,
             ).counts
         counted = count_pass(
-            runner, bank, thresholds, segmenter, progress, cached=found.segmentations,
+            runner, source, thresholds, segmenter, progress, cached=found.segmentations,
             chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk), unit_area=cfg.unit_area,
         )
         frames = counted.frames
@@ -247,7 +249,7 @@ def _run_passes(
     result = _assemble(cfg, layers, segmenter, found, thresholds, topk, counted, selection, world_size, metadata)
     if cfg.num_visualized_units and rank == 0:
         result.unit_images = render_unit_images(
-            runner, result, bank, value_range, num_units=cfg.num_visualized_units, frames=frames,  # type: ignore[arg-type]
+            runner, result, source, value_range, num_units=cfg.num_visualized_units, frames=frames,
         )
     return result
 
@@ -311,7 +313,7 @@ def _dry_run(
     Images and labels are left to pass 1, so that the segmenter sees each sample once.
     """
     latents = "`latent_sampler`" if sampled else f"`latent_shape`={tuple(latent_shape or ())}"
-    runner.dry_run(layers, [bank], describe=lambda _: latents, what=f"dry run with {latents}")
+    runner.preflight(bank, layers, describe=lambda _: latents, what=f"dry run with {latents}")
 
 
 def _banks(

@@ -1,13 +1,13 @@
-"""The passes of a dissection, each one loop over a latent bank through the generator runner.
+"""The passes of a dissection, each one loop over a sample source through its runner.
 
-1. :func:`threshold_pass` — generator + segmenter: per-unit histograms of the upsampled maps, the
-   top-k latents per unit, and the segmentations, cached compactly so the segmenter runs once per
+1. :func:`threshold_pass` — network + segmenter: per-unit histograms of the upsampled maps, the
+   top-k samples per unit, and the segmentations, cached compactly so the segmenter runs once per
    sample;
-2. :func:`count_pass` — generator only: exact unit–concept counts at the thresholds (at ``K``
+2. :func:`count_pass` — network only: exact unit–concept counts at the thresholds (at ``K``
    candidate levels in ``"iqr"`` mode), and the same counts with images paired to another image's
-   segmentation (the chance baseline). On a held-out bank it selects the ``"iqr"`` levels.
+   segmentation (the chance baseline). On a held-out source it selects the ``"iqr"`` levels.
 
-Every loop runs inside :meth:`GeneratorRunner.collective`, so a failure on one rank raises on all.
+Every loop runs inside :meth:`ModuleRunner.collective`, so a failure on one rank raises on all.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,8 +27,7 @@ from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.strips import Frame, keep_frames
 from lightning_dissect.dissection.topk import TopK
-from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import GeneratedBatch, GeneratorRunner
+from lightning_dissect.engine.runner import Batch, ModuleRunner, SourceT
 from lightning_dissect.functional.category_area import concept_category_index
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
@@ -74,13 +74,13 @@ class ThresholdPass:
     topk: dict[str, TopK] = field(default_factory=dict)
     segmentations: list[Tensor] = field(default_factory=list)
     segmentation_size: tuple[int, int] = (0, 0)
-    #: Bytes of one latent's image and captured maps as float32 (what keeping a frame costs).
+    #: Bytes of one sample's image and captured maps as float32 (what keeping a frame costs).
     frame_bytes: int = 0
 
 
 def threshold_pass(
-    runner: GeneratorRunner,
-    bank: LatentBank,
+    runner: ModuleRunner[SourceT],
+    source: SourceT,
     layers: Sequence[str],
     segmenter: Segmenter,
     cfg: DissectionConfig,
@@ -88,19 +88,19 @@ def threshold_pass(
     *,
     refuse_unit_range: bool = False,
 ) -> ThresholdPass:
-    """Pass 1 over this rank's shard of ``bank`` (see the module docs).
+    """Pass 1 over this rank's shard of ``source`` (see the module docs).
 
     ``refuse_unit_range``: refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter on the first batch
-    (see :meth:`GeneratorRunner.segment`).
+    (see :meth:`ModuleRunner.segment`).
     """
     out = ThresholdPass()
-    shard = runner.shard(bank)
+    shard = runner.shard(source)
     task = progress.task("dissection pass 1/2: thresholds", len(shard))
     device = runner.device
     num_concepts = segmenter.vocabulary.num_concepts
     with runner.collective("dissection pass 1"):
         batches = runner.batches(
-            bank, shard, layers=layers, segmenter=segmenter, on_batch=progress.callback(task),
+            source, shard, layers=layers, segmenter=segmenter, on_batch=progress.callback(task),
             refuse_unit_range=refuse_unit_range,
         )
         for batch in batches:
@@ -153,13 +153,13 @@ class CountPass:
 
     counts: dict[str, ConceptCounts]
     chance: dict[str, ConceptCounts] | None
-    #: ``latent index -> (image, layer -> maps)`` of the latents asked for with ``keep`` (on CPU).
+    #: ``sample index -> (image, layer -> maps)`` of the samples asked for with ``keep`` (on CPU).
     frames: dict[int, Frame] = field(default_factory=dict)
 
 
 def count_pass(
-    runner: GeneratorRunner,
-    bank: LatentBank,
+    runner: ModuleRunner[SourceT],
+    source: SourceT,
     thresholds: dict[str, Tensor],
     segmenter: Segmenter,
     progress: Progress,
@@ -170,12 +170,12 @@ def count_pass(
     what: str = "dissection pass 2/2: IoU",
     unit_area: str = "all",
 ) -> CountPass:
-    """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``bank``.
+    """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``source``.
 
     Labels come from ``cached`` (pass 1's segmentations, in batch order) or, without it, from
     the segmenter. With ``chance`` (and cached labels), every image is also counted against the
-    segmentation of the previous image of the bank, the first image against the last one; with
-    one sample there is no pair and no chance counts. The image and maps of every latent in
+    segmentation of the previous image of the source, the first image against the last one; with
+    one sample there is no pair and no chance counts. The image and maps of every sample in
     ``keep`` are kept (unit strips are drawn from them instead of generating the images again).
     ``unit_area="category"`` counts a unit's area per concept category (NetDissect-Lite's rule,
     see :mod:`lightning_dissect.functional.category_area`).
@@ -185,8 +185,8 @@ def count_pass(
     if chance and cached is None:
         raise ValueError("the chance baseline pairs cached segmentations: pass `cached`")
 
-    shard = runner.shard(bank)
-    chance = chance and len(bank) > 1  # one sample: no other image to pair with
+    shard = runner.shard(source)
+    chance = chance and len(source) > 1  # one sample: no other image to pair with
     # with the chance baseline, one paired metric per layer: each map is upsampled and
     # thresholded once for the real and the paired labels
     frames: dict[int, Frame] = {}
@@ -208,22 +208,22 @@ def count_pass(
         for name in layers
     }
     task = progress.task(what, len(shard))
-    labels_of: Callable[[int, GeneratedBatch], Tensor]
+    labels_of: Callable[[int, Batch], Tensor]
     if cached is not None:
         labels_of = lambda i, _b: cached[i].to(device=runner.device, dtype=torch.int64)  # noqa: E731
     else:
-        labels_of = lambda _i, b: b.labels.to(runner.device)  # type: ignore[union-attr]  # noqa: E731
+        labels_of = lambda _i, b: _labels(b).to(runner.device)  # noqa: E731
     previous = _last_label_of_previous_shard(runner, cached) if chance and cached is not None else None
     with runner.collective(what):
         batches = runner.batches(
-            bank, shard, layers=layers, segmenter=None if cached is not None else segmenter,
+            source, shard, layers=layers, segmenter=None if cached is not None else segmenter,
             on_batch=progress.callback(task),
         )
         for i, batch in enumerate(batches):
             labels = labels_of(i, batch)
             shifted = None
             if previous is not None:
-                # image j is paired with the segmentation of image j - 1 of the whole bank (image 0
+                # image j is paired with the segmentation of image j - 1 of the whole source (image 0
                 # with the last one): the pairing depends on neither the batch size nor the ranks
                 shifted = torch.cat([previous, labels[:-1]])
                 previous = labels[-1:]
@@ -238,8 +238,15 @@ def count_pass(
     return CountPass({n: c for n, (c, _) in both.items()}, {n: p for n, (_, p) in both.items()}, frames)
 
 
-def _last_label_of_previous_shard(runner: GeneratorRunner, cached: Sequence[Tensor]) -> Tensor:
-    """The segmentation of the bank's image just before this rank's shard (cyclically)."""
+def _labels(batch: Batch) -> Tensor:
+    """The labels of a batch read with a segmenter."""
+    if batch.labels is None:
+        raise RuntimeError("a batch read without a segmenter has no labels")
+    return batch.labels
+
+
+def _last_label_of_previous_shard(runner: ModuleRunner[Any], cached: Sequence[Tensor]) -> Tensor:
+    """The segmentation of the source's image just before this rank's shard (cyclically)."""
     last = cached[-1][-1:].to(device=runner.device, dtype=torch.int64)
     rank, size = runner.rank_world
     if size == 1:

@@ -1,22 +1,22 @@
 """Unit strips: a unit's top images with its thresholded, upsampled map overlaid.
 
-The images and maps come from the frames a dissection pass kept, or, without them, are generated
-again through :meth:`GeneratorRunner.regenerate`: whole batches of the dissection, with their
-noise seeds, so a generator that draws noise in ``forward`` shows exactly the images that were
-ranked.
+The images and maps come from the frames a dissection pass kept, or, without them, are run again
+through the runner's :meth:`~lightning_dissect.engine.runner.ModuleRunner.regenerate`: for a
+generator, whole batches of the dissection with their noise seeds, so a generator that draws noise
+in ``forward`` shows exactly the images that were ranked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
-from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import Generate, GeneratedBatch, GeneratorRunner
+from lightning_dissect.engine.runner import Batch, ModuleRunner, SourceT
 from lightning_dissect.functional.upsample import upsample_bilinear
 from lightning_dissect.result import DissectionResult, UnitDissection
 from lightning_dissect.visual.visualize import overlay_mask, to_uint8
@@ -25,16 +25,16 @@ __all__ = ["Frame", "keep_frames", "render_unit_images"]
 
 
 class Frame(NamedTuple):
-    """One latent's generated image ``(C, H, W)`` and its captured maps ``layer -> (U, h, w)``."""
+    """One sample's image ``(C, H, W)`` and its captured maps ``layer -> (U, h, w)``."""
 
     image: Tensor
     maps: Mapping[str, Tensor]
 
 
 def render_unit_images(
-    generator: nn.Module | GeneratorRunner,
+    generator: nn.Module | ModuleRunner[SourceT],
     result: DissectionResult,
-    bank: LatentBank,
+    bank: SourceT,
     value_range: tuple[float, float],
     *,
     num_units: int = 8,
@@ -49,11 +49,13 @@ def render_unit_images(
     """Draw the top images of each layer's best units with the unit masks overlaid.
 
     Args:
-        generator: The generator the result was computed on, or a :class:`GeneratorRunner`
-            (then ``generate``, ``selector``, ``device`` and ``batch_size`` are its own).
-        result: The dissection result (its top-image latent indices and thresholds are used).
-        bank: The latent bank of the dissection.
-        value_range: Value range of the generated images.
+        generator: The generator the result was computed on, or the runner of the dissection
+            (a :class:`~lightning_dissect.engine.generator.GeneratorRunner` or an
+            :class:`~lightning_dissect.engine.reader.ImageRunner`; then ``generate``,
+            ``selector``, ``device`` and ``batch_size`` are its own).
+        result: The dissection result (its top-image sample indices and thresholds are used).
+        bank: The samples of the dissection: its latent bank, or the runner's source.
+        value_range: Value range of the images.
         num_units: Units per layer (``LayerDissection.top_units``: interpretable first, best
             first) when ``units`` is not given.
         generate: Custom ``(generator, latents) -> images``.
@@ -70,7 +72,8 @@ def render_unit_images(
         ``layer -> unit -> uint8 (k, 3, H, W)`` — each unit's top images, outside its thresholded
         upsampled map dimmed, the mask bordered.
     """
-    if isinstance(generator, GeneratorRunner):
+    runner: ModuleRunner[Any]
+    if isinstance(generator, ModuleRunner):
         runner = generator
     else:
         runner = GeneratorRunner(
@@ -104,9 +107,9 @@ def render_unit_images(
 
 
 def _regenerate(
-    runner: GeneratorRunner, result: DissectionResult, bank: LatentBank, needed: Sequence[int], layers: list[str]
+    runner: ModuleRunner[SourceT], result: DissectionResult, bank: SourceT, needed: Sequence[int], layers: list[str]
 ) -> dict[int, Frame]:
-    """Generate the batches that held the ``needed`` latents again and keep their frames."""
+    """Run the batches that held the ``needed`` samples again and keep their frames."""
     keep = set(needed)
     frames: dict[int, Frame] = {}
     world_size = int(result.settings.get("world_size", 1))
@@ -116,10 +119,10 @@ def _regenerate(
     return frames
 
 
-def keep_frames(frames: dict[int, Frame], batch: GeneratedBatch, keep: Collection[int]) -> None:
-    """Copy the image and captured maps of the batch's latents that are in ``keep`` to the CPU.
+def keep_frames(frames: dict[int, Frame], batch: Batch, keep: Collection[int]) -> None:
+    """Copy the image and captured maps of the batch's samples that are in ``keep`` to the CPU.
 
-    Copies, not views: a view of one latent would keep the whole batch alive (and pickle it whole
+    Copies, not views: a view of one sample would keep the whole batch alive (and pickle it whole
     when the frames are gathered across ranks).
     """
     for j, i in enumerate(batch.indices.tolist()):

@@ -19,7 +19,16 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import check_count
 
-__all__ = ["Latents", "LatentSampler", "LatentBank", "shard_indices", "map_latents", "latent_count"]
+__all__ = [
+    "Latents",
+    "LatentSampler",
+    "LatentBank",
+    "batch_shard",
+    "shard_indices",
+    "map_latents",
+    "latent_count",
+    "noise_seed",
+]
 
 Latents = Union[Tensor, tuple, list, Mapping[str, Any]]
 """A batch of latents: a tensor, a tuple/list of tensors or a dict of tensors, batch first."""
@@ -88,6 +97,43 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> Tensor:
     return torch.arange(start, stop)
 
 
+def batch_shard(num_samples: int, rank: int, world_size: int, batch_size: int) -> Tensor:
+    """Contiguous share of ``range(num_samples)`` for ``rank``, made of whole batches of ``batch_size``.
+
+    The batches are those of a single process (``range(num_samples)`` cut every ``batch_size``),
+    dealt to the ranks in contiguous runs whose counts differ by at most one. Every sample is thus
+    run in the same batch whatever the number of ranks, and what a network computes on it is the
+    same to the last bit. With fewer batches than ranks the share is :func:`shard_indices`' (then
+    floating-point values may differ from a single process in their last bits).
+
+    Examples:
+        >>> [batch_shard(9, r, 2, 2).tolist() for r in range(2)]
+        [[0, 1, 2, 3, 4, 5], [6, 7, 8]]
+        >>> [batch_shard(3, r, 2, 2).tolist() for r in range(2)]
+        [[0, 1], [2]]
+    """
+    num_batches = -(-int(num_samples) // int(batch_size))
+    if num_batches < world_size:
+        return shard_indices(num_samples, rank, world_size)
+    batches = shard_indices(num_batches, rank, world_size)
+    start = int(batches[0]) * batch_size
+    stop = min((int(batches[-1]) + 1) * batch_size, num_samples)
+    return torch.arange(start, stop)
+
+
+def noise_seed(bank_seed: int, first_index: int) -> int:
+    """Seed of the generator noise of the batch of a bank whose first latent is ``first_index``.
+
+    Every pass splits a rank's shard into the same batches, so the same latents always get the
+    same noise (and the strips show exactly the images that were ranked).
+
+    Examples:
+        >>> noise_seed(1, 0), noise_seed(1, 32)
+        (1000003, 1000035)
+    """
+    return int(bank_seed) * 1_000_003 + int(first_index)
+
+
 class LatentBank:
     """``num_samples`` latents drawn once from a private generator seeded with ``seed``.
 
@@ -153,6 +199,10 @@ class LatentBank:
 
     def __len__(self) -> int:
         return latent_count(self.latents)
+
+    def noise_seed(self, first_index: int) -> int:
+        """Seed of the generator noise of the batch starting at latent ``first_index`` (see :func:`noise_seed`)."""
+        return noise_seed(self.seed, first_index)
 
     def __getitem__(self, indices: Sequence[int] | Tensor | slice) -> Latents:
         if isinstance(indices, slice):

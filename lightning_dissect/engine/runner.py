@@ -1,28 +1,31 @@
-"""Running a generator for dissection: one place for every rule about how a generator is called.
+"""What every runner shares: a network, its device, the one hooked call and the batch loop over samples.
 
-:class:`GeneratorRunner` owns the generator, its device, the ``generate`` call, the layer
-selectors and the batch size. Everything that runs a generator — :func:`~lightning_dissect.dissect`,
-every intervention, unit-strip rendering, the callback and the command line — goes through it, so
-each rule below exists once:
+Dissection meets two things: a :class:`SampleSource` (samples addressable by index: a latent bank
+for a generator, an image set for a network that reads images) and a :class:`ModuleRunner` that
+runs a network on them. :class:`~lightning_dissect.engine.generator.GeneratorRunner` and
+:class:`~lightning_dissect.engine.reader.ImageRunner` are its two children; they differ only in how
+a batch of samples becomes ``(images, activations)`` and how its labels are found. Everything
+else is here, once:
 
-* eval mode (every submodule's mode restored) and ``torch.inference_mode()`` (:meth:`session`);
-* generator noise seeded per batch of the latent bank (:func:`noise_seed`): a batch of the same
-  latents gets the same noise in every pass, and the caller's global RNG never moves;
-* capture and edit hooks on named layers, removed on exit;
-* checks of images, layer outputs and segmentations;
-* agreement on failure across ranks (:meth:`collective`), so that no rank waits forever in a
-  synchronisation another rank skipped;
-* the single dry run that checks all of it on two latents before any long work (:meth:`dry_run`).
+* eval mode (every submodule's mode restored) and ``torch.inference_mode()`` (:meth:`ModuleRunner.session`);
+* capture and edit hooks on named layers, removed on exit (the one hooked call of every runner);
+* checks of layer names, layer outputs and segmentations;
+* agreement on failure across ranks (:meth:`ModuleRunner.collective`), so that no rank waits
+  forever in a synchronisation another rank skipped;
+* the shard of each rank and its batches (:meth:`ModuleRunner.shard`, :meth:`ModuleRunner.split`):
+  the same batches whatever the number of ranks, so a result does not depend on it;
+* the batch loop of every pass and the re-run of the batches that held the top images.
 
 Like the reference's ``InstrumentedModel`` but per call: a runner holds no hooks between calls.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -37,26 +40,22 @@ from lightning_dissect.engine.hooks import (
     resolve_layer,
     unwrap_model,
 )
-from lightning_dissect.engine.latents import LatentBank, LatentSampler, map_latents, shard_indices
-from lightning_dissect.segmenters.base import Segmenter, check_segmenter, validate_images, validate_segmentation
+from lightning_dissect.engine.latents import batch_shard
+from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
 
 __all__ = [
-    "Generate",
-    "GeneratorRunner",
-    "GeneratedBatch",
-    "LayerShapeError",
-    "LayerCallError",
+    "Batch",
     "DryRunError",
+    "LayerCallError",
+    "LayerShapeError",
+    "ModuleRunner",
+    "SampleSource",
     "SegmenterError",
+    "describe_images",
     "eval_mode",
     "module_device",
     "module_dtype",
-    "noise_seed",
-    "check_segmenter",
 ]
-
-Generate = Callable[[nn.Module, Any], Tensor]
-"""``(generator, latents) -> images``; the default calls ``generator(latents)``."""
 
 
 class LayerShapeError(ValueError):
@@ -68,10 +67,9 @@ class LayerCallError(ValueError, RuntimeError):
 
 
 class DryRunError(ValueError, RuntimeError):
-    """The dry run failed.
+    """A generator's pre-flight check (:meth:`GeneratorRunner.preflight`) failed.
 
-    A ``ValueError`` (the inputs do not fit the generator) and, as before, a ``RuntimeError``, so
-    code that caught either keeps working.
+    A ``ValueError`` (the inputs do not fit the generator) and a ``RuntimeError``.
 
     When the generator's forward pass failed for every latent layout tried, the message lists
     each attempt. A problem found after a forward pass succeeded (a layer's output, the segmenter)
@@ -84,7 +82,51 @@ class DryRunError(ValueError, RuntimeError):
 
 
 class SegmenterError(RuntimeError):
-    """The segmenter raised on the generator's images; the message gives their size and range."""
+    """The segmenter raised on a batch of images; the message gives their size and range."""
+
+
+@runtime_checkable
+class SampleSource(Protocol):
+    """What the passes of a dissection need from its samples: a fixed, indexable set.
+
+    :class:`~lightning_dissect.engine.latents.LatentBank` (a generator's latents) and
+    :class:`~lightning_dissect.engine.images.ImageSet` (a reader's images) are the two sources.
+    The passes only count them and hand them to their runner, which reads ``source[indices]``
+    in the form it takes.
+    """
+
+    def __len__(self) -> int:
+        """The number of samples."""
+
+    def __getitem__(self, indices: Tensor) -> Any:
+        """The samples at ``indices``, in the form their runner takes (latents; images and labels)."""
+
+    def noise_seed(self, first_index: int) -> int | None:
+        """Seed of the network's own noise for the batch that starts at ``first_index`` (``None``: none)."""
+
+
+SourceT = TypeVar("SourceT", bound=SampleSource)
+
+
+@dataclass
+class Batch:
+    """One batch of a pass: which samples, their images, the captured layers and the labels.
+
+    Attributes:
+        indices: Indices of the samples in their source (``(B,)``).
+        images: The images of the batch ``(B, C, H, W)``: a generator's output, or the images a
+            reader read.
+        activations: ``layer -> (B, U, h, w)`` captured outputs (empty when none were asked).
+        labels: Segmentation of ``images`` (``None`` without a segmenter).
+        given_labels: The segmentation that came with the samples (a dataset's ground truth), not
+            yet checked; ``None`` when the samples have none.
+    """
+
+    indices: Tensor
+    images: Tensor
+    activations: dict[str, Tensor] = field(default_factory=dict)
+    labels: Tensor | None = None
+    given_labels: Tensor | None = None
 
 
 @contextmanager
@@ -133,86 +175,42 @@ def module_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
-def noise_seed(bank_seed: int, first_index: int) -> int:
-    """Seed of the generator noise of the batch of a bank whose first latent is ``first_index``.
+class ModuleRunner(abc.ABC, Generic[SourceT]):
+    """Runs a network on the samples of a :class:`SampleSource` with hooks and checks (see the module docs).
 
-    Every pass splits a rank's shard into the same batches, so the same latents always get the
-    same noise (and the strips show exactly the images that were ranked).
-
-    Examples:
-        >>> noise_seed(1, 0), noise_seed(1, 32)
-        (1000003, 1000035)
-    """
-    return int(bank_seed) * 1_000_003 + int(first_index)
-
-
-def _default_generate(generator: nn.Module, latents: Any) -> Tensor:
-    return generator(latents)
-
-
-@dataclass
-class GeneratedBatch:
-    """One batch of a pass: which latents, their images, captured layers and segmentation.
-
-    Attributes:
-        indices: Indices of the latents in their bank (``(B,)``).
-        images: Generator output ``(B, C, H, W)``.
-        activations: ``layer -> (B, U, h, w)`` captured outputs (empty when none were asked).
-        labels: Segmentation of ``images`` (``None`` without a segmenter).
-    """
-
-    indices: Tensor
-    images: Tensor
-    activations: dict[str, Tensor] = field(default_factory=dict)
-    labels: Tensor | None = None
-
-
-class GeneratorRunner:
-    """Calls a generator on latents with hooks, seeded noise and checks (see the module docs).
+    Subclasses say how a batch of samples becomes images and activations (:meth:`read`) and how
+    its labels are found (:meth:`label`), and check a run before any long work
+    (:meth:`preflight`).
 
     Args:
-        generator: The generator (``torch.compile``d and DDP-wrapped modules are looked through
-            for hooks; calls go to the module as given).
-        generate: Custom ``(generator, latents) -> images`` call; the default is
-            ``generator(latents)``.
+        network: The module run (``torch.compile``d and DDP-wrapped modules are looked through for
+            hooks; calls go to the module as given).
         selector: Picks the tensor of tuple/dict layer outputs (one for all layers, or a mapping
             ``layer -> selector``).
-        batch_size: Latents per generator call.
-        device: Where to run; ``None``: the generator's device.
+        batch_size: Samples per call.
+        device: Where to run; ``None``: the network's device.
         distributed: ``False`` runs on this process only even inside an initialised process
             group (no collective is called).
-
-    Examples:
-        >>> gen = nn.Sequential(nn.Linear(4, 2 * 2 * 2), nn.Unflatten(1, (2, 2, 2)),
-        ...                     nn.Conv2d(2, 3, 1), nn.Tanh())
-        >>> runner = GeneratorRunner(gen, batch_size=3)
-        >>> bank = LatentBank(5, (4,), seed=1)
-        >>> with runner.session():
-        ...     shapes = [tuple(b.activations["1"].shape) for b in runner.batches(bank, layers=["1"])]
-        >>> shapes
-        [(3, 2, 2, 2), (2, 2, 2, 2)]
     """
+
+    #: What the network is called in messages (``"generator"``, ``"network"``).
+    kind: str = "network"
 
     def __init__(
         self,
-        generator: nn.Module,
+        network: nn.Module,
         *,
-        generate: Generate | None = None,
         selector: OutputSelector | Mapping[str, OutputSelector] = None,
         batch_size: int = 32,
         device: torch.device | str | None = None,
         distributed: bool = True,
     ) -> None:
-        if not isinstance(generator, nn.Module):
-            raise TypeError(f"`generator` must be a torch.nn.Module, got {type(generator).__name__}")
-        batch_size = check_int(batch_size, "batch_size", minimum=1)
-        if generate is not None and not callable(generate):
-            raise TypeError(f"`generate` must be a callable (generator, latents) -> images, got {generate!r}")
-        self.generator = generator
-        self.model = unwrap_model(generator)
-        self.generate = generate or _default_generate
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"`{self.kind}` must be a torch.nn.Module, got {type(network).__name__}")
+        self.network = network
+        self.model = unwrap_model(network)
         self.selector = selector
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = _resolve_device(device) if device is not None else module_device(self.model)
         self.dtype = module_dtype(self.model)
         self.distributed = distributed
@@ -229,7 +227,7 @@ class GeneratorRunner:
         return {} if self.distributed else {"distributed_available_fn": _never}
 
     @contextmanager
-    def session(self) -> Iterator[GeneratorRunner]:
+    def session(self) -> Iterator[ModuleRunner[SourceT]]:
         """Inference mode and eval mode (every submodule's mode restored) for the block."""
         with torch.inference_mode(), eval_mode(self.model):
             yield self
@@ -248,7 +246,7 @@ class GeneratorRunner:
         agree_on_failure(error, self.device, what, distributed=self.distributed)
 
     def check_layers(self, layers: Sequence[str] | str, argument: str = "layers") -> list[str]:
-        """Resolve layer names on the generator; raise naming ``argument`` (with suggestions)."""
+        """Resolve layer names on the network; raise naming ``argument`` (with suggestions)."""
         if isinstance(layers, str):
             layers = [layers]
         names = list(layers)
@@ -259,49 +257,20 @@ class GeneratorRunner:
         return names
 
     # ------------------------------------------------------------------ one call
-    def forward(
-        self,
-        latents: Any,
-        layers: Sequence[str] = (),
-        *,
-        edits: Mapping[str, LayerEdit] | None = None,
-        seed: int | None = None,
-        require_maps: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Generate images from ``latents``, capturing ``layers`` and applying ``edits``.
-
-        Args:
-            latents: A batch of latents (moved to the runner's device).
-            layers: Layers whose outputs to capture.
-            edits: ``layer -> LayerEdit`` applied during the call.
-            seed: Seed of the generator noise (the global RNG is restored afterwards).
-            require_maps: Captured outputs must be ``(B, U, h, w)`` maps.
-
-        Returns:
-            ``(images, activations)``.
-        """
-        z = map_latents(self._move, latents)
-        images, activations = self._hooked(
-            lambda: self.generate(self.generator, z), layers, edits=edits, seed=seed, require_maps=require_maps,
-            check_output=_check_images_shape,
-        )
-        return images, activations
-
     def _hooked(
         self,
         call: Callable[[], Any],
         layers: Sequence[str],
         *,
-        edits: Mapping[str, LayerEdit] | None,
-        seed: int | None,
-        require_maps: bool,
+        edits: Mapping[str, LayerEdit] | None = None,
+        seed: int | None = None,
+        require_maps: bool = True,
         check_output: Callable[[Any], Any] = lambda output: output,
-        network: str = "generator",
     ) -> tuple[Any, dict[str, Tensor]]:
         """Run ``call()`` with ``edits`` and capture hooks on ``layers``: the one hooked call of every runner.
 
-        ``check_output`` checks the call's output before the layers are; ``network`` names the
-        module in error messages.
+        ``seed`` seeds the network's noise (the global RNG is restored afterwards);
+        ``check_output`` checks the call's output before the layers are.
         """
         with _maybe_seeded(seed, self.device):
             with edit_layers(self.model, edits or {}, self.selector):
@@ -310,7 +279,7 @@ class GeneratorRunner:
         output = check_output(output)
         missing = [n for n in layers if n not in captured]
         if missing:
-            raise LayerCallError(f"layers {missing} did not run during the {network}'s forward pass")
+            raise LayerCallError(f"layers {missing} did not run during the {self.kind}'s forward pass")
         repeated = {n: c for n, c in captured.calls.items() if c > 1}
         if repeated:
             raise LayerCallError(
@@ -324,25 +293,24 @@ class GeneratorRunner:
         return output, activations
 
     def _move(self, tensor: Tensor) -> Tensor:
-        """Latents follow the generator: its device, and its dtype for floating-point latents."""
+        """Inputs follow the network: its device, and its dtype for floating-point inputs."""
         if tensor.is_floating_point() and self.dtype is not None:
             return tensor.to(device=self.device, dtype=self.dtype)
         return tensor.to(self.device)
 
-    @staticmethod
     def segment(
-        images: Tensor, segmenter: Segmenter, *, check_images: bool, refuse_unit_range: bool = False
+        self, images: Tensor, segmenter: Segmenter, *, check_images: bool, refuse_unit_range: bool = False
     ) -> Tensor:
         """Segment ``images``; check their range (when asked) and always the labels' range.
 
         ``refuse_unit_range``: also refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter (see
-        :func:`_refuse_unit_range`). Set where a run starts (the dry run, the first batch of a
-        dissection that did not dry-run the segmenter), never for edited images: an edit may
+        :func:`_refuse_unit_range`). Set where a run starts (the pre-flight check, the first batch
+        of a dissection that did not check the segmenter), never for edited images: an edit may
         legitimately paint a whole image in one bright colour.
         """
         if check_images:
             validate_images(
-                images, segmenter.value_range, name="generator output", channels=getattr(segmenter, "channels", 3)
+                images, segmenter.value_range, name=f"{self.kind} output", channels=getattr(segmenter, "channels", 3)
             )
         if refuse_unit_range:
             _refuse_unit_range(images, segmenter)
@@ -351,7 +319,7 @@ class GeneratorRunner:
             labels = segmenter(given)
         except Exception as err:
             raise SegmenterError(
-                f"the segmenter ({type(segmenter).__name__}) failed on the generator's images: "
+                f"the segmenter ({type(segmenter).__name__}) failed on the {self.kind}'s images: "
                 f"{describe_images(given)}, segmenter value_range {tuple(segmenter.value_range)}: "
                 f"{type(err).__name__}: {err}"
             ) from err
@@ -359,11 +327,51 @@ class GeneratorRunner:
         validate_segmentation(labels, segmenter.vocabulary, batch_size=images.shape[0])
         return labels
 
+    # ------------------------------------------------------------------ what a kind of network defines
+    @abc.abstractmethod
+    def read(
+        self,
+        source: SourceT,
+        indices: Tensor,
+        layers: Sequence[str] = (),
+        *,
+        edits: Mapping[str, LayerEdit] | None = None,
+        require_maps: bool = True,
+        first: bool = False,
+    ) -> Batch:
+        """Run the network on ``source[indices]``: the batch's images and activations (no labels yet).
+
+        ``first``: the first batch of a loop (checked more closely).
+        """
+
+    @abc.abstractmethod
+    def label(
+        self, source: SourceT, batch: Batch, segmenter: Segmenter, *, first: bool, refuse_unit_range: bool = False
+    ) -> Tensor:
+        """The concept labels of ``batch`` (checked)."""
+
+    @abc.abstractmethod
+    def preflight(
+        self,
+        sources: SourceT | Sequence[SourceT],
+        layers: Sequence[str],
+        segmenter: Segmenter | None = None,
+        *,
+        require_maps: bool = True,
+        edits: Mapping[str, LayerEdit] | None = None,
+        what: str = "pre-flight check",
+    ) -> SourceT:
+        """Run two samples of each source in turn before any long work; return the first that works.
+
+        Checks the call, every layer's output (and, with ``edits``, that they can be written back)
+        and the labels, and raises naming the argument at fault.
+        """
+
     # ------------------------------------------------------------------ passes
-    def shard(self, bank: LatentBank) -> Tensor:
-        """Indices of ``bank`` this rank works on (a contiguous share)."""
+    def shard(self, source: SourceT) -> Tensor:
+        """Indices of ``source`` this rank works on: a contiguous run of whole batches (see :meth:`split`)."""
         rank, size = self.rank_world
-        return shard_indices(len(bank), rank, size)
+        return batch_shard(len(source), rank, size, self.batch_size)
 
     def split(self, indices: Tensor) -> list[Tensor]:
         """``indices`` in batches of ``batch_size`` (the same split in every pass)."""
@@ -371,7 +379,7 @@ class GeneratorRunner:
 
     def batches(
         self,
-        bank: LatentBank,
+        source: SourceT,
         indices: Tensor | None = None,
         *,
         layers: Sequence[str] = (),
@@ -380,216 +388,46 @@ class GeneratorRunner:
         require_maps: bool = True,
         on_batch: Callable[[int], None] | None = None,
         refuse_unit_range: bool = False,
-    ) -> Iterator[GeneratedBatch]:
-        """Generate ``bank[indices]`` batch by batch (default: this rank's shard).
+    ) -> Iterator[Batch]:
+        """Run ``source[indices]`` batch by batch (default: this rank's shard).
 
-        Noise is seeded by :func:`noise_seed` of each batch's first index, so iterating the same
-        indices again gives the same images. Images are range-checked on the first batch (with
-        ``refuse_unit_range``, see :meth:`segment`), labels on every batch. ``on_batch(n)`` is
-        called after each batch (progress bars).
+        The first batch is checked more closely (the images' range; with ``refuse_unit_range``,
+        see :meth:`segment`); labels are checked on every batch. ``on_batch(n)`` is called after
+        each batch (progress bars).
         """
         if indices is None:
-            indices = self.shard(bank)
+            indices = self.shard(source)
         for i, idx in enumerate(self.split(indices)):
-            images, acts = self.forward(
-                bank[idx],
-                layers,
-                edits=edits,
-                seed=noise_seed(bank.seed, int(idx[0])),
-                require_maps=require_maps,
-            )
-            labels = None if segmenter is None else self.segment(
-                images, segmenter, check_images=i == 0, refuse_unit_range=refuse_unit_range and i == 0
-            )
-            yield GeneratedBatch(idx, images, acts, labels)
+            batch = self.read(source, idx, layers, edits=edits, require_maps=require_maps, first=i == 0)
+            if segmenter is not None:
+                batch.labels = self.label(
+                    source, batch, segmenter, first=i == 0, refuse_unit_range=refuse_unit_range and i == 0
+                )
+            yield batch
             if on_batch is not None:
                 on_batch(len(idx))
 
     def regenerate(
-        self,
-        bank: LatentBank,
-        wanted: Sequence[int],
-        *,
-        layers: Sequence[str] = (),
-        world_size: int = 1,
-    ) -> Iterator[GeneratedBatch]:
-        """Regenerate the batches that held ``wanted`` latents in a pass over ``world_size`` ranks.
+        self, source: SourceT, wanted: Sequence[int], *, layers: Sequence[str] = (), world_size: int = 1
+    ) -> Iterator[Batch]:
+        """Run the samples ``wanted`` again, in the batches that held them in a pass over ``world_size`` ranks.
 
-        Whole batches are regenerated with their own noise seed, so a generator that draws noise
-        in ``forward`` gives exactly the images the pass saw.
+        Whole batches are run again with their own noise seed, so a network that draws noise in
+        ``forward`` gives exactly what the pass saw.
         """
+        for idx in self.batches_holding(len(source), wanted, world_size):
+            yield self.read(source, idx, layers)
+
+    def batches_holding(self, num_samples: int, wanted: Sequence[int], world_size: int) -> Iterator[Tensor]:
+        """The batches of a pass over ``world_size`` ranks that held any of the samples ``wanted``."""
         wanted_set = {int(i) for i in wanted}
         for rank in range(world_size):
-            for idx in self.split(shard_indices(len(bank), rank, world_size)):
+            for idx in self.split(batch_shard(num_samples, rank, world_size, self.batch_size)):
                 if wanted_set.intersection(idx.tolist()):
-                    images, acts = self.forward(
-                        bank[idx], layers, seed=noise_seed(bank.seed, int(idx[0]))
-                    )
-                    yield GeneratedBatch(idx, images, acts)
-
-    # ------------------------------------------------------------------ dry run
-    def dry_run(
-        self,
-        layers: Sequence[str],
-        banks: Sequence[LatentBank],
-        segmenter: Segmenter | None = None,
-        *,
-        require_maps: bool = True,
-        edits: Mapping[str, LayerEdit] | None = None,
-        describe: Callable[[LatentBank], str] = lambda b: "latents",
-        what: str = "dry run",
-    ) -> LatentBank:
-        """Run two latents of each bank in turn and return the first bank that works.
-
-        Checks the call, the images, every layer's output (and, with ``edits``, that they can be
-        written back) and the segmentation. The global RNG is not moved.
-
-        Raises:
-            DryRunError: Every attempt failed. The message lists every attempt; when a forward
-                pass succeeded, its (layer-shape) problem leads, since changing the latent layout
-                will not fix it (so does a layer that ran twice or not at all).
-        """
-        if not banks:
-            raise ValueError("dry_run needs at least one latent bank to try")
-        attempts: list[tuple[LatentBank, BaseException, bool]] = []
-        for bank in banks:
-            forward_ok = False
-            try:
-                with self.session():
-                    idx = torch.arange(min(2, len(bank)))
-                    seed = noise_seed(bank.seed, 0)
-                    images, captured = self.forward(bank[idx], layers, seed=seed, require_maps=False)
-                    forward_ok = True
-                    if require_maps:
-                        _check_maps(captured)
-                    if edits:
-                        self.forward(bank[idx], (), edits=edits, seed=noise_seed(bank.seed, 0))
-                    if segmenter is not None:
-                        self.segment(images, segmenter, check_images=True, refuse_unit_range=True)
-                _warn_margins(self.model, layers, self.selector)
-                return bank
-            except Exception as err:  # noqa: BLE001 - every attempt is reported below
-                # a layer that ran twice (or not at all) is found after a successful forward too
-                if forward_ok or isinstance(err, (LayerCallError, SegmenterError)):
-                    # the generator ran with this latent layout: another layout will not fix what
-                    # failed after it (a layer's output, the segmenter), so no other is tried
-                    text = str(err) if isinstance(err, SegmenterError) else f"{type(err).__name__}: {err}"
-                    raise DryRunError(f"{what} failed: {text}", after_forward=True) from err
-                attempts.append((bank, err, False))
-        lead = attempts[-1]
-        lines = [f"{what} failed: {type(lead[1]).__name__}: {lead[1]}"]
-        if len(attempts) > 1:
-            lines.append("attempts:")
-            lines += [f"  {describe(b)}: {type(e).__name__}: {e}" for b, e, _ in attempts]
-        if not lead[2]:
-            hint = self._structured_latents_hint(lead[0])
-            if hint:
-                lines.append(hint)
-        raise DryRunError("\n".join(lines)) from lead[1]
-
-    def _structured_latents_hint(self, bank: LatentBank) -> str:
-        """For tuple/dict latents the default call ``generator(latents)`` failed on: the call that works."""
-        latents = bank.latents
-        if self.generate is not _default_generate or not isinstance(latents, (tuple, list, Mapping)):
-            return ""
-        spread = "generator(**latents)" if isinstance(latents, Mapping) else "generator(*latents)"
-        try:
-            with self.session(), _maybe_seeded(noise_seed(bank.seed, 0), self.device):
-                part = bank[torch.arange(min(2, len(bank)))]
-                moved = map_latents(self._move, part)
-                out = self.generator(**moved) if isinstance(moved, Mapping) else self.generator(*moved)
-            works = isinstance(out, Tensor)
-        except Exception:  # noqa: BLE001 - only a hint: the original error is what is reported
-            works = False
-        kind = "dict" if isinstance(latents, Mapping) else "tuple"
-        if works:
-            return (
-                f"hint: the latents are a {kind} and the generator takes them as separate arguments; "
-                f"pass generate=lambda generator, latents: {spread} (that call works on these latents)"
-            )
-        return (
-            f"hint: the latents are a {kind}, and the default call is generator(latents) with the whole "
-            f"{kind} as one argument; pass a generate=lambda generator, latents: ... that calls the generator "
-            f"as it expects, e.g. {spread}"
-        )
-
-    def choose_latents(
-        self,
-        layers: Sequence[str],
-        segmenter: Segmenter | None,
-        shapes: Sequence[tuple[int, ...]],
-        *,
-        seed: int,
-        sampler: LatentSampler | None = None,
-        edits: Mapping[str, LayerEdit] | None = None,
-        sampler_name: str = "latent_sampler",
-    ) -> tuple[int, ...] | None:
-        """The one way a latent layout is chosen: dry-run each candidate and return the first that works.
-
-        Args:
-            layers: Layers to capture in the dry run.
-            segmenter: Checked on the dry run's images (``None``: no segmentation).
-            shapes: Candidate shapes of one latent, tried in order (ignored with ``sampler``).
-            seed: Seed of the latent bank.
-            sampler: A custom latent sampler: the only candidate (returns ``None``).
-            edits: Also check that the layers take these edits.
-            sampler_name: How the sampler is named in messages (``"--latent-sampler"`` on the CLI).
-
-        Returns:
-            The chosen shape, or ``None`` for the sampler.
-
-        Raises:
-            ValueError: No candidate (no sampler and no shape).
-            DryRunError: Every candidate failed (each attempt listed).
-
-        Examples:
-            >>> runner = GeneratorRunner(nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)), nn.Tanh()))
-            >>> runner.choose_latents(["0"], None, [(4, 1, 1), (4,)], seed=1, )
-            (4,)
-        """
-        candidates: list[tuple[int, ...] | None] = [None] if sampler is not None else [tuple(s) for s in shapes]
-        if not candidates:
-            raise ValueError("no latent layout to try: give a latent shape, a latent size or a latent sampler")
-        banks = [LatentBank(2, shape, seed=seed, sampler=sampler) for shape in candidates]
-
-        def index(bank: LatentBank) -> int:
-            return next(i for i, b in enumerate(banks) if b is bank)
-
-        def describe(bank: LatentBank) -> str:
-            shape = candidates[index(bank)]
-            return sampler_name if shape is None else f"latent shape {shape}"
-
-        chosen = self.dry_run(layers, banks, segmenter, describe=describe, edits=edits)
-        return candidates[index(chosen)]
+                    yield idx
 
 
 # ---------------------------------------------------------------------- helpers
-def _warn_margins(model: nn.Module, layers: Sequence[str], selector: Any) -> None:
-    """Say so when the generator keeps margins around its maps (StyleGAN3's ``margin_size``).
-
-    Such maps are larger than the region that becomes the image; dissected whole they are stretched
-    over the image and the masks are misaligned. A layer with a selector is taken as handled.
-    """
-    margin = next(
-        (m.margin_size for m in model.modules() if isinstance(getattr(m, "margin_size", None), (int, float))),
-        None,
-    )
-    if not margin:
-        return
-    bare = [name for name in layers if (selector.get(name) if isinstance(selector, Mapping) else selector) is None]
-    if bare:
-        import warnings
-
-        warnings.warn(
-            f"the generator keeps a margin around its maps (margin_size={margin}): layers {bare} are dissected "
-            "whole, stretched over the image, so their masks are shifted; give them a cropping "
-            "Selector(select, replace) that takes the centre that becomes the image (see docs/real-models.md, "
-            "'Layers with margins')",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
 def describe_images(images: Tensor) -> str:
     """Shape, dtype and value range of a batch of images, for error messages.
 
@@ -664,6 +502,7 @@ def _as_units(value: Tensor) -> Tensor:
 
 
 def _check_maps(captured: Mapping[str, Tensor]) -> None:
+    """Every captured output is a ``(B, U, h, w)`` map of units; raise :class:`LayerShapeError` otherwise."""
     for name, value in captured.items():
         if value.ndim != 4:
             raise LayerShapeError(
@@ -672,13 +511,20 @@ def _check_maps(captured: Mapping[str, Tensor]) -> None:
             )
 
 
-def _check_images_shape(images: Any) -> Tensor:
-    if isinstance(images, (tuple, list)):
-        images = images[0]
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(
-            f"the generator must return images (B, 3, H, W); got {shape} — pass `generate=` to "
-            "say how to call it"
-        )
-    return images
+#: Names this module held in the previous release, and where they live now.
+_MOVED = {
+    "GeneratorRunner": ("lightning_dissect.engine.generator", "GeneratorRunner"),
+    "Generate": ("lightning_dissect.engine.generator", "Generate"),
+    "GeneratedBatch": ("lightning_dissect.engine.runner", "Batch"),
+    "noise_seed": ("lightning_dissect.engine.latents", "noise_seed"),
+    "check_segmenter": ("lightning_dissect.segmenters.base", "check_segmenter"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # `from lightning_dissect.runner import GeneratorRunner` keeps working for one release
+        from lightning_dissect._utils.deprecation import moved_attribute
+
+        module, new = _MOVED[name]
+        return moved_attribute(f"{__name__}.{name}", module, new)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

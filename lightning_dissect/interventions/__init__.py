@@ -33,7 +33,7 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
   classifier's accuracy (over all images and those with the concept) or a discriminator's score,
   with the same random-units control and record format (:class:`ReaderAblationEffect`).
 
-Every function runs the generator through a :class:`~lightning_dissect.engine.runner.GeneratorRunner`:
+Every function runs the generator through a :class:`~lightning_dissect.engine.generator.GeneratorRunner`:
 under ``torch.inference_mode()`` with the generator in eval mode (restoring each submodule's
 mode), hooks removed even when the generator raises, and generator noise seeded per batch: the
 batch of latents ``i, i+1, …`` gets the seed ``noise_seed(bank.seed, i)`` (latents passed as a

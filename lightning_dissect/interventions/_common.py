@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from lightning_dissect._utils.checks import check_count
+from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import Generate, GeneratorRunner
 from lightning_dissect.metrics._sync import all_reduce_sum
 from lightning_dissect.segmenters.base import Segmenter
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.hooks import LayerEdit
 from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import GeneratorRunner
 from lightning_dissect.interventions._common import _sum_over_ranks
 from lightning_dissect.metrics.concept_fraction import ConceptPixelFraction
 from lightning_dissect.segmenters.base import Segmenter

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.hooks import check_editable
-from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import GeneratorRunner, noise_seed
+from lightning_dissect.engine.latents import LatentBank, noise_seed
 from lightning_dissect.interventions._common import (
     _CONTROL_DEFAULTS,
     Latents,

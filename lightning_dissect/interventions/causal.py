@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_count, check_int, check_real
 from lightning_dissect.engine.hooks import LayerEdit
-from lightning_dissect.engine.latents import map_latents
-from lightning_dissect.engine.runner import eval_mode, noise_seed
+from lightning_dissect.engine.latents import map_latents, noise_seed
+from lightning_dissect.engine.runner import eval_mode
 from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
     Latents,
@@ -201,7 +201,7 @@ def _dry_run(p: Prepared) -> None:
     probe = {p.layer: LayerEdit(alpha=torch.zeros(p.width), value=0.0)}
     with p.runner.collective("causal units dry run"):
         if len(p.bank):
-            p.runner.dry_run([p.layer], [p.bank], p.segmenter, edits=probe, what="causal units (layer edit check)")
+            p.runner.preflight(p.bank, [p.layer], p.segmenter, edits=probe, what="causal units (layer edit check)")
 
 
 # ---------------------------------------------------------------------- pass 1

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, overload
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import GeneratorRunner
 from lightning_dissect.interventions import _common
 from lightning_dissect.interventions._common import _CONTROL_DEFAULTS, InterventionOptions, Latents
 from lightning_dissect.interventions._engine import _measure, _Variant

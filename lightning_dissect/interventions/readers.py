@@ -9,7 +9,7 @@ from ``control_seed`` and the concept. Records are :class:`ReaderAblationEffect`
 :class:`~lightning_dissect.interventions.AblationEffect` with the measure in place of the pixel
 fraction and the same fields for the concept-present images.
 
-Images are read through an :class:`~lightning_dissect.engine.images.ImageRunner`: per batch the network
+Images are read through an :class:`~lightning_dissect.engine.reader.ImageRunner`: per batch the network
 runs once unedited and once per variant, under ``inference_mode`` and eval mode; under DDP each
 rank reads its own share and the sums are all-reduced, so every rank returns the same records.
 """
@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_int
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
-from lightning_dissect.engine.images import GroundTruth, ImageRunner, ImageSet, Transform
+from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
+from lightning_dissect.engine.reader import ImageRunner
 from lightning_dissect.interventions._common import _NAN, _control_rng, _sum_over_ranks
 from lightning_dissect.interventions.edits import random_units
 from lightning_dissect.interventions.records import AblationEffect, _relative
@@ -157,7 +158,7 @@ def reader_ablation(
     runner = ImageRunner(network, transform=transform, selector=selector, batch_size=batch_size, device=device,
                          distributed=distributed)
     runner.check_layers(list(layers))
-    runner.check(source, list(layers), labeller)
+    runner.preflight(source, list(layers), labeller)
     widths = {name: result.num_units for name, result in layers.items()}
     sums = _measure(runner, source, labeller, plans, widths, metric, targets)
     out = {name: _records(name, plans[name], sums, vocab, metric) for name in layers}

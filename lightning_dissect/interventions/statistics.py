@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.latents import LatentBank
-from lightning_dissect.engine.runner import GeneratorRunner
 from lightning_dissect.interventions._common import (
     _RUN_DEFAULTS,
     Latents,
