@@ -146,15 +146,17 @@ def test_every_config_field_has_its_option():
 
     argv = ["dissect", "--generator", FACTORY, "--layers", "layout",
             "--num-samples", "7", "--batch-size", "3", "--seed", "5", "--threshold-mode", "iqr",
-            "--quantile", "0.9", "--num-levels", "9", "--level-selection-samples", "11",
-            "--iou-threshold", "0.1", "--interpretable", "paper", "--chance-ratio", "3",
+            "--quantile", "0.9", "--quantile-over", "raw", "--unit-area", "category", "--preset", "netdissect",
+            "--num-levels", "9", "--level-selection-samples", "11", "--iou-threshold", "0.1",
+            "--interpretable", "paper", "--chance-ratio", "3",
             "--iqr-threshold", "0.2", "--min-concept-fraction", "0.003",
             "--top-k", "4", "--visualize-units", "2", "--no-chance-baseline", "--relative-accuracy", "0.01",
             "--quiet", "--device", "cpu"]
     args = build_parser().parse_args(argv)
     config = dissection_config(args, "cpu", visualize=True)
     expected = DissectionConfig(
-        num_samples=7, batch_size=3, seed=5, threshold_mode="iqr", quantile=0.9, num_levels=9,
+        num_samples=7, batch_size=3, seed=5, threshold_mode="iqr", quantile=0.9, quantile_over="raw",
+        unit_area="category", preset="netdissect", num_levels=9,
         level_selection_samples=11, iou_threshold=0.1, interpretable="paper", chance_ratio=3.0,
         iqr_threshold=0.2, min_concept_fraction=0.003,
         top_k=4, num_visualized_units=2, chance_baseline=False, relative_accuracy=0.01, progress=False,
@@ -432,3 +434,27 @@ def test_a_checkpoint_that_would_run_code_is_refused_not_run(capsys, tmp_path, g
                        "--layers", "layout", *FAST)
     assert code == 2 and "--checkpoint" in err and "loads safely" in err, err
     assert not marker.exists()  # nothing in the file was executed
+
+
+@pytest.mark.parametrize("preset", ["netdissect", "pnas", "netdissect-level-pnas-convention"])
+def test_options_typed_beside_a_preset_win_even_at_their_defaults(preset):
+    from lightning_dissect.cli._arguments import CONFIG_OPTIONS
+    from lightning_dissect.cli._prepare import dissection_config
+    from lightning_dissect.config import CLI_DEFAULTS, PRESETS, config_defaults
+
+    defaults = config_defaults(CLI_DEFAULTS)
+    base = ["dissect", "--generator", FACTORY, "--layers", "layout", "--preset", preset]
+    untyped = dissection_config(build_parser().parse_args(base), "cpu", visualize=True)
+    for name, value in PRESETS[preset].items():
+        assert getattr(untyped, name) == value, name  # not typed: the preset's value
+        typed = [CONFIG_OPTIONS[name][0], str(defaults[name])]
+        config = dissection_config(build_parser().parse_args([*base, *typed]), "cpu", visualize=True)
+        assert getattr(config, name) == defaults[name], (name, typed)  # typed at its default: the default
+        others = {k: v for k, v in PRESETS[preset].items() if k != name}
+        assert {k: getattr(config, k) for k in others} == others  # the rest still from the preset
+    # typed before the preset, too
+    config = dissection_config(
+        build_parser().parse_args([*base[:5], "--quantile", str(defaults["quantile"]), *base[5:]]), "cpu",
+        visualize=True,
+    )
+    assert config.quantile == defaults["quantile"]

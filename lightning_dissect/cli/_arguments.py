@@ -59,7 +59,7 @@ CONFIG_OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "preset": (
         "--preset", "{" + ",".join(PRESETS) + "}",
         "settings that reproduce a tool: netdissect (NetDissect-Lite), pnas (the PNAS code, the default), "
-        "netdissect-level-pnas-convention; options left at their defaults take the preset's values",
+        "netdissect-level-pnas-convention; options typed beside it win over its values, even at their defaults",
     ),
     "num_levels": ("--num-levels", "K", "candidate levels in iqr mode"),
     "level_selection_samples": (
@@ -131,6 +131,18 @@ def _setting(field_name: str, option: str, kind: str) -> Any:
     return parse
 
 
+GIVEN = "given_options"
+"""The parsed namespace's attribute holding the ``DissectionConfig`` fields typed on the command line."""
+
+
+class _GivenSetting(argparse.Action):
+    """Store the option's value and record that it was typed (a preset never replaces it)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, GIVEN, {*getattr(namespace, GIVEN, ()), self.dest})
+
+
 def _add_config_options(group: Any) -> None:
     """One option per :class:`~lightning_dissect.config.DissectionConfig` field, checked by its rule."""
     for f in fields(DissectionConfig):
@@ -144,7 +156,7 @@ def _add_config_options(group: Any) -> None:
         else:
             group.add_argument(
                 option, dest=f.name, type=_setting(f.name, option, str(f.type)), default=_DEFAULTS[f.name],
-                metavar=metavar, help=text,
+                metavar=metavar, help=text, action=_GivenSetting,
             )
 
 
@@ -152,7 +164,9 @@ def config_settings(args: argparse.Namespace, *, device: str | None = None, visu
     """The :class:`~lightning_dissect.config.DissectionConfig` settings of parsed options.
 
     ``device`` replaces ``--device`` (after ``auto`` is resolved); with ``visualize=False`` no unit
-    strips are rendered (``dissect`` without ``--output``).
+    strips are rendered (``dissect`` without ``--output``). With ``--preset``, every option typed on
+    the command line wins over the preset's value, even when typed at its default; the options not
+    typed take the preset's values.
     """
     settings = {
         f.name: getattr(args, f.name) for f in fields(DissectionConfig) if f.name not in (*_SWITCHES, "device")
@@ -163,8 +177,9 @@ def config_settings(args: argparse.Namespace, *, device: str | None = None, visu
     if not visualize:
         settings["num_visualized_units"] = 0
     if settings.get("preset") is not None:
-        # an option left at its default gives way to the preset's value
-        settings = {k: v for k, v in settings.items() if k not in PRESETS[settings["preset"]] or v != _DEFAULTS[k]}
+        # an option that was not typed gives way to the preset's value; a typed one wins, even at its default
+        given = getattr(args, GIVEN, set())
+        settings = {k: v for k, v in settings.items() if k not in PRESETS[settings["preset"]] or k in given}
     return settings
 
 
