@@ -36,13 +36,32 @@ from torch.utils.data import Dataset
 
 from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
 
-__all__ = ["BrodenDataset", "BrodenWarning"]
+__all__ = ["BrodenDataset", "BrodenFileNotFoundError", "BrodenWarning"]
 
 _META = ("image", "split", "ih", "iw", "sh", "sw")
 
 
 class BrodenWarning(UserWarning):
     """A Broden row that is read in a way its author may not expect (named in the message)."""
+
+
+class BrodenFileNotFoundError(FileNotFoundError, ValueError):
+    """A file that ``index.csv`` names is not in ``images/`` (the message names the row and the file).
+
+    Also a ``ValueError``, as every other bad row of the folder is.
+    """
+
+
+def _integer(row: dict[str, Any], column: str, path: Path, line: int) -> int:
+    """``row[column]`` as an int, or an error naming the file, line and column."""
+    text = row.get(column)
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError(
+            f"{path} line {line}: column `{column}` must be an integer, got {text!r}"
+            + (" (the row has fewer fields than the header)" if text is None else "")
+        ) from None
 
 
 def _pillow() -> Any:
@@ -77,8 +96,12 @@ class BrodenDataset(Dataset):
         labels_source: Where the labels come from, named in error messages.
 
     Raises:
-        ValueError: A missing CSV or column, an unknown category, an image-level label that
-            ``label.csv`` does not list (naming the file, row and value).
+        ValueError: A missing CSV or column, an unknown category, a row whose numbers do not parse,
+            an image-level label that ``label.csv`` does not list (each naming the file, line and
+            value). When an item is read: a label PNG at another size than ``sh, sw`` or holding a
+            label that ``label.csv`` does not list, a file that cannot be read
+            (:class:`BrodenFileNotFoundError`, also a ``ValueError``, for a missing one). An image
+            at another size than ``ih, iw`` is read at its own size with a :class:`BrodenWarning`.
 
     Examples:
         >>> import tempfile
@@ -111,21 +134,30 @@ class BrodenDataset(Dataset):
         labels = _rows(self.root / "label.csv", "root")
         numbers: dict[int, str] = {}
         for line, row in enumerate(labels, start=2):
-            try:
-                numbers[int(row["number"])] = row["name"]
-            except (KeyError, ValueError) as err:
+            number = _integer(row, "number", self.root / "label.csv", line)
+            if number < 0 or number in numbers:
                 raise ValueError(
-                    f"{self.root / 'label.csv'} line {line}: needs an integer `number` and a `name`"
-                ) from err
+                    f"{self.root / 'label.csv'} line {line}: label number {number} is "
+                    + ("negative" if number < 0 else "listed twice")
+                )
+            numbers[number] = row.get("name") or f"label {number}"
+        if not numbers:
+            raise ValueError(f"{self.root / 'label.csv'} lists no label")
         size = max(numbers) + 1
         coverage = [[0.0] * size for _ in self.categories]
         member = [[False] * size for _ in self.categories]
         for g, cat in enumerate(self.categories):
-            for row in _rows(self.root / f"c_{cat}.csv", "root"):
-                n = int(row["number"])
+            for line, row in enumerate(_rows(self.root / f"c_{cat}.csv", "root"), start=2):
+                n = _integer(row, "number", self.root / f"c_{cat}.csv", line)
                 if n < size:
                     member[g][n] = True
-                    coverage[g][n] = float(row.get("coverage") or 0.0)
+                    try:
+                        coverage[g][n] = float(row.get("coverage") or 0.0)
+                    except ValueError:
+                        raise ValueError(
+                            f"{self.root / f'c_{cat}.csv'} line {line}: column `coverage` must be a number, "
+                            f"got {row.get('coverage')!r}"
+                        ) from None
         names, cats = [], []
         for n in range(size):
             name = numbers.get(n, f"label {n}")
@@ -145,11 +177,15 @@ class BrodenDataset(Dataset):
             if missing:
                 raise ValueError(f"{self.root / 'index.csv'} lacks the column(s) {missing}")
         for line, row in enumerate(index, start=2):
-            if split is not None and row["split"] != split:
+            if None in row or None in row.values():  # csv.DictReader's marks of extra / missing fields
+                header = sum(key is not None for key in row)
+                fields = header - sum(value is None for value in row.values()) + len(row.get(None) or ())
+                raise ValueError(f"{self.root / 'index.csv'} line {line}: {fields} fields, the header has {header}")
+            if split is not None and row.get("split") != split:
                 continue
             entries: list[str | int] = []
             for cat in self.categories:
-                for part in (row[cat] or "").split(";"):
+                for part in (row.get(cat) or "").split(";"):
                     part = part.strip()
                     if not part:
                         continue
@@ -166,8 +202,16 @@ class BrodenDataset(Dataset):
                         entries.append(part)
             if not entries:
                 continue  # no label of the chosen categories (NetDissect-Lite leaves these out)
-            image_size = (int(row["ih"]), int(row["iw"]))
-            label_size = (int(row["sh"]), int(row["sw"]))
+            index_path = self.root / "index.csv"
+            if not row.get("image"):
+                raise ValueError(f"{index_path} line {line}: column `image` is empty")
+            image_size = (_integer(row, "ih", index_path, line), _integer(row, "iw", index_path, line))
+            label_size = (_integer(row, "sh", index_path, line), _integer(row, "sw", index_path, line))
+            if min(*image_size, *label_size) < 1:
+                raise ValueError(
+                    f"{index_path} line {line} ({row['image']}): sizes must be positive, got image {image_size}, "
+                    f"segmentation {label_size}"
+                )
             if image_size[0] % label_size[0] or image_size[1] % label_size[1]:
                 raise ValueError(
                     f"{self.root / 'index.csv'} line {line} ({row['image']}): segmentation size {label_size} is not "
@@ -183,40 +227,45 @@ class BrodenDataset(Dataset):
     def __len__(self) -> int:
         return len(self._items)
 
-    def _open(self, name: str, line: int) -> Any:
+    def _read(self, name: str, line: int) -> Any:
+        """The file ``images/name`` as an RGB Pillow image, or an error naming the row and the file."""
         path = self.root / "images" / name
         if not path.is_file():
-            raise FileNotFoundError(f"{self.root / 'index.csv'} line {line}: {path} not found")
-        return _pillow().open(path)
+            raise BrodenFileNotFoundError(f"{self.root / 'index.csv'} line {line}: {path} not found")
+        try:
+            with _pillow().open(path) as file:
+                return file.convert("RGB")
+        except OSError as err:
+            raise ValueError(
+                f"{self.root / 'index.csv'} line {line}: {path} cannot be read as an image ({err})"
+            ) from err
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         line, name, image_size, label_size, entries = self._items[index]
-        with self._open(name, line) as file:
-            rgb = file.convert("RGB")
-            if rgb.size != (image_size[1], image_size[0]):
-                warnings.warn(
-                    f"{self.root / 'index.csv'} line {line}: {name} is {rgb.size[1]}x{rgb.size[0]}, the index says "
-                    f"{image_size[0]}x{image_size[1]}; read at its own size",
-                    BrodenWarning,
-                    stacklevel=2,
-                )
-            image = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-            image = image.view(rgb.size[1], rgb.size[0], 3).permute(2, 0, 1).float().div_(255.0)
+        rgb = self._read(name, line)
+        if rgb.size != (image_size[1], image_size[0]):
+            warnings.warn(
+                f"{self.root / 'index.csv'} line {line}: {name} is {rgb.size[1]}x{rgb.size[0]}, the index says "
+                f"{image_size[0]}x{image_size[1]} (ih, iw); read at its own size",
+                BrodenWarning,
+                stacklevel=2,
+            )
+        image = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+        image = image.view(rgb.size[1], rgb.size[0], 3).permute(2, 0, 1).float().div_(255.0)
         labels = torch.zeros(self.depth, *label_size, dtype=torch.int64)
         count = self.vocabulary.num_concepts
         for channel, entry in enumerate(entries):
             if isinstance(entry, int):
                 labels[channel] = entry  # an image-level label covers the whole image
                 continue
-            with self._open(entry, line) as file:
-                png = file.convert("RGB")
-                if png.size != (label_size[1], label_size[0]):
-                    raise ValueError(
-                        f"{self.root / 'index.csv'} line {line}: {entry} is {png.size[1]}x{png.size[0]}, the index "
-                        f"says the segmentation is {label_size[0]}x{label_size[1]} (sh, sw)"
-                    )
-                data = torch.frombuffer(bytearray(png.tobytes()), dtype=torch.uint8)
-                data = data.view(label_size[0], label_size[1], 3)
+            png = self._read(entry, line)
+            if png.size != (label_size[1], label_size[0]):
+                raise ValueError(
+                    f"{self.root / 'index.csv'} line {line}: {entry} is {png.size[1]}x{png.size[0]}, the index "
+                    f"says the segmentation is {label_size[0]}x{label_size[1]} (sh, sw)"
+                )
+            data = torch.frombuffer(bytearray(png.tobytes()), dtype=torch.uint8)
+            data = data.view(label_size[0], label_size[1], 3)
             value = data[..., 0].to(torch.int64) + 256 * data[..., 1].to(torch.int64)
             top = int(value.max())
             if top >= count:
