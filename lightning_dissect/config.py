@@ -324,7 +324,8 @@ def merge_settings(
         base: A config or a ``field -> value`` mapping of defaults (``None``: the class defaults).
         sources: ``(what, settings)`` pairs, e.g. ``("keyword arguments", {...})``; ``what``
             names the source in errors. A setting given by two sources is an error. A
-            ``preset`` (a :data:`PRESETS` name) sets its values for every setting no source gave.
+            ``preset`` (a :data:`PRESETS` name) given by a source sets its values for every setting
+            no source gave; a config given as ``base`` keeps its values, whatever its ``preset``.
 
     Raises:
         TypeError: A key that is not a :class:`DissectionConfig` field, naming the source and
@@ -334,6 +335,9 @@ def merge_settings(
     Examples:
         >>> merge_settings(None, ("keyword arguments", {"top_k": 4})).top_k
         4
+        >>> base = merge_settings(None, ("keyword arguments", {"preset": "netdissect", "quantile": 0.99}))
+        >>> base.quantile, base.quantile_over, merge_settings(base, ("keyword arguments", {"top_k": 4})).quantile
+        (0.99, 'raw', 0.99)
         >>> merge_settings(None, ("`dissection_config`", {"topk": 4}))
         Traceback (most recent call last):
         ...
@@ -364,9 +368,10 @@ def merge_settings(
         seen.update(dict.fromkeys(settings, what))
         values.update(settings)
     preset = values.get("preset")
-    if preset is not None:
+    if preset is not None and ("preset" in seen or not isinstance(base, DissectionConfig)):
         name = check_setting("preset", preset, "preset")
-        # the preset's values, except those a source gave
+        # the preset's values, except those a source gave (a config given as `base` already holds its
+        # preset's values, and the settings given beside it: they are kept)
         values.update({k: v for k, v in PRESETS[name].items() if k not in seen})
     return DissectionConfig(**values).validate()
 

@@ -235,3 +235,41 @@ def test_ranks_read_disjoint_shards_that_cover_the_folder_in_index_order(example
     for shard in shards:
         images, labels = source[shard]
         assert torch.equal(labels, torch.stack([data[i][1] for i in shard]))
+
+
+def make_reader() -> torch.nn.Module:
+    """A small convolutional reader of RGB images (the command line loads it as tests.test_broden:make_reader)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 6, 3, 2, 1))
+
+
+def test_command_line_reads_a_broden_folder_with_a_preset(example, tmp_path, capsys):
+    from lightning_dissect.cli import main
+
+    out = tmp_path / "out"
+    code = main([
+        "dissect", "--network", "tests.test_broden:make_reader", "--layers", "2", "--broden", str(example),
+        "--categories", "object,scene", "--preset", "netdissect", "--quantile", "0.99", "--batch-size", "4",
+        "--visualize-units", "0", "--quiet", "--output", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    from lightning_dissect.result import DissectionResult
+
+    result = DissectionResult.from_json(out / "dissect.json")
+    # the preset's settings, except the quantile typed beside it
+    assert result.settings["quantile"] == 0.99 and result.settings["quantile_over"] == "raw"
+    assert result.settings["unit_area"] == "category" and result.settings["num_samples"] == 6
+    assert result.metadata["broden"] == str(example) and result.metadata["categories"] == ["object", "scene"]
+    assert {u.label for u in result["2"].units} <= {"-", *(f"{c}-{j}" for c in ("object", "scene") for j in range(3))}
+
+
+def test_command_line_names_a_missing_broden_file_in_one_line(root, capsys):
+    from lightning_dissect.cli import main
+
+    _, rows = _read_csv(root / "index.csv")
+    (root / "images" / rows[4]["object"]).unlink()
+    code = main(["dissect", "--network", "tests.test_broden:make_reader", "--layers", "2", "--broden", str(root),
+                 "--batch-size", "2", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "index.csv line 6" in err and f"{rows[4]['object']} not found" in err

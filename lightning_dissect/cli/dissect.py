@@ -212,7 +212,12 @@ def _network_result(args: argparse.Namespace) -> Any:
 
     prepared = prepare_network(args)
     config = dissection_config(args, prepared["device"], visualize=bool(args.output))
-    metadata: dict[str, Any] = {"network": args.network, "images": str(args.images)}
+    metadata: dict[str, Any] = {"network": args.network}
+    if getattr(args, "broden", None):
+        metadata["broden"] = str(args.broden)
+        metadata["categories"] = list(prepared["images"].data.categories)
+    else:
+        metadata["images"] = str(args.images)
     if args.checkpoint:
         metadata["checkpoint"] = str(args.checkpoint)
     if args.segmentations:
