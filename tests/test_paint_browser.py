@@ -164,3 +164,18 @@ def test_units_tab_lists_units_with_strips(page):
     page.wait_for_function("document.querySelector('#units-table tbody img').naturalWidth > 0")
     page.click("#units-table tbody button")  # paint with this unit: back to the paint view, unit set = it
     assert page.is_visible("#paint-view") and page.input_value("#units") == "0"
+
+
+def test_a_bad_unit_set_shows_a_clear_message(page):
+    page.click("#tab-paint")
+    page.click("#reset")
+    page.fill("#units", "0, 99")
+    page.check("#use-units")
+    frame = page.locator("#brush").bounding_box()
+    page.mouse.move(frame["x"] + 20, frame["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(frame["x"] + 60, frame["y"] + 40, steps=4)
+    page.mouse.up()
+    page.wait_for_selector("#message.error")
+    assert "unit 99 is out of range: layer 'layout' has 6 units (0 to 5)" in page.inner_text("#message")
+    assert page.evaluate("state.strokes.length") == 0  # the refused stroke is taken back

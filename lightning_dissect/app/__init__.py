@@ -14,7 +14,6 @@ See ``docs/paint.md``; the command line is ``lightning-dissect paint``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lightning_dissect.app.edits import EDIT_FORMAT, PaintEdit, Stroke, decode_mask, encode_mask, replay_edit
@@ -70,7 +69,7 @@ def paint(
     """
     from lightning_dissect.app.server import PaintServer, create_app
 
-    painter = options.pop("painter", None) or Painter(generator, result, segmenter, causal=_causal(causal), **options)
+    painter = Painter(generator, result, segmenter, causal=() if causal is None else causal, **options)
     server = PaintServer(create_app(painter), host=host, port=port)
     if block:
         print(f"paint: serving {server.url} (Ctrl-C stops)", flush=True)
@@ -80,10 +79,3 @@ def paint(
     print(f"paint: serving {server.url}", flush=True)
     return server
 
-
-def _causal(causal: Any) -> Sequence[Any]:
-    if causal is None:
-        return ()
-    if isinstance(causal, Mapping) or not isinstance(causal, (list, tuple)):
-        return [causal]
-    return list(causal)

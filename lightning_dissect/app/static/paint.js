@@ -110,7 +110,6 @@ function conceptChanged() {
 async function refreshUnits() {
   const chips = $("unit-list");
   chips.innerHTML = "";
-  $("unit-source").textContent = "";
   if ($("use-units").checked) {
     const text = $("units").value.trim();
     if (!text) return;
@@ -122,7 +121,7 @@ async function refreshUnits() {
   const q = new URLSearchParams({ layer: $("layer").value, concept: $("concept").value, size: $("size").value });
   try {
     const r = await api("/api/concept-units?" + q);
-    $("unit-source").textContent = r.source === "causal" ? "by α (causal)" : "by IoU";
+    $("unit-source").textContent = r.source === "causal" ? "units by α (causal set)" : "units by IoU";
     for (const u of r.units) {
       const s = document.createElement("span"); s.textContent = "#" + u; chips.appendChild(s);
     }
@@ -220,11 +219,11 @@ function undo() {
   render();
 }
 
-async function render() {
+async function render(newStroke) {
   const id = ++state.request;
   document.body.dataset.busy = "true";
   showMessage(state.strokes.length ? "rendering…" : "");
-  const payload = { seed: state.seed, concept: $("concept").value, strokes: state.strokes };
+  const payload = { seed: state.seed, concept: $("concept").value, strokes: state.strokes.slice() };
   let r;
   try {
     r = await api("/api/render", {
@@ -232,8 +231,8 @@ async function render() {
     });
   } catch (err) {
     if (id !== state.request) return;
-    // the stroke that failed is taken back: what is shown stays what the strokes give
-    if (state.strokes.length && payload.strokes.length === state.strokes.length) state.strokes.pop();
+    // a new stroke that failed is taken back: what is shown stays what the strokes give
+    if (newStroke && state.strokes.length === payload.strokes.length) state.strokes.pop();
     document.body.dataset.busy = "false";
     showMessage(err.message, true);
     return;
@@ -388,7 +387,7 @@ function strokeEnd() {
     stroke.size = Number($("size").value);
   }
   state.strokes.push(stroke);
-  render();
+  render(true);
 }
 
 // ------------------------------------------------------------------ the units table
