@@ -106,6 +106,21 @@ def test_quantile_histogram_is_bit_identical_at_every_thread_count(gen, threads,
         assert torch.equal(other, histograms[0])
 
 
+def test_quantile_histogram_updates_under_inference_mode_on_several_threads(gen, threads, monkeypatch):
+    """A metric made under torch.inference_mode() (as every pass runs) is updated by the worker threads too."""
+    monkeypatch.setattr(unit_quantiles_module, "_CHUNK_VALUES", 64)  # many unit groups per update
+    threads(2)
+    acts = torch.randn(4, 9, 4, 4, generator=gen)
+    with torch.inference_mode():
+        metric = UnitQuantiles(9, [0.5])
+        metric.update(acts, size=(12, 12))
+        got = metric.compute().double().numpy()
+    values = ref.upsample(acts.numpy(), 12, 12)
+    for unit in range(9):
+        exact = ref.order_statistic(values[:, unit].reshape(-1), 0.5)
+        assert abs(got[unit, 0] - exact) <= metric.spec.achieved_accuracy * abs(exact) + 1e-5
+
+
 def test_tasks_run_on_several_threads_with_torch_on_one():
     seen: dict[int, int] = {}
     barrier = threading.Barrier(2, timeout=10)

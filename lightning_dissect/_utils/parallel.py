@@ -67,11 +67,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_one(task: Callable[[], None]) -> None:
+def _run_one(task: Callable[[], None], inference: bool) -> None:
     _local.inside = True
     torch.set_num_threads(1)  # the task's operations run on this thread only (OpenMP settings are per thread)
     try:
-        task()
+        # inference mode is per thread: a caller under torch.inference_mode() made its tensors there,
+        # and they can be updated in place only inside it
+        with torch.inference_mode(inference):
+            task()
     finally:
         _local.inside = False
 
@@ -97,7 +100,8 @@ def run_tasks(tasks: Sequence[Callable[[], None]], workers: int) -> None:
                 task()
             return
         torch.set_num_threads(1)
-        futures = [_pool(workers).submit(_run_one, task) for task in tasks]
+        inference = torch.is_inference_mode_enabled()
+        futures = [_pool(workers).submit(_run_one, task, inference) for task in tasks]
         error = None
         for future in futures:
             try:
