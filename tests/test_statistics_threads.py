@@ -155,3 +155,12 @@ def test_statistics_threads_caps_the_workers(threads):
     with pytest.raises(ValueError, match="threads"):
         with statistics_threads(0):
             pass
+
+
+def test_finite_check_of_values_whose_sum_overflows():
+    from lightning_dissect._utils.checks import check_finite
+
+    check_finite(torch.tensor([3e38, 3e38, -1.0]), "acts")  # finite values, an infinite float32 sum
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`acts` contains 1 NaN or infinite"):
+            check_finite(torch.tensor([3e38, 3e38, bad]), "acts")

@@ -288,7 +288,13 @@ def check_finite(tensor: Tensor, name: str, hint: str = "") -> None:
         name: Argument name used in the message.
         hint: Optional advice appended to the message.
     """
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    # one fast reduction first: a NaN or an infinity makes the sum NaN or infinite; only a sum
+    # that overflows (or a real NaN / inf) needs the element-wise check
+    if bool(torch.isfinite(tensor.sum())):
+        return
+    if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
             f"`{name}` contains {bad} NaN or infinite value(s)" + (f"; {hint}" if hint else "")
