@@ -10,15 +10,18 @@ Times, best of several repeats:
     sample buffer, sort, and compact by keeping every other sample) and its IoU pass
     (``F.interpolate``, threshold, then per concept present a boolean-indexed conditional sum).
 
-Run ``python benchmarks/bench_core.py`` (defaults: 16 x 512 x 8 x 8 upsampled
-to 64 x 64, 150 concepts, ~16 per image) or ``--device cuda``.
+Each stage is timed at 1 thread and at every core (``--threads``), (a) at the same count as the
+stage it is compared with. Run ``python benchmarks/bench_core.py`` (defaults: 16 x 512 x 8 x 8
+upsampled to 64 x 64, 150 concepts, ~16 per image) or ``--device cuda``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +104,18 @@ class BaselineIoU:
             self.concept_area[c] += mask.sum()
 
 
+def thread_counts(spec):
+    """Distinct thread counts: numbers, ``default`` (torch's) and ``all`` (every core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    named = {"default": torch.get_num_threads(), "all": cores}
+    counts = []
+    for item in spec:
+        count = named.get(item) or int(item)
+        if count not in counts:
+            counts.append(count)
+    return counts
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -112,6 +127,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-repeats", type=int, default=3)
     parser.add_argument("--capacity", type=int, default=4096, help="baseline samples per unit")
+    parser.add_argument("--threads", nargs="+", default=["1", "all"],
+                        help="thread counts: numbers, 'default' (torch's) and 'all' (every core)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the reference-style baselines (d)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -124,7 +142,8 @@ def main(argv=None):
     distinct = sum(len(torch.unique(s)) for s in seg) / args.batch
 
     print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
-          f"device {device} | threads {torch.get_num_threads()}")
+          f"device {device} | {os.cpu_count()} cores | torch default threads {torch.get_num_threads()} | "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"activations {tuple(acts.shape)} -> {size}, {args.concepts} concepts, "
           f"{distinct:.1f} distinct per image; best of {args.repeats}")
 
@@ -133,18 +152,37 @@ def main(argv=None):
     thresholds = quantiles.compute().to(device)
     iou = UnitConceptIoU(args.units, args.concepts, thresholds).to(device)
 
-    t_a = best_time(
-        lambda: F.interpolate(acts, size=size, mode="bilinear", align_corners=False),
-        args.repeats, device,
-    )
-    t_b = best_time(lambda: quantiles.update(acts, size=size), args.repeats, device)
-    t_c = best_time(lambda: iou.update(acts, seg), args.repeats, device)
-
-    base_q = BaselineQuantile(args.units, args.capacity, device)
-    base_q.update(acts, size)  # warm: the buffer is full from then on
-    t_dq = best_time(lambda: base_q.update(acts, size), args.baseline_repeats, device)
-    base_iou = BaselineIoU(args.units, args.concepts, thresholds, device)
-    t_di = best_time(lambda: base_iou.update(acts, seg), args.baseline_repeats, device)
+    summary = []
+    for threads in thread_counts(args.threads):
+        torch.set_num_threads(threads)
+        t_a = best_time(
+            lambda: F.interpolate(acts, size=size, mode="bilinear", align_corners=False),
+            args.repeats, device,
+        )
+        t_b = best_time(lambda: quantiles.update(acts, size=size), args.repeats, device)
+        t_c = best_time(lambda: iou.update(acts, seg), args.repeats, device)
+        rows = [
+            ("(a) F.interpolate bilinear", t_a),
+            ("(b) UnitQuantiles.update", t_b),
+            ("(c) UnitConceptIoU.update", t_c),
+        ]
+        t_dq = t_di = None
+        if not args.no_baseline:
+            base_q = BaselineQuantile(args.units, args.capacity, device)
+            base_q.update(acts, size)  # warm: the buffer is full from then on
+            t_dq = best_time(partial(base_q.update, acts, size), args.baseline_repeats, device)
+            base_iou = BaselineIoU(args.units, args.concepts, thresholds, device)
+            t_di = best_time(partial(base_iou.update, acts, seg), args.baseline_repeats, device)
+            rows += [("(d) baseline quantile pass", t_dq), ("(d) baseline IoU pass", t_di)]
+        print(f"\n-- {threads} thread(s) --")
+        for name, t in rows:
+            print(f"{name:32s} {t * 1e3:10.1f} ms")
+        print(f"(b)/(a) = {t_b / t_a:.2f}   (target <= 0.25)")
+        print(f"(c)/(a) = {t_c / t_a:.2f}   (target <= 0.25)")
+        if t_dq is not None:
+            print(f"baseline/ours quantile = {t_dq / t_b:.1f}x   (target >= 5)")
+            print(f"baseline/ours IoU      = {t_di / t_c:.1f}x   (target >= 5)")
+        summary.append((threads, t_a, t_b, t_c))
 
     # the baseline's IoU counts against ours (same data, same number of updates)
     ours = UnitConceptIoU(args.units, args.concepts, thresholds).to(device)
@@ -152,23 +190,13 @@ def main(argv=None):
     ours.update(acts, seg)
     check.update(acts, seg)
     mismatch = int((ours.intersection.double() != check.inter).sum())
-
-    rows = [
-        ("(a) F.interpolate bilinear", t_a),
-        ("(b) UnitQuantiles.update", t_b),
-        ("(c) UnitConceptIoU.update", t_c),
-        ("(d) baseline quantile pass", t_dq),
-        ("(d) baseline IoU pass", t_di),
-    ]
-    for name, t in rows:
-        print(f"{name:32s} {t * 1e3:10.1f} ms")
-    print(f"(b)/(a) = {t_b / t_a:.2f}   (target <= 1)")
-    print(f"(c)/(a) = {t_c / t_a:.2f}   (target <= 1)")
-    print(f"baseline/ours quantile = {t_dq / t_b:.1f}x   (target >= 5)")
-    print(f"baseline/ours IoU      = {t_di / t_c:.1f}x   (target >= 5)")
-    print(f"IoU intersection counts differing from the baseline: {mismatch} of "
+    print(f"\nIoU intersection counts differing from the baseline: {mismatch} of "
           f"{ours.intersection.numel()} (float32 rounding of F.interpolate vs ours "
           "at the threshold)")
+    print(f"\nsummary (load average {os.getloadavg()[0]:.2f} at the end)")
+    print(f"{'threads':>7} {'(a) ms':>9} {'(b) ms':>9} {'(b)/(a)':>8} {'(c) ms':>9} {'(c)/(a)':>8}")
+    for threads, t_a, t_b, t_c in summary:
+        print(f"{threads:>7} {t_a * 1e3:9.1f} {t_b * 1e3:9.1f} {t_b / t_a:8.2f} {t_c * 1e3:9.1f} {t_c / t_a:8.2f}")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,17 @@ def test_finite_check_of_values_whose_sum_overflows():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="`acts` contains 1 NaN or infinite"):
             check_finite(torch.tensor([3e38, 3e38, bad]), "acts")
+
+
+def test_thresholds_changed_in_place_are_counted_at_their_new_values(gen):
+    from lightning_dissect.functional import unit_concept_counts
+
+    acts = torch.randint(-3, 5, (2, 3, 4, 4), generator=gen).float()
+    seg = torch.randint(0, 4, (2, 8, 8), generator=gen)
+    thresholds = _thresholds(3, 4)
+    for shift in (0.0, 0.75):
+        thresholds.add_(shift)  # the same tensor, its level table must not be reused
+        ours = unit_concept_counts(acts, seg, thresholds, 4)
+        expected = ref.counts(acts.numpy(), seg.numpy(), thresholds.numpy(), 4)
+        np.testing.assert_array_equal(ours.intersection.numpy(), expected["intersection"])
+        np.testing.assert_array_equal(ours.unit_area.numpy(), expected["unit_area"])

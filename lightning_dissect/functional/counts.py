@@ -20,6 +20,8 @@ distinct thresholds are compared with every threshold. float64 maps use a binary
 
 from __future__ import annotations
 
+import threading
+import weakref
 from functools import partial
 from typing import NamedTuple
 
@@ -311,8 +313,34 @@ class _LevelLookup(NamedTuple):
     thresholds: Tensor  # (U, K) float32 thresholds it was built from
 
 
-def _level_lookup(thresholds: Tensor, width: int) -> _LevelLookup | None:
-    """The lookup of ascending NaN-free float32 ``(U, K)`` thresholds (``None`` for other thresholds)."""
+# level tables of the thresholds seen recently (a metric counts every batch at the same ones):
+# id -> (weak reference, the tensor's version when built, the lookup)
+_LOOKUPS: dict[int, tuple[weakref.ref, int, _LevelLookup | None]] = {}
+_LOOKUPS_LOCK = threading.Lock()
+_LOOKUPS_KEPT = 32
+
+
+def _level_lookup(thresholds: Tensor) -> _LevelLookup | None:
+    """The lookup of ascending NaN-free float32 ``(U, K)`` thresholds (``None`` for other thresholds).
+
+    Its cells are ``unit * (K + 1) + level`` (the caller multiplies by the label width). It is
+    kept for the same thresholds tensor while that is alive and unmodified (its ``_version``).
+    """
+    with _LOOKUPS_LOCK:
+        cached = _LOOKUPS.get(id(thresholds))
+    if cached is not None and cached[0]() is thresholds and cached[1] == thresholds._version:
+        return cached[2]
+    lookup = _build_level_lookup(thresholds)
+    with _LOOKUPS_LOCK:
+        for key in [k for k, (ref, _, _) in _LOOKUPS.items() if ref() is None]:
+            del _LOOKUPS[key]
+        while len(_LOOKUPS) >= _LOOKUPS_KEPT:
+            del _LOOKUPS[next(iter(_LOOKUPS))]
+        _LOOKUPS[id(thresholds)] = (weakref.ref(thresholds), thresholds._version, lookup)
+    return lookup
+
+
+def _build_level_lookup(thresholds: Tensor) -> _LevelLookup | None:
     if (
         thresholds.dtype != torch.float32
         or thresholds.numel() == 0
@@ -326,7 +354,7 @@ def _level_lookup(thresholds: Tensor, width: int) -> _LevelLookup | None:
     span = int((keys[:, -1] - keys[:, 0]).max())
     fits = span < _INT32_MAX - 1 and 2 * units * (_LUT_BUCKETS + 2) < _INT32_MAX
     kdtype = torch.int32 if fits else torch.int64
-    return _LevelLookup(_level_table(keys, levels + 1, width, kdtype), thresholds)
+    return _LevelLookup(_level_table(keys, levels + 1, 1, kdtype), thresholds.clone())
 
 
 def _counts_multi_level_lookup(
@@ -346,7 +374,7 @@ def _counts_multi_level_lookup(
     ``first_unit`` on (``thresholds`` is then ignored); without it the table is built here.
     """
     if lookup is None:
-        lookup = _level_lookup(thresholds, num_concepts + 1)
+        lookup = _build_level_lookup(thresholds)
         assert lookup is not None
         first_unit = 0
     table = lookup.table
@@ -382,10 +410,11 @@ def _counts_multi_level_lookup(
         ambiguous_rows = table.ambiguous[part].nonzero().view(-1)
         if ambiguous_rows.numel():
             _resolve_ambiguous(
-                cell, values[start : start + n], lookup.thresholds[part], first_unit + start, bins, width,
+                cell, values[start : start + n], lookup.thresholds[part], first_unit + start, bins, 1,
                 ambiguous_rows,
             )
-        cell.sub_((first_unit + start) * bins * width)
+        # the table's cells are (unit, level) bins of the whole layer: this chunk's, times the label width
+        cell.sub_((first_unit + start) * bins).mul_(width)
         size = n * bins * width
         first_cell = start * bins * width
         for layer, label_step in enumerate(label_steps):
@@ -430,7 +459,7 @@ def _counts_multi_level(
     (or, without one, ascending NaN-free float32 ``thresholds``); everything else is binary search.
     """
     if lookup is None and values.dtype == torch.float32:
-        lookup = _level_lookup(thresholds, num_concepts + 1)
+        lookup = _build_level_lookup(thresholds)
         first_unit = 0
     fast = (
         lookup is not None
@@ -605,9 +634,8 @@ def accumulate_unit_concept_counts(
         compact = _label_tuples(labels, counted + 1)
         if compact is not None:
             tuples, labels = compact
-        columns = counted if tuples is None else tuples.shape[1]
-        # the level table of the whole layer, built once per image group and shared by every step
-        lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels, columns + 1)
+        # the level table of the whole layer, built once and shared by every step
+        lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels)
         # one task per unit step: each writes its own rows of the counts
         run_tasks(
             [partial(step, first, labels, tuples, lookup, start) for start in range(0, units, unit_step)], workers
