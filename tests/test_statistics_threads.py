@@ -178,3 +178,17 @@ def test_thresholds_changed_in_place_are_counted_at_their_new_values(gen):
         expected = ref.counts(acts.numpy(), seg.numpy(), thresholds.numpy(), 4)
         np.testing.assert_array_equal(ours.intersection.numpy(), expected["intersection"])
         np.testing.assert_array_equal(ours.unit_area.numpy(), expected["unit_area"])
+
+
+def test_iqr_counts_under_inference_mode_equal_the_reference(gen):
+    acts = torch.randint(-3, 5, (2, 3, 4, 4), generator=gen).float()
+    seg = torch.randint(0, 4, (2, 8, 8), generator=gen)
+    with torch.inference_mode():
+        thresholds = _thresholds(3, 4)  # an inference tensor (no version counter)
+        metric = UnitConceptIoU(3, 4, thresholds)
+        for _ in range(2):
+            metric.update(acts, seg)
+        counts = metric.counts()
+    expected = ref.counts(np.concatenate([acts.numpy()] * 2), np.concatenate([seg.numpy()] * 2),
+                          thresholds.numpy(), 4)
+    np.testing.assert_array_equal(counts.intersection.numpy(), expected["intersection"])

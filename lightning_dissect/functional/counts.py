@@ -314,8 +314,8 @@ class _LevelLookup(NamedTuple):
 
 
 # level tables of the thresholds seen recently (a metric counts every batch at the same ones):
-# id -> (weak reference, the tensor's version when built, the lookup)
-_LOOKUPS: dict[int, tuple[weakref.ref, int, _LevelLookup | None]] = {}
+# id -> (weak reference, the lookup); the lookup keeps a copy of the thresholds it was built from
+_LOOKUPS: dict[int, tuple[weakref.ref, _LevelLookup | None]] = {}
 _LOOKUPS_LOCK = threading.Lock()
 _LOOKUPS_KEPT = 32
 
@@ -324,19 +324,22 @@ def _level_lookup(thresholds: Tensor) -> _LevelLookup | None:
     """The lookup of ascending NaN-free float32 ``(U, K)`` thresholds (``None`` for other thresholds).
 
     Its cells are ``unit * (K + 1) + level`` (the caller multiplies by the label width). It is
-    kept for the same thresholds tensor while that is alive and unmodified (its ``_version``).
+    reused for the same thresholds tensor while that is alive and holds the same values.
     """
     with _LOOKUPS_LOCK:
         cached = _LOOKUPS.get(id(thresholds))
-    if cached is not None and cached[0]() is thresholds and cached[1] == thresholds._version:
-        return cached[2]
+    if cached is not None and cached[0]() is thresholds:
+        lookup = cached[1]
+        if lookup is not None and torch.equal(lookup.thresholds, thresholds):
+            return lookup
     lookup = _build_level_lookup(thresholds)
     with _LOOKUPS_LOCK:
-        for key in [k for k, (ref, _, _) in _LOOKUPS.items() if ref() is None]:
+        for key in [k for k, (ref, _) in _LOOKUPS.items() if ref() is None]:
             del _LOOKUPS[key]
         while len(_LOOKUPS) >= _LOOKUPS_KEPT:
             del _LOOKUPS[next(iter(_LOOKUPS))]
-        _LOOKUPS[id(thresholds)] = (weakref.ref(thresholds), thresholds._version, lookup)
+        if lookup is not None:
+            _LOOKUPS[id(thresholds)] = (weakref.ref(thresholds), lookup)
     return lookup
 
 
