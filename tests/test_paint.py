@@ -196,6 +196,7 @@ def test_uncertainty_and_causal_alpha_are_shown_when_present(setup):
     result = copy.deepcopy(setup.result)
     unit = result.layers["layout"].units[0]
     unit.iou_interval = (0.85, 0.95)  # what a result with per-unit uncertainty carries
+    unit.p_value = 0.001
     width = result.layers["layout"].num_units
     alpha = torch.tensor([0.9, 0.1, 0.0, 0.0, 0.6, 0.0][:width])
     causal = CausalUnits(layer="layout", concept="tree", concept_index=setup.world.vocabulary.index("tree"),
@@ -203,8 +204,8 @@ def test_uncertainty_and_causal_alpha_are_shown_when_present(setup):
                          gradient=torch.zeros(width), insertion_value=torch.ones(width), baseline=0.1)
     painter = Painter(setup.generator, result, setup.segmenter, causal=causal, statistics_samples=16)
     rows = painter.units_table("layout")
-    assert rows[0]["uncertainty"] == {"iou_interval": [0.85, 0.95]}
-    assert rows[1]["uncertainty"] is None
+    assert rows[0]["uncertainty"] == {"iou_interval": [0.85, 0.95], "p_value": 0.001}
+    assert rows[1]["uncertainty"] is None  # not measured (a None p-value shows nothing)
     assert [r["alpha"]["tree"] for r in rows] == pytest.approx(alpha.tolist())
     assert painter.concept_units("layout", "tree") == ([0, 4], "causal")  # α >= 0.5: two units
     assert painter.concept_units("layout", "tree", 1) == ([0], "causal")

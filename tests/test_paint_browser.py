@@ -153,7 +153,7 @@ def test_paint_a_tree_then_erase_one(page, setup, tmp_path):
     assert "−" in page.inner_text("#in-delta")
 
 
-def test_units_tab_lists_units_with_strips(page):
+def test_units_tab_lists_units_with_strips(page, tmp_path):
     page.click("#tab-units")
     page.wait_for_selector("#units-table tbody tr")
     page.check("#units-interpretable")
@@ -162,6 +162,11 @@ def test_units_tab_lists_units_with_strips(page):
     page.select_option("#units-concept", "tree")
     assert rows.count() == 1 and "tree" in rows.first.inner_text()
     page.wait_for_function("document.querySelector('#units-table tbody img').naturalWidth > 0")
+    page.select_option("#units-concept", "")
+    page.wait_for_function("[...document.querySelectorAll('#units-table tbody img')].every(i => i.naturalWidth > 0)")
+    screenshot = os.environ.get("LIGHTNING_DISSECT_SCREENSHOT")
+    page.screenshot(path=screenshot.replace(".png", "_units.png") if screenshot else str(tmp_path / "units.png"))
+    page.select_option("#units-concept", "tree")
     page.click("#units-table tbody button")  # paint with this unit: back to the paint view, unit set = it
     assert page.is_visible("#paint-view") and page.input_value("#units") == "0"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -41,8 +40,10 @@ __all__ = ["DEFAULT_UNITS", "MAX_UNITS", "PaintError", "Painter"]
 DEFAULT_UNITS = 20
 #: The largest unit set one stroke may edit by concept.
 MAX_UNITS = 512
-_BASE_FIELDS = {f.name for f in fields(UnitDissection)}
-_UNCERTAINTY_HINTS = ("interval", "ci", "std", "stderr", "se", "p_value", "pvalue", "low", "high", "uncertainty")
+#: What every unit record holds besides an uncertainty (``iou_iqr`` is the information quality ratio).
+_PLAIN_FIELDS = {"unit", "label", "concept_index", "category", "iou", "iou_iqr", "level", "interpretable",
+                 "chance_iou", "top_images"}
+_UNCERTAINTY_HINTS = ("interval", "ci", "std", "stderr", "se", "p", "pvalue", "low", "high", "uncertainty")
 
 
 class PaintError(ValueError):
@@ -418,7 +419,7 @@ class Painter:
 
     def _segment(self, images: Tensor) -> Tensor:
         with torch.inference_mode():
-            return GeneratorRunner.segment(images.to(self.runner.device), self.segmenter, check_images=False).cpu()
+            return self.runner.segment(images.to(self.runner.device), self.segmenter, check_images=False).cpu()
 
     def _layer(self, layer: Any, where: str = "") -> str:
         if layer not in self.result.layers:
@@ -448,10 +449,10 @@ def _uncertainty(unit: UnitDissection) -> dict[str, Any] | None:
     """The unit's IoU uncertainty fields, whatever the result's version calls them (``None``: none)."""
     found: dict[str, Any] = {}
     for name, value in vars(unit).items():
-        if name in _BASE_FIELDS:
-            continue  # the fields every result has (``iou_iqr`` is the information quality ratio, not an error bar)
+        if name in _PLAIN_FIELDS:
+            continue
         if any(h in name.lower().split("_") for h in _UNCERTAINTY_HINTS):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value) is not None:
                 found[name] = _finite(value)
             elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
                 found[name] = [_finite(v) for v in value]
