@@ -23,8 +23,7 @@ import time
 import torch
 from torch import nn
 
-from lightning_dissect import dissect
-from lightning_dissect.segmenters import ConceptVocabulary
+from lightning_dissect import ConceptVocabulary, dissect
 
 
 def block(cin: int, cout: int) -> nn.Sequential:

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     from gan_model import DCGAN
 
-    from lightning_dissect import dissect
-    from lightning_dissect.engine.latents import LatentBank
+    from lightning_dissect import LatentBank, dissect
     from lightning_dissect.interventions import causal_units
     from lightning_dissect.report import write_causal_report
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter

@@ -259,7 +259,7 @@ class DissectionResult:
         """Serialise to JSON; also write it to ``path`` when given (atomically, parents created).
 
         Examples:
-            >>> from lightning_dissect.segmenters import ConceptVocabulary
+            >>> from lightning_dissect import ConceptVocabulary
             >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
             >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
             >>> layer = LayerDissection("conv", [unit], torch.tensor([[0.0, 0.5]]))
@@ -370,7 +370,7 @@ class DissectionResult:
         """Units gained, lost and relabelled going from ``other`` (older) to ``self`` (newer).
 
         Examples:
-            >>> from lightning_dissect.segmenters import ConceptVocabulary
+            >>> from lightning_dissect import ConceptVocabulary
             >>> vocab = ConceptVocabulary(("unlabeled", "sky", "tree"), ("none", "m", "o"))
             >>> def make(label, on):
             ...     u = UnitDissection(0, label, 1, "m", 0.5, 0.1, 1.0, on, 0.0)

@@ -5,9 +5,9 @@ Kept apart from the segmenters so that results can carry a vocabulary without im
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -19,7 +19,10 @@ NO_CATEGORY = "none"
 
 @dataclass(frozen=True)
 class ConceptVocabulary:
-    """The concepts a segmenter can name.
+    """The concepts a segmenter can name: a sequence of concept names, one per label index.
+
+    ``len(vocab)``, ``vocab[i]``, iteration and ``name in vocab`` work as on the tuple of names;
+    :meth:`index` gives a name's label.
 
     Args:
         names: One name per label index.
@@ -42,6 +45,8 @@ class ConceptVocabulary:
         ... )
         >>> vocab.num_concepts, vocab.index("window"), vocab.category_names
         (3, 2, ('object', 'part'))
+        >>> len(vocab), vocab[2], list(vocab), "window" in vocab, "door" in vocab
+        (3, 'window', ['unlabeled', 'house', 'window'], True, False)
         >>> ConceptVocabulary.from_dict(vocab.to_dict()) == vocab
         True
 
@@ -97,6 +102,27 @@ class ConceptVocabulary:
                     raise ValueError(
                         f"ConceptVocabulary: parent {p} of {names[i]!r} is not another concept."
                     )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._lookup
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self.names[index]
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self.names)
 
     @property
     def num_concepts(self) -> int:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_dissect.callbacks.generator import DissectionCallback, load_history
+from lightning_dissect import DissectionCallback, load_history
 from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.segmenters import CallableSegmenter, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, scene_loader

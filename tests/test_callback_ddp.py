@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_dissect.callbacks.generator import DissectionCallback, load_history
+from lightning_dissect import DissectionCallback, load_history
 from lightning_dissect.dissection import dissect
 from lightning_dissect.segmenters import SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, TinyGenerator, scene_loader

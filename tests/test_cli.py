@@ -256,7 +256,7 @@ class Fixed64Segmenter:
     """A segmenter whose head takes 64×64 images only (a flattening linear layer)."""
 
     def __init__(self) -> None:
-        from lightning_dissect.segmenters import ConceptVocabulary
+        from lightning_dissect import ConceptVocabulary
 
         self.vocabulary = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         self.value_range = (-1.0, 1.0)

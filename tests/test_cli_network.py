@@ -15,9 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_dissect import dissect_images
+from lightning_dissect import ConceptVocabulary, dissect_images
 from lightning_dissect.cli import main
-from lightning_dissect.segmenters import ConceptVocabulary
 from tests.test_cli import FACTORY, assert_one_line_error, run
 from tests.test_network_dissection import painted_images
 

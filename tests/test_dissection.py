@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect.dissection import DissectionConfig, dissect
+from lightning_dissect import DissectionConfig, dissect
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.functional.upsample import upsample_bilinear
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter

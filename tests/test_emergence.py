@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.callbacks.history import load_history, round_path
 from lightning_dissect.callbacks.replay import order_checkpoints
 from lightning_dissect.cli import main
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.segmenters import ConceptVocabulary
 from tests.helpers.painting import make_painting_generator
 
 FACTORY = "tests.helpers.painting:make_painting_generator"

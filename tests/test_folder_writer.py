@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.loggers.content import RoundContent
 from lightning_dissect.loggers.folder import FolderWriter, step_folder
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.segmenters import ConceptVocabulary
 from lightning_dissect.visual.visualize import encode_png
 
 

@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.callbacks.history import load_history, round_path
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.segmenters import ConceptVocabulary
 
 VOCAB = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
 

@@ -17,7 +17,7 @@ pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 from PIL import Image  # noqa: E402
 
-from lightning_dissect.callbacks.generator import load_history  # noqa: E402
+from lightning_dissect import load_history  # noqa: E402
 from lightning_dissect.visual.round_pictures import unit_strip  # noqa: E402
 from tests.helpers import wandb_offline  # noqa: E402
 from tests.test_callback import LAYERS, fit, make_callback  # noqa: E402

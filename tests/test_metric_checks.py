@@ -14,10 +14,11 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.functional import unit_concept_counts, upsample_bilinear
 from lightning_dissect.metrics import ConceptPixelFraction, UnitConceptIoU, UnitQuantiles
 from lightning_dissect.metrics.concept_fraction import per_image_concept_fractions
-from lightning_dissect.segmenters import ConceptVocabulary, validate_images, validate_segmentation
+from lightning_dissect.segmenters import validate_images, validate_segmentation
 
 VOCAB = ConceptVocabulary(("unlabeled", "sky", "tree", "road"), ("none", "material", "object", "object"))
 

@@ -21,13 +21,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dissect import DissectionCallback, ablation_check, ablation_effect, dissect
+from lightning_dissect import DissectionCallback, dissect
 from lightning_dissect.cli import main
 from lightning_dissect.dissection.strips import render_unit_images
 from lightning_dissect.engine.hooks import Selector
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.functional.upsample import upsample_bilinear
-from lightning_dissect.interventions import insertion_effect, unit_statistics
+from lightning_dissect.interventions import ablation_check, ablation_effect, insertion_effect, unit_statistics
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter, adapt_input
 from lightning_dissect.visual.visualize import overlay_mask, to_uint8
 from tests.helpers import third_party as tp

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.dissection import dissect
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.report import layer_slug, write_report
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.segmenters import ConceptVocabulary, SceneWorld, SyntheticSceneSegmenter
+from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.painting import PaintingGenerator
 
 CONCEPTS = ["tree", "house", "water", "roof"]
@@ -175,7 +176,8 @@ def _small_result(scale: float) -> DissectionResult:
 
 
 def test_heatmap_colour_scale_is_fixed_and_labelled():
-    from lightning_dissect.report._svg import IOU_SCALE_MAX, iou_heatmap
+    from lightning_dissect.report._svg import iou_heatmap
+    from lightning_dissect.visual.colours import IOU_SCALE_MAX
 
     assert IOU_SCALE_MAX == 0.5
     low, high = _small_result(1.0), _small_result(4.0)  # max IoU 0.1 vs 0.4

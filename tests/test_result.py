@@ -8,6 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.dissection import dissect
 from lightning_dissect.result import (
     SCHEMA_VERSION,
@@ -15,7 +16,7 @@ from lightning_dissect.result import (
     LayerDissection,
     UnitDissection,
 )
-from lightning_dissect.segmenters import ConceptVocabulary, SceneWorld, SyntheticSceneSegmenter
+from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.painting import PaintingGenerator
 
 VOCAB = ConceptVocabulary(

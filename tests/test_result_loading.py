@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect._utils.io import atomic_write_text, check_writable_output
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.segmenters import ConceptVocabulary
 
 VOCAB = ConceptVocabulary(("unlabeled", "sky", "tree"), ("none", "material", "object"))
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.loggers import TensorBoardWriter
 from lightning_dissect.loggers.rounds import RoundLogger
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-from lightning_dissect.segmenters import ConceptVocabulary
+from lightning_dissect.visual.colours import IOU_SCALE_MAX
 from lightning_dissect.visual.round_pictures import iou_heatmap_image, units_by_round_concepts, units_by_round_image
-from lightning_dissect.visual.visualize import IOU_SCALE_MAX, labelled_heatmap, labelled_heatmap_grid, legend_image
+from lightning_dissect.visual.visualize import labelled_heatmap, labelled_heatmap_grid, legend_image
 
 VOCAB = ConceptVocabulary(("unlabeled", "sky", "tree", "grass", "door"), ("none", "material", "object", "material",
                                                                           "part"))

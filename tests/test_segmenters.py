@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.segmenters import (
     CallableSegmenter,
-    ConceptVocabulary,
     SceneWorld,
     Segmenter,
     SyntheticSceneSegmenter,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_dissect import ConceptVocabulary
 from lightning_dissect.metrics import UnitConceptIoU
 from lightning_dissect.segmenters import (
     CallableSegmenter,
-    ConceptVocabulary,
     MergedSegmenter,
     Segmenter,
     adapt_input,

@@ -15,9 +15,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from gan_model import DCGAN  # noqa: E402
 
-from lightning_dissect import dissect  # noqa: E402
+from lightning_dissect import LatentBank, dissect  # noqa: E402
 from lightning_dissect.dissection.strips import render_unit_images  # noqa: E402
-from lightning_dissect.engine.latents import LatentBank  # noqa: E402
 from lightning_dissect.segmenters import SyntheticSceneSegmenter  # noqa: E402
 from lightning_dissect.visual.visualize import encode_png, image_strip  # noqa: E402
 

@@ -22,11 +22,10 @@ from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_choice, check_flag, check_int
 from lightning_dissect._utils.distributed import OtherRankError, check_samples_per_rank, world
-from lightning_dissect.callbacks.history import RUN_SETTINGS, load_history, round_path, run_settings
+from lightning_dissect.callbacks.history import RUN_SETTINGS, round_path, run_settings
 from lightning_dissect.config import CALLBACK_DEFAULTS, DissectionConfig, config_defaults, merge_settings
 from lightning_dissect.dissection import dissect
 from lightning_dissect.engine.discovery import (
-    GENERATOR_ATTRIBUTES,
     LATENT_DIM_ATTRIBUTES,
     find_generator,
     find_latent_dim,
@@ -43,7 +42,7 @@ from lightning_dissect.result import DissectionResult
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.visual.round_pictures import segmenter_palette
 
-__all__ = ["DissectionCallback", "load_history", "GENERATOR_ATTRIBUTES", "LATENT_DIM_ATTRIBUTES"]
+__all__ = ["DissectionCallback"]
 
 _CONFIG_ARGUMENTS = ("num_samples", "batch_size", "threshold_mode", "quantile", "iou_threshold",
                      "num_visualized_units", "top_k", "seed")

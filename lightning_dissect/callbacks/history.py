@@ -82,7 +82,7 @@ def run_settings(result: DissectionResult) -> dict[str, Any]:
     """The :data:`RUN_SETTINGS` of a round (those it records), as compared between rounds.
 
     Examples:
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> r = DissectionResult({}, ConceptVocabulary(("unlabeled",), ("none",)), {"num_samples": 8, "x": 1})
         >>> run_settings(r)
         {'num_samples': 8}

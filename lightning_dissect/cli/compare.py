@@ -71,7 +71,7 @@ def settings_differences(a: Any, b: Any) -> list[str]:
 
     Examples:
         >>> from types import SimpleNamespace
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         >>> a = SimpleNamespace(settings={"num_samples": 512, "interpretable": "paper"}, vocabulary=vocab)
         >>> b = SimpleNamespace(settings={"num_samples": 1000}, vocabulary=vocab)
@@ -103,7 +103,7 @@ def comparison_table(a: Any, b: Any) -> dict[str, Any]:
     Examples:
         >>> import torch
         >>> from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         >>> def run(on):
         ...     u = UnitDissection(0, "sky", 1, "material", 0.5, 0.1, 1.0, on, 0.0)

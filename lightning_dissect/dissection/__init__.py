@@ -33,7 +33,7 @@ from lightning_dissect.result import DissectionResult
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["DissectionConfig", "dissect", "dissect_images", "resolve_config"]
+__all__ = [ "dissect", "dissect_images", "resolve_config"]
 
 
 def resolve_config(config: DissectionConfig | None, overrides: Mapping[str, Any]) -> DissectionConfig:

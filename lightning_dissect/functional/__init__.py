@@ -8,11 +8,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dissect._utils.checks import (
-    check_activations,
-    check_segmentation,
-    check_thresholds,
-)
 from lightning_dissect.functional.counts import (
     ConceptCounts,
     accumulate_unit_concept_counts,
@@ -44,9 +39,6 @@ __all__ = [
     "LogHistogramSpec",
     "accumulate_unit_concept_counts",
     "bilinear_matrix",
-    "check_activations",
-    "check_segmentation",
-    "check_thresholds",
     "concept_indicator",
     "concept_labels",
     "contingency_from_counts",

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 from lightning_dissect.interventions._common import (
     TENSOR_LATENTS_SEED,
-    Generate,
     InterventionOptions,
     Latents,
     RunOptions,
@@ -73,7 +72,6 @@ from lightning_dissect.interventions.records import AblationEffect, CausalEffect
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
 
 __all__ = [
-    "Generate",
     "Latents",
     "RunOptions",
     "InterventionOptions",

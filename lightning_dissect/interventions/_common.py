@@ -15,7 +15,7 @@ from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.metrics._sync import all_reduce_sum
 from lightning_dissect.segmenters.base import Segmenter
 
-__all__ = ["Generate", "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
+__all__ = [ "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
 
 Latents = Tensor | tuple | dict | LatentBank
 """This process's latents: a ``(N, ...)`` tensor, a tuple/dict of such tensors (structured

@@ -34,7 +34,7 @@ def round_entry(result: DissectionResult, step: int, epoch: int) -> dict[str, An
 
     Examples:
         >>> from lightning_dissect.result import UnitDissection
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
         >>> layer = LayerDissection("conv", [unit], torch.tensor([[0.0, 0.5]]))

@@ -34,7 +34,7 @@ from lightning_dissect._utils.text import plural
 from lightning_dissect.interpretability import InterpretabilityRule
 from lightning_dissect.report._ablation_table import ABLATION_COLUMNS, ablation_rows
 from lightning_dissect.report._page import html_page, run_facts, subtitle
-from lightning_dissect.report._svg import IOU_SCALE_MAX, category_colour, concept_bar_chart, iou_heatmap
+from lightning_dissect.report._svg import category_colour, concept_bar_chart, iou_heatmap
 from lightning_dissect.report.causal import (
     causal_css,
     causal_section,
@@ -42,6 +42,7 @@ from lightning_dissect.report.causal import (
     write_causal_images,
     write_causal_report,
 )
+from lightning_dissect.visual.colours import IOU_SCALE_MAX
 from lightning_dissect.visual.visualize import encode_png, image_strip
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def write_report(
     Examples:
         >>> import tempfile
         >>> from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
         >>> result = DissectionResult({"conv": LayerDissection("conv", [unit],

@@ -8,18 +8,16 @@ from typing import TYPE_CHECKING
 import torch
 
 # the heatmaps' fixed colour scale and row/column order are shared with the TensorBoard pictures
-from lightning_dissect.visual.colours import scale_rgb
-from lightning_dissect.visual.visualize import IOU_SCALE_MAX, diagonal_order
+from lightning_dissect.visual.colours import IOU_SCALE_MAX, scale_rgb
+from lightning_dissect.visual.visualize import diagonal_order
 
 if TYPE_CHECKING:  # annotations only: the report sits above the result type, never the reverse
     from lightning_dissect.result import LayerDissection
 
 __all__ = [
     "CATEGORY_COLOURS",
-    "IOU_SCALE_MAX",
     "category_colour",
     "concept_bar_chart",
-    "diagonal_order",
     "iou_heatmap",
 ]
 

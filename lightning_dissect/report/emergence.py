@@ -91,7 +91,7 @@ def emergence_tables(rounds: Sequence[DissectionResult], layer: str) -> dict[str
     Examples:
         >>> import torch
         >>> from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "sky", "tree"), ("none", "m", "o"))
         >>> def at(step, label, on):
         ...     u = UnitDissection(0, label, 1, "m", 0.5, 0.1, 1.0, on, 0.0)
@@ -337,7 +337,7 @@ def write_emergence_report(
     Examples:
         >>> import tempfile, torch
         >>> from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
-        >>> from lightning_dissect.segmenters import ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
         >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
         >>> result = DissectionResult({"conv": LayerDissection("conv", [unit], torch.tensor([[0.0, 0.5]]))},

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from .base import (
     CallableSegmenter,
     ConceptScores,
-    ConceptVocabulary,
     Segmenter,
     concept_scores_of,
     map_range,
@@ -35,7 +34,6 @@ __all__ = [
     "AdaptedSegmenter",
     "CallableSegmenter",
     "ConceptScores",
-    "ConceptVocabulary",
     "MergedSegmenter",
     "SceneWorld",
     "Segmenter",
@@ -55,6 +53,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("ConceptVocabulary", "NO_CATEGORY"):  # lived here until the vocabulary got its own module
+        from lightning_dissect._utils.deprecation import moved_attribute
+
+        return moved_attribute(f"{__name__}.{name}", "lightning_dissect.vocabulary", name)
     if name == "SyntheticSceneDataModule":
         from .datamodule import SyntheticSceneDataModule
 

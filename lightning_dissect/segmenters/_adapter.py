@@ -11,12 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (
-    ConceptVocabulary,
-    _check_resolution_arg,
-    resolve_resolution,
-    validate_images,
-)
+from ..vocabulary import ConceptVocabulary
+from .base import _check_resolution_arg, resolve_resolution, validate_images
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Unpack as Unpack

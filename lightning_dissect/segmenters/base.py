@@ -30,13 +30,11 @@ from lightning_dissect._utils.checks import (
     check_int,
     check_segmentation,
 )
-from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
+from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = [
     "CallableSegmenter",
     "ConceptScores",
-    "ConceptVocabulary",
-    "NO_CATEGORY",
     "Segmenter",
     "check_segmenter",
     "check_value_range",

@@ -8,9 +8,8 @@ import torch
 from torch import Tensor
 
 from .._utils.checks import check_count
+from ..vocabulary import NO_CATEGORY, ConceptVocabulary
 from .base import (
-    NO_CATEGORY,
-    ConceptVocabulary,
     Segmenter,
     _nearest_index,
     check_segmenter,
@@ -119,7 +118,8 @@ def adapt_input(
         ValueError: If ``value_range`` is not ascending or the channel counts cannot be mapped.
 
     Examples:
-        >>> from lightning_dissect.segmenters import CallableSegmenter, ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
+        >>> from lightning_dissect.segmenters import CallableSegmenter
         >>> vocab = ConceptVocabulary(("unlabeled", "bright"), ("none", "colour"))
         >>> rgb = CallableSegmenter(lambda x: (x.mean(1) > 0).long(), vocab)  # takes [-1, 1] RGB
         >>> grey = adapt_input(rgb, value_range=(0, 1), channels=1)
@@ -176,7 +176,8 @@ class MergedSegmenter:
             a prefixed name still clashes.
 
     Examples:
-        >>> from lightning_dissect.segmenters import CallableSegmenter, ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
+        >>> from lightning_dissect.segmenters import CallableSegmenter
         >>> objects = CallableSegmenter(lambda x: (x[:, 0] > 0).long() * 2,
         ...     ConceptVocabulary(("unlabeled", "sky", "tree"), ("none", "stuff", "object")))
         >>> colours = CallableSegmenter(lambda x: (x[:, 1] > 0).long(),
@@ -295,7 +296,8 @@ def merge_segmenters(
     """Merge segmenters into one multi-label segmenter; see :class:`MergedSegmenter`.
 
     Examples:
-        >>> from lightning_dissect.segmenters import CallableSegmenter, ConceptVocabulary
+        >>> from lightning_dissect import ConceptVocabulary
+        >>> from lightning_dissect.segmenters import CallableSegmenter
         >>> a = CallableSegmenter(lambda x: torch.ones_like(x[:, 0]).long(),
         ...     ConceptVocabulary(("-", "a"), ("none", "object")))
         >>> merge_segmenters(a, a, prefixes=("x", "y")).vocabulary.names

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from ..vocabulary import ConceptVocabulary
 from ._adapter import IMAGENET_MEAN, IMAGENET_STD, ModelSegmenter, first_tensor, missing_extra
-from .base import ConceptVocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._adapter import AdapterOptions, Unpack

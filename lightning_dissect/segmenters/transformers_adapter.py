@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..vocabulary import ConceptVocabulary
 from ._adapter import IMAGENET_MEAN, IMAGENET_STD, ModelSegmenter, missing_extra
-from .base import ConceptVocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._adapter import AdapterOptions, Unpack

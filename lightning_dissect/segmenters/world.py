@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._utils.checks import check_int
-from .base import ConceptVocabulary
+from ..vocabulary import ConceptVocabulary
 
 __all__ = ["SceneWorld", "TEXTURE_AMPLITUDE", "WORLD_CONCEPTS"]
 

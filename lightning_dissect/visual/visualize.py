@@ -20,7 +20,6 @@ from lightning_dissect.visual._font import draw_text, text_size
 from lightning_dissect.visual.colours import IOU_SCALE_MAX, scale_colours
 
 __all__ = [
-    "IOU_SCALE_MAX",
     "to_uint8",
     "overlay_mask",
     "image_strip",
