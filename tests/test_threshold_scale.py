@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_dissect import dissect_images
-from lightning_dissect.segmenters import ConceptVocabulary
+from lightning_dissect import ConceptVocabulary, dissect_images
 
 VOCABULARY = ConceptVocabulary(
     ("unlabeled", "top", "bottom", "left", "bright", "dark"),
