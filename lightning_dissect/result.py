@@ -77,6 +77,10 @@ class LayerDissection:
     units: list[UnitDissection]
     iou: Tensor  # (U, C) float32
     chance_iou: Tensor | None = None  # (U, C) float32
+    #: The layout the layer's output was read in (``"channels-first"``, ``"channels-last"``,
+    #: ``"tokens:prefix=1,grid=14x14"``; see ``lightning_dissect.engine.layouts``); ``None`` in
+    #: results written before layouts were recorded.
+    layout: str | None = None
 
     @property
     def num_units(self) -> int:
@@ -240,6 +244,8 @@ class DissectionResult:
                 entry["chance_iou"] = [
                     [round(float(v), 6) for v in row] for row in layer.chance_iou.tolist()
                 ]
+            if layer.layout is not None:
+                entry["layout"] = layer.layout
             layers[name] = entry
         data: dict[str, Any] = {
             "schema_version": self.schema_version,
@@ -399,10 +405,11 @@ class DissectionResult:
         parts: list[Any] = []
         for name, layer in self.layers.items():
             counts = ", ".join(f"{k} {v}" for k, v in layer.concept_counts().items()) or "none"
+            read = f", read as {layer.layout}" if layer.layout not in (None, "channels-first") else ""
             table = Table(
                 title=(
                     f"{name}: {layer.num_interpretable}/{layer.num_units} interpretable units "
-                    f"({counts})"
+                    f"({counts}){read}"
                 ),
                 title_justify="left",
             )
@@ -591,4 +598,7 @@ def _layer_from_dict(
         )
     except ValueError as err:
         raise ValueError(f"{where}{err}") from None
-    return LayerDissection(name, units, iou, chance_iou)
+    layout = entry.get("layout")
+    if layout is not None and not isinstance(layout, str):
+        raise ValueError(f"{where}`{at}.layout` must be a string such as 'channels-first', got {layout!r}")
+    return LayerDissection(name, units, iou, chance_iou, layout)

@@ -85,12 +85,25 @@ def test_capture_with_selectors(gen):
     assert no_hooks(net)
 
 
-def test_tuple_output_without_selector_is_clear_and_cleans_up(gen):
+class NoTensorFirst(nn.Module):
+    def forward(self, x):
+        return None, x
+
+
+def test_tuple_output_without_selector_gives_item_0_or_a_clear_error(gen):
     net = Net()
-    with pytest.raises(TypeError, match="pass a `selector`"):
-        with capture_layers(net, ["pair"]):
-            net(torch.randn(1, 2, 4, 4, generator=gen))
+    x = torch.randn(1, 2, 4, 4, generator=gen)
+    with capture_layers(net, ["pair", "dict"]) as captured:
+        net(x)
+    h = net.block(net.stem(x))
+    assert torch.equal(captured["pair"], h * 2)  # a tuple's item 0 (Hugging Face layers, (x, rgb) blocks)
+    assert torch.equal(captured["dict"], h * 2 * 3)  # a dict's first tensor
     assert no_hooks(net)
+    odd = nn.Sequential(NoTensorFirst())
+    with pytest.raises(TypeError, match="pass a `selector`"):
+        with capture_layers(odd, ["0"]):
+            odd(x)
+    assert no_hooks(odd)
     with pytest.raises(ValueError, match="selector 'nope' does not apply"):
         with capture_layers(net, ["dict"], selector="nope"):
             net(torch.randn(1, 2, 4, 4, generator=gen))

@@ -247,6 +247,8 @@ def _run_passes(
             # every rank kept the frames of its shard: rank 0 draws the strips from all of them
             frames = gather_dicts_to_zero(frames, runner.device)
     result = _assemble(cfg, layers, segmenter, found, thresholds, topk, counted, selection, world_size, metadata)
+    for name in layers:  # the layout each layer was read in, for the report and the JSON
+        result.layers[name].layout = runner.layout_of(name).spec
     if cfg.num_visualized_units and rank == 0:
         result.unit_images = render_unit_images(
             runner, result, source, value_range, num_units=cfg.num_visualized_units, frames=frames,

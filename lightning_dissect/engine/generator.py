@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
 from lightning_dissect.engine.latents import LatentBank, LatentSampler, map_latents
+from lightning_dissect.engine.layouts import channels_last_images_hint
 from lightning_dissect.engine.runner import (
     Batch,
     DryRunError,
@@ -188,7 +189,7 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
                     images, captured = self.forward(bank[idx], layers, seed=seed, require_maps=False)
                     forward_ok = True
                     if require_maps:
-                        _check_maps(captured)
+                        _check_maps(captured, self.layout_problems)
                     if edits:
                         self.forward(bank[idx], (), edits=edits, seed=seed)
                     if segmenter is not None:
@@ -339,6 +340,9 @@ def _warn_margins(model: nn.Module, layers: Sequence[str], selector: Any) -> Non
 def _check_images_shape(images: Any) -> Tensor:
     if isinstance(images, (tuple, list)):
         images = images[0]
+    hint = channels_last_images_hint(images.shape, "the generator's images") if isinstance(images, Tensor) else None
+    if hint is not None and images.ndim == 4:
+        raise ValueError(f"{hint} (e.g. generate=lambda g, z: g(z).permute(0, 3, 1, 2))")
     if not isinstance(images, Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect.engine.layouts import LayerLayout, default_part, patch_size_of
 from lightning_dissect.functional.upsample import resample_mask
 
 __all__ = [
@@ -69,10 +70,12 @@ class Selector:
         return f"Selector({getattr(self.select, '__name__', self.select)!r})"
 
 
-OutputSelector = Union[int, str, Selector, Callable[[Any], Tensor], None]
-"""Which tensor of a layer's output to use: ``None`` (the output is a tensor), an index into a
-tuple/list, a key into a dict, a :class:`Selector` (capture and edit), or a callable
-``output -> Tensor`` (capture only)."""
+OutputSelector = Union[int, str, Selector, LayerLayout, Callable[[Any], Tensor], None]
+"""Which tensor of a layer's output to use: ``None`` (the output is a tensor; of a tuple, its item 0;
+of a dict or ``ModelOutput``, its ``last_hidden_state``), an index into a tuple/list, a key into a
+dict, a :class:`Selector` (capture and edit), a callable ``output -> Tensor`` (capture only), or a
+:class:`~lightning_dissect.engine.layouts.LayerLayout` that also says where the units are
+(tokens, channels-last)."""
 
 
 class Captured(dict):
@@ -130,6 +133,7 @@ def resolve_layer(model: nn.Module, name: str, *, argument: str = "layers") -> n
 
 
 def _select(output: Any, selector: OutputSelector, name: str) -> Tensor:
+    selector = _part(output, selector)
     if selector is None:
         value = output
     elif callable(selector):
@@ -175,7 +179,17 @@ def check_editable(selector: OutputSelector | Mapping[str, OutputSelector], laye
         raise TypeError(f"layer {layer!r}: {_NOT_EDITABLE}")
 
 
+def _part(output: Any, selector: OutputSelector) -> Any:
+    """The selector proper: a layout's ``part``; with none, where a tuple's / dict's tensor is."""
+    if isinstance(selector, LayerLayout):
+        selector = selector.part
+    if selector is None and not isinstance(output, Tensor):
+        selector = default_part(output)
+    return selector
+
+
 def _replace(output: Any, selector: OutputSelector, value: Tensor) -> Any:
+    selector = _part(output, selector)
     if selector is None:
         return value
     if isinstance(selector, Selector):
@@ -316,8 +330,18 @@ def edit_layers(
     model: nn.Module,
     edits: Mapping[str, LayerEdit],
     selector: OutputSelector | Mapping[str, OutputSelector] = None,
+    *,
+    layouts: Mapping[str, LayerLayout] | None = None,
+    image_size: Sequence[int] | None = None,
 ) -> Iterator[None]:
     """Apply :class:`LayerEdit`\\ s to named layers during forward passes inside the block.
+
+    Each layer is edited in its :class:`~lightning_dissect.engine.layouts.LayerLayout`: token and
+    channels-last outputs are turned into ``(B, U, h, w)`` maps, edited, and written back in their
+    own layout (prefix tokens untouched). ``layouts`` gives resolved layouts by layer; any other
+    layer's layout is the one its selector declares, resolved from the output's shape and
+    ``image_size`` (default: the size of the images the model is called on, when it reads
+    images), and added to ``layouts`` when that is a ``dict``.
 
     Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
@@ -328,17 +352,35 @@ def edit_layers(
     """
     modules = {name: resolve_layer(model, name, argument="edits") for name in edits}
     handles = []
+    seen: dict[str, Any] = {}  # the size of the images the model was called on, when it reads images
+
+    def record_input(_module: nn.Module, args: Any) -> None:
+        first = args[0] if isinstance(args, tuple) and args else None
+        seen["size"] = tuple(first.shape[-2:]) if isinstance(first, Tensor) and first.ndim == 4 else None
 
     def make_hook(name: str, edit: LayerEdit) -> Callable[..., Any]:
         sel = _selector_for(selector, name)
+        known = (layouts or {}).get(name)
 
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
             r = _select(output, sel, name)
-            return _replace(output, sel, apply_edit(r, edit))
+            layout = known
+            if layout is None or not layout.resolved:
+                declared = sel if isinstance(sel, LayerLayout) else LayerLayout()
+                layout = declared.resolve(
+                    r.shape, image_size=image_size if image_size is not None else seen.get("size"),
+                    patch_size=patch_size_of(model), module=module, layer=name,
+                )
+                if isinstance(layouts, dict):
+                    layouts[name] = layout
+            edited = layout.from_maps(apply_edit(layout.to_maps(r), edit), r)
+            return _replace(output, sel, edited)
 
         return hook
 
     try:
+        if image_size is None and any(name not in (layouts or {}) for name in modules):
+            handles.append(unwrap_model(model).register_forward_pre_hook(record_input))
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name, edits[name])))
         yield

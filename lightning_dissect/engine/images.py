@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_dissect._utils.text import plural
+from lightning_dissect.engine.layouts import channels_last_images_hint
 from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["ImageSet", "GroundTruth", "Transform"]
@@ -103,6 +104,8 @@ class ImageSet:
                 f"(N, C, H, W) or a sequence; got {type(data).__name__}: every image is read by index so that each "
                 "process reads its own exact share"
             )
+        if isinstance(data, Tensor) and data.ndim == 4 and channels_last_images_hint(data.shape, argument):
+            raise ValueError(channels_last_images_hint(data.shape, argument))
         if isinstance(data, Tensor) and data.ndim != 4:
             raise ValueError(f"{argument} as a tensor must be (N, C, H, W) images, got shape {tuple(data.shape)}")
         if isinstance(data, Tensor) and vocabulary is not None:
@@ -166,6 +169,9 @@ class ImageSet:
             kind = type(item).__name__
             hint = " (add torchvision's ToTensor() to the dataset's transform)" if "Image" in kind else ""
             raise TypeError(f"{self.argument} item {index} is a {kind}, not an image tensor (C, H, W){hint}")
+        hint = channels_last_images_hint(item.shape, f"{self.argument} item {index}") if item.ndim == 3 else None
+        if hint is not None:
+            raise ValueError(f"{hint} (e.g. in the dataset's transform)")
         if item.ndim != 3:
             raise ValueError(f"{self.argument} item {index} has shape {tuple(item.shape)}; an image is (C, H, W)")
         if segmentation is not None:

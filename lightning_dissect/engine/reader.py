@@ -121,7 +121,10 @@ class ImageRunner(ModuleRunner[ImageSet]):
         if self.transform is not None:
             x = self.transform(x)
         network = self.network
-        return self._hooked(lambda: network(x), layers, edits=edits, seed=seed, require_maps=require_maps)
+        return self._hooked(
+            lambda: network(x), layers, edits=edits, seed=seed, require_maps=require_maps,
+            image_size=tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.ndim == 4 else None,
+        )
 
     def load(self, source: ImageSet, indices: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images (float, on the runner's device) and dataset segmentations at ``indices``.
@@ -284,7 +287,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
                 ) from err
             if require_maps:
                 try:
-                    _check_maps(captured)
+                    _check_maps(captured, self.layout_problems)
                 except ValueError as err:
                     raise ValueError(f"{name['layers']}: {err}") from err
             if edits:

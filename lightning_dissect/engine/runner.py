@@ -41,6 +41,7 @@ from lightning_dissect.engine.hooks import (
     unwrap_model,
 )
 from lightning_dissect.engine.latents import batch_shard
+from lightning_dissect.engine.layouts import LayerLayout, LayoutError, patch_size_of
 from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
 
 __all__ = [
@@ -186,7 +187,9 @@ class ModuleRunner(abc.ABC, Generic[SourceT]):
         network: The module run (``torch.compile``d and DDP-wrapped modules are looked through for
             hooks; calls go to the module as given).
         selector: Picks the tensor of tuple/dict layer outputs (one for all layers, or a mapping
-            ``layer -> selector``).
+            ``layer -> selector``); a :class:`~lightning_dissect.engine.layouts.LayerLayout`
+            declares where a layer's units are (tokens, channels-last). Undeclared layouts are
+            resolved from each layer's first output and kept in :attr:`layouts`.
         batch_size: Samples per call.
         device: Where to run; ``None``: the network's device.
         distributed: ``False`` runs on this process only even inside an initialised process
@@ -214,6 +217,12 @@ class ModuleRunner(abc.ABC, Generic[SourceT]):
         self.device = _resolve_device(device) if device is not None else module_device(self.model)
         self.dtype = module_dtype(self.model)
         self.distributed = distributed
+        #: The resolved layout of every layer seen so far (the same for every call of the runner).
+        self.layouts: dict[str, LayerLayout] = {}
+        #: Why a layer's layout could not be resolved (reported when maps are required).
+        self.layout_problems: dict[str, str] = {}
+        self._patch_size: int | None | bool = False
+        self._image_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ context
     @property
@@ -266,17 +275,29 @@ class ModuleRunner(abc.ABC, Generic[SourceT]):
         seed: int | None = None,
         require_maps: bool = True,
         check_output: Callable[[Any], Any] = lambda output: output,
+        image_size: Sequence[int] | None = None,
     ) -> tuple[Any, dict[str, Tensor]]:
         """Run ``call()`` with ``edits`` and capture hooks on ``layers``: the one hooked call of every runner.
 
         ``seed`` seeds the network's noise (the global RNG is restored afterwards);
-        ``check_output`` checks the call's output before the layers are.
+        ``check_output`` checks the call's output before the layers are. Captured outputs become
+        ``(B, U, h, w)`` maps in their layer's layout (:meth:`layout_of`), resolved on first sight
+        with ``image_size`` (default: the size of the images the call returns). An edited layer
+        whose layout is not known yet is resolved in its edit hook, with the image size of an
+        earlier call; before any call, by one unedited call with the same seed.
         """
+        known_size = image_size if image_size is not None else self._image_size
+        pending = [name for name in (edits or {}) if name not in self.layouts]
+        if pending and known_size is None:
+            self._resolve_layouts(call, pending, seed=seed, check_output=check_output, image_size=image_size)
         with _maybe_seeded(seed, self.device):
-            with edit_layers(self.model, edits or {}, self.selector):
+            with edit_layers(self.model, edits or {}, self.selector, layouts=self.layouts, image_size=known_size):
                 with capture_layers(self.model, list(layers), self.selector) as captured:
                     output = call()
         output = check_output(output)
+        size = image_size if image_size is not None else _image_size(output)
+        if size is not None:
+            self._image_size = (int(size[0]), int(size[1]))
         missing = [n for n in layers if n not in captured]
         if missing:
             raise LayerCallError(f"layers {missing} did not run during the {self.kind}'s forward pass")
@@ -287,10 +308,68 @@ class ModuleRunner(abc.ABC, Generic[SourceT]):
                 "shared between blocks, e.g. one activation reused): a hook sees only its last call, so its units "
                 "are ambiguous; dissect a module that runs once per forward (give each use its own module)"
             )
-        activations = {n: _as_units(captured[n]) for n in layers}
+        activations = {n: self._as_maps(n, captured[n], size, strict=require_maps) for n in layers}
         if require_maps:
-            _check_maps(activations)
+            _check_maps(activations, self.layout_problems)
         return output, activations
+
+    def layout_of(self, layer: str) -> LayerLayout:
+        """The layout ``layer`` is read in: resolved, or as declared by the selector (``auto`` by default)."""
+        if layer in self.layouts:
+            return self.layouts[layer]
+        chosen = self.selector.get(layer) if isinstance(self.selector, Mapping) else self.selector
+        return chosen if isinstance(chosen, LayerLayout) else LayerLayout()
+
+    def _as_maps(self, name: str, value: Tensor, image_size: Sequence[int] | None, *, strict: bool) -> Tensor:
+        """``value`` as ``(B, U, h, w)`` maps in ``name``'s layout, resolving the layout on first sight.
+
+        A layout that cannot be resolved raises :class:`LayerShapeError` when ``strict``; otherwise
+        the output is returned as it is and the reason kept for :func:`_check_maps`.
+        """
+        layout = self.layouts.get(name)
+        if layout is None:
+            if self._patch_size is False:
+                self._patch_size = patch_size_of(self.model)
+            try:
+                layout = self.layout_of(name).resolve(
+                    value.shape, image_size=image_size, patch_size=self._patch_size or None,  # type: ignore[arg-type]
+                    module=resolve_layer(self.model, name), layer=name,
+                )
+            except LayoutError as err:
+                if strict:
+                    raise LayerShapeError(str(err)) from err
+                self.layout_problems[name] = str(err)
+                return value
+            self.layouts[name] = layout
+            self.layout_problems.pop(name, None)
+        try:
+            return layout.to_maps(value)
+        except RuntimeError as err:  # a later output of another shape than the first
+            raise LayerShapeError(
+                f"layer {name!r}: its output {tuple(value.shape)} does not fit the layout it was first read in "
+                f"({layout.spec}): {err}"
+            ) from err
+
+    def _resolve_layouts(
+        self,
+        call: Callable[[], Any],
+        layers: Sequence[str],
+        *,
+        seed: int | None,
+        check_output: Callable[[Any], Any],
+        image_size: Sequence[int] | None,
+    ) -> None:
+        """Resolve the layouts of ``layers`` from one unedited, unrecorded call (the caller's RNG untouched)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), _maybe_seeded(seed, self.device):
+            with capture_layers(self.model, list(layers), self.selector) as captured:
+                output = call()
+        size = image_size if image_size is not None else _image_size(check_output(output))
+        if size is not None:
+            self._image_size = (int(size[0]), int(size[1]))
+        for name in layers:
+            if name in captured:
+                self._as_maps(name, captured[name], size, strict=True)
 
     def _move(self, tensor: Tensor) -> Tensor:
         """Inputs follow the network: its device, and its dtype for floating-point inputs."""
@@ -496,18 +575,28 @@ def _refuse_unit_range(images: Tensor, segmenter: Segmenter) -> None:
         )
 
 
-def _as_units(value: Tensor) -> Tensor:
-    """``(B, U)`` outputs (Linear layers) are ``(B, U, 1, 1)`` maps: each unit on or off for the whole image."""
-    return value[:, :, None, None] if value.ndim == 2 else value
+def _image_size(output: Any) -> tuple[int, int] | None:
+    """``(H, W)`` of the images a call returned (``None`` when it returned no images)."""
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if isinstance(output, Tensor) and output.ndim == 4:
+        return int(output.shape[-2]), int(output.shape[-1])
+    return None
 
 
-def _check_maps(captured: Mapping[str, Tensor]) -> None:
-    """Every captured output is a ``(B, U, h, w)`` map of units; raise :class:`LayerShapeError` otherwise."""
+def _check_maps(captured: Mapping[str, Tensor], problems: Mapping[str, str] | None = None) -> None:
+    """Every captured output is a ``(B, U, h, w)`` map of units; raise :class:`LayerShapeError` otherwise.
+
+    ``problems``: why a layer's layout could not be resolved, reported first.
+    """
     for name, value in captured.items():
         if value.ndim != 4:
+            if problems and name in problems:
+                raise LayerShapeError(problems[name])
             raise LayerShapeError(
-                f"layer {name!r} output has shape {tuple(value.shape)}; dissection needs (B, U, h, w) feature maps "
-                "or (B, U) unit vectors (pass a `selector` for tuple/dict outputs)"
+                f"layer {name!r} output has shape {tuple(value.shape)}; dissection needs (B, U, h, w) feature maps, "
+                "(B, H, W, C) channels-last maps, (B, T, D) tokens or (B, U) unit vectors (pass a `selector` for "
+                "tuple/dict outputs, or a LayerLayout to declare where the units are)"
             )
 
 

@@ -289,6 +289,8 @@ def _stats_html(layer: LayerDissection) -> str:
     ]
     if counts:
         stats.append((" · ".join(f"{v} {k}" for k, v in counts.items()), "by category"))
+    if layer.layout is not None:
+        stats.append((layer.layout, "layout read in"))
     return "".join(f'<div class="stat"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in stats)
 
 
