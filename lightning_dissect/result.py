@@ -45,7 +45,30 @@ def _fmt(value: float | None) -> str:
 
 @dataclass
 class UnitDissection:
-    """What dissection found for one unit (one channel of one layer)."""
+    """What dissection found for one unit (one channel of one layer).
+
+    Two fields keep their JSON names (``docs/schema.md``) where the prose says another word:
+    ``label`` is the unit's *concept* and ``level`` its activation *threshold*; :attr:`concept` and
+    :attr:`threshold` read them under those words.
+
+    Attributes:
+        unit: The unit's index in its layer.
+        label: The unit's concept (the name of the best-matching concept of the vocabulary).
+        concept_index: That concept's index in the vocabulary.
+        category: That concept's category.
+        iou: IoU of the unit's masks with the concept's over the whole sample set.
+        iou_iqr: Information quality ratio of the unit's masks and the concept's.
+        level: The unit's activation threshold: its mask is ``upsampled activation > level``.
+        interpretable: Whether the unit counts as interpretable (see ``interpretability``).
+        chance_iou: The IoU with the concept when images are paired with another image's
+            segmentation (``None`` without the chance baseline).
+        top_images: The samples of largest spatial max activation: ``{"index", "maxact"}``.
+
+    Examples:
+        >>> u = UnitDissection(3, "sky", 1, "material", 0.31, 0.2, 0.75, True, 0.05)
+        >>> (u.concept, u.threshold) == (u.label, u.level)
+        True
+    """
 
     unit: int
     label: str
@@ -57,6 +80,16 @@ class UnitDissection:
     interpretable: bool
     chance_iou: float | None
     top_images: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def concept(self) -> str:
+        """The unit's concept (stored as ``label``)."""
+        return self.label
+
+    @property
+    def threshold(self) -> float:
+        """The unit's activation threshold (stored as ``level``)."""
+        return self.level
 
 
 _UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from lightning_dissect import ConceptVocabulary
-from lightning_dissect.callbacks.history import load_history, round_path
+from lightning_dissect.callbacks.history import (
+    differing_settings,
+    load_history,
+    round_file_name,
+    round_path,
+    round_prefix,
+    step_folder_name,
+)
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 
 VOCAB = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
@@ -172,3 +179,30 @@ def test_one_run_gives_no_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert steps(load_history(tmp_path)) == [4, 8]
+
+
+def test_round_file_names_have_one_owner(tmp_path):
+    for step in (0, 7, 1200, 12345678):
+        assert round_file_name(step) == "round_" + str(step).zfill(8) + ".json"
+        assert step_folder_name(step) == "step_" + str(step).zfill(8)
+        for name in (None, "ema"):
+            folder = "dissection" if name is None else "dissection-" + name
+            assert round_prefix(name) == folder
+            assert round_path(tmp_path, step, name) == tmp_path / folder / round_file_name(step)
+
+
+def test_differing_settings_is_the_one_same_run_rule():
+    base = {"num_samples": 8, "seed": 0, "threshold_mode": "quantile", "quantile": 0.99, "num_levels": 64,
+            "layers": ["a"]}
+    assert differing_settings(base, dict(base)) == []
+    assert differing_settings(base, {**base, "seed": 1}) == ["seed"]
+    assert differing_settings(base, {**base, "seed": 2, "layers": ["b"]}) == ["seed", "layers"]
+    # a threshold mode's unused setting does not make another run
+    assert differing_settings(base, {**base, "num_levels": 8}) == []
+    iqr = {**base, "threshold_mode": "iqr"}
+    assert differing_settings(iqr, {**iqr, "quantile": 0.995}) == []
+    assert differing_settings(iqr, {**iqr, "num_levels": 8}) == ["num_levels"]
+    assert differing_settings(base, iqr) == ["threshold_mode"]
+    # a setting one side does not record does not count; keys outside the run settings never do
+    assert differing_settings({"seed": 0}, {"num_samples": 3}) == []
+    assert differing_settings({**base, "top_k": 5}, {**base, "top_k": 6}) == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import torch
 from torch import Tensor
@@ -23,7 +23,6 @@ __all__ = [
     "ImageRangeError",
     "check_activations",
     "check_choice",
-    "check_count",
     "check_flag",
     "check_int",
     "check_real",
@@ -55,10 +54,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@overload
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool) -> int | None: ...
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
     """Check an integer setting: an ``int`` (NumPy integers too, never a ``bool``) of at least ``minimum``.
 
-    The one rule every entry point uses for counts, seeds and schedules: a wrong *type* (``"x"``,
+    The one integer validator: counts (``minimum=1``, or 0 where none is allowed), sizes, seeds and
+    schedules all use it. A wrong *type* (``"x"``,
     ``2.5``, ``True``) is a ``TypeError``, a value below ``minimum`` a ``ValueError``; both name
     the argument.
 
@@ -75,6 +83,10 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bo
         >>> import numpy as np
         >>> check_int(np.int64(3), "seed"), check_int(None, "top_k", optional=True)
         (3, None)
+        >>> check_int(True, "num_units", minimum=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: `num_units` must be an int, got True (bool)
         >>> check_int(2.5, "ablation_samples", minimum=1)
         Traceback (most recent call last):
         ...
@@ -88,23 +100,6 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bo
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}")
     return int(value)
-
-
-def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Check a count such as ``num_units``: an ``int`` (not a ``bool``) of at least ``minimum``.
-
-    Returns:
-        The count as a plain ``int``.
-
-    Examples:
-        >>> check_count(3, "num_units")
-        3
-        >>> check_count(True, "num_units")
-        Traceback (most recent call last):
-        ...
-        TypeError: `num_units` must be an int, got True (bool)
-    """
-    return int(check_int(value, name, minimum=minimum))  # type: ignore[arg-type]
 
 
 def check_real(

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._utils.io import atomic_write_text
 from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.latents import LatentBank, LatentSampler, noise_seed
@@ -195,10 +196,10 @@ class PaintEdit:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """The edit as JSON text; written to ``path`` when given."""
+        """The edit as JSON text; written to ``path`` when given (atomically, parents created)."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
 
     @classmethod

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_choice, check_flag, check_int
 from lightning_dissect._utils.distributed import OtherRankError, check_samples_per_rank, world
-from lightning_dissect.callbacks.history import RUN_SETTINGS, round_path, run_settings
+from lightning_dissect._utils.seeds import derive_seed
+from lightning_dissect.callbacks.history import ROUND_FILES, RUN_SETTINGS, differing_settings, round_path, run_settings
 from lightning_dissect.config import CALLBACK_DEFAULTS, DissectionConfig, config_defaults, merge_settings
 from lightning_dissect.dissection import dissect
 from lightning_dissect.engine.discovery import (
@@ -372,7 +373,7 @@ class DissectionCallback(Callback):
         if log_dir is None:
             return
         folder = round_path(log_dir, 0, self.name).parent
-        files = sorted(folder.glob("round_*.json")) if folder.is_dir() else []
+        files = sorted(folder.glob(ROUND_FILES)) if folder.is_dir() else []
         if not files:
             return
         try:
@@ -381,7 +382,7 @@ class DissectionCallback(Callback):
             return  # an unreadable round is reported by load_history; nothing to compare here
         mine = {k: getattr(self.config, k) for k in RUN_SETTINGS if hasattr(self.config, k)}
         mine["layers"] = list(self.layers)
-        differing = [k for k in old if k in mine and old[k] != mine[k]]
+        differing = differing_settings(old, mine)
         if differing:
             listed = ", ".join(f"{k}: {old[k]!r} there, {mine[k]!r} now" for k in differing)
             rank_zero_warn(
@@ -524,7 +525,8 @@ class DissectionCallback(Callback):
             if found:
                 return torch.cat(found)[: wanted_samples]
         rank, size = world()
-        bank = LatentBank(wanted_samples, wanted, seed=self.config.seed + 1000, sampler=self.latent_sampler)
+        seed = derive_seed(self.config.seed, "ablation_latents")
+        bank = LatentBank(wanted_samples, wanted, seed=seed, sampler=self.latent_sampler)
         return bank[shard_indices(len(bank), rank, size)]
 
     def _ablation(

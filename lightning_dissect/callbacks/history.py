@@ -1,9 +1,12 @@
-"""Reading back the dissection rounds a training run wrote: :func:`load_history`.
+"""Round files: their names, reading them back (:func:`load_history`), and whether rounds belong to one run.
 
-Layout (written by :class:`~lightning_dissect.callbacks.generator.DissectionCallback`)::
+Layout (written by :class:`~lightning_dissect.callbacks.generator.DissectionCallback` and the
+logger writers; every name comes from :func:`round_prefix`, :func:`round_file_name` and
+:func:`step_folder_name`)::
 
     <log_dir>/dissection/round_<step:08d>.json          # unnamed callback
     <log_dir>/dissection-<name>/round_<step:08d>.json   # DissectionCallback(name=...)
+    <log_dir>/<prefix>/step_<step:08d>/...              # pictures and tables of the folder writer
 
 each file one :class:`~lightning_dissect.result.DissectionResult` JSON document whose metadata
 holds ``global_step``. ``<log_dir>`` is the logger's ``log_dir``; after a resume Lightning's
@@ -22,13 +25,58 @@ from typing import Any
 from lightning_dissect._utils.text import plural
 from lightning_dissect.result import DissectionResult
 
-__all__ = ["ROUND_DIR", "RUN_SETTINGS", "load_history", "round_path", "run_settings", "settings_groups"]
+__all__ = [
+    "ROUND_DIR",
+    "ROUND_FILES",
+    "RUN_SETTINGS",
+    "differing_settings",
+    "load_history",
+    "round_file_name",
+    "round_path",
+    "round_prefix",
+    "run_settings",
+    "settings_groups",
+    "step_folder_name",
+]
 
 #: Folder (under the logger's directory) holding the rounds of an unnamed callback.
 ROUND_DIR = "dissection"
 
+#: Glob pattern of the round files in a round folder.
+ROUND_FILES = "round_*.json"
+
 _ROUND_FILE = re.compile(r"round_(\d+)\.json$")
 _VERSION = re.compile(r"version_(\d+)$")
+
+
+def round_prefix(name: str | None = None) -> str:
+    """``dissection`` or ``dissection-<name>``: the round folder and the first part of every logged tag.
+
+    Examples:
+        >>> round_prefix(), round_prefix("ema")
+        ('dissection', 'dissection-ema')
+    """
+    return ROUND_DIR if name is None else f"{ROUND_DIR}-{name}"
+
+
+def round_file_name(step: int) -> str:
+    """The file name of the round at ``step``.
+
+    Examples:
+        >>> round_file_name(1200)
+        'round_00001200.json'
+    """
+    return f"round_{int(step):08d}.json"
+
+
+def step_folder_name(step: int) -> str:
+    """The folder name of the pictures and tables of the round at ``step``.
+
+    Examples:
+        >>> step_folder_name(12)
+        'step_00000012'
+    """
+    return f"step_{int(step):08d}"
 
 
 def round_path(log_dir: str | Path, step: int, name: str | None = None) -> Path:
@@ -40,11 +88,7 @@ def round_path(log_dir: str | Path, step: int, name: str | None = None) -> Path:
         >>> round_path("logs/version_0", 5, "fine").as_posix()
         'logs/version_0/dissection-fine/round_00000005.json'
     """
-    return Path(log_dir) / _folder(name) / f"round_{int(step):08d}.json"
-
-
-def _folder(name: str | None) -> str:
-    return ROUND_DIR if name is None else f"{ROUND_DIR}-{name}"
+    return Path(log_dir) / round_prefix(name) / round_file_name(step)
 
 
 def _name_of(folder: Path) -> str | None | bool:
@@ -88,6 +132,36 @@ def run_settings(result: DissectionResult) -> dict[str, Any]:
         {'num_samples': 8}
     """
     return {key: result.settings[key] for key in RUN_SETTINGS if key in result.settings}
+
+
+#: Settings that one threshold mode does not use: a round differing only there is the same run.
+_UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {"quantile": ("num_levels",), "iqr": ("quantile",)}
+
+
+def differing_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The :data:`RUN_SETTINGS` in which rounds recorded with ``recorded`` are another run than ``wanted``.
+
+    "Do these rounds belong to one run?" is answered here only (the callback's warning about a
+    folder holding another run, and :func:`~lightning_dissect.callbacks.replay.dissect_checkpoints`
+    resuming a series, both ask it). A setting counts where both sides name it and the values
+    differ, except a setting that ``wanted``'s threshold mode does not use: ``quantile`` in
+    ``"iqr"`` mode, ``num_levels`` in ``"quantile"`` mode.
+
+    Returns:
+        The differing setting names, in :data:`RUN_SETTINGS` order (empty: one run).
+
+    Examples:
+        >>> differing_settings({"seed": 0, "quantile": 0.99}, {"seed": 1, "quantile": 0.99})
+        ['seed']
+        >>> differing_settings({"threshold_mode": "iqr", "quantile": 0.99},
+        ...                    {"threshold_mode": "iqr", "quantile": 0.995})
+        []
+    """
+    unused = _UNUSED_BY_MODE.get(wanted.get("threshold_mode", "quantile"), ())
+    return [
+        key for key in RUN_SETTINGS
+        if key in recorded and key in wanted and key not in unused and recorded[key] != wanted[key]
+    ]
 
 
 def settings_groups(rounds: Sequence[DissectionResult]) -> list[tuple[dict[str, Any], list[int]]]:
@@ -192,7 +266,7 @@ def load_history(
 def _sources(root: Path, name: str | None) -> list[Path]:
     """The rounds folders of the chosen callback under ``root``, lowest version first."""
     own = _name_of(root)
-    if own is not False or any(root.glob("round_*.json")):
+    if own is not False or any(root.glob(ROUND_FILES)):
         return [root]  # a rounds folder given directly
     log_dirs = sorted((d for d in root.iterdir() if d.is_dir() and _VERSION.match(d.name)), key=_version_key)
     log_dirs.append(root)  # a log_dir given directly ranks after its (unlikely) versions
@@ -228,7 +302,7 @@ def _read_rounds(sources: list[Path], strict: bool) -> dict[int, DissectionResul
     """Every readable round of ``sources`` by step; later sources (higher versions) overwrite earlier ones."""
     by_step: dict[int, DissectionResult] = {}
     for folder in sources:
-        for file in sorted(folder.glob("round_*.json")):
+        for file in sorted(folder.glob(ROUND_FILES)):
             try:
                 result = DissectionResult.from_json(file)
             except (ValueError, OSError) as err:

@@ -29,7 +29,7 @@ from torch import nn
 
 from lightning_dissect._utils.distributed import world
 from lightning_dissect._utils.torch_messages import cannot_mmap, checkpoint_reason, refused_global
-from lightning_dissect.callbacks.history import RUN_SETTINGS, load_history, round_path
+from lightning_dissect.callbacks.history import differing_settings, load_history, round_path
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection import dissect
 from lightning_dissect.engine.generator import Generate
@@ -53,9 +53,6 @@ __all__ = [
 
 #: File endings taken as checkpoints when a folder is given.
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
-
-#: Settings that must agree between the rounds already in ``output`` and a new run over it.
-_RESUME_SETTINGS = RUN_SETTINGS
 
 _REBUILD_MARKER = ".tensorboard-rebuild"
 
@@ -213,20 +210,18 @@ def _same_file(recorded: Any, path: Path) -> bool:
 
 def _check_settings(rounds: Sequence[DissectionResult], config: DissectionConfig, layers: Sequence[str],
                     output: Path) -> None:
+    if not rounds:
+        return
     wanted = {k: v for k, v in vars(config).items()}
     wanted["layers"] = list(layers)
-    for result in rounds:
-        for key in _RESUME_SETTINGS:
-            if key in result.settings and result.settings[key] != wanted.get(key):
-                if key == "quantile" and wanted.get("threshold_mode") != "quantile":
-                    continue
-                if key == "num_levels" and wanted.get("threshold_mode") != "iqr":
-                    continue
-                raise ValueError(
-                    f"`output` {str(output)!r} holds rounds dissected with {key}={result.settings[key]!r}, "
-                    f"this run has {key}={wanted.get(key)!r}; use the same settings or another output folder"
-                )
-        return  # every round was written with the same settings; the first one tells
+    recorded = rounds[0].settings  # every round was written with the same settings; the first one tells
+    differing = differing_settings(recorded, wanted)
+    if differing:
+        key = differing[0]
+        raise ValueError(
+            f"`output` {str(output)!r} holds rounds dissected with {key}={recorded[key]!r}, "
+            f"this run has {key}={wanted.get(key)!r}; use the same settings or another output folder"
+        )
 
 
 def _remove_event_files(output: Path) -> None:

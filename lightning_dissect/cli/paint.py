@@ -85,7 +85,7 @@ def _read_causal(paths: list[str]) -> list[Any]:
         if not Path(path).is_file():
             raise CLIError(f"--causal: file not found: {path}")
         try:
-            sets.append(CausalUnits.load_json(path))
+            sets.append(CausalUnits.from_json(path))
         except (ValueError, KeyError, TypeError, OSError) as err:
             raise CLIError(f"--causal: cannot read {path}: {describe_error(err)}") from err
     return sets

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lightning_dissect._utils.distributed import check_samples_per_rank, gather_dicts_to_zero
 from lightning_dissect._utils.progress import Progress
+from lightning_dissect._utils.seeds import derive_seed
 from lightning_dissect.config import DissectionConfig, merge_settings
 from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
 from lightning_dissect.dissection.strips import render_unit_images
@@ -157,7 +158,8 @@ def dissect_images(
             ``num_samples`` becomes the number of images; ``"iqr"`` levels are chosen on the set.
         metadata: Free-form context stored in the result.
         distributed: ``False``: dissect on this process alone, even inside a process group.
-        overrides: Any :class:`DissectionConfig` field, e.g. ``threshold_mode="netdissect"``.
+        overrides: Any :class:`DissectionConfig` field, e.g. ``quantile="netdissect"`` (a named level) or
+            ``threshold_mode="iqr"``.
 
     Returns:
         A :class:`~lightning_dissect.result.DissectionResult`; ``top_images`` index the set.
@@ -330,4 +332,6 @@ def _banks(
     if cfg.threshold_mode != "iqr" or not cfg.level_selection_samples:
         return bank, None
     check_samples_per_rank(cfg.level_selection_samples, "level_selection_samples", distributed=distributed)
-    return bank, LatentBank(cfg.level_selection_samples, latent_shape, cfg.seed + 1, latent_sampler)
+    return bank, LatentBank(
+        cfg.level_selection_samples, latent_shape, derive_seed(cfg.seed, "level_selection"), latent_sampler
+    )

@@ -19,7 +19,7 @@ from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.runner import Batch, ModuleRunner, SourceT
 from lightning_dissect.functional.upsample import upsample_bilinear
 from lightning_dissect.result import DissectionResult, UnitDissection
-from lightning_dissect.visual.visualize import overlay_mask, to_uint8
+from lightning_dissect.visual.visualize import as_rgb, overlay_mask, to_uint8
 
 __all__ = ["Frame", "keep_frames", "render_unit_images"]
 
@@ -95,9 +95,8 @@ def render_unit_images(
     images_by_index: dict[int, Tensor] = {}
     acts_by_index: dict[str, dict[int, Tensor]] = {name: {} for name in wanted}
     for i in needed:
-        image = to_uint8(frames[i].image, value_range)
         # grey generators (1 channel): the strips are RGB (the mask outline is coloured)
-        images_by_index[i] = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        images_by_index[i] = as_rgb(to_uint8(frames[i].image, value_range))
         for name in wanted:
             acts_by_index[name][i] = frames[i].maps[name]
     return {

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-from lightning_dissect._utils.checks import check_count
+from lightning_dissect._utils.checks import check_int
+from lightning_dissect._utils.seeds import derive_seed
 
 __all__ = [
     "Latents",
@@ -131,7 +132,7 @@ def noise_seed(bank_seed: int, first_index: int) -> int:
         >>> noise_seed(1, 0), noise_seed(1, 32)
         (1000003, 1000035)
     """
-    return int(bank_seed) * 1_000_003 + int(first_index)
+    return derive_seed(bank_seed, "noise", first_index)
 
 
 class LatentBank:
@@ -164,7 +165,7 @@ class LatentBank:
         seed: int = 1,
         sampler: LatentSampler | None = None,
     ) -> None:
-        num_samples = check_count(num_samples, "num_samples")
+        num_samples = check_int(num_samples, "num_samples", minimum=1)
         if sampler is None and latent_shape is None:
             raise ValueError("LatentBank needs `latent_shape` or a `sampler`")
         generator = torch.Generator(device="cpu")

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import (
     check_activations,
-    check_count,
+    check_int,
     check_segmentation,
     check_thresholds,
 )
@@ -685,7 +685,7 @@ def unit_concept_counts(
         ([[0, 2]], [2], [2, 2])
     """
     if validate_args:
-        check_count(max_temporary_bytes, "max_temporary_bytes")
+        check_int(max_temporary_bytes, "max_temporary_bytes", minimum=1)
         check_activations(activations, num_units=None)
         thresholds = check_thresholds(thresholds, num_units=activations.shape[1])
         check_segmentation(

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from lightning_dissect._utils.checks import check_count, check_size
+from lightning_dissect._utils.checks import check_int, check_size
 
 __all__ = ["bilinear_matrix", "upsample_bilinear", "upsample_units_first", "resample_mask"]
 
@@ -60,8 +60,8 @@ def bilinear_matrix(
                 [0.2500, 0.7500],
                 [0.0000, 1.0000]])
     """
-    in_size = check_count(in_size, "in_size")
-    out_size = check_count(out_size, "out_size")
+    in_size = check_int(in_size, "in_size", minimum=1)
+    out_size = check_int(out_size, "out_size", minimum=1)
     return _bilinear_matrix_cpu64(in_size, out_size).to(device=device, dtype=dtype)
 
 

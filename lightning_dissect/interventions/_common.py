@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor
 
-from lightning_dissect._utils.checks import check_count
+from lightning_dissect._utils.seeds import derive_seed
 from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.latents import LatentBank
@@ -91,11 +91,6 @@ def _as_bank(latents: Latents) -> LatentBank:
     return LatentBank.from_latents(latents, TENSOR_LATENTS_SEED)
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    """``value`` must be an int ``>= minimum`` (the error names the argument)."""
-    return check_count(value, name, minimum=minimum)
-
-
 def _check_mode(mode: str) -> str:
     if mode not in ("zero", "mean"):
         raise ValueError(f"`mode` must be 'zero' or 'mean', got {mode!r}")
@@ -118,7 +113,7 @@ def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
 
 
 def _control_seed(seed: int, salt: int) -> int:
-    return (int(seed) * 1_000_003 + int(salt) * 7_919 + 12_345) % (2**63 - 1)
+    return derive_seed(seed, "control", salt)
 
 
 def _control_rng(seed: int, salt: int) -> torch.Generator:

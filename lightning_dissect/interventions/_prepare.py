@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._utils.checks import check_int
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.hooks import check_editable
@@ -18,7 +19,6 @@ from lightning_dissect.interventions._common import (
     Latents,
     Units,
     _as_bank,
-    _check_count,
     _check_mode,
     _concept_index,
     _control_rng,
@@ -129,7 +129,7 @@ def _prepare(
     opts = _options(options, defaults, function)
     runner = generator if isinstance(generator, GeneratorRunner) else _runner(generator, opts)
     _check_region(region)
-    num_controls = _check_count(opts.get("num_controls", 0), "num_controls", 0)
+    num_controls = check_int(opts.get("num_controls", 0), "num_controls", minimum=0)
     control_seed = opts.get("control_seed", 0)
     name = runner.check_layers(layer, argument="layer")[0]
     check_editable(runner.selector, name)  # an intervention edits: refuse a read-only selector now

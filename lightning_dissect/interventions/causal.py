@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_dissect._utils.checks import check_count, check_int, check_real
+from lightning_dissect._utils.checks import check_int, check_real
 from lightning_dissect.engine.hooks import LayerEdit
 from lightning_dissect.engine.latents import map_latents, noise_seed
 from lightning_dissect.engine.runner import eval_mode
@@ -146,7 +146,7 @@ def causal_units(
     order = torch.randperm(p.width, generator=_control_rng(seed, p.concept))
     baseline, comparison = _compare(p, stats.value, points, ranking, iou_ranking, order)
     shown = _shown_units(comparison, baseline)
-    examples = _examples(p, stats, ranking[:shown], _count(num_examples, "num_examples"))
+    examples = _examples(p, stats, ranking[:shown], check_int(num_examples, "num_examples", minimum=0))
     return CausalUnits(
         layer=p.layer,
         concept=p.concept_name,
@@ -181,10 +181,6 @@ def _check_settings(steps: Any, lr: Any, l2: Any) -> tuple[int, float, float]:
     lr = check_real(lr, "lr", low=0.0, high=1.0, low_open=True)
     l2 = check_real(l2, "l2", low=0.0, high=1.0)
     return steps, lr, l2  # type: ignore[return-value]
-
-
-def _count(value: Any, name: str) -> int:
-    return check_count(value, name, minimum=0)
 
 
 def _sizes(sizes: Sequence[int] | None, width: int) -> list[int]:

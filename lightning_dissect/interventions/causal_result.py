@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from lightning_dissect._utils.io import atomic_write_text, check_writable_output
 
 __all__ = ["CausalComparison", "CausalUnits", "RANKINGS"]
 
@@ -175,17 +178,43 @@ class CausalUnits:
             example_units=[int(u) for u in data.get("example_units", [])],
         )
 
+    def to_json(self, path: str | Path | None = None, *, indent: int | None = 1) -> str:
+        """Serialise :meth:`to_dict` as JSON; also write it to ``path`` when given (atomically, parents created).
+
+        Examples:
+            >>> units = CausalUnits("conv", "tree", 3, alpha=torch.tensor([0.5, 0.0, 1.0]),
+            ...                     ranking=torch.tensor([2, 0, 1]), iou=torch.zeros(3), gradient=torch.zeros(3),
+            ...                     insertion_value=torch.ones(3), baseline=0.3)
+            >>> CausalUnits.from_json(units.to_json()).ranking.tolist()
+            [2, 0, 1]
+        """
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            check_writable_output(path, "path")
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> CausalUnits:
+        """Load from JSON text (starting with ``{``) or the path of a file written by :meth:`to_json`."""
+        text = str(text_or_path)
+        if not (isinstance(text_or_path, str) and text.lstrip().startswith("{")):
+            text = Path(text_or_path).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
+
     def save_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON to ``path`` (parent folders created); return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        """Deprecated alias of ``to_json(path)``; returns the path."""
+        warnings.warn("`CausalUnits.save_json(path)` is deprecated; use `to_json(path)`", DeprecationWarning,
+                      stacklevel=2)
+        self.to_json(path, indent=1)
+        return Path(path)
 
     @classmethod
     def load_json(cls, path: str | Path) -> CausalUnits:
-        """Read a file written by :meth:`save_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Deprecated alias of :meth:`from_json`."""
+        warnings.warn("`CausalUnits.load_json(path)` is deprecated; use `from_json(path)`", DeprecationWarning,
+                      stacklevel=2)
+        return cls.from_json(path)
 
     def table(self) -> str:
         """A Markdown table: per ``n``, the fraction left after ablation (relative to the baseline)."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, overload
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._utils.checks import check_int
 from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.interventions import _common
@@ -108,7 +109,7 @@ def ablation_check(
         [('sky', [0], 1.0, [[1]]), ('grass', [1], 1.0, [[0]])]
 
     """
-    _common._check_count(top_n, "top_n", 1)
+    check_int(top_n, "top_n", minimum=1)
     _common._check_mode(mode)
     layers = _layer_results(layer_result, layer)
     statistics = _per_layer(statistics, layers)

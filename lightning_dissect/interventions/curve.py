@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._utils.checks import check_int
 from lightning_dissect.interventions._common import (
     _NAN,
     _RUN_DEFAULTS,
     Latents,
     RunOptions,
-    _check_count,
     _concept_index,
     _control_rng,
 )
@@ -132,7 +132,7 @@ def ablation_curve(
         generator, layer, segmenter, latents, concept=concept, num_units=int(iou.shape[0]), statistics=statistics,
         options={**options, "control_seed": control_seed}, function="ablation_curve", defaults=_CURVE_DEFAULTS,
     )  # fmt: skip
-    top = min(_check_count(max_units, "max_units", 0), p.width)
+    top = min(check_int(max_units, "max_units", minimum=0), p.width)
     points = _curve_points(steps, top)
     ranking = torch.sort(-iou.detach().double().cpu(), stable=True).indices[:top]
     order = torch.randperm(p.width, generator=_control_rng(control_seed, p.concept))

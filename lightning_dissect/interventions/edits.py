@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._utils.checks import check_count
+from lightning_dissect._utils.checks import check_int
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector, edit_layers, unwrap_model
 from lightning_dissect.interventions._common import Units
 from lightning_dissect.interventions.statistics import UnitStatistics
@@ -19,7 +19,7 @@ from lightning_dissect.interventions.statistics import UnitStatistics
 
 def _unit_index(units: Units, num_units: int, name: str = "units") -> Tensor:
     """Sorted, unique long indices of ``units`` (indices or a boolean mask), range-checked."""
-    num_units = check_count(num_units, "num_units")
+    num_units = check_int(num_units, "num_units", minimum=1)
     t = torch.as_tensor(units)
     if t.dtype == torch.bool:
         if t.shape != (num_units,):

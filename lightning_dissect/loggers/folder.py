@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 
 from lightning_dissect._utils.io import atomic_write_bytes, atomic_write_text
-from lightning_dissect.callbacks.history import round_path
+from lightning_dissect.callbacks.history import round_path, step_folder_name
 from lightning_dissect.loggers.content import RoundContent
 from lightning_dissect.visual.visualize import encode_png
 
@@ -30,7 +30,7 @@ def step_folder(log_dir: str | Path, prefix: str, step: int) -> Path:
         >>> step_folder("logs/version_0", "dissection", 12).as_posix()
         'logs/version_0/dissection/step_00000012'
     """
-    return Path(log_dir) / prefix / f"step_{int(step):08d}"
+    return Path(log_dir) / prefix / step_folder_name(step)
 
 
 class FolderWriter:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lightning_dissect.callbacks.history import round_file_name, step_folder_name
 from lightning_dissect.loggers.content import RoundContent
 
 __all__ = ["MLflowWriter"]
@@ -41,9 +42,9 @@ class MLflowWriter:
         """Log the round's JSON, tables (JSON tables) and pictures (PNG) as artifacts."""
         client, run_id = self.logger.experiment, self.logger.run_id
         prefix, step = content.prefix, content.step
-        folder = f"{prefix}/step_{int(step):08d}"
+        folder = f"{prefix}/{step_folder_name(step)}"
         global_step = int(content.result.metadata.get("global_step", step))
-        client.log_text(run_id, content.result.to_json(), f"{prefix}/round_{global_step:08d}.json")
+        client.log_text(run_id, content.result.to_json(), f"{prefix}/{round_file_name(global_step)}")
         for tag, table in content.tables.items():
             data = {column: [row[i] for row in table.rows] for i, column in enumerate(table.columns)}
             client.log_table(run_id, data=data, artifact_file=f"{folder}/{_relative(tag, prefix)}.json")

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from lightning_dissect.callbacks.history import round_prefix
 from lightning_dissect.loggers.causal import add_causal_content, causal_layout
 from lightning_dissect.loggers.content import RoundContent, Table
 from lightning_dissect.report._ablation_table import ablation_header, ablation_markdown, ablation_values
@@ -81,7 +82,7 @@ class RoundLogger:
     @property
     def prefix(self) -> str:
         """``dissection`` or ``dissection-<name>``: the first part of every tag and the round folder."""
-        return "dissection" if self.name is None else f"dissection-{self.name}"
+        return round_prefix(self.name)
 
     def tag(self, layer: str, *parts: str) -> str:
         """The tag of one value of one layer."""

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from lightning_dissect._utils.checks import (
-    check_count,
     check_ignore_index,
+    check_int,
     check_mask,
     check_segmentation,
 )
@@ -161,7 +161,7 @@ class ConceptPixelFraction(SumStateMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_concepts = check_count(num_concepts, "num_concepts")
+        self.num_concepts = check_int(num_concepts, "num_concepts", minimum=1)
         self.ignore_index = check_ignore_index(ignore_index)
         self.validate_args = validate_args
         self._add_sum_state("concept_pixels", (self.num_concepts,))

@@ -10,8 +10,8 @@ from torch import Tensor
 from lightning_dissect._utils.checks import (
     _shape,
     check_activations,
-    check_count,
     check_ignore_index,
+    check_int,
     check_segmentation,
     check_thresholds,
 )
@@ -123,9 +123,9 @@ class UnitConceptIoU(SumStateMetric):
         if not isinstance(paired, bool):
             raise TypeError(f"`paired` must be a bool, got {type(paired).__name__}")
         self.paired = paired
-        self.max_temporary_bytes = check_count(max_temporary_bytes, "max_temporary_bytes")
-        self.num_units = check_count(num_units, "num_units")
-        self.num_concepts = check_count(num_concepts, "num_concepts")
+        self.max_temporary_bytes = check_int(max_temporary_bytes, "max_temporary_bytes", minimum=1)
+        self.num_units = check_int(num_units, "num_units", minimum=1)
+        self.num_concepts = check_int(num_concepts, "num_concepts", minimum=1)
         self.ignore_index = check_ignore_index(ignore_index)
         thresholds = check_thresholds(thresholds, num_units=self.num_units)
         self.validate_args = validate_args

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
-from lightning_dissect._utils.checks import check_activations, check_count, check_levels
+from lightning_dissect._utils.checks import check_activations, check_int, check_levels
 from lightning_dissect._utils.parallel import run_tasks, worker_count
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional.quantiles import (
@@ -108,7 +108,7 @@ class UnitQuantiles(SumStateMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_units = check_count(num_units, "num_units")
+        self.num_units = check_int(num_units, "num_units", minimum=1)
         self.levels, self._scalar = check_levels(quantiles, "quantiles")
         self.anchored = min_magnitude is None and max_magnitude is None
         if self.anchored:

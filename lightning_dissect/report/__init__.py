@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.io import atomic_write_bytes, atomic_write_text, check_writable_output
 from lightning_dissect._utils.text import plural
 from lightning_dissect.interpretability import InterpretabilityRule
 from lightning_dissect.report._ablation_table import ABLATION_COLUMNS, ablation_rows
@@ -43,7 +43,7 @@ from lightning_dissect.report.causal import (
     write_causal_report,
 )
 from lightning_dissect.visual.colours import IOU_SCALE_MAX
-from lightning_dissect.visual.visualize import encode_png, image_strip
+from lightning_dissect.visual.visualize import strip_png
 
 if TYPE_CHECKING:
     from lightning_dissect.engine.hooks import OutputSelector
@@ -232,13 +232,11 @@ def _write_strips(out: Path, slug: str, images: Mapping[int, Tensor]) -> dict[in
     folder = out / "images" / slug
     folder.mkdir(parents=True, exist_ok=True)
     for unit, tiles in images.items():
-        if tiles.ndim == 3:
-            tiles = tiles.unsqueeze(0)
-        if tiles.shape[0] == 0:
+        png = strip_png(tiles)
+        if png is None:
             continue
-        strip = image_strip(list(tiles.to(torch.uint8).cpu()), gap=2)
         name = f"unit-{int(unit):04d}.png"
-        (folder / name).write_bytes(encode_png(strip))
+        atomic_write_bytes(folder / name, png)
         paths[int(unit)] = f"images/{slug}/{name}"
     return paths
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.io import atomic_write_bytes, atomic_write_text, check_writable_output
 from lightning_dissect._utils.text import plural
 from lightning_dissect.report._page import html_page, subtitle
 from lightning_dissect.report._svg import _text
-from lightning_dissect.visual.visualize import encode_png, image_strip, to_uint8
+from lightning_dissect.visual.visualize import as_rgb, encode_png, enlarge, image_strip, strip_png, to_uint8
 
 if TYPE_CHECKING:  # annotations only: the report sits above the results
     from lightning_dissect.interventions.causal_result import CausalUnits
@@ -52,19 +52,14 @@ def write_causal_images(result: CausalUnits, directory: Path, value_range: tuple
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for unit, tiles in result.unit_images.items():
-        if tiles.ndim == 3:
-            tiles = tiles.unsqueeze(0)
-        if tiles.shape[0]:
+        png = strip_png(tiles)
+        if png is not None:
             name = f"unit-{int(unit):04d}"
-            (folder / f"{name}.png").write_bytes(encode_png(image_strip(list(tiles.to(torch.uint8).cpu()), gap=2)))
+            atomic_write_bytes(folder / f"{name}.png", png)
             paths[f"unit-{int(unit)}"] = f"images/{slug}/{name}.png"
     for name, images in result.examples.items():
-        tiles = to_uint8(images, value_range)
-        if tiles.shape[1] == 1:
-            tiles = tiles.expand(-1, 3, -1, -1)
-        scale = max(1, 96 // int(tiles.shape[-1]))
-        tiles = tiles.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-        (folder / f"{name}.png").write_bytes(encode_png(image_strip(list(tiles), gap=4)))
+        tiles = enlarge(as_rgb(to_uint8(images, value_range)))
+        atomic_write_bytes(folder / f"{name}.png", encode_png(image_strip(list(tiles), gap=4)))
         paths[name] = f"images/{slug}/{name}.png"
     return paths
 

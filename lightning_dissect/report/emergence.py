@@ -28,7 +28,7 @@ from lightning_dissect._utils.text import plural
 from lightning_dissect.report import layer_slug
 from lightning_dissect.report._page import html_page, run_facts, subtitle
 from lightning_dissect.visual.colours import concept_colour
-from lightning_dissect.visual.visualize import encode_png, image_strip
+from lightning_dissect.visual.visualize import strip_png
 
 if TYPE_CHECKING:
     from lightning_dissect.result import DissectionResult
@@ -213,10 +213,8 @@ def _legend(concepts: Sequence[str], palette: Any, *, none: bool = True) -> str:
 
 
 def _png_uri(tiles: Tensor) -> str:
-    if tiles.ndim == 3:
-        tiles = tiles.unsqueeze(0)
-    strip = image_strip(list(tiles.cpu()), gap=2)
-    return "data:image/png;base64," + base64.b64encode(encode_png(strip)).decode("ascii")
+    png = strip_png(tiles)
+    return "" if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _final_strips(result: DissectionResult, layer: str, images: Mapping[int, Tensor]) -> str:

@@ -25,7 +25,6 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import (
     ImageRangeError,
-    check_count,
     check_images,
     check_int,
     check_segmentation,
@@ -268,7 +267,7 @@ def validate_images(
         lightning_dissect._utils.checks.ImageRangeError: `images` has values in [200, 200] given where [-1, 1] ...
 
     """
-    channels = check_count(channels, "channels")
+    channels = check_int(channels, "channels", minimum=1)
     if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] != channels:
         got = int(images.shape[1])
         hint = " (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == channels else ""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._utils.checks import check_count
+from .._utils.checks import check_int
 from ..vocabulary import NO_CATEGORY, ConceptVocabulary
 from .base import (
     Segmenter,
@@ -62,7 +62,7 @@ class AdaptedSegmenter:
 
     def __init__(self, segmenter: Segmenter, value_range: tuple[float, float], channels: int) -> None:
         check_segmenter(segmenter, "segmenter")
-        channels = check_count(channels, "channels")
+        channels = check_int(channels, "channels", minimum=1)
         _check_channel_map(channels, segmenter_channels(segmenter), "channels")
         self.segmenter = segmenter
         self.value_range = check_value_range(value_range, "value_range")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
+from .._utils.seeds import derive_seed
 from .synthetic import SyntheticSceneDataset
 from .world import SceneWorld
 
@@ -55,7 +56,7 @@ class SyntheticSceneDataModule(L.LightningDataModule):
         """Create the datasets (cheap: samples are rendered on demand)."""
         hp = self.hparams
         self.train_set = SyntheticSceneDataset(hp.num_train, hp.seed, world=self.world)
-        self.val_set = SyntheticSceneDataset(hp.num_val, hp.seed + 1, world=self.world)
+        self.val_set = SyntheticSceneDataset(hp.num_val, derive_seed(hp.seed, "validation"), world=self.world)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.train_set is None or self.val_set is None:

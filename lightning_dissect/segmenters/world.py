@@ -119,7 +119,7 @@ class SceneWorld:
     """
 
     def __init__(self, image_size: int = 32, chunk_size: int = 256) -> None:
-        image_size = int(check_int(image_size, "image_size", minimum=16))  # type: ignore[arg-type]
+        image_size = check_int(image_size, "image_size", minimum=16)
         self.image_size = image_size
         self.chunk_size = max(1, int(chunk_size))
         names = tuple(c[0] for c in WORLD_CONCEPTS)

@@ -15,13 +15,14 @@ from torch import Tensor
 from lightning_dissect._utils.text import plural
 from lightning_dissect.result import DissectionResult, LayerDissection, UnitDissection
 from lightning_dissect.visual._font import draw_text, text_size
-from lightning_dissect.visual.colours import concept_colour
+from lightning_dissect.visual.colours import IOU_SCALE_MAX, concept_colour
 from lightning_dissect.visual.visualize import (
-    IOU_SCALE_MAX,
     diagonal_order,
+    enlarge,
     image_strip,
     labelled_heatmap,
     legend_image,
+    stack_rows,
     text_image,
 )
 
@@ -170,10 +171,7 @@ def unit_strip(images: Tensor) -> Tensor:
         >>> unit_strip(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape[1]
         96
     """
-    factor = max(1, 96 // int(images.shape[-2]))
-    if factor > 1:
-        images = images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-    return image_strip(list(images))
+    return image_strip(list(enlarge(images)))
 
 
 def unit_label_lines(unit: UnitDissection) -> list[str]:
@@ -212,14 +210,4 @@ def unit_strip_grid(result: DissectionResult, layer: str, units: Sequence[int]) 
         draw_text(row, header, 4, 2, _INK if records[u].interpretable else _GREY, STRIP_FONT_SCALE)
         row[:, text_h + 4 :, : strip.shape[2]] = strip
         rows.append(row)
-    width = max(r.shape[2] for r in rows)
-    gap = torch.full((3, 2, width), 255, dtype=torch.uint8)
-    parts: list[Tensor] = []
-    for i, row in enumerate(rows):
-        if i:
-            parts.append(gap)
-        if row.shape[2] < width:
-            pad = torch.full((3, row.shape[1], width - row.shape[2]), 255, dtype=torch.uint8)
-            row = torch.cat([row, pad], 2)
-        parts.append(row)
-    return torch.cat(parts, 1)
+    return stack_rows(rows, gap=2)

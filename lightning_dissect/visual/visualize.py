@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dissect._utils.checks import check_count
+from lightning_dissect._utils.checks import check_int
 from lightning_dissect.visual._font import draw_text, text_size
 from lightning_dissect.visual.colours import IOU_SCALE_MAX, scale_colours
 
@@ -23,6 +23,10 @@ __all__ = [
     "to_uint8",
     "overlay_mask",
     "image_strip",
+    "stack_rows",
+    "as_rgb",
+    "enlarge",
+    "strip_png",
     "heatmap",
     "labelled_heatmap",
     "legend_image",
@@ -96,6 +100,71 @@ def image_strip(images: Sequence[Tensor] | Tensor, gap: int = 2) -> Tensor:
             parts.append(spacer)
         parts.append(img)
     return torch.cat(parts, 2)
+
+
+def stack_rows(rows: Sequence[Tensor], gap: int = 2) -> Tensor:
+    """Stack ``uint8 (3, h_i, w_i)`` rows top to bottom with white gaps; narrower rows are padded white on the right.
+
+    Examples:
+        >>> stack_rows([torch.zeros(3, 2, 4, dtype=torch.uint8), torch.zeros(3, 3, 2, dtype=torch.uint8)]).shape
+        torch.Size([3, 7, 4])
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("stack_rows needs at least one row")
+    width = max(r.shape[2] for r in rows)
+    gap_row = torch.full((3, gap, width), 255, dtype=torch.uint8, device=rows[0].device)
+    parts: list[Tensor] = []
+    for i, row in enumerate(rows):
+        if i:
+            parts.append(gap_row)
+        if row.shape[2] < width:
+            pad = torch.full((3, row.shape[1], width - row.shape[2]), 255, dtype=torch.uint8, device=row.device)
+            row = torch.cat([row, pad], 2)
+        parts.append(row)
+    return torch.cat(parts, 1)
+
+
+def as_rgb(images: Tensor) -> Tensor:
+    """Grey images (one channel, ``(..., 1, H, W)``) as three equal channels; RGB images as they are.
+
+    Examples:
+        >>> as_rgb(torch.zeros(2, 1, 4, 4)).shape, as_rgb(torch.zeros(3, 4, 4)).shape
+        (torch.Size([2, 3, 4, 4]), torch.Size([3, 4, 4]))
+    """
+    if images.shape[-3] == 1:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    return images
+
+
+def enlarge(images: Tensor, min_height: int = 96) -> Tensor:
+    """Frames ``(..., H, W)`` enlarged by the largest whole factor that keeps ``H`` within ``min_height`` (nearest).
+
+    Small frames (a 32-pixel generator's) become readable in a strip; frames of ``min_height`` or
+    more are returned as they are.
+
+    Examples:
+        >>> enlarge(torch.zeros(2, 3, 32, 32)).shape, enlarge(torch.zeros(3, 128, 64)).shape
+        (torch.Size([2, 3, 96, 96]), torch.Size([3, 128, 64]))
+    """
+    factor = max(1, min_height // int(images.shape[-2]))
+    if factor > 1:
+        images = images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    return images
+
+
+def strip_png(tiles: Tensor, gap: int = 2) -> bytes | None:
+    """One unit's frames ``(k, 3, H, W)`` (or one ``(3, H, W)``) as a PNG strip; ``None`` when ``k`` is 0.
+
+    Examples:
+        >>> strip_png(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))[:4], strip_png(torch.zeros(0, 3, 4, 4))
+        (b'\\x89PNG', None)
+    """
+    if tiles.ndim == 3:
+        tiles = tiles.unsqueeze(0)
+    if tiles.shape[0] == 0:
+        return None
+    return encode_png(image_strip(list(tiles.to(torch.uint8).cpu()), gap=gap))
 
 
 def _colormap(x: Tensor) -> Tensor:
@@ -172,7 +241,7 @@ def diagonal_order(
 
 
 def _check_scale(scale: Any) -> None:
-    scale = check_count(scale, "font_scale")
+    scale = check_int(scale, "font_scale", minimum=1)
 
 
 def labelled_heatmap(
