@@ -122,6 +122,38 @@ def test_held_out_level_selection(painter, segmenter):
         assert result["layout"].units[k].iou > 0.8
 
 
+def test_levels_chosen_on_the_selection_set_count_the_dissection_set_at_them(painter, segmenter, monkeypatch):
+    """Pass 2 counts only the chosen level of every unit: the same IoU as counting every level."""
+    import numpy as np
+
+    import tests.reference as ref
+    from lightning_dissect.dissection import summary
+
+    kwargs = {"threshold_mode": "iqr", "level_selection_samples": 24, "num_samples": 20, "num_levels": 6,
+              "batch_size": 8}
+    result = run(painter, segmenter, **kwargs)
+    # the dissection bank's maps and labels, counted pixel by pixel at each unit's chosen threshold
+    bank = LatentBank(20, (painter.latent_dim,), seed=1)
+    maps = painter.unit_maps(bank.latents)
+    with torch.no_grad():
+        labels = segmenter(painter(bank.latents))
+    layer = result["layout"]
+    levels = np.array([u.level for u in layer.units], dtype=np.float32)
+    expected = ref.counts(maps.numpy(), labels.numpy(), levels, result.vocabulary.num_concepts,
+                          result.vocabulary.unlabeled_index)
+    want = ref.iou(expected["intersection"], expected["unit_area"], expected["concept_area"])
+    np.testing.assert_allclose(layer.iou.double().numpy(), want.astype(np.float32), rtol=1e-6, atol=0)
+    # and the result equals counting every level of the dissection set (the chosen ones read after)
+    every_level = summary.chosen_thresholds
+    monkeypatch.setattr(summary, "chosen_thresholds", lambda cfg, thresholds, counts, ignore: thresholds)
+    import lightning_dissect.dissection as dissection_module
+
+    monkeypatch.setattr(dissection_module, "chosen_thresholds", summary.chosen_thresholds)
+    assert every_level is not summary.chosen_thresholds
+    again = run(painter, segmenter, **kwargs)
+    assert again.to_dict()["layers"] == result.to_dict()["layers"]
+
+
 # ---------------------------------------------------------------------------- contract
 @pytest.mark.parametrize("mode", ["quantile", "iqr"])
 def test_call_counts_modes_and_rng(painter, segmenter, mode):

@@ -22,7 +22,7 @@ from lightning_dissect._utils.seeds import derive_seed
 from lightning_dissect.config import DissectionConfig, merge_settings
 from lightning_dissect.dissection.passes import CountPass, ThresholdPass, count_pass, threshold_pass, thresholds_from
 from lightning_dissect.dissection.strips import render_unit_images
-from lightning_dissect.dissection.summary import summarise_layer
+from lightning_dissect.dissection.summary import chosen_thresholds, summarise_layer
 from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
@@ -240,8 +240,13 @@ def _run_passes(
                 runner, selection_source, thresholds, segmenter, progress, what="dissection: level selection set",
                 unit_area=cfg.unit_area,
             ).counts
+        counting = thresholds
+        if selection is not None:
+            # the levels are chosen on the selection set: count the dissection set at them alone
+            ignore = segmenter.vocabulary.unlabeled_index
+            counting = {n: chosen_thresholds(cfg, thresholds[n], selection[n], ignore) for n in layers}
         counted = count_pass(
-            runner, source, thresholds, segmenter, progress, cached=found.segmentations,
+            runner, source, counting, segmenter, progress, cached=found.segmentations,
             chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk), unit_area=cfg.unit_area,
         )
         frames = counted.frames

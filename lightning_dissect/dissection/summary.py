@@ -11,7 +11,7 @@ from lightning_dissect.functional.scores import best_level_and_concept, iou_from
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["netdissect_label", "summarise_layer"]
+__all__ = ["chosen_thresholds", "netdissect_label", "summarise_layer"]
 
 
 def _without_unlabeled(scores: Tensor, ignore_index: int | None) -> Tensor:
@@ -61,6 +61,19 @@ def _iqr_choice(
     return best_level_and_concept(iqr, ignore_index)
 
 
+def chosen_thresholds(
+    cfg: DissectionConfig, thresholds: Tensor, selection_counts: ConceptCounts, ignore_index: int | None
+) -> Tensor:
+    """``"iqr"`` mode with a selection set: each unit's ``(U,)`` threshold at the level chosen on it.
+
+    Counting the dissection set at these alone gives the counts that :func:`summarise_layer` reads
+    at the chosen levels of ``(U, K)`` counts (the same integers), at the cost of one threshold.
+    """
+    level, _ = _iqr_choice(cfg, selection_counts, ignore_index)
+    rows = torch.arange(thresholds.shape[0], device=thresholds.device)
+    return thresholds[rows, level.to(thresholds.device)].contiguous()
+
+
 def _unit_iqr(counts: ConceptCounts, level: Tensor | None, label: Tensor) -> Tensor:
     """Each unit's IQR at its level and label, from its integer counts (:func:`iqr_of_table`: reproducible)."""
     rows = torch.arange(label.shape[0])
@@ -97,9 +110,11 @@ def summarise_layer(
         level, label = _iqr_choice(cfg, selection_counts if selection_counts is not None else counts, ignore_index)
         level, label = level.cpu(), label.cpu()
         unit_thresholds = thresholds.cpu()[rows, level]
-        iou = iou.cpu()[rows, level]
+        # counts made at the chosen levels only (levels chosen on a selection set) have no level axis
+        at_levels = counts.intersection.ndim == 3
+        iou = iou.cpu()[rows, level] if at_levels else iou.cpu()
         if chance_iou is not None:
-            chance_iou = chance_iou.cpu()[rows, level]
+            chance_iou = chance_iou.cpu()[rows, level] if at_levels else chance_iou.cpu()
     else:
         unit_thresholds = thresholds.cpu()
         iou = iou.cpu()
@@ -109,7 +124,8 @@ def summarise_layer(
         else:
             label = _without_unlabeled(iou, ignore_index).argmax(1)
     unit_iou = iou[rows, label]
-    unit_iqr = _unit_iqr(counts, level if cfg.threshold_mode == "iqr" else None, label)
+    at_level = level if cfg.threshold_mode == "iqr" and counts.intersection.ndim == 3 else None
+    unit_iqr = _unit_iqr(counts, at_level, label)
     label_chance = chance_iou[rows, label] if chance_iou is not None else None
     interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr)
     unit_chance = label_chance.tolist() if label_chance is not None else [None] * units
