@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.io import json_text
 from lightning_dissect.interpretability import InterpretabilityRule
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -306,11 +306,7 @@ class DissectionResult:
             >>> DissectionResult.from_json(result.to_json())["conv"].units[0].label
             'sky'
         """
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            check_writable_output(path, "path")
-            atomic_write_text(path, text)
-        return text
+        return json_text(self.to_dict(), path, indent=indent)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> DissectionResult:

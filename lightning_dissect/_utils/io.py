@@ -6,11 +6,13 @@ This module imports nothing from the rest of the package, so any module may use 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable_output"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable_output", "json_text"]
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
@@ -96,6 +98,24 @@ def _open_mode(target: Path) -> int:
         return target.stat().st_mode & 0o7777
     except OSError:
         return 0o666 & ~_umask()
+
+
+def json_text(data: Any, path: str | Path | None = None, *, indent: int | None = None) -> str:
+    """``data`` as JSON text; also written to ``path`` when given (checked first, then atomically).
+
+    The one ``to_json(path=None)`` of the package's results.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.json"
+        >>> json_text({"a": 1}, target), target.read_text()
+        ('{"a": 1}', '{"a": 1}')
+    """
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        check_writable_output(path, "path")
+        atomic_write_text(path, text)
+    return text
 
 
 def check_writable_output(path: str | Path, argument: str, *, directory: bool = False) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dissect._utils.io import atomic_write_text, check_writable_output
+from lightning_dissect._utils.io import json_text
 
 __all__ = ["CausalComparison", "CausalUnits", "RANKINGS"]
 
@@ -188,11 +188,7 @@ class CausalUnits:
             >>> CausalUnits.from_json(units.to_json()).ranking.tolist()
             [2, 0, 1]
         """
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            check_writable_output(path, "path")
-            atomic_write_text(path, text)
-        return text
+        return json_text(self.to_dict(), path, indent=indent)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> CausalUnits:
