@@ -32,7 +32,7 @@ from lightning_dissect.interventions import CausalUnits, UnitStatistics, unit_st
 from lightning_dissect.result import DissectionResult, UnitDissection
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.visual.colours import concept_colour
-from lightning_dissect.visual.visualize import to_uint8
+from lightning_dissect.visual.visualize import as_rgb, to_uint8
 
 __all__ = ["DEFAULT_UNITS", "MAX_UNITS", "PaintError", "Painter"]
 
@@ -435,7 +435,7 @@ def _seed(value: Any) -> int:
 
 
 def _rgb(image: Tensor) -> Tensor:
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    return as_rgb(image)[:3]  # grey as RGB; an alpha channel dropped
 
 
 def _finite(value: Any) -> float | None:
