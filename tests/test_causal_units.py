@@ -293,3 +293,21 @@ def test_report_section_matches_the_result(painted, tmp_path):
             assert f"{value / result.baseline:.1%}" in page
     assert page.count('class="causal-curve"') == 2 and 'class="alpha-profile"' in page
     assert page.count("<rect") == len(result.alpha)  # one α bar per unit
+
+
+def test_to_json_and_from_json_as_for_results(tmp_path):
+    units = CausalUnits(
+        "conv", "tree", 3, alpha=torch.tensor([0.25, 0.0, 1.0]), ranking=torch.tensor([2, 0, 1]),
+        iou=torch.tensor([0.1, 0.0, 0.3]), gradient=torch.tensor([-0.5, 0.0, -1.0]),
+        insertion_value=torch.ones(3), baseline=0.3, seed=7,
+    )
+    target = tmp_path / "sub" / "causal.json"
+    text = units.to_json(target)
+    assert json.loads(target.read_text()) == json.loads(text) == units.to_dict()
+    for source in (text, target, str(target)):
+        assert CausalUnits.from_json(source).to_dict() == units.to_dict()
+    with pytest.warns(DeprecationWarning, match="to_json"):
+        old = units.save_json(tmp_path / "old.json")
+    assert old.read_text() == text  # the same bytes as before: indent 1
+    with pytest.warns(DeprecationWarning, match="from_json"):
+        assert CausalUnits.load_json(old).to_dict() == units.to_dict()
