@@ -246,8 +246,9 @@ def _run_passes(
             ignore = segmenter.vocabulary.unlabeled_index
             counting = {n: chosen_thresholds(cfg, thresholds[n], selection[n], ignore) for n in layers}
         counted = count_pass(
-            runner, source, counting, segmenter, progress, cached=found.segmentations,
-            chance=cfg.chance_baseline, keep=_strip_latents(cfg, found, topk), unit_area=cfg.unit_area,
+            runner, source, counting, segmenter, progress,
+            cached=None if found.reread_labels else found.segmentations, chance=cfg.chance_baseline,
+            keep=_strip_latents(cfg, found, topk), unit_area=cfg.unit_area,
         )
         frames = counted.frames
         if cfg.num_visualized_units and runner.distributed and world_size > 1:

@@ -2,7 +2,8 @@
 
 1. :func:`threshold_pass` — network + segmenter: per-unit histograms of the upsampled maps, the
    top-k samples per unit, and the segmentations, cached compactly so the segmenter runs once per
-   sample;
+   sample (ground truth that comes with a dataset is read again in pass 2 instead: nothing grows
+   with the number of images);
 2. :func:`count_pass` — network only: exact unit–concept counts at the thresholds (at ``K``
    candidate levels in ``"iqr"`` mode), and the same counts with images paired to another image's
    segmentation (the chance baseline). On a held-out source it selects the ``"iqr"`` levels.
@@ -27,6 +28,7 @@ from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.strips import Frame, keep_frames
 from lightning_dissect.dissection.topk import TopK
+from lightning_dissect.engine.images import GroundTruth
 from lightning_dissect.engine.runner import Batch, ModuleRunner, SourceT
 from lightning_dissect.functional.category_area import concept_category_index
 from lightning_dissect.functional.counts import ConceptCounts
@@ -73,6 +75,8 @@ class ThresholdPass:
     quantiles: dict[str, UnitQuantiles] = field(default_factory=dict)
     topk: dict[str, TopK] = field(default_factory=dict)
     segmentations: list[Tensor] = field(default_factory=list)
+    #: The labels are the dataset's own (:class:`GroundTruth`): not cached, pass 2 reads them again.
+    reread_labels: bool = False
     segmentation_size: tuple[int, int] = (0, 0)
     #: Bytes of one sample's image and captured maps as float32 (what keeping a frame costs).
     frame_bytes: int = 0
@@ -93,7 +97,9 @@ def threshold_pass(
     ``refuse_unit_range``: refuse ``[0, 1]`` images for a ``[-1, 1]`` segmenter on the first batch
     (see :meth:`ModuleRunner.segment`).
     """
-    out = ThresholdPass()
+    # a dataset's own labels are read again in pass 2 (as cheap as reading them here): memory stays
+    # flat in the number of images; a segmenter's labels are kept, so that it runs once per sample
+    out = ThresholdPass(reread_labels=isinstance(segmenter, GroundTruth))
     shard = runner.shard(source)
     task = progress.task("dissection pass 1/2: thresholds", len(shard))
     device = runner.device
@@ -109,7 +115,8 @@ def threshold_pass(
             out.segmentation_size = (int(labels.shape[-2]), int(labels.shape[-1]))
             if not out.frame_bytes:
                 out.frame_bytes = 4 * (batch.images[0].numel() + sum(batch.activations[n][0].numel() for n in layers))
-            out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
+            if not out.reread_labels:
+                out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
             with metric_threads(device):
                 for name in layers:
                     a = batch.activations[name].float()
@@ -173,16 +180,18 @@ def count_pass(
     """Count unit–concept co-occurrences at ``thresholds`` over this rank's shard of ``source``.
 
     Labels come from ``cached`` (pass 1's segmentations, in batch order) or, without it, from
-    the segmenter. With ``chance`` (and cached labels), every image is also counted against the
-    segmentation of the previous image of the source, the first image against the last one; with
-    one sample there is no pair and no chance counts. The image and maps of every sample in
-    ``keep`` are kept (unit strips are drawn from them instead of generating the images again).
+    the segmenter (a :class:`GroundTruth`: the dataset's own labels, read again). With ``chance``,
+    every image is also counted against the segmentation of the previous image of the source, the
+    first image against the last one; with one sample there is no pair and no chance counts. The
+    chance baseline needs ``cached`` labels or a :class:`GroundTruth` (labels read again). The
+    image and maps of every sample in ``keep`` are kept (unit strips are drawn from them instead of
+    generating the images again).
     ``unit_area="category"`` counts a unit's area per concept category (NetDissect-Lite's rule,
     see :mod:`lightning_dissect.functional.category_area`).
     """
     vocabulary = segmenter.vocabulary
     layers = list(thresholds)
-    if chance and cached is None:
+    if chance and cached is None and not isinstance(segmenter, GroundTruth):
         raise ValueError("the chance baseline pairs cached segmentations: pass `cached`")
 
     shard = runner.shard(source)
@@ -213,7 +222,12 @@ def count_pass(
         labels_of = lambda i, _b: cached[i].to(device=runner.device, dtype=torch.int64)  # noqa: E731
     else:
         labels_of = lambda _i, b: _labels(b).to(runner.device)  # noqa: E731
-    previous = _last_label_of_previous_shard(runner, cached) if chance and cached is not None else None
+    previous = None
+    if chance:
+        previous = (
+            _last_label_of_previous_shard(runner, cached) if cached is not None
+            else _label_before_shard(runner, source, shard, segmenter)
+        )
     with runner.collective(what):
         batches = runner.batches(
             source, shard, layers=layers, segmenter=None if cached is not None else segmenter,
@@ -243,6 +257,13 @@ def _labels(batch: Batch) -> Tensor:
     if batch.labels is None:
         raise RuntimeError("a batch read without a segmenter has no labels")
     return batch.labels
+
+
+def _label_before_shard(runner: ModuleRunner[Any], source: Any, shard: Tensor, segmenter: Segmenter) -> Tensor:
+    """The dataset's own label of the source's image just before this rank's shard (cyclically), read again."""
+    index = torch.tensor([(int(shard[0]) - 1) % len(source)], dtype=torch.long)
+    images, given = runner.load(source, index)  # type: ignore[attr-defined]  # an ImageRunner: labels with the data
+    return runner.labels(source, images, given, segmenter, first=False).to(runner.device)  # type: ignore[attr-defined]
 
 
 def _last_label_of_previous_shard(runner: ModuleRunner[Any], cached: Sequence[Tensor]) -> Tensor:
