@@ -287,12 +287,16 @@ def write_example_broden(
     image_size: int = 16,
     label_size: int = 8,
     concepts_per_category: int = 3,
+    labels_per_image: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a small Broden-format folder (for examples, tests and benchmarks); return its path.
 
     Categories: ``object`` and ``part`` (one PNG each, parts only on every other image),
     ``color`` (two PNGs: several labels per pixel) and ``scene`` (an image-level label).
+    ``concepts_per_category`` labels per category; each pixel of a PNG takes one of them at
+    random, or, with ``labels_per_image``, one of that many drawn for the image (as in Broden,
+    where an image holds a few of the category's labels).
 
     Examples:
         >>> import tempfile
@@ -330,6 +334,9 @@ def write_example_broden(
             for cat in ("object", "part", "color"):
                 # the second colour PNG holds the first colour label: the first one never repeats it in a pixel
                 pool = numbers[cat][1:] if cat == "color" else numbers[cat]
+                if labels_per_image is not None and labels_per_image < len(pool):
+                    drawn = torch.randperm(len(pool), generator=gen)[:labels_per_image]
+                    pool = [pool[int(j)] for j in drawn]
                 pick = torch.randint(0, len(pool), (label_size, label_size), generator=gen)
                 choice = torch.tensor(pool)[pick]
                 blocks = torch.randint(0, 3, (1,), generator=gen).item()
