@@ -165,13 +165,12 @@ def main() -> None:
     rows = []
     for concepts, folder in folders.items():
         data = BrodenDataset(folder)
-        depth = data.depth
         ours(net, BrodenDataset(repeated_folder(folder, root, args.batch_size)), args.batch_size, args.preset)  # warm
-        t_floor = _best(lambda: floor(net, data, args.batch_size), args.repeats)
-        t_ours = _best(lambda: ours(net, data, args.batch_size, args.preset), args.repeats)
-        rows.append((concepts, data.vocabulary.num_concepts, depth, t_floor, t_ours))
-        print(f"  {data.vocabulary.num_concepts - 1:5d} concepts ({depth} label maps per image): floor {t_floor:6.2f} s, "
-              f"dissect_images {t_ours:6.2f} s, ours / floor = {t_ours / t_floor:.2f}, "
+        t_floor = _best(lambda data=data: floor(net, data, args.batch_size), args.repeats)
+        t_ours = _best(lambda data=data: ours(net, data, args.batch_size, args.preset), args.repeats)
+        rows.append((concepts, data.vocabulary.num_concepts, data.depth, t_floor, t_ours))
+        print(f"  {data.vocabulary.num_concepts - 1:5d} concepts ({data.depth} label maps per image): "
+              f"floor {t_floor:6.2f} s, dissect_images {t_ours:6.2f} s, ours / floor = {t_ours / t_floor:.2f}, "
               f"statistics (ours - floor) {t_ours - t_floor:6.2f} s", flush=True)
     concepts, _, _, t_floor, t_ours = rows[-1]
     print(f"at {concepts} concepts: ours / floor = {t_ours / t_floor:.2f} (target <= 2: "
