@@ -27,7 +27,13 @@ from lightning_dissect.functional.counts import (
     accumulate_unit_concept_counts,
 )
 
-__all__ = ["accumulate_category_unit_area", "concept_category_index"]
+__all__ = [
+    "accumulate_category_unit_area",
+    "add_category_area",
+    "category_counts",
+    "category_labels",
+    "concept_category_index",
+]
 
 
 def concept_category_index(categories: tuple[str, ...] | list[str], names: tuple[str, ...] | list[str]) -> Tensor:
@@ -73,12 +79,33 @@ def accumulate_category_unit_area(
     batch, units = activations.shape[:2]
     if batch == 0 or units == 0:
         return
-    groups = out.shape[-1]
+    pseudo, num = category_labels(segmentation.to(activations.device), concept_category, out.shape[-1], ignore_index)
+    counts = category_counts(out, num)
+    accumulate_unit_concept_counts(
+        counts, activations, pseudo, thresholds, num, ignore_index=0, max_temporary_bytes=max_temporary_bytes,
+    )
+    add_category_area(out, counts.intersection, batch)
+
+
+def category_labels(
+    segmentation: Tensor, concept_category: Tensor, groups: int, ignore_index: int | None
+) -> tuple[Tensor, int]:
+    """The pseudo-labels ``(B, L + 1, H, W)`` of a batch and their number (see the module docs).
+
+    Count them (label 0 ignored) beside the concepts, then add the areas with :func:`add_category_area`.
+
+    Examples:
+        >>> seg = torch.tensor([[[[1, 2]]], [[[2, 0]]]])  # 2 images, concept 1: category 0, 2: category 1
+        >>> pseudo, num = category_labels(seg, torch.tensor([-1, 0, 1]), 2, ignore_index=0)
+        >>> pseudo[:, :, 0].tolist(), num  # (image b, category g) -> 1 + 2b + g; whole image b -> 5 + b
+        ([[[1, 2], [5, 5]], [[4, 0], [6, 6]]], 7)
+    """
     if segmentation.ndim == 3:
         segmentation = segmentation.unsqueeze(1)
-    device = activations.device
+    batch = segmentation.shape[0]
+    device = segmentation.device
     category = concept_category.to(device)
-    labels = segmentation.to(device=device, dtype=torch.int64)
+    labels = segmentation.to(dtype=torch.int64)
     code = category[labels.clamp(0, category.numel() - 1)]
     image = torch.arange(batch, device=device).view(batch, 1, 1, 1)
     keep = code >= 0
@@ -86,18 +113,25 @@ def accumulate_category_unit_area(
         keep &= labels != ignore_index
     pseudo = torch.where(keep, 1 + image * groups + code, torch.zeros_like(code))
     whole = (1 + batch * groups + image).expand(batch, 1, *labels.shape[-2:])
-    pseudo = torch.cat([pseudo, whole], 1)
-    num = 1 + batch * groups + batch
-    levels = tuple(thresholds.shape[1:])
-    counts = ConceptCounts(
-        torch.zeros(units, *levels, num, dtype=torch.int64, device=device),
-        torch.zeros(units, *levels, dtype=torch.int64, device=device),
+    return torch.cat([pseudo, whole], 1), 1 + batch * groups + batch
+
+
+def category_counts(out: Tensor, num: int) -> ConceptCounts:
+    """Empty counts of ``num`` pseudo-labels for the thresholds behind ``out`` (``(U, [K,] G)``)."""
+    units_levels = tuple(out.shape[:-1])
+    device = out.device
+    return ConceptCounts(
+        torch.zeros(*units_levels, num, dtype=torch.int64, device=device),
+        torch.zeros(*units_levels, dtype=torch.int64, device=device),
         torch.zeros(num, dtype=torch.int64, device=device),
         torch.zeros((), dtype=torch.int64, device=device),
     )
-    accumulate_unit_concept_counts(
-        counts, activations, pseudo, thresholds, num, ignore_index=0, max_temporary_bytes=max_temporary_bytes,
-    )
-    per_image_category = counts.intersection[..., 1 : 1 + batch * groups].reshape(units, *levels, batch, groups)
-    per_image = counts.intersection[..., 1 + batch * groups :]
+
+
+def add_category_area(out: Tensor, intersection: Tensor, batch: int) -> None:
+    """Add the per-category areas of a batch of ``batch`` images, from its pseudo-label ``intersection``."""
+    groups = out.shape[-1]
+    shape = intersection.shape[:-1]
+    per_image_category = intersection[..., 1 : 1 + batch * groups].reshape(*shape, batch, groups)
+    per_image = intersection[..., 1 + batch * groups : 1 + batch * groups + batch]
     out += (per_image.unsqueeze(-1) * (per_image_category > 0)).sum(-2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -145,8 +146,7 @@ def _counts_single_level(
     above_buf = torch.empty(rows, pixels, dtype=torch.bool, device=device)
     cell_buf = torch.empty(rows, pixels, dtype=cdtype, device=device)
     row_cell = (torch.arange(rows, device=device, dtype=cdtype) * (2 * width)).unsqueeze(1)
-    label_steps = labels.to(cdtype)
-    label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
+    label_steps: Tensor | None = None  # made on the first dense chunk (a sparse one needs none)
     for start in range(0, units, step):
         n = min(step, units - start)
         above = torch.gt(values[start : start + n], thresholds[start : start + n, None], out=above_buf[:n])
@@ -156,6 +156,9 @@ def _counts_single_level(
             histogram.view(units, 2, width)[start : start + n, 1] = inter
             unit_area[start : start + n] = area
             continue
+        if label_steps is None:
+            label_steps = labels.to(cdtype)
+            label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
         cell = torch.add(row_cell[:n], label_steps[0], out=cell_buf[:n])
         cell.add_(above, alpha=width)
         first = start * 2 * width
@@ -519,22 +522,26 @@ def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
     layers = labels.shape[0]
     if layers < 2:
         return None
-    if width**layers < (1 << 62):
-        key = labels[0].clone()
-        for layer in labels[1:]:
-            key.mul_(width).add_(layer)
-        unique, inverse = torch.unique(key, return_inverse=True)
-        if unique.numel() >= width:
-            return None
-        tuples = torch.empty(layers, unique.numel(), dtype=labels.dtype, device=labels.device)
-        for j in range(layers - 1, -1, -1):
-            tuples[j] = unique % width
-            unique = unique // width
-    else:
-        tuples, inverse = torch.unique(labels, dim=1, return_inverse=True)
-        if tuples.shape[1] >= width:
-            return None
-    return tuples, inverse.view(1, -1)
+    # each pixel's tuple as one integer key, layer by layer; when the next layer would overflow
+    # int64, the keys so far are renumbered densely (a 1-D unique, far cheaper than a unique over
+    # columns), and the search stops as soon as there are ``width`` distinct tuples
+    key, distinct = labels[0], width
+    for layer in labels[1:]:
+        if distinct * width >= 1 << 62:
+            found, key = torch.unique(key, return_inverse=True)
+            distinct = found.numel()
+            if distinct >= width:
+                return None
+        key = key * width + layer
+        distinct *= width
+    unique, inverse = torch.unique(key, return_inverse=True)
+    if unique.numel() >= width:
+        return None
+    # each tuple's labels, read at the first pixel that holds it
+    pixels = torch.arange(inverse.numel(), device=labels.device)
+    first = torch.full((unique.numel(),), inverse.numel(), dtype=pixels.dtype, device=labels.device)
+    first.scatter_reduce_(0, inverse, pixels, "amin")
+    return labels[:, first], inverse.view(1, -1)
 
 
 def accumulate_unit_concept_counts(
@@ -548,6 +555,7 @@ def accumulate_unit_concept_counts(
     chunk_elements: int = 1 << 20,
     max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
     paired: tuple[ConceptCounts, Tensor] | None = None,
+    also: Sequence[tuple[ConceptCounts, Tensor, int, int | None]] = (),
 ) -> None:
     """Add one batch's counts into ``out`` in place, with bounded temporary memory.
 
@@ -572,6 +580,10 @@ def accumulate_unit_concept_counts(
             ``paired_out.concept_area`` what a second call with ``paired_segmentation`` would add
             there; every map is upsampled and thresholded once for both. The unit areas and the
             total do not depend on the labels: they are added to ``out`` only.
+        also: More label sets counted against the same thresholded maps, each ``(counts,
+            segmentation, num_concepts, ignore_index)`` with its own concepts: what a separate call
+            would add to ``counts.intersection`` and ``counts.concept_area`` is added there (e.g.
+            the pseudo-labels of :mod:`~lightning_dissect.functional.category_area`).
 
     Examples:
         >>> out = ConceptCounts(*(torch.zeros(s, dtype=torch.int64) for s in [(1, 2), (1,), (2,), ()]))
@@ -587,17 +599,23 @@ def accumulate_unit_concept_counts(
         return
     size = tuple(segmentation.shape[-2:])
     pixels_per_image = size[0] * size[1]
-    groups = [(out, segmentation)] if paired is None else [(out, segmentation), paired]
-    layers = sum(1 if seg.ndim == 3 else seg.shape[1] for _, seg in groups)
-    width = num_concepts + 1
+    # label groups: (counts, labels, concepts, ignored label)
+    groups: list[tuple[ConceptCounts, Tensor, int, int | None]] = [(out, segmentation, num_concepts, ignore_index)]
+    if paired is not None:
+        groups.append((paired[0], paired[1], num_concepts, ignore_index))
+    groups.extend(also)
+    layers = sum(1 if seg.ndim == 3 else seg.shape[1] for _, seg, _, _ in groups)
+    # the label groups share one histogram: group g's labels (its sink included) are shifted by offsets[g]
+    offsets = [0]
+    for _, _, concepts, _ in groups:
+        offsets.append(offsets[-1] + concepts + 1)
     bins = 2 if thresholds.ndim == 1 else thresholds.shape[1] + 1
     # each worker holds one step's temporaries: the budget is shared among them
     workers = worker_count(activations.device)
     images, unit_step = _plan_chunks(
-        batch, units, pixels_per_image, layers, bins, len(groups) * width, int(max_temporary_bytes) // workers
+        batch, units, pixels_per_image, layers, bins, offsets[-1], int(max_temporary_bytes) // workers
     )
-    # the label groups share one histogram: group g's labels (sink included) are shifted by g * width
-    counted = len(groups) * width - 1
+    counted = offsets[-1] - 1
     single = thresholds.ndim == 1
     value_dtype = activations.dtype if activations.dtype in (torch.float32, torch.float64) else torch.float32
     all_levels = _thresholds_as(thresholds, value_dtype)
@@ -620,18 +638,18 @@ def accumulate_unit_concept_counts(
             inter = per_tuple.new_zeros(*per_tuple.shape[:-1], counted + 1)
             for layer in tuples:
                 inter.index_add_(-1, layer, per_tuple)
-        for g, (counts, _seg) in enumerate(groups):
-            counts.intersection[part] += inter[..., g * width : g * width + num_concepts]
+        for g, (counts, _seg, concepts, _ignore) in enumerate(groups):
+            counts.intersection[part] += inter[..., offsets[g] : offsets[g] + concepts]
         out.unit_area[part] += area
 
     for first in range(0, batch, images):
         shifted = []
-        for g, (counts, seg) in enumerate(groups):
-            labels = concept_labels(seg[first : first + images], num_concepts, ignore_index)
-            counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=width)[:num_concepts])
-            shifted.append(labels + g * width if g else labels)
+        for g, (counts, seg, concepts, ignore) in enumerate(groups):
+            labels = concept_labels(seg[first : first + images], concepts, ignore)
+            counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
+            shifted.append(labels + offsets[g] if g else labels)
         labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
-        # several label layers (multi-labels, the paired segmentation): count each pixel once, by
+        # several label layers (multi-labels, the paired or other label sets): count each pixel once, by
         # the tuple of its labels, then spread the tuples' counts over their concepts
         tuples = None
         compact = _label_tuples(labels, counted + 1)

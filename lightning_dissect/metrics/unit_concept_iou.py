@@ -15,7 +15,7 @@ from lightning_dissect._utils.checks import (
     check_segmentation,
     check_thresholds,
 )
-from lightning_dissect.functional.category_area import accumulate_category_unit_area
+from lightning_dissect.functional.category_area import add_category_area, category_counts, category_labels
 from lightning_dissect.functional.counts import (
     DEFAULT_MAX_TEMPORARY_BYTES,
     ConceptCounts,
@@ -225,26 +225,29 @@ class UnitConceptIoU(SumStateMetric):
             )
         paired = self._paired_target(segmentation, paired_segmentation)
         device = self.intersection.device
+        segmentation = segmentation.to(device)
+        also = []
+        if self.concept_categories is not None:
+            # the per-category areas come from pseudo-labels counted in the same call: each map is
+            # upsampled and thresholded once
+            pseudo, num = category_labels(
+                segmentation, self.concept_categories, self.category_unit_area.shape[-1], self.ignore_index
+            )
+            area_counts = category_counts(self.category_unit_area, num)
+            also.append((area_counts, pseudo, num, 0))
         accumulate_unit_concept_counts(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
             activations.detach().to(device),
-            segmentation.to(device),
+            segmentation,
             self.thresholds.to(device),
             self.num_concepts,
             ignore_index=self.ignore_index,
             max_temporary_bytes=self.max_temporary_bytes,
             paired=paired,
+            also=also,
         )
-        if self.concept_categories is not None:
-            accumulate_category_unit_area(
-                self.category_unit_area,
-                activations.detach().to(device),
-                segmentation.to(device),
-                self.thresholds.to(device),
-                self.concept_categories,
-                ignore_index=self.ignore_index,
-                max_temporary_bytes=self.max_temporary_bytes,
-            )
+        if also:
+            add_category_area(self.category_unit_area, area_counts.intersection, activations.shape[0])
 
     def _paired_target(
         self, segmentation: Tensor, paired_segmentation: Tensor | None
