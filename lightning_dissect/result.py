@@ -143,6 +143,30 @@ class LayerDissection:
         ]
         return sorted(eligible, key=lambda u: (not u.interpretable, -u.iou, u.unit))[:n]
 
+    def units_for(self, concept: int | str, top_n: int | None = None) -> list[UnitDissection]:
+        """A concept's units: the interpretable units labelled with it, best IoU first, at most ``top_n``.
+
+        Ties go to the lower unit index. These are the units every intervention switches off for a
+        concept (the ablation check, reader ablation).
+
+        Args:
+            concept: The concept's vocabulary index, or its name (the units' ``label``).
+            top_n: Most units returned; ``None``: all of them.
+
+        Examples:
+            >>> unit = lambda i, label, iou, ok: UnitDissection(i, label, 1 + (label == "sky"), "", iou, 0, 1, ok, None)
+            >>> units = [unit(0, "sky", 0.2, True), unit(1, "sky", 0.5, True), unit(2, "sky", 0.9, False),
+            ...          unit(3, "sky", 0.2, True), unit(4, "tree", 0.8, True)]
+            >>> layer = LayerDissection("l", units, torch.zeros(5, 3))
+            >>> [u.unit for u in layer.units_for("sky")], [u.unit for u in layer.units_for(2, top_n=2)]
+            ([1, 0, 3], [1, 0])
+        """
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+            raise ValueError(f"`top_n` must be a non-negative int or None, got {top_n!r}")
+        by_name = isinstance(concept, str)
+        mine = [u for u in self.units if u.interpretable and (u.label if by_name else u.concept_index) == concept]
+        return sorted(mine, key=lambda u: (-u.iou, u.unit))[:top_n]
+
     def concept_counts(self) -> dict[str, int]:
         """Number of interpretable units per concept label, most frequent first."""
         return dict(Counter(u.label for u in self.units if u.interpretable).most_common())

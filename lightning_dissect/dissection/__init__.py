@@ -25,7 +25,7 @@ from lightning_dissect.dissection.strips import render_unit_images
 from lightning_dissect.dissection.summary import chosen_thresholds, summarise_layer
 from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
-from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
+from lightning_dissect.engine.images import ImageSet, Transform, resolve_images
 from lightning_dissect.engine.latents import LatentBank, LatentSampler
 from lightning_dissect.engine.reader import ImageRunner
 from lightning_dissect.engine.runner import ModuleRunner, SourceT
@@ -174,32 +174,7 @@ def dissect_images(
         >>> result["1"].num_units, result.settings["num_samples"]
         (4, 12)
     """
-    if isinstance(images, ImageSet):
-        source = images
-        if vocabulary is not None or value_range is not None:
-            raise ValueError(
-                "`vocabulary` and `value_range` belong to the ImageSet given as `images`; set them there"
-            )
-    else:
-        if vocabulary is None and segmenter is None:
-            # a dataset that carries its concepts (BrodenDataset) needs nothing more
-            vocabulary = getattr(images, "vocabulary", None)
-        source = ImageSet(images, vocabulary=vocabulary, value_range=value_range or (0.0, 1.0))
-    if segmenter is None:
-        if source.vocabulary is None:
-            raise ValueError(
-                "pass a `segmenter` to label the images, or a `vocabulary` naming the concepts of the dataset's own "
-                "segmentations (items (image, segmentation))"
-            )
-        segmenter = GroundTruth(  # type: ignore[assignment]
-            source.vocabulary, source.value_range, source=getattr(source.data, "labels_source", None)
-        )
-    else:
-        check_segmenter(segmenter)
-        if source.vocabulary is not None:
-            raise ValueError(
-                "give either a `segmenter` or the dataset's segmentations with `vocabulary`, not both"
-            )
+    source, labeller = resolve_images(images, segmenter, vocabulary, value_range)
     cfg = resolve_config(config, overrides)
     cfg = replace(cfg, num_samples=len(source), level_selection_samples=None)
     runner = ImageRunner(
@@ -208,9 +183,9 @@ def dissect_images(
     )
     layers = runner.check_layers(layers)
     check_samples_per_rank(len(source), "images", distributed=distributed)
-    runner.preflight(source, layers, segmenter)
+    runner.preflight(source, layers, labeller)
     return _run_passes(
-        runner, source, layers, segmenter, cfg, selection_source=None,
+        runner, source, layers, labeller, cfg, selection_source=None,
         value_range=source.value_range, metadata=metadata, refuse_unit_range=False,
     )
 

@@ -137,7 +137,7 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         images, acts = self.forward(
             source[indices], layers, edits=edits, seed=source.noise_seed(int(indices[0])), require_maps=require_maps
         )
-        return Batch(indices, images, acts)
+        return Batch(indices, images, acts, output=images)
 
     def label(
         self, source: LatentBank, batch: Batch, segmenter: Segmenter, *, first: bool, refuse_unit_range: bool = False

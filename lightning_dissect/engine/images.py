@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_dissect._utils.text import plural
 from lightning_dissect.engine.layouts import channels_last_images_hint
+from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["ImageSet", "GroundTruth", "Transform"]
+__all__ = ["ImageSet", "GroundTruth", "Labeller", "Transform", "resolve_images", "check_label_source"]
 
 Transform = Callable[[Tensor], Tensor]
 """The network's own preprocessing, ``images -> network input`` (the segmenter sees the raw images)."""
@@ -199,6 +200,79 @@ class ImageSet:
         if len(sizes) > 1:
             raise ValueError(f"{self.argument} segmentations of items {idx} have different shapes {sorted(sizes)}")
         return images, torch.stack([seg for _, seg in items])  # type: ignore[misc]
+
+
+Labeller = Segmenter | GroundTruth
+"""What labels the images: a segmenter run on them, or the dataset's own segmentations."""
+
+
+def check_label_source(
+    images: Any,
+    segmenter: Segmenter | None,
+    vocabulary: ConceptVocabulary | None,
+    value_range: tuple[float, float] | None,
+) -> None:
+    """The refusal rules of :func:`resolve_images` that hold before the images are read.
+
+    An :class:`ImageSet` carries its own ``vocabulary`` and ``value_range``; the concepts come from
+    a ``segmenter`` or from the dataset's own segmentations (``vocabulary``), never both.
+
+    Raises:
+        ValueError: Naming the arguments that do not go together.
+    """
+    if isinstance(images, ImageSet) and (vocabulary is not None or value_range is not None):
+        raise ValueError("`vocabulary` and `value_range` belong to the ImageSet given as `images`; set them there")
+    if segmenter is not None and vocabulary is not None:
+        raise ValueError("give either a `segmenter` or the dataset's segmentations with `vocabulary`, not both")
+
+
+def resolve_images(
+    images: ImageSet | Dataset | DataLoader | Tensor | Sequence[Any],
+    segmenter: Segmenter | None = None,
+    vocabulary: ConceptVocabulary | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> tuple[ImageSet, Labeller]:
+    """The image set and what labels it: the one rule of every function that reads images.
+
+    ``images`` is an :class:`ImageSet` (which carries its vocabulary and value range) or anything
+    :class:`ImageSet` accepts, built with ``vocabulary`` and ``value_range`` (default ``(0, 1)``);
+    a dataset that carries its own ``vocabulary`` (``BrodenDataset``) needs neither. The labels
+    come from ``segmenter`` (checked) or, without one, from the set's own segmentations (a
+    :class:`GroundTruth` of its vocabulary).
+
+    Raises:
+        ValueError: ``vocabulary`` or ``value_range`` given beside an :class:`ImageSet`; both a
+            ``segmenter`` and the dataset's segmentations; or neither.
+
+    Examples:
+        >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
+        >>> data = [(torch.rand(3, 4, 4), torch.ones(4, 4, dtype=torch.long)) for _ in range(3)]
+        >>> resolve_images(data, vocabulary=vocab)
+        (ImageSet(3 images, 2 labelled concepts), GroundTruth(2 concepts))
+        >>> resolve_images(ImageSet(data, vocabulary=vocab), vocabulary=vocab)
+        Traceback (most recent call last):
+        ...
+        ValueError: `vocabulary` and `value_range` belong to the ImageSet given as `images`; set them there
+    """
+    check_label_source(images, segmenter, vocabulary, value_range)
+    if isinstance(images, ImageSet):
+        source = images
+    else:
+        if vocabulary is None and segmenter is None:  # a dataset that carries its concepts needs nothing more
+            vocabulary = getattr(images, "vocabulary", None)
+        source = ImageSet(images, vocabulary=vocabulary, value_range=value_range or (0.0, 1.0))
+    if segmenter is not None:
+        check_segmenter(segmenter)
+        if source.vocabulary is not None:
+            raise ValueError("give either a `segmenter` or the dataset's segmentations with `vocabulary`, not both")
+        return source, segmenter
+    if source.vocabulary is None:
+        raise ValueError(
+            "pass a `segmenter` to label the images, or a `vocabulary` naming the concepts of the dataset's own "
+            "segmentations (items (image, segmentation))"
+        )
+    named = getattr(source.data, "labels_source", None)  # where a dataset's labels come from, for messages
+    return source, GroundTruth(source.vocabulary, source.value_range, source=named)
 
 
 def _argument(name: str) -> str:

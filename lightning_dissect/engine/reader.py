@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import ImageRangeError
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
-from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
+from lightning_dissect.engine.images import GroundTruth, ImageSet, Labeller, Transform
 from lightning_dissect.engine.runner import Batch, LayerCallError, ModuleRunner, _check_maps
-from lightning_dissect.segmenters.base import Segmenter, map_range, validate_images, validate_segmentation
+from lightning_dissect.segmenters.base import map_range, validate_images, validate_segmentation
 
 __all__ = ["IMAGE_CACHE_BYTES", "ImageRunner"]
 
@@ -153,7 +153,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
         return images, segmentation
 
     def labels(
-        self, source: ImageSet, images: Tensor, segmentation: Tensor | None, segmenter: Segmenter, *, first: bool
+        self, source: ImageSet, images: Tensor, segmentation: Tensor | None, segmenter: Labeller, *, first: bool
     ) -> Tensor:
         """The concept labels of a batch: the dataset's segmentation, or the segmenter's (checked)."""
         if segmentation is not None:
@@ -191,11 +191,11 @@ class ImageRunner(ModuleRunner[ImageSet]):
         images, segmentation = self.load(source, indices)
         if first:
             _check_range(images, source)
-        acts = self._maps_of(source, indices, images, layers, edits, require_maps)
-        return Batch(indices, images, acts, given_labels=segmentation)
+        output, acts = self._maps_of(source, indices, images, layers, edits, require_maps)
+        return Batch(indices, images, acts, given_labels=segmentation, output=output)
 
     def label(
-        self, source: ImageSet, batch: Batch, segmenter: Segmenter, *, first: bool, refuse_unit_range: bool = False
+        self, source: ImageSet, batch: Batch, segmenter: Labeller, *, first: bool, refuse_unit_range: bool = False
     ) -> Tensor:
         """The dataset's segmentation of the batch, or the segmenter's labels.
 
@@ -216,33 +216,34 @@ class ImageRunner(ModuleRunner[ImageSet]):
         layers: Sequence[str],
         edits: Mapping[str, LayerEdit] | None,
         require_maps: bool,
-    ) -> dict[str, Tensor]:
-        """The network's maps of a batch: kept from an earlier pass of the same `session()` block, or computed.
+    ) -> tuple[Any, dict[str, Tensor]]:
+        """The output and maps of a batch: maps kept from an earlier pass of the same `session()`, or computed.
 
         Within a session the network is fixed and in eval mode, so a second pass over the same
         images (the counting pass of a dissection) reuses the maps of the first while they fit in
         ``cache_bytes`` together with the cached images: the same tensors, without a second forward.
-        Edited calls are never kept.
+        Edited calls are never kept; the output of kept maps is ``None``.
         """
         if edits or not layers or not self._sessions:
-            return self.forward(images, layers, edits=edits, require_maps=require_maps)[1]
+            return self.forward(images, layers, edits=edits, require_maps=require_maps)
         key = (id(source), tuple(int(i) for i in idx.tolist()), tuple(layers), require_maps)
         acts = self._maps.get(key)
+        output = None
         if acts is None:
-            _, acts = self.forward(images, layers, require_maps=require_maps)
+            output, acts = self.forward(images, layers, require_maps=require_maps)
             size = sum(a.numel() * a.element_size() for a in acts.values())
             if self._cached_bytes + size <= self.cache_bytes:
                 self._maps[key] = acts
                 self._cached_bytes += size
                 self._maps_bytes += size
-        return acts
+        return output, acts
 
     # ------------------------------------------------------------------ pre-flight
     def preflight(
         self,
         sources: ImageSet | Sequence[ImageSet],
         layers: Sequence[str],
-        segmenter: Segmenter | None = None,
+        segmenter: Labeller | None = None,
         *,
         require_maps: bool = True,
         edits: Mapping[str, LayerEdit] | None = None,
@@ -296,7 +297,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
                 self.labels(source, images, segmentation, segmenter, first=True)
         return source
 
-    def check(self, source: ImageSet, layers: Sequence[str], segmenter: Segmenter) -> None:
+    def check(self, source: ImageSet, layers: Sequence[str], segmenter: Labeller) -> None:
         """Deprecated: :meth:`preflight` (``preflight(source, layers, segmenter)``)."""
         warnings.warn(
             "ImageRunner.check() is deprecated and will be removed in the next release; use preflight()",

@@ -121,6 +121,8 @@ class Batch:
         labels: Segmentation of ``images`` (``None`` without a segmenter).
         given_labels: The segmentation that came with the samples (a dataset's ground truth), not
             yet checked; ``None`` when the samples have none.
+        output: What the network returned: a generator's images, a reader's logits or scores
+            (``None`` where a pass reused maps computed earlier).
     """
 
     indices: Tensor
@@ -128,6 +130,7 @@ class Batch:
     activations: dict[str, Tensor] = field(default_factory=dict)
     labels: Tensor | None = None
     given_labels: Tensor | None = None
+    output: Any = None
 
 
 @contextmanager

@@ -31,7 +31,14 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
   this is what :class:`~lightning_dissect.callbacks.generator.DissectionCallback` runs at every round;
 * :func:`reader_ablation` — the same for a network that *reads* images (Network Dissection): a
   classifier's accuracy (over all images and those with the concept) or a discriminator's score,
-  with the same random-units control and record format (:class:`ReaderAblationEffect`).
+  with the same units, random-units controls, measurement and record format
+  (:class:`ReaderAblationEffect`);
+* :func:`reader_ablation_curve`, :func:`reader_insertion_curve` — a reading network's metric with
+  the top-``n`` units by IoU switched off, or kept alone, ``n = 0 … N`` (:class:`ReaderCurve`).
+
+Every random-units control follows one policy, described with the interventions' documentation
+(a private generator seeded from ``control_seed``; sets shared by the concepts of a layer that
+switch off as many units; for curves, one random order per concept).
 
 Every function runs the generator through a :class:`~lightning_dissect.engine.generator.GeneratorRunner`:
 under ``torch.inference_mode()`` with the generator in eval mode (restoring each submodule's
@@ -67,6 +74,7 @@ from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
 from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
 from lightning_dissect.interventions.insertion import insertion_effect
+from lightning_dissect.interventions.reader_curves import ReaderCurve, reader_ablation_curve, reader_insertion_curve
 from lightning_dissect.interventions.readers import ReaderAblationEffect, reader_ablation
 from lightning_dissect.interventions.records import AblationEffect, CausalEffect, EffectRecord, InsertionEffect
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
@@ -98,4 +106,7 @@ __all__ = [
     "causal_units",
     "ReaderAblationEffect",
     "reader_ablation",
+    "ReaderCurve",
+    "reader_ablation_curve",
+    "reader_insertion_curve",
 ]

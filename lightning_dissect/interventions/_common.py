@@ -11,9 +11,10 @@ from torch import Tensor
 from lightning_dissect._utils.seeds import derive_seed
 from lightning_dissect.engine.generator import Generate, GeneratorRunner
 from lightning_dissect.engine.hooks import OutputSelector
+from lightning_dissect.engine.images import Labeller
 from lightning_dissect.engine.latents import LatentBank
+from lightning_dissect.engine.runner import ModuleRunner
 from lightning_dissect.metrics._sync import all_reduce_sum
-from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = [ "Latents", "Units", "TENSOR_LATENTS_SEED", "RunOptions", "InterventionOptions"]
 
@@ -97,7 +98,7 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _concept_index(concept: int | str, segmenter: Segmenter) -> int:
+def _concept_index(concept: int | str, segmenter: Labeller) -> int:
     """The concept's label index; an unknown name raises ``KeyError`` naming `concept` and the closest names."""
     vocabulary = segmenter.vocabulary
     if isinstance(concept, str):
@@ -121,7 +122,7 @@ def _control_rng(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(_control_seed(seed, salt))
 
 
-def _sum_over_ranks(tensor: Tensor, runner: GeneratorRunner) -> Tensor:
+def _sum_over_ranks(tensor: Tensor, runner: ModuleRunner[Any]) -> Tensor:
     """``tensor`` summed over the ranks of ``runner`` (itself for a local runner)."""
     return all_reduce_sum(tensor)[0] if runner.distributed else tensor.clone()
 

@@ -21,12 +21,12 @@ from lightning_dissect.interventions._common import (
     _as_bank,
     _check_mode,
     _concept_index,
-    _control_rng,
     _options,
     _runner,
 )
+from lightning_dissect.interventions._controls import draw_controls
 from lightning_dissect.interventions._engine import _measure, _Measured, _Variant
-from lightning_dissect.interventions.edits import _unit_index, ablate, random_units
+from lightning_dissect.interventions.edits import _unit_index, ablate
 from lightning_dissect.interventions.statistics import UnitStatistics, _layer_statistics, _unit_values
 from lightning_dissect.segmenters.base import Segmenter
 
@@ -84,15 +84,12 @@ class Prepared:
     def controls(self, salt: int | None = None) -> list[Tensor]:
         """``num_controls`` random sets of ``len(units)`` units outside ``units`` (fewer if none fit)."""
         assert self.units is not None
-        rng = _control_rng(self.control_seed, self.concept if salt is None else salt)
-        size = self.units.numel()
-        drawn = (random_units(self.width, size, self.units, generator=rng) for _ in range(self.num_controls))
-        return [d for d in drawn if d is not None]
+        salt = self.concept if salt is None else salt
+        return draw_controls(self.width, self.units, self.num_controls, self.control_seed, salt)
 
     def ablations(self, unit_sets: Sequence[Tensor], mode: str) -> dict[Hashable, _Variant]:
         """One variant per unit set, switched off in ``mode`` (keys from :func:`_ablated`)."""
-        mean = self.mean(mode) if unit_sets else None
-        return {_ablated(self.layer, u): _Variant({self.layer: ablate(u, self.width, mode, mean)}) for u in unit_sets}
+        return _ablations(self.layer, self.width, unit_sets, mode, self.mean(mode) if unit_sets else None)
 
     def measure(self, variants: Mapping[Hashable, _Variant]) -> _Measured:
         """Concept fractions of every variant's images over ``bank`` (see ``_measure``)."""
@@ -102,6 +99,13 @@ class Prepared:
 def _ablated(layer: str, units: Tensor) -> Hashable:
     """Key of the variant that switches ``units`` of ``layer`` off (equal sets share a variant)."""
     return ("ablated", layer, tuple(units.tolist()))
+
+
+def _ablations(
+    layer: str, width: int, unit_sets: Sequence[Tensor], mode: str = "zero", mean: Tensor | UnitStatistics | None = None
+) -> dict[Hashable, _Variant]:
+    """One variant per unit set of ``layer``, switched off in ``mode`` (keys from :func:`_ablated`)."""
+    return {_ablated(layer, u): _Variant({layer: ablate(u, width, mode, mean)}) for u in unit_sets}
 
 
 def _prepare(

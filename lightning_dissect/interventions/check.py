@@ -27,9 +27,9 @@ from lightning_dissect.engine.generator import GeneratorRunner
 from lightning_dissect.engine.latents import LatentBank
 from lightning_dissect.interventions import _common
 from lightning_dissect.interventions._common import _CONTROL_DEFAULTS, InterventionOptions, Latents
+from lightning_dissect.interventions._controls import shared_controls
 from lightning_dissect.interventions._engine import _measure, _Variant
 from lightning_dissect.interventions._prepare import Prepared, _prepare
-from lightning_dissect.interventions.edits import random_units
 from lightning_dissect.interventions.records import AblationEffect, _ablation_record
 from lightning_dissect.interventions.statistics import UnitStatistics, _layer_statistics
 from lightning_dissect.result import DissectionResult, LayerDissection
@@ -169,34 +169,25 @@ def _per_layer(
 
 
 def _plan(prepared: Prepared, result: LayerDissection, top_n: int, wanted: set[int] | None) -> _LayerPlan:
-    """Choose each concept's units (best IoU first, at most ``top_n``) and draw the controls."""
-    by_concept: dict[int, list[tuple[float, int]]] = {}
-    for unit in result.units:
-        if unit.interpretable and (wanted is None or unit.concept_index in wanted):
-            by_concept.setdefault(unit.concept_index, []).append((-unit.iou, unit.unit))
-    top = min(top_n, prepared.width)
-    chosen = {c: torch.tensor(sorted(u for _, u in sorted(ranked)[:top])) for c, ranked in by_concept.items()}
-    order = sorted(chosen, key=lambda c: (-chosen[c].numel(), c))
-    chosen = {c: chosen[c] for c in order}
-    return _LayerPlan(prepared, chosen, _shared_controls(prepared, chosen))
+    """Choose each concept's units and draw their controls (see the module docs)."""
+    chosen = _choose(result, top_n, wanted)
+    return _LayerPlan(
+        prepared, chosen, shared_controls(prepared.width, chosen, prepared.num_controls, prepared.control_seed)
+    )
 
 
-def _shared_controls(prepared: Prepared, chosen: dict[int, Tensor]) -> dict[int, list[Tensor]]:
-    """Control sets per concept, shared by the concepts that switch off the same number of units."""
-    groups: dict[int, list[int]] = {}
-    for c, units in chosen.items():
-        groups.setdefault(units.numel(), []).append(c)
-    controls: dict[int, list[Tensor]] = {}
-    for size, group in groups.items():
-        union = torch.cat([chosen[c] for c in group])
-        rng = _common._control_rng(prepared.control_seed, -size)
-        drawn = [random_units(prepared.width, size, union, generator=rng) for _ in range(prepared.num_controls)]
-        for c in group:
-            if all(d is not None for d in drawn):
-                controls[c] = [d for d in drawn if d is not None]
-            else:  # too few units outside the whole group: each concept draws outside its own units
-                controls[c] = replace(prepared, concept=c, units=chosen[c]).controls()
-    return controls
+def _choose(result: LayerDissection, top_n: int, wanted: set[int] | None) -> dict[int, Tensor]:
+    """``concept -> units`` (sorted) of every concept with interpretable units, more units first."""
+    concepts = {
+        u.concept_index for u in result.units if u.interpretable and (wanted is None or u.concept_index in wanted)
+    }
+    chosen = {c: torch.tensor(sorted(u.unit for u in result.units_for(c, top_n)), dtype=torch.long) for c in concepts}
+    return {c: chosen[c] for c in sorted(chosen, key=lambda c: (-chosen[c].numel(), c))}
+
+
+def _unit_sets(chosen: Mapping[int, Tensor], controls: Mapping[int, list[Tensor]]) -> list[Tensor]:
+    """Every unit set a plan switches off: each concept's units, then its controls."""
+    return [u for c, units in chosen.items() for u in [units, *controls[c]]]
 
 
 def _run_plans(
@@ -213,8 +204,7 @@ def _run_plans(
     _attach_statistics(runner, bank, plans, mode, statistics)
     variants: dict[Hashable, _Variant] = {"baseline": _Variant(None)}
     for plan in plans:
-        sets = [u for c, units in plan.chosen.items() for u in [units, *plan.controls[c]]]
-        variants.update(plan.prepared.ablations(sets, mode))
+        variants.update(plan.prepared.ablations(_unit_sets(plan.chosen, plan.controls), mode))
     measured = _measure(runner, segmenter, bank, variants)
     return {
         plan.prepared.layer: [

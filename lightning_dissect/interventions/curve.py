@@ -16,8 +16,8 @@ from lightning_dissect.interventions._common import (
     Latents,
     RunOptions,
     _concept_index,
-    _control_rng,
 )
+from lightning_dissect.interventions._controls import curve_controls
 from lightning_dissect.interventions._engine import _Measured, _Variant
 from lightning_dissect.interventions._prepare import Prepared, _ablated, _prepare
 from lightning_dissect.interventions.statistics import UnitStatistics
@@ -134,12 +134,9 @@ def ablation_curve(
     )  # fmt: skip
     top = min(check_int(max_units, "max_units", minimum=0), p.width)
     points = _curve_points(steps, top)
-    ranking = torch.sort(-iou.detach().double().cpu(), stable=True).indices[:top]
-    order = torch.randperm(p.width, generator=_control_rng(control_seed, p.concept))
+    ranking = _iou_ranking(iou, top)
     chosen = {n: ranking[:n].sort().values for n in points if n}
-    # the control of n: the first n of a fixed random order of the units outside the top n
-    outside = {n: order[~torch.isin(order, ranking[:n])] for n in chosen}
-    controls = {n: outside[n][:n].sort().values for n in chosen if outside[n].numel() >= n}
+    controls = curve_controls(p.width, ranking, points, control_seed, p.concept)
     measured = p.measure({"baseline": _Variant(None), **p.ablations([*chosen.values(), *controls.values()], mode)})
     return _curve(p, measured, points, ranking, chosen, controls, mode)
 
@@ -155,6 +152,11 @@ def _concept_iou(iou: Tensor | LayerDissection, concept: int) -> Tensor:
     if iou.ndim != 1 or iou.numel() == 0:
         raise ValueError(f"`iou` must be (U,) or (U, C), got shape {tuple(iou.shape)}")
     return iou
+
+
+def _iou_ranking(iou: Tensor, top: int) -> Tensor:
+    """The ``top`` units of highest IoU, best first (ties to the lower index)."""
+    return torch.sort(-iou.detach().double().cpu(), stable=True).indices[:top]
 
 
 def _curve_points(steps: Sequence[int] | None, top: int) -> list[int]:

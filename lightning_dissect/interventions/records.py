@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,7 +15,12 @@ from lightning_dissect.interventions._prepare import Prepared, _ablated
 
 
 def _relative(drop: float, baseline: float) -> float:
-    return drop / baseline if baseline > 0 else 0.0
+    """``drop / |baseline|``: the share of the baseline lost (0 for a zero baseline, NaN for a NaN drop).
+
+    Dividing by the magnitude keeps the sign of the drop for any baseline: a discriminator whose
+    (negative) mean score falls from -2 to -3 has lost half of its baseline's magnitude, 0.5.
+    """
+    return drop / abs(baseline) if baseline != 0 else 0.0
 
 
 @dataclass
@@ -46,17 +51,17 @@ class AblationEffect(EffectRecord):
     """How much of a concept disappears when units are switched off, next to a random control.
 
     Fractions are of all pixels of all images (``E_z[s_c(x)]``). ``drop = baseline − ablated``
-    and ``relative_drop = drop / baseline`` (0 when the baseline is 0); the ``control_*`` fields
+    and ``relative_drop = drop / |baseline|`` (0 when the baseline is 0); the ``control_*`` fields
     are the same for random units of the same number drawn from the layer's other units
     (averaged over the controls; NaN when the layer has too few other units).
 
     Attributes:
         ablated: The fraction with ``units`` switched off (see :class:`EffectRecord` for the rest).
         drop: ``baseline − ablated``.
-        relative_drop: ``drop / baseline``.
+        relative_drop: ``drop / |baseline|`` (0 for a zero baseline).
         control_ablated: The fraction with the random units switched off.
         control_drop: ``baseline − control_ablated``.
-        control_relative_drop: ``control_drop / baseline``.
+        control_relative_drop: ``control_drop / |baseline|`` (NaN without a control).
         control_units: The random unit sets (one per control).
         mode: ``"zero"`` or ``"mean"``.
         num_images: Images per variant, over all processes.
@@ -79,28 +84,35 @@ class AblationEffect(EffectRecord):
         return self.drop - self.control_drop
 
 
+def _ablation_numbers(
+    value: Callable[[Hashable], float], layer: str, units: Tensor, controls: Sequence[Tensor]
+) -> dict[str, float]:
+    """The measured fields of an :class:`AblationEffect`: ``value(key)`` is a variant's measure."""
+    base = value("baseline")
+    abl = value(_ablated(layer, units))
+    ctrl = _mean([value(_ablated(layer, u)) for u in controls])
+    return {
+        "baseline": base,
+        "ablated": abl,
+        "drop": base - abl,
+        "relative_drop": _relative(base - abl, base),
+        "control_ablated": ctrl,
+        "control_drop": base - ctrl,
+        "control_relative_drop": _relative(base - ctrl, base) if math.isfinite(base - ctrl) else _NAN,
+    }
+
+
 def _ablation_record(
     prepared: Prepared, measured: _Measured, units: Tensor, controls: Sequence[Tensor], mode: str
 ) -> AblationEffect:
     """The :class:`AblationEffect` of ``units`` (and ``controls``) from the measured variants."""
-    c, layer, fractions = prepared.concept, prepared.layer, measured.fractions
-    base = float(fractions["baseline"][c])
-    abl = float(fractions[_ablated(layer, units)][c])
-    ctrl = _mean([float(fractions[_ablated(layer, u)][c]) for u in controls])
-    drop = base - abl
-    ctrl_drop = base - ctrl
+    c, layer = prepared.concept, prepared.layer
     return AblationEffect(
         layer=layer,
         concept=prepared.concept_name,
         concept_index=c,
         units=units.tolist(),
-        baseline=base,
-        ablated=abl,
-        drop=drop,
-        relative_drop=_relative(drop, base),
-        control_ablated=ctrl,
-        control_drop=ctrl_drop,
-        control_relative_drop=_relative(ctrl_drop, base) if math.isfinite(ctrl_drop) else _NAN,
+        **_ablation_numbers(lambda key: float(measured.fractions[key][c]), layer, units, controls),
         control_units=[u.tolist() for u in controls],
         mode=mode,
         num_images=measured.num_images,
