@@ -21,7 +21,14 @@ from lightning_dissect._utils.checks import check_int
 from lightning_dissect.callbacks.generator import DissectionCallback
 from lightning_dissect.dissection import dissect_images
 from lightning_dissect.engine.hooks import OutputSelector, unwrap_model
-from lightning_dissect.engine.images import GroundTruth, ImageSet, Transform
+from lightning_dissect.engine.images import (
+    GroundTruth,
+    ImageSet,
+    Labeller,
+    Transform,
+    check_label_source,
+    resolve_images,
+)
 from lightning_dissect.engine.reader import ImageRunner
 from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.result import DissectionResult
@@ -61,7 +68,8 @@ class ImageDissectionCallback(DissectionCallback):
             or a callable ``(trainer, pl_module) -> images`` called every round; default: the
             validation set.
         vocabulary: The concepts of the dataset's own segmentations (ground truth).
-        value_range: The images' value range (mapped to the segmenter's); default ``(0, 1)``.
+        value_range: The images' value range (mapped to the segmenter's); default ``(0, 1)``. An
+            :class:`~lightning_dissect.engine.images.ImageSet` given as ``images`` carries its own.
         max_images: Dissect only the first ``max_images`` images of the set.
         transform: The network's own preprocessing (the segmenter sees the raw images).
         selector: Picks the tensor from tuple/dict layer outputs.
@@ -96,7 +104,7 @@ class ImageDissectionCallback(DissectionCallback):
         network: str | Callable[[pl.LightningModule], nn.Module] | None = None,
         images: Any = None,
         vocabulary: ConceptVocabulary | None = None,
-        value_range: tuple[float, float] = (0.0, 1.0),
+        value_range: tuple[float, float] | None = None,
         max_images: int | None = None,
         transform: Transform | None = None,
         selector: OutputSelector | Mapping[str, OutputSelector] = None,
@@ -112,8 +120,7 @@ class ImageDissectionCallback(DissectionCallback):
         name: str | None = "network",
         dissection_config: Mapping[str, Any] | None = None,
     ) -> None:
-        if segmenter is not None and vocabulary is not None:
-            raise ValueError("give either a `segmenter` or the dataset's segmentations with `vocabulary`, not both")
+        check_label_source(images, segmenter, vocabulary, value_range)
         if network is not None and not isinstance(network, str) and not callable(network):
             raise TypeError(
                 f"`network` must be an attribute path or a callable pl_module -> nn.Module, got {network!r}"
@@ -121,11 +128,9 @@ class ImageDissectionCallback(DissectionCallback):
         max_images = check_int(max_images, "max_images", minimum=1, optional=True)
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be a callable images -> network input, got {transform!r}")
-        if isinstance(images, ImageSet) and vocabulary is not None:
-            raise ValueError("`vocabulary` belongs to the ImageSet given as `images`; set it there")
         super().__init__(
             layers,
-            GroundTruth(vocabulary, value_range) if vocabulary is not None else segmenter,
+            GroundTruth(vocabulary, value_range or (0.0, 1.0)) if vocabulary is not None else segmenter,
             every_n_epochs=every_n_epochs,
             every_n_train_steps=every_n_train_steps,
             batch_size=batch_size,
@@ -143,7 +148,7 @@ class ImageDissectionCallback(DissectionCallback):
         self.network_getter = network
         self.images = images
         self.vocabulary = vocabulary
-        self.value_range = tuple(float(v) for v in value_range)
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
         self.max_images = max_images
         self.transform = transform
 
@@ -179,25 +184,27 @@ class ImageDissectionCallback(DissectionCallback):
 
     def image_set(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ImageSet:
         """The images of a round (see the ``images`` argument), as an :class:`ImageSet`."""
+        return self._images_and_labeller(trainer, pl_module)[0]
+
+    def _images_and_labeller(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[ImageSet, Labeller]:
+        """The images of a round and what labels them (:func:`~lightning_dissect.engine.images.resolve_images`)."""
         data = self.images
         if data is None:
             data = _validation_loader(trainer, pl_module)
         elif callable(data) and not isinstance(data, (ImageSet, Dataset, DataLoader, Tensor)):
             data = data(trainer, pl_module)
-        if isinstance(data, ImageSet):
-            source = data
-        else:
+        if not isinstance(data, ImageSet):
             if isinstance(data, DataLoader):
                 data = data.dataset  # read by index: the loader's own iteration is never touched
             if self.max_images is not None and hasattr(data, "__len__") and len(data) > self.max_images:
                 data = data[: self.max_images] if hasattr(data, "ndim") else Subset(data, range(self.max_images))
-            source = ImageSet(data, vocabulary=self.vocabulary, value_range=self.value_range)  # type: ignore[arg-type]
-        return source
+        segmenter = None if isinstance(self.segmenter, GroundTruth) else self.segmenter
+        return resolve_images(data, segmenter, self.vocabulary, self.value_range)
 
     # ------------------------------------------------------------------ setup / check
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the network, its layers and the images, and check them on two images before training."""
-        if self.segmenter is None:
+        if self.segmenter is None and not (isinstance(self.images, ImageSet) and self.images.vocabulary is not None):
             from lightning_dissect.segmenters import SyntheticSceneSegmenter
 
             self.segmenter = SyntheticSceneSegmenter()
@@ -205,8 +212,8 @@ class ImageDissectionCallback(DissectionCallback):
                              batch_size=self.config.batch_size)
         runner.check_layers(self.layers)
         try:
-            images = self.image_set(trainer, pl_module)
-            runner.preflight(images, self.layers, self.segmenter)
+            images, labeller = self._images_and_labeller(trainer, pl_module)
+            runner.preflight(images, self.layers, labeller)
         except (ValueError, TypeError) as err:
             raise DryRunError(f"ImageDissectionCallback (name={self.name!r}): {err}") from err
         self._round_logger = None

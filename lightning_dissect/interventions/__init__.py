@@ -75,8 +75,14 @@ from lightning_dissect.interventions.edits import ablate, insert, intervene, ran
 from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
 from lightning_dissect.interventions.insertion import insertion_effect
 from lightning_dissect.interventions.reader_curves import ReaderCurve, reader_ablation_curve, reader_insertion_curve
-from lightning_dissect.interventions.readers import ReaderAblationEffect, reader_ablation
-from lightning_dissect.interventions.records import AblationEffect, CausalEffect, EffectRecord, InsertionEffect
+from lightning_dissect.interventions.readers import reader_ablation
+from lightning_dissect.interventions.records import (
+    AblationEffect,
+    CausalEffect,
+    EffectRecord,
+    InsertionEffect,
+    ReaderAblationEffect,
+)
 from lightning_dissect.interventions.statistics import UnitStatistics, unit_statistics
 
 __all__ = [

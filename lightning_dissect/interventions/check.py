@@ -5,11 +5,9 @@ most ``top_n`` (the paper switches off 20 of 512). Several layers are checked in
 batch of latents the generator runs **once unedited for all layers and concepts**, then once per
 (layer, concept) with the concept's units switched off, and once per control.
 
-The random control switches off as many units of the same layer, drawn with a private generator
-seeded from ``control_seed`` and the number of units. Concepts of one layer that switch off the
-same number of units **share** their control sets, drawn from the units of none of them (the
-control of each is then still a set of other units of the same size); only when too few such
-units remain does each concept draw its own set outside its units, seeded from the concept. So a
+The random controls follow the one control policy (``interventions._controls``, the same for
+:func:`~lightning_dissect.interventions.reader_ablation`): concepts of one layer that switch off the
+same number of units **share** their control sets, drawn from the units of none of them. So a
 layer costs one ablated pass per concept plus ``num_controls`` per distinct number of units.
 """
 

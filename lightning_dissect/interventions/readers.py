@@ -17,7 +17,6 @@ all-reduced, so every rank returns the same records.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,44 +25,17 @@ from torch import Tensor, nn
 from lightning_dissect._utils.checks import check_int
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.images import ImageSet, Transform
-from lightning_dissect.interventions._common import _NAN
 from lightning_dissect.interventions._controls import shared_controls
 from lightning_dissect.interventions._engine import _Variant
 from lightning_dissect.interventions._prepare import _ablations
-from lightning_dissect.interventions._reader import SCORES, _Reader, _reader, _ReaderMeasured
+from lightning_dissect.interventions._reader import _Reader, _reader, _ReaderMeasured
 from lightning_dissect.interventions.check import _choose, _layer_results, _unit_sets
-from lightning_dissect.interventions.records import AblationEffect, _ablation_numbers
+from lightning_dissect.interventions.records import ReaderAblationEffect, _ablation_numbers
 from lightning_dissect.result import DissectionResult, LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["ReaderAblationEffect", "reader_ablation", "SCORES"]
-
-
-@dataclass
-class ReaderAblationEffect(AblationEffect):
-    """What a reading network loses when a concept's units are switched off, next to a random control.
-
-    ``baseline``, ``ablated``, ``drop`` and the ``control_*`` fields are those of
-    :class:`~lightning_dissect.interventions.AblationEffect` with the ``metric`` (accuracy or mean
-    score over all images) in place of the concept's pixel fraction. The ``present_*`` fields are the
-    same over the images where the concept is present (``num_present`` of them; NaN when none).
-
-    Attributes:
-        metric: ``"accuracy"`` or ``"score"``.
-        present_baseline: The metric on the concept-present images, unedited.
-        present_ablated: ... with ``units`` switched off.
-        present_drop: ``present_baseline − present_ablated``.
-        present_control_drop: The same drop for the random units (averaged over the controls).
-        num_present: Images where the concept is present (all processes).
-    """
-
-    metric: str = "accuracy"
-    present_baseline: float = _NAN
-    present_ablated: float = _NAN
-    present_drop: float = _NAN
-    present_control_drop: float = _NAN
-    num_present: int = 0
+__all__ = ["reader_ablation"]
 
 
 def reader_ablation(
@@ -95,7 +67,8 @@ def reader_ablation(
             (every layer, in one pass next to one unedited run).
         images: The images (as for :func:`~lightning_dissect.dissect_images`).
         segmenter: Labels the images (which concepts are present); ``None`` with ``vocabulary``.
-        metric: One of :data:`SCORES`.
+        metric: ``"accuracy"`` (argmax of the output equals the image's class) or ``"score"``
+            (the mean output, e.g. a discriminator's logit on real images).
         targets: ``"accuracy"``: the class of each image ``(N,)``; default: the last element of
             each dataset item (``(image, class)``, or ``(image, segmentation, class)`` with
             ``vocabulary``).

@@ -1,4 +1,4 @@
-"""The records the interventions return: ablation, insertion and average causal effects."""
+"""The records the interventions return: ablation (of generators and readers), insertion and average causal effects."""
 
 from __future__ import annotations
 
@@ -186,3 +186,29 @@ class CausalEffect(EffectRecord):
     control_units: list[list[int]] = field(default_factory=list)
     mode: str = "zero"
     num_images: int = 0
+
+
+@dataclass
+class ReaderAblationEffect(AblationEffect):
+    """What a reading network loses when a concept's units are switched off, next to a random control.
+
+    ``baseline``, ``ablated``, ``drop`` and the ``control_*`` fields are those of
+    :class:`~lightning_dissect.interventions.AblationEffect` with the ``metric`` (accuracy or mean
+    score over all images) in place of the concept's pixel fraction. The ``present_*`` fields are the
+    same over the images where the concept is present (``num_present`` of them; NaN when none).
+
+    Attributes:
+        metric: ``"accuracy"`` or ``"score"``.
+        present_baseline: The metric on the concept-present images, unedited.
+        present_ablated: ... with ``units`` switched off.
+        present_drop: ``present_baseline − present_ablated``.
+        present_control_drop: The same drop for the random units (averaged over the controls).
+        num_present: Images where the concept is present (all processes).
+    """
+
+    metric: str = "accuracy"
+    present_baseline: float = _NAN
+    present_ablated: float = _NAN
+    present_drop: float = _NAN
+    present_control_drop: float = _NAN
+    num_present: int = 0
