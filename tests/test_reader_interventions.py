@@ -17,8 +17,7 @@ from lightning_dissect.engine.images import ImageSet
 from lightning_dissect.interventions import (
     ablation_check,
     reader_ablation,
-    reader_ablation_curve,
-    reader_insertion_curve,
+    reader_curve,
 )
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
@@ -126,9 +125,8 @@ def test_reader_curves_match_a_plain_loop(kind):
     classes = torch.randint(0, 3, (12,), generator=gen)
     iou = torch.tensor([0.1, 0.5, 0.3, 0.5, 0.0, 0.2])
     net = TinyClassifier()
-    curve_of = reader_ablation_curve if kind == "ablation" else reader_insertion_curve
-    curve = curve_of(net, "features", "blue", TensorDataset(images, seg, classes), iou, vocabulary=VOCAB,
-                     max_units=4, batch_size=5, control_seed=3)
+    curve = reader_curve(net, "features", "blue", TensorDataset(images, seg, classes), iou, vocabulary=VOCAB,
+                         kind=kind, max_units=4, batch_size=5, control_seed=3)
     ranking = np.argsort(-iou.numpy(), kind="stable")[:4]
     assert curve.kind == kind and curve.ranking.tolist() == ranking.tolist() == [1, 3, 2, 5]
     assert curve.num_units.tolist() == [0, 1, 2, 3, 4]
@@ -156,13 +154,13 @@ def test_reader_curve_bad_input():
     images, seg = painted_images(4)
     data = TensorDataset(images, seg)
     with pytest.raises(ValueError, match="`steps`"):
-        reader_ablation_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score",
-                              steps=[9])
+        reader_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score", steps=[9])
     with pytest.raises(KeyError, match="`concept`"):
-        reader_insertion_curve(Painted(), "units", "purple", data, torch.ones(4), vocabulary=VOCAB, metric="score")
+        reader_curve(Painted(), "units", "purple", data, torch.ones(4), vocabulary=VOCAB, metric="score")
     with pytest.raises(ValueError, match="`max_units`"):
-        reader_ablation_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score",
-                              max_units=-1)
+        reader_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score", max_units=-1)
+    with pytest.raises(ValueError, match="`kind`"):
+        reader_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score", kind="deletion")
 
 
 def _dissect(images, segmenter=None, **kwargs):

@@ -33,8 +33,8 @@ exactly with :class:`~lightning_dissect.metrics.ConceptPixelFraction`:
   classifier's accuracy (over all images and those with the concept) or a discriminator's score,
   with the same units, random-units controls, measurement and record format
   (:class:`ReaderAblationEffect`);
-* :func:`reader_ablation_curve`, :func:`reader_insertion_curve` — a reading network's metric with
-  the top-``n`` units by IoU switched off, or kept alone, ``n = 0 … N`` (:class:`ReaderCurve`).
+* :func:`reader_curve` — a reading network's metric with the top-``n`` units by IoU switched off
+  (``kind="ablation"``), or kept alone (``kind="insertion"``), ``n = 0 … N`` (:class:`ReaderCurve`).
 
 Every random-units control follows one policy, described with the interventions' documentation
 (a private generator seeded from ``control_seed``; sets shared by the concepts of a layer that
@@ -74,7 +74,7 @@ from lightning_dissect.interventions.curve import AblationCurve, ablation_curve
 from lightning_dissect.interventions.edits import ablate, insert, intervene, random_units
 from lightning_dissect.interventions.effects import ablation_effect, average_causal_effect
 from lightning_dissect.interventions.insertion import insertion_effect
-from lightning_dissect.interventions.reader_curves import ReaderCurve, reader_ablation_curve, reader_insertion_curve
+from lightning_dissect.interventions.reader_curves import ReaderCurve, reader_curve
 from lightning_dissect.interventions.readers import reader_ablation
 from lightning_dissect.interventions.records import (
     AblationEffect,
@@ -113,6 +113,5 @@ __all__ = [
     "ReaderAblationEffect",
     "reader_ablation",
     "ReaderCurve",
-    "reader_ablation_curve",
-    "reader_insertion_curve",
+    "reader_curve",
 ]

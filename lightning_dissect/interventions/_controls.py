@@ -12,7 +12,7 @@ never moves and the draw is the same on every process and at every dissection ro
   the same number of units share their control sets, drawn from the units of none of them and
   seeded from that number; only when too few such units remain does each concept draw its own sets
   outside its units, seeded from the concept (:func:`shared_controls`);
-* **a curve over n** (``ablation_curve``, the reader curves): for each ``n``, the first ``n`` units
+* **a curve over n** (``ablation_curve``, ``reader_curve``): for each ``n``, the first ``n`` units
   of one random order of the layer's units (seeded from the concept) that are not among the top
   ``n`` (:func:`curve_controls`).
 

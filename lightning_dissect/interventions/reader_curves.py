@@ -1,7 +1,8 @@
 """Curves for networks that read images: the metric as a concept's top-``n`` units go (or stay alone).
 
-The reader counterparts of :func:`~lightning_dissect.interventions.ablation_curve`. Units are
-ranked by IoU with the concept (ties to the lower index), and for each ``n`` of the curve:
+:func:`reader_curve` is the reader counterpart of
+:func:`~lightning_dissect.interventions.ablation_curve`. Units are ranked by IoU with the concept
+(ties to the lower index), and for each ``n`` of the curve:
 
 * the **ablation curve** switches the top ``n`` units off: the metric falls from the baseline as
   the units that match the concept go;
@@ -36,7 +37,10 @@ from lightning_dissect.result import LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
-__all__ = ["ReaderCurve", "reader_ablation_curve", "reader_insertion_curve"]
+__all__ = ["ReaderCurve", "reader_curve", "CURVES"]
+
+CURVES = ("ablation", "insertion")
+"""The kinds of :func:`reader_curve`: the top ``n`` units switched off, or kept alone."""
 
 
 @dataclass
@@ -82,96 +86,15 @@ class ReaderCurve:
     num_present: int = 0
 
 
-def reader_ablation_curve(
+def reader_curve(
     network: nn.Module,
     layer: str,
     concept: int | str,
     images: ImageSet | Any,
     iou: Tensor | LayerDissection,
     segmenter: Segmenter | None = None,
-    **options: Any,
-) -> ReaderCurve:
-    """The metric of a reading network with the top-``n`` units by IoU switched off, ``n = 0 … N``.
-
-    Args:
-        network: The network that reads the images.
-        layer: Dotted name of the layer to edit.
-        concept: Concept name or index.
-        images: The images (as for :func:`~lightning_dissect.dissect_images`).
-        iou: ``(U,)`` IoU of every unit with the concept, ``(U, C)``, or a
-            :class:`~lightning_dissect.result.LayerDissection` (its ``iou`` matrix).
-        segmenter: Labels the images; ``None`` with ``vocabulary`` (the dataset's segmentations).
-        **options: ``max_units`` (default 30, capped by the layer width), ``steps`` (the ``n`` to
-            evaluate, default all), ``control_seed`` (default 0), and the options of
-            :func:`~lightning_dissect.interventions.reader_ablation`: ``metric``, ``targets``,
-            ``vocabulary``, ``value_range``, ``transform``, ``selector``, ``batch_size``,
-            ``device``, ``distributed``.
-
-    Returns:
-        A :class:`ReaderCurve` with ``kind="ablation"`` (its first point is the baseline).
-
-    Examples:
-        >>> from lightning_dissect.vocabulary import ConceptVocabulary
-        >>> vocab = ConceptVocabulary(("unlabeled", "red", "blue"), ("none", "colour", "colour"))
-        >>> images = torch.zeros(4, 3, 2, 2); images[:2, 0] = 1; images[2:, 2] = 1
-        >>> seg = torch.tensor([1, 1, 2, 2])[:, None, None].expand(4, 2, 2)
-        >>> # a discriminator: its score is unit 0 (red) plus unit 1 (blue)
-        >>> net = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1))
-        >>> with torch.no_grad():
-        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]).view(2, 3, 1, 1))
-        ...     _ = net[3].weight.fill_(1.0), net[3].bias.zero_()
-        >>> curve = reader_ablation_curve(net, "0", "red", list(zip(images, seg)), torch.tensor([0.9, 0.1]),
-        ...                               vocabulary=vocab, metric="score")
-        >>> curve.num_units.tolist(), curve.value.tolist(), curve.present_value.tolist()
-        ([0, 1, 2], [1.0, 0.5, 0.0], [1.0, 0.0, 0.0])
-    """
-    return _reader_curve("ablation", network, layer, concept, images, iou, segmenter, **options)
-
-
-def reader_insertion_curve(
-    network: nn.Module,
-    layer: str,
-    concept: int | str,
-    images: ImageSet | Any,
-    iou: Tensor | LayerDissection,
-    segmenter: Segmenter | None = None,
-    **options: Any,
-) -> ReaderCurve:
-    """The metric of a reading network that keeps only the top-``n`` units by IoU, ``n = 0 … N``.
-
-    Every other unit of the layer is switched off, so ``n = 0`` is the layer with every unit off
-    and the curve shows how much of the metric the concept's best units restore on their own.
-    Arguments as for :func:`reader_ablation_curve`.
-
-    Returns:
-        A :class:`ReaderCurve` with ``kind="insertion"``.
-
-    Examples:
-        >>> from lightning_dissect.vocabulary import ConceptVocabulary
-        >>> vocab = ConceptVocabulary(("unlabeled", "red", "blue"), ("none", "colour", "colour"))
-        >>> images = torch.zeros(4, 3, 2, 2); images[:2, 0] = 1; images[2:, 2] = 1
-        >>> seg = torch.tensor([1, 1, 2, 2])[:, None, None].expand(4, 2, 2)
-        >>> net = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1))
-        >>> with torch.no_grad():
-        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]).view(2, 3, 1, 1))
-        ...     _ = net[3].weight.fill_(1.0), net[3].bias.zero_()
-        >>> curve = reader_insertion_curve(net, "0", "red", list(zip(images, seg)), torch.tensor([0.9, 0.1]),
-        ...                                vocabulary=vocab, metric="score")
-        >>> curve.value.tolist(), curve.present_value.tolist(), curve.baseline
-        ([0.0, 0.5, 1.0], [0.0, 1.0, 1.0], 1.0)
-    """
-    return _reader_curve("insertion", network, layer, concept, images, iou, segmenter, **options)
-
-
-def _reader_curve(
-    kind: str,
-    network: nn.Module,
-    layer: str,
-    concept: int | str,
-    images: ImageSet | Any,
-    iou: Tensor | LayerDissection,
-    segmenter: Segmenter | None,
     *,
+    kind: str = "ablation",
     max_units: int = 30,
     steps: Sequence[int] | None = None,
     control_seed: int = 0,
@@ -185,6 +108,58 @@ def _reader_curve(
     device: torch.device | str | None = None,
     distributed: bool = True,
 ) -> ReaderCurve:
+    """A reading network's metric with the top-``n`` units by IoU switched off, or kept alone, ``n = 0 … N``.
+
+    ``kind="ablation"`` switches the top ``n`` units off (the first point is the baseline);
+    ``kind="insertion"`` keeps only them, every other unit of the layer switched off (the first
+    point is the layer with every unit off). See the module docs for the controls.
+
+    Args:
+        network: The network that reads the images.
+        layer: Dotted name of the layer to edit.
+        concept: Concept name or index.
+        images: The images (as for :func:`~lightning_dissect.dissect_images`).
+        iou: ``(U,)`` IoU of every unit with the concept, ``(U, C)``, or a
+            :class:`~lightning_dissect.result.LayerDissection` (its ``iou`` matrix).
+        segmenter: Labels the images; ``None`` with ``vocabulary`` (the dataset's segmentations).
+        kind: ``"ablation"`` or ``"insertion"``.
+        max_units: Largest ``n``, capped by the layer width.
+        steps: The ``n`` values to evaluate (each in ``[0, N]``), default all.
+        control_seed: Seed of the random order the control units are drawn from.
+        metric: ``"accuracy"`` or ``"score"`` (as for
+            :func:`~lightning_dissect.interventions.reader_ablation`, like the options below).
+        targets: The class of each image for ``"accuracy"`` (default: each item's last element).
+        vocabulary: The concepts of the dataset's own segmentations.
+        value_range: The images' value range (default ``(0, 1)``).
+        transform: The network's own preprocessing.
+        selector: Picks the tensor of tuple/dict layer outputs.
+        batch_size: Images per network call.
+        device: Where to run; default the network's device.
+        distributed: ``False``: this process only, even inside a process group.
+
+    Returns:
+        A :class:`ReaderCurve`.
+
+    Examples:
+        >>> from lightning_dissect.vocabulary import ConceptVocabulary
+        >>> vocab = ConceptVocabulary(("unlabeled", "red", "blue"), ("none", "colour", "colour"))
+        >>> images = torch.zeros(4, 3, 2, 2); images[:2, 0] = 1; images[2:, 2] = 1
+        >>> seg = torch.tensor([1, 1, 2, 2])[:, None, None].expand(4, 2, 2)
+        >>> # a discriminator: its score is unit 0 (red) plus unit 1 (blue)
+        >>> net = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]).view(2, 3, 1, 1))
+        ...     _ = net[3].weight.fill_(1.0), net[3].bias.zero_()
+        >>> data, iou = list(zip(images, seg)), torch.tensor([0.9, 0.1])
+        >>> removed = reader_curve(net, "0", "red", data, iou, vocabulary=vocab, metric="score")
+        >>> removed.num_units.tolist(), removed.value.tolist(), removed.present_value.tolist()
+        ([0, 1, 2], [1.0, 0.5, 0.0], [1.0, 0.0, 0.0])
+        >>> kept = reader_curve(net, "0", "red", data, iou, vocabulary=vocab, metric="score", kind="insertion")
+        >>> kept.value.tolist(), kept.present_value.tolist(), kept.baseline
+        ([0.0, 0.5, 1.0], [0.0, 1.0, 1.0], 1.0)
+    """
+    if kind not in CURVES:
+        raise ValueError(f"`kind` must be one of {CURVES}, got {kind!r}")
     reader = _reader(
         network, [layer], images, segmenter, metric=metric, targets=targets, vocabulary=vocabulary,
         value_range=value_range, batch_size=batch_size, transform=transform, selector=selector, device=device,
@@ -193,8 +168,9 @@ def _reader_curve(
     c = reader.concept_index(concept)
     iou = _concept_iou(iou, c)
     width = int(iou.shape[0])
-    points = _curve_points(steps, min(check_int(max_units, "max_units", minimum=0), width))
-    ranking = _iou_ranking(iou, points[-1])
+    top = min(check_int(max_units, "max_units", minimum=0), width)
+    points = _curve_points(steps, top)
+    ranking = _iou_ranking(iou, top)
     controls = curve_controls(width, ranking, points, control_seed, c)
     # per point, the units switched off: the top n / n random units (ablation), or all others (insertion)
     edit = (lambda units: units) if kind == "ablation" else (lambda units: _others(units, width))
