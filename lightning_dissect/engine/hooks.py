@@ -354,9 +354,9 @@ def edit_layers(
     handles = []
     seen: dict[str, Any] = {}  # the size of the images the model was called on, when it reads images
 
-    def record_input(_module: nn.Module, args: Any) -> None:
-        first = args[0] if isinstance(args, tuple) and args else None
-        seen["size"] = tuple(first.shape[-2:]) if isinstance(first, Tensor) and first.ndim == 4 else None
+    def record_input(_module: nn.Module, args: Any, kwargs: Any) -> None:
+        images = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.ndim == 4]
+        seen["size"] = tuple(images[0].shape[-2:]) if images else None
 
     def make_hook(name: str, edit: LayerEdit) -> Callable[..., Any]:
         sel = _selector_for(selector, name)
@@ -380,7 +380,7 @@ def edit_layers(
 
     try:
         if image_size is None and any(name not in (layouts or {}) for name in modules):
-            handles.append(unwrap_model(model).register_forward_pre_hook(record_input))
+            handles.append(unwrap_model(model).register_forward_pre_hook(record_input, with_kwargs=True))
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name, edits[name])))
         yield
