@@ -54,14 +54,16 @@ case "$job" in
     python -m pytest -m "not torchvision" "$@"
     if [ "${TV_SKIP:-0}" != 1 ]; then
       tv_stamp=.venv-tv/.lightning-dissect-installed
-      if [ ! -f "$tv_stamp" ]; then
-        "$python_bin" -m venv .venv-tv
+      # torchvision (and timm, which needs it) beside the package's own dependencies
+      tv_packages="${TV_SPEC:-torch==2.14.1 torchvision==0.29.1} numpy pytest lightning torchmetrics rich tensorboard pillow timm"
+      if [ ! -f "$tv_stamp" ] || [ "$(cat "$tv_stamp")" != "$tv_packages" ]; then
+        [ -x .venv-tv/bin/python ] || "$python_bin" -m venv .venv-tv
         # shellcheck disable=SC2086
-        .venv-tv/bin/pip install -q ${TV_SPEC:-torch==2.14.1 torchvision==0.29.1} numpy pytest
-        touch "$tv_stamp"
+        .venv-tv/bin/pip install -q $tv_packages
+        echo "$tv_packages" > "$tv_stamp"
       fi
       # the package is imported from the repository root (python -m pytest puts it on sys.path)
-      .venv-tv/bin/python -m pytest -q -m torchvision tests/test_segmenters_real.py
+      .venv-tv/bin/python -m pytest -q -m torchvision tests/test_segmenters_real.py tests/test_layouts_torchvision.py
     fi
     mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
     echo "docs build: ok"
