@@ -354,3 +354,37 @@ def test_channels_last_generator_images_are_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"generator's images of shape \(2, 16, 16, 3\) look channels-last.*generate="):
         dissect(gen, ["0"], SyntheticSceneSegmenter(SceneWorld(16)), latent_shape=(4,), num_samples=4,
                 progress=False)
+
+
+# ---------------------------------------------------------------------- the command line
+def test_command_line_layout_option_and_the_report(tmp_path):
+    from PIL import Image
+
+    from lightning_dissect.cli import main
+
+    images, grid = painted_scenes(6)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(6):
+        pixels = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "images" / f"scene{i}.png")
+        Image.fromarray(grid[i].numpy().astype(np.uint8), mode="L").save(tmp_path / "labels" / f"scene{i}.png")
+    (tmp_path / "concepts.txt").write_text("\n".join(VOCAB.names) + "\n")
+    common = ["dissect", "--network", "tests.test_layouts:PaintedViT", "--images", str(tmp_path / "images"),
+              "--segmentations", str(tmp_path / "labels"), "--concepts", str(tmp_path / "concepts.txt"),
+              "--quantile", "0.5", "--quiet"]
+    out = tmp_path / "out"
+    assert main([*common, "--layers", "blocks", "grid", "--layout", "blocks=tokens:prefix=1",
+                 "grid=channels-last", "--output", str(out)]) == 0
+    saved = json.loads((out / "dissect.json").read_text())
+    assert saved["layers"]["blocks"]["layout"] == "tokens:prefix=1,grid=6x6"
+    assert saved["layers"]["grid"]["layout"] == "channels-last"
+    for name in ("blocks", "grid"):
+        assert saved["layers"][name]["num_units"] == 4
+        assert [u["iou"] for u in saved["layers"][name]["units"][1:]] == pytest.approx([1.0, 1.0, 1.0])
+    report = next(out.glob("*.html")).read_text()
+    assert "layout read in" in report and "tokens:prefix=1,grid=6x6" in report
+    # a wrong declaration is one clear line naming the layer
+    code = main([*common, "--layers", "blocks", "--layout", "tokens:prefix=3", "--output", str(tmp_path / "bad")])
+    assert code != 0
+    assert main([*common, "--layers", "blocks", "--layout", "nope=tokens", "--output", str(tmp_path / "bad2")]) != 0

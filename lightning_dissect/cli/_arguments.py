@@ -286,13 +286,19 @@ def add_generator_arguments(
         help="which tensor of tuple/dict layer outputs to dissect: an index, a key, or a "
         "MODULE:ATTR callable output -> tensor",
     )
+    model.add_argument(
+        "--layout", nargs="+", metavar="[LAYER=]SPEC",
+        help="where a layer's units are, when its shape cannot tell: channels-first, channels-last "
+        "(B, H, W, C), or tokens[:prefix=N][,grid=HxW] (B, N + H*W, D); one SPEC for every layer or "
+        "LAYER=SPEC pairs; default: found from each layer's first output",
+    )
 
 
 def add_network_arguments(p: argparse.ArgumentParser) -> None:
     """Network Dissection: ``--network`` (in place of ``--generator``) over ``--images``."""
     net = p.add_argument_group(
         "network that reads images (Network Dissection; in place of --generator)",
-        "--checkpoint, --layers, --selector and --batch-size apply to it as to a generator",
+        "--checkpoint, --layers, --selector, --layout and --batch-size apply to it as to a generator",
     )
     net.add_argument(
         "--network", metavar="MODULE:ATTR",

@@ -20,6 +20,7 @@ __all__ = [
     "dissection_config",
     "layer_names",
     "parse_selector",
+    "with_layouts",
     "prepare_generator",
     "resolve_device",
     "split_layers",
@@ -55,6 +56,38 @@ def parse_selector(text: str | None) -> Any:
     if ":" in text:
         return load_object(text, "--selector")
     return text
+
+
+def with_layouts(selector: Any, items: list[str] | None, layers: list[str]) -> Any:
+    """``--selector`` and ``--layout`` together: the selector as given, or layouts that pick its part.
+
+    Examples:
+        >>> with_layouts(0, ["tokens:prefix=1"], ["blocks.3"])
+        LayerLayout(kind='tokens', prefix=1, grid=None, part=0)
+        >>> sorted(with_layouts(None, ["b=channels-last"], ["a", "b"]).items())[0]
+        ('a', None)
+    """
+    from dataclasses import replace
+
+    from lightning_dissect.engine.layouts import LayerLayout, parse_layouts
+
+    if not items:
+        return selector
+    try:
+        layouts = parse_layouts(items)
+    except ValueError as err:
+        raise CLIError(f"--layout: {err}") from None
+    if selector is not None and not isinstance(selector, (int, str)):
+        raise CLIError(
+            "--layout with a MODULE:ATTR --selector: return a LayerLayout(..., part=...) from that selector's "
+            "module instead (lightning_dissect.engine.layouts), or give --selector as an index or a key"
+        )
+    if isinstance(layouts, LayerLayout):
+        return replace(layouts, part=selector)
+    unknown = [name for name in layouts or {} if name not in layers]
+    if unknown:
+        raise CLIError(f"--layout names layers {unknown} that are not among the dissected layers {layers}")
+    return {name: replace(layouts[name], part=selector) if name in layouts else selector for name in layers}
 
 
 def layer_names(layers: list[str], generator: Any, attribute: str | None) -> list[str]:
@@ -94,7 +127,7 @@ def prepare_generator(args: argparse.Namespace) -> dict[str, Any]:
     layers = layer_names(layers, generator, attribute)
     sampler = load_object(args.latent_sampler, "--latent-sampler") if args.latent_sampler else None
     generate = load_object(args.generate, "--generate") if args.generate else None
-    selector = parse_selector(args.selector)
+    selector = with_layouts(parse_selector(args.selector), getattr(args, "layout", None), layers)
     shapes: list[tuple[int, ...]] = []
     if sampler is None:
         dim = args.latent_dim or find_latent_dim(model, generator)

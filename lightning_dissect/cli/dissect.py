@@ -36,6 +36,7 @@ from lightning_dissect.cli._prepare import (
     prepare_generator,
     resolve_device,
     split_layers,
+    with_layouts,
 )
 
 __all__ = ["add_dissect_command", "prepare_network", "run_dissect"]
@@ -116,7 +117,7 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     transform = load_object(args.transform, "--transform") if args.transform else None
     if transform is not None and not callable(transform):
         raise CLIError(f"--transform: {args.transform} is a {type(transform).__name__}, not a callable")
-    selector = parse_selector(args.selector)
+    selector = with_layouts(parse_selector(args.selector), getattr(args, "layout", None), layers)
     try:
         if getattr(args, "broden", None):
             from lightning_dissect.engine.broden import BrodenDataset
