@@ -120,7 +120,7 @@ def ablation_check(
         prepared = _prepare(
             runner, name, segmenter, bank, num_units=result.num_units, options=opts, function="ablation_check"
         )
-        plans.append(_plan(prepared, result, top_n, wanted))
+        plans.append(_LayerPlan(prepared, *_plan(result, top_n, wanted, prepared.num_controls, prepared.control_seed)))
     records = _run_plans(runner, segmenter, bank, [p for p in plans if p.chosen], mode, statistics)
     out = {p.prepared.layer: records.get(p.prepared.layer, []) for p in plans}
     return out if not isinstance(layer_result, LayerDissection) else out[plans[0].prepared.layer]
@@ -166,12 +166,12 @@ def _per_layer(
     return {next(iter(layers)): statistics}
 
 
-def _plan(prepared: Prepared, result: LayerDissection, top_n: int, wanted: set[int] | None) -> _LayerPlan:
-    """Choose each concept's units and draw their controls (see the module docs)."""
+def _plan(
+    result: LayerDissection, top_n: int, wanted: set[int] | None, num_controls: int, control_seed: int
+) -> tuple[dict[int, Tensor], dict[int, list[Tensor]]]:
+    """Each concept's units (``concept -> units``, more units first) and their controls (the one policy)."""
     chosen = _choose(result, top_n, wanted)
-    return _LayerPlan(
-        prepared, chosen, shared_controls(prepared.width, chosen, prepared.num_controls, prepared.control_seed)
-    )
+    return chosen, shared_controls(result.num_units, chosen, num_controls, control_seed)
 
 
 def _choose(result: LayerDissection, top_n: int, wanted: set[int] | None) -> dict[int, Tensor]:

@@ -25,11 +25,10 @@ from torch import Tensor, nn
 from lightning_dissect._utils.checks import check_int
 from lightning_dissect.engine.hooks import OutputSelector
 from lightning_dissect.engine.images import ImageSet, Transform
-from lightning_dissect.interventions._controls import shared_controls
 from lightning_dissect.interventions._engine import _Variant
 from lightning_dissect.interventions._prepare import _ablations
 from lightning_dissect.interventions._reader import _Reader, _reader, _ReaderMeasured
-from lightning_dissect.interventions.check import _choose, _layer_results, _unit_sets
+from lightning_dissect.interventions.check import _layer_results, _plan, _unit_sets
 from lightning_dissect.interventions.records import ReaderAblationEffect, _ablation_numbers
 from lightning_dissect.result import DissectionResult, LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
@@ -115,10 +114,7 @@ def reader_ablation(
         distributed=distributed,
     )  # fmt: skip
     wanted = None if concepts is None else {reader.concept_index(c) for c in concepts}
-    plans = {}
-    for name, result in layers.items():
-        chosen = _choose(result, top_n, wanted)
-        plans[name] = chosen, shared_controls(result.num_units, chosen, num_controls, control_seed)
+    plans = {name: _plan(result, top_n, wanted, num_controls, control_seed) for name, result in layers.items()}
     variants: dict[Hashable, _Variant] = {"baseline": _Variant(None)}
     for name, (chosen, controls) in plans.items():
         variants.update(_ablations(name, layers[name].num_units, _unit_sets(chosen, controls)))
