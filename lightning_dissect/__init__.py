@@ -34,6 +34,7 @@ _LAZY = {
     "ImageSet": "lightning_dissect.engine.images",
     "ImageFolder": "lightning_dissect.engine.image_folder",
     "BrodenDataset": "lightning_dissect.engine.broden",
+    "LayerLayout": "lightning_dissect.engine.layouts",
     # callbacks
     "DissectionCallback": "lightning_dissect.callbacks.generator",
     "ImageDissectionCallback": "lightning_dissect.callbacks.reader",

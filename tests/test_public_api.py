@@ -20,7 +20,7 @@ TOP_LEVEL = {
     # nouns a user constructs
     "UnitConceptIoU", "UnitQuantiles", "ConceptPixelFraction",
     "DissectionConfig", "DissectionResult", "ConceptVocabulary",
-    "LatentBank", "ImageSet", "ImageFolder", "BrodenDataset",
+    "LatentBank", "ImageSet", "ImageFolder", "BrodenDataset", "LayerLayout",
     "DissectionCallback", "ImageDissectionCallback",
     # verbs of a whole run
     "dissect", "dissect_images", "load_history", "dissect_checkpoints", "write_report",

@@ -47,6 +47,7 @@ __all__ = [
     "default_part",
     "patch_size_of",
     "channels_last_images_hint",
+    "token_grids",
 ]
 
 #: An automatic token layout tries up to this many prefix tokens (class, distillation and
