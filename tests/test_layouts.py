@@ -388,3 +388,35 @@ def test_command_line_layout_option_and_the_report(tmp_path):
     code = main([*common, "--layers", "blocks", "--layout", "tokens:prefix=3", "--output", str(tmp_path / "bad")])
     assert code != 0
     assert main([*common, "--layers", "blocks", "--layout", "nope=tokens", "--output", str(tmp_path / "bad2")]) != 0
+
+
+# ---------------------------------------------------------------------- both callbacks
+def test_both_callbacks_dissect_token_layers_during_training(tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_dissect import DissectionCallback, ImageDissectionCallback
+    from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+    from tests.helpers.tiny_gan import TinyGAN, scene_loader
+
+    world = SceneWorld(16)
+    pl.seed_everything(0)
+    model = TinyGAN()
+    model.generator.layer1.append(AsTokens())  # (B, 1 + 8·8, 16) tokens, read back as maps
+    model.discriminator[1] = nn.Sequential(nn.LeakyReLU(0.2), AsTokens())
+    generator_cb = DissectionCallback(["layer1.3.tokens"], SyntheticSceneSegmenter(world), num_samples=16,
+                                      batch_size=8, num_visualized_units=0, ablation_samples=8, ablation_top_n=2,
+                                      quantile=0.9)
+    val_images, val_labels = world.render(12, seed=7)
+    reader_cb = ImageDissectionCallback(["1.1.tokens"], network="discriminator", vocabulary=world.vocabulary,
+                                        value_range=(-1, 1), name="discriminator", num_visualized_units=0,
+                                        quantile=0.9)
+    trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, callbacks=[generator_cb, reader_cb],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         accelerator="cpu", num_sanity_val_steps=0, limit_train_batches=2)
+    trainer.fit(model, scene_loader(32, batch_size=16),
+                torch.utils.data.DataLoader(TensorDataset(val_images, val_labels), batch_size=6))
+    generated = generator_cb.last_result["layer1.3.tokens"]
+    assert generated.num_units == 16 and generated.layout == "tokens:prefix=1,grid=8x8"
+    read = reader_cb.last_result["1.1.tokens"]
+    assert read.num_units == 8 and read.layout == "tokens:prefix=1,grid=8x8"
+    assert generator_cb.history and reader_cb.history
