@@ -159,6 +159,8 @@ def test_reader_curve_bad_input():
         reader_curve(Painted(), "units", "purple", data, torch.ones(4), vocabulary=VOCAB, metric="score")
     with pytest.raises(ValueError, match="`max_units`"):
         reader_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score", max_units=-1)
+    with pytest.raises(TypeError, match="reader_curve\\(\\) got unexpected keyword arguments \\['top_n'\\]"):
+        reader_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, top_n=3)
     with pytest.raises(ValueError, match="`kind`"):
         reader_curve(Painted(), "units", "red", data, torch.ones(4), vocabulary=VOCAB, metric="score", kind="deletion")
 

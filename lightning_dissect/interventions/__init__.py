@@ -67,6 +67,7 @@ from lightning_dissect.interventions._common import (
     Latents,
     RunOptions,
 )
+from lightning_dissect.interventions._reader import ReaderOptions
 from lightning_dissect.interventions.causal import DEFAULT_SIZES, causal_units
 from lightning_dissect.interventions.causal_result import CausalComparison, CausalUnits
 from lightning_dissect.interventions.check import ablation_check
@@ -89,6 +90,7 @@ __all__ = [
     "Latents",
     "RunOptions",
     "InterventionOptions",
+    "ReaderOptions",
     "TENSOR_LATENTS_SEED",
     "UnitStatistics",
     "EffectRecord",

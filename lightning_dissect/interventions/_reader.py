@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_int
-from lightning_dissect.engine.hooks import check_editable
-from lightning_dissect.engine.images import ImageSet, Labeller, resolve_images
+from lightning_dissect.engine.hooks import OutputSelector, check_editable
+from lightning_dissect.engine.images import ImageSet, Labeller, Transform, resolve_images
 from lightning_dissect.engine.reader import ImageRunner
 from lightning_dissect.engine.runner import Batch
-from lightning_dissect.interventions._common import _NAN, _concept_index, _sum_over_ranks
+from lightning_dissect.interventions._common import _NAN, _concept_index, _options, _sum_over_ranks
 from lightning_dissect.interventions._engine import _run, _Variant
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -53,29 +53,65 @@ class _Reader:
         return _run(self.runner, self.source, self.runner.shard(self.source), variants, score)
 
 
+class ReaderOptions(TypedDict, total=False):
+    """How a reader intervention reads the images and scores the network (keyword options).
+
+    Shared by :func:`~lightning_dissect.interventions.reader_ablation` and
+    :func:`~lightning_dissect.interventions.reader_curve`.
+
+    Attributes:
+        metric: ``"accuracy"`` (default: argmax of the output equals the image's class) or
+            ``"score"`` (the mean output, e.g. a discriminator's logit on real images).
+        targets: For ``"accuracy"``, the class of each image ``(N,)``; default: the last element of
+            each dataset item (``(image, class)``, or ``(image, segmentation, class)`` with
+            ``vocabulary``).
+        vocabulary: The concepts of the dataset's own segmentations (in place of a segmenter).
+        value_range: The images' value range (default ``(0, 1)``).
+        transform: The network's own preprocessing (the segmenter sees the raw images).
+        selector: Picks the tensor of tuple/dict layer outputs.
+        batch_size: Images per network call (default 32).
+        device: Where to run; default the network's device.
+        distributed: ``False``: this process only, even inside a process group (default ``True``).
+    """
+
+    metric: str
+    targets: Tensor | None
+    vocabulary: ConceptVocabulary | None
+    value_range: tuple[float, float] | None
+    transform: Transform | None
+    selector: OutputSelector | Mapping[str, OutputSelector]
+    batch_size: int
+    device: torch.device | str | None
+    distributed: bool
+
+
+_READER_DEFAULTS: dict[str, Any] = {
+    "metric": "accuracy", "targets": None, "vocabulary": None, "value_range": None, "transform": None,
+    "selector": None, "batch_size": 32, "device": None, "distributed": True,
+}  # fmt: skip
+
+
 def _reader(
-    network: nn.Module,
-    layers: list[str],
-    images: Any,
-    segmenter: Any,
-    *,
-    metric: str,
-    targets: Tensor | None,
-    vocabulary: ConceptVocabulary | None,
-    value_range: tuple[float, float] | None,
-    batch_size: int,
-    **runner_options: Any,
+    network: nn.Module, layers: list[str], images: Any, segmenter: Any, options: Mapping[str, Any], function: str
 ) -> _Reader:
-    """Check and resolve what every reader intervention takes (the first two images are run once)."""
+    """Check and resolve what every reader intervention takes (the first two images are run once).
+
+    ``options`` are the :class:`ReaderOptions` of ``function`` (any other keyword raises).
+    """
+    opts = _options(options, _READER_DEFAULTS, function)
+    metric, targets, batch_size = opts["metric"], opts["targets"], opts["batch_size"]
     if metric not in SCORES:
         raise ValueError(f"`metric` must be one of {SCORES}, got {metric!r}")
     check_int(batch_size, "batch_size", minimum=1)
-    source, labeller = resolve_images(images, segmenter, vocabulary, value_range)
+    source, labeller = resolve_images(images, segmenter, opts["vocabulary"], opts["value_range"])
     if targets is not None:
         targets = torch.as_tensor(targets).long().flatten()
         if targets.numel() != len(source):
             raise ValueError(f"`targets` has {targets.numel()} entries for {len(source)} images")
-    runner = ImageRunner(network, batch_size=batch_size, **runner_options)
+    runner = ImageRunner(
+        network, transform=opts["transform"], selector=opts["selector"], batch_size=batch_size, device=opts["device"],
+        distributed=opts["distributed"],
+    )
     layers = runner.check_layers(layers)
     for name in layers:
         check_editable(runner.selector, name)

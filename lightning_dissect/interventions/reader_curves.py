@@ -19,23 +19,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_int
-from lightning_dissect.engine.hooks import OutputSelector
-from lightning_dissect.engine.images import ImageSet, Transform
+from lightning_dissect.engine.images import ImageSet
 from lightning_dissect.interventions._common import _NAN
 from lightning_dissect.interventions._controls import curve_controls
 from lightning_dissect.interventions._engine import _Variant
 from lightning_dissect.interventions._prepare import _ablated, _ablations
-from lightning_dissect.interventions._reader import _reader
+from lightning_dissect.interventions._reader import ReaderOptions, _reader
 from lightning_dissect.interventions.curve import _concept_iou, _curve_points, _iou_ranking
 from lightning_dissect.result import LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
-from lightning_dissect.vocabulary import ConceptVocabulary
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ReaderCurve", "reader_curve", "CURVES"]
 
@@ -98,15 +99,7 @@ def reader_curve(
     max_units: int = 30,
     steps: Sequence[int] | None = None,
     control_seed: int = 0,
-    metric: str = "accuracy",
-    targets: Tensor | None = None,
-    vocabulary: ConceptVocabulary | None = None,
-    value_range: tuple[float, float] | None = None,
-    transform: Transform | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    batch_size: int = 32,
-    device: torch.device | str | None = None,
-    distributed: bool = True,
+    **options: Unpack[ReaderOptions],
 ) -> ReaderCurve:
     """A reading network's metric with the top-``n`` units by IoU switched off, or kept alone, ``n = 0 … N``.
 
@@ -126,16 +119,9 @@ def reader_curve(
         max_units: Largest ``n``, capped by the layer width.
         steps: The ``n`` values to evaluate (each in ``[0, N]``), default all.
         control_seed: Seed of the random order the control units are drawn from.
-        metric: ``"accuracy"`` or ``"score"`` (as for
-            :func:`~lightning_dissect.interventions.reader_ablation`, like the options below).
-        targets: The class of each image for ``"accuracy"`` (default: each item's last element).
-        vocabulary: The concepts of the dataset's own segmentations.
-        value_range: The images' value range (default ``(0, 1)``).
-        transform: The network's own preprocessing.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        batch_size: Images per network call.
-        device: Where to run; default the network's device.
-        distributed: ``False``: this process only, even inside a process group.
+        **options: :class:`~lightning_dissect.interventions.ReaderOptions` (``metric``,
+            ``vocabulary``, ``value_range``, ... as for
+            :func:`~lightning_dissect.interventions.reader_ablation`).
 
     Returns:
         A :class:`ReaderCurve`.
@@ -160,11 +146,7 @@ def reader_curve(
     """
     if kind not in CURVES:
         raise ValueError(f"`kind` must be one of {CURVES}, got {kind!r}")
-    reader = _reader(
-        network, [layer], images, segmenter, metric=metric, targets=targets, vocabulary=vocabulary,
-        value_range=value_range, batch_size=batch_size, transform=transform, selector=selector, device=device,
-        distributed=distributed,
-    )  # fmt: skip
+    reader = _reader(network, [layer], images, segmenter, options, "reader_curve")
     c = reader.concept_index(concept)
     iou = _concept_iou(iou, c)
     width = int(iou.shape[0])

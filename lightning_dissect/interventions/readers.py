@@ -17,22 +17,23 @@ all-reduced, so every rank returns the same records.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import check_int
-from lightning_dissect.engine.hooks import OutputSelector
-from lightning_dissect.engine.images import ImageSet, Transform
+from lightning_dissect.engine.images import ImageSet
 from lightning_dissect.interventions._engine import _Variant
 from lightning_dissect.interventions._prepare import _ablations
-from lightning_dissect.interventions._reader import _Reader, _reader, _ReaderMeasured
+from lightning_dissect.interventions._reader import ReaderOptions, _Reader, _reader, _ReaderMeasured
 from lightning_dissect.interventions.check import _layer_results, _plan, _unit_sets
 from lightning_dissect.interventions.records import ReaderAblationEffect, _ablation_numbers
 from lightning_dissect.result import DissectionResult, LayerDissection
 from lightning_dissect.segmenters.base import Segmenter
-from lightning_dissect.vocabulary import ConceptVocabulary
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["reader_ablation"]
 
@@ -43,19 +44,11 @@ def reader_ablation(
     images: ImageSet | Any,
     segmenter: Segmenter | None = None,
     *,
-    metric: str = "accuracy",
-    targets: Tensor | None = None,
-    vocabulary: ConceptVocabulary | None = None,
-    value_range: tuple[float, float] | None = None,
     top_n: int = 20,
     concepts: Sequence[int | str] | None = None,
     num_controls: int = 1,
     control_seed: int = 0,
-    transform: Transform | None = None,
-    selector: OutputSelector | Mapping[str, OutputSelector] = None,
-    batch_size: int = 32,
-    device: torch.device | str | None = None,
-    distributed: bool = True,
+    **options: Unpack[ReaderOptions],
 ) -> list[ReaderAblationEffect] | dict[str, list[ReaderAblationEffect]]:
     """Switch off each concept's top units in a reading network and measure the metric's drop.
 
@@ -66,22 +59,14 @@ def reader_ablation(
             (every layer, in one pass next to one unedited run).
         images: The images (as for :func:`~lightning_dissect.dissect_images`).
         segmenter: Labels the images (which concepts are present); ``None`` with ``vocabulary``.
-        metric: ``"accuracy"`` (argmax of the output equals the image's class) or ``"score"``
-            (the mean output, e.g. a discriminator's logit on real images).
-        targets: ``"accuracy"``: the class of each image ``(N,)``; default: the last element of
-            each dataset item (``(image, class)``, or ``(image, segmentation, class)`` with
-            ``vocabulary``).
-        vocabulary: The concepts of the dataset's own segmentations.
-        value_range: The images' value range (default ``(0, 1)``).
         top_n: Most units switched off per concept.
         concepts: Only these concepts (names or indices); default: all with interpretable units.
         num_controls: Random unit sets per concept (0: no control).
         control_seed: Seed of the private generator drawing the controls.
-        transform: The network's own preprocessing.
-        selector: Picks the tensor of tuple/dict layer outputs.
-        batch_size: Images per network call.
-        device: Where to run; default the network's device.
-        distributed: ``False``: this process only, even inside a process group.
+        **options: :class:`~lightning_dissect.interventions.ReaderOptions`: ``metric``
+            (``"accuracy"``, the default, or ``"score"``), ``targets``, ``vocabulary``,
+            ``value_range``, ``transform``, ``selector``, ``batch_size``, ``device``,
+            ``distributed``.
 
     Returns:
         One :class:`ReaderAblationEffect` per concept (more units first): a list for a
@@ -89,6 +74,7 @@ def reader_ablation(
 
     Examples:
         >>> from lightning_dissect.result import UnitDissection
+        >>> from lightning_dissect.vocabulary import ConceptVocabulary
         >>> vocab = ConceptVocabulary(("unlabeled", "red", "blue"), ("none", "colour", "colour"))
         >>> images = torch.zeros(4, 3, 2, 2); images[:2, 0] = 1; images[2:, 2] = 1
         >>> seg = torch.tensor([1, 1, 2, 2])[:, None, None].expand(4, 2, 2)
@@ -108,11 +94,7 @@ def reader_ablation(
     check_int(top_n, "top_n", minimum=1)
     check_int(num_controls, "num_controls", minimum=0)
     layers = _layer_results(layer_result, None)
-    reader = _reader(
-        network, list(layers), images, segmenter, metric=metric, targets=targets, vocabulary=vocabulary,
-        value_range=value_range, batch_size=batch_size, transform=transform, selector=selector, device=device,
-        distributed=distributed,
-    )  # fmt: skip
+    reader = _reader(network, list(layers), images, segmenter, options, "reader_ablation")
     wanted = None if concepts is None else {reader.concept_index(c) for c in concepts}
     plans = {name: _plan(result, top_n, wanted, num_controls, control_seed) for name, result in layers.items()}
     variants: dict[Hashable, _Variant] = {"baseline": _Variant(None)}
