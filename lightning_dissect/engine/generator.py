@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
 from lightning_dissect.engine.latents import LatentBank, LatentSampler, map_latents
-from lightning_dissect.engine.layouts import channels_last_images_hint
+from lightning_dissect.engine.layouts import LayerLayout, channels_last_images_hint
 from lightning_dissect.engine.runner import (
     Batch,
     DryRunError,
@@ -325,7 +325,9 @@ def _warn_margins(model: nn.Module, layers: Sequence[str], selector: Any) -> Non
     )
     if not margin:
         return
-    bare = [name for name in layers if (selector.get(name) if isinstance(selector, Mapping) else selector) is None]
+    chosen = {name: selector.get(name) if isinstance(selector, Mapping) else selector for name in layers}
+    # a layout says where the units are, not which part of the map becomes the image: no crop
+    bare = [name for name, sel in chosen.items() if sel is None or isinstance(sel, LayerLayout)]
     if bare:
         warnings.warn(
             f"the generator keeps a margin around its maps (margin_size={margin}): layers {bare} are dissected "
