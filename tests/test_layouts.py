@@ -420,3 +420,23 @@ def test_both_callbacks_dissect_token_layers_during_training(tmp_path):
     read = reader_cb.last_result["1.1.tokens"]
     assert read.num_units == 8 and read.layout == "tokens:prefix=1,grid=8x8"
     assert generator_cb.history and reader_cb.history
+
+
+def test_reader_ablation_switches_off_token_units():
+    from lightning_dissect.interventions import reader_ablation
+
+    images, grid = painted_scenes(8)
+    scenes = TensorDataset(images, grid)
+    net = PaintedViT()
+    net.head = nn.Linear(4, 1)
+    with torch.no_grad():
+        net.head.weight.copy_(torch.tensor([[0.0, 1.0, 2.0, 3.0]]))
+        net.head.bias.zero_()
+    result = dissect_images(net, ["blocks"], scenes, vocabulary=VOCAB, batch_size=4, quantile=0.5, progress=False)
+    (effect,) = reader_ablation(net, result["blocks"], scenes, vocabulary=VOCAB, metric="score", top_n=1,
+                                concepts=["green"], num_controls=0, batch_size=4)
+    assert list(effect.units) == [2]
+    fractions = F.one_hot(grid - 1, 3).float().mean((1, 2)).numpy()  # (N, 3): each concept's share of patches
+    weights = np.array([1.0, 2.0, 3.0])
+    assert effect.baseline == pytest.approx(float((fractions @ weights).mean()), abs=1e-5)
+    assert effect.ablated == pytest.approx(float((fractions @ weights - 2.0 * fractions[:, 1]).mean()), abs=1e-5)
