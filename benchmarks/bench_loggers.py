@@ -72,9 +72,9 @@ def main(argv=None):
     generator = Generator(latent_dim=128, image_size=32).eval()
     segmenter = SyntheticSceneSegmenter(SceneWorld(32))
     callback = DissectionCallback(
-        LAYERS, segmenter, num_samples=args.samples, batch_size=64, threshold_mode="iqr",
-        num_visualized_units=8, top_k=6, ablation_samples=64, dissection_config={"num_levels": 16},
-        latent_shape=(128,), generator=lambda module: generator,
+        LAYERS, segmenter, latent_shape=(128,), generator=lambda module: generator,
+        dissection_config={"num_samples": args.samples, "batch_size": 64, "threshold_mode": "iqr", "num_levels": 16,
+                           "num_visualized_units": 8, "top_k": 6},
     )
     module = SimpleNamespace(device=torch.device("cpu"))
     print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "

@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     vocabulary = train.world.vocabulary
     model = build_model(train.num_classes, args.width)
     callback = ImageDissectionCallback(
-        list(LAYERS), vocabulary=vocabulary, value_range=(-1, 1), every_n_epochs=1, batch_size=64,
-        num_visualized_units=6, top_k=6, name="classifier",
+        list(LAYERS), vocabulary=vocabulary, value_range=(-1, 1), every_n_epochs=1, name="classifier",
+        dissection_config={"batch_size": 64, "num_visualized_units": 6, "top_k": 6},
     )
     trainer = L.Trainer(
         max_epochs=args.max_epochs, default_root_dir=str(root), accelerator="cpu", devices=1,

@@ -147,7 +147,7 @@ def build_callbacks(args: argparse.Namespace) -> list:
     """
     if args.no_callback:
         return []
-    from lightning_dissect import DissectionCallback
+    from lightning_dissect import AblationCheck, DissectionCallback
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
     world = SceneWorld(args.image_size)
@@ -157,13 +157,15 @@ def build_callbacks(args: argparse.Namespace) -> list:
             list(args.dissect_layers),
             segmenter,
             every_n_epochs=args.callback_every,
-            num_samples=args.callback_samples,
-            batch_size=min(64, args.callback_samples),
-            threshold_mode="iqr",
-            num_visualized_units=8,
-            top_k=6,
-            ablation_samples=64 if not args.smoke else 8,
-            dissection_config={"num_levels": 16},
+            ablation=AblationCheck(samples=64 if not args.smoke else 8),
+            dissection_config={
+                "num_samples": args.callback_samples,
+                "batch_size": min(64, args.callback_samples),
+                "threshold_mode": "iqr",
+                "num_levels": 16,
+                "num_visualized_units": 8,
+                "top_k": 6,
+            },
         )
     ]
     if list(args.d_dissect_layers) != ["none"]:
@@ -178,10 +180,8 @@ def build_callbacks(args: argparse.Namespace) -> list:
                 vocabulary=world.vocabulary,
                 value_range=(-1, 1),
                 every_n_epochs=args.callback_every,
-                batch_size=64,
-                num_visualized_units=8,
-                top_k=6,
                 name="discriminator",
+                dissection_config={"batch_size": 64, "num_visualized_units": 8, "top_k": 6},
             )
         )
     return callbacks

@@ -38,6 +38,8 @@ _LAZY = {
     # callbacks
     "DissectionCallback": "lightning_dissect.callbacks.generator",
     "ImageDissectionCallback": "lightning_dissect.callbacks.reader",
+    "AblationCheck": "lightning_dissect.callbacks.generator",
+    "CausalRounds": "lightning_dissect.callbacks.generator",
     # whole runs
     "dissect": "lightning_dissect.dissection",
     "dissect_images": "lightning_dissect.dissection",

@@ -177,7 +177,7 @@ def test_bad_arguments_are_refused_at_construction_naming_them(kwargs, error, ma
 
 def test_numpy_integers_are_counts_like_ints():
     callback = DissectionCallback(["layer1"], num_samples=np.int64(16), seed=np.int32(3), ablation_samples=np.int64(4))
-    assert (callback.config.num_samples, callback.config.seed, callback.ablation_samples) == (16, 3, 4)
+    assert (callback.config.num_samples, callback.config.seed, callback.ablation.samples) == (16, 3, 4)
     assert type(callback.config.num_samples) is int  # plain values: the JSON and checkpoints stay plain
 
 
@@ -245,7 +245,7 @@ def test_ablation_check_logs_the_right_numbers(tmp_path):
     trainer, model = fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
     log_dir = trainer.logger.log_dir
     result = load_history(log_dir)[-1]
-    latents = LatentBank(callback.ablation_samples, (16,), seed=callback.config.seed + 1000).latents
+    latents = LatentBank(callback.ablation.samples, (16,), seed=callback.config.seed + 1000).latents
     acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
     acc.Reload()
     checked = 0
@@ -301,13 +301,13 @@ class LatentValidationGAN(TinyGAN):
 def test_ablation_uses_validation_latents_when_the_loader_yields_them(tmp_path):
     callback = make_callback(ablation_samples=20)
     trainer, model = fit(tmp_path, [callback], model=LatentValidationGAN(), enable_checkpointing=False)
-    latents = callback._ablation_latents(trainer)
+    latents = callback._latents(trainer, callback.ablation.samples)
     expected = torch.randn(24, 16, generator=torch.Generator().manual_seed(7))[:20]
     assert torch.equal(latents, expected)
     # a loader of images (not latents) falls back to the callback's own seeded bank
     fallback = make_callback(ablation_samples=20)
     fallback.latent_shape = (16,)
-    own = fallback._ablation_latents(type("T", (), {"val_dataloaders": scene_loader()})())
+    own = fallback._latents(type("T", (), {"val_dataloaders": scene_loader()})(), fallback.ablation.samples)
     assert own.shape == (20, 16) and not torch.equal(own, expected)
 
 
@@ -537,8 +537,10 @@ def test_a_rank_that_failed_alone_reports_its_own_error_with_its_rank(monkeypatc
     def fails(*args, **kwargs):
         raise RuntimeError("segmenter broke on rank 1")
 
+    import lightning_dissect.callbacks.base as base
+
     monkeypatch.setattr(module, "dissect", fails)
-    monkeypatch.setattr(module, "world", lambda distributed=True: (1, 2))
+    monkeypatch.setattr(base, "world", lambda distributed=True: (1, 2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert callback._round_body(trainer, TinyGAN()) is None
@@ -551,7 +553,7 @@ def test_a_rank_that_failed_alone_reports_its_own_error_with_its_rank(monkeypatc
         raise OtherRankError("pass 1", [1])
 
     monkeypatch.setattr(module, "dissect", other)
-    monkeypatch.setattr(module, "world", lambda distributed=True: (0, 2))
+    monkeypatch.setattr(base, "world", lambda distributed=True: (0, 2))
     trainer.global_step, trainer.is_global_zero = 16, True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -60,7 +60,7 @@ def test_causal_sets_are_logged_every_n_rounds_and_training_is_unchanged(tmp_pat
 
 def test_causal_sets_are_off_by_default_and_checked_early(tmp_path):
     callback = make_callback(ablation_check=False)
-    assert callback.causal_concepts == []
+    assert callback.causal is None
     for kwargs, match in [
         ({"causal_concepts": ["sky"], "causal_layer": "nope"}, "`causal_layer`"),
         ({"causal_concepts": ["sky"], "causal_every_n_rounds": 0}, "`causal_every_n_rounds`"),

@@ -182,3 +182,32 @@ def test_torchrun_rank_zero_writes_what_one_process_writes(folder, tmp_path):
             data["settings"].pop("world_size")
         assert one["layers"] == two["layers"], kind
         assert torch.tensor(one["layers"][argv[3]]["iou"]).abs().sum() > 0
+
+
+def test_the_command_checks_a_run_once_naming_its_options(capsys, folder, monkeypatch):
+    """One pre-flight check per run, generator or network; its errors name the options as typed."""
+    from lightning_dissect.engine.generator import GeneratorRunner
+    from lightning_dissect.engine.reader import ImageRunner
+
+    calls = []
+    for runner in (GeneratorRunner, ImageRunner):
+        original = runner.preflight
+
+        def counted(self, *args, _original=original, **kwargs):
+            calls.append(type(self).__name__)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(runner, "preflight", counted)
+    code, _, err = run(capsys, "dissect", "--network", NETWORK, "--layers", "units", "--images",
+                       str(folder / "images"), "--segmentations", str(folder / "labels"), "--concepts",
+                       str(folder / "concepts.txt"), "--quiet", "--summary-units", "0")
+    assert code == 0, err
+    code, _, err = run(capsys, "dissect", "--generator", FACTORY, "--layers", "layout", "--num-samples", "4",
+                       "--quiet", "--summary-units", "0")
+    assert code == 0, err
+    assert calls == ["ImageRunner", "GeneratorRunner"]
+    # an unknown layer is reported naming the option as typed (passed to the check, not rewritten after it)
+    code, _, err = run(capsys, "dissect", "--network", NETWORK, "--layers", "unit", "--images",
+                       str(folder / "images"), "--segmentations", str(folder / "labels"), "--concepts",
+                       str(folder / "concepts.txt"), "--quiet")
+    assert_one_line_error(code, err, "unknown layer 'unit' in --layers; closest existing names: 'units'")

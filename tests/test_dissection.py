@@ -523,7 +523,7 @@ def test_validate_normalises_numpy_numbers():
 
 
 def test_every_entry_point_refuses_an_unknown_setting_with_the_same_type():
-    from lightning_dissect.callbacks.generator import callback_config
+    from lightning_dissect.callbacks.base import callback_config
     from lightning_dissect.config import merge_settings
     from lightning_dissect.dissection import resolve_config
 

@@ -21,7 +21,7 @@ TOP_LEVEL = {
     "UnitConceptIoU", "UnitQuantiles", "ConceptPixelFraction",
     "DissectionConfig", "DissectionResult", "ConceptVocabulary",
     "LatentBank", "ImageSet", "ImageFolder", "BrodenDataset", "LayerLayout",
-    "DissectionCallback", "ImageDissectionCallback",
+    "DissectionCallback", "ImageDissectionCallback", "AblationCheck", "CausalRounds",
     # verbs of a whole run
     "dissect", "dissect_images", "load_history", "dissect_checkpoints", "write_report",
 }

@@ -1,10 +1,11 @@
 """``ImageDissectionCallback``: Network Dissection of an image-reading network during training.
 
-The sibling of :class:`~lightning_dissect.callbacks.generator.DissectionCallback` for networks that *read*
-images — a GAN's discriminator, a classifier, an encoder. It shares the parent's scheduling, error
-handling, round history, checkpoint state and round logging (under its own tag prefix); only the
-dissection of a round differs: :func:`~lightning_dissect.dissection.dissect_images` over real images
-instead of :func:`~lightning_dissect.dissection.dissect` over a latent bank.
+The sibling of :class:`~lightning_dissect.callbacks.generator.DissectionCallback` for networks that
+*read* images — a GAN's discriminator, a classifier, an encoder. Both are children of
+:class:`~lightning_dissect.callbacks.base.BaseDissectionCallback`, which owns the scheduling, error
+handling, round history, checkpoint state and round logging (here under its own tag prefix); only
+the dissection of a round differs: :func:`~lightning_dissect.dissection.dissect_images` over real
+images instead of :func:`~lightning_dissect.dissection.dissect` over a latent bank.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_dissect._utils.checks import check_int
-from lightning_dissect.callbacks.generator import DissectionCallback
+from lightning_dissect.callbacks.base import BaseDissectionCallback, callback_config, legacy_settings
+from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection import dissect_images
 from lightning_dissect.engine.hooks import OutputSelector, unwrap_model
 from lightning_dissect.engine.images import (
@@ -32,7 +34,7 @@ from lightning_dissect.engine.images import (
 from lightning_dissect.engine.reader import ImageRunner
 from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.result import DissectionResult
-from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["ImageDissectionCallback", "ImageSource"]
@@ -40,8 +42,11 @@ __all__ = ["ImageDissectionCallback", "ImageSource"]
 ImageSource = Callable[[pl.Trainer, pl.LightningModule], Any]
 """``(trainer, pl_module) -> images`` called at every round (e.g. images the generator makes now)."""
 
+#: The dissection settings that were keyword arguments of the callback (deprecated: use ``dissection_config``).
+CONFIG_ARGUMENTS = ("batch_size", "threshold_mode", "quantile", "iou_threshold", "num_visualized_units", "top_k")
 
-class ImageDissectionCallback(DissectionCallback):
+
+class ImageDissectionCallback(BaseDissectionCallback):
     r"""Dissect layers of a network that reads images every N epochs, over real images.
 
     By default the images are the validation set (``trainer.val_dataloaders``, else the
@@ -51,12 +56,11 @@ class ImageDissectionCallback(DissectionCallback):
     Concepts come from ``segmenter``, or from the dataset's segmentations with ``vocabulary``
     (items ``(image, segmentation)``, as the scene world's datamodule yields).
 
-    Everything else is :class:`~lightning_dissect.callbacks.generator.DissectionCallback`'s: the schedule,
-    ``on_error``, the round history in checkpoints, and the logged tables, unit strips (made from
-    the dataset's own images), interpretable-unit counts and emergence charts, under the tag prefix
-    ``dissection-<name>`` (default ``dissection-network``) beside the generator's ``dissection``.
-    The ablation check of generators does not apply; use
-    :func:`~lightning_dissect.interventions.reader_ablation` offline.
+    The schedule, ``on_error``, the round history in checkpoints, and the logged tables, unit
+    strips (made from the dataset's own images), interpretable-unit counts and emergence charts
+    are those of every dissection callback, under the tag prefix ``dissection-<name>`` (default
+    ``dissection-network``) beside the generator's ``dissection``. The ablation check of
+    generators does not apply; use :func:`~lightning_dissect.interventions.reader_ablation` offline.
 
     Args:
         layers: Layer names relative to the network (as in its ``named_modules()``).
@@ -76,15 +80,14 @@ class ImageDissectionCallback(DissectionCallback):
         every_n_epochs: Dissect after every ``n``-th training epoch (default: every epoch, unless
             ``every_n_train_steps`` is set).
         every_n_train_steps: Dissect every ``n`` global steps instead.
-        batch_size: Images per network call. Default 64.
-        threshold_mode: ``"quantile"`` or ``"iqr"``.
-        quantile: Quantile level, or a name of :data:`~lightning_dissect.config.QUANTILE_PRESETS`.
-        iou_threshold: Interpretability cut-off on the label IoU.
-        num_visualized_units: Units per layer whose strips are logged. Default 8.
-        top_k: Images per strip. Default 6.
         on_error: ``"warn"`` (report a failed round and keep training) or ``"raise"``.
         name: Tag prefix and state key; default ``"network"`` (e.g. ``"discriminator"``).
-        dissection_config: Further :class:`~lightning_dissect.config.DissectionConfig` settings.
+        dissection_config: The :class:`~lightning_dissect.config.DissectionConfig` settings of a
+            round (``batch_size``, ``threshold_mode``, ``quantile``, ...), as a mapping of fields
+            or a whole :class:`~lightning_dissect.config.DissectionConfig`.
+        \**deprecated: The keyword arguments of the previous release (``batch_size``,
+            ``threshold_mode``, ``quantile``, ``iou_threshold``, ``num_visualized_units``,
+            ``top_k``): still taken, with a ``DeprecationWarning``.
 
     Examples:
         >>> from lightning_dissect.segmenters import SceneWorld
@@ -110,17 +113,34 @@ class ImageDissectionCallback(DissectionCallback):
         selector: OutputSelector | Mapping[str, OutputSelector] = None,
         every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
-        batch_size: int | None = None,
-        threshold_mode: str | None = None,
-        quantile: float | str | None = None,
-        iou_threshold: float | None = None,
-        num_visualized_units: int | None = None,
-        top_k: int | None = None,
         on_error: str = "warn",
         name: str | None = "network",
-        dissection_config: Mapping[str, Any] | None = None,
+        dissection_config: DissectionConfig | Mapping[str, Any] | None = None,
+        **deprecated: Any,
     ) -> None:
+        legacy = legacy_settings(type(self).__name__, deprecated, CONFIG_ARGUMENTS, "dissection_config={...}")
+        self.max_images = self._validate_init_configuration(segmenter, network, images, vocabulary, value_range,
+                                                            max_images, transform)
+        super().__init__(
+            layers, GroundTruth(vocabulary, value_range or (0.0, 1.0)) if vocabulary is not None else segmenter,
+            every_n_epochs=every_n_epochs, every_n_train_steps=every_n_train_steps,
+            config=callback_config(legacy, dissection_config), on_error=on_error, name=name,
+        )
+        self.network_getter = network
+        self.images = images
+        self.vocabulary = vocabulary
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        self.transform = transform
+        self.selector = selector
+
+    @staticmethod
+    def _validate_init_configuration(
+        segmenter: Any, network: Any, images: Any, vocabulary: Any, value_range: Any, max_images: Any, transform: Any
+    ) -> int | None:
+        """Refuse what cannot work now, not at the first round; return ``max_images`` checked."""
         check_label_source(images, segmenter, vocabulary, value_range)
+        if segmenter is not None:
+            check_segmenter(segmenter)
         if network is not None and not isinstance(network, str) and not callable(network):
             raise TypeError(
                 f"`network` must be an attribute path or a callable pl_module -> nn.Module, got {network!r}"
@@ -128,40 +148,9 @@ class ImageDissectionCallback(DissectionCallback):
         max_images = check_int(max_images, "max_images", minimum=1, optional=True)
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be a callable images -> network input, got {transform!r}")
-        super().__init__(
-            layers,
-            GroundTruth(vocabulary, value_range or (0.0, 1.0)) if vocabulary is not None else segmenter,
-            every_n_epochs=every_n_epochs,
-            every_n_train_steps=every_n_train_steps,
-            batch_size=batch_size,
-            threshold_mode=threshold_mode,
-            quantile=quantile,  # type: ignore[arg-type]
-            iou_threshold=iou_threshold,
-            num_visualized_units=num_visualized_units,
-            top_k=top_k,
-            selector=selector,
-            ablation_check=False,
-            on_error=on_error,
-            name=name,
-            dissection_config=dissection_config,
-        )
-        self.network_getter = network
-        self.images = images
-        self.vocabulary = vocabulary
-        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
-        self.max_images = max_images
-        self.transform = transform
-
-    def _check_segmenter(self, segmenter: Any) -> None:
-        """The dataset's own segmentations (``GroundTruth``) label the images; a segmenter is checked."""
-        if not isinstance(segmenter, GroundTruth):
-            super()._check_segmenter(segmenter)
+        return max_images
 
     # ------------------------------------------------------------------ resolution
-    def resolve_generator(self, pl_module: pl.LightningModule) -> nn.Module:
-        """The network that reads the images (see the ``network`` argument)."""
-        return self.resolve_network(pl_module)
-
     def resolve_network(self, pl_module: pl.LightningModule) -> nn.Module:
         """The network that reads the images (see the ``network`` argument)."""
         getter = self.network_getter
@@ -172,14 +161,14 @@ class ImageDissectionCallback(DissectionCallback):
             for part in getter.split("."):
                 if not hasattr(module, part):
                     raise ValueError(
-                        f"ImageDissectionCallback `network`={getter!r}: {type(pl_module).__name__} has no attribute "
+                        f"{type(self).__name__} `network`={getter!r}: {type(pl_module).__name__} has no attribute "
                         f"path {getter!r} (failed at {part!r})"
                     )
                 module = getattr(module, part)
         else:
             module = getter(pl_module)
         if not isinstance(module, nn.Module):
-            raise ValueError(f"ImageDissectionCallback `network` gave a {type(module).__name__}, not an nn.Module")
+            raise ValueError(f"{type(self).__name__} `network` gave a {type(module).__name__}, not an nn.Module")
         return unwrap_model(module)
 
     def image_set(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ImageSet:
@@ -190,7 +179,7 @@ class ImageDissectionCallback(DissectionCallback):
         """The images of a round and what labels them (:func:`~lightning_dissect.engine.images.resolve_images`)."""
         data = self.images
         if data is None:
-            data = _validation_loader(trainer, pl_module)
+            data = _validation_loader(trainer, pl_module, type(self).__name__)
         elif callable(data) and not isinstance(data, (ImageSet, Dataset, DataLoader, Tensor)):
             data = data(trainer, pl_module)
         if not isinstance(data, ImageSet):
@@ -204,10 +193,8 @@ class ImageDissectionCallback(DissectionCallback):
     # ------------------------------------------------------------------ setup / check
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the network, its layers and the images, and check them on two images before training."""
-        if self.segmenter is None and not (isinstance(self.images, ImageSet) and self.images.vocabulary is not None):
-            from lightning_dissect.segmenters import SyntheticSceneSegmenter
-
-            self.segmenter = SyntheticSceneSegmenter()
+        if not (isinstance(self.images, ImageSet) and self.images.vocabulary is not None):
+            self._default_segmenter()  # the set's own segmentations label it otherwise
         runner = ImageRunner(self.resolve_network(pl_module), transform=self.transform, selector=self.selector,
                              batch_size=self.config.batch_size)
         runner.check_layers(self.layers)
@@ -215,7 +202,7 @@ class ImageDissectionCallback(DissectionCallback):
             images, labeller = self._images_and_labeller(trainer, pl_module)
             runner.preflight(images, self.layers, labeller)
         except (ValueError, TypeError) as err:
-            raise DryRunError(f"ImageDissectionCallback (name={self.name!r}): {err}") from err
+            raise DryRunError(f"{type(self).__name__} (name={self.name!r}): {err}") from err
         self._round_logger = None
 
     # ------------------------------------------------------------------ one round
@@ -230,7 +217,7 @@ class ImageDissectionCallback(DissectionCallback):
         )
 
 
-def _validation_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+def _validation_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: str) -> Any:
     """The validation dataloader: the trainer's, else the datamodule's or the module's ``val_dataloader()``.
 
     A fresh loader from ``val_dataloader()`` is only read through its dataset (by index): nothing
@@ -247,8 +234,8 @@ def _validation_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> An
         loader = source.dataloader()
         if loader:
             return loader[0] if isinstance(loader, (list, tuple)) else loader
-    for owner in (getattr(trainer, "datamodule", None), pl_module):
-        make = getattr(owner, "val_dataloader", None)
+    for holder in (getattr(trainer, "datamodule", None), pl_module):
+        make = getattr(holder, "val_dataloader", None)
         if make is None:
             continue
         try:
@@ -258,6 +245,6 @@ def _validation_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> An
         if loader:
             return loader[0] if isinstance(loader, (list, tuple)) else loader
     raise ValueError(
-        "ImageDissectionCallback found no validation images: pass `images=` (a dataset, a DataLoader or a callable "
+        f"{owner} found no validation images: pass `images=` (a dataset, a DataLoader or a callable "
         "(trainer, pl_module) -> images) or give the trainer a val_dataloader"
     )

@@ -102,9 +102,9 @@ def layer_names(layers: list[str], generator: Any, attribute: str | None) -> lis
             except ValueError:
                 name = name[len(attribute) + 1 :]
         try:
-            resolve_layer(generator, name)
+            resolve_layer(generator, name, argument="--layers")
         except ValueError as err:
-            raise CLIError(str(err).replace("`layers`", "--layers")) from err
+            raise CLIError(str(err)) from err
         names.append(name)
     return names
 

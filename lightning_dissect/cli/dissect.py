@@ -97,6 +97,10 @@ def _check_model_options(args: argparse.Namespace) -> None:
         raise CLIError("--segmentations and --concepts go together: label maps and the names of their indices")
 
 
+#: How the pre-flight check of a network names the arguments it reports: as the options that gave them.
+_NETWORK_OPTIONS = {"layers": "--layers", "network": "--network", "transform": "--transform"}
+
+
 def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     """Load ``--network``, the image folder and its labels, and check them on two images.
 
@@ -143,13 +147,12 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
     else:
         segmenter = load_segmenter(args.segmenter, args.image_size, args.segmentation_size)  # checked there
     runner = ImageRunner(network, transform=transform, selector=selector, batch_size=args.batch_size, device=device)
-    try:
-        runner.preflight(images, layers, segmenter)
+    try:  # the one pre-flight check of the run (dissect_images is told not to repeat it)
+        runner.preflight(images, layers, segmenter, names=_NETWORK_OPTIONS)
     except (ValueError, TypeError) as err:
         if args.debug:
             raise
-        message = str(err).replace("`layers`", "--layers").replace("`network`", "--network").replace("`", "")
-        raise CLIError(message) from err
+        raise CLIError(str(err)) from err
     return {
         "network": network, "layers": layers, "images": images,
         "segmenter": None if vocabulary is not None else segmenter, "transform": transform, "selector": selector,
@@ -201,6 +204,7 @@ def _generator_result(args: argparse.Namespace) -> Any:
             prepared["generator"], prepared["layers"], prepared["segmenter"],
             latent_shape=prepared["latent_shape"], latent_sampler=prepared["latent_sampler"],
             generate=prepared["generate"], selector=prepared["selector"], config=config, metadata=metadata,
+            dry_run=False,  # prepare_generator chose the latent layout by a dry run
         )
     except (ValueError, TypeError, RuntimeError) as err:
         if args.debug:
@@ -227,6 +231,7 @@ def _network_result(args: argparse.Namespace) -> Any:
         return dissect_images(
             prepared["network"], prepared["layers"], prepared["images"], prepared["segmenter"],
             transform=prepared["transform"], selector=prepared["selector"], config=config, metadata=metadata,
+            dry_run=False,  # prepare_network checked the run on two images, naming the options
         )
     except (ValueError, TypeError, RuntimeError) as err:
         if args.debug:

@@ -125,6 +125,7 @@ def dissect_images(
     config: DissectionConfig | None = None,
     metadata: Mapping[str, Any] | None = None,
     distributed: bool = True,
+    dry_run: bool = True,
     **overrides: Any,
 ) -> DissectionResult:
     """Network Dissection: dissect ``layers`` of a network that reads images, over real images.
@@ -158,6 +159,9 @@ def dissect_images(
             ``num_samples`` becomes the number of images; ``"iqr"`` levels are chosen on the set.
         metadata: Free-form context stored in the result.
         distributed: ``False``: dissect on this process alone, even inside a process group.
+        dry_run: Check the first two images first (items, range, the network call, every layer,
+            the labels), naming each argument on failure; ``False`` when the caller checked them
+            (the command line does, naming its options).
         overrides: Any :class:`DissectionConfig` field, e.g. ``quantile="netdissect"`` (a named level) or
             ``threshold_mode="iqr"``.
 
@@ -183,7 +187,8 @@ def dissect_images(
     )
     layers = runner.check_layers(layers)
     check_samples_per_rank(len(source), "images", distributed=distributed)
-    runner.preflight(source, layers, labeller)
+    if dry_run:
+        runner.preflight(source, layers, labeller)
     return _run_passes(
         runner, source, layers, labeller, cfg, selection_source=None,
         value_range=source.value_range, metadata=metadata, refuse_unit_range=False,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_dissect._utils.text import argument_name
 from lightning_dissect.engine.layouts import LayerLayout, default_part, patch_size_of
 from lightning_dissect.functional.upsample import resample_mask
 
@@ -129,7 +130,7 @@ def resolve_layer(model: nn.Module, name: str, *, argument: str = "layers") -> n
     names = [n for n in modules if n]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.3) or names[:5]
     listed = ", ".join(repr(n) for n in close) if close else "(the model has no submodules)"
-    raise ValueError(f"unknown layer {name!r} in `{argument}`; closest existing names: {listed}")
+    raise ValueError(f"unknown layer {name!r} in {argument_name(argument)}; closest existing names: {listed}")
 
 
 def _select(output: Any, selector: OutputSelector, name: str) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_dissect._utils.text import argument_name
 from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolder", "read_concepts"]
@@ -53,13 +54,13 @@ def read_concepts(path: str | Path, argument: str = "concepts") -> ConceptVocabu
     """
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"`{argument}`: file not found: {file}")
+        raise ValueError(f"{argument_name(argument)}: file not found: {file}")
     names = file.read_text(encoding="utf-8").rstrip("\n").split("\n")
     names = [n.strip() for n in names]
     if len(names) < 2 or any(not n for n in names):
         raise ValueError(
-            f"`{argument}` {file}: give one non-empty concept name per line, line 1 for index 0 (\"unlabeled\") "
-            "and at least one concept after it"
+            f"{argument_name(argument)} {file}: give one non-empty concept name per line, line 1 for index 0 "
+            "(\"unlabeled\") and at least one concept after it"
         )
     return ConceptVocabulary(tuple(names), ("none",) + ("concept",) * (len(names) - 1))
 
@@ -101,7 +102,7 @@ class ImageFolder(Dataset):
         image_lib = _pillow()
         root = Path(folder)
         if not root.is_dir():
-            raise ValueError(f"`{argument}`: {root} is not a folder")
+            raise ValueError(f"{argument_name(argument)}: {root} is not a folder")
         candidates = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         readable: list[Path] = []
         unreadable: list[str] = []
@@ -118,15 +119,17 @@ class ImageFolder(Dataset):
             sizes.setdefault(size, []).append(path.name)
         if unreadable:
             if on_unreadable == "error":
-                raise ValueError(f"`{argument}` {root} has unreadable files: {'; '.join(unreadable)}")
+                raise ValueError(f"{argument_name(argument)} {root} has unreadable files: {'; '.join(unreadable)}")
             for line in unreadable:
-                warnings.warn(f"`{argument}`: skipping unreadable file {line}", UserWarning, stacklevel=2)
+                warnings.warn(f"{argument_name(argument)}: skipping unreadable file {line}", UserWarning, stacklevel=2)
         if not readable:
-            raise ValueError(f"`{argument}` {root} holds no readable PNG or JPEG images")
+            raise ValueError(f"{argument_name(argument)} {root} holds no readable PNG or JPEG images")
         if len(sizes) > 1:
             listed = "; ".join(f"{w}×{h}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
                                for (w, h), names in sorted(sizes.items()))
-            raise ValueError(f"`{argument}` {root} holds images of different sizes ({listed}); resize them to one")
+            raise ValueError(
+                f"{argument_name(argument)} {root} holds images of different sizes ({listed}); resize them to one"
+            )
         self.files = readable
         self.segmentation_files: list[Path] | None = None
         if segmentations is not None:

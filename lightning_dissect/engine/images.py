@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_dissect._utils.text import plural
+from lightning_dissect._utils.text import argument_name, plural
 from lightning_dissect.engine.layouts import channels_last_images_hint
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary
@@ -96,7 +96,7 @@ class ImageSet:
         value_range: tuple[float, float] = (0.0, 1.0),
         name: str = "images",
     ) -> None:
-        argument = _argument(name)
+        argument = argument_name(name)
         if isinstance(data, DataLoader):
             data = data.dataset
         if isinstance(data, IterableDataset) or not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
@@ -132,7 +132,7 @@ class ImageSet:
     @property
     def argument(self) -> str:
         """How messages name the set: ``name`` quoted, or as it is for a command-line option (``--images``)."""
-        return _argument(self.name)
+        return argument_name(self.name)
 
     def noise_seed(self, first_index: int) -> None:
         """Images carry no noise to seed: ``None`` (see :class:`~lightning_dissect.engine.runner.SampleSource`)."""
@@ -196,10 +196,11 @@ class ImageSet:
         images = torch.stack([image for image, _ in items])
         if self.vocabulary is None:
             return images, None
-        sizes = {tuple(seg.shape) for _, seg in items}  # type: ignore[union-attr]
+        segmentations = [seg for _, seg in items if seg is not None]  # every item has one (checked by _parse)
+        sizes = {tuple(seg.shape) for seg in segmentations}
         if len(sizes) > 1:
             raise ValueError(f"{self.argument} segmentations of items {idx} have different shapes {sorted(sizes)}")
-        return images, torch.stack([seg for _, seg in items])  # type: ignore[misc]
+        return images, torch.stack(segmentations)
 
 
 Labeller = Segmenter | GroundTruth
@@ -275,14 +276,9 @@ def resolve_images(
     return source, GroundTruth(source.vocabulary, source.value_range, source=named)
 
 
-def _argument(name: str) -> str:
-    """``name`` as messages give it: quoted as code, or as it is when it is a command-line option."""
-    return name if name.startswith("-") else f"`{name}`"
-
-
 def _check_segmentation_item(segmentation: Any, image: Tensor, index: int, name: str) -> Tensor:
     """An integer ``(H', W')`` or ``(L, H', W')`` tensor at the image size or an integer fraction of it."""
-    name = _argument(name)
+    name = argument_name(name)
     if not isinstance(segmentation, Tensor):
         segmentation = torch.as_tensor(segmentation)
     if segmentation.is_floating_point() or segmentation.dtype == torch.bool:

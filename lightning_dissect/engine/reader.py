@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dissect._utils.checks import ImageRangeError
+from lightning_dissect._utils.text import argument_name
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
 from lightning_dissect.engine.images import GroundTruth, ImageSet, Labeller, Transform
 from lightning_dissect.engine.runner import Batch, LayerCallError, ModuleRunner, _check_maps
@@ -262,15 +263,16 @@ class ImageRunner(ModuleRunner[ImageSet]):
             require_maps: Every layer must give ``(B, U, h, w)`` maps.
             edits: Also check that the layers take these edits.
             what: How the check is named in messages (unused: every problem names its argument).
-            names: How the arguments ``"layers"`` and ``"network"`` are named in messages
-                (default: `` `layers` ``, `` `network` ``; ``"--layers"`` on the command line).
+            names: How the arguments ``"layers"``, ``"network"`` and ``"transform"`` are named in
+                messages (default: the argument quoted as code; ``"--layers"`` on the command line).
 
         Raises:
             ValueError: A problem, naming its argument.
             TypeError: The items are not images.
         """
         source = sources if isinstance(sources, ImageSet) else list(sources)[0]
-        name = {"layers": "`layers`", "network": "`network`", **dict(names or {})}
+        name = {key: argument_name(dict(names or {}).get(key, key)) for key in ("layers", "network", "transform")}
+        after = f", after {name['transform']}" if self.transform is not None else ""
         idx = torch.arange(min(2, len(source)))
         with self.session():
             images, segmentation = self.load(source, idx)
@@ -283,7 +285,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
                 raise ValueError(
                     f"{name['network']} failed on the first images of {source.argument} (shape "
                     f"{tuple(images.shape)}, dtype {images.dtype}, values in [{float(images.min()):.3g}, "
-                    f"{float(images.max()):.3g}]{', after `transform`' if self.transform is not None else ''}): "
+                    f"{float(images.max()):.3g}]{after}): "
                     f"{type(err).__name__}: {err}"
                 ) from err
             if require_maps:
