@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lightning_dissect._utils.checks import check_choice, check_flag, check_int, check_real
+from lightning_dissect._utils.text import argument_name
 from lightning_dissect.interpretability import INTERPRETABLE_RULES, InterpretabilityRule
 
 __all__ = [
@@ -102,7 +103,9 @@ def _device(value: Any, name: str) -> str | None:
     if type(value).__name__ == "device":  # a torch.device
         return str(value)
     if not isinstance(value, str):
-        raise TypeError(f"`{name}` must be a device name such as 'cpu' or 'cuda:0', or None; got {value!r}")
+        raise TypeError(
+            f"{argument_name(name)} must be a device name such as 'cpu' or 'cuda:0', or None; got {value!r}"
+        )
     return value
 
 
@@ -119,7 +122,9 @@ def _quantile(value: Any, name: str) -> float:
             )
             value = new
         if value not in QUANTILE_PRESETS:
-            raise ValueError(f"`{name}` must be a level in (0, 1) or one of {sorted(QUANTILE_PRESETS)}, got {value!r}")
+            raise ValueError(
+                f"{argument_name(name)} must be a level in (0, 1) or one of {sorted(QUANTILE_PRESETS)}, got {value!r}"
+            )
         return QUANTILE_PRESETS[value]
     return float(check_real(value, name, low=0.0, high=1.0, low_open=True, high_open=True))  # type: ignore[arg-type]
 
@@ -164,7 +169,7 @@ def check_setting(name: str, value: Any, argument: str | None = None) -> Any:
         >>> check_setting("top_k", 0, "--top-k")
         Traceback (most recent call last):
         ...
-        ValueError: `--top-k` must be at least 1, got 0
+        ValueError: --top-k must be at least 1, got 0
     """
     return FIELD_CHECKS[name](value, argument or name)
 

@@ -19,6 +19,8 @@ from typing import Any, Literal, Sequence, overload
 import torch
 from torch import Tensor
 
+from lightning_dissect._utils.text import argument_name
+
 __all__ = [
     "ImageRangeError",
     "check_activations",
@@ -96,9 +98,9 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bo
         return None
     if not _is_int(value):
         kind = "an int or None" if optional else "an int"
-        raise TypeError(f"`{name}` must be {kind}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{argument_name(name)} must be {kind}, got {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}")
+        raise ValueError(f"{argument_name(name)} must be at least {minimum}, got {value!r}")
     return int(value)
 
 
@@ -134,7 +136,7 @@ def check_real(
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "a number or None" if optional else "a number"
-        raise TypeError(f"`{name}` must be {kind}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{argument_name(name)} must be {kind}, got {value!r} ({type(value).__name__})")
     number = float(value)
     interval = (
         ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
@@ -146,7 +148,7 @@ def check_real(
     if high is not None:
         inside = inside and (number < high if high_open else number <= high)
     if not inside:
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
+        raise ValueError(f"{argument_name(name)} must be in {interval}, got {value!r}")
     return number
 
 
@@ -163,7 +165,7 @@ def check_flag(value: Any, name: str) -> bool:
     """
     if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
         return bool(value)
-    raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__})")
+    raise TypeError(f"{argument_name(name)} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
@@ -179,9 +181,9 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """
     listed = ", ".join(repr(c) for c in choices)
     if not isinstance(value, str):
-        raise TypeError(f"`{name}` must be one of {listed}; got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{argument_name(name)} must be one of {listed}; got {value!r} ({type(value).__name__})")
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {listed}; got {value!r}")
+        raise ValueError(f"{argument_name(name)} must be one of {listed}; got {value!r}")
     return value
 
 
@@ -199,7 +201,7 @@ def check_ignore_index(value: Any, name: str = "ignore_index") -> int | None:
     if value is None:
         return None
     if not _is_int(value):
-        raise TypeError(f"`{name}` must be an int or None, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{argument_name(name)} must be an int or None, got {value!r} ({type(value).__name__})")
     return int(value)
 
 
@@ -217,31 +219,31 @@ def check_levels(levels: Any, name: str = "quantiles") -> tuple[Tensor, bool]:
         [0.5, 0.99]
     """
     if isinstance(levels, bool) or (isinstance(levels, Tensor) and levels.dtype == torch.bool):
-        raise TypeError(f"`{name}` must be levels in [0, 1], got a bool: {levels!r}")
+        raise TypeError(f"{argument_name(name)} must be levels in [0, 1], got a bool: {levels!r}")
     if isinstance(levels, (str, bytes)):
-        raise TypeError(f"`{name}` must be a number or a sequence of numbers, got {levels!r}")
+        raise TypeError(f"{argument_name(name)} must be a number or a sequence of numbers, got {levels!r}")
     if isinstance(levels, numbers.Real):
         scalar, tensor = True, torch.tensor([float(levels)], dtype=torch.float64)
     elif isinstance(levels, Tensor):
         if levels.is_complex():
-            raise TypeError(f"`{name}` must hold real levels in [0, 1], got dtype {levels.dtype}")
+            raise TypeError(f"{argument_name(name)} must hold real levels in [0, 1], got dtype {levels.dtype}")
         if levels.ndim > 1:
-            raise ValueError(f"`{name}` must be one level or a 1-D sequence, got shape {_shape(levels)}")
+            raise ValueError(f"{argument_name(name)} must be one level or a 1-D sequence, got shape {_shape(levels)}")
         scalar, tensor = levels.ndim == 0, levels.detach().to("cpu", torch.float64).reshape(-1)
     else:
         try:
             values = [float(v) for v in levels]
         except TypeError:
             raise TypeError(
-                f"`{name}` must be a number or a sequence of numbers, got {type(levels).__name__}"
+                f"{argument_name(name)} must be a number or a sequence of numbers, got {type(levels).__name__}"
             ) from None
         if any(isinstance(v, bool) for v in levels):
-            raise TypeError(f"`{name}` must be levels in [0, 1], got a bool in {levels!r}")
+            raise TypeError(f"{argument_name(name)} must be levels in [0, 1], got a bool in {levels!r}")
         scalar, tensor = False, torch.tensor(values, dtype=torch.float64)
     if tensor.numel() == 0:
-        raise ValueError(f"`{name}` must hold at least one level in [0, 1], got an empty {levels!r}")
+        raise ValueError(f"{argument_name(name)} must hold at least one level in [0, 1], got an empty {levels!r}")
     if not bool(((tensor >= 0) & (tensor <= 1)).all()):  # also false for NaN
-        raise ValueError(f"`{name}` must be levels in [0, 1], got {levels!r}")
+        raise ValueError(f"{argument_name(name)} must be levels in [0, 1], got {levels!r}")
     return tensor, scalar
 
 
@@ -259,19 +261,19 @@ def check_size(size: Any, name: str = "size") -> tuple[int, int]:
     if isinstance(size, Tensor) and size.ndim == 0:
         size = size.item()
     if isinstance(size, (bool, str, bytes)):
-        raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {size!r}")
+        raise TypeError(f"{argument_name(name)} must be an int or a pair (H, W) of ints, got {size!r}")
     if _is_int(size):
         pair: tuple[Any, ...] = (size, size)
     elif isinstance(size, (Sequence, torch.Size, Tensor)):
         pair = tuple(s.item() if isinstance(s, Tensor) and s.ndim == 0 else s for s in size)
         if len(pair) != 2:
-            raise ValueError(f"`{name}` must be an int or a pair (H, W), got {tuple(pair)!r}")
+            raise ValueError(f"{argument_name(name)} must be an int or a pair (H, W), got {tuple(pair)!r}")
         if not all(_is_int(s) for s in pair):
-            raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {tuple(pair)!r}")
+            raise TypeError(f"{argument_name(name)} must be an int or a pair (H, W) of ints, got {tuple(pair)!r}")
     else:
-        raise TypeError(f"`{name}` must be an int or a pair (H, W) of ints, got {size!r}")
+        raise TypeError(f"{argument_name(name)} must be an int or a pair (H, W) of ints, got {size!r}")
     if min(pair) < 1:
-        raise ValueError(f"`{name}` must be positive, got {size!r}")
+        raise ValueError(f"{argument_name(name)} must be positive, got {size!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -292,7 +294,7 @@ def check_finite(tensor: Tensor, name: str, hint: str = "") -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
-            f"`{name}` contains {bad} NaN or infinite value(s)" + (f"; {hint}" if hint else "")
+            f"{argument_name(name)} contains {bad} NaN or infinite value(s)" + (f"; {hint}" if hint else "")
         )
 
 
@@ -321,16 +323,16 @@ def check_activations(
         ValueError: `activations` must be 4-D (B, U, h, w), got shape (2, 4, 4)
     """
     if not isinstance(activations, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(activations).__name__}")
+        raise TypeError(f"{argument_name(name)} must be a torch.Tensor, got {type(activations).__name__}")
     ranks = (2, 4) if allow_flat else (4,)
     if activations.ndim not in ranks:
         expected = "4-D (B, U, h, w) or 2-D (N, U)" if allow_flat else "4-D (B, U, h, w)"
-        raise ValueError(f"`{name}` must be {expected}, got shape {_shape(activations)}")
+        raise ValueError(f"{argument_name(name)} must be {expected}, got shape {_shape(activations)}")
     if not activations.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating tensor, got dtype {activations.dtype}")
+        raise TypeError(f"{argument_name(name)} must be a floating tensor, got dtype {activations.dtype}")
     if num_units is not None and activations.shape[1] != num_units:
         raise ValueError(
-            f"`{name}` has {activations.shape[1]} units (dimension 1 of shape "
+            f"{argument_name(name)} has {activations.shape[1]} units (dimension 1 of shape "
             f"{_shape(activations)}) but the metric was built with num_units={num_units}"
         )
     if check_values:
@@ -371,34 +373,34 @@ def check_segmentation(
     """
     if not isinstance(segmentation, Tensor):
         raise TypeError(
-            f"`{name}` must be a torch.Tensor of integer labels, got {type(segmentation).__name__}"
+            f"{argument_name(name)} must be a torch.Tensor of integer labels, got {type(segmentation).__name__}"
         )
     if segmentation.is_floating_point() or segmentation.is_complex() or (
         segmentation.dtype == torch.bool
     ):
         raise TypeError(
-            f"`{name}` must hold integer concept labels (e.g. logits.argmax(1)), got dtype "
+            f"{argument_name(name)} must hold integer concept labels (e.g. logits.argmax(1)), got dtype "
             f"{segmentation.dtype}"
         )
     ignore_index = check_ignore_index(ignore_index)
     if segmentation.ndim not in (3, 4):
         raise ValueError(
-            f"`{name}` must be (B, H, W) labels or (B, L, H, W) multi-labels, "
+            f"{argument_name(name)} must be (B, H, W) labels or (B, L, H, W) multi-labels, "
             f"got shape {_shape(segmentation)}"
         )
     if multilabel is True and segmentation.ndim != 4:
         raise ValueError(
-            f"`{name}` must be (B, L, H, W) multi-labels (a multi-label segmenter), got shape "
+            f"{argument_name(name)} must be (B, L, H, W) multi-labels (a multi-label segmenter), got shape "
             f"{_shape(segmentation)}"
         )
     if multilabel is False and segmentation.ndim != 3:
         raise ValueError(
-            f"`{name}` must be (B, H, W) labels (a single-label segmenter), got shape "
+            f"{argument_name(name)} must be (B, H, W) labels (a single-label segmenter), got shape "
             f"{_shape(segmentation)}"
         )
     if batch_size is not None and segmentation.shape[0] != batch_size:
         raise ValueError(
-            f"`{name}` has batch size {segmentation.shape[0]} but {batch_source} have {batch_size} "
+            f"{argument_name(name)} has batch size {segmentation.shape[0]} but {batch_source} have {batch_size} "
             f"(shape {_shape(segmentation)})"
         )
     if check_values and segmentation.numel() > 0:
@@ -412,7 +414,7 @@ def check_segmentation(
         if low < 0 or high >= num_concepts:
             extra = "" if ignore_index is None else f" or equal to ignore_index={ignore_index}"
             raise ValueError(
-                f"`{name}` has labels outside [0, {num_concepts}){extra}: "
+                f"{argument_name(name)} has labels outside [0, {num_concepts}){extra}: "
                 f"found values in [{low}, {high}]" + (f"; {range_hint}" if range_hint else "")
             )
 
@@ -432,27 +434,27 @@ def check_thresholds(thresholds: Tensor, *, num_units: int, name: str = "thresho
             thresholds = torch.as_tensor(thresholds, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(
-                f"`{name}` must be a tensor of numbers, got {type(thresholds).__name__}"
+                f"{argument_name(name)} must be a tensor of numbers, got {type(thresholds).__name__}"
             ) from None
     if thresholds.is_complex() or thresholds.dtype == torch.bool:
-        raise TypeError(f"`{name}` must hold real thresholds, got dtype {thresholds.dtype}")
+        raise TypeError(f"{argument_name(name)} must hold real thresholds, got dtype {thresholds.dtype}")
     if thresholds.ndim not in (1, 2) or thresholds.shape[0] != num_units:
         raise ValueError(
-            f"`{name}` must have shape ({num_units},) or ({num_units}, K) for num_units="
+            f"{argument_name(name)} must have shape ({num_units},) or ({num_units}, K) for num_units="
             f"{num_units}, got shape {_shape(thresholds)}"
         )
     if thresholds.ndim == 2 and thresholds.shape[1] == 0:
         raise ValueError(
-            f"`{name}` of shape (U, K) needs at least one level per unit (K >= 1), got shape "
+            f"{argument_name(name)} of shape (U, K) needs at least one level per unit (K >= 1), got shape "
             f"{_shape(thresholds)}"
         )
     if not thresholds.is_floating_point():
         thresholds = thresholds.to(torch.float32)
     if not bool(torch.isfinite(thresholds).all()):
-        raise ValueError(f"`{name}` contains NaN or infinite values")
+        raise ValueError(f"{argument_name(name)} contains NaN or infinite values")
     if thresholds.ndim == 2 and thresholds.shape[1] > 1:
         if bool((thresholds[:, 1:] < thresholds[:, :-1]).any()):
-            raise ValueError(f"`{name}` of shape (U, K) must be ascending along K for every unit")
+            raise ValueError(f"{argument_name(name)} of shape (U, K) must be ascending along K for every unit")
     return thresholds
 
 
@@ -467,16 +469,16 @@ def check_mask(mask: Tensor, name: str = "mask", *, check_values: bool = True) -
         ValueError: `mask` contains 1 NaN or infinite value(s); a region mask holds values in [0, 1]
     """
     if not isinstance(mask, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(mask).__name__}")
+        raise TypeError(f"{argument_name(name)} must be a torch.Tensor, got {type(mask).__name__}")
     if mask.is_complex():
-        raise TypeError(f"`{name}` must be a bool, integer or floating tensor, got dtype {mask.dtype}")
+        raise TypeError(f"{argument_name(name)} must be a bool, integer or floating tensor, got dtype {mask.dtype}")
     if not check_values or mask.numel() == 0 or mask.dtype == torch.bool:
         return
     check_finite(mask, name, "a region mask holds values in [0, 1]")
     stats = torch.stack([mask.amin(), mask.amax()]).double().cpu()
     low, high = float(stats[0]), float(stats[1])
     if low < 0 or high > 1:
-        raise ValueError(f"`{name}` must hold values in [0, 1], got values in [{_fmt(low)}, {_fmt(high)}]")
+        raise ValueError(f"{argument_name(name)} must hold values in [0, 1], got values in [{_fmt(low)}, {_fmt(high)}]")
 
 
 def check_images(
@@ -495,7 +497,7 @@ def check_images(
         TypeError: `images` must be a floating-point tensor, got dtype torch.uint8 ...
     """
     if not isinstance(images, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(images).__name__}")
+        raise TypeError(f"{argument_name(name)} must be a torch.Tensor, got {type(images).__name__}")
     try:
         low, high = (float(v) for v in value_range)
     except (TypeError, ValueError):
@@ -504,33 +506,33 @@ def check_images(
         raise ValueError(f"`value_range` must be (low, high) with low < high, got {value_range!r}")
     if images.ndim != 4:
         raise ValueError(
-            f"`{name}` must be a 4-D batch (B, 3, H, W), got shape {_shape(images)}"
+            f"{argument_name(name)} must be a 4-D batch (B, 3, H, W), got shape {_shape(images)}"
             + (" (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else "")
         )
     if images.shape[1] != 3:
         raise ValueError(
-            f"`{name}` must have 3 (RGB) channels in dimension 1 of (B, 3, H, W), got shape "
+            f"{argument_name(name)} must have 3 (RGB) channels in dimension 1 of (B, 3, H, W), got shape "
             f"{_shape(images)}"
             + (" (channels-last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else "")
         )
     if images.shape[0] == 0:
-        raise ValueError(f"`{name}` is an empty batch (B = 0), shape {_shape(images)}")
+        raise ValueError(f"{argument_name(name)} is an empty batch (B = 0), shape {_shape(images)}")
     if images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"`{name}` holds empty images, shape {_shape(images)}")
+        raise ValueError(f"{argument_name(name)} holds empty images, shape {_shape(images)}")
     if not images.is_floating_point():
         raise TypeError(
-            f"`{name}` must be a floating-point tensor, got dtype {images.dtype} (convert with "
+            f"{argument_name(name)} must be a floating-point tensor, got dtype {images.dtype} (convert with "
             f"images.float() and scale to the declared range [{_fmt(low)}, {_fmt(high)}])"
         )
     x = images.detach()
     stats = torch.stack([x.amin(), x.amax(), x.isfinite().all().to(x.dtype)])
     vmin, vmax, finite = (float(v) for v in stats.float().cpu())
     if not finite:
-        raise ValueError(f"`{name}` contains NaN or Inf values")
+        raise ValueError(f"{argument_name(name)} contains NaN or Inf values")
     tol = 1e-3 * (high - low)
     if vmin < low - tol or vmax > high + tol:
         raise ImageRangeError(
-            f"`{name}` has values in [{_fmt(vmin)}, {_fmt(vmax)}] given where "
+            f"{argument_name(name)} has values in [{_fmt(vmin)}, {_fmt(vmax)}] given where "
             f"[{_fmt(low)}, {_fmt(high)}] is declared; rescale the images (or declare the "
             "segmenter's value_range to match the generator's output)"
         )

@@ -125,7 +125,7 @@ def _setting(field_name: str, option: str, kind: str) -> Any:
         try:
             return check_setting(field_name, value, option)
         except (TypeError, ValueError) as err:
-            raise argparse.ArgumentTypeError(str(err).replace("`", "")) from None
+            raise argparse.ArgumentTypeError(str(err)) from None  # the check names `option` as typed
 
     parse.__name__ = field_name  # argparse names the type in some messages
     return parse
