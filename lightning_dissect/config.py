@@ -12,8 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lightning_dissect._utils.checks import check_choice, check_flag, check_int, check_real
-from lightning_dissect._utils.text import argument_name
+from lightning_dissect._utils.checks import argument_name, check_choice, check_flag, check_int, check_real
 from lightning_dissect.interpretability import INTERPRETABLE_RULES, InterpretabilityRule
 
 __all__ = [

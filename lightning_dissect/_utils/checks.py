@@ -19,9 +19,8 @@ from typing import Any, Literal, Sequence, overload
 import torch
 from torch import Tensor
 
-from lightning_dissect._utils.text import argument_name
-
 __all__ = [
+    "argument_name",
     "ImageRangeError",
     "check_activations",
     "check_choice",
@@ -41,6 +40,19 @@ __all__ = [
 
 class ImageRangeError(ValueError):
     """Images with values outside the declared ``value_range`` (the caller may add the fix)."""
+
+
+def argument_name(name: str) -> str:
+    """How a message names an argument: quoted as code, or as it is for a command-line option.
+
+    Every check that names its argument takes the name as a parameter (``argument=``, ``name=``);
+    the command line passes its option (``--layers``), which is shown as typed.
+
+    Examples:
+        >>> argument_name("layers"), argument_name("--layers")
+        ('`layers`', '--layers')
+    """
+    return name if name.startswith("-") else f"`{name}`"
 
 
 def _shape(t: Tensor | Sequence[int]) -> str:

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["argument_name", "plural"]
-
-
-def argument_name(name: str) -> str:
-    """How a message names an argument: quoted as code, or as it is for a command-line option.
-
-    Every check that names its argument takes the name as a parameter (``argument=``, ``name=``);
-    the command line passes its option (``--layers``), which is shown as typed.
-
-    Examples:
-        >>> argument_name("layers"), argument_name("--layers")
-        ('`layers`', '--layers')
-    """
-    return name if name.startswith("-") else f"`{name}`"
+__all__ = ["plural"]
 
 
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._utils.text import argument_name
+from lightning_dissect._utils.checks import argument_name
 from lightning_dissect.engine.layouts import LayerLayout, default_part, patch_size_of
 from lightning_dissect.functional.upsample import resample_mask
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_dissect._utils.text import argument_name
+from lightning_dissect._utils.checks import argument_name
 from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolder", "read_concepts"]

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_dissect._utils.text import argument_name, plural
+from lightning_dissect._utils.checks import argument_name
+from lightning_dissect._utils.text import plural
 from lightning_dissect.engine.layouts import channels_last_images_hint
 from lightning_dissect.segmenters.base import Segmenter, check_segmenter
 from lightning_dissect.vocabulary import ConceptVocabulary

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._utils.checks import ImageRangeError
-from lightning_dissect._utils.text import argument_name
+from lightning_dissect._utils.checks import ImageRangeError, argument_name
 from lightning_dissect.engine.hooks import LayerEdit, OutputSelector
 from lightning_dissect.engine.images import GroundTruth, ImageSet, Labeller, Transform
 from lightning_dissect.engine.runner import Batch, LayerCallError, ModuleRunner, _check_maps
