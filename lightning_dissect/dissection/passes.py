@@ -259,11 +259,12 @@ def _labels(batch: Batch) -> Tensor:
     return batch.labels
 
 
-def _label_before_shard(runner: ModuleRunner[Any], source: Any, shard: Tensor, segmenter: Segmenter) -> Tensor:
+def _label_before_shard(
+    runner: ModuleRunner[SourceT], source: SourceT, shard: Tensor, segmenter: Segmenter
+) -> Tensor:
     """The dataset's own label of the source's image just before this rank's shard (cyclically), read again."""
     index = torch.tensor([(int(shard[0]) - 1) % len(source)], dtype=torch.long)
-    images, given = runner.load(source, index)  # type: ignore[attr-defined]  # an ImageRunner: labels with the data
-    return runner.labels(source, images, given, segmenter, first=False).to(runner.device)  # type: ignore[attr-defined]
+    return runner.labels_at(source, index, segmenter).to(runner.device)
 
 
 def _last_label_of_previous_shard(runner: ModuleRunner[Any], cached: Sequence[Tensor]) -> Tensor:

@@ -204,6 +204,11 @@ class ImageRunner(ModuleRunner[ImageSet]):
         """
         return self.labels(source, batch.images, batch.given_labels, segmenter, first=first)
 
+    def labels_at(self, source: ImageSet, indices: Tensor, segmenter: Labeller) -> Tensor:
+        """The labels of ``source[indices]``, read again without running the network."""
+        images, given = self.load(source, indices)
+        return self.labels(source, images, given, segmenter, first=False)
+
     def batches_holding(self, num_samples: int, wanted: Sequence[int], world_size: int) -> Iterator[Tensor]:
         """The ``wanted`` images alone, in batches: images carry no noise to replay."""
         yield from self.split(torch.tensor(sorted({int(i) for i in wanted}), dtype=torch.long))

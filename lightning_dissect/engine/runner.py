@@ -489,6 +489,10 @@ class ModuleRunner(abc.ABC, Generic[SourceT]):
             if on_batch is not None:
                 on_batch(len(idx))
 
+    def labels_at(self, source: SourceT, indices: Tensor, segmenter: Segmenter) -> Tensor:
+        """The labels of ``source[indices]``, read again (checked)."""
+        return self.label(source, self.read(source, indices), segmenter, first=False)
+
     def regenerate(
         self, source: SourceT, wanted: Sequence[int], *, layers: Sequence[str] = (), world_size: int = 1
     ) -> Iterator[Batch]:
