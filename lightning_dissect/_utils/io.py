@@ -118,7 +118,9 @@ def json_text(data: Any, path: str | Path | None = None, *, indent: int | None =
     return text
 
 
-def check_writable_output(path: str | Path, argument: str, *, directory: bool = False) -> Path:
+def check_writable_output(
+    path: str | Path, argument: str, *, directory: bool = False, option: str | None = None
+) -> Path:
     """Check, before any work, that ``path`` can be written; create its parent folders.
 
     Raises a one-line :class:`ValueError` naming ``argument`` when a parent of ``path`` is a file,
@@ -129,6 +131,8 @@ def check_writable_output(path: str | Path, argument: str, *, directory: bool = 
         path: The output file (or, with ``directory=True``, the output folder).
         argument: The name of the argument or option ``path`` came from, used in the error.
         directory: ``path`` is a folder to write into (it is created) rather than a file.
+        option: The command-line option ``path`` came from (``"--output"``); when given, the
+            error names it as typed instead of quoting ``argument`` as code.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -146,13 +150,14 @@ def check_writable_output(path: str | Path, argument: str, *, directory: bool = 
         ...
         ValueError: `output` ... is a directory, expected a file path
     """
+    name = option if option is not None else f"`{argument}`"
     target = Path(path)
     # the first existing ancestor must be a directory
     for parent in [target, *target.parents] if directory else list(target.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(
-                    f"`{argument}` {str(target)!r} cannot be written: {str(parent)!r} is a file, "
+                    f"{name} {str(target)!r} cannot be written: {str(parent)!r} is a file, "
                     "not a directory"
                 )
             break
@@ -160,17 +165,17 @@ def check_writable_output(path: str | Path, argument: str, *, directory: bool = 
         folder = target
     else:
         if target.is_dir():
-            raise ValueError(f"`{argument}` {str(target)!r} is a directory, expected a file path")
+            raise ValueError(f"{name} {str(target)!r} is a directory, expected a file path")
         folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(
-            f"`{argument}` {str(target)!r} cannot be written: cannot create {str(folder)!r} "
+            f"{name} {str(target)!r} cannot be written: cannot create {str(folder)!r} "
             f"({err.strerror or err})"
         ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"`{argument}` {str(target)!r} cannot be written: no write permission on {str(folder)!r}")
+        raise ValueError(f"{name} {str(target)!r} cannot be written: no write permission on {str(folder)!r}")
     if not directory and target.exists() and not os.access(target, os.W_OK):
-        raise ValueError(f"`{argument}` {str(target)!r} cannot be written: the file is read-only")
+        raise ValueError(f"{name} {str(target)!r} cannot be written: the file is read-only")
     return target

@@ -272,7 +272,7 @@ def load_segmenter(spec: str, image_size: int, segmentation_size: int | None) ->
     try:
         check_segmenter(obj, "--segmenter")  # the checks every entry point makes
     except (TypeError, ValueError) as err:
-        raise CLIError(f"--segmenter {spec} is not a segmenter: {str(err).replace('`', '')}") from err
+        raise CLIError(f"--segmenter {spec} is not a segmenter: {err}") from err
     return obj
 
 
@@ -285,6 +285,6 @@ def check_output(path: str | None, option: str = "--output") -> None:
     from lightning_dissect._utils.io import check_writable_output
 
     try:
-        check_writable_output(path, option, directory=True)
+        check_writable_output(path, option.lstrip("-"), directory=True, option=option)
     except ValueError as err:
-        raise CLIError(str(err).replace("`", "")) from err
+        raise CLIError(str(err)) from err

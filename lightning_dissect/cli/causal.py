@@ -83,7 +83,7 @@ def run_causal(args: argparse.Namespace) -> int:
 
         concept_scores_of(segmenter, "--segmenter")
     except TypeError as err:
-        raise CLIError(str(err).replace("`", "")) from err
+        raise CLIError(str(err)) from err
     config = dissection_config(args, prepared["device"], visualize=False)
     run = {"generate": prepared["generate"], "selector": prepared["selector"]}
     try:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import (
     ImageRangeError,
+    argument_name,
     check_images,
     check_int,
     check_segmentation,
@@ -115,7 +116,7 @@ def concept_scores_of(segmenter: object, argument: str = "segmenter") -> Concept
     method = getattr(inner, "concept_scores", None)
     if not callable(method):
         raise TypeError(
-            f"`{argument}` ({type(inner).__name__}) has no soft concept scores: it lacks a method "
+            f"{argument_name(argument)} ({type(inner).__name__}) has no soft concept scores: it lacks a method "
             "`concept_scores(images) -> (B, C, H, W)` giving a differentiable per-pixel score in [0, 1] for "
             "every concept (e.g. the softmax of its class logits). Causal unit sets optimise through it; "
             "SyntheticSceneSegmenter, TorchvisionSegmenter and TransformersSegmenter have one"
@@ -137,9 +138,9 @@ def check_value_range(value_range: object, name: str = "value_range") -> tuple[f
     try:
         low, high = (float(v) for v in value_range)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a pair (low, high) of numbers, got {value_range!r}") from None
+        raise TypeError(f"{argument_name(name)} must be a pair (low, high) of numbers, got {value_range!r}") from None
     if not (high > low and math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"`{name}` must be (low, high) with low < high, got {value_range!r}")
+        raise ValueError(f"{argument_name(name)} must be (low, high) with low < high, got {value_range!r}")
     return (low, high)
 
 
@@ -167,20 +168,20 @@ def check_segmenter(segmenter: object, argument: str = "segmenter") -> None:
     if missing or not callable(segmenter):
         kind = "function" if callable(segmenter) else type(segmenter).__name__
         raise TypeError(
-            f"`{argument}` is a {kind} without `{'`/`'.join(missing) or '__call__'}`: a segmenter maps images to "
-            "labels and names its concepts; wrap a plain function as "
+            f"{argument_name(argument)} is a {kind} without `{'`/`'.join(missing) or '__call__'}`: a segmenter "
+            "maps images to labels and names its concepts; wrap a plain function as "
             "CallableSegmenter(fn, vocabulary, value_range) (lightning_dissect.segmenters)"
         )
     vocabulary = segmenter.vocabulary
     if not isinstance(vocabulary, ConceptVocabulary):
         raise TypeError(
-            f"`{argument}.vocabulary` must be a ConceptVocabulary, got {type(vocabulary).__name__}"
+            f"{argument_name(argument + '.vocabulary')} must be a ConceptVocabulary, got {type(vocabulary).__name__}"
         )
     check_value_range(segmenter.value_range, f"{argument}.value_range")
     check_int(getattr(segmenter, "channels", 3), f"{argument}.channels", minimum=1)
     multilabel = getattr(segmenter, "multilabel", False)
     if not isinstance(multilabel, bool) and type(multilabel).__name__ not in ("bool_", "bool"):
-        raise TypeError(f"`{argument}.multilabel` must be True or False, got {multilabel!r}")
+        raise TypeError(f"{argument_name(argument + '.multilabel')} must be True or False, got {multilabel!r}")
 
 
 def segmenter_channels(segmenter: object) -> int:
