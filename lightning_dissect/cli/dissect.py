@@ -127,7 +127,8 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
             from lightning_dissect.engine.broden import BrodenDataset
 
             categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
-            folder: Any = BrodenDataset(args.broden, categories)
+            names = {"root": "--broden", "categories": "--categories"}
+            folder: Any = BrodenDataset(args.broden, categories, names=names)
             vocabulary = folder.vocabulary
             images = ImageSet(folder, vocabulary=vocabulary, name="--broden")
         else:
@@ -135,8 +136,7 @@ def prepare_network(args: argparse.Namespace) -> dict[str, Any]:
             folder = ImageFolder(args.images, args.segmentations, on_unreadable=args.unreadable, argument="--images")
             images = ImageSet(folder, vocabulary=vocabulary, name="--images")
     except (ValueError, TypeError, ImportError) as err:
-        message = str(err).replace("`root`", "--broden").replace("`categories`", "--categories")
-        raise CLIError(message.replace("`", "")) from err
+        raise CLIError(str(err)) from err
     if getattr(args, "broden", None):
         segmenter: Any = GroundTruth(vocabulary, source=folder.labels_source)
     elif vocabulary is not None:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_dissect._utils.checks import argument_name
 from lightning_dissect.vocabulary import NO_CATEGORY, ConceptVocabulary
 
 __all__ = ["BrodenDataset", "BrodenFileNotFoundError", "BrodenWarning"]
@@ -74,8 +75,10 @@ def _pillow() -> Any:
 
 def _rows(path: Path, argument: str) -> list[dict[str, str]]:
     if not path.is_file():
-        raise ValueError(f"`{argument}`: {path.name} not found in {path.parent} (a Broden folder holds index.csv, "
-                         "category.csv, label.csv and c_<category>.csv)")
+        raise ValueError(
+            f"{argument_name(argument)}: {path.name} not found in {path.parent} (a Broden folder holds index.csv, "
+            "category.csv, label.csv and c_<category>.csv)"
+        )
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -89,6 +92,8 @@ class BrodenDataset(Dataset):
         categories: The categories to read (e.g. ``["object", "part"]``); ``None``: every one of
             ``category.csv``.
         split: Keep only the rows of this ``split`` (``None``: all).
+        names: How errors name the arguments ``root`` and ``categories`` (e.g. the command line's
+            ``{"root": "--broden", "categories": "--categories"}``); each defaults to its own name.
 
     Attributes:
         vocabulary: One concept per ``label.csv`` number (index = number; 0 is "no label"), each
@@ -113,11 +118,19 @@ class BrodenDataset(Dataset):
         ((3, 16, 16), torch.int64, 3, ('color', 'object', 'part', 'scene'))
     """
 
-    def __init__(self, root: str | Path, categories: Sequence[str] | None = None, *, split: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        categories: Sequence[str] | None = None,
+        *,
+        split: str | None = None,
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        root_name, categories_name = ((names or {}).get(key, key) for key in ("root", "categories"))
         self.root = Path(root)
         if not self.root.is_dir():
-            raise ValueError(f"`root`: {self.root} is not a folder")
-        available = [r["name"] for r in _rows(self.root / "category.csv", "root")]
+            raise ValueError(f"{argument_name(root_name)}: {self.root} is not a folder")
+        available = [r["name"] for r in _rows(self.root / "category.csv", root_name)]
         if categories is None:
             chosen = list(available)
         else:
@@ -127,11 +140,12 @@ class BrodenDataset(Dataset):
             unknown = [c for c in chosen if c not in available]
             if unknown or not chosen:
                 raise ValueError(
-                    f"`categories`: {unknown or chosen} not in {self.root / 'category.csv'}, which lists {available}"
+                    f"{argument_name(categories_name)}: {unknown or chosen} not in {self.root / 'category.csv'}, "
+                    f"which lists {available}"
                 )
             chosen = [c for c in available if c in chosen]  # category.csv order
         self.categories = tuple(chosen)
-        labels = _rows(self.root / "label.csv", "root")
+        labels = _rows(self.root / "label.csv", root_name)
         numbers: dict[int, str] = {}
         for line, row in enumerate(labels, start=2):
             number = _integer(row, "number", self.root / "label.csv", line)
@@ -147,7 +161,7 @@ class BrodenDataset(Dataset):
         coverage = [[0.0] * size for _ in self.categories]
         member = [[False] * size for _ in self.categories]
         for g, cat in enumerate(self.categories):
-            for line, row in enumerate(_rows(self.root / f"c_{cat}.csv", "root"), start=2):
+            for line, row in enumerate(_rows(self.root / f"c_{cat}.csv", root_name), start=2):
                 n = _integer(row, "number", self.root / f"c_{cat}.csv", line)
                 if n < size:
                     member[g][n] = True
@@ -171,7 +185,7 @@ class BrodenDataset(Dataset):
         self.vocabulary = ConceptVocabulary(tuple(names), tuple(cats), unlabeled_index=0)
         self.labels_source = f"{self.root / 'label.csv'} (--broden)"
         self._items: list[tuple[int, str, tuple[int, int], tuple[int, int], list[str | int]]] = []
-        index = _rows(self.root / "index.csv", "root")
+        index = _rows(self.root / "index.csv", root_name)
         if index:
             missing = [c for c in (*_META, *self.categories) if c not in index[0]]
             if missing:
