@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_dissect._utils.checks import argument_name
 from lightning_dissect._utils.distributed import world
 from lightning_dissect._utils.torch_messages import cannot_mmap, checkpoint_reason, refused_global
 from lightning_dissect.callbacks.history import differing_settings, load_history, round_path
@@ -209,7 +210,7 @@ def _same_file(recorded: Any, path: Path) -> bool:
 
 
 def _check_settings(rounds: Sequence[DissectionResult], config: DissectionConfig, layers: Sequence[str],
-                    output: Path) -> None:
+                    output: Path, output_name: str = "output") -> None:
     if not rounds:
         return
     wanted = {k: v for k, v in vars(config).items()}
@@ -219,7 +220,7 @@ def _check_settings(rounds: Sequence[DissectionResult], config: DissectionConfig
     if differing:
         key = differing[0]
         raise ValueError(
-            f"`output` {str(output)!r} holds rounds dissected with {key}={recorded[key]!r}, "
+            f"{argument_name(output_name)} {str(output)!r} holds rounds dissected with {key}={recorded[key]!r}, "
             f"this run has {key}={wanted.get(key)!r}; use the same settings or another output folder"
         )
 
@@ -244,6 +245,7 @@ def dissect_checkpoints(
     metadata: Mapping[str, Any] | None = None,
     tensorboard: bool = True,
     report: Callable[[str], None] = print,
+    names: Mapping[str, str] | None = None,
 ) -> EmergenceRun:
     """Dissect each checkpoint of a series on one seeded latent bank; write rounds and TensorBoard.
 
@@ -264,6 +266,8 @@ def dissect_checkpoints(
             and ``epoch``).
         tensorboard: Write TensorBoard event files (needs the ``tensorboard`` package).
         report: Called with one line per skipped or failed checkpoint and per written round.
+        names: How errors name the arguments (the command line passes ``{"output": "--output"}``);
+            each defaults to its own name.
 
     Returns:
         An :class:`EmergenceRun`.
@@ -287,7 +291,7 @@ def dissect_checkpoints(
     out, layers = Path(output), list(layers)
     existing = load_history(out) if out.is_dir() else []
     if existing:
-        _check_settings(existing, config, layers, out)
+        _check_settings(existing, config, layers, out, (names or {}).get("output", "output"))
     run = EmergenceRun()
     by_step = {int(r.metadata.get("global_step", -1)): r for r in existing}
     todo = _plan(checkpoints, by_step, out, run, report)

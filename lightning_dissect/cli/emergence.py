@@ -175,7 +175,7 @@ def _dissect_series(args: argparse.Namespace, checkpoints: list[Any], load: Call
             config=config, latent_shape=prepared["latent_shape"],
             latent_sampler=prepared["latent_sampler"], generate=prepared["generate"],
             selector=prepared["selector"], metadata=metadata,
-            tensorboard=not args.no_tensorboard, report=say,
+            tensorboard=not args.no_tensorboard, report=say, names={"output": "--output"},
         )
     except KeyboardInterrupt:
         say(f"interrupted: the finished rounds are in {output}; run the same command again to go on")
@@ -183,7 +183,7 @@ def _dissect_series(args: argparse.Namespace, checkpoints: list[Any], load: Call
     except ValueError as err:
         if args.debug:
             raise
-        raise CLIError(" ".join(str(err).replace("`output`", "--output").split())) from err
+        raise CLIError(" ".join(str(err).split())) from err  # one line
     except (TypeError, RuntimeError) as err:
         if args.debug:
             raise
