@@ -112,18 +112,23 @@ def _load() -> str:
 
 
 def _peak_child(folder: Path, batch: int, preset: str) -> dict:
+    """Resident memory before the call and its peak during the call (Linux: the peak is reset first)."""
     code = (
-        "import json, resource, sys, torch\n"
+        "import json, sys, torch\n"
         f"sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]\n"
         "from bench_network_dissection import ResNet18\n"
         "from lightning_dissect import BrodenDataset, dissect_images\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key):\n"
+        "            return int(line.split()[1]) / 1024\n"
         "torch.manual_seed(0)\n"
         "net = ResNet18().eval()\n"
         f"data = BrodenDataset({str(folder)!r})\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "before = status('VmRSS')\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # the peak (VmHWM) starts again from here\n"
         f"dissect_images(net, {LAYERS!r}, data, preset={preset!r}, batch_size={batch}, progress=False)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps({'before_mib': before / 1024, 'peak_mib': after / 1024}))\n"
+        "print(json.dumps({'before_mib': before, 'peak_mib': status('VmHWM')}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,7 +170,7 @@ def main() -> None:
     rows = []
     for concepts, folder in folders.items():
         data = BrodenDataset(folder)
-        ours(net, BrodenDataset(repeated_folder(folder, root, args.batch_size)), args.batch_size, args.preset)  # warm
+        ours(net, BrodenDataset(repeated_folder(folder, root, 4)), args.batch_size, args.preset)  # warm-up
         t_floor = _best(lambda data=data: floor(net, data, args.batch_size), args.repeats)
         t_ours = _best(lambda data=data: ours(net, data, args.batch_size, args.preset), args.repeats)
         rows.append((concepts, data.vocabulary.num_concepts, data.depth, t_floor, t_ours))
@@ -182,8 +187,8 @@ def main() -> None:
         print(f"peak resident memory of dissect_images over {concepts} concepts, each run in a fresh process")
         for n in args.memory_sizes:
             found = _peak_child(repeated_folder(folders[concepts], root, n), args.batch_size, args.preset)
-            print(f"  {n:6d} images: peak {found['peak_mib']:7.1f} MiB (before the call {found['before_mib']:.1f} MiB)",
-                  flush=True)
+            print(f"  {n:6d} images: peak {found['peak_mib']:7.1f} MiB during the call, {found['before_mib']:.1f} MiB "
+                  f"before it: +{found['peak_mib'] - found['before_mib']:.1f} MiB", flush=True)
     print(f"load average at the end {_load()}")
     if args.root is None:
         shutil.rmtree(root, ignore_errors=True)

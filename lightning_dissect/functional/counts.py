@@ -88,10 +88,13 @@ def concept_labels(segmentation: Tensor, num_concepts: int, ignore_index: int | 
     sink = num_concepts
     out = layers.clone()
     if ignore_index is not None:
-        out[layers == ignore_index] = sink
+        out.masked_fill_(layers == ignore_index, sink)
     for layer in range(1, layers.shape[0]):
-        repeat = (layers[layer].unsqueeze(0) == layers[:layer]).any(0)
-        out[layer][repeat] = sink
+        # a label that an earlier layer of the pixel holds already counts once (in place, no boolean indexing)
+        repeat = layers[layer] == layers[0]
+        for earlier in range(1, layer):
+            repeat |= layers[layer] == layers[earlier]
+        out[layer].masked_fill_(repeat, sink)
     return out
 
 
