@@ -258,10 +258,14 @@ class DissectionConfig:
         """
         return merge_settings(None, ("`from_preset`", {"preset": name, **settings}))
 
-    def validate(self) -> DissectionConfig:
+    def validate(self, names: Mapping[str, str] | None = None) -> DissectionConfig:
         """Check every field with its rule in :data:`FIELD_CHECKS`; return ``self``.
 
         Values are normalised to plain Python types (a NumPy integer becomes an ``int``).
+
+        Args:
+            names: How errors name each field (the command line passes its options,
+                ``{"top_k": "--top-k", ...}``); a field not listed is named as itself.
 
         Raises:
             TypeError: A field of the wrong type (``seed="a"``, ``top_k=2.5``, ``progress=1``),
@@ -269,12 +273,14 @@ class DissectionConfig:
             ValueError: A field with a value outside its range, naming the field; also
                 ``interpretable="chance_ratio"`` with ``chance_baseline=False``.
         """
+        names = names or {}
         for f in fields(self):
-            object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
+            object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name), names.get(f.name)))
         if self.interpretable == "chance_ratio" and not self.chance_baseline:
             raise ValueError(
-                "`interpretable`='chance_ratio' compares each unit with its chance IoU, which "
-                "`chance_baseline`=False switches off; keep the baseline or set `interpretable`='paper'"
+                f"{_given('interpretable', 'chance_ratio', names)} compares each unit with its chance IoU, which "
+                f"{_given('chance_baseline', False, names)} switches off; keep the baseline or set "
+                f"{_given('interpretable', 'paper', names)}"
             )
         return self
 
@@ -319,8 +325,18 @@ def config_defaults(overrides: dict[str, tuple[Any, str]] | None = None) -> dict
     return values
 
 
+def _given(name: str, value: Any, names: Mapping[str, str]) -> str:
+    """A setting at a value as the caller wrote it: the field quoted as code, or its option (a switch alone)."""
+    option = names.get(name)
+    if option is None:
+        return f"`{name}`={value!r}"
+    return option if isinstance(value, bool) else f"{option} {value}"
+
+
 def merge_settings(
-    base: DissectionConfig | Mapping[str, Any] | None, *sources: tuple[str, Mapping[str, Any]]
+    base: DissectionConfig | Mapping[str, Any] | None,
+    *sources: tuple[str, Mapping[str, Any]],
+    names: Mapping[str, str] | None = None,
 ) -> DissectionConfig:
     """The one way settings become a :class:`DissectionConfig`: ``base``, then each source in order.
 
@@ -330,6 +346,7 @@ def merge_settings(
             names the source in errors. A setting given by two sources is an error. A
             ``preset`` (a :data:`PRESETS` name) given by a source sets its values for every setting
             no source gave; a config given as ``base`` keeps its values, whatever its ``preset``.
+        names: How errors name each setting (see :meth:`DissectionConfig.validate`).
 
     Raises:
         TypeError: A key that is not a :class:`DissectionConfig` field, naming the source and
@@ -349,20 +366,20 @@ def merge_settings(
     """
     import difflib
 
-    names = [f.name for f in fields(DissectionConfig)]
+    known = [f.name for f in fields(DissectionConfig)]
     if isinstance(base, DissectionConfig):
         values = asdict(base)
     else:
         values = {**config_defaults(), **dict(base or {})}
     seen: dict[str, str] = {}
     for what, settings in sources:
-        unknown = sorted(set(settings) - set(names))
+        unknown = sorted(set(settings) - set(known))
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+            close = difflib.get_close_matches(str(unknown[0]), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(
                 f"{what} has unknown setting(s) {unknown}{hint}; the settings are the fields of "
-                f"DissectionConfig: {names}"
+                f"DissectionConfig: {known}"
             )
         twice = sorted(set(settings) & set(seen))
         if twice:
@@ -377,7 +394,7 @@ def merge_settings(
         # the preset's values, except those a source gave (a config given as `base` already holds its
         # preset's values, and the settings given beside it: they are kept)
         values.update({k: v for k, v in PRESETS[name].items() if k not in seen})
-    return DissectionConfig(**values).validate()
+    return DissectionConfig(**values).validate(names)
 
 
 def defaults_table() -> str:

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from lightning_dissect.cli._arguments import config_settings
+from lightning_dissect.cli._arguments import CONFIG_OPTIONS, config_settings
 from lightning_dissect.cli._loading import CLIError, load_generator, load_object, load_segmenter
 from lightning_dissect.engine.discovery import LATENT_DIM_ATTRIBUTES, find_latent_dim, latent_shape_candidates
 
@@ -176,6 +176,8 @@ def dissection_config(args: argparse.Namespace, device: str, *, visualize: bool)
     from lightning_dissect.config import merge_settings
 
     try:
-        return merge_settings(None, ("the options", config_settings(args, device=device, visualize=visualize)))
+        settings = config_settings(args, device=device, visualize=visualize)
+        names = {name: option for name, (option, _, _) in CONFIG_OPTIONS.items()}
+        return merge_settings(None, ("the options", settings), names=names)
     except (TypeError, ValueError) as err:
-        raise CLIError(str(err).replace("`", "")) from err
+        raise CLIError(str(err)) from err
