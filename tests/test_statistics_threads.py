@@ -192,3 +192,4 @@ def test_iqr_counts_under_inference_mode_equal_the_reference(gen):
     expected = ref.counts(np.concatenate([acts.numpy()] * 2), np.concatenate([seg.numpy()] * 2),
                           thresholds.numpy(), 4)
     np.testing.assert_array_equal(counts.intersection.numpy(), expected["intersection"])
+
