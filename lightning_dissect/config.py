@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lightning_dissect._utils.checks import argument_name, check_choice, check_flag, check_int, check_real
+from lightning_dissect.functional.chance import MAX_SAMPLE_GROUPS
 from lightning_dissect.interpretability import INTERPRETABLE_RULES, InterpretabilityRule
 
 __all__ = [
@@ -128,6 +129,16 @@ def _quantile(value: Any, name: str) -> float:
     return float(check_real(value, name, low=0.0, high=1.0, low_open=True, high_open=True))  # type: ignore[arg-type]
 
 
+def _chance_groups(value: Any, name: str) -> int:
+    groups = check_int(value, name, minimum=2)
+    if groups > MAX_SAMPLE_GROUPS:  # type: ignore[operator]
+        raise ValueError(
+            f"{argument_name(name)} must be at most {MAX_SAMPLE_GROUPS} (the swap test enumerates 2^G subsets), "
+            f"got {groups}"
+        )
+    return groups  # type: ignore[return-value]
+
+
 FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "num_samples": lambda v, n: check_int(v, n, minimum=1),
     "batch_size": lambda v, n: check_int(v, n, minimum=1),
@@ -142,6 +153,9 @@ FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "iou_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
     "interpretable": lambda v, n: check_choice(v, n, tuple(INTERPRETABLE_RULES)),
     "chance_ratio": lambda v, n: check_real(v, n, low=1.0),
+    "min_excess": lambda v, n: check_real(v, n, low=0.0, high=1.0),
+    "max_p_value": lambda v, n: check_real(v, n, low=0.0, high=1.0),
+    "chance_groups": _chance_groups,
     "iqr_threshold": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
     "min_concept_fraction": lambda v, n: check_real(v, n, low=0.0, high=1.0, high_open=True),
     "top_k": lambda v, n: check_int(v, n, minimum=1),
@@ -200,10 +214,17 @@ class DissectionConfig:
         iou_threshold: The label IoU of an interpretable unit exceeds this (0.04 NetDissect /
             PNAS; 0.05 gandissect).
         interpretable: Which units count as interpretable
-            (:class:`~lightning_dissect.interpretability.InterpretabilityRule`): ``"chance_ratio"``
-            (label IoU above ``iou_threshold`` and at least ``chance_ratio`` × the unit's chance
-            IoU; needs ``chance_baseline``) or ``"paper"`` (``iou_threshold`` alone, as in the papers).
+            (:class:`~lightning_dissect.interpretability.InterpretabilityRule`): ``"significant"``
+            (label IoU above ``iou_threshold``, excess over chance ``(IoU − chance) / (1 − chance)``
+            at least ``min_excess`` and swap-test p-value at most ``max_p_value``; needs
+            ``chance_baseline``), ``"paper"`` (``iou_threshold`` alone, as in the papers) or
+            ``"chance_ratio"`` (at least ``chance_ratio`` × the chance IoU; an earlier default).
         chance_ratio: ``"chance_ratio"`` rule: the factor over the chance IoU (>= 1).
+        min_excess: ``"significant"`` rule: the least excess over chance (0 to 1).
+        max_p_value: ``"significant"`` rule: the largest p-value against chance (0 to 1).
+        chance_groups: Groups of samples (sample ``i`` in group ``i mod G``, 2 to 16) whose
+            counts are kept apart for each unit's p-value against chance (the swap test, whose
+            smallest p-value is ``2^-G``).
         iqr_threshold: ``"iqr"`` mode also asks IQR above this (gandissect 0.01).
         min_concept_fraction: ``"iqr"`` mode ignores concepts covering less than this fraction of
             pixels when choosing levels (gandissect 1e-3).
@@ -232,8 +253,11 @@ class DissectionConfig:
     num_levels: int = 64
     level_selection_samples: int | None = None
     iou_threshold: float = 0.04
-    interpretable: str = "chance_ratio"
+    interpretable: str = "significant"
     chance_ratio: float = 2.0
+    min_excess: float = 0.05
+    max_p_value: float = 0.01
+    chance_groups: int = 12
     iqr_threshold: float = 0.01
     min_concept_fraction: float = 1e-3
     top_k: int = 8
@@ -271,14 +295,14 @@ class DissectionConfig:
             TypeError: A field of the wrong type (``seed="a"``, ``top_k=2.5``, ``progress=1``),
                 naming the field.
             ValueError: A field with a value outside its range, naming the field; also
-                ``interpretable="chance_ratio"`` with ``chance_baseline=False``.
+                ``interpretable="significant"`` (or ``"chance_ratio"``) with ``chance_baseline=False``.
         """
         names = names or {}
         for f in fields(self):
             object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name), names.get(f.name)))
-        if self.interpretable == "chance_ratio" and not self.chance_baseline:
+        if self.interpretable != "paper" and not self.chance_baseline:
             raise ValueError(
-                f"{_given('interpretable', 'chance_ratio', names)} compares each unit with its chance IoU, which "
+                f"{_given('interpretable', self.interpretable, names)} compares each unit with its chance IoU, which "
                 f"{_given('chance_baseline', False, names)} switches off; keep the baseline or set "
                 f"{_given('interpretable', 'paper', names)}"
             )
@@ -289,7 +313,7 @@ class DissectionConfig:
 
         Examples:
             >>> DissectionConfig().rule().describe()
-            'label IoU > 0.04 and ≥ 2× its chance IoU'
+            'label IoU > 0.04, excess over chance ≥ 0.05 and p ≤ 0.01'
             >>> DissectionConfig(interpretable="paper", threshold_mode="iqr").rule().describe()
             'label IoU > 0.04 and IQR > 0.01'
         """

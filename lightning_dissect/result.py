@@ -43,6 +43,11 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _fmt_p(value: float | None) -> str:
+    """A p-value: three significant digits (``0.000244``), ``–`` when not measured."""
+    return "–" if value is None else f"{value:.3g}"
+
+
 @dataclass
 class UnitDissection:
     """What dissection found for one unit (one channel of one layer).
@@ -80,6 +85,24 @@ class UnitDissection:
     interpretable: bool
     chance_iou: float | None
     top_images: list[dict[str, float]] = field(default_factory=list)
+    #: One-sided p-value of "the label IoU is above the chance IoU" (the swap test over sample
+    #: groups); ``None`` where it was not measured (no chance baseline, older results).
+    p_value: float | None = None
+
+    @property
+    def excess(self) -> float | None:
+        """``(IoU − chance) / (1 − chance)``: the share of the room above chance the unit reaches.
+
+        ``None`` without a chance IoU.
+
+        Examples:
+            >>> UnitDissection(0, "sky", 1, "material", 1.0, 0.1, 1.0, True, 0.674).excess
+            1.0
+        """
+        if self.chance_iou is None or not math.isfinite(self.iou):
+            return None
+        room = 1.0 - self.chance_iou
+        return (self.iou - self.chance_iou) / room if room > 0 else 0.0
 
     @property
     def concept(self) -> str:
@@ -96,9 +119,13 @@ _UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))
 
 
 def _unit_dict(unit: UnitDissection) -> dict[str, Any]:
-    """``dataclasses.asdict`` of a unit record without its generic deep copy (a round has many)."""
+    """``dataclasses.asdict`` of a unit record without its generic deep copy (a round has many).
+
+    The derived ``excess`` is written too (readers recompute it from ``iou`` and ``chance_iou``).
+    """
     data = {name: getattr(unit, name) for name in _UNIT_FIELDS}
     data["top_images"] = [dict(image) for image in unit.top_images]
+    data["excess"] = unit.excess
     return data
 
 
@@ -466,8 +493,10 @@ class DissectionResult:
                 ),
                 title_justify="left",
             )
-            for col in ("unit", "concept", "category", "IoU", "IQR", "threshold", "chance IoU"):
+            for col in ("unit", "concept", "category", "IoU", "IQR", "threshold", "chance IoU", "excess", "p"):
                 table.add_column(col, justify="right" if col not in ("concept", "category") else "left")
+            if not layer.top_units(top):
+                table.caption = self.no_units_note(name)
             for u in layer.top_units(top):
                 style = None if u.interpretable else "dim"
                 table.add_row(
@@ -478,6 +507,8 @@ class DissectionResult:
                     f"{u.iou_iqr:.3f}",
                     f"{u.level:.3g}",
                     _fmt(u.chance_iou),
+                    _fmt(u.excess),
+                    _fmt_p(u.p_value),
                     style=style,
                 )
             parts.append(table)
@@ -495,47 +526,74 @@ class DissectionResult:
     def top_units_table(self, layer: str, top: int = 20) -> tuple[list[str], list[list[Any]]]:
         """The :meth:`LayerDissection.top_units` of ``layer``, in order, as columns and plain rows.
 
-        Every logger's top-units table is made from these rows (:meth:`markdown_table` renders them).
+        Every logger's top-units table is made from these rows (:meth:`markdown_table` renders them);
+        when there are none, the loggers show :meth:`no_units_note` instead.
 
         Examples:
             >>> from lightning_dissect.vocabulary import ConceptVocabulary
             >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
-            >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01)
+            >>> unit = UnitDissection(0, "sky", 1, "material", 0.5, 0.2, 1.0, True, 0.01, p_value=0.0002)
             >>> layer = LayerDissection("conv", [unit], torch.tensor([[0.0, 0.5]]))
             >>> columns, rows = DissectionResult({"conv": layer}, vocab).top_units_table("conv")
             >>> columns
-            ['unit', 'concept', 'category', 'interpretable', 'IoU', 'IQR', 'threshold', 'chance IoU']
-            >>> rows
-            [[0, 'sky', 'material', True, 0.5, 0.2, 1.0, 0.01]]
+            ['unit', 'concept', 'category', 'interpretable', 'IoU', 'IQR', 'threshold', 'chance IoU', 'excess',
+             'p-value']
+            >>> [round(v, 4) if isinstance(v, float) else v for v in rows[0]]
+            [0, 'sky', 'material', True, 0.5, 0.2, 1.0, 0.01, 0.4949, 0.0002]
         """
-        columns = ["unit", "concept", "category", "interpretable", "IoU", "IQR", "threshold", "chance IoU"]
+        columns = ["unit", "concept", "category", "interpretable", "IoU", "IQR", "threshold", "chance IoU",
+                   "excess", "p-value"]
         rows: list[list[Any]] = [
             [u.unit, u.label, u.category, bool(u.interpretable), float(u.iou), float(u.iou_iqr), float(u.level),
-             None if u.chance_iou is None else float(u.chance_iou)]
+             None if u.chance_iou is None else float(u.chance_iou), u.excess,
+             None if u.p_value is None else float(u.p_value)]
             for u in self.layers[layer].top_units(top)
         ]
         return columns, rows
 
+    def no_units_note(self, layer: str) -> str:
+        """What the top-units tables say when no unit of ``layer`` qualifies: why the table is empty.
+
+        Examples:
+            >>> from lightning_dissect.vocabulary import ConceptVocabulary
+            >>> vocab = ConceptVocabulary(("unlabeled", "sky"), ("none", "material"))
+            >>> unit = UnitDissection(0, "sky", 1, "material", 0.05, 0.2, 1.0, False, 0.06)
+            >>> result = DissectionResult({"conv": LayerDissection("conv", [unit], torch.zeros(1, 2))}, vocab)
+            >>> result.no_units_note("conv")[:66]
+            'No unit of conv has an IoU above its chance IoU (1 unit dissected)'
+        """
+        units = self.layers[layer].num_units
+        return (
+            f"No unit of {layer} has an IoU above its chance IoU ({units} unit{'s' if units != 1 else ''} dissected): "
+            "no unit matches a concept better than another image would. Usual early in training or in an "
+            "untrained network."
+        )
+
     def markdown_table(self, layer: str, top: int = 20) -> str:
-        """The :meth:`top_units_table` of ``layer`` as a Markdown table.
+        """The :meth:`top_units_table` of ``layer`` as a Markdown table (or :meth:`no_units_note`).
 
         TensorBoard's text plugin renders it; interpretable units come first, and units not above
-        their chance IoU are left out.
+        their chance IoU are left out. ``excess`` is ``(IoU − chance) / (1 − chance)``, ``p`` the
+        p-value of the swap test against chance.
         """
+        rows = self.top_units_table(layer, top)[1]
+        if not rows:
+            return self.no_units_note(layer)
         out = [
-            "| unit | concept | category | IoU | IQR | threshold | chance IoU |",
-            "|---:|:---|:---|---:|---:|---:|---:|",
+            "| unit | concept | category | IoU | IQR | threshold | chance IoU | excess | p |",
+            "|---:|:---|:---|---:|---:|---:|---:|---:|---:|",
         ]
-        for unit, label, category, interpretable, iou, iqr, level, chance in self.top_units_table(layer, top)[1]:
+        for unit, label, category, interpretable, iou, iqr, level, chance, excess, p in rows:
             mark = "" if interpretable else " (not interpretable)"
             out.append(
-                f"| {unit} | {label}{mark} | {category} | {iou:.3f} | {iqr:.3f} | {level:.3g} | {_fmt(chance)} |"
+                f"| {unit} | {label}{mark} | {category} | {iou:.3f} | {iqr:.3f} | {level:.3g} | {_fmt(chance)} "
+                f"| {_fmt(excess)} | {_fmt_p(p)} |"
             )
         return "\n".join(out)
 
 
 _REQUIRED_UNIT_FIELDS = tuple(
-    f.name for f in fields(UnitDissection) if f.name not in ("top_images", "chance_iou")
+    f.name for f in fields(UnitDissection) if f.name not in ("top_images", "chance_iou", "p_value")
 )
 
 

@@ -41,6 +41,9 @@ def run(distributed: bool) -> dict:
     return {
         "iou": layer.iou,
         "chance_iou": layer.chance_iou,
+        # the p-values against chance come from counts per sample group (index mod G): the same too
+        "p_value": torch.tensor([u.p_value for u in layer.units], dtype=torch.float64),
+        "interpretable": torch.tensor([u.interpretable for u in layer.units]),
         "levels": torch.tensor([u.level for u in layer.units], dtype=torch.float64),
         "top": torch.tensor([[t["index"] for t in u.top_images] for u in layer.units]),
         "strips": torch.stack([strips[u] for u in sorted(strips)]) if strips else torch.zeros(0),

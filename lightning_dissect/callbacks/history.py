@@ -118,7 +118,8 @@ def _version_key(folder: Path) -> tuple[int, int | str]:
 #: The settings that make two rounds comparable members of one run (a different value: another run).
 RUN_SETTINGS: tuple[str, ...] = (
     "num_samples", "seed", "threshold_mode", "quantile", "num_levels", "level_selection_samples",
-    "iou_threshold", "interpretable", "chance_ratio", "iqr_threshold", "layers",
+    "iou_threshold", "interpretable", "chance_ratio", "min_excess", "max_p_value", "chance_groups",
+    "iqr_threshold", "layers",
 )
 
 

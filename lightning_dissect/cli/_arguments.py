@@ -68,11 +68,19 @@ CONFIG_OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "iou_threshold": ("--iou-threshold", "T", "an interpretable unit's best IoU exceeds T"),
     "interpretable": (
         "--interpretable", "{" + ",".join(INTERPRETABLE_RULES) + "}",
-        "which units count as interpretable: chance_ratio (best IoU above T and at least R times the "
-        "unit's chance IoU) or paper (best IoU above T alone, the papers' fixed cut)",
+        "which units count as interpretable: significant (best IoU above T, excess over chance "
+        "(IoU - chance) / (1 - chance) at least E and p-value against chance at most P), paper (best IoU "
+        "above T alone, the papers' fixed cut) or chance_ratio (at least R times the chance IoU, an earlier default)",
     ),
     "chance_ratio": (
         "--chance-ratio", "R", "chance_ratio rule: an interpretable unit's IoU is at least R × its chance IoU",
+    ),
+    "min_excess": (
+        "--min-excess", "E", "significant rule: least excess over chance, (IoU - chance) / (1 - chance)",
+    ),
+    "max_p_value": ("--max-p-value", "P", "significant rule: largest p-value of the swap test against chance"),
+    "chance_groups": (
+        "--chance-groups", "G", "groups of samples (index mod G, 2 to 16) behind each unit's p-value against chance",
     ),
     "iqr_threshold": ("--iqr-threshold", "T", "iqr mode: a unit is interpretable only when its IQR also exceeds T"),
     "min_concept_fraction": (

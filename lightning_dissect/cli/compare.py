@@ -17,7 +17,8 @@ __all__ = [
 
 COMPARED_SETTINGS = (
     "num_samples", "threshold_mode", "quantile", "num_levels", "level_selection_samples",
-    "iou_threshold", "iqr_threshold", "interpretable", "chance_ratio", "min_concept_fraction",
+    "iou_threshold", "iqr_threshold", "interpretable", "chance_ratio", "min_excess", "max_p_value",
+    "chance_groups", "min_concept_fraction",
 )
 """Settings that change the counts: two results that differ in any of them are not comparable."""
 

@@ -228,6 +228,7 @@ def _run_passes(
         counted = count_pass(
             runner, source, counting, segmenter, progress,
             cached=None if found.reread_labels else found.segmentations, chance=cfg.chance_baseline,
+            chance_groups=cfg.chance_groups,
             keep=_strip_latents(cfg, found, topk), unit_area=cfg.unit_area,
         )
         frames = counted.frames
@@ -281,6 +282,7 @@ def _assemble(
         name: summarise_layer(
             name, cfg, segmenter.vocabulary, thresholds[name], counted.counts[name],
             chance_counts=counted.chance[name] if counted.chance else None,
+            group_counts=counted.groups[name] if counted.groups else None,
             selection_counts=selection[name] if selection else None,
             topk=topk[name],
         )

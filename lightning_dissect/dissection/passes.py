@@ -33,6 +33,7 @@ from lightning_dissect.engine.runner import Batch, ModuleRunner, SourceT
 from lightning_dissect.functional.category_area import concept_category_index
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
+from lightning_dissect.metrics.unit_concept_iou import GroupCounts
 from lightning_dissect.segmenters.base import Segmenter
 
 __all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass", "METRIC_THREADS"]
@@ -162,6 +163,8 @@ class CountPass:
     chance: dict[str, ConceptCounts] | None
     #: ``sample index -> (image, layer -> maps)`` of the samples asked for with ``keep`` (on CPU).
     frames: dict[int, Frame] = field(default_factory=dict)
+    #: The counts split by sample group (``index mod chance_groups``), with the chance counts.
+    groups: dict[str, GroupCounts] | None = None
 
 
 def count_pass(
@@ -173,6 +176,7 @@ def count_pass(
     *,
     cached: Sequence[Tensor] | None = None,
     chance: bool = False,
+    chance_groups: int | None = None,
     keep: Collection[int] = (),
     what: str = "dissection pass 2/2: IoU",
     unit_area: str = "all",
@@ -188,6 +192,8 @@ def count_pass(
     generating the images again).
     ``unit_area="category"`` counts a unit's area per concept category (NetDissect-Lite's rule,
     see :mod:`lightning_dissect.functional.category_area`).
+    With ``chance_groups`` the counts are also kept split into that many groups of samples
+    (source index mod ``chance_groups``), for the p-values against chance.
     """
     vocabulary = segmenter.vocabulary
     layers = list(thresholds)
@@ -212,6 +218,7 @@ def count_pass(
                 concept_category_index(vocabulary.categories, vocabulary.category_names)
                 if unit_area == "category" else None
             ),
+            sample_groups=chance_groups if chance else None,
             **runner.metric_options,
         ).to(runner.device)
         for name in layers
@@ -244,12 +251,16 @@ def count_pass(
             with metric_threads(runner.device):
                 for name in layers:
                     a = batch.activations[name].float()
-                    metrics[name].update(a, labels, shifted)
+                    if chance and chance_groups:
+                        metrics[name].update(a, labels, shifted, sample_index=batch.indices)
+                    else:
+                        metrics[name].update(a, labels, shifted)
             keep_frames(frames, batch, keep)
     if not chance:
         return CountPass({n: metrics[n].counts() for n in layers}, None, frames)
     both = {n: metrics[n].counts_and_paired_counts() for n in layers}  # one sync per layer
-    return CountPass({n: c for n, (c, _) in both.items()}, {n: p for n, (_, p) in both.items()}, frames)
+    groups = {n: metrics[n].group_counts() for n in layers} if chance_groups else None
+    return CountPass({n: c for n, (c, _) in both.items()}, {n: p for n, (_, p) in both.items()}, frames, groups)
 
 
 def _labels(batch: Batch) -> Tensor:

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor
 
 from lightning_dissect.config import DissectionConfig
+from lightning_dissect.functional.chance import swap_test_p_values
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.functional.scores import best_level_and_concept, iou_from_counts, iqr_from_counts, iqr_of_table
+from lightning_dissect.metrics.unit_concept_iou import GroupCounts
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.vocabulary import ConceptVocabulary
 
@@ -87,6 +89,23 @@ def _unit_iqr(counts: ConceptCounts, level: Tensor | None, label: Tensor) -> Ten
     return torch.tensor([iqr_of_table(*cell, n) for cell in zip(i, a, s)], dtype=torch.float64)
 
 
+def _label_p_values(
+    groups: GroupCounts, counts: ConceptCounts, level: Tensor | None, label: Tensor
+) -> Tensor:
+    """Each unit's swap-test p-value at its level and label (see :mod:`lightning_dissect.functional.chance`)."""
+    rows = torch.arange(label.shape[0])
+    own, other = groups.intersection.cpu(), groups.paired_intersection.cpu()
+    area = counts.unit_area.cpu()
+    if level is not None:
+        own, other, area = own[rows, level], other[rows, level], area[rows, level]
+    if area.ndim == 2:  # a unit area per concept (per-category unit areas): the label's
+        area = area[rows, label]
+    # (U, G): the unit's counts with its label, per group
+    own_i, other_i = own[rows, :, label], other[rows, :, label]
+    own_s, other_s = groups.concept_area.cpu()[:, label].T, groups.paired_concept_area.cpu()[:, label].T
+    return swap_test_p_values(own_i, own_s, other_i, other_s, area)
+
+
 def summarise_layer(
     name: str,
     cfg: DissectionConfig,
@@ -96,6 +115,7 @@ def summarise_layer(
     *,
     chance_counts: ConceptCounts | None = None,
     selection_counts: ConceptCounts | None = None,
+    group_counts: GroupCounts | None = None,
     topk: tuple[Tensor, Tensor],
 ) -> LayerDissection:
     """Label every unit of one layer from its counts (see docs/math.md for the rules)."""
@@ -127,8 +147,12 @@ def summarise_layer(
     at_level = level if cfg.threshold_mode == "iqr" and counts.intersection.ndim == 3 else None
     unit_iqr = _unit_iqr(counts, at_level, label)
     label_chance = chance_iou[rows, label] if chance_iou is not None else None
-    interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr)
+    p_value = None
+    if group_counts is not None:
+        p_value = _label_p_values(group_counts, counts, level if cfg.threshold_mode == "iqr" else None, label)
+    interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr, p_value)
     unit_chance = label_chance.tolist() if label_chance is not None else [None] * units
+    unit_p = p_value.tolist() if p_value is not None else [None] * units
     top_values, top_indices = (t.cpu().tolist() for t in topk)
     names, categories = vocabulary.names, vocabulary.categories
     records = [
@@ -143,8 +167,9 @@ def summarise_layer(
             interpretable=bool(ok),
             chance_iou=ch,
             top_images=[{"index": int(j), "maxact": float(v)} for v, j in zip(top_values[u], top_indices[u])],
+            p_value=pv,
         )
-        for u, c, i, q, t, ok, ch in zip(
+        for u, c, i, q, t, ok, ch, pv in zip(
             range(units),
             label.tolist(),
             unit_iou.tolist(),
@@ -152,6 +177,7 @@ def summarise_layer(
             unit_thresholds.tolist(),
             interpretable.tolist(),
             unit_chance,
+            unit_p,
         )
     ]
     return LayerDissection(name, records, iou.float(), chance_iou.float() if chance_iou is not None else None)

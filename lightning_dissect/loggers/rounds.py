@@ -179,10 +179,14 @@ class RoundLogger:
             shown = layer.top_units(top)
             columns, rows = result.top_units_table(name, top)
             frames = result.unit_images.get(name, {})
-            content.tables[tag(name, "top_units")] = Table(
-                columns, rows, result.markdown_table(name, top=top),
-                images=[unit_strip(frames[u.unit]) if u.unit in frames else None for u in shown],
-            )
+            if rows:
+                content.tables[tag(name, "top_units")] = Table(
+                    columns, rows, result.markdown_table(name, top=top),
+                    images=[unit_strip(frames[u.unit]) if u.unit in frames else None for u in shown],
+                )
+            else:  # every logger says in words why the table is empty this round
+                note = result.no_units_note(name)
+                content.tables[tag(name, "top_units")] = Table(["note"], [[note]], note)
             content.histograms[tag(name, "best_iou")] = torch.tensor([u.iou for u in layer.units])
             grid = unit_strip_grid(result, name, [u.unit for u in shown])
             if grid is None and not shown and self.num_visualized_units:

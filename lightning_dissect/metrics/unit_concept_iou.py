@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from lightning_dissect._utils.checks import (
     check_thresholds,
 )
 from lightning_dissect.functional.category_area import add_category_area, category_counts, category_labels
+from lightning_dissect.functional.chance import MAX_SAMPLE_GROUPS, sample_groups_of, swap_test_p_values
 from lightning_dissect.functional.counts import (
     DEFAULT_MAX_TEMPORARY_BYTES,
     ConceptCounts,
@@ -31,7 +32,23 @@ from lightning_dissect.functional.scores import (
 from lightning_dissect.metrics._base import SumStateMetric
 from lightning_dissect.visual.colours import IOU_SCALE_MAX
 
-__all__ = ["UnitConceptIoU"]
+__all__ = ["GroupCounts", "UnitConceptIoU"]
+
+
+class GroupCounts(NamedTuple):
+    """The counts of a ``sample_groups`` metric split by sample group (``index mod G``).
+
+    Attributes:
+        intersection: ``(U, [K,] G, C)`` against each image's own segmentation.
+        concept_area: ``(G, C)`` concept pixels of the own segmentations.
+        paired_intersection: ``(U, [K,] G, C)`` against the paired segmentations.
+        paired_concept_area: ``(G, C)`` concept pixels of the paired segmentations.
+    """
+
+    intersection: Tensor
+    concept_area: Tensor
+    paired_intersection: Tensor
+    paired_concept_area: Tensor
 
 
 class UnitConceptIoU(SumStateMetric):
@@ -71,6 +88,13 @@ class UnitConceptIoU(SumStateMetric):
             the area of its category (see :mod:`lightning_dissect.functional.category_area`).
             :meth:`counts` then returns a ``unit_area`` of shape ``(U, [K,] C)``: each concept's
             own unit area. The paired counts keep the area over all images.
+        sample_groups: With ``paired``: also keep the counts split into this many groups of
+            samples, sample ``i`` (its ``sample_index`` given to ``update``) in group
+            ``i mod sample_groups`` (at most 16), for the swap test of
+            :func:`~lightning_dissect.functional.chance.swap_test_p_values` (read them with
+            :meth:`group_counts`). The groups depend on the samples' indices only, so the counts
+            are the same for every batch size and number of processes. Adds
+            ``16 * G * (U * K * C + C)`` bytes of state.
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
@@ -117,12 +141,20 @@ class UnitConceptIoU(SumStateMetric):
         max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
         paired: bool = False,
         concept_categories: Tensor | None = None,
+        sample_groups: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(paired, bool):
             raise TypeError(f"`paired` must be a bool, got {type(paired).__name__}")
         self.paired = paired
+        if sample_groups is not None:
+            sample_groups = check_int(sample_groups, "sample_groups", minimum=1)
+            if sample_groups > MAX_SAMPLE_GROUPS:
+                raise ValueError(f"`sample_groups` must be at most {MAX_SAMPLE_GROUPS}, got {sample_groups}")
+            if not paired:
+                raise ValueError("`sample_groups` splits the own and the paired counts: it needs `paired=True`")
+        self.sample_groups = sample_groups
         self.max_temporary_bytes = check_int(max_temporary_bytes, "max_temporary_bytes", minimum=1)
         self.num_units = check_int(num_units, "num_units", minimum=1)
         self.num_concepts = check_int(num_concepts, "num_concepts", minimum=1)
@@ -149,11 +181,17 @@ class UnitConceptIoU(SumStateMetric):
             self.concept_categories = categories.to(torch.int64).cpu()
             groups = max(1, int(self.concept_categories.max()) + 1)
             self._add_sum_state("category_unit_area", (self.num_units, *levels, groups))
+        if sample_groups is not None:
+            grouped = (self.num_units, *levels, sample_groups, self.num_concepts)
+            self._add_sum_state("group_intersection", grouped)
+            self._add_sum_state("group_concept_area", (sample_groups, self.num_concepts))
+            self._add_sum_state("group_paired_intersection", grouped)
+            self._add_sum_state("group_paired_concept_area", (sample_groups, self.num_concepts))
 
     def _settings_text(self) -> str:
         return (
             f"num_units={self.num_units}, num_concepts={self.num_concepts}, thresholds of shape "
-            f"{_shape(self.thresholds)}, paired={self.paired}"
+            f"{_shape(self.thresholds)}, paired={self.paired}, sample_groups={self.sample_groups}"
         )
 
     def _state_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -171,6 +209,13 @@ class UnitConceptIoU(SumStateMetric):
         if self.concept_categories is not None:
             groups = ("concept_categories (categories)", int(self.category_unit_area.shape[-1]))
             axes["category_unit_area"] = (units, *levels, groups)
+        if self.sample_groups is not None:
+            groups = ("sample_groups", self.sample_groups)
+            grouped = (units, *levels, groups, concepts)
+            axes.update(
+                group_intersection=grouped, group_concept_area=(groups, concepts),
+                group_paired_intersection=grouped, group_paired_concept_area=(groups, concepts),
+            )
         return axes
 
     def _rank_mismatch(self, key: str, shape: tuple[int, ...]) -> str:
@@ -201,7 +246,11 @@ class UnitConceptIoU(SumStateMetric):
         return None if self.thresholds.ndim == 1 else int(self.thresholds.shape[1])
 
     def update(
-        self, activations: Tensor, segmentation: Tensor, paired_segmentation: Tensor | None = None
+        self,
+        activations: Tensor,
+        segmentation: Tensor,
+        paired_segmentation: Tensor | None = None,
+        sample_index: Tensor | None = None,
     ) -> None:
         """Add a batch.
 
@@ -210,6 +259,8 @@ class UnitConceptIoU(SumStateMetric):
             segmentation: ``(B, H, W)`` integer labels, or ``(B, L, H, W)`` multi-labels.
             paired_segmentation: The second segmentation of a ``paired`` metric (same rules and
                 size as ``segmentation``); required exactly when the metric is ``paired``.
+            sample_index: ``(B,)`` non-negative integer index of every sample in its bank or
+                image set; required exactly when the metric has ``sample_groups``.
         """
         check_activations(activations, num_units=self.num_units, check_values=self.validate_args)
         for argument, labels in (("segmentation", segmentation), ("paired_segmentation", paired_segmentation)):
@@ -235,6 +286,13 @@ class UnitConceptIoU(SumStateMetric):
             )
             area_counts = category_counts(self.category_unit_area, num)
             also.append((area_counts, pseudo, num, 0))
+        if self.sample_groups is not None or sample_index is not None:
+            groups = self._groups_of(sample_index, activations.shape[0])
+            assert paired is not None  # sample groups need a paired metric
+            self._update_grouped(activations.detach().to(device), segmentation, paired[1], groups.to(device), also)
+            if also:
+                add_category_area(self.category_unit_area, area_counts.intersection, activations.shape[0])
+            return
         accumulate_unit_concept_counts(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
             activations.detach().to(device),
@@ -248,6 +306,65 @@ class UnitConceptIoU(SumStateMetric):
         )
         if also:
             add_category_area(self.category_unit_area, area_counts.intersection, activations.shape[0])
+
+    def _groups_of(self, sample_index: Tensor | None, batch: int) -> Tensor:
+        """Each sample's group, after checking ``sample_index``."""
+        if self.sample_groups is None:
+            raise ValueError("`sample_index` given to a UnitConceptIoU built without `sample_groups`")
+        if sample_index is None:
+            raise ValueError("this UnitConceptIoU was built with `sample_groups`: pass `sample_index`")
+        if not isinstance(sample_index, Tensor) or sample_index.dtype.is_floating_point or sample_index.is_complex() \
+                or sample_index.dtype == torch.bool:
+            raise TypeError("`sample_index` must be an integer tensor (B,)")
+        if tuple(sample_index.shape) != (batch,):
+            raise ValueError(
+                f"`sample_index` must have shape ({batch},), one index per sample, got {_shape(sample_index)}"
+            )
+        if self.validate_args and batch and int(sample_index.min()) < 0:
+            raise ValueError("`sample_index` must be non-negative")
+        return sample_groups_of(sample_index, self.sample_groups)
+
+    def _update_grouped(
+        self, activations: Tensor, segmentation: Tensor, paired: Tensor, groups: Tensor, also: list[Any]
+    ) -> None:
+        """Count with concept ``c`` of a sample of group ``g`` as concept ``g * C + c`` of ``G * C``.
+
+        One counting call gives the group-resolved counts; the totals are their sums over groups.
+        """
+        g, c = int(self.sample_groups), self.num_concepts  # type: ignore[arg-type]
+        sink = g * c  # ignored pixels and (after remapping) nothing else
+        shape = (-1,) + (1,) * (segmentation.ndim - 1)
+
+        def remap(labels: Tensor) -> Tensor:
+            labels = labels.to(torch.int64)
+            moved = labels + (groups.view(shape) * c)
+            return moved if self.ignore_index is None else torch.where(labels == self.ignore_index, sink, moved)
+
+        levels = tuple(self.intersection.shape[1:-1])
+        units = self.num_units
+        dev = self.intersection.device
+        own = ConceptCounts(
+            torch.zeros(units, *levels, g * c, dtype=torch.int64, device=dev), self.unit_area,
+            torch.zeros(g * c, dtype=torch.int64, device=dev), self.total,
+        )
+        other = ConceptCounts(
+            torch.zeros_like(own.intersection), self.unit_area, torch.zeros_like(own.concept_area), self.total,
+        )
+        accumulate_unit_concept_counts(
+            own, activations, remap(segmentation), self.thresholds.to(dev), g * c,
+            ignore_index=sink if self.ignore_index is not None else None,
+            max_temporary_bytes=self.max_temporary_bytes, paired=(other, remap(paired)), also=also,
+        )
+        for counts, grouped, grouped_area, total, total_area in (
+            (own, self.group_intersection, self.group_concept_area, self.intersection, self.concept_area),
+            (other, self.group_paired_intersection, self.group_paired_concept_area,
+             self.paired_intersection, self.paired_concept_area),
+        ):
+            split = counts.intersection.view(units, *levels, g, c)
+            grouped += split
+            total += split.sum(-2)
+            grouped_area += counts.concept_area.view(g, c)
+            total_area += counts.concept_area.view(g, c).sum(0)
 
     def _paired_target(
         self, segmentation: Tensor, paired_segmentation: Tensor | None
@@ -304,6 +421,50 @@ class UnitConceptIoU(SumStateMetric):
         if not self.paired:
             raise ValueError("counts_and_paired_counts() needs a UnitConceptIoU built with `paired=True`")
         return self._synced_counts("intersection", "concept_area", "paired_intersection", "paired_concept_area")
+
+    def group_counts(self) -> GroupCounts:
+        """The synced counts split by sample group (a ``sample_groups`` metric only).
+
+        Synchronises like ``compute``: under DDP call it on every rank.
+        """
+        if self.sample_groups is None:
+            raise ValueError("group_counts() needs a UnitConceptIoU built with `sample_groups`")
+        names = ("group_intersection", "group_concept_area", "group_paired_intersection", "group_paired_concept_area")
+        with self.synced_states():
+            return GroupCounts(*(getattr(self, n).clone() for n in names))
+
+    def label_p_values(self, label: Tensor, level: Tensor | None = None) -> Tensor:
+        """Per unit, the swap test's p-value that its IoU with concept ``label[u]`` is above chance.
+
+        A ``sample_groups`` metric only (see :mod:`lightning_dissect.functional.chance`); with
+        ``(U, K)`` thresholds ``level`` gives each unit's level. Synchronises like ``compute``.
+
+        Examples:
+            >>> metric = UnitConceptIoU(1, 2, torch.tensor([0.5]), paired=True, sample_groups=2)
+            >>> own = torch.tensor([[[1, 0]], [[0, 1]]])  # concept 1 where the unit fires, in each image
+            >>> acts = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])
+            >>> metric.update(acts, own, own.flip(0), sample_index=torch.tensor([0, 1]))
+            >>> metric.label_p_values(torch.tensor([1])).tolist()  # 2 groups: the smallest p is 1/4
+            [0.25]
+        """
+        if self.sample_groups is None:
+            raise ValueError("label_p_values() needs a UnitConceptIoU built with `sample_groups`")
+        if (level is None) != (self.num_levels is None):
+            raise ValueError("pass `level` exactly when the metric has (U, K) thresholds")
+        return self._label_p_values(level, label)
+
+    def _label_p_values(self, level: Tensor | None, label: Tensor) -> Tensor:
+        groups, counts = self.group_counts(), self.counts()
+        rows = torch.arange(self.num_units)
+        own, other, area = groups.intersection.cpu(), groups.paired_intersection.cpu(), counts.unit_area.cpu()
+        label = label.cpu()
+        if level is not None:
+            level = level.cpu()
+            own, other, area = own[rows, level], other[rows, level], area[rows, level]
+        if area.ndim == 2:  # a unit area per concept (per-category unit areas): the label's
+            area = area[rows, label]
+        own_s, other_s = groups.concept_area.cpu()[:, label].T, groups.paired_concept_area.cpu()[:, label].T
+        return swap_test_p_values(own[rows, :, label], own_s, other[rows, :, label], other_s, area)
 
     def _synced_counts(self, *names: str) -> Any:
         """``ConceptCounts`` of each (intersection, concept area) state pair, synced once."""
@@ -384,12 +545,13 @@ class UnitConceptIoU(SumStateMetric):
         from lightning_dissect.metrics._plot import figure_and_axes, iou_colormap
 
         iou = (self.compute() if val is None else val).detach().float().cpu()
+        unit_level = None
         if iou.ndim == 3:
             if level is None:  # each unit's row at its best level, chosen as the dissection chooses levels
-                best_level, _ = best_level_and_concept(iou, self.ignore_index)
-                iou = iou[torch.arange(iou.shape[0]), best_level]
+                unit_level, _ = best_level_and_concept(iou, self.ignore_index)
             else:
-                iou = iou[:, level]
+                unit_level = torch.full((iou.shape[0],), int(level), dtype=torch.int64)
+            iou = iou[torch.arange(iou.shape[0]), unit_level]
         if iou.ndim != 2:
             raise ValueError(f"`val` must be (U, C) or (U, K, C) IoU, got shape {tuple(iou.shape)}")
         names = list(concept_names) if concept_names is not None else [str(c) for c in range(iou.shape[1])]
@@ -412,7 +574,10 @@ class UnitConceptIoU(SumStateMetric):
         image = ax.imshow(values.numpy(), cmap=iou_colormap(), vmin=0.0, vmax=vmax, aspect="auto",
                           interpolation="nearest")
         ax.set_xticks(range(len(columns)), [names[c] for c in columns], rotation=90)
-        ax.set_yticks(range(len(units)), [f"unit {u}" for u in units])
+        p_values = self._label_p_values(unit_level, label) if val is None and self.sample_groups is not None else None
+        ax.set_yticks(range(len(units)), [
+            f"unit {u}" if p_values is None else f"unit {u} (p {float(p_values[u]):.2g})" for u in units
+        ])
         from matplotlib.patches import Rectangle
 
         for i, u in enumerate(units):

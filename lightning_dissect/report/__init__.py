@@ -70,6 +70,11 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+def _fmt_p(value: float | None) -> str:
+    """A p-value with three significant digits, ``–`` when not measured."""
+    return "–" if value is None else f"{value:.3g}"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -268,13 +273,18 @@ def _layer_section(
   label any unit, ordered so that each unit's label (outlined in red) runs down the diagonal. Fixed
   colour scale 0 – {IOU_SCALE_MAX:g} (higher IoUs get the top colour), the same in every layer and
   report; hover a cell for its value.</p>
-  <div class="chart">{heat}</div>
+  {f'<div class="chart">{heat}</div>' if shown else _no_units_html(result, name)}
   <h3>Unit images</h3>
   {_strips_html(layer, slug, strips, rendered, had_generator)}
   {_ablation_html(result, name)}
   <h3>All units</h3>
   {_units_table(layer, slug, strips)}
 </section>"""
+
+
+def _no_units_html(result: DissectionResult, name: str) -> str:
+    """What the report shows in place of the heatmap when no unit is above its chance IoU."""
+    return f'<p class="note no-units">{escape(result.no_units_note(name))}</p>'
 
 
 def _stats_html(layer: LayerDissection) -> str:
@@ -332,7 +342,7 @@ def _unit_card(u: UnitDissection, slug: str, strip: str) -> str:
         f'<span class="label">{escape(u.label)}</span>'
         f'<span class="meta">{escape(u.category)} · IoU {u.iou:.3f} · '
         f'IQR {u.iou_iqr:.3f} · threshold {_level(u.level)} · '
-        f'chance IoU {_fmt(u.chance_iou)}</span>{badge}</div>'
+        f'chance IoU {_fmt(u.chance_iou)} · excess {_fmt(u.excess)} · p {_fmt_p(u.p_value)}</span>{badge}</div>'
         f'<div class="strip"><img src="{escape(strip)}" loading="eager" '
         f'alt="top images of unit {u.unit} ({escape(u.label)})" '
         f'title="top images by max activation: {escape(maxacts)}"></div></div>'
@@ -349,6 +359,7 @@ def _units_table(layer: LayerDissection, slug: str, strips: dict[int, str]) -> s
         f'</div><div class="table-wrap"><table class="data sortable" id="{table_id}"><thead><tr>'
         '<th class="num">unit</th><th>concept</th><th>category</th><th class="num">IoU</th>'
         '<th class="num">IQR</th><th class="num">threshold</th><th class="num">chance IoU</th>'
+        '<th class="num">excess</th><th class="num">p-value</th>'
         f'<th>interpretable</th></tr></thead><tbody>{rows}</tbody></table></div>'
     )
 
@@ -365,6 +376,8 @@ def _unit_row(u: UnitDissection, slug: str, linked: bool) -> str:
         f'<td class="num" data-value="{u.level:.6g}">{_level(u.level)}</td>'
         f'<td class="num" data-value="{-1 if u.chance_iou is None else u.chance_iou:.6f}">'
         f"{_fmt(u.chance_iou)}</td>"
+        f'<td class="num" data-value="{-9 if u.excess is None else u.excess:.6f}">{_fmt(u.excess)}</td>'
+        f'<td class="num" data-value="{2 if u.p_value is None else u.p_value:.6g}">{_fmt_p(u.p_value)}</td>'
         f'<td data-value="{int(u.interpretable)}">{"yes" if u.interpretable else "no"}</td>'
         "</tr>"
     )
@@ -375,9 +388,12 @@ def _legend_section(result: DissectionResult) -> str:
     mode = settings.get("threshold_mode")
     chosen = InterpretabilityRule.from_settings(settings)
     rule = escape(chosen.describe())
-    rule += (" (the papers' fixed cut, <code>interpretable=\"paper\"</code>)" if chosen.name == "paper" else
-             " (<code>interpretable=\"chance_ratio\"</code>; the papers' fixed cut alone is "
-             "<code>interpretable=\"paper\"</code>)")
+    rule += {
+        "paper": " (the papers' fixed cut, <code>interpretable=\"paper\"</code>)",
+        "chance_ratio": (" (<code>interpretable=\"chance_ratio\"</code>, an earlier default; the papers' fixed "
+                         "cut alone is <code>interpretable=\"paper\"</code>)"),
+    }.get(chosen.name, " (<code>interpretable=\"significant\"</code>, the default; the papers' fixed cut alone is "
+                       "<code>interpretable=\"paper\"</code>)")
     return f"""
 <section class="legend" id="legend">
   <h2>How to read this report</h2>
@@ -396,6 +412,14 @@ def _legend_section(result: DissectionResult) -> str:
     <dt>chance IoU</dt><dd>the IoU the unit gets with its label when every image is paired with
       another image's segmentation: the overlap expected by chance from a concept's size and
       position alone. A unit whose IoU is not well above it does not detect its label.</dd>
+    <dt>excess</dt><dd>(IoU − chance IoU) / (1 − chance IoU): the share of what is still possible
+      above chance that the unit reaches; 1 for a unit whose mask is the concept's own mask in every
+      image, about 0 for one that knows only where the concept usually is, for a concept of any size.</dd>
+    <dt>p-value</dt><dd>how often the unit's IoU would be as far above its chance IoU if it knew
+      nothing of its own images: the samples are split into groups by their index, and every subset
+      of groups has its images' own and paired segmentations swapped (a randomisation test; its
+      smallest value is 2<sup>−groups</sup>). Small: the excess is not the luck of the sample;
+      – where it was not measured (results of earlier releases).</dd>
   </dl>
 </section>"""
 

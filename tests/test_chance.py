@@ -1,0 +1,186 @@
+"""The two ends of "interpretable", and the p-value against chance behind the default rule.
+
+* the swap test's p-values equal a brute-force enumeration of swapped pairings computed from the
+  pixels with plain NumPy;
+* units painted from the synthetic world's own labels, for eight concepts from 0.1 % to 44 % of
+  the pixels, in a generator and in a reader, in both threshold modes: each concept's own mask is
+  interpretable, another image's mask, a fixed map and noise never are;
+* the group counts, p-values and badges do not depend on the batch size;
+* results written before the p-values existed load and read as they were computed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_dissect import dissect, dissect_images
+from lightning_dissect.functional.chance import chance_excess, swap_test_p_values
+from lightning_dissect.images import ImageSet
+from lightning_dissect.metrics import UnitConceptIoU
+from lightning_dissect.report import write_report
+from lightning_dissect.result import DissectionResult
+from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
+from tests.helpers.painting import LABEL_CONCEPTS, LABEL_UNIT_KINDS, LabelPaintedGenerator, LabelPaintedReader
+
+# ----------------------------------------------------------------------------- brute force
+
+
+def _np_iou(i: float, a: float, s: float) -> float:
+    union = a + s - i
+    return i / union if union > 0 else 0.0
+
+
+def brute_force_p_values(masks: np.ndarray, labels: np.ndarray, groups: int) -> np.ndarray:
+    """p[u, c] by enumerating every subset of groups whose images swap their own and paired labels.
+
+    ``masks`` (N, U, H, W) bool, ``labels`` (N, H, W) int; image j is paired with image j - 1
+    (image 0 with the last); image j belongs to group j mod ``groups``.
+    """
+    n, units = masks.shape[:2]
+    concepts = int(labels.max()) + 1
+    paired = np.roll(labels, 1, axis=0)
+    group = np.arange(n) % groups
+
+    def statistic(swapped: set[int], u: int, c: int) -> float:
+        own_i = own_s = other_i = other_s = 0
+        for j in range(n):
+            mine, theirs = (paired[j], labels[j]) if group[j] in swapped else (labels[j], paired[j])
+            own_i += np.sum(masks[j, u] & (mine == c))
+            own_s += np.sum(mine == c)
+            other_i += np.sum(masks[j, u] & (theirs == c))
+            other_s += np.sum(theirs == c)
+        area = float(masks[:, u].sum())
+        return _np_iou(own_i, area, own_s) - _np_iou(other_i, area, other_s)
+
+    out = np.zeros((units, concepts))
+    subsets = [set(s) for k in range(groups + 1) for s in itertools.combinations(range(groups), k)]
+    for u in range(units):
+        for c in range(concepts):
+            observed = statistic(set(), u, c)
+            values = np.array([statistic(s, u, c) for s in subsets])
+            out[u, c] = np.mean(values >= observed - 1e-12 * max(1.0, abs(observed)))
+    return out
+
+
+@pytest.mark.parametrize("groups", [3, 5])
+def test_swap_test_equals_brute_force_enumeration_over_pixels(groups):
+    rng = np.random.default_rng(groups)
+    n, units, size, concepts = 11, 3, 6, 3
+    labels = rng.integers(0, concepts, (n, size, size))
+    acts = rng.random((n, units, size, size))
+    acts[:, 0] += 0.8 * (labels == 1)  # a unit that follows concept 1 in its own image
+    acts[:, 1] += 0.8 * (np.roll(labels, -2, axis=0) == 2)  # one that follows another image's concept 2
+    thresholds = np.array([0.9, 0.9, 0.7])
+    metric = UnitConceptIoU(units, concepts, torch.tensor(thresholds), paired=True, sample_groups=groups)
+    labels_t = torch.from_numpy(labels)
+    paired_t = labels_t.roll(1, 0)
+    for start in range(0, n, 4):  # batches that do not align with the groups
+        part = slice(start, start + 4)
+        metric.update(torch.from_numpy(acts[part]), labels_t[part], paired_t[part],
+                      sample_index=torch.arange(n)[part])
+    counts, grouped = metric.counts(), metric.group_counts()
+    got = swap_test_p_values(
+        grouped.intersection.permute(0, 2, 1),
+        grouped.concept_area.T.unsqueeze(0).expand(units, -1, -1),
+        grouped.paired_intersection.permute(0, 2, 1),
+        grouped.paired_concept_area.T.unsqueeze(0).expand(units, -1, -1),
+        counts.unit_area.unsqueeze(1).expand(-1, concepts),
+    ).numpy()
+    expected = brute_force_p_values(acts > thresholds[None, :, None, None], labels, groups)
+    np.testing.assert_array_equal(got, expected)
+    assert got[0, 1] == 2.0**-groups  # the unit that follows its own image: only the identity is as high
+
+
+def test_excess_is_one_for_a_perfect_mask_and_zero_at_chance_for_any_size():
+    chance = torch.tensor([0.003, 0.05, 0.3, 0.674, 0.95])
+    assert chance_excess(torch.ones(5), chance).tolist() == [1.0] * 5
+    assert chance_excess(chance, chance).tolist() == [0.0] * 5
+
+
+# ----------------------------------------------------------------------------- painted units
+
+MODES = {"quantile": {"threshold_mode": "quantile", "quantile": 0.5},
+         "iqr": {"threshold_mode": "iqr", "num_levels": 24}}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return SceneWorld(32)
+
+
+def _check_both_ends(layer, painter):
+    for u in layer.units:
+        concept, kind = LABEL_CONCEPTS[u.unit // 4], LABEL_UNIT_KINDS[u.unit % 4]
+        what = f"{kind} unit of {concept}: IoU {u.iou:.3f}, chance {u.chance_iou:.3f}, p {u.p_value}"
+        if kind == "own":
+            assert u.interpretable and u.label == concept and u.iou == 1.0, what
+        else:
+            assert not u.interpretable, what
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_painted_generator_own_masks_count_other_fixed_and_noise_never(world, mode):
+    painter = LabelPaintedGenerator(world)
+    result = dissect(painter, ["units"], SyntheticSceneSegmenter(world), latent_shape=(2,), num_samples=240,
+                     batch_size=80, progress=False, **MODES[mode])
+    _check_both_ends(result["units"], painter)
+    areas = [float(painter.frequency[k].mean()) for k in range(len(LABEL_CONCEPTS))]
+    assert min(areas) < 0.01 and max(areas) > 0.4  # the concepts span under 1 % to over 40 % of the pixels
+    # the papers' fixed cut counts units that know nothing of their image
+    paper = [u for u in result["units"].units if u.unit % 4 and result.rule.__class__("paper")(u.iou, u.chance_iou)]
+    assert paper
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_painted_reader_own_masks_count_other_fixed_and_noise_never(world, mode):
+    images, _ = world.render(240, seed=3)
+    reader = LabelPaintedReader(world)
+    source = ImageSet(images, value_range=(-1.0, 1.0))
+    result = dissect_images(reader, ["units"], source, SyntheticSceneSegmenter(world), batch_size=80, progress=False,
+                            **MODES[mode])
+    _check_both_ends(result["units"], reader)
+
+
+def test_p_values_and_badges_do_not_depend_on_the_batch_size(world):
+    painter = LabelPaintedGenerator(world, ("sky", "sun", "roof"))
+    segmenter = SyntheticSceneSegmenter(world)
+    found = [dissect(painter, ["units"], segmenter, latent_shape=(2,), num_samples=60, batch_size=b, progress=False,
+                     quantile=0.5)["units"] for b in (7, 60)]
+    for key in ("p_value", "chance_iou", "iou", "interpretable", "label"):
+        assert [getattr(u, key) for u in found[0].units] == [getattr(u, key) for u in found[1].units], key
+    assert all(u.p_value is not None and 2.0**-12 <= u.p_value <= 1.0 for u in found[0].units)
+
+
+# ----------------------------------------------------------------------------- old files
+
+
+def test_results_written_without_p_values_load_and_read_as_computed(world, tmp_path):
+    painter = LabelPaintedGenerator(world, ("sky", "sun"))
+    result = dissect(painter, ["units"], SyntheticSceneSegmenter(world), latent_shape=(2,), num_samples=48,
+                     batch_size=48, progress=False, quantile=0.5)
+    data = json.loads(result.to_json())
+    for name, old_badge in (("chance_ratio", lambda u: u["iou"] > 0.04 and u["iou"] >= 2 * u["chance_iou"]),
+                            (None, lambda u: u["iou"] > 0.04)):
+        old = json.loads(json.dumps(data))
+        for key in ("min_excess", "max_p_value", "chance_groups", "interpretable"):
+            old["settings"].pop(key)
+        if name:
+            old["settings"]["interpretable"] = name
+        for u in old["layers"]["units"]["units"]:
+            u.pop("p_value"), u.pop("excess")
+            u["interpretable"] = old_badge(u)
+        loaded = DissectionResult.from_dict(old)
+        assert loaded.rule.name == (name or "paper")
+        written = [u["interpretable"] for u in old["layers"]["units"]["units"]]
+        assert [u.interpretable for u in loaded["units"].units] == written
+        assert all(u.p_value is None for u in loaded["units"].units)
+        page = write_report(loaded, tmp_path / f"report-{name}").read_text()
+        assert "p-value" in page and loaded.rule.describe().replace(">", "&gt;") in page
+    # the sky unit with the sky's own mask: the ratio could not count it, the default rule does
+    sky = result["units"].units[0]
+    assert sky.interpretable and sky.iou == 1.0 and sky.chance_iou > 0.5
