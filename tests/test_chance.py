@@ -126,8 +126,8 @@ def _check_both_ends(layer, painter):
 @pytest.mark.parametrize("mode", list(MODES))
 def test_painted_generator_own_masks_count_other_fixed_and_noise_never(world, mode):
     painter = LabelPaintedGenerator(world)
-    result = dissect(painter, ["units"], SyntheticSceneSegmenter(world), latent_shape=(2,), num_samples=240,
-                     batch_size=80, progress=False, **MODES[mode])
+    result = dissect(painter, ["units"], SyntheticSceneSegmenter(world), latent_shape=(2,), num_samples=120,
+                     batch_size=60, progress=False, **MODES[mode])
     _check_both_ends(result["units"], painter)
     areas = [float(painter.frequency[k].mean()) for k in range(len(LABEL_CONCEPTS))]
     assert min(areas) < 0.01 and max(areas) > 0.4  # the concepts span under 1 % to over 40 % of the pixels
@@ -138,10 +138,10 @@ def test_painted_generator_own_masks_count_other_fixed_and_noise_never(world, mo
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_painted_reader_own_masks_count_other_fixed_and_noise_never(world, mode):
-    images, _ = world.render(240, seed=3)
+    images, _ = world.render(120, seed=3)
     reader = LabelPaintedReader(world)
     source = ImageSet(images, value_range=(-1.0, 1.0))
-    result = dissect_images(reader, ["units"], source, SyntheticSceneSegmenter(world), batch_size=80, progress=False,
+    result = dissect_images(reader, ["units"], source, SyntheticSceneSegmenter(world), batch_size=60, progress=False,
                             **MODES[mode])
     _check_both_ends(result["units"], reader)
 

@@ -330,10 +330,15 @@ LABEL_CONCEPTS = ("sky", "grass", "soil", "foliage", "roof", "sun", "window", "t
 _SCENES = 1 << 30  # scene indices drawn by the latents
 
 
-def _concept_frequency(world: SceneWorld, indices: Sequence[int], samples: int = 2000) -> Tensor:
+_FREQUENCY: dict[int, Tensor] = {}
+
+
+def _concept_frequency(world: SceneWorld, indices: Sequence[int], samples: int = 400) -> Tensor:
     """``(K, S, S)`` share of ``samples`` scenes (stream 7) showing each concept at each pixel."""
-    _, labels = world.render(samples, seed=7)
-    return torch.stack([(labels == c).float().mean(0) for c in indices])
+    if world.image_size not in _FREQUENCY:  # every concept's map, once per image size
+        _, labels = world.render(samples, seed=7)
+        _FREQUENCY[world.image_size] = torch.stack([(labels == c).float().mean(0) for c in range(world.num_concepts)])
+    return _FREQUENCY[world.image_size][list(indices)].clone()
 
 
 def _noise_maps(keys: Sequence[int], count: int, size: int) -> Tensor:
@@ -366,7 +371,7 @@ class LabelPaintedGenerator(nn.Module):
 
     * ``own``: the concept's mask in this image, exactly (1 inside, 0 outside);
     * ``other``: the concept's mask in scene ``b`` (another image's mask);
-    * ``fixed``: the share of 2,000 other scenes showing the concept at each pixel (where the
+    * ``fixed``: the share of 400 other scenes showing the concept at each pixel (where the
       concept usually is; the same map for every image);
     * ``noise``: smooth noise drawn from the scene's index.
 
