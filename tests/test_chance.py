@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from lightning_dissect import dissect, dissect_images
+from lightning_dissect.engine.images import ImageSet
 from lightning_dissect.functional.chance import chance_excess, swap_test_p_values
-from lightning_dissect.images import ImageSet
 from lightning_dissect.metrics import UnitConceptIoU
 from lightning_dissect.report import write_report
 from lightning_dissect.result import DissectionResult
