@@ -34,8 +34,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dissect.functional.chance import chance_excess
-
 __all__ = ["INTERPRETABLE_RULES", "InterpretabilityRule"]
 
 INTERPRETABLE_RULES: dict[str, str] = {
@@ -149,7 +147,8 @@ class InterpretabilityRule:
             return out & (iou >= self.chance_ratio * chance_iou)
         if p_value is None:
             return torch.zeros_like(out)
-        excess = chance_excess(iou, chance_iou)
+        room = 1.0 - chance_iou  # the excess over chance, as functional.chance.chance_excess computes it
+        excess = torch.where(room > 0, (iou - chance_iou) / room.clamp(min=1e-300), torch.zeros_like(room))
         return out & (excess >= self.min_excess) & (p_value.to(torch.float64) <= self.max_p_value)
 
     def describe(self) -> str:

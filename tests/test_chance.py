@@ -184,3 +184,19 @@ def test_results_written_without_p_values_load_and_read_as_computed(world, tmp_p
     # the sky unit with the sky's own mask: the ratio could not count it, the default rule does
     sky = result["units"].units[0]
     assert sky.interpretable and sky.iou == 1.0 and sky.chance_iou > 0.5
+
+
+def test_metric_plot_writes_each_units_p_value():
+    pytest.importorskip("matplotlib")
+    metric = UnitConceptIoU(2, 3, torch.tensor([0.5, 0.5]), paired=True, sample_groups=4)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (16, 4, 4), generator=gen)
+    acts = torch.stack([(labels == 1).float(), torch.rand(16, 4, 4, generator=gen)], 1)  # unit 0 follows concept 1
+    metric.update(acts, labels, labels.roll(1, 0), sample_index=torch.arange(16))
+    _, ax = metric.plot()
+    ticks = {t.get_text() for t in ax.get_yticklabels()}
+    own = swap_test_p_values(*(x.unsqueeze(0) for x in (
+        metric.group_counts().intersection[0, :, 1], metric.group_counts().concept_area[:, 1],
+        metric.group_counts().paired_intersection[0, :, 1], metric.group_counts().paired_concept_area[:, 1])),
+        metric.counts().unit_area[:1])
+    assert float(own) == 2.0**-4 and "unit 0 (p 0.062)" in ticks

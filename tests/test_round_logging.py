@@ -108,8 +108,13 @@ def test_table_rows_are_strip_rows_and_heatmap_units():
 def test_heatmap_says_so_when_no_unit_is_above_chance():
     result = DissectionResult({"l": layer_of([unit(0, "sky", 0.1, False, 0.2)])}, VOCAB)
     writer = _Writer()
-    TensorBoardWriter(writer).write(RoundLogger(num_visualized_units=3).content(result, step=1))
-    assert "|" not in "".join(writer.texts["dissection/l/top_units"].splitlines()[2:])  # header only
+    content = RoundLogger(num_visualized_units=3).content(result, step=1)
+    TensorBoardWriter(writer).write(content)
+    said = "No unit of l has an IoU above its chance IoU (1 unit dissected)"
+    assert writer.texts["dissection/l/top_units"].startswith(said)  # words, not an empty table
+    # the one table every writer (W&B, MLflow, folder) writes: a single row that says it
+    table = content.tables["dissection/l/top_units"]
+    assert table.columns == ["note"] and len(table.rows) == 1 and table.rows[0][0].startswith(said)
     for kind in ("iou_heatmap", "unit_strips"):
         img = writer.images[f"dissection/l/{kind}"]
         assert (img == 255).all(0).float().mean() > 0.5 and (img < 100).all(0).any()  # dark text on white

@@ -43,7 +43,8 @@ def main() -> None:
     out = ROOT / "docs" / "images" / "unit_strips.png"
     out.write_bytes(encode_png(grid))
     for i, u in enumerate(chosen):
-        print(f"row {i + 1}: {layer} unit {u.unit} = {u.label} (IoU {u.iou:.2f}, chance {u.chance_iou:.2f})")
+        print(f"row {i + 1}: {layer} unit {u.unit} = {u.label} (IoU {u.iou:.2f}, chance {u.chance_iou:.2f}, "
+              f"excess {u.excess:.2f}, p {u.p_value:.2g})")
     print(f"wrote {out}")
 
 
