@@ -256,7 +256,7 @@ class DissectionConfig:
     interpretable: str = "significant"
     chance_ratio: float = 2.0
     min_excess: float = 0.05
-    max_p_value: float = 0.01
+    max_p_value: float = 0.001
     chance_groups: int = 12
     iqr_threshold: float = 0.01
     min_concept_fraction: float = 1e-3
@@ -313,7 +313,7 @@ class DissectionConfig:
 
         Examples:
             >>> DissectionConfig().rule().describe()
-            'label IoU > 0.04, excess over chance ≥ 0.05 and p ≤ 0.01'
+            'label IoU > 0.04, excess over chance ≥ 0.05 and p ≤ 0.001'
             >>> DissectionConfig(interpretable="paper", threshold_mode="iqr").rule().describe()
             'label IoU > 0.04 and IQR > 0.01'
         """

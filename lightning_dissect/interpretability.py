@@ -5,7 +5,7 @@ question, decided here and nowhere else. Three named rules:
 
 * ``"significant"`` (the default): the label IoU exceeds the cut-off, its *excess* over chance
   ``(IoU − chance) / (1 − chance)`` is at least ``min_excess`` (default 0.05), and the swap test
-  against chance gives ``p_value <= max_p_value`` (default 0.01). The chance IoU is the IoU of
+  against chance gives ``p_value <= max_p_value`` (default 0.001). The chance IoU is the IoU of
   the same masks against another image's segmentation; the excess scales the distance above it
   by what is still possible above it, so a perfect mask scores 1 for a concept of any size and a
   mask that knows nothing of its image (another image's mask, a fixed mask, noise) scores about
@@ -63,14 +63,14 @@ class InterpretabilityRule:
 
     Examples:
         >>> rule = InterpretabilityRule()
-        >>> rule(1.0, 0.674, p_value=0.001), rule(0.678, 0.668, p_value=0.2), rule(0.234, 0.234, p_value=0.6)
+        >>> rule(1.0, 0.674, p_value=0.00024), rule(0.678, 0.668, p_value=0.2), rule(0.234, 0.234, p_value=0.6)
         (True, False, False)
         >>> rule(0.3, 0.1, p_value=0.2)  # far above chance, but not surely: a lucky sample?
         False
         >>> InterpretabilityRule("paper")(0.678, 0.668)
         True
         >>> rule.describe()
-        'label IoU > 0.04, excess over chance ≥ 0.05 and p ≤ 0.01'
+        'label IoU > 0.04, excess over chance ≥ 0.05 and p ≤ 0.001'
     """
 
     name: str = "significant"
@@ -78,7 +78,7 @@ class InterpretabilityRule:
     chance_ratio: float = 2.0
     iqr_threshold: float | None = None
     min_excess: float = 0.05
-    max_p_value: float = 0.01
+    max_p_value: float = 0.001
 
     def __post_init__(self) -> None:
         if self.name not in INTERPRETABLE_RULES:
@@ -112,7 +112,7 @@ class InterpretabilityRule:
             chance_ratio=float(settings.get("chance_ratio", 2.0)),
             iqr_threshold=None if iqr is None else float(iqr),
             min_excess=float(settings.get("min_excess", 0.05)),
-            max_p_value=float(settings.get("max_p_value", 0.01)),
+            max_p_value=float(settings.get("max_p_value", 0.001)),
         )
 
     def __call__(

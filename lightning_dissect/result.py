@@ -121,11 +121,13 @@ _UNIT_FIELDS = tuple(f.name for f in fields(UnitDissection))
 def _unit_dict(unit: UnitDissection) -> dict[str, Any]:
     """``dataclasses.asdict`` of a unit record without its generic deep copy (a round has many).
 
-    The derived ``excess`` is written too (readers recompute it from ``iou`` and ``chance_iou``).
+    The derived ``excess`` is written too, to 6 decimals (readers recompute it from ``iou`` and
+    ``chance_iou``).
     """
     data = {name: getattr(unit, name) for name in _UNIT_FIELDS}
     data["top_images"] = [dict(image) for image in unit.top_images]
-    data["excess"] = unit.excess
+    excess = unit.excess
+    data["excess"] = None if excess is None else round(excess, 6)
     return data
 
 

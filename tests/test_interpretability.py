@@ -17,7 +17,7 @@ from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 from tests.helpers.painting import PaintingGenerator
 
 
-def reference(iou, chance, iqr, *, rule, cut, ratio, iqr_cut=None, p=None, excess=0.05, alpha=0.01) -> bool:
+def reference(iou, chance, iqr, *, rule, cut, ratio, iqr_cut=None, p=None, excess=0.05, alpha=0.001) -> bool:
     """The definition written out: IoU above the cut; IQR above its cut (iqr mode); for the ratio
     rule, IoU at least `ratio` times a measured chance IoU; for the default rule, the excess
     (IoU - chance) / (1 - chance) at least `excess` and a p-value of at most `alpha`."""
@@ -56,11 +56,11 @@ def test_the_cases_that_misled_are_not_interpretable_at_chance():
 def test_mask_and_call_match_the_definition(name, iqr_cut):
     rng = random.Random(7)
     rule = InterpretabilityRule(name, iou_threshold=0.04, chance_ratio=1.7, iqr_threshold=iqr_cut,
-                                min_excess=0.05, max_p_value=0.01)
+                                min_excess=0.05, max_p_value=0.001)
     iou = [rng.choice([0.0, 0.04, 0.05, 0.1, 0.3, 1.0, float("nan"), rng.random() * 0.2]) for _ in range(400)]
     chance = [rng.choice([0.0, 0.02, 0.05, 0.1, 0.7, rng.random() * 0.2]) for _ in range(400)]
     iqr = [rng.choice([0.0, 0.01, 0.02, rng.random() * 0.05]) for _ in range(400)]
-    p = [rng.choice([0.0002, 0.01, 0.011, 0.5, float("nan"), rng.random() * 0.03]) for _ in range(400)]
+    p = [rng.choice([0.0002, 0.001, 0.0011, 0.01, 0.5, float("nan"), rng.random() * 0.003]) for _ in range(400)]
     expected = [reference(i, c, q, rule=name, cut=0.04, ratio=1.7, iqr_cut=iqr_cut, p=pv)
                 for i, c, q, pv in zip(iou, chance, iqr, p)]
     got = rule.mask(torch.tensor(iou), torch.tensor(chance), torch.tensor(iqr), torch.tensor(p)).tolist()
