@@ -388,6 +388,17 @@ class LabelPaintedGenerator(nn.Module):
         self.size = world.image_size
         self.register_buffer("frequency", _concept_frequency(world, self.indices))
         self.units = nn.Identity()
+        self._scenes: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # index -> image, labels, noise
+
+    def _scene(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Images, labels and noise maps of scenes ``indices``, each drawn once (both passes reuse them)."""
+        missing = sorted({i for i in indices if i not in self._scenes})
+        if missing:
+            images, labels = self.world.render_indices(missing, seed=self.scene_seed)
+            noise = _noise_maps(missing, len(self.indices), self.size)
+            self._scenes.update({i: (images[k], labels[k], noise[k]) for k, i in enumerate(missing)})
+        found = [self._scenes[i] for i in indices]
+        return tuple(torch.stack(parts) for parts in zip(*found))  # type: ignore[return-value]
 
     @property
     def num_units(self) -> int:
@@ -405,11 +416,10 @@ class LabelPaintedGenerator(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         a, b = self.scenes(z)
-        images, labels = self.world.render_indices(a, seed=self.scene_seed)
-        _, other_labels = self.world.render_indices(b, seed=self.scene_seed)
+        images, labels, noise = self._scene(a)
+        other_labels = self._scene(b)[1]
         own = _masks_of(labels, self.indices)
         other = _masks_of(other_labels, self.indices)
-        noise = _noise_maps(a, len(self.indices), self.size)
         self.units(_label_units(own, other, self.frequency, noise).to(z.device))
         return images.to(z.device)
 
