@@ -123,6 +123,7 @@ def _check_both_ends(layer, painter):
             assert not u.interpretable, what
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_painted_generator_own_masks_count_other_fixed_and_noise_never(world, mode):
     painter = LabelPaintedGenerator(world)
@@ -136,6 +137,7 @@ def test_painted_generator_own_masks_count_other_fixed_and_noise_never(world, mo
     assert paper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_painted_reader_own_masks_count_other_fixed_and_noise_never(world, mode):
     images, _ = world.render(120, seed=3)

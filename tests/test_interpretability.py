@@ -63,10 +63,11 @@ def test_mask_and_call_match_the_definition(name, iqr_cut):
     p = [rng.choice([0.0002, 0.001, 0.0011, 0.01, 0.5, float("nan"), rng.random() * 0.003]) for _ in range(400)]
     expected = [reference(i, c, q, rule=name, cut=0.04, ratio=1.7, iqr_cut=iqr_cut, p=pv)
                 for i, c, q, pv in zip(iou, chance, iqr, p)]
-    got = rule.mask(torch.tensor(iou), torch.tensor(chance), torch.tensor(iqr), torch.tensor(p)).tolist()
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731  (values exactly as the reference has them)
+    got = rule.mask(f64(iou), f64(chance), f64(iqr), f64(p)).tolist()
     assert got == expected
     assert [rule(i, c, q, p_value=pv) for i, c, q, pv in zip(iou, chance, iqr, p)] == expected
-    no_chance = rule.mask(torch.tensor(iou), None, torch.tensor(iqr), torch.tensor(p)).tolist()
+    no_chance = rule.mask(f64(iou), None, f64(iqr), f64(p)).tolist()
     assert no_chance == [reference(i, None, q, rule=name, cut=0.04, ratio=1.7, iqr_cut=iqr_cut, p=pv)
                          for i, q, pv in zip(iou, iqr, p)]
 

@@ -44,8 +44,9 @@ def main() -> None:
     generator = LabelPaintedGenerator(world, CONCEPTS)
     segmenter = SyntheticSceneSegmenter(world)
     rules = {
-        "significant (default)": InterpretabilityRule(),
-        "p ≤ 0.01 alone": InterpretabilityRule(min_excess=0.0),
+        "significant (default: excess ≥ 0.05, p ≤ 0.001)": InterpretabilityRule(),
+        "significant with p ≤ 0.01": InterpretabilityRule(max_p_value=0.01),
+        "p ≤ 0.001 alone": InterpretabilityRule(min_excess=0.0),
         "excess ≥ 0.05 alone": InterpretabilityRule(max_p_value=1.0),
         "chance_ratio 2×": InterpretabilityRule("chance_ratio"),
         "paper (IoU > 0.04)": InterpretabilityRule("paper"),
@@ -84,13 +85,14 @@ def main() -> None:
                 print(f"| {mode} | {size} | {name} | " + " | ".join(cells) + " |")
     print()
     print("| mode | latents | units that know nothing of their image | excess: 99th percentile | max "
-          "| p ≤ 0.01 | p ≤ 0.05 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| p ≤ 0.001 | p ≤ 0.01 | p ≤ 0.05 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for key, values in null_excess.items():
         excess = torch.tensor(values, dtype=torch.float64)
         p = torch.tensor(null_p[key], dtype=torch.float64)
         print(f"| {key[0]} | {key[1]} | {len(values)} | {float(excess.quantile(0.99)):.3f} "
               f"| {float(excess.max()):.3f} "
+              f"| {100 * float((p <= 0.001).double().mean()):.1f} % "
               f"| {100 * float((p <= 0.01).double().mean()):.1f} % "
               f"| {100 * float((p <= 0.05).double().mean()):.1f} % |")
 

@@ -175,9 +175,9 @@ def unit_strip(images: Tensor) -> Tensor:
 
 
 def unit_label_lines(unit: UnitDissection) -> list[str]:
-    """The label of a unit's strip row, one part each: unit, concept, IoU, chance IoU, p-value.
+    """The label of a unit's strip row, one part each: unit, concept, IoU, chance IoU, excess, p-value.
 
-    The p-value against chance is shown where it was measured.
+    The excess over chance and the p-value against chance are shown where the p-value was measured.
 
     Examples:
         >>> u = UnitDissection(12, "sky", 1, "material", 0.2312, 0.1, 1.0, False, 0.1416)
@@ -185,12 +185,12 @@ def unit_label_lines(unit: UnitDissection) -> list[str]:
         ['unit 12', 'sky', 'IoU 0.231', 'chance 0.142', 'not interpretable']
         >>> u.p_value = 0.000244
         >>> unit_label_lines(u)[3:]
-        ['chance 0.142', 'p 0.00024', 'not interpretable']
+        ['chance 0.142', 'excess 0.104', 'p 0.00024', 'not interpretable']
     """
     chance = "–" if unit.chance_iou is None else f"{unit.chance_iou:.3f}"
     lines = [f"unit {unit.unit}", unit.label, f"IoU {unit.iou:.3f}", f"chance {chance}"]
-    if unit.p_value is not None:
-        lines.append(f"p {unit.p_value:.2g}")
+    if unit.p_value is not None and unit.excess is not None:
+        lines += [f"excess {unit.excess:.3f}", f"p {unit.p_value:.2g}"]
     return lines if unit.interpretable else [*lines, "not interpretable"]
 
 
