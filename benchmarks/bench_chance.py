@@ -59,17 +59,16 @@ def main(argv=None):
         common = dict(latent_shape=(generator.latent_dim,), num_samples=args.samples, batch_size=args.batch,
                       progress=False, threshold_mode=mode, **extra)
         settings = {
-            "no chance": lambda: dissect(generator, LAYERS, segmenter, chance_baseline=False, interpretable="paper",
-                                         **common),
-            "chance": lambda: dissect(generator, LAYERS, segmenter, interpretable="chance_ratio", **common),
-            "chance + groups": lambda: dissect(generator, LAYERS, segmenter, **common),
+            "no chance": dict(chance_baseline=False, interpretable="paper", **common),
+            "chance": dict(interpretable="chance_ratio", **common),
+            "chance + groups": dict(common),
         }
         best = dict.fromkeys(settings, float("inf"))
         for _ in range(args.repeats):
-            for name, run in settings.items():
+            for name, options in settings.items():
                 dissection.count_pass = _without_groups if name == "chance" else _COUNT_PASS
                 start = time.perf_counter()
-                run()
+                dissect(generator, LAYERS, segmenter, **options)
                 best[name] = min(best[name], time.perf_counter() - start)
         dissection.count_pass = _COUNT_PASS
         print(f"{mode}: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in best.items())
