@@ -148,6 +148,17 @@ def test_painted_reader_own_masks_count_other_fixed_and_noise_never(world, mode)
     _check_both_ends(result["units"], reader)
 
 
+def test_levels_chosen_on_a_held_out_bank_give_p_values_at_those_levels(world):
+    painter = LabelPaintedGenerator(world, ("sky", "sun", "roof"))
+    result = dissect(painter, ["units"], SyntheticSceneSegmenter(world), latent_shape=(2,), num_samples=96,
+                     batch_size=48, progress=False, threshold_mode="iqr", num_levels=16, level_selection_samples=48)
+    layer = result["units"]
+    for u in layer.units:
+        kind = LABEL_UNIT_KINDS[u.unit % 4]
+        assert u.interpretable == (kind == "own"), (kind, u)
+        assert (u.p_value == 2.0**-12) == (kind == "own")
+
+
 def test_p_values_and_badges_do_not_depend_on_the_batch_size(world):
     painter = LabelPaintedGenerator(world, ("sky", "sun", "roof"))
     segmenter = SyntheticSceneSegmenter(world)

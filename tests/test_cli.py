@@ -148,7 +148,8 @@ def test_every_config_field_has_its_option():
             "--num-samples", "7", "--batch-size", "3", "--seed", "5", "--threshold-mode", "iqr",
             "--quantile", "0.9", "--quantile-over", "raw", "--unit-area", "category", "--preset", "netdissect",
             "--num-levels", "9", "--level-selection-samples", "11", "--iou-threshold", "0.1",
-            "--interpretable", "paper", "--chance-ratio", "3",
+            "--interpretable", "paper", "--chance-ratio", "3", "--min-excess", "0.1", "--max-p-value", "0.05",
+            "--chance-groups", "8",
             "--iqr-threshold", "0.2", "--min-concept-fraction", "0.003",
             "--top-k", "4", "--visualize-units", "2", "--no-chance-baseline", "--relative-accuracy", "0.01",
             "--quiet", "--device", "cpu"]
@@ -158,7 +159,7 @@ def test_every_config_field_has_its_option():
         num_samples=7, batch_size=3, seed=5, threshold_mode="iqr", quantile=0.9, quantile_over="raw",
         unit_area="category", preset="netdissect", num_levels=9,
         level_selection_samples=11, iou_threshold=0.1, interpretable="paper", chance_ratio=3.0,
-        iqr_threshold=0.2, min_concept_fraction=0.003,
+        min_excess=0.1, max_p_value=0.05, chance_groups=8, iqr_threshold=0.2, min_concept_fraction=0.003,
         top_k=4, num_visualized_units=2, chance_baseline=False, relative_accuracy=0.01, progress=False,
         device="cpu",
     )

@@ -82,7 +82,7 @@ def test_wandb_table_has_a_unit_strip_in_each_row_at_the_runs_step(run):
     for layer in LAYERS:
         table, files = tables[f"dissection/{layer}/top_units"]
         assert table["columns"] == ["unit", "concept", "category", "interpretable", "IoU", "IQR", "threshold",
-                                    "chance IoU", "strip"]
+                                    "chance IoU", "excess", "p-value", "strip"]
         units = {u.unit: u for u in result[layer].units}
         assert 0 < len(table["data"]) <= 3
         for row in table["data"]:

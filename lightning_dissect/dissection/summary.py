@@ -149,7 +149,7 @@ def summarise_layer(
     label_chance = chance_iou[rows, label] if chance_iou is not None else None
     p_value = None
     if group_counts is not None:
-        p_value = _label_p_values(group_counts, counts, level if cfg.threshold_mode == "iqr" else None, label)
+        p_value = _label_p_values(group_counts, counts, at_level, label)
     interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr, p_value)
     unit_chance = label_chance.tolist() if label_chance is not None else [None] * units
     unit_p = p_value.tolist() if p_value is not None else [None] * units
