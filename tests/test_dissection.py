@@ -498,6 +498,8 @@ _BAD_SETTINGS = [
     ("level_selection_samples", 1.5, TypeError), ("iou_threshold", -0.1, ValueError),
     ("iou_threshold", True, TypeError), ("interpretable", "strict", ValueError),
     ("chance_ratio", 0.5, ValueError), ("chance_ratio", "2", TypeError), ("iqr_threshold", 1.0, ValueError),
+    ("min_excess", 1.5, ValueError), ("min_excess", "0.1", TypeError), ("max_p_value", -0.1, ValueError),
+    ("chance_groups", 1, ValueError), ("chance_groups", 17, ValueError), ("chance_groups", 2.5, TypeError),
     ("iqr_threshold", None, TypeError),
     ("min_concept_fraction", 2, ValueError), ("top_k", 0, ValueError), ("num_visualized_units", -1, ValueError),
     ("chance_baseline", 1, TypeError), ("relative_accuracy", 0, ValueError), ("progress", "no", TypeError),
