@@ -98,7 +98,7 @@ def _check_model_options(args: argparse.Namespace) -> None:
 
 
 #: How the pre-flight check of a network names the arguments it reports: as the options that gave them.
-_NETWORK_OPTIONS = {"layers": "--layers", "network": "--network", "transform": "--transform"}
+_NETWORK_OPTIONS = {"layers": "--layers", "network": "--network", "transform": "--transform", "selector": "--selector"}
 
 
 def prepare_network(args: argparse.Namespace) -> dict[str, Any]:

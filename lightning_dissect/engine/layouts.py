@@ -40,7 +40,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "LayerLayout",
+    "LayerShapeError",
     "LayoutError",
+    "LayoutReading",
     "MAX_PREFIX_TOKENS",
     "parse_layout",
     "parse_layouts",
@@ -63,6 +65,10 @@ _OPTION = (
 
 class LayoutError(ValueError):
     """A layer's output does not fit the declared layout, or its layout cannot be told from its shape."""
+
+
+class LayerShapeError(ValueError):
+    """A layer's output is not a ``(B, U, h, w)`` map of units (raised after a successful forward)."""
 
 
 @dataclass(frozen=True)
@@ -545,3 +551,60 @@ def channels_last_images_hint(shape: Sequence[int], what: str = "images") -> str
         f"{what} of shape {shape} look channels-last {form}, but images must be {wanted}: permute them with "
         f".permute{order}"
     )
+
+
+class LayoutReading:
+    """What a runner knows of its layers' layouts: declared by its selector, or resolved on first sight.
+
+    The runner (:class:`~lightning_dissect.engine.runner.ModuleRunner`) sets the attributes below
+    and says how a layer name becomes its module (:meth:`_layer`).
+    """
+
+    model: nn.Module
+    #: Picks the tensor of tuple/dict layer outputs; a :class:`LayerLayout` (or a mapping
+    #: ``layer -> selector``) declares where a layer's units are.
+    selector: Any
+    layouts: dict[str, LayerLayout]
+    layout_problems: dict[str, str]
+    _patch_size: int | None | bool
+
+    def _layer(self, name: str) -> nn.Module | None:
+        """The module of layer ``name`` (given by the runner)."""
+        raise NotImplementedError
+
+    def layout_of(self, layer: str) -> LayerLayout:
+        """The layout ``layer`` is read in: resolved, or as declared by the selector (``auto`` by default)."""
+        if layer in self.layouts:
+            return self.layouts[layer]
+        chosen = self.selector.get(layer) if isinstance(self.selector, Mapping) else self.selector
+        return chosen if isinstance(chosen, LayerLayout) else LayerLayout()
+
+    def _as_maps(self, name: str, value: Tensor, image_size: Sequence[int] | None, *, strict: bool) -> Tensor:
+        """``value`` as ``(B, U, h, w)`` maps in ``name``'s layout, resolving the layout on first sight.
+
+        A layout that cannot be resolved raises :class:`LayerShapeError` when ``strict``; otherwise
+        the output is returned as it is and the reason kept for :func:`_check_maps`.
+        """
+        layout = self.layouts.get(name)
+        if layout is None:
+            if self._patch_size is False:
+                self._patch_size = patch_size_of(self.model)
+            try:
+                layout = self.layout_of(name).resolve(
+                    value.shape, image_size=image_size, patch_size=self._patch_size or None,  # type: ignore[arg-type]
+                    module=self._layer(name), layer=name,
+                )
+            except LayoutError as err:
+                if strict:
+                    raise LayerShapeError(str(err)) from err
+                self.layout_problems[name] = str(err)
+                return value
+            self.layouts[name] = layout
+            self.layout_problems.pop(name, None)
+        try:
+            return layout.to_maps(value)
+        except RuntimeError as err:  # a later output of another shape than the first
+            raise LayerShapeError(
+                f"layer {name!r}: its output {tuple(value.shape)} does not fit the layout it was first read in "
+                f"({layout.spec}): {err}"
+            ) from err

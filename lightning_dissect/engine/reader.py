@@ -267,7 +267,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
             require_maps: Every layer must give ``(B, U, h, w)`` maps.
             edits: Also check that the layers take these edits.
             what: How the check is named in messages (unused: every problem names its argument).
-            names: How the arguments ``"layers"``, ``"network"`` and ``"transform"`` are named in
+            names: How the arguments ``"layers"``, ``"network"``, ``"transform"`` and ``"selector"`` are named in
                 messages (default: the argument quoted as code; ``"--layers"`` on the command line).
 
         Raises:
@@ -294,7 +294,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
                 ) from err
             if require_maps:
                 try:
-                    _check_maps(captured, self.layout_problems)
+                    _check_maps(captured, self.layout_problems, dict(names or {}).get("selector", "selector"))
                 except ValueError as err:
                     raise ValueError(f"{name['layers']}: {err}") from err
             if edits:

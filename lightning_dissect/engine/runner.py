@@ -30,7 +30,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from lightning_dissect._utils.checks import check_int
+from lightning_dissect._utils.checks import argument_name, check_int
 from lightning_dissect._utils.distributed import agree_on_failure, seeded_rng, world
 from lightning_dissect.engine.hooks import (
     LayerEdit,
@@ -41,14 +41,13 @@ from lightning_dissect.engine.hooks import (
     unwrap_model,
 )
 from lightning_dissect.engine.latents import batch_shard
-from lightning_dissect.engine.layouts import LayerLayout, LayoutError, patch_size_of
+from lightning_dissect.engine.layouts import LayerLayout, LayerShapeError, LayoutReading
 from lightning_dissect.segmenters.base import Segmenter, validate_images, validate_segmentation
 
 __all__ = [
     "Batch",
     "DryRunError",
     "LayerCallError",
-    "LayerShapeError",
     "ModuleRunner",
     "SampleSource",
     "SegmenterError",
@@ -57,10 +56,6 @@ __all__ = [
     "module_device",
     "module_dtype",
 ]
-
-
-class LayerShapeError(ValueError):
-    """A layer's output is not a ``(B, U, h, w)`` map of units (raised after a successful forward)."""
 
 
 class LayerCallError(ValueError, RuntimeError):
@@ -179,7 +174,7 @@ def module_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
-class ModuleRunner(abc.ABC, Generic[SourceT]):
+class ModuleRunner(LayoutReading, abc.ABC, Generic[SourceT]):
     """Runs a network on the samples of a :class:`SampleSource` with hooks and checks (see the module docs).
 
     Subclasses say how a batch of samples becomes images and activations (:meth:`read`) and how
@@ -316,42 +311,8 @@ class ModuleRunner(abc.ABC, Generic[SourceT]):
             _check_maps(activations, self.layout_problems)
         return output, activations
 
-    def layout_of(self, layer: str) -> LayerLayout:
-        """The layout ``layer`` is read in: resolved, or as declared by the selector (``auto`` by default)."""
-        if layer in self.layouts:
-            return self.layouts[layer]
-        chosen = self.selector.get(layer) if isinstance(self.selector, Mapping) else self.selector
-        return chosen if isinstance(chosen, LayerLayout) else LayerLayout()
-
-    def _as_maps(self, name: str, value: Tensor, image_size: Sequence[int] | None, *, strict: bool) -> Tensor:
-        """``value`` as ``(B, U, h, w)`` maps in ``name``'s layout, resolving the layout on first sight.
-
-        A layout that cannot be resolved raises :class:`LayerShapeError` when ``strict``; otherwise
-        the output is returned as it is and the reason kept for :func:`_check_maps`.
-        """
-        layout = self.layouts.get(name)
-        if layout is None:
-            if self._patch_size is False:
-                self._patch_size = patch_size_of(self.model)
-            try:
-                layout = self.layout_of(name).resolve(
-                    value.shape, image_size=image_size, patch_size=self._patch_size or None,  # type: ignore[arg-type]
-                    module=resolve_layer(self.model, name), layer=name,
-                )
-            except LayoutError as err:
-                if strict:
-                    raise LayerShapeError(str(err)) from err
-                self.layout_problems[name] = str(err)
-                return value
-            self.layouts[name] = layout
-            self.layout_problems.pop(name, None)
-        try:
-            return layout.to_maps(value)
-        except RuntimeError as err:  # a later output of another shape than the first
-            raise LayerShapeError(
-                f"layer {name!r}: its output {tuple(value.shape)} does not fit the layout it was first read in "
-                f"({layout.spec}): {err}"
-            ) from err
+    def _layer(self, name: str) -> nn.Module:
+        return resolve_layer(self.model, name)
 
     def _resolve_layouts(
         self,
@@ -591,10 +552,13 @@ def _image_size(output: Any) -> tuple[int, int] | None:
     return None
 
 
-def _check_maps(captured: Mapping[str, Tensor], problems: Mapping[str, str] | None = None) -> None:
+def _check_maps(
+    captured: Mapping[str, Tensor], problems: Mapping[str, str] | None = None, selector: str = "selector"
+) -> None:
     """Every captured output is a ``(B, U, h, w)`` map of units; raise :class:`LayerShapeError` otherwise.
 
-    ``problems``: why a layer's layout could not be resolved, reported first.
+    ``problems``: why a layer's layout could not be resolved, reported first. ``selector``: how the
+    hint names the selector argument (``"--selector"`` on the command line).
     """
     for name, value in captured.items():
         if value.ndim != 4:
@@ -602,7 +566,8 @@ def _check_maps(captured: Mapping[str, Tensor], problems: Mapping[str, str] | No
                 raise LayerShapeError(problems[name])
             raise LayerShapeError(
                 f"layer {name!r} output has shape {tuple(value.shape)}; dissection needs (B, U, h, w) feature maps, "
-                "(B, H, W, C) channels-last maps, (B, T, D) tokens or (B, U) unit vectors (pass a `selector` for "
+                "(B, H, W, C) channels-last maps, (B, T, D) tokens or (B, U) unit vectors (pass a "
+                f"{argument_name(selector)} for "
                 "tuple/dict outputs, or a LayerLayout to declare where the units are)"
             )
 
