@@ -83,6 +83,106 @@ def _rows(path: Path, argument: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _read_vocabulary(root: Path, categories: Sequence[str], root_name: str) -> ConceptVocabulary:
+    """One concept per ``label.csv`` number, each with its primary category (largest coverage) among ``categories``."""
+    labels = _rows(root / "label.csv", root_name)
+    numbers: dict[int, str] = {}
+    for line, row in enumerate(labels, start=2):
+        number = _integer(row, "number", root / "label.csv", line)
+        if number < 0 or number in numbers:
+            raise ValueError(
+                f"{root / 'label.csv'} line {line}: label number {number} is "
+                + ("negative" if number < 0 else "listed twice")
+            )
+        numbers[number] = row.get("name") or f"label {number}"
+    if not numbers:
+        raise ValueError(f"{root / 'label.csv'} lists no label")
+    size = max(numbers) + 1
+    coverage = [[0.0] * size for _ in categories]
+    member = [[False] * size for _ in categories]
+    for g, cat in enumerate(categories):
+        for line, row in enumerate(_rows(root / f"c_{cat}.csv", root_name), start=2):
+            n = _integer(row, "number", root / f"c_{cat}.csv", line)
+            if n < size:
+                member[g][n] = True
+                try:
+                    coverage[g][n] = float(row.get("coverage") or 0.0)
+                except ValueError:
+                    raise ValueError(
+                        f"{root / f'c_{cat}.csv'} line {line}: column `coverage` must be a number, "
+                        f"got {row.get('coverage')!r}"
+                    ) from None
+    names, cats = [], []
+    for n in range(size):
+        name = numbers.get(n, f"label {n}")
+        if n == 0:
+            names.append(name or "-")
+            cats.append(NO_CATEGORY)
+            continue
+        best = [(coverage[g][n], g) for g in range(len(categories)) if member[g][n]]
+        cats.append(categories[max(best)[1]] if best else NO_CATEGORY)
+        names.append(name if name not in names else f"{name} ({n})")
+    return ConceptVocabulary(tuple(names), tuple(cats), unlabeled_index=0)
+
+
+_Item = tuple[int, str, tuple[int, int], tuple[int, int], list[str | int]]
+
+
+def _read_index(
+    root: Path, categories: Sequence[str], size: int, split: str | None, root_name: str
+) -> list[_Item]:
+    """The ``index.csv`` rows with labels of ``categories``: ``(line, image, image size, label size, entries)``."""
+    items: list[_Item] = []
+    index = _rows(root / "index.csv", root_name)
+    if index:
+        missing = [c for c in (*_META, *categories) if c not in index[0]]
+        if missing:
+            raise ValueError(f"{root / 'index.csv'} lacks the column(s) {missing}")
+    for line, row in enumerate(index, start=2):
+        if None in row or None in row.values():  # csv.DictReader's marks of extra / missing fields
+            header = sum(key is not None for key in row)
+            fields = header - sum(value is None for value in row.values()) + len(row.get(None) or ())
+            raise ValueError(f"{root / 'index.csv'} line {line}: {fields} fields, the header has {header}")
+        if split is not None and row.get("split") != split:
+            continue
+        entries: list[str | int] = []
+        for cat in categories:
+            for part in (row.get(cat) or "").split(";"):
+                part = part.strip()
+                if not part:
+                    continue
+                if part.isdigit():
+                    value = int(part)
+                    if value >= size:
+                        raise ValueError(
+                            f"{root / 'index.csv'} line {line} ({row['image']}): image-level {cat} label "
+                            f"{value} is not in {root / 'label.csv'} (numbers 0..{size - 1})"
+                        )
+                    if value:
+                        entries.append(value)
+                else:
+                    entries.append(part)
+        if not entries:
+            continue  # no label of the chosen categories (NetDissect-Lite leaves these out)
+        index_path = root / "index.csv"
+        if not row.get("image"):
+            raise ValueError(f"{index_path} line {line}: column `image` is empty")
+        image_size = (_integer(row, "ih", index_path, line), _integer(row, "iw", index_path, line))
+        label_size = (_integer(row, "sh", index_path, line), _integer(row, "sw", index_path, line))
+        if min(*image_size, *label_size) < 1:
+            raise ValueError(
+                f"{index_path} line {line} ({row['image']}): sizes must be positive, got image {image_size}, "
+                f"segmentation {label_size}"
+            )
+        if image_size[0] % label_size[0] or image_size[1] % label_size[1]:
+            raise ValueError(
+                f"{root / 'index.csv'} line {line} ({row['image']}): segmentation size {label_size} is not "
+                f"an integer fraction of the image size {image_size}"
+            )
+        items.append((line, row["image"], image_size, label_size, entries))
+    return items
+
+
 class BrodenDataset(Dataset):
     """The images and labels of a Broden-format folder, with their :attr:`vocabulary`.
 
@@ -145,93 +245,9 @@ class BrodenDataset(Dataset):
                 )
             chosen = [c for c in available if c in chosen]  # category.csv order
         self.categories = tuple(chosen)
-        labels = _rows(self.root / "label.csv", root_name)
-        numbers: dict[int, str] = {}
-        for line, row in enumerate(labels, start=2):
-            number = _integer(row, "number", self.root / "label.csv", line)
-            if number < 0 or number in numbers:
-                raise ValueError(
-                    f"{self.root / 'label.csv'} line {line}: label number {number} is "
-                    + ("negative" if number < 0 else "listed twice")
-                )
-            numbers[number] = row.get("name") or f"label {number}"
-        if not numbers:
-            raise ValueError(f"{self.root / 'label.csv'} lists no label")
-        size = max(numbers) + 1
-        coverage = [[0.0] * size for _ in self.categories]
-        member = [[False] * size for _ in self.categories]
-        for g, cat in enumerate(self.categories):
-            for line, row in enumerate(_rows(self.root / f"c_{cat}.csv", root_name), start=2):
-                n = _integer(row, "number", self.root / f"c_{cat}.csv", line)
-                if n < size:
-                    member[g][n] = True
-                    try:
-                        coverage[g][n] = float(row.get("coverage") or 0.0)
-                    except ValueError:
-                        raise ValueError(
-                            f"{self.root / f'c_{cat}.csv'} line {line}: column `coverage` must be a number, "
-                            f"got {row.get('coverage')!r}"
-                        ) from None
-        names, cats = [], []
-        for n in range(size):
-            name = numbers.get(n, f"label {n}")
-            if n == 0:
-                names.append(name or "-")
-                cats.append(NO_CATEGORY)
-                continue
-            best = [(coverage[g][n], g) for g in range(len(self.categories)) if member[g][n]]
-            cats.append(self.categories[max(best)[1]] if best else NO_CATEGORY)
-            names.append(name if name not in names else f"{name} ({n})")
-        self.vocabulary = ConceptVocabulary(tuple(names), tuple(cats), unlabeled_index=0)
+        self.vocabulary = _read_vocabulary(self.root, self.categories, root_name)
         self.labels_source = f"{self.root / 'label.csv'} (--broden)"
-        self._items: list[tuple[int, str, tuple[int, int], tuple[int, int], list[str | int]]] = []
-        index = _rows(self.root / "index.csv", root_name)
-        if index:
-            missing = [c for c in (*_META, *self.categories) if c not in index[0]]
-            if missing:
-                raise ValueError(f"{self.root / 'index.csv'} lacks the column(s) {missing}")
-        for line, row in enumerate(index, start=2):
-            if None in row or None in row.values():  # csv.DictReader's marks of extra / missing fields
-                header = sum(key is not None for key in row)
-                fields = header - sum(value is None for value in row.values()) + len(row.get(None) or ())
-                raise ValueError(f"{self.root / 'index.csv'} line {line}: {fields} fields, the header has {header}")
-            if split is not None and row.get("split") != split:
-                continue
-            entries: list[str | int] = []
-            for cat in self.categories:
-                for part in (row.get(cat) or "").split(";"):
-                    part = part.strip()
-                    if not part:
-                        continue
-                    if part.isdigit():
-                        value = int(part)
-                        if value >= size:
-                            raise ValueError(
-                                f"{self.root / 'index.csv'} line {line} ({row['image']}): image-level {cat} label "
-                                f"{value} is not in {self.root / 'label.csv'} (numbers 0..{size - 1})"
-                            )
-                        if value:
-                            entries.append(value)
-                    else:
-                        entries.append(part)
-            if not entries:
-                continue  # no label of the chosen categories (NetDissect-Lite leaves these out)
-            index_path = self.root / "index.csv"
-            if not row.get("image"):
-                raise ValueError(f"{index_path} line {line}: column `image` is empty")
-            image_size = (_integer(row, "ih", index_path, line), _integer(row, "iw", index_path, line))
-            label_size = (_integer(row, "sh", index_path, line), _integer(row, "sw", index_path, line))
-            if min(*image_size, *label_size) < 1:
-                raise ValueError(
-                    f"{index_path} line {line} ({row['image']}): sizes must be positive, got image {image_size}, "
-                    f"segmentation {label_size}"
-                )
-            if image_size[0] % label_size[0] or image_size[1] % label_size[1]:
-                raise ValueError(
-                    f"{self.root / 'index.csv'} line {line} ({row['image']}): segmentation size {label_size} is not "
-                    f"an integer fraction of the image size {image_size}"
-                )
-            self._items.append((line, row["image"], image_size, label_size, entries))
+        self._items = _read_index(self.root, self.categories, len(self.vocabulary), split, root_name)
         if not self._items:
             raise ValueError(
                 f"{self.root / 'index.csv'} has no image with labels of the categories {list(self.categories)}"
