@@ -269,6 +269,11 @@ def add_generator_arguments(
             "generator.named_modules()), space- or comma-separated, e.g. block3 block4; a name "
             "prefixed with the generator's attribute (generator.block3) is accepted too" + layers_help,
         )
+    _add_latent_and_call_options(model)
+
+
+def _add_latent_and_call_options(model: Any) -> None:
+    """``--latent-dim``, ``--latent-shape``, ``--latent-sampler``, ``--generate``, ``--selector``, ``--layout``."""
     model.add_argument(
         "--latent-dim", type=positive_int, metavar="D",
         help="latent size, tried as (D,) then (D, 1, 1); default: the first of "
