@@ -341,20 +341,7 @@ def write_example_broden(
     categories = ("color", "object", "part", "scene")
     numbers = {cat: list(range(1 + g * concepts_per_category, 1 + (g + 1) * concepts_per_category))
                for g, cat in enumerate(categories)}
-    with (root / "category.csv").open("w", newline="") as f:
-        f.write("name,first,last,count,frequency\n")
-        for cat in categories:
-            f.write(f"{cat},{numbers[cat][0]},{numbers[cat][-1]},{concepts_per_category},{num_images}\n")
-    with (root / "label.csv").open("w", newline="") as f:
-        f.write("number,name,category,frequency,coverage,syns\n-\n".replace("-\n", "0,-,,0,0,\n"))
-        for cat in categories:
-            for j, n in enumerate(numbers[cat]):
-                f.write(f"{n},{cat}-{j},{cat}({j + 1}),1,1.0,\n")
-    for cat in categories:
-        with (root / f"c_{cat}.csv").open("w", newline="") as f:
-            f.write("code,number,name,frequency,coverage\n")
-            for j, n in enumerate(numbers[cat]):
-                f.write(f"{j + 1},{n},{cat}-{j},1,1.0\n")
+    _write_example_tables(root, numbers, num_images)
     ratio = image_size // label_size
     with (root / "index.csv").open("w", newline="") as f:
         f.write("image,split,ih,iw,sh,sw," + ",".join(categories) + "\n")
@@ -389,3 +376,23 @@ def write_example_broden(
             f.write(f"{stem}.jpg,train,{image_size},{image_size},{label_size},{label_size},"
                     f"{files['color']};{files['color2']},{files['object']},{part},{scene}\n")
     return root
+
+
+def _write_example_tables(root: Path, numbers: Mapping[str, list[int]], num_images: int) -> None:
+    """``category.csv``, ``label.csv`` and ``c_<category>.csv`` of :func:`write_example_broden`."""
+    categories = tuple(numbers)
+    concepts_per_category = len(next(iter(numbers.values())))
+    with (root / "category.csv").open("w", newline="") as f:
+        f.write("name,first,last,count,frequency\n")
+        for cat in categories:
+            f.write(f"{cat},{numbers[cat][0]},{numbers[cat][-1]},{concepts_per_category},{num_images}\n")
+    with (root / "label.csv").open("w", newline="") as f:
+        f.write("number,name,category,frequency,coverage,syns\n-\n".replace("-\n", "0,-,,0,0,\n"))
+        for cat in categories:
+            for j, n in enumerate(numbers[cat]):
+                f.write(f"{n},{cat}-{j},{cat}({j + 1}),1,1.0,\n")
+    for cat in categories:
+        with (root / f"c_{cat}.csv").open("w", newline="") as f:
+            f.write("code,number,name,frequency,coverage\n")
+            for j, n in enumerate(numbers[cat]):
+                f.write(f"{j + 1},{n},{cat}-{j},1,1.0\n")
