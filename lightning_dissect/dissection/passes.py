@@ -35,6 +35,7 @@ from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.metrics import UnitConceptIoU, UnitQuantiles
 from lightning_dissect.metrics.unit_concept_iou import GroupCounts
 from lightning_dissect.segmenters.base import Segmenter
+from lightning_dissect.vocabulary import ConceptVocabulary
 
 __all__ = ["ThresholdPass", "threshold_pass", "thresholds_from", "count_pass", "CountPass", "METRIC_THREADS"]
 
@@ -206,23 +207,8 @@ def count_pass(
     # thresholded once for the real and the paired labels
     frames: dict[int, Frame] = {}
     keep = set(keep)
-    metrics = {
-        name: UnitConceptIoU(
-            thresholds[name].shape[0],
-            vocabulary.num_concepts,
-            thresholds[name],
-            ignore_index=vocabulary.unlabeled_index,
-            validate_args=False,
-            paired=chance,
-            concept_categories=(
-                concept_category_index(vocabulary.categories, vocabulary.category_names)
-                if unit_area == "category" else None
-            ),
-            sample_groups=chance_groups if chance else None,
-            **runner.metric_options,
-        ).to(runner.device)
-        for name in layers
-    }
+    metrics = _count_metrics(runner, thresholds, vocabulary, chance=chance, chance_groups=chance_groups,
+                             unit_area=unit_area)
     task = progress.task(what, len(shard))
     labels_of: Callable[[int, Batch], Tensor]
     if cached is not None:
@@ -261,6 +247,35 @@ def count_pass(
     both = {n: metrics[n].counts_and_paired_counts() for n in layers}  # one sync per layer
     groups = {n: metrics[n].group_counts() for n in layers} if chance_groups else None
     return CountPass({n: c for n, (c, _) in both.items()}, {n: p for n, (_, p) in both.items()}, frames, groups)
+
+
+def _count_metrics(
+    runner: ModuleRunner[SourceT],
+    thresholds: dict[str, Tensor],
+    vocabulary: ConceptVocabulary,
+    *,
+    chance: bool,
+    chance_groups: int | None,
+    unit_area: str,
+) -> dict[str, UnitConceptIoU]:
+    """One :class:`UnitConceptIoU` per layer of ``thresholds``, on the runner's device (see :func:`count_pass`)."""
+    return {
+        name: UnitConceptIoU(
+            thresholds[name].shape[0],
+            vocabulary.num_concepts,
+            thresholds[name],
+            ignore_index=vocabulary.unlabeled_index,
+            validate_args=False,
+            paired=chance,
+            concept_categories=(
+                concept_category_index(vocabulary.categories, vocabulary.category_names)
+                if unit_area == "category" else None
+            ),
+            sample_groups=chance_groups if chance else None,
+            **runner.metric_options,
+        ).to(runner.device)
+        for name in thresholds
+    }
 
 
 def _labels(batch: Batch) -> Tensor:
