@@ -106,6 +106,50 @@ def _label_p_values(
     return swap_test_p_values(own_i, own_s, other_i, other_s, area)
 
 
+def _unit_records(
+    vocabulary: ConceptVocabulary,
+    label: Tensor,
+    unit_iou: Tensor,
+    unit_iqr: Tensor,
+    unit_thresholds: Tensor,
+    interpretable: Tensor,
+    label_chance: Tensor | None,
+    p_value: Tensor | None,
+    topk: tuple[Tensor, Tensor],
+) -> list[UnitDissection]:
+    """One :class:`UnitDissection` per unit, from the per-unit values :func:`summarise_layer` chose."""
+    units = label.shape[0]
+    unit_chance = label_chance.tolist() if label_chance is not None else [None] * units
+    unit_p = p_value.tolist() if p_value is not None else [None] * units
+    top_values, top_indices = (t.cpu().tolist() for t in topk)
+    names, categories = vocabulary.names, vocabulary.categories
+    return [
+        UnitDissection(
+            unit=u,
+            label=names[c],
+            concept_index=c,
+            category=categories[c],
+            iou=i,
+            iou_iqr=q,
+            level=t,
+            interpretable=bool(ok),
+            chance_iou=ch,
+            top_images=[{"index": int(j), "maxact": float(v)} for v, j in zip(top_values[u], top_indices[u])],
+            p_value=pv,
+        )
+        for u, c, i, q, t, ok, ch, pv in zip(
+            range(units),
+            label.tolist(),
+            unit_iou.tolist(),
+            unit_iqr.tolist(),
+            unit_thresholds.tolist(),
+            interpretable.tolist(),
+            unit_chance,
+            unit_p,
+        )
+    ]
+
+
 def summarise_layer(
     name: str,
     cfg: DissectionConfig,
@@ -151,33 +195,7 @@ def summarise_layer(
     if group_counts is not None:
         p_value = _label_p_values(group_counts, counts, at_level, label)
     interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr, p_value)
-    unit_chance = label_chance.tolist() if label_chance is not None else [None] * units
-    unit_p = p_value.tolist() if p_value is not None else [None] * units
-    top_values, top_indices = (t.cpu().tolist() for t in topk)
-    names, categories = vocabulary.names, vocabulary.categories
-    records = [
-        UnitDissection(
-            unit=u,
-            label=names[c],
-            concept_index=c,
-            category=categories[c],
-            iou=i,
-            iou_iqr=q,
-            level=t,
-            interpretable=bool(ok),
-            chance_iou=ch,
-            top_images=[{"index": int(j), "maxact": float(v)} for v, j in zip(top_values[u], top_indices[u])],
-            p_value=pv,
-        )
-        for u, c, i, q, t, ok, ch, pv in zip(
-            range(units),
-            label.tolist(),
-            unit_iou.tolist(),
-            unit_iqr.tolist(),
-            unit_thresholds.tolist(),
-            interpretable.tolist(),
-            unit_chance,
-            unit_p,
-        )
-    ]
+    records = _unit_records(
+        vocabulary, label, unit_iou, unit_iqr, unit_thresholds, interpretable, label_chance, p_value, topk
+    )
     return LayerDissection(name, records, iou.float(), chance_iou.float() if chance_iou is not None else None)
