@@ -42,27 +42,21 @@ def data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
 
 
-def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
-    """The FastAPI application of the paint page for ``painter``.
+def _json_error(status: int, message: str) -> Any:
+    """The JSON error response of the paint app: ``{"error": message}``."""
+    from fastapi.responses import JSONResponse
 
-    Routes: ``/`` (the page), ``/static/{index.html,paint.js,paint.css}``, ``GET /api/info``,
-    ``GET /api/units?layer=``, ``GET /api/concept-units?layer=&concept=&size=``,
-    ``GET /api/sample.png?seed=``, ``GET /api/strip.png?layer=&unit=``, ``POST /api/render``.
-    """
-    try:
-        from fastapi import FastAPI, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, Response
-        from starlette.concurrency import run_in_threadpool
-        from starlette.exceptions import HTTPException as StarletteHTTPException
-    except ImportError as err:  # pragma: no cover - exercised where the extra is missing
-        raise _missing_app_extra(err) from err
+    return JSONResponse({"error": message}, status_code=status)
 
-    app = FastAPI(title="lightning-dissect paint", docs_url=None, redoc_url=None, openapi_url=None)
-    files = resources.files("lightning_dissect.app") / "static"
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+def _add_error_handlers(app: Any) -> None:
+    """Every error of ``app`` answered as one JSON line (bad edits and requests 400, the generator's 500)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    error = _json_error
 
     @app.exception_handler(PaintError)
     async def paint_error(_request: Request, err: PaintError) -> JSONResponse:
@@ -81,6 +75,27 @@ def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, err: Exception) -> JSONResponse:
         return error(500, f"the generator failed on this request: {type(err).__name__}: {err}")
+
+
+def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
+    """The FastAPI application of the paint page for ``painter``.
+
+    Routes: ``/`` (the page), ``/static/{index.html,paint.js,paint.css}``, ``GET /api/info``,
+    ``GET /api/units?layer=``, ``GET /api/concept-units?layer=&concept=&size=``,
+    ``GET /api/sample.png?seed=``, ``GET /api/strip.png?layer=&unit=``, ``POST /api/render``.
+    """
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse, Response
+        from starlette.concurrency import run_in_threadpool
+    except ImportError as err:  # pragma: no cover - exercised where the extra is missing
+        raise _missing_app_extra(err) from err
+
+    app = FastAPI(title="lightning-dissect paint", docs_url=None, redoc_url=None, openapi_url=None)
+    files = resources.files("lightning_dissect.app") / "static"
+
+    error = _json_error
+    _add_error_handlers(app)
 
     def static(name: str) -> Response:
         if name not in STATIC_FILES:
