@@ -77,6 +77,34 @@ def _add_error_handlers(app: Any) -> None:
         return error(500, f"the generator failed on this request: {type(err).__name__}: {err}")
 
 
+def _static(files: Any, name: str) -> Any:
+    """The page's static file ``name`` (never cached: the page and its script change together)."""
+    from fastapi.responses import Response
+
+    if name not in STATIC_FILES:
+        raise PaintError(f"no such file: {name!r}")
+    return Response((files / name).read_bytes(), media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+def _png(image: Any) -> Any:
+    """``image`` as a PNG response (cached: a sample or a strip never changes for one painter)."""
+    from fastapi.responses import Response
+
+    return Response(encode_png(image), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+def _render_json(out: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """The JSON answer of ``POST /api/render`` for the painter's ``render`` output ``out``."""
+    return {
+        "seed": out["edit"].seed, "edit": out["edit"].to_dict(), "stats": out["stats"],
+        "original": data_url(out["original"]), "edited": data_url(out["edited"]),
+        "segmentation_original": data_url(out["segmentation_original"]),
+        "segmentation_edited": data_url(out["segmentation_edited"]),
+        "units": [{"layer": s.layer, "units": s.units, "mode": s.mode} for s in out["edit"].strokes],
+        "seconds": elapsed,
+    }
+
+
 def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
     """The FastAPI application of the paint page for ``painter``.
 
@@ -98,10 +126,7 @@ def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) 
     _add_error_handlers(app)
 
     def static(name: str) -> Response:
-        if name not in STATIC_FILES:
-            raise PaintError(f"no such file: {name!r}")
-        return Response((files / name).read_bytes(), media_type=STATIC_FILES[name],
-                        headers={"Cache-Control": "no-cache"})
+        return _static(files, name)
 
     @app.get("/")
     def index() -> Response:
@@ -127,18 +152,15 @@ def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) 
         return {"layer": layer, "concept": concept, "units": chosen, "source": source,
                 "default_size": painter.default_size(layer, concept)}
 
-    def png(image: Any) -> Response:
-        return Response(encode_png(image), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
-
     @app.get("/api/sample.png")
     async def sample(seed: int) -> Response:
         if not 0 <= seed < 2**63:
             raise PaintError(f"`seed` must be a non-negative integer, got {seed}")
-        return png(await run_in_threadpool(painter.sample_uint8, seed))
+        return _png(await run_in_threadpool(painter.sample_uint8, seed))
 
     @app.get("/api/strip.png")
     async def strip(layer: str, unit: int) -> Response:
-        return png(await run_in_threadpool(painter.strip, layer, unit))
+        return _png(await run_in_threadpool(painter.strip, layer, unit))
 
     @app.post("/api/render")
     async def render(request: Request) -> JSONResponse:
@@ -157,14 +179,7 @@ def create_app(painter: Painter, *, max_request_bytes: int = MAX_REQUEST_BYTES) 
         start = time.perf_counter()
         out = await run_in_threadpool(painter.render, payload)
         elapsed = time.perf_counter() - start
-        return JSONResponse({
-            "seed": out["edit"].seed, "edit": out["edit"].to_dict(), "stats": out["stats"],
-            "original": data_url(out["original"]), "edited": data_url(out["edited"]),
-            "segmentation_original": data_url(out["segmentation_original"]),
-            "segmentation_edited": data_url(out["segmentation_edited"]),
-            "units": [{"layer": s.layer, "units": s.units, "mode": s.mode} for s in out["edit"].strokes],
-            "seconds": elapsed,
-        })
+        return JSONResponse(_render_json(out, elapsed))
 
     return app
 
