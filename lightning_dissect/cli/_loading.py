@@ -148,7 +148,6 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
     factory is called without arguments, and a plain module gets the checkpoint's ``state_dict``.
     Errors name ``option``.
     """
-    import torch
     from torch import nn
 
     check_checkpoint(checkpoint)
@@ -194,23 +193,30 @@ def load_module(spec: str, checkpoint: str | None, device: str, option: str = "-
     if not isinstance(model, nn.Module):
         raise CLIError(f"{option}: {spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None and not loaded:
-        state = None
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-            model.load_state_dict(state)
-        except Exception as err:
-            hint = _prefix_hint(state, model) if isinstance(err, RuntimeError) else None
-            if hint is not None:
-                raise CheckpointError(
-                    f"--checkpoint: the state dict of {checkpoint} does not fit {spec}: {hint}"
-                ) from err
-            raise CheckpointError(
-                f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
-                f"{_checkpoint_error(checkpoint, err)}"
-            ) from err
+        _load_state_dict(model, checkpoint, spec)
     return model
+
+
+def _load_state_dict(model: Any, checkpoint: str, spec: str) -> None:
+    """Load ``checkpoint``'s state dict (or its ``state_dict`` entry) into ``model``; errors name ``--checkpoint``."""
+    import torch
+
+    state = None
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as err:
+        hint = _prefix_hint(state, model) if isinstance(err, RuntimeError) else None
+        if hint is not None:
+            raise CheckpointError(
+                f"--checkpoint: the state dict of {checkpoint} does not fit {spec}: {hint}"
+            ) from err
+        raise CheckpointError(
+            f"--checkpoint: loading the state dict of {checkpoint} into {spec} failed: "
+            f"{_checkpoint_error(checkpoint, err)}"
+        ) from err
 
 
 def _prefix_hint(state: Any, model: Any) -> str | None:
