@@ -134,11 +134,7 @@ def causal_units(
     points = _sizes(sizes, p.width)
     _dry_run(p)
     stats = _concept_statistics(p)
-    if stats.present_pixels == 0:
-        raise ValueError(
-            f"concept {p.concept_name!r} does not appear in any of the {stats.num_images} sample images: there "
-            "is nothing to remove or to learn from; choose a concept the generator draws, or more latents"
-        )
+    _require_concept(p, stats)
     alpha0 = _initial_alpha(iou)
     alpha, gradient, history, passes = _optimise(p, scores, stats, alpha0, steps, lr, l2)
     ranking = _ranking(alpha, gradient)
@@ -173,6 +169,15 @@ def causal_units(
 
 
 # ---------------------------------------------------------------------- checks
+def _require_concept(p: Prepared, stats: _Statistics) -> None:
+    """The concept must appear in the sample images: otherwise there is nothing to remove or to learn from."""
+    if stats.present_pixels == 0:
+        raise ValueError(
+            f"concept {p.concept_name!r} does not appear in any of the {stats.num_images} sample images: there "
+            "is nothing to remove or to learn from; choose a concept the generator draws, or more latents"
+        )
+
+
 def _check_settings(steps: Any, lr: Any, l2: Any) -> tuple[int, float, float]:
     """``steps`` in [1, 10000], ``lr`` in (0, 1], ``l2`` in [0, 1] (a wrong type is a ``TypeError``)."""
     steps = check_int(steps, "steps", minimum=1)
