@@ -117,6 +117,33 @@ def _rgb(value: float) -> str:
     return f"rgb({r},{g},{b})"
 
 
+def _colour_scale(sx: float, sy: float, scale_h: float, vmax: float, threshold: float | None) -> list[str]:
+    """The heatmap's fixed colour scale at ``(sx, sy)``: ``0 .. vmax`` labelled, ``threshold`` marked."""
+    parts: list[str] = []
+    steps = 25
+    for s in range(steps):
+        frac = 1 - (s + 0.5) / steps
+        parts.append(f'<rect x="{sx}" y="{sy + s * scale_h / steps:.1f}" width="12" '
+                     f'height="{scale_h / steps + 0.6:.1f}" fill="{_rgb(frac)}"/>')
+    ticks = [round(vmax * k / 5, 6) for k in range(6)]
+    for t in ticks:
+        ty = sy + scale_h * (1 - t / vmax)
+        label = f"≥ {t:g}" if t == ticks[-1] else f"{t:g}"
+        parts.append(f'<line x1="{sx + 12}" x2="{sx + 16}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                     'stroke="#5b6475" stroke-width="1"/>')
+        parts.append(_text(sx + 19, ty + 4, label, font_size="11", fill="#5b6475",
+                           class_="scale-tick"))
+    if threshold is not None and 0 < threshold < vmax:
+        ty = sy + scale_h * (1 - threshold / vmax)
+        parts.append(f'<line x1="{sx - 4}" x2="{sx + 16}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                     'stroke="#e03131" stroke-width="1.5"><title>interpretability cut-off: IoU > '
+                     f'{threshold:g}</title></line>')
+        parts.append(_text(sx + 48, ty + 4, "cut-off", font_size="10", fill="#e03131"))
+    parts.append(_text(sx + 6, sy - 8, "IoU", text_anchor="middle", font_size="11",
+                       fill="#5b6475"))
+    return parts
+
+
 def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int = 40,
                 max_concepts: int = 40, vmax: float = IOU_SCALE_MAX,
                 threshold: float | None = None) -> str:
@@ -166,28 +193,8 @@ def iou_heatmap(layer: LayerDissection, names: tuple[str, ...], max_units: int =
                 )
     # the fixed, labelled colour scale
     sx, sy = left + len(cols) * cell + 24, top_y
-    steps = 25
     scale_h = max(len(units) * cell, 120)
-    for s in range(steps):
-        frac = 1 - (s + 0.5) / steps
-        parts.append(f'<rect x="{sx}" y="{sy + s * scale_h / steps:.1f}" width="12" '
-                     f'height="{scale_h / steps + 0.6:.1f}" fill="{_rgb(frac)}"/>')
-    ticks = [round(vmax * k / 5, 6) for k in range(6)]
-    for t in ticks:
-        ty = sy + scale_h * (1 - t / vmax)
-        label = f"≥ {t:g}" if t == ticks[-1] else f"{t:g}"
-        parts.append(f'<line x1="{sx + 12}" x2="{sx + 16}" y1="{ty:.1f}" y2="{ty:.1f}" '
-                     'stroke="#5b6475" stroke-width="1"/>')
-        parts.append(_text(sx + 19, ty + 4, label, font_size="11", fill="#5b6475",
-                           class_="scale-tick"))
-    if threshold is not None and 0 < threshold < vmax:
-        ty = sy + scale_h * (1 - threshold / vmax)
-        parts.append(f'<line x1="{sx - 4}" x2="{sx + 16}" y1="{ty:.1f}" y2="{ty:.1f}" '
-                     'stroke="#e03131" stroke-width="1.5"><title>interpretability cut-off: IoU > '
-                     f'{threshold:g}</title></line>')
-        parts.append(_text(sx + 48, ty + 4, "cut-off", font_size="10", fill="#e03131"))
-    parts.append(_text(sx + 6, sy - 8, "IoU", text_anchor="middle", font_size="11",
-                       fill="#5b6475"))
+    parts.extend(_colour_scale(sx, sy, scale_h, vmax, threshold))
     width = sx + 90
     height = top_y + max(len(units) * cell, scale_h) + 10
     return (
