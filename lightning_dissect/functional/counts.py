@@ -547,6 +547,28 @@ def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
     return labels[:, first], inverse.view(1, -1)
 
 
+def _chunk_labels(
+    groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]], offsets: Sequence[int], rows: slice, counted: int
+) -> tuple[Tensor, Tensor | None]:
+    """The labels of images ``rows`` of every label group, shifted by the group's offset; their concept areas added.
+
+    Returns ``(labels, tuples)``: with several label layers (multi-labels, the paired or other label
+    sets) each pixel is counted once, by the tuple of its labels (``tuples``), and the tuples' counts
+    are spread over their concepts afterwards; otherwise ``tuples`` is ``None``.
+    """
+    shifted = []
+    for g, (counts, seg, concepts, ignore) in enumerate(groups):
+        labels = concept_labels(seg[rows], concepts, ignore)
+        counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
+        shifted.append(labels + offsets[g] if g else labels)
+    labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
+    compact = _label_tuples(labels, counted + 1)
+    if compact is None:
+        return labels, None
+    tuples, labels = compact
+    return labels, tuples
+
+
 def accumulate_unit_concept_counts(
     out: ConceptCounts,
     activations: Tensor,
@@ -646,18 +668,7 @@ def accumulate_unit_concept_counts(
         out.unit_area[part] += area
 
     for first in range(0, batch, images):
-        shifted = []
-        for g, (counts, seg, concepts, ignore) in enumerate(groups):
-            labels = concept_labels(seg[first : first + images], concepts, ignore)
-            counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
-            shifted.append(labels + offsets[g] if g else labels)
-        labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
-        # several label layers (multi-labels, the paired or other label sets): count each pixel once, by
-        # the tuple of its labels, then spread the tuples' counts over their concepts
-        tuples = None
-        compact = _label_tuples(labels, counted + 1)
-        if compact is not None:
-            tuples, labels = compact
+        labels, tuples = _chunk_labels(groups, offsets, slice(first, first + images), counted)
         # the level table of the whole layer, built once and shared by every step
         lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels)
         # one task per unit step: each writes its own rows of the counts
