@@ -547,6 +547,28 @@ def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
     return labels[:, first], inverse.view(1, -1)
 
 
+def _label_groups(
+    out: ConceptCounts,
+    segmentation: Tensor,
+    num_concepts: int,
+    ignore_index: int | None,
+    paired: tuple[ConceptCounts, Tensor] | None,
+    also: Sequence[tuple[ConceptCounts, Tensor, int, int | None]],
+) -> tuple[list[tuple[ConceptCounts, Tensor, int, int | None]], list[int]]:
+    """The label groups ``(counts, labels, concepts, ignored label)`` of one batch, and their offsets.
+
+    The groups share one histogram: group ``g``'s labels (its sink included) are shifted by ``offsets[g]``.
+    """
+    groups: list[tuple[ConceptCounts, Tensor, int, int | None]] = [(out, segmentation, num_concepts, ignore_index)]
+    if paired is not None:
+        groups.append((paired[0], paired[1], num_concepts, ignore_index))
+    groups.extend(also)
+    offsets = [0]
+    for _, _, concepts, _ in groups:
+        offsets.append(offsets[-1] + concepts + 1)
+    return groups, offsets
+
+
 def _chunk_labels(
     groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]], offsets: Sequence[int], rows: slice, counted: int
 ) -> tuple[Tensor, Tensor | None]:
@@ -624,16 +646,8 @@ def accumulate_unit_concept_counts(
         return
     size = tuple(segmentation.shape[-2:])
     pixels_per_image = size[0] * size[1]
-    # label groups: (counts, labels, concepts, ignored label)
-    groups: list[tuple[ConceptCounts, Tensor, int, int | None]] = [(out, segmentation, num_concepts, ignore_index)]
-    if paired is not None:
-        groups.append((paired[0], paired[1], num_concepts, ignore_index))
-    groups.extend(also)
+    groups, offsets = _label_groups(out, segmentation, num_concepts, ignore_index, paired, also)
     layers = sum(1 if seg.ndim == 3 else seg.shape[1] for _, seg, _, _ in groups)
-    # the label groups share one histogram: group g's labels (its sink included) are shifted by offsets[g]
-    offsets = [0]
-    for _, _, concepts, _ in groups:
-        offsets.append(offsets[-1] + concepts + 1)
     bins = 2 if thresholds.ndim == 1 else thresholds.shape[1] + 1
     # each worker holds one step's temporaries: the budget is shared among them
     workers = worker_count(activations.device)
