@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["INTERPRETABLE_RULES", "InterpretabilityRule"]
+__all__ = ["INTERPRETABLE_RULES", "InterpretabilityRule", "SmallSampleWarning"]
 
 INTERPRETABLE_RULES: dict[str, str] = {
     "significant": (
@@ -45,6 +45,14 @@ INTERPRETABLE_RULES: dict[str, str] = {
     "chance_ratio": "label IoU above the cut-off and at least `chance_ratio` × its chance IoU (earlier default)",
 }
 """The named rules: ``name -> what it asks``."""
+
+
+class SmallSampleWarning(UserWarning):
+    """The sample set is too small for the swap test to reach the rule's ``max_p_value``.
+
+    With ``k`` sample groups holding samples no p-value is below ``2^-k``; the ``"significant"``
+    rule then counts the units at that floor, and this warning says so.
+    """
 
 
 @dataclass(frozen=True)
@@ -123,11 +131,21 @@ class InterpretabilityRule:
         return bool(self.mask(as_tensor(iou), as_tensor(chance_iou), as_tensor(iqr), as_tensor(p_value))[0])  # type: ignore[arg-type]
 
     def mask(
-        self, iou: Tensor, chance_iou: Tensor | None, iqr: Tensor | None = None, p_value: Tensor | None = None
+        self,
+        iou: Tensor,
+        chance_iou: Tensor | None,
+        iqr: Tensor | None = None,
+        p_value: Tensor | None = None,
+        *,
+        p_floor: float | None = None,
     ) -> Tensor:
         """The rule over many units at once: a ``bool`` tensor the shape of ``iou``.
 
         Missing values (``None`` tensors, NaN entries) never pass a condition that needs them.
+        ``p_floor`` is the smallest p-value the sample can give (``2^-k`` with ``k`` sample groups
+        that hold samples); when it is above ``max_p_value``, a unit at that floor (it beats every
+        swap of the pairings) passes the significance condition, so a perfect detector still counts
+        on a set too small for the stated level (:func:`smallest_p_value` says when).
 
         Examples:
             >>> InterpretabilityRule().mask(torch.tensor([1.0, 0.678, 0.03]), torch.tensor([0.674, 0.668, 0.0]),
@@ -149,7 +167,8 @@ class InterpretabilityRule:
             return torch.zeros_like(out)
         room = 1.0 - chance_iou  # the excess over chance, as functional.chance.chance_excess computes it
         excess = torch.where(room > 0, (iou - chance_iou) / room.clamp(min=1e-300), torch.zeros_like(room))
-        return out & (excess >= self.min_excess) & (p_value.to(torch.float64) <= self.max_p_value)
+        limit = self.max_p_value if p_floor is None else max(self.max_p_value, p_floor * (1 + 1e-9))
+        return out & (excess >= self.min_excess) & (p_value.to(torch.float64) <= limit)
 
     def describe(self) -> str:
         """The rule in words, for reports and tables."""

@@ -13,12 +13,23 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_dissect import DissectionCallback, load_history
+from lightning_dissect import AblationCheck, DissectionCallback, DissectionConfig, load_history
 from lightning_dissect.engine.runner import DryRunError
 from lightning_dissect.segmenters import CallableSegmenter, SyntheticSceneSegmenter
 from tests.helpers.tiny_gan import TinyGAN, scene_loader
 
 LAYERS = ["layer1", "layer2"]
+
+
+def paper_rule_callback(**settings):
+    """The papers' fixed cut: a GAN trained an epoch or two has units to ablate under it."""
+    config = DissectionConfig(**{
+        "num_samples": 32, "batch_size": 16, "num_visualized_units": 3, "top_k": 2, "interpretable": "paper",
+        **settings,
+    })
+    return DissectionCallback(
+        LAYERS, SyntheticSceneSegmenter(16), dissection_config=config, ablation=AblationCheck(top_n=4, samples=8)
+    )
 
 
 def make_callback(**kwargs):
@@ -49,7 +60,7 @@ def fit(tmp_path, callbacks, max_epochs=1, seed=0, ckpt_path=None, model=None, l
 
 
 def test_logs_every_documented_tag(tmp_path):
-    callback = make_callback()
+    callback = paper_rule_callback()  # the ablation tags need a unit that counts
     trainer, _ = fit(tmp_path, [callback], max_epochs=2, enable_checkpointing=False)
     assert len(callback.history) == 2
     assert [e["global_step"] for e in callback.history] == [8, 16]  # 2 optimizer steps per batch
@@ -241,7 +252,7 @@ def test_ablation_check_logs_the_right_numbers(tmp_path):
     from lightning_dissect.engine.latents import LatentBank
     from lightning_dissect.interventions import ablation_check
 
-    callback = make_callback(num_samples=64, iou_threshold=0.0)  # every unit gets a label
+    callback = paper_rule_callback(num_samples=64, iou_threshold=0.0)  # every unit counts
     trainer, model = fit(tmp_path, [callback], max_epochs=1, enable_checkpointing=False)
     log_dir = trainer.logger.log_dir
     result = load_history(log_dir)[-1]

@@ -169,7 +169,9 @@ def test_info_units_and_strips(setup, client):
     units = client.get("/api/units", params={"layer": "layout"}).json()["units"]
     assert [u["label"] for u in units[:5]] == ["tree", "house", "water", "sun", "cloud"]
     assert units[0]["iou"] == pytest.approx(setup.result.layers["layout"].units[0].iou)
-    assert units[0]["uncertainty"] is None and units[0]["alpha"] == {}
+    first = setup.result.layers["layout"].units[0]
+    assert units[0]["uncertainty"] == {"p_value": first.p_value, "excess": pytest.approx(first.excess)}
+    assert units[0]["alpha"] == {}
     strip = client.get("/api/strip.png", params={"layer": "layout", "unit": 0})
     assert strip.status_code == 200 and strip.headers["content-type"] == "image/png"
     import io
@@ -195,8 +197,8 @@ def test_uncertainty_and_causal_alpha_are_shown_when_present(setup):
 
     result = copy.deepcopy(setup.result)
     unit = result.layers["layout"].units[0]
-    unit.iou_interval = (0.85, 0.95)  # what a result with per-unit uncertainty carries
     unit.p_value = 0.001
+    result.layers["layout"].units[1].p_value = None  # a result written before p-values were measured
     width = result.layers["layout"].num_units
     alpha = torch.tensor([0.9, 0.1, 0.0, 0.0, 0.6, 0.0][:width])
     causal = CausalUnits(layer="layout", concept="tree", concept_index=setup.world.vocabulary.index("tree"),
@@ -204,7 +206,7 @@ def test_uncertainty_and_causal_alpha_are_shown_when_present(setup):
                          gradient=torch.zeros(width), insertion_value=torch.ones(width), baseline=0.1)
     painter = Painter(setup.generator, result, setup.segmenter, causal=causal, statistics_samples=16)
     rows = painter.units_table("layout")
-    assert rows[0]["uncertainty"] == {"iou_interval": [0.85, 0.95], "p_value": 0.001}
+    assert rows[0]["uncertainty"] == {"p_value": 0.001, "excess": pytest.approx(unit.excess)}
     assert rows[1]["uncertainty"] is None  # not measured (a None p-value shows nothing)
     assert [r["alpha"]["tree"] for r in rows] == pytest.approx(alpha.tolist())
     assert painter.concept_units("layout", "tree") == ([0, 4], "causal")  # α >= 0.5: two units

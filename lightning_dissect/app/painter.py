@@ -40,10 +40,6 @@ __all__ = ["DEFAULT_UNITS", "MAX_UNITS", "PaintError", "Painter"]
 DEFAULT_UNITS = 20
 #: The largest unit set one stroke may edit by concept.
 MAX_UNITS = 512
-#: What every unit record holds besides an uncertainty (``iou_iqr`` is the information quality ratio).
-_PLAIN_FIELDS = {"unit", "label", "concept_index", "category", "iou", "iou_iqr", "level", "interpretable",
-                 "chance_iou", "top_images"}
-_UNCERTAINTY_HINTS = ("interval", "ci", "std", "stderr", "se", "p", "pvalue", "low", "high", "uncertainty")
 
 
 class PaintError(ValueError):
@@ -446,17 +442,10 @@ def _finite(value: Any) -> float | None:
 
 
 def _uncertainty(unit: UnitDissection) -> dict[str, Any] | None:
-    """The unit's IoU uncertainty fields, whatever the result's version calls them (``None``: none)."""
-    found: dict[str, Any] = {}
-    for name, value in vars(unit).items():
-        if name in _PLAIN_FIELDS:
-            continue
-        if any(h in name.lower().split("_") for h in _UNCERTAINTY_HINTS):
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value) is not None:
-                found[name] = _finite(value)
-            elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-                found[name] = [_finite(v) for v in value]
-    return found or None
+    """The unit's swap-test p-value and excess over chance (``None``: a result without them)."""
+    if unit.p_value is None:
+        return None
+    return {"p_value": _finite(unit.p_value), "excess": _finite(unit.excess)}
 
 
 def _fractions(labels: Tensor, region: Tensor, concept: int, name: str) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 from torch import Tensor
 
 from lightning_dissect.config import DissectionConfig
-from lightning_dissect.functional.chance import swap_test_p_values
+from lightning_dissect.functional.chance import smallest_p_value, swap_test_p_values
 from lightning_dissect.functional.counts import ConceptCounts
 from lightning_dissect.functional.scores import best_level_and_concept, iou_from_counts, iqr_from_counts, iqr_of_table
+from lightning_dissect.interpretability import SmallSampleWarning
 from lightning_dissect.metrics.unit_concept_iou import GroupCounts
 from lightning_dissect.result import LayerDissection, UnitDissection
 from lightning_dissect.vocabulary import ConceptVocabulary
@@ -106,6 +110,21 @@ def _label_p_values(
     return swap_test_p_values(own_i, own_s, other_i, other_s, area)
 
 
+def _p_floor(groups: GroupCounts, cfg: DissectionConfig) -> float:
+    """The smallest p-value this sample can give; warns when it is above the rule's ``max_p_value``."""
+    floor = smallest_p_value(groups.concept_area.cpu(), groups.paired_concept_area.cpu())
+    rule = cfg.rule()
+    if rule.name == "significant" and floor > rule.max_p_value:
+        warnings.warn(
+            f"the sample fills only {round(-math.log2(floor))} sample groups, so no unit can reach "
+            f"p <= {rule.max_p_value:g} (`max_p_value`); units at the smallest attainable p-value "
+            f"({floor:g}) count as significant. Dissect at least {cfg.chance_groups} samples for the stated level.",
+            SmallSampleWarning,
+            stacklevel=2,
+        )
+    return floor
+
+
 def _unit_records(
     vocabulary: ConceptVocabulary,
     label: Tensor,
@@ -191,10 +210,11 @@ def summarise_layer(
     at_level = level if cfg.threshold_mode == "iqr" and counts.intersection.ndim == 3 else None
     unit_iqr = _unit_iqr(counts, at_level, label)
     label_chance = chance_iou[rows, label] if chance_iou is not None else None
-    p_value = None
+    p_value, p_floor = None, None
     if group_counts is not None:
         p_value = _label_p_values(group_counts, counts, at_level, label)
-    interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr, p_value)
+        p_floor = _p_floor(group_counts, cfg)
+    interpretable = cfg.rule().mask(unit_iou, label_chance, unit_iqr, p_value, p_floor=p_floor)
     records = _unit_records(
         vocabulary, label, unit_iou, unit_iqr, unit_thresholds, interpretable, label_chance, p_value, topk
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_SAMPLE_GROUPS", "chance_excess", "sample_groups_of", "swap_test_p_values"]
+__all__ = ["MAX_SAMPLE_GROUPS", "chance_excess", "sample_groups_of", "smallest_p_value", "swap_test_p_values"]
 
 #: Largest number of sample groups: the swap test enumerates ``2^G`` subsets.
 MAX_SAMPLE_GROUPS = 16
@@ -59,6 +59,28 @@ def chance_excess(iou: Tensor, chance_iou: Tensor) -> Tensor:
 def _iou(i: Tensor, a: Tensor, s: Tensor) -> Tensor:
     union = a + s - i
     return torch.where(union > 0, i / union.clamp(min=1), torch.zeros_like(union))
+
+
+def smallest_p_value(concept_area: Tensor, paired_concept_area: Tensor) -> float:
+    """The smallest p-value the swap test can give: ``2^-k`` for ``k`` groups that hold samples.
+
+    A group holds samples when its segmentations (own or paired) have any pixel of any concept.
+    Swapping an empty group changes nothing, so with ``k`` filled groups at least ``2^(G-k)`` of
+    the ``2^G`` subsets tie with the observed statistic.
+
+    Args:
+        concept_area: ``(G, C)`` concept pixels of each group's own segmentations.
+        paired_concept_area: ``(G, C)`` the same for the paired segmentations.
+
+    Returns:
+        ``2^-k`` (``1.0`` when no group holds samples).
+
+    Examples:
+        >>> smallest_p_value(torch.tensor([[3, 1], [0, 0], [2, 0]]), torch.zeros(3, 2))
+        0.25
+    """
+    filled = (concept_area.sum(-1) + paired_concept_area.sum(-1)) > 0
+    return 2.0 ** -int(filled.sum())
 
 
 def swap_test_p_values(

@@ -404,14 +404,10 @@ async function loadUnitsTable() {
 }
 
 function formatUncertainty(u) {
-  if (!u) return "";
-  const parts = [];
-  for (const [key, value] of Object.entries(u)) {
-    if (Array.isArray(value) && value.length === 2) parts.push(`[${value.map((v) => v === null ? "–" : v.toFixed(3)).join(", ")}]`);
-    else if (typeof value === "number" && /(^|_)p(_|value|$)/.test(key)) parts.push(`p = ${value.toPrecision(2)}`);
-    else if (typeof value === "number") parts.push(`${key.replace(/^iou_/, "")} ${value.toFixed(3)}`);
-  }
-  return parts.join(" ");
+  if (!u || u.p_value === null || u.p_value === undefined) return "";
+  const parts = [`p = ${u.p_value.toPrecision(2)}`];
+  if (typeof u.excess === "number") parts.push(`excess ${u.excess.toFixed(3)}`);
+  return parts.join(" · ");
 }
 
 function drawUnitsTable() {
