@@ -138,7 +138,7 @@ class DissectionCallback(BaseDissectionCallback):
         dissection_config: The :class:`DissectionConfig` settings of a round, as a mapping of
             fields (over :data:`~lightning_dissect.config.CALLBACK_DEFAULTS`: 512 samples, batch
             64, ...) or a whole :class:`DissectionConfig`.
-        \**deprecated: The keyword arguments of the previous release (``num_samples``, ``seed``,
+        **deprecated: The keyword arguments of the previous release (``num_samples``, ``seed``,
             ... of :data:`CONFIG_ARGUMENTS`; ``ablation_check``, ``ablation_top_n``,
             ``ablation_samples``; ``causal_concepts``, ``causal_every_n_rounds``,
             ``causal_layer``, ``causal_samples``, ``causal_options``): still taken, with a

@@ -85,7 +85,7 @@ class ImageDissectionCallback(BaseDissectionCallback):
         dissection_config: The :class:`~lightning_dissect.config.DissectionConfig` settings of a
             round (``batch_size``, ``threshold_mode``, ``quantile``, ...), as a mapping of fields
             or a whole :class:`~lightning_dissect.config.DissectionConfig`.
-        \**deprecated: The keyword arguments of the previous release (``batch_size``,
+        **deprecated: The keyword arguments of the previous release (``batch_size``,
             ``threshold_mode``, ``quantile``, ``iou_threshold``, ``num_visualized_units``,
             ``top_k``): still taken, with a ``DeprecationWarning``.
 
