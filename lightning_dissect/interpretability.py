@@ -149,7 +149,7 @@ class InterpretabilityRule:
 
         Examples:
             >>> InterpretabilityRule().mask(torch.tensor([1.0, 0.678, 0.03]), torch.tensor([0.674, 0.668, 0.0]),
-            ...                             p_value=torch.tensor([0.001, 0.3, 0.001]))
+            ...                             p_value=torch.tensor([0.0002, 0.3, 0.0002]))
             tensor([ True, False, False])
         """
         iou = iou.to(torch.float64)

@@ -8,6 +8,7 @@ fails (the package is installed, so torchmetrics is imported first, then matplot
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,8 @@ def test_plot_doctests_without_matplotlib(tmp_path, require):
     tail = out.stdout[-3000:] + out.stderr[-2000:]
     if require:
         assert out.returncode == 1, tail
-        assert "3 failed, 5 passed" in tail and "ModuleNotFoundError" in tail, tail
+        # the three plot examples fail; every other example of those modules still passes
+        assert re.search(r"\b3 failed, \d+ passed", tail) and "ModuleNotFoundError" in tail, tail
     else:
         assert out.returncode == 0, tail
         assert "3 skipped" in tail and "could not import 'matplotlib'" in tail, tail
