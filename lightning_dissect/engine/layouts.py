@@ -29,6 +29,7 @@ Examples:
 
 from __future__ import annotations
 
+import abc
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -568,9 +569,9 @@ class LayoutReading:
     layout_problems: dict[str, str]
     _patch_size: int | None | bool
 
+    @abc.abstractmethod
     def _layer(self, name: str) -> nn.Module | None:
         """The module of layer ``name`` (given by the runner)."""
-        raise NotImplementedError
 
     def layout_of(self, layer: str) -> LayerLayout:
         """The layout ``layer`` is read in: resolved, or as declared by the selector (``auto`` by default)."""
