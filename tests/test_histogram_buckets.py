@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_dissect.functional.quantiles import LogHistogramSpec, unit_histogram
+from lightning_dissect.functional.quantiles import (
+    LogHistogramSpec,
+    accumulate_anchored_histogram,
+    anchored_spec,
+    magnitude_exponents,
+    unit_histogram,
+)
 
 
 def loop_histogram(values: np.ndarray, spec: LogHistogramSpec):
@@ -48,3 +54,31 @@ def test_unit_histogram_matches_loop(gen, spec):
         counts, overflow = unit_histogram(values, spec, chunk_elements=chunk)
         np.testing.assert_array_equal(counts.numpy(), want_counts)
         np.testing.assert_array_equal(overflow.numpy(), want_overflow)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_anchored_histogram_matches_loop_on_exactly_scaled_values(gen, dtype):
+    """The fused anchored histogram equals the loop over ``x * 2**-e``, scaled exactly in float64."""
+    spec = anchored_spec(dynamic_range=2.0**40)
+    scales = [2.0**-130, 1e-30, 1e-7, 1.0, 3.0, 1e12, 2.0**100]  # the first reaches into subnormals
+    rows = []
+    for scale in scales:
+        row = torch.randn(200, generator=gen, dtype=torch.float64) * scale
+        row[torch.rand(200, generator=gen) < 0.3] = 0.0
+        row[::17] = row[::17] * 2.0**-45  # below the window of the row's largest value
+        rows.append(row)
+    values = torch.stack(rows).to(dtype)
+    values[1, 3] = -0.0
+    values[4, 5], values[5, 6] = float("inf"), float("-inf")
+    exponents = magnitude_exponents(values.float())
+    scaled = values.double().numpy() * np.exp2(-exponents.double().numpy())[:, None]  # exact
+    want_counts, want_overflow = loop_histogram(scaled, spec)
+    counts = torch.zeros(len(scales), spec.num_buckets, dtype=torch.int64)
+    overflow = torch.zeros(len(scales), dtype=torch.int64)
+    for start in range(0, len(scales), 3):  # several calls add up
+        accumulate_anchored_histogram(values[start : start + 3], exponents[start : start + 3], spec,
+                                      counts[start : start + 3], overflow[start : start + 3])
+    np.testing.assert_array_equal(counts.numpy(), want_counts)
+    np.testing.assert_array_equal(overflow.numpy(), want_overflow)
+    accumulate_anchored_histogram(values, exponents, spec, counts, overflow)
+    np.testing.assert_array_equal(counts.numpy(), 2 * want_counts)

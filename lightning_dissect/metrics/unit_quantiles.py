@@ -16,10 +16,10 @@ from lightning_dissect.config import DissectionConfig
 from lightning_dissect.functional.quantiles import (
     ANCHOR_UNSET,
     LogHistogramSpec,
+    accumulate_anchored_histogram,
     anchored_spec,
     magnitude_exponents,
     quantiles_from_histogram,
-    scale_by_exponents,
     shift_histogram,
     unit_histogram,
 )
@@ -170,9 +170,10 @@ class UnitQuantiles(SumStateMetric):
         """Raise each unit's anchor to at least ``exponents`` (moving its counts down)."""
         stored = torch.where(exponents == ANCHOR_UNSET, torch.zeros_like(exponents), exponents - ANCHOR_UNSET)
         target = torch.maximum(self.anchor, stored.to(self.anchor.device))
-        if torch.equal(target, self.anchor):
-            return
-        self.histogram = self._align(self.histogram, self.anchor, target)
+        # only units that have counts and whose anchor rises move (most keep theirs after a few batches)
+        moved = ((target != self.anchor) & (self.anchor != 0)).nonzero().flatten()
+        if len(moved):
+            self.histogram[moved] = self._align(self.histogram[moved], self.anchor[moved], target[moved])
         self.anchor = target
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
@@ -249,7 +250,8 @@ class UnitQuantiles(SumStateMetric):
             values = activations.T
             if self.anchored:
                 self._raise_anchor(magnitude_exponents(values))
-                values = scale_by_exponents(values, self._exponents())
+                accumulate_anchored_histogram(values, self._exponents(), self.spec, self.histogram, self.overflow)
+                return
             counts, overflow = unit_histogram(values, self.spec)
             self.histogram += counts
             self.overflow += overflow
@@ -267,11 +269,15 @@ class UnitQuantiles(SumStateMetric):
 
         def add(start: int) -> None:  # one unit group; the groups write disjoint rows
             values = upsample_units_first(activations[:, start : start + step], size)
+            rows = slice(start, start + step)
             if self.anchored:
-                values = scale_by_exponents(values, exponents[start : start + step])
+                accumulate_anchored_histogram(
+                    values, exponents[rows], self.spec, self.histogram[rows], self.overflow[rows]
+                )
+                return
             counts, overflow = unit_histogram(values, self.spec)
-            self.histogram[start : start + step] += counts
-            self.overflow[start : start + step] += overflow
+            self.histogram[rows] += counts
+            self.overflow[rows] += overflow
 
         run_tasks(
             [partial(add, start) for start in range(0, self.num_units, step)],
