@@ -137,6 +137,43 @@ def test_counts_multi_label_match_reference(gen, levels, ignore_index):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("levels", [None, 3])
+@pytest.mark.parametrize("ignore_index", [None, 0, 255])
+@pytest.mark.parametrize("on", ["few", "many"])
+def test_counts_wide_label_space_match_reference(gen, levels, ignore_index, on):
+    """A few of 300 concepts in the batch, own and paired labels: counted per label present."""
+    from lightning_dissect.functional.counts import ConceptCounts, accumulate_unit_concept_counts
+
+    concepts = 300
+    acts = dyadic_activations(gen, (3, 4, 4, 4))
+    if on == "few":  # most (unit, pixel) pairs off: the path that counts the on pixels alone
+        acts = torch.where(acts > 3, acts, torch.zeros_like(acts))
+    present = torch.tensor([0, 7, 150, 151, 299])
+    seg = present[torch.randint(0, 5, (3, 2, 8, 8), generator=gen)]
+    seg[:, 1, :2] = seg[:, 0, :2]  # the same concept twice in a pixel counts once
+    other = present[torch.randint(0, 5, (3, 2, 8, 8), generator=gen)]
+    if ignore_index == 255:
+        seg[:, 1, :, :3] = 255
+        other[:, 0, :, 5:] = 255
+    thresholds = thresholds_with_ties(4, levels)
+    levels_shape = () if levels is None else (levels,)
+
+    def empty():
+        return ConceptCounts(
+            torch.zeros(4, *levels_shape, concepts, dtype=torch.int64),
+            torch.zeros(4, *levels_shape, dtype=torch.int64),
+            torch.zeros(concepts, dtype=torch.int64), torch.zeros((), dtype=torch.int64),
+        )
+
+    own, paired = empty(), empty()
+    accumulate_unit_concept_counts(own, acts, seg, thresholds, concepts, ignore_index=ignore_index,
+                                   paired=(paired, other))
+    assert_counts_equal(own, ref.counts(acts.numpy(), seg.numpy(), thresholds.numpy(), concepts, ignore_index))
+    expected = ref.counts(acts.numpy(), other.numpy(), thresholds.numpy(), concepts, ignore_index)
+    np.testing.assert_array_equal(paired.intersection.numpy(), expected["intersection"])
+    np.testing.assert_array_equal(paired.concept_area.numpy(), expected["concept_area"])
+
+
 def test_counts_relu_zeros_threshold_zero(gen):
     acts = torch.randn(2, 3, 4, 4, generator=gen).relu()
     acts[:, 0] = 0.0  # a dead unit: never on at threshold 0

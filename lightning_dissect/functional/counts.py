@@ -516,6 +516,45 @@ def _plan_chunks(
     return images, unit_step
 
 
+# Labels of a chunk are renumbered densely when at most one label value in this many of the label
+# space occurs in the chunk (wide label spaces: the sample groups of the chance baseline, thousands
+# of concepts): the counts then take a histogram of the values present, not of the whole space.
+_SPARSE_LABEL_FRACTION = 4
+
+
+class _LabelValues(NamedTuple):
+    """A chunk's labels renumbered densely: where each group's present labels go.
+
+    ``spans[g] = (first, end, columns)``: values ``first:end`` of the dense numbering are group
+    ``g``'s concepts ``columns`` (sinks left out).
+    """
+
+    count: int
+    spans: list[tuple[int, int, Tensor]]
+
+
+def _label_values(
+    labels: Tensor, width: int, groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]], offsets: Sequence[int]
+) -> tuple[Tensor, _LabelValues] | None:
+    """``labels`` ``(L, P)`` in ``[0, width)`` renumbered by the rank of their value among the values present.
+
+    ``None`` when the values present fill more than one in :data:`_SPARSE_LABEL_FRACTION` of the
+    width (renumbering would save little).
+    """
+    present = torch.zeros(width, dtype=torch.bool, device=labels.device)
+    present[labels.reshape(-1)] = True
+    values = present.nonzero().view(-1)
+    if values.numel() * _SPARSE_LABEL_FRACTION > width:
+        return None
+    rank = torch.zeros(width, dtype=labels.dtype, device=labels.device)
+    rank[values] = torch.arange(values.numel(), dtype=labels.dtype, device=labels.device)
+    bounds = torch.searchsorted(
+        values, torch.tensor([[o, o + c] for o, (_, _, c, _) in zip(offsets, groups)], device=values.device)
+    ).tolist()
+    spans = [(lo, hi, values[lo:hi] - offsets[g]) for g, (lo, hi) in enumerate(bounds)]
+    return rank[labels], _LabelValues(values.numel(), spans)
+
+
 def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
     """The distinct label tuples ``(L, T)`` of ``(L, P)`` labels and each pixel's tuple ``(1, P)``.
 
@@ -571,12 +610,14 @@ def _label_groups(
 
 def _chunk_labels(
     groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]], offsets: Sequence[int], rows: slice, counted: int
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, _LabelValues | None]:
     """The labels of images ``rows`` of every label group, shifted by the group's offset; their concept areas added.
 
-    Returns ``(labels, tuples)``: with several label layers (multi-labels, the paired or other label
-    sets) each pixel is counted once, by the tuple of its labels (``tuples``), and the tuples' counts
-    are spread over their concepts afterwards; otherwise ``tuples`` is ``None``.
+    Returns ``(labels, tuples, values)``: when the labels present are few next to the label space
+    (``values``), they are renumbered densely and the counts of each value are added to its
+    concept afterwards; otherwise, with several label layers (multi-labels, the paired or other
+    label sets) each pixel is counted once, by the tuple of its labels (``tuples``), and the
+    tuples' counts are spread over their concepts afterwards; otherwise both are ``None``.
     """
     shifted = []
     for g, (counts, seg, concepts, ignore) in enumerate(groups):
@@ -584,11 +625,14 @@ def _chunk_labels(
         counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
         shifted.append(labels + offsets[g] if g else labels)
     labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
+    dense = _label_values(labels, counted + 1, groups, offsets)
+    if dense is not None:
+        return dense[0], None, dense[1]
     compact = _label_tuples(labels, counted + 1)
     if compact is None:
-        return labels, None
+        return labels, None, None
     tuples, labels = compact
-    return labels, tuples
+    return labels, tuples, None
 
 
 def accumulate_unit_concept_counts(
@@ -659,19 +703,28 @@ def accumulate_unit_concept_counts(
     value_dtype = activations.dtype if activations.dtype in (torch.float32, torch.float64) else torch.float32
     all_levels = _thresholds_as(thresholds, value_dtype)
 
-    def step(first: int, labels: Tensor, tuples: Tensor | None, lookup: _LevelLookup | None, start: int) -> None:
+    def step(
+        first: int, labels: Tensor, tuples: Tensor | None, dense: _LabelValues | None, lookup: _LevelLookup | None,
+        start: int,
+    ) -> None:
         part = slice(start, start + unit_step)
         values = upsample_units_first(activations[first : first + images, part], size)
         if values.dtype not in (torch.float32, torch.float64):
             values = values.to(torch.float32)
         levels = all_levels[part]
-        columns = counted if tuples is None else tuples.shape[1]
+        columns = dense.count if dense is not None else counted if tuples is None else tuples.shape[1]
         if single:
             inter, area = _counts_single_level(values, levels, labels, columns, chunk_elements)
         else:
             table = lookup if values.dtype == torch.float32 else None
             inter, area = _counts_multi_level(values, levels, labels, columns, chunk_elements, table, start)
         del values
+        if dense is not None:  # counts per value present -> counts of its concept, group by group
+            for (counts, _seg, _concepts, _ignore), (lo, hi, columns_of) in zip(groups, dense.spans):
+                if hi > lo:
+                    counts.intersection[part].index_add_(-1, columns_of, inter[..., lo:hi])
+            out.unit_area[part] += area
+            return
         if tuples is not None:  # counts per label tuple -> counts per concept of every layer
             per_tuple = inter
             inter = per_tuple.new_zeros(*per_tuple.shape[:-1], counted + 1)
@@ -682,12 +735,13 @@ def accumulate_unit_concept_counts(
         out.unit_area[part] += area
 
     for first in range(0, batch, images):
-        labels, tuples = _chunk_labels(groups, offsets, slice(first, first + images), counted)
+        labels, tuples, dense = _chunk_labels(groups, offsets, slice(first, first + images), counted)
         # the level table of the whole layer, built once and shared by every step
         lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels)
         # one task per unit step: each writes its own rows of the counts
         run_tasks(
-            [partial(step, first, labels, tuples, lookup, start) for start in range(0, units, unit_step)], workers
+            [partial(step, first, labels, tuples, dense, lookup, start) for start in range(0, units, unit_step)],
+            workers,
         )
     out.total.add_(batch * pixels_per_image)
 
