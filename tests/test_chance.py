@@ -1,7 +1,7 @@
 """The two ends of "interpretable", and the p-value against chance behind the default rule.
 
 * the swap test's p-values equal a brute-force enumeration of swapped pairings computed from the
-  pixels with plain NumPy;
+  pixels with plain NumPy, and one from the group counts in plain Python;
 * units painted from the synthetic world's own labels, for eight concepts from 0.1 % to 44 % of
   the pixels, in a generator and in a reader, in both threshold modes: each concept's own mask is
   interpretable, another image's mask, a fixed map and noise never are;
@@ -94,6 +94,48 @@ def test_swap_test_equals_brute_force_enumeration_over_pixels(groups):
     expected = brute_force_p_values(acts > thresholds[None, :, None, None], labels, groups)
     np.testing.assert_array_equal(got, expected)
     assert got[0, 1] == 2.0**-groups  # the unit that follows its own image: only the identity is as high
+
+
+def brute_force_p_values_from_counts(own_i, own_s, other_i, other_s, area) -> np.ndarray:
+    """p per row by enumerating all ``2^G`` subsets of swapped groups from the ``(n, G)`` counts, in Python."""
+    n, groups = own_i.shape
+    out = np.zeros(n)
+    for u in range(n):
+        values = []
+        for subset in range(1 << groups):
+            swapped = [(subset >> g) & 1 for g in range(groups)]
+            mine = [(other_i if s else own_i)[u, g] for g, s in enumerate(swapped)], \
+                [(other_s if s else own_s)[u, g] for g, s in enumerate(swapped)]
+            theirs = [(own_i if s else other_i)[u, g] for g, s in enumerate(swapped)], \
+                [(own_s if s else other_s)[u, g] for g, s in enumerate(swapped)]
+            a = float(area[u])
+            values.append(_np_iou(float(sum(int(v) for v in mine[0])), a, float(sum(int(v) for v in mine[1])))
+                          - _np_iou(float(sum(int(v) for v in theirs[0])), a, float(sum(int(v) for v in theirs[1]))))
+        observed = values[0]
+        out[u] = np.mean(np.array(values) >= observed - 1e-12 * max(1.0, abs(observed)))
+    return out
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4, 7, 10])
+def test_swap_test_equals_brute_force_enumeration_over_counts(groups):
+    """Large counts, ties (groups whose two pairings agree, empty groups), dead units, odd and even G."""
+    rng = np.random.default_rng(100 + groups)
+    n = 24
+    own_s = rng.integers(0, 10**9, (n, groups))
+    other_s = rng.integers(0, 10**9, (n, groups))
+    other_s[: n // 3, ::2] = own_s[: n // 3, ::2]  # pairings that agree in every other group
+    own_s[:, 1::3] = other_s[:, 1::3] = 0  # groups without the concept
+    area = rng.integers(0, 10**9, n) * groups
+    own_i = np.minimum(own_s, rng.integers(0, 10**9, (n, groups)) % (area[:, None] // groups + 1))
+    other_i = np.minimum(other_s, rng.integers(0, 10**9, (n, groups)) % (area[:, None] // groups + 1))
+    other_i[: n // 3, ::2] = own_i[: n // 3, ::2]
+    own_i[-2] = other_i[-2] = own_s[-2] = other_s[-2] = area[-2] = 0  # a dead unit without the concept
+    own_i[-1] = own_s[-1]  # a unit whose intersection is the concept's whole area
+    expected = brute_force_p_values_from_counts(own_i, own_s, other_i, other_s, area)
+    tensors = [torch.from_numpy(x) for x in (own_i, own_s, other_i, other_s, area)]
+    for chunk in (None, 1, 5):
+        np.testing.assert_array_equal(swap_test_p_values(*tensors, chunk=chunk).numpy(), expected)
+    assert expected[-2] == 1.0 and expected.min() >= 2.0**-groups
 
 
 def test_excess_is_one_for_a_perfect_mask_and_zero_at_chance_for_any_size():

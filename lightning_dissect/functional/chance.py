@@ -56,9 +56,49 @@ def chance_excess(iou: Tensor, chance_iou: Tensor) -> Tensor:
     return torch.where(room > 0, (iou - chance) / room.clamp(min=1e-300), torch.zeros_like(room))
 
 
-def _iou(i: Tensor, a: Tensor, s: Tensor) -> Tensor:
-    union = a + s - i
-    return torch.where(union > 0, i / union.clamp(min=1), torch.zeros_like(union))
+def _subset_sums(deltas: Tensor, width: int) -> Tensor:
+    """``(n, 2^width)``: for every subset ``p`` of the ``width`` columns of ``deltas``, the sum of its columns."""
+    subsets = torch.arange(1 << width, dtype=torch.int64)
+    member = ((subsets.unsqueeze(1) >> torch.arange(width)) & 1).to(deltas.dtype)  # (2^width, width)
+    return deltas @ member.T
+
+
+def _ratio_into(out: Tensor, intersection: Tensor, union: Tensor, lowest_union: Tensor) -> Tensor:
+    """The IoU ``intersection / union`` (0 where the union is empty) written into ``out``.
+
+    The rule of :func:`~lightning_dissect.functional.scores.iou_from_counts`. Unions are integers, so
+    where every one is positive (``lowest_union``: each unit's smallest) it is the plain division.
+    """
+    if bool((lowest_union > 0).all()):
+        return torch.div(intersection, union, out=out)
+    return out.copy_(torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(union)))
+
+
+def _swap_test_chunk(own_i: Tensor, own_s: Tensor, pair_i: Tensor, pair_s: Tensor, area: Tensor) -> Tensor:
+    """How many of the ``2^G`` subsets reach the observed statistic, per unit (rows of the ``(n, G)`` inputs)."""
+    groups = own_i.shape[1]
+    low = (groups - 1) // 2  # the subsets without the last group, as (2^high, 2^low) outer sums
+    d_i, d_u = pair_i - own_i, (pair_s - pair_i) - (own_s - own_i)  # what swapping a group moves
+    i_total, j_total = own_i.sum(1, keepdim=True), pair_i.sum(1, keepdim=True)
+    u_total = area + own_s.sum(1, keepdim=True) - i_total  # the unions of the identity
+    v_total = area + pair_s.sum(1, keepdim=True) - j_total
+    mi_lo, mi_hi = _subset_sums(d_i[:, :low], low), _subset_sums(d_i[:, low : groups - 1], groups - 1 - low)
+    mu_lo, mu_hi = _subset_sums(d_u[:, :low], low), _subset_sums(d_u[:, low : groups - 1], groups - 1 - low)
+    lo, hi = (lambda t: t.unsqueeze(1)), (lambda t: t.unsqueeze(2))
+    # every value below is an integer (exact in float64, in any order of summation) until the two
+    # divisions: the statistics are the same floats as those of the plain enumeration of the subsets
+    own_iou = torch.add(hi(i_total + mi_hi), lo(mi_lo))
+    union = torch.add(hi(u_total + mu_hi), lo(mu_lo))
+    own_iou = _ratio_into(own_iou, own_iou, union, (u_total + mu_hi).amin(1) + mu_lo.amin(1))
+    other_iou = torch.sub(hi(j_total - mi_hi), lo(mi_lo))
+    torch.sub(hi(v_total - mu_hi), lo(mu_lo), out=union)
+    other_iou = _ratio_into(other_iou, other_iou, union, (v_total - mu_hi).amin(1) - mu_lo.amax(1))
+    statistic = own_iou.sub_(other_iou).flatten(1)  # (n, 2^(G-1)); column 0 is the identity
+    observed = statistic[:, :1]
+    # relative tolerance: subsets that tie with the observed value in exact arithmetic count
+    least = observed - 1e-12 * observed.abs().clamp(min=1.0)
+    # swapping the complement of a subset exchanges the two pairings: the statistic is negated exactly
+    return (statistic >= least).sum(1) + (statistic <= -least).sum(1)
 
 
 def smallest_p_value(concept_area: Tensor, paired_concept_area: Tensor) -> float:
@@ -90,7 +130,7 @@ def swap_test_p_values(
     paired_concept_area: Tensor,
     unit_area: Tensor,
     *,
-    chunk: int = 64,
+    chunk: int | None = None,
 ) -> Tensor:
     """One-sided p-values of "the label IoU is above the chance IoU", by swapping groups' pairings.
 
@@ -99,6 +139,9 @@ def swap_test_p_values(
     against the paired images' segmentations. The statistic is ``IoU − chance IoU`` from the
     sums over groups; each of the ``2^G`` subsets of groups swaps own and paired counts in its
     groups. The p-value is the share of subsets whose statistic is at least the observed one.
+    Swapping every group exchanges the two pairings and negates the statistic, so half of the
+    subsets are evaluated and each also stands for its complement; the counts are integers (exact
+    in float64), so the statistics are the same floats as those of the plain enumeration.
 
     Args:
         intersection: ``(..., G)`` counts against each image's own segmentation.
@@ -106,10 +149,11 @@ def swap_test_p_values(
         paired_intersection: ``(..., G)`` counts against the paired segmentations.
         paired_concept_area: ``(..., G)`` the label's pixels in the paired segmentations.
         unit_area: ``(...)`` the unit's pixels over all groups (shared by both pairings).
-        chunk: Units evaluated at a time (bounds the memory to ``chunk · 2^G`` values).
+        chunk: Units evaluated at a time (bounds the memory to ``chunk · 2^(G-1)`` values; default:
+            about ``2^17`` values).
 
     Returns:
-        ``(...)`` float64 p-values in ``[2^-G, 1]``.
+        ``(...)`` float64 p-values in ``[2^-G, 1]``, on the CPU.
 
     Examples:
         A unit that matches its own images in all of 4 groups: only the identity is as extreme.
@@ -127,24 +171,15 @@ def swap_test_p_values(
         raise ValueError(f"the swap test takes 1 to {MAX_SAMPLE_GROUPS} groups, got {groups}")
     lead = intersection.shape[:-1]
     own_i, own_s, pair_i, pair_s = (
-        t.reshape(-1, groups).to(torch.float64)
+        t.reshape(-1, groups).to("cpu", torch.float64)
         for t in (intersection, concept_area, paired_intersection, paired_concept_area)
     )
-    area = unit_area.reshape(-1, 1).to(torch.float64)
-    # row p of `swap` is subset p: 1 where group g's pairings are swapped; row 0 is the identity
-    subsets = torch.arange(1 << groups, dtype=torch.int64)
-    swap = ((subsets.unsqueeze(1) >> torch.arange(groups)) & 1).to(torch.float64)  # (2^G, G)
+    area = unit_area.reshape(-1, 1).to("cpu", torch.float64)
+    if chunk is None:  # about 2^17 statistics at a time: the working set stays in the cache
+        chunk = max(1, (1 << 17) >> (groups - 1))
     out = torch.empty(own_i.shape[0], dtype=torch.float64)
     for start in range(0, own_i.shape[0], chunk):
         part = slice(start, start + chunk)
-        d_i, d_s = pair_i[part] - own_i[part], pair_s[part] - own_s[part]  # (n, G)
-        i_total, s_total = own_i[part].sum(1, keepdim=True), own_s[part].sum(1, keepdim=True)
-        j_total, t_total = pair_i[part].sum(1, keepdim=True), pair_s[part].sum(1, keepdim=True)
-        moved_i, moved_s = d_i @ swap.T, d_s @ swap.T  # (n, 2^G): what each subset moves
-        a = area[part]
-        statistic = _iou(i_total + moved_i, a, s_total + moved_s) - _iou(j_total - moved_i, a, t_total - moved_s)
-        observed = statistic[:, :1]
-        # relative tolerance: subsets that tie with the observed value in exact arithmetic count
-        tie = 1e-12 * observed.abs().clamp(min=1.0)
-        out[part] = (statistic >= observed - tie).double().mean(1)
+        reached = _swap_test_chunk(own_i[part], own_s[part], pair_i[part], pair_s[part], area[part])
+        out[part] = reached.to(torch.float64) / (1 << groups)
     return out.reshape(lead)
