@@ -125,8 +125,8 @@ def threshold_pass(
                     # name the layer (the metric's own check would only say "activations")
                     check_finite(a, f"activations of layer {name!r}", "check the generator for diverged weights")
                     if name not in out.quantiles:
-                        out.quantiles[name] = UnitQuantiles(
-                            a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy,
+                        out.quantiles[name] = UnitQuantiles(  # values checked just above
+                            a.shape[1], [cfg.quantile], relative_accuracy=cfg.relative_accuracy, validate_args=False,
                             **runner.metric_options,
                         ).to(device)
                         out.topk[name] = TopK(a.shape[1], cfg.top_k, device)

@@ -100,12 +100,13 @@ def _label_p_values(
     rows = torch.arange(label.shape[0])
     own, other = groups.intersection.cpu(), groups.paired_intersection.cpu()
     area = counts.unit_area.cpu()
+    # (U, G): the unit's counts with its label (at its level), per group, gathered in one indexing
     if level is not None:
-        own, other, area = own[rows, level], other[rows, level], area[rows, level]
+        own_i, other_i, area = own[rows, level, :, label], other[rows, level, :, label], area[rows, level]
+    else:
+        own_i, other_i = own[rows, :, label], other[rows, :, label]
     if area.ndim == 2:  # a unit area per concept (per-category unit areas): the label's
         area = area[rows, label]
-    # (U, G): the unit's counts with its label, per group
-    own_i, other_i = own[rows, :, label], other[rows, :, label]
     own_s, other_s = groups.concept_area.cpu()[:, label].T, groups.paired_concept_area.cpu()[:, label].T
     return swap_test_p_values(own_i, own_s, other_i, other_s, area)
 
