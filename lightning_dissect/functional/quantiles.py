@@ -44,6 +44,7 @@ __all__ = [
     "ANCHOR_UNSET",
     "anchored_spec",
     "magnitude_exponents",
+    "magnitude_exponents_of_maps",
     "scale_by_exponents",
     "shift_histogram",
     "accumulate_anchored_histogram",
@@ -343,10 +344,31 @@ def magnitude_exponents(values: Tensor) -> Tensor:
         >>> magnitude_exponents(torch.tensor([[0.5, -3.0], [0.0, 0.0], [1e-9, 0.0]])).tolist()
         [2, -1048576, -29]
     """
-    top = values.detach().abs().amax(1).to(torch.float32) if values.shape[1] else values.new_zeros(values.shape[0])
+    return _exponents_of_largest(values.detach(), (1,))
+
+
+def magnitude_exponents_of_maps(maps: Tensor) -> Tensor:
+    """:func:`magnitude_exponents` of the units of ``(B, U, ...)`` maps, without a unit-major copy.
+
+    Examples:
+        >>> maps = torch.tensor([[[0.5, -3.0]], [[0.0, 1.0]]])  # (B=2, U=1, 2)
+        >>> magnitude_exponents_of_maps(maps).tolist()
+        [2]
+    """
+    return _exponents_of_largest(maps.detach(), (0, *range(2, maps.ndim)))
+
+
+def _exponents_of_largest(values: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The anchors of the largest finite magnitude over ``dims`` (see :func:`magnitude_exponents`)."""
+    if values.numel():
+        # the largest magnitude from the extremes: no |x| copy of the values
+        top = torch.maximum(values.amax(dims).abs(), values.amin(dims).abs()).to(torch.float32)
+    else:
+        kept = [n for d, n in enumerate(values.shape) if d not in dims]
+        top = values.new_zeros(kept, dtype=torch.float32)
     if not bool(torch.isfinite(top).all()):  # NaN / Inf (unvalidated input): anchor on the finite values
-        finite = values.detach().abs().to(torch.float32)
-        top = torch.where(torch.isfinite(finite), finite, torch.zeros_like(finite)).amax(1)
+        finite = values.abs().to(torch.float32)
+        top = torch.where(torch.isfinite(finite), finite, torch.zeros_like(finite)).amax(dims)
     _, exponent = torch.frexp(top.to(torch.float32))
     exponent = exponent.to(torch.int64)
     return torch.where(top > 0, exponent, torch.full_like(exponent, ANCHOR_UNSET))

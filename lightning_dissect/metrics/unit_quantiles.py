@@ -19,6 +19,7 @@ from lightning_dissect.functional.quantiles import (
     accumulate_anchored_histogram,
     anchored_spec,
     magnitude_exponents,
+    magnitude_exponents_of_maps,
     quantiles_from_histogram,
     shift_histogram,
     unit_histogram,
@@ -258,7 +259,7 @@ class UnitQuantiles(SumStateMetric):
             return
         if self.anchored:
             # the largest magnitude of the raw maps bounds that of their bilinear upsampling
-            self._raise_anchor(magnitude_exponents(activations.transpose(0, 1).reshape(self.num_units, -1)))
+            self._raise_anchor(magnitude_exponents_of_maps(activations))
             exponents = self._exponents()
         # Upsample a few units at a time so the maps stay in cache (about 1M values per chunk);
         # the counts are the same integers as for one big pass.
