@@ -68,21 +68,54 @@ def contingency_from_counts(
     return torch.stack([top, bottom], -2)
 
 
-def _xlogx_terms(p: Tensor, q: Tensor) -> Tensor:
-    """``p * log(p / q)`` with 0 where p == 0."""
-    safe = torch.where(p > 0, p / q.clamp(min=1e-300), torch.ones_like(p))
-    return torch.where(p > 0, p * torch.log(safe), torch.zeros_like(p))
+def _cell_sum(t: Tensor) -> Tensor:
+    """The sum of each ``(2, 2)`` table's cells in row-major order, as ``t.sum((-1, -2))`` adds them."""
+    return t[..., 0, 0] + t[..., 0, 1] + t[..., 1, 0] + t[..., 1, 1]
+
+
+def _xlogx_sums(p: Tensor, q: Tensor | None) -> Tensor:
+    """``Σ p * log(p / q)`` over each ``(2, 2)`` table, terms with ``p == 0`` left out (``q=None``: ``q = 1``).
+
+    Each term is ``p * log(p / max(q, 1e-300))``, 0 where ``p <= 0``, computed in place over the
+    whole ``(..., 2, 2)`` tensor (``log`` sees the same tensor as before, element for element).
+    """
+    outside = p <= 0
+    if q is None:
+        ratio = p.masked_fill(outside, 1.0)  # p / 1 is p
+    else:
+        ratio = torch.div(p, q.clamp_(min=1e-300), out=q).masked_fill_(outside, 1.0)
+    return _cell_sum(ratio.log_().mul_(p).masked_fill_(outside, 0.0))
 
 
 def _joint(
     intersection: Tensor, unit_area: Tensor, concept_area: Tensor, total: Tensor | int
-) -> tuple[Tensor, Tensor, Tensor]:
-    table = contingency_from_counts(intersection, unit_area, concept_area, total).to(torch.float64)
-    n = table.sum((-1, -2), keepdim=True).clamp(min=1)
-    p = table / n
-    rows = p.sum(-1, keepdim=True)
-    cols = p.sum(-2, keepdim=True)
-    return p, rows, cols
+) -> tuple[Tensor, Tensor]:
+    """The cell probabilities ``(..., 2, 2)`` of :func:`contingency_from_counts` and their row × column products.
+
+    The table's cells sum to ``total`` exactly (integers), so each cell is divided by ``max(total, 1)``.
+    Small reductions and broadcasts over the ``(2, 2)`` axes are slow in torch: they are spelled out
+    cell by cell (the same sums and products).
+    """
+    i = intersection.to(torch.int64)
+    a = unit_area.to(torch.int64)
+    a = a.unsqueeze(-1) if a.ndim < i.ndim else a
+    s = concept_area.to(torch.int64)
+    n = torch.as_tensor(total, dtype=torch.int64, device=i.device)
+    shape = torch.broadcast_shapes(i.shape, a.shape, s.shape, n.shape)
+    p = torch.empty(*shape, 2, 2, dtype=torch.float64, device=i.device)
+    p[..., 0, 0] = i
+    p[..., 0, 1] = a - i
+    p[..., 1, 0] = s - i
+    p[..., 1, 1] = n - a - s + i
+    divisor = n.to(torch.float64).clamp(min=1)
+    p.div_(divisor if divisor.ndim == 0 else divisor.unsqueeze(-1).unsqueeze(-1))
+    rows = (p[..., 0, 0] + p[..., 0, 1], p[..., 1, 0] + p[..., 1, 1])
+    cols = (p[..., 0, 0] + p[..., 1, 0], p[..., 0, 1] + p[..., 1, 1])
+    q = torch.empty_like(p)
+    for r in range(2):
+        for c in range(2):
+            torch.mul(rows[r], cols[c], out=q[..., r, c])
+    return p, q
 
 
 def mutual_information_from_counts(
@@ -96,8 +129,8 @@ def mutual_information_from_counts(
         >>> round(float(mi), 4)  # perfectly dependent fair bits: log 2
         0.6931
     """
-    p, rows, cols = _joint(intersection, unit_area, concept_area, total)
-    return _xlogx_terms(p, rows * cols).sum((-1, -2))
+    p, q = _joint(intersection, unit_area, concept_area, total)
+    return _xlogx_sums(p, q)
 
 
 def iqr_from_counts(
@@ -110,9 +143,9 @@ def iqr_from_counts(
         >>> round(float(iqr), 4)
         1.0
     """
-    p, rows, cols = _joint(intersection, unit_area, concept_area, total)
-    mi = _xlogx_terms(p, rows * cols).sum((-1, -2))
-    entropy = -_xlogx_terms(p, torch.ones_like(p)).sum((-1, -2))
+    p, q = _joint(intersection, unit_area, concept_area, total)
+    mi = _xlogx_sums(p, q)
+    entropy = -_xlogx_sums(p, None)
     return torch.where(entropy > 0, mi / entropy.clamp(min=1e-300), torch.zeros_like(mi))
 
 
