@@ -11,7 +11,9 @@ its operations, so the workers run in parallel. Every task writes its own slice 
 so the counts are the same integers whatever the number of threads.
 
 The number of workers is torch's thread count (``torch.get_num_threads()``) unless a caller caps
-it with :func:`statistics_threads`.
+it with :func:`statistics_threads`. The short operations between the tasks (preparing a batch's
+labels, adding its counts into the states) run on the caller's thread, with torch on one thread
+inside :func:`one_thread`, for the same reason.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["statistics_threads", "worker_count", "run_tasks"]
+__all__ = ["one_thread", "statistics_threads", "worker_count", "run_tasks"]
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -62,11 +64,35 @@ def statistics_threads(threads: int | None) -> Iterator[None]:
         _cap[0] = before
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread in the block; :func:`worker_count` still counts the threads it had before.
+
+    For the short operations between parallel tasks (see the module docs).
+
+    Examples:
+        >>> threads = torch.get_num_threads()
+        >>> with one_thread():
+        ...     inside = torch.get_num_threads(), worker_count(torch.device("cpu"))
+        >>> inside == (1, threads), torch.get_num_threads() == threads
+        (True, True)
+    """
+    before = torch.get_num_threads()
+    saved = getattr(_local, "threads", None)
+    _local.threads = saved or before
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _local.threads = saved
+
+
 def worker_count(device: torch.device) -> int:
     """Workers for the statistics on ``device``: torch's thread count (capped), 1 off the CPU or inside a task."""
     if device.type != "cpu" or getattr(_local, "inside", False):
         return 1
-    threads = torch.get_num_threads()
+    threads = getattr(_local, "threads", None) or torch.get_num_threads()
     cap = _cap[0]
     return max(1, min(threads, cap) if cap is not None else threads)
 

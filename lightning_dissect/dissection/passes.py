@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import check_finite
 from lightning_dissect._utils.distributed import all_gather_cat
-from lightning_dissect._utils.parallel import statistics_threads
+from lightning_dissect._utils.parallel import one_thread, statistics_threads
 from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.strips import Frame, keep_frames
@@ -59,6 +59,8 @@ def _compact_dtype(num_concepts: int) -> torch.dtype:
 def metric_threads(device: torch.device | str) -> Iterator[None]:
     """Run the block's statistics on at most :data:`METRIC_THREADS` worker threads (``None``: torch's count).
 
+    On the CPU, the operations between the workers' tasks run with torch on one thread.
+
     Examples:
         >>> from lightning_dissect._utils.parallel import worker_count
         >>> with metric_threads("cpu"):
@@ -66,7 +68,12 @@ def metric_threads(device: torch.device | str) -> Iterator[None]:
         >>> workers == min(torch.get_num_threads(), METRIC_THREADS or torch.get_num_threads())
         True
     """
-    with statistics_threads(METRIC_THREADS if torch.device(device).type == "cpu" else None):
+    if torch.device(device).type != "cpu":
+        with statistics_threads(None):
+            yield
+        return
+    # the short operations between the parallel tasks on one thread (see _utils.parallel)
+    with statistics_threads(METRIC_THREADS), one_thread():
         yield
 
 

@@ -126,19 +126,23 @@ class ImageRunner(ModuleRunner[ImageSet]):
             image_size=tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.ndim == 4 else None,
         )
 
-    def load(self, source: ImageSet, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+    def load(self, source: ImageSet, indices: Tensor, *, keep: bool = True) -> tuple[Tensor, Tensor | None]:
         """Images (float, on the runner's device) and dataset segmentations at ``indices``.
 
-        Batches read once are kept (on the CPU, as read) while they fit in ``cache_bytes``
-        together, so the second pass of a dissection does not decode or render them again; beyond
-        the budget they are read again, and memory stays bounded whatever the number of images.
+        Batches read once are kept (on the CPU, the images as read, the segmentations in the
+        smallest integer dtype that holds them) while they fit in ``cache_bytes`` together, so the
+        second pass of a dissection does not decode or render them again; beyond the budget they
+        are read again, and memory stays bounded whatever the number of images. ``keep=False``
+        reads without keeping (a check on a few images that no pass reads in the same batch).
         """
         key = (id(source), tuple(int(i) for i in indices.tolist()))
         cached = self._cache.get(key)
         if cached is None:
             cached = source[indices]
+            if cached[1] is not None:  # labels kept in the smallest integer dtype that holds them exactly
+                cached = (cached[0], _compact_labels(cached[1]))
             size = sum(t.numel() * t.element_size() for t in cached if t is not None)
-            if self._cached_bytes + size <= self.cache_bytes:
+            if keep and self._cached_bytes + size <= self.cache_bytes:
                 self._cache[key] = cached
                 self._cached_bytes += size
         images, segmentation = cached
@@ -279,7 +283,7 @@ class ImageRunner(ModuleRunner[ImageSet]):
         after = f", after {name['transform']}" if self.transform is not None else ""
         idx = torch.arange(min(2, len(source)))
         with self.session():
-            images, segmentation = self.load(source, idx)
+            images, segmentation = self.load(source, idx, keep=False)
             _check_range(images, source)
             try:
                 _, captured = self.forward(images, layers, require_maps=False)
@@ -311,6 +315,23 @@ class ImageRunner(ModuleRunner[ImageSet]):
             stacklevel=2,
         )
         self.preflight(source, layers, segmenter)
+
+
+def _compact_labels(labels: Tensor) -> Tensor:
+    """Integer ``labels`` in the smallest of uint8, int16, int32 that holds every value (as given otherwise).
+
+    Examples:
+        >>> _compact_labels(torch.tensor([0, 255])).dtype, _compact_labels(torch.tensor([-1, 1200])).dtype
+        (torch.uint8, torch.int16)
+    """
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or not labels.numel():
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max and info.bits < torch.iinfo(labels.dtype).bits:
+            return labels.to(dtype)
+    return labels
 
 
 def _check_range(images: Tensor, source: ImageSet) -> None:

@@ -608,10 +608,28 @@ def _label_groups(
     return groups, offsets
 
 
+def _block_labels(
+    groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]], offsets: Sequence[int], rows: slice
+) -> Tensor:
+    """The labels ``(L, n * H * W)`` of images ``rows`` of every label group, shifted by the group's offset.
+
+    Their concept areas are added to each group's counts.
+    """
+    shifted = []
+    for g, (counts, seg, concepts, ignore) in enumerate(groups):
+        labels = concept_labels(seg[rows], concepts, ignore)
+        counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
+        shifted.append(labels + offsets[g] if g else labels)
+    return torch.cat(shifted) if len(shifted) > 1 else shifted[0]
+
+
 def _chunk_labels(
-    groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]], offsets: Sequence[int], rows: slice, counted: int
+    labels: Tensor,
+    groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]],
+    offsets: Sequence[int],
+    counted: int,
 ) -> tuple[Tensor, Tensor | None, _LabelValues | None]:
-    """The labels of images ``rows`` of every label group, shifted by the group's offset; their concept areas added.
+    """The shifted labels of one counting step's images (from :func:`_block_labels`), as they are counted.
 
     Returns ``(labels, tuples, values)``: when the labels present are few next to the label space
     (``values``), they are renumbered densely and the counts of each value are added to its
@@ -619,20 +637,24 @@ def _chunk_labels(
     label sets) each pixel is counted once, by the tuple of its labels (``tuples``), and the
     tuples' counts are spread over their concepts afterwards; otherwise both are ``None``.
     """
-    shifted = []
-    for g, (counts, seg, concepts, ignore) in enumerate(groups):
-        labels = concept_labels(seg[rows], concepts, ignore)
-        counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
-        shifted.append(labels + offsets[g] if g else labels)
-    labels = torch.cat(shifted) if len(shifted) > 1 else shifted[0]
     dense = _label_values(labels, counted + 1, groups, offsets)
     if dense is not None:
         return dense[0], None, dense[1]
+    labels = labels.contiguous()
     compact = _label_tuples(labels, counted + 1)
     if compact is None:
         return labels, None, None
     tuples, labels = compact
     return labels, tuples, None
+
+
+def _label_block(batch: int, images: int, pixels_per_image: int, layers: int, budget: int) -> int:
+    """Images whose labels are prepared together: whole steps of ``images``, their labels in a quarter of ``budget``.
+
+    Preparing the labels of several steps at once costs fewer, larger operations.
+    """
+    steps = max(1, min(-(-batch // images), (budget // 4) // max(1, images * pixels_per_image * layers * 8)))
+    return images * steps
 
 
 def accumulate_unit_concept_counts(
@@ -734,15 +756,21 @@ def accumulate_unit_concept_counts(
             counts.intersection[part] += inter[..., offsets[g] : offsets[g] + concepts]
         out.unit_area[part] += area
 
-    for first in range(0, batch, images):
-        labels, tuples, dense = _chunk_labels(groups, offsets, slice(first, first + images), counted)
-        # the level table of the whole layer, built once and shared by every step
-        lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels)
-        # one task per unit step: each writes its own rows of the counts
-        run_tasks(
-            [partial(step, first, labels, tuples, dense, lookup, start) for start in range(0, units, unit_step)],
-            workers,
-        )
+    block = _label_block(batch, images, pixels_per_image, layers, int(max_temporary_bytes))
+    for block_first in range(0, batch, block):
+        block_labels = _block_labels(groups, offsets, slice(block_first, block_first + block))
+        for first in range(block_first, min(batch, block_first + block), images):
+            at = (first - block_first) * pixels_per_image
+            labels, tuples, dense = _chunk_labels(
+                block_labels[:, at : at + images * pixels_per_image], groups, offsets, counted
+            )
+            # the level table of the whole layer, built once and shared by every step
+            lookup = None if single or value_dtype != torch.float32 else _level_lookup(all_levels)
+            # one task per unit step: each writes its own rows of the counts
+            run_tasks(
+                [partial(step, first, labels, tuples, dense, lookup, start) for start in range(0, units, unit_step)],
+                workers,
+            )
     out.total.add_(batch * pixels_per_image)
 
 
