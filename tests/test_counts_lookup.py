@@ -188,9 +188,14 @@ def test_temporary_budget_steps_match_loop(gen, levels, budget):
 
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_single_threshold_on_pixel_path_and_full_path_match_loop(gen, multilabel, monkeypatch):
-    """Top-quantile thresholds (few pixels on) take the on-pixel path; low ones count every pixel."""
+    """Top-quantile thresholds (few pixels on) take the on-pixel path; low ones count every pixel.
+
+    (Without the row bounds of the upsampling, which would skip most rows of the top-quantile units.)
+    """
     from lightning_dissect.functional import counts as module
 
+    plain = module._counts_single_level
+    monkeypatch.setattr(module, "_counts_single_level_rows", lambda values, _rows, _magnitude, *a: plain(values, *a))
     calls = []
     original = module._count_on_pixels
     monkeypatch.setattr(module, "_count_on_pixels", lambda *a: calls.append(1) or original(*a))
@@ -207,3 +212,73 @@ def test_single_threshold_on_pixel_path_and_full_path_match_loop(gen, multilabel
     assert len(calls) == 4
     assert_matches_loop(acts, seg, low, 5, ignore_index=0)  # dense: the full path
     assert len(calls) == 4
+
+
+def row_path_case(gen, shape, size, kind):
+    """Maps of one kind and top-quantile thresholds that are upsampled values (ties with the maps)."""
+    batch, units, h, w = shape
+    acts = torch.randn(shape, generator=gen)
+    if kind == "relu":
+        acts = acts.relu()
+    elif kind == "negative":
+        acts = -acts.abs() - 3.0
+    elif kind == "tiny":
+        acts = acts * 1e-39  # subnormal floats
+    elif kind == "special":
+        flat = acts.view(-1)
+        flat[torch.randint(0, flat.numel(), (4,), generator=gen)] = float("nan")
+        flat[torch.randint(0, flat.numel(), (3,), generator=gen)] = float("inf")
+        flat[torch.randint(0, flat.numel(), (3,), generator=gen)] = float("-inf")
+    up = upsample_bilinear(acts, size)
+    flat = up.transpose(0, 1).reshape(units, -1)
+    finite = torch.where(flat.isfinite(), flat, torch.zeros(()))
+    ranks = torch.randint(int(0.9 * flat.shape[1]), flat.shape[1], (units,), generator=gen)
+    thresholds = finite.sort(1).values[torch.arange(units), ranks].contiguous()
+    return acts, up, thresholds
+
+
+@pytest.mark.parametrize("kind", ["randn", "relu", "negative", "tiny", "special"])
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((3, 5, 4, 4), (16, 16)), ((2, 4, 3, 5), (7, 13)), ((2, 3, 6, 6), (6, 17)), ((2, 3, 5, 4), (11, 4)),
+     ((2, 3, 8, 8), (8, 8))],
+)
+def test_single_threshold_row_bounds_match_loop_on_the_upsampled_maps(gen, kind, shape, size):
+    """Rows whose bound is below the threshold are skipped: the counts equal a loop over every value.
+
+    The thresholds are upsampled values themselves (ties), near the top of each unit.
+    """
+    from lightning_dissect.functional import counts as module
+
+    acts, up, thresholds = row_path_case(gen, shape, size, kind)
+    seg = torch.randint(0, 5, (shape[0], 2, *size), generator=gen)
+    ours = unit_concept_counts(acts, seg, thresholds, 5, ignore_index=0, validate_args=False)
+    inter, area, concept_area, total = loop_counts(up.numpy(), seg.numpy(), thresholds.numpy(), 5, 0)
+    np.testing.assert_array_equal(ours.intersection.numpy(), inter)
+    np.testing.assert_array_equal(ours.unit_area.numpy(), area)
+    np.testing.assert_array_equal(ours.concept_area.numpy(), concept_area)
+    assert int(ours.total) == total
+    # the bounds hold: no upsampled value of a row lies above its row's bound
+    values, rows, magnitude = module._upsampled_with_rows(acts, size)
+    bounds = module._row_upper_bounds(rows, magnitude)
+    per_row = values.view(shape[1], bounds.shape[1], -1)
+    assert not bool((per_row > bounds.unsqueeze(2)).any())
+
+
+def test_single_threshold_row_path_dense_and_sparse_branches_match_loop(gen, monkeypatch):
+    """Few candidate rows with many or few on values: both counting branches of the row path."""
+    from lightning_dissect.functional import counts as module
+
+    full = []
+    plain = module._counts_single_level
+    monkeypatch.setattr(module, "_counts_single_level", lambda *a: full.append(1) or plain(*a))
+    acts = torch.zeros(2, 4, 4, 4)
+    acts[:, :, 1, 1] = torch.rand(2, 4, generator=gen) + 1.0  # one bright spot per map
+    up = upsample_bilinear(acts, (16, 16))
+    seg = torch.randint(0, 4, (2, 16, 16), generator=gen)
+    for thresholds in (torch.full((4,), 0.01), torch.full((4,), 0.9)):  # most / few values of a candidate row on
+        ours = unit_concept_counts(acts, seg, thresholds, 4, validate_args=False)
+        inter, area, _, _ = loop_counts(up.numpy(), seg.numpy(), thresholds.numpy(), 4)
+        np.testing.assert_array_equal(ours.intersection.numpy(), inter)
+        np.testing.assert_array_equal(ours.unit_area.numpy(), area)
+    assert not full  # the row path counted both

@@ -36,7 +36,7 @@ from lightning_dissect._utils.checks import (
     check_thresholds,
 )
 from lightning_dissect._utils.parallel import run_tasks, worker_count
-from lightning_dissect.functional.upsample import upsample_units_first
+from lightning_dissect.functional.upsample import _upsample_stages, upsample_units_first
 
 __all__ = [
     "DEFAULT_MAX_TEMPORARY_BYTES",
@@ -173,6 +173,101 @@ def _counts_single_level(
             if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
                 unit_area[start : start + n] = counts.view(n, 2, width)[:, 1].sum(1)
     return histogram.view(units, 2, width)[:, 1, :num_concepts], unit_area
+
+
+def _upsampled_with_rows(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Upsampled ``(U, B*H*W)`` values, first-stage rows and ``(U,)`` magnitudes of ``(B, U, h, w)`` maps.
+
+    The values are those of :func:`upsample_units_first` (float32 or float64); the rows
+    ``(U * B * H, w)`` are the first (row) upsampling stage, one per upsampled row of ``W`` values;
+    a magnitude is the largest absolute value of a unit's maps. The values are computed by the
+    same operations as :func:`upsample_units_first`'s.
+    """
+    batch, units, h, w = maps.shape
+    x = maps.transpose(0, 1)
+    if (h, w) == tuple(size):
+        values = x.reshape(units, -1).contiguous()
+        if values.dtype not in (torch.float32, torch.float64):
+            values = values.to(torch.float32)
+        rows = values.view(-1, w)
+    else:
+        mid, out = _upsample_stages(x.reshape(-1, h, w), size[0], size[1])
+        values, rows = out.reshape(units, -1).contiguous(), mid.reshape(-1, w)
+    flat = x.reshape(units, -1)
+    magnitude = torch.maximum(flat.amax(1).abs(), flat.amin(1).abs()).to(values.dtype)
+    return values, rows, magnitude
+
+
+def _row_upper_bounds(rows: Tensor, magnitude: Tensor) -> Tensor:
+    """``(U, R)`` bounds above every upsampled value of each of the ``R`` rows of ``U`` units.
+
+    ``rows`` are the ``(U * R, w)`` rows of the first upsampling stage and ``magnitude`` the ``(U,)``
+    largest absolute value of each unit's maps. The second stage mixes at most two values of a
+    row with non-negative float weights that sum to one within a few ulps, and the first stage
+    likewise mixes the maps' values: a result exceeds the row's maximum by a few ulps of the maps'
+    largest magnitude at most. The bound adds ``2**-14`` of that magnitude (and a few times the
+    smallest normal number, for flushed subnormals). A NaN row gets a NaN bound and an infinite
+    magnitude an infinite one: they bound nothing, and such rows are always counted.
+    """
+    units = magnitude.shape[0]
+    slack = magnitude.mul(2.0**-14).add_(4 * torch.finfo(rows.dtype).tiny)
+    return rows.amax(1).view(units, -1).add_(slack.unsqueeze(1))
+
+
+def _counts_single_level_rows(
+    values: Tensor,
+    rows: Tensor,
+    magnitude: Tensor,
+    thresholds: Tensor,
+    labels: Tensor,
+    num_concepts: int,
+    chunk_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_counts_single_level`, looking only at the upsampled rows that can hold an on value.
+
+    ``rows`` are the first-stage rows of ``values`` (see :func:`_upsampled_with_rows`), ``magnitude``
+    the largest absolute value of each unit's maps: a row whose
+    bound (:func:`_row_upper_bounds`) is not above the unit's threshold has no value above it and
+    adds nothing to the on counts. When most rows can hold one, every value is counted.
+    """
+    units, pixels = values.shape
+    per_unit = rows.shape[0] // max(1, units)
+    if units == 0 or pixels == 0 or per_unit * units != rows.shape[0] or pixels % max(1, per_unit):
+        return _counts_single_level(values, thresholds, labels, num_concepts, chunk_elements)
+    row_width = pixels // per_unit
+    # NaN bounds compare false: such rows stay candidates
+    bounds = _row_upper_bounds(rows, magnitude)
+    candidates = torch.logical_not(bounds <= thresholds.unsqueeze(1)).view(-1).nonzero().view(-1)
+    if 2 * candidates.numel() > bounds.numel():
+        return _counts_single_level(values, thresholds, labels, num_concepts, chunk_elements)
+    width = num_concepts + 1
+    device = values.device
+    intersection = torch.zeros(units * width, dtype=torch.int64, device=device)
+    unit_area = torch.zeros(units, dtype=torch.int64, device=device)
+    if candidates.numel() == 0:
+        return intersection.view(units, width)[:, :num_concepts], unit_area
+    picked = values.view(-1, row_width).index_select(0, candidates)
+    unit = torch.div(candidates, per_unit, rounding_mode="floor")
+    above = picked > thresholds.index_select(0, unit).unsqueeze(1)
+    row = candidates - unit * per_unit
+    if int(torch.count_nonzero(above)) * _SPARSE_ON_FRACTION <= above.numel():
+        picked_row, column = above.nonzero(as_tuple=True)
+        on_unit = unit.index_select(0, picked_row)
+        pixel = row.index_select(0, picked_row).mul_(row_width).add_(column)
+        unit_area += torch.bincount(on_unit, minlength=units)
+        base = on_unit * width
+        for layer in labels:
+            intersection += torch.bincount(base + layer.index_select(0, pixel), minlength=units * width)
+    else:
+        cell = (unit * (2 * width)).unsqueeze(1) + above * width
+        label_rows = labels.view(labels.shape[0], per_unit, row_width).index_select(1, row)
+        for layer, label_row in enumerate(label_rows):
+            counts = torch.bincount((cell + label_row).view(-1), minlength=units * 2 * width)
+            on = counts.view(units, 2, width)[:, 1]
+            intersection += on.reshape(-1)
+            if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
+                unit_area += on.sum(1)
+    return intersection.view(units, width)[:, :num_concepts], unit_area
 
 
 def _count_on_pixels(above: Tensor, labels: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -730,14 +825,16 @@ def accumulate_unit_concept_counts(
         start: int,
     ) -> None:
         part = slice(start, start + unit_step)
-        values = upsample_units_first(activations[first : first + images, part], size)
-        if values.dtype not in (torch.float32, torch.float64):
-            values = values.to(torch.float32)
         levels = all_levels[part]
         columns = dense.count if dense is not None else counted if tuples is None else tuples.shape[1]
         if single:
-            inter, area = _counts_single_level(values, levels, labels, columns, chunk_elements)
+            values, rows, magnitude = _upsampled_with_rows(activations[first : first + images, part], size)
+            inter, area = _counts_single_level_rows(values, rows, magnitude, levels, labels, columns, chunk_elements)
+            del rows
         else:
+            values = upsample_units_first(activations[first : first + images, part], size)
+            if values.dtype not in (torch.float32, torch.float64):
+                values = values.to(torch.float32)
             table = lookup if values.dtype == torch.float32 else None
             inter, area = _counts_multi_level(values, levels, labels, columns, chunk_elements, table, start)
         del values

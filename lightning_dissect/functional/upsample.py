@@ -100,19 +100,31 @@ def upsample_bilinear(activations: Tensor, size: int | tuple[int, int]) -> Tenso
     h, w = activations.shape[-2:]
     if (h, w) == (height, width):
         return activations
-    x = activations
+    lead = activations.shape[:-2]
+    _, out = _upsample_stages(activations.reshape(-1, h, w), height, width)
+    return out.reshape(*lead, height, width)
+
+
+def _upsample_stages(maps: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Upsample ``(N, h, w)`` maps in two stages: ``(N, height, w)`` rows first, then ``(N, height, width)``.
+
+    Returns both stages (the first is the input itself when ``h == height``, the second the first
+    when ``w == width``); the second equals :func:`upsample_bilinear`'s result, computed by the same
+    operations. Row ``y`` of a map's second stage mixes only the values of row ``y`` of its first
+    stage, with non-negative weights that sum to one: a bound on the first stage's row bounds the
+    upsampled row (to float rounding).
+    """
+    x = maps
     if not x.is_floating_point():
         x = x.float()
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     x = x.to(dtype)
+    h, w = x.shape[-2:]
     rows = bilinear_matrix(h, height, dtype=dtype, device=x.device)
     cols = bilinear_matrix(w, width, dtype=dtype, device=x.device)
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, h, w)
-    out = flat if h == height else torch.matmul(rows, flat)
-    if w != width:
-        out = torch.matmul(out, cols.T)
-    return out.reshape(*lead, height, width)
+    mid = x if h == height else torch.matmul(rows, x)
+    out = mid if w == width else torch.matmul(mid, cols.T)
+    return mid, out
 
 
 def upsample_units_first(activations: Tensor, size: int | tuple[int, int] | None) -> Tensor:
