@@ -282,3 +282,36 @@ def test_single_threshold_row_path_dense_and_sparse_branches_match_loop(gen, mon
         np.testing.assert_array_equal(ours.intersection.numpy(), inter)
         np.testing.assert_array_equal(ours.unit_area.numpy(), area)
     assert not full  # the row path counted both
+
+
+@pytest.mark.parametrize("zero_levels", [[0.0], [-0.0, 0.0], [-0.0, -0.0, 1e-45]])
+@pytest.mark.parametrize("size", [(5, 5), (12, 9)])
+@pytest.mark.parametrize("infinite", [False, True])
+def test_non_negative_maps_with_signed_zeros_match_loop(gen, zero_levels, size, infinite):
+    """Non-negative maps (``-0.0`` included) are looked up by their float bits: same counts."""
+    pool = torch.tensor([0.0, -0.0, 1e-45, 2e-45, 0.5, 1.0, 2.0, 3e38])
+    acts = pool[torch.randint(0, len(pool), (2, 3, 5, 5), generator=gen)]
+    if infinite:
+        acts.view(-1)[:3] = float("inf")
+    up = upsample_bilinear(acts, size)
+    thresholds = torch.tensor([zero_levels + [0.5, 1.0, 2.0]] * 3)
+    seg = torch.randint(0, 4, (2, *size), generator=gen)
+    ours = unit_concept_counts(acts, seg, thresholds, 4, validate_args=False)
+    inter, area, _, _ = loop_counts(up.numpy(), seg.numpy(), thresholds.numpy(), 4)
+    np.testing.assert_array_equal(ours.intersection.numpy(), inter)
+    np.testing.assert_array_equal(ours.unit_area.numpy(), area)
+
+
+def test_huge_maps_upsampled_match_loop(gen):
+    """Finite maps near the float32 maximum, upsampled: still exact."""
+    acts = torch.full((2, 2, 3, 3), 3.4e38)
+    acts[:, 1] = -3.4e38
+    acts[0, 0, 1, 1] = 1.0
+    up = upsample_bilinear(acts, (8, 8))
+    thresholds = torch.tensor([[0.0, 1.0, 3e38], [-3.4e38, 0.0, 1.0]])
+    seg = torch.randint(0, 3, (2, 8, 8), generator=gen)
+    for t in (thresholds, thresholds[:, 1].contiguous()):
+        ours = unit_concept_counts(acts, seg, t, 3, validate_args=False)
+        inter, area, _, _ = loop_counts(up.numpy(), seg.numpy(), t.numpy(), 3)
+        np.testing.assert_array_equal(ours.intersection.numpy(), inter)
+        np.testing.assert_array_equal(ours.unit_area.numpy(), area)

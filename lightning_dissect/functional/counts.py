@@ -54,6 +54,8 @@ _SPARSE_ON_FRACTION = 8
 # Buckets per unit of the level lookup table (a power of two).
 _LUT_BUCKETS = 4096
 _INT32_MAX = (1 << 31) - 1
+# Maps whose values lie within +-_MODERATE upsample to finite values (no overflow to inf, no NaN).
+_MODERATE = 2.0**100
 
 
 class ConceptCounts(NamedTuple):
@@ -338,7 +340,7 @@ class _LevelTable(NamedTuple):
     shift: Tensor  # (U, 1) log2 of the bucket width in keys
     row: Tensor  # (U, 1) offset of the unit's table row (+1 for bucket -1)
     tau: Tensor  # (U * (NB + 2),) the one threshold key inside the bucket (or the kdtype max)
-    cells: Tensor  # (2 * U * (NB + 2),) cell of a value not above / above tau; -1 where ambiguous
+    cells: Tensor  # (2 * U * (NB + 2),) cells of values not above tau, then of values above; -1: ambiguous
     ambiguous: Tensor  # (U,) units with an ambiguous bucket
 
 
@@ -391,8 +393,9 @@ def _level_table(keys: Tensor, bins: int, width: int, kdtype: torch.dtype) -> _L
     unit_cell = (torch.arange(units, device=device) * bins).unsqueeze(1)
     off = (unit_cell + below) * width
     on = (unit_cell + below + count_inner) * width
-    cells = torch.stack([off, on], -1)
-    cells[ambiguous] = -1
+    off[ambiguous] = -1
+    on[ambiguous] = -1
+    cells = torch.cat([off.reshape(-1), on.reshape(-1)])
     cdtype = torch.int32 if units * bins * width <= _INT32_MAX else torch.int64
     row = torch.arange(units, device=device).unsqueeze(1) * slots + 1
     return _LevelTable(
@@ -412,6 +415,7 @@ class _LevelLookup(NamedTuple):
 
     table: _LevelTable
     thresholds: Tensor  # (U, K) float32 thresholds it was built from
+    nonnegative: bool  # every threshold is >= 0 (or -0.0)
 
 
 # level tables of the thresholds seen recently (a metric counts every batch at the same ones):
@@ -458,7 +462,8 @@ def _build_level_lookup(thresholds: Tensor) -> _LevelLookup | None:
     span = int((keys[:, -1] - keys[:, 0]).max())
     fits = span < _INT32_MAX - 1 and 2 * units * (_LUT_BUCKETS + 2) < _INT32_MAX
     kdtype = torch.int32 if fits else torch.int64
-    return _LevelLookup(_level_table(keys, levels + 1, 1, kdtype), thresholds.clone())
+    nonnegative = bool((thresholds >= 0).all())
+    return _LevelLookup(_level_table(keys, levels + 1, 1, kdtype), thresholds.clone(), nonnegative)
 
 
 def _counts_multi_level_lookup(
@@ -469,6 +474,7 @@ def _counts_multi_level_lookup(
     chunk_elements: int,
     lookup: _LevelLookup | None = None,
     first_unit: int = 0,
+    nonnegative: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Level by table lookup on the float's key bucket, then one bincount per label layer.
 
@@ -476,6 +482,9 @@ def _counts_multi_level_lookup(
     :func:`_counts_multi_level_search` for those inputs (including ties, ``-0.0`` and infinities).
     ``lookup`` is a table built for a whole layer, of which ``values`` are the units from
     ``first_unit`` on (``thresholds`` is then ignored); without it the table is built here.
+    ``nonnegative``: no value is below zero (``-0.0`` allowed). With thresholds that are all
+    ``>= 0`` too, a value's float bits order it as well as its key: the key is not computed
+    (``-0.0``, the most negative int32, then compares as ``+0.0``'s key ``0`` does).
     """
     if lookup is None:
         lookup = _build_level_lookup(thresholds)
@@ -489,40 +498,46 @@ def _counts_multi_level_lookup(
     device = values.device
     kdtype = table.tau.dtype
     cdtype = table.cells.dtype
+    on_offset = table.cells.shape[0] // 2  # the cells of values above tau follow those not above
+    bits = nonnegative and lookup.nonnegative
     histogram = torch.zeros(units * bins * width, dtype=torch.int64, device=device)
     area_hist = torch.zeros(units * bins, dtype=torch.int64, device=device)
     step = max(1, chunk_elements // max(1, pixels))
     rows = min(step, units)
-    key_buf = torch.empty(rows, pixels, dtype=torch.int32, device=device)
+    key_buf = None if bits else torch.empty(rows, pixels, dtype=torch.int32, device=device)
     index_buf = torch.empty(rows, pixels, dtype=kdtype, device=device)
     tau_buf = torch.empty(rows, pixels, dtype=kdtype, device=device)
-    above_buf = torch.empty(rows, pixels, dtype=torch.bool, device=device)
+    above_buf = torch.empty(rows, pixels, dtype=kdtype, device=device)
     cell_buf = torch.empty(rows, pixels, dtype=cdtype, device=device)
     label_steps = labels.to(cdtype)
     label_steps = torch.cat([label_steps[:1], label_steps[1:] - label_steps[:-1]])
     for start in range(0, units, step):
         n = min(step, units - start)
         part = slice(first_unit + start, first_unit + start + n)
-        key = _order_keys(values[start : start + n], key_buf[:n])
-        index = torch.clamp(key, table.low[part], table.high[part], out=index_buf[:n])
+        chunk = values[start : start + n]
+        key = chunk.view(torch.int32) if key_buf is None else _order_keys(chunk, key_buf[:n])
+        index = torch.maximum(key, table.low[part], out=index_buf[:n])
+        torch.minimum(index, table.high[part], out=index)
         index.sub_(table.base[part]).bitwise_right_shift_(table.shift[part]).add_(table.row[part])
         tau = torch.index_select(table.tau, 0, index.view(-1), out=tau_buf[:n].view(-1))
         above = torch.gt(key, tau.view(n, pixels), out=above_buf[:n])
-        index.mul_(2).add_(above)
+        index.add_(above, alpha=on_offset)
         cell = torch.index_select(table.cells, 0, index.view(-1), out=cell_buf[:n].view(-1))
         cell = cell.view(n, pixels)
         ambiguous_rows = table.ambiguous[part].nonzero().view(-1)
         if ambiguous_rows.numel():
             _resolve_ambiguous(
-                cell, values[start : start + n], lookup.thresholds[part], first_unit + start, bins, 1,
-                ambiguous_rows,
+                cell, chunk, lookup.thresholds[part], first_unit + start, bins, 1, ambiguous_rows,
             )
-        # the table's cells are (unit, level) bins of the whole layer: this chunk's, times the label width
-        cell.sub_((first_unit + start) * bins).mul_(width)
         size = n * bins * width
         first_cell = start * bins * width
         for layer, label_step in enumerate(label_steps):
-            cell.add_(label_step)
+            if layer == 0:
+                # the table's cells are (unit, level) bins of the whole layer: this chunk's, times the
+                # label width, plus the label
+                torch.add(label_step - (first_unit + start) * bins * width, cell, alpha=width, out=cell)
+            else:
+                cell.add_(label_step)
             counts = torch.bincount(cell.view(-1), minlength=size)
             histogram[first_cell : first_cell + size] += counts
             if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
@@ -556,11 +571,15 @@ def _counts_multi_level(
     chunk_elements: int,
     lookup: _LevelLookup | None = None,
     first_unit: int = 0,
+    finite: bool = False,
+    nonnegative: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(U, K, C)`` and ``(U, K)`` counts of ``values`` (the units ``first_unit ...`` of ``lookup``'s layer).
 
     The table lookup serves float32 values without NaN and thresholds that have a ``lookup``
     (or, without one, ascending NaN-free float32 ``thresholds``); everything else is binary search.
+    ``finite``: the values are known to be finite (they are not checked for NaN); ``nonnegative``:
+    none is below zero (see :func:`_counts_multi_level_lookup`).
     """
     if lookup is None and values.dtype == torch.float32:
         lookup = _build_level_lookup(thresholds)
@@ -570,11 +589,11 @@ def _counts_multi_level(
         and values.dtype == torch.float32
         and values.numel() > 0
         # a NaN makes the sum NaN (so does +inf with -inf: then the search path, also exact)
-        and not bool(torch.isnan(values.sum()))
+        and (finite or not bool(torch.isnan(values.sum())))
     )
     if fast:
         histogram, area_hist = _counts_multi_level_lookup(
-            values, thresholds, labels, num_concepts, chunk_elements, lookup, first_unit
+            values, thresholds, labels, num_concepts, chunk_elements, lookup, first_unit, nonnegative
         )
     else:
         histogram, area_hist = _counts_multi_level_search(values, thresholds, labels, num_concepts, chunk_elements)
@@ -832,11 +851,19 @@ def accumulate_unit_concept_counts(
             inter, area = _counts_single_level_rows(values, rows, magnitude, levels, labels, columns, chunk_elements)
             del rows
         else:
-            values = upsample_units_first(activations[first : first + images, part], size)
+            maps = activations[first : first + images, part]
+            values = upsample_units_first(maps, size)
             if values.dtype not in (torch.float32, torch.float64):
                 values = values.to(torch.float32)
             table = lookup if values.dtype == torch.float32 else None
-            inter, area = _counts_multi_level(values, levels, labels, columns, chunk_elements, table, start)
+            # maps of moderate magnitude upsample to finite values (a convex combination cannot
+            # overflow), non-negative ones to values >= 0 or -0.0; NaN maps fail both tests
+            low, high = torch.aminmax(maps)
+            finite = bool((low > -_MODERATE) & (high < _MODERATE))
+            nonnegative = finite and bool(low >= 0)
+            inter, area = _counts_multi_level(
+                values, levels, labels, columns, chunk_elements, table, start, finite, nonnegative
+            )
         del values
         if dense is not None:  # counts per value present -> counts of its concept, group by group
             for (counts, _seg, _concepts, _ignore), (lo, hi, columns_of) in zip(groups, dense.spans):
