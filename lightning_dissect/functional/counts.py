@@ -305,6 +305,8 @@ def _counts_multi_level_search(
         n = chunk.shape[0]
         # number of thresholds strictly below the value: the unit is "on" at level k iff bin > k
         bin_index = torch.searchsorted(thresholds[start : start + n].contiguous(), chunk)
+        if chunk.is_floating_point():  # a NaN is above no threshold (the search puts it above all)
+            bin_index.masked_fill_(torch.isnan(chunk), 0)
         offset = (torch.arange(n, device=device) * bins).unsqueeze(1)
         cell = bin_index + offset
         area_hist[start : start + n] += torch.bincount(
