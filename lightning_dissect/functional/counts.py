@@ -376,29 +376,29 @@ def _level_table(keys: Tensor, bins: int, width: int, kdtype: torch.dtype) -> _L
     last_key = base + ((bucket + 1) << shift) - 1
     inner = keys != last_key
     slots = nb + 2
-    slot = bucket + 1
-    count_all = torch.zeros(units, slots, dtype=torch.int64, device=device)
-    count_all.scatter_add_(1, slot, torch.ones_like(slot))
-    count_inner = torch.zeros(units, slots, dtype=torch.int64, device=device)
-    count_inner.scatter_add_(1, slot, inner.to(torch.int64))
-    below = count_all.cumsum(1) - count_all  # thresholds in earlier buckets
-    big = torch.iinfo(torch.int64).max
-    inner_keys = torch.where(inner, keys, torch.full_like(keys, big))
-    tau = torch.full((units, slots), big, dtype=torch.int64, device=device)
-    tau.scatter_reduce_(1, slot, inner_keys, reduce="amin")
-    tau_max = torch.full((units, slots), -big, dtype=torch.int64, device=device)
-    tau_max.scatter_reduce_(
-        1, slot, torch.where(inner, keys, torch.full_like(keys, -big)), reduce="amax"
-    )
-    ambiguous = (count_inner > 0) & (tau != tau_max)
-    tau = tau.clamp(max=torch.iinfo(kdtype).max)
-    unit_cell = (torch.arange(units, device=device) * bins).unsqueeze(1)
-    off = (unit_cell + below) * width
-    on = (unit_cell + below + count_inner) * width
-    off[ambiguous] = -1
-    on[ambiguous] = -1
-    cells = torch.cat([off.reshape(-1), on.reshape(-1)])
+    slot = bucket + 1  # ascending along the levels, as the keys
     cdtype = torch.int32 if units * bins * width <= _INT32_MAX else torch.int64
+    # thresholds in earlier buckets: each slot's position among the thresholds' slots
+    every = torch.arange(slots, device=device, dtype=slot.dtype).expand(units, slots).contiguous()
+    below = torch.searchsorted(slot, every, out_int32=cdtype == torch.int32)
+    count_inner = torch.zeros(units, slots, dtype=below.dtype, device=device)
+    count_inner.scatter_add_(1, slot, inner.to(below.dtype))
+    big = torch.iinfo(kdtype).max
+    tau = torch.full((units, slots), big, dtype=kdtype, device=device)
+    tau.scatter_reduce_(1, slot, torch.where(inner, keys, big).to(kdtype), reduce="amin")
+    # a bucket's inner thresholds are consecutive levels (the bucket's last key, not inner, comes
+    # after them): it holds two distinct ones iff two consecutive inner levels in it differ
+    pair = (slot[:, 1:] == slot[:, :-1]) & inner[:, 1:] & inner[:, :-1] & (keys[:, 1:] != keys[:, :-1])
+    unit_cell = (torch.arange(units, device=device, dtype=below.dtype) * bins).unsqueeze(1)
+    off = below.add_(unit_cell).mul_(width)
+    on = count_inner.mul_(width).add_(off)
+    ambiguous = pair.any(1)
+    if bool(ambiguous.any()):
+        marked = torch.zeros(units, slots, dtype=torch.int32, device=device)
+        marked.scatter_add_(1, slot[:, 1:], pair.to(torch.int32))
+        off.masked_fill_(marked > 0, -1)
+        on.masked_fill_(marked > 0, -1)
+    cells = torch.cat([off.reshape(-1), on.reshape(-1)]).to(cdtype)
     row = torch.arange(units, device=device).unsqueeze(1) * slots + 1
     return _LevelTable(
         low=second.to(kdtype),
@@ -406,9 +406,9 @@ def _level_table(keys: Tensor, bins: int, width: int, kdtype: torch.dtype) -> _L
         base=base.to(kdtype),
         shift=shift.to(kdtype),
         row=row.to(kdtype),
-        tau=tau.reshape(-1).to(kdtype),
-        cells=cells.reshape(-1).to(cdtype),
-        ambiguous=ambiguous.any(1),
+        tau=tau.reshape(-1),
+        cells=cells,
+        ambiguous=ambiguous,
     )
 
 
