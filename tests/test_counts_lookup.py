@@ -315,3 +315,36 @@ def test_huge_maps_upsampled_match_loop(gen):
         inter, area, _, _ = loop_counts(up.numpy(), seg.numpy(), t.numpy(), 3)
         np.testing.assert_array_equal(ours.intersection.numpy(), inter)
         np.testing.assert_array_equal(ours.unit_area.numpy(), area)
+
+
+@pytest.mark.parametrize("levels", [0, 5])
+def test_few_label_tuples_of_a_wide_label_space_match_loop(gen, levels, monkeypatch):
+    """Own and paired labels of a few of 300 concepts, mostly the same: counted once per pixel by
+    their tuple of renumbered values."""
+    from lightning_dissect.functional import counts as module
+    from lightning_dissect.functional.counts import ConceptCounts, accumulate_unit_concept_counts
+
+    seen = []
+    original = module._label_tuples
+    monkeypatch.setattr(module, "_label_tuples", lambda *a: seen.append(original(*a)) or seen[-1])
+    acts, thresholds = adversarial_case(gen, 4, max(levels, 1), size=6, batch=3)
+    if levels == 0:
+        thresholds = thresholds[:, 0].contiguous()
+    present = torch.tensor([0, 7, 150, 299])
+    seg = present[torch.randint(0, 4, (3, 6, 6), generator=gen)]
+    other = seg.clone()  # the same labels but a corner: few (own, paired) tuples
+    other[:, 0, 0] = 150
+    shape = (4, levels, 300) if levels else (4, 300)
+
+    def empty():
+        return ConceptCounts(torch.zeros(shape, dtype=torch.int64), torch.zeros(shape[:-1], dtype=torch.int64),
+                             torch.zeros(300, dtype=torch.int64), torch.zeros((), dtype=torch.int64))
+
+    own, paired = empty(), empty()
+    accumulate_unit_concept_counts(own, acts, seg, thresholds, 300, ignore_index=7, paired=(paired, other))
+    assert any(found is not None for found in seen)  # the tuple path ran
+    for counts, labels in ((own, seg), (paired, other)):
+        inter, area, concept_area, _ = loop_counts(acts.numpy(), labels.numpy(), thresholds.numpy(), 300, 7)
+        np.testing.assert_array_equal(counts.intersection.numpy(), inter)
+        np.testing.assert_array_equal(counts.concept_area.numpy(), concept_area)
+    np.testing.assert_array_equal(own.unit_area.numpy(), area)

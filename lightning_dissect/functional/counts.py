@@ -749,13 +749,18 @@ def _chunk_labels(
 
     Returns ``(labels, tuples, values)``: when the labels present are few next to the label space
     (``values``), they are renumbered densely and the counts of each value are added to its
-    concept afterwards; otherwise, with several label layers (multi-labels, the paired or other
-    label sets) each pixel is counted once, by the tuple of its labels (``tuples``), and the
-    tuples' counts are spread over their concepts afterwards; otherwise both are ``None``.
+    concept afterwards. With several label layers (multi-labels, the paired or other label sets)
+    each pixel is counted once, by the tuple of its labels or renumbered values (``tuples``), and
+    the tuples' counts are spread over their labels or values afterwards. Either is ``None`` when
+    not used.
     """
     dense = _label_values(labels, counted + 1, groups, offsets)
     if dense is not None:
-        return dense[0], None, dense[1]
+        # several layers of few values: each pixel counted once, by its tuple of values
+        compact = _label_tuples(dense[0], dense[1].count)
+        if compact is None:
+            return dense[0], None, dense[1]
+        return compact[1], compact[0], dense[1]
     labels = labels.contiguous()
     compact = _label_tuples(labels, counted + 1)
     if compact is None:
@@ -847,7 +852,7 @@ def accumulate_unit_concept_counts(
     ) -> None:
         part = slice(start, start + unit_step)
         levels = all_levels[part]
-        columns = dense.count if dense is not None else counted if tuples is None else tuples.shape[1]
+        columns = tuples.shape[1] if tuples is not None else dense.count if dense is not None else counted
         if single:
             values, rows, magnitude = _upsampled_with_rows(activations[first : first + images, part], size)
             inter, area = _counts_single_level_rows(values, rows, magnitude, levels, labels, columns, chunk_elements)
@@ -867,17 +872,17 @@ def accumulate_unit_concept_counts(
                 values, levels, labels, columns, chunk_elements, table, start, finite, nonnegative
             )
         del values
+        if tuples is not None:  # counts per label tuple -> counts per label (or value) of every layer
+            per_tuple = inter
+            inter = per_tuple.new_zeros(*per_tuple.shape[:-1], dense.count if dense is not None else counted + 1)
+            for layer in tuples:
+                inter.index_add_(-1, layer, per_tuple)
         if dense is not None:  # counts per value present -> counts of its concept, group by group
             for (counts, _seg, _concepts, _ignore), (lo, hi, columns_of) in zip(groups, dense.spans):
                 if hi > lo:
                     counts.intersection[part].index_add_(-1, columns_of, inter[..., lo:hi])
             out.unit_area[part] += area
             return
-        if tuples is not None:  # counts per label tuple -> counts per concept of every layer
-            per_tuple = inter
-            inter = per_tuple.new_zeros(*per_tuple.shape[:-1], counted + 1)
-            for layer in tuples:
-                inter.index_add_(-1, layer, per_tuple)
         for g, (counts, _seg, concepts, _ignore) in enumerate(groups):
             counts.intersection[part] += inter[..., offsets[g] : offsets[g] + concepts]
         out.unit_area[part] += area
