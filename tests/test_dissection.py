@@ -175,8 +175,8 @@ def test_call_counts_modes_and_rng(painter, segmenter, mode):
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(training), "generator train mode not restored"
     batches = [64, 64, 22]
-    # a 2-latent dry run, then once per batch per pass
-    assert [c[0] for c in calls] == [2] + batches * 2
+    # once per batch per pass: the dry run reads pass 1's first batch, which pass 1 takes as it is
+    assert [c[0] for c in calls] == batches * 2
     assert not any(c[1] for c in calls), "generator not in eval mode during dissection"
     assert counting.samples == 150 and counting.calls == 3  # the segmenter once per sample
 
@@ -263,8 +263,8 @@ def test_strips_are_drawn_from_pass_two_without_generating_again(painter, segmen
         result = run(painter, segmenter, num_samples=64, batch_size=32, num_visualized_units=2, top_k=3)
     finally:
         handle.remove()
-    # the dry run (2 latents), then pass 1 and pass 2 in two batches each: nothing for the strips
-    assert calls == [2, 32, 32, 32, 32]
+    # pass 1 (its first batch read by the dry run) and pass 2 in two batches each: nothing for the strips
+    assert calls == [32, 32, 32, 32]
     bank = LatentBank(64, (painter.latent_dim,), result.settings["seed"])
     regenerated = render_unit_images(painter, result, bank, segmenter.value_range, num_units=2)
     assert set(regenerated) == set(result.unit_images) == {"layout"}
@@ -349,7 +349,7 @@ class FlatGenerator(nn.Module):
 
 
 def test_generator_returning_a_non_image(segmenter):
-    match = r"dry run with `latent_shape`=.*must return images \(B, 3, H, W\); got \(2, 12\)"
+    match = r"dry run with `latent_shape`=.*must return images \(B, 3, H, W\); got \(8, 12\)"  # the first batch
     with pytest.raises(ValueError, match=match):
         dissect(FlatGenerator(), ["fc"], segmenter, latent_shape=(4,), num_samples=8,
                 progress=False)
@@ -357,7 +357,7 @@ def test_generator_returning_a_non_image(segmenter):
 
 def test_layer_that_is_not_a_feature_map(segmenter):
     # (B, U, h, w) maps and (B, U) vectors are units; a (B, 3, 16) sequence of tokens is not
-    with pytest.raises(ValueError, match=r"layer '1' output has shape \(2, 3, 16\)"):
+    with pytest.raises(ValueError, match=r"layer '1' output has shape \(8, 3, 16\)"):
         tokens = nn.Sequential(nn.Linear(4, 48), nn.Unflatten(1, (3, 16)), nn.Unflatten(2, (4, 4)), nn.Tanh())
         dissect(tokens, ["1"], segmenter, latent_shape=(4,), num_samples=8, progress=False)
 
@@ -707,3 +707,51 @@ def test_ranks_compute_what_one_process_computes_to_the_last_bit():
 
     balanced = maxima([shard_indices(9, rank, 2) for rank in range(2)])
     assert not all(torch.equal(one[i], balanced[i]) for i in range(9))
+
+
+class _NoisyGenerator(nn.Module):
+    """Draws noise in ``forward`` (its batches must be read with their own noise seed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 4 * 8 * 8), nn.Unflatten(1, (4, 8, 8)), nn.ReLU())
+        self.to_rgb = nn.Conv2d(4, 3, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        maps = self.body(z)
+        return torch.tanh(self.to_rgb(maps + 0.5 * torch.randn_like(maps)))
+
+
+def test_dry_run_batch_taken_by_pass_one_gives_the_result_of_a_fresh_read(segmenter):
+    """The dry run reads pass 1's first batch and pass 1 takes it: the result of a run without the dry run."""
+    torch.manual_seed(0)
+    gen = _NoisyGenerator().eval()
+    options = dict(latent_shape=(4,), num_samples=40, batch_size=16, progress=False, top_k=3)
+    checked = dissect(gen, ["body.2"], segmenter, **options).to_dict()
+    fresh = dissect(gen, ["body.2"], segmenter, dry_run=False, **options).to_dict()
+    assert checked == fresh
+
+
+def test_a_kept_pre_flight_batch_serves_only_the_read_of_the_same_samples():
+    from lightning_dissect.engine.generator import GeneratorRunner
+
+    torch.manual_seed(0)
+    runner = GeneratorRunner(_NoisyGenerator(), batch_size=4)
+    bank = LatentBank(8, (4,), seed=3)
+    calls = []
+    handle = runner.network.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        with runner.session():
+            first, second = runner.split(torch.arange(8))
+            runner.preflight(bank, ["body.2"], indices=first, keep=True)
+            kept = runner.read(bank, first, ["body.2"])
+            again = runner.read(bank, first, ["body.2"])  # kept once only: generated again
+            runner.preflight(bank, ["body.2"], indices=first, keep=True)
+            other = runner.read(bank, second, ["body.2"])  # another batch: generated, the kept one dropped
+            after = runner.read(bank, first, ["body.2"])
+    finally:
+        handle.remove()
+    assert calls == [4, 4, 4, 4, 4]
+    assert torch.equal(kept.images, again.images) and torch.equal(kept.images, after.images)
+    assert torch.equal(kept.activations["body.2"], again.activations["body.2"])
+    assert torch.equal(other.indices, second) and not torch.equal(other.images, kept.images)

@@ -79,8 +79,9 @@ def dissect(
         metadata: Free-form context stored in the result (step, checkpoint, ...).
         distributed: ``False``: dissect on this process alone, even inside an initialised process
             group (e.g. rank 0 after ``fit()`` while the other ranks have returned).
-        dry_run: Check the generator call and the layers on two latents first, naming
-            ``latent_shape`` on failure (the callback dry-runs once before training instead).
+        dry_run: Check the generator call and the layers first, naming ``latent_shape`` on
+            failure (the callback dry-runs once before training instead). The check reads the
+            first batch of pass 1, which pass 1 then takes as it is (under DDP: two latents).
         overrides: Any :class:`DissectionConfig` field, e.g. ``num_samples=2000``.
 
     Returns:
@@ -300,12 +301,17 @@ def _assemble(
 def _dry_run(
     runner: GeneratorRunner, layers: list[str], bank: LatentBank, sampled: bool, latent_shape: Sequence[int] | None
 ) -> None:
-    """Check the generator call and the layers on two latents, naming the latent option on failure.
+    """Check the generator call and the layers, naming the latent option on failure.
 
-    Images and labels are left to pass 1, so that the segmenter sees each sample once.
+    On one process the check runs the first batch of pass 1, which pass 1 then takes as it is (no
+    forward pass is spent on the check); under DDP every rank checks the same two latents. Images
+    and labels are left to pass 1, so that the segmenter sees each sample once.
     """
     latents = "`latent_sampler`" if sampled else f"`latent_shape`={tuple(latent_shape or ())}"
-    runner.preflight(bank, layers, describe=lambda _: latents, what=f"dry run with {latents}")
+    alone = runner.rank_world[1] == 1
+    first = runner.split(runner.shard(bank))[0] if alone else None
+    runner.preflight(bank, layers, describe=lambda _: latents, what=f"dry run with {latents}", indices=first,
+                     keep=alone)
 
 
 def _banks(

@@ -88,6 +88,8 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         if generate is not None and not callable(generate):
             raise TypeError(f"`generate` must be a callable (generator, latents) -> images, got {generate!r}")
         self.generate = generate or _default_generate
+        #: The batch a pre-flight check read with ``keep=True``, for the next :meth:`read` of it.
+        self._kept: tuple[LatentBank, tuple[str, ...], Batch] | None = None
 
     @property
     def generator(self) -> nn.Module:
@@ -133,7 +135,16 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         require_maps: bool = True,
         first: bool = False,
     ) -> Batch:
-        """Generate the images of ``source[indices]``, with the batch's own noise seed."""
+        """Generate the images of ``source[indices]``, with the batch's own noise seed.
+
+        The batch a pre-flight check kept (``keep=True``) is returned as it is when it is the one
+        asked for (same bank, samples and layers, no edits); it is dropped at the first read either way.
+        """
+        kept, self._kept = self._kept, None
+        if kept is not None and edits is None and require_maps:
+            bank, kept_layers, batch = kept
+            if bank is source and kept_layers == tuple(layers) and torch.equal(batch.indices, indices.cpu()):
+                return batch
         images, acts = self.forward(
             source[indices], layers, edits=edits, seed=source.noise_seed(int(indices[0])), require_maps=require_maps
         )
@@ -156,6 +167,8 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         edits: Mapping[str, LayerEdit] | None = None,
         what: str = "dry run",
         describe: Callable[[LatentBank], str] = lambda b: "latents",
+        indices: Tensor | None = None,
+        keep: bool = False,
     ) -> LatentBank:
         """Run two latents of each bank in turn and return the first bank that works.
 
@@ -170,6 +183,10 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
             edits: Also check that the layers take these edits.
             what: How the check is named in messages.
             describe: How a bank is named in the list of failed attempts.
+            indices: The latents to run (default: the first two), e.g. the first batch of a pass.
+            keep: Keep the batch of ``indices`` read from the bank that works for the next
+                :meth:`read` of it (the first batch of pass 1 then costs no second forward pass);
+                with ``require_maps`` and no ``edits`` only.
 
         Raises:
             DryRunError: Every attempt failed. The message lists every attempt; when a forward
@@ -184,8 +201,8 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
             forward_ok = False
             try:
                 with self.session():
-                    idx = torch.arange(min(2, len(bank)))
-                    seed = bank.noise_seed(0)
+                    idx = torch.arange(min(2, len(bank))) if indices is None else indices.cpu()
+                    seed = bank.noise_seed(int(idx[0]))
                     images, captured = self.forward(bank[idx], layers, seed=seed, require_maps=False)
                     forward_ok = True
                     if require_maps:
@@ -195,6 +212,9 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
                     if segmenter is not None:
                         self.segment(images, segmenter, check_images=True, refuse_unit_range=True)
                 _warn_margins(self.model, layers, self.selector)
+                if keep and require_maps and not edits:
+                    # the same call as `read` makes: maps checked above are those it would return
+                    self._kept = (bank, tuple(layers), Batch(idx, images, captured, output=images))
                 return bank
             except Exception as err:  # noqa: BLE001 - every attempt is reported below
                 # a layer that ran twice (or not at all) is found after a successful forward too
