@@ -755,3 +755,23 @@ def test_a_kept_pre_flight_batch_serves_only_the_read_of_the_same_samples():
     assert torch.equal(kept.images, again.images) and torch.equal(kept.images, after.images)
     assert torch.equal(kept.activations["body.2"], again.activations["body.2"])
     assert torch.equal(other.indices, second) and not torch.equal(other.images, kept.images)
+
+
+@pytest.mark.parametrize("order", ["ascending", "shuffled"])
+def test_topk_merges_batches_like_a_sort_of_all_values(order):
+    """Ties everywhere (values from 4 levels): the k largest per unit, ties to the smaller index, in any batch order."""
+    from lightning_dissect.dissection.topk import TopK
+
+    gen = torch.Generator().manual_seed(5)
+    values = torch.randint(0, 4, (3, 40), generator=gen).float()
+    batches = list(torch.arange(40).split(7))
+    if order == "shuffled":
+        batches = [batches[i] for i in (3, 0, 5, 1, 4, 2)]
+    top = TopK(3, k=9)
+    for idx in batches:
+        top.update(values[:, idx], idx)
+    for unit in range(3):
+        row = values[unit].tolist()
+        expected = sorted(range(40), key=lambda i: (-row[i], i))[:9]
+        assert top.indices[unit].tolist() == expected
+        assert top.values[unit].tolist() == [row[i] for i in expected]

@@ -10,13 +10,21 @@ from lightning_dissect._utils.distributed import all_gather_cat
 __all__ = ["TopK"]
 
 
-def _merge(values: Tensor, indices: Tensor, new_values: Tensor, new_indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Keep the ``k`` largest per row; ties go to the smaller latent index (deterministic)."""
+def _merge(
+    values: Tensor, indices: Tensor, new_values: Tensor, new_indices: Tensor, k: int, *, in_order: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Keep the ``k`` largest per row; ties go to the smaller latent index (deterministic).
+
+    ``in_order``: the rows of ``values`` are already in that order and every row of ``new_indices``
+    ascends from above all of ``indices`` (a pass's next batch): the columns are then in index order
+    among equal values, and one stable sort by value gives the same result.
+    """
     all_values = torch.cat([values, new_values], 1)
     all_indices = torch.cat([indices, new_indices], 1)
-    order = torch.sort(all_indices, dim=1, stable=True).indices
-    all_values = all_values.gather(1, order)
-    all_indices = all_indices.gather(1, order)
+    if not in_order:
+        order = torch.sort(all_indices, dim=1, stable=True).indices
+        all_values = all_values.gather(1, order)
+        all_indices = all_indices.gather(1, order)
     order = torch.sort(all_values, dim=1, descending=True, stable=True).indices[:, :k]
     return all_values.gather(1, order), all_indices.gather(1, order)
 
@@ -35,11 +43,17 @@ class TopK:
         self.k = k
         self.values = torch.empty(num_units, 0, device=device)
         self.indices = torch.empty(num_units, 0, dtype=torch.long, device=device)
+        #: The largest latent index merged so far (``-1``: none).
+        self._last = -1
 
     def update(self, values: Tensor, indices: Tensor) -> None:
         """Merge ``values`` ``(U, B)`` of the latents ``indices`` ``(B,)``."""
+        listed = indices.reshape(-1).tolist()
+        # a pass's batches come in ascending latent order: no sort by index is needed then
+        in_order = bool(listed) and listed[0] > self._last and all(a < b for a, b in zip(listed, listed[1:]))
+        self._last = max([self._last, *listed])
         idx = indices.to(values.device).expand_as(values)
-        self.values, self.indices = _merge(self.values, self.indices, values, idx, self.k)
+        self.values, self.indices = _merge(self.values, self.indices, values, idx, self.k, in_order=in_order)
 
     def gathered(self, world_size: int) -> tuple[Tensor, Tensor]:
         """``(values, indices)`` over all ranks (every rank gets the same)."""
