@@ -195,8 +195,8 @@ def _upsampled_with_rows(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, T
     else:
         mid, out = _upsample_stages(x.reshape(-1, h, w), size[0], size[1])
         values, rows = out.reshape(units, -1).contiguous(), mid.reshape(-1, w)
-    flat = x.reshape(units, -1)
-    magnitude = torch.maximum(flat.amax(1).abs(), flat.amin(1).abs()).to(values.dtype)
+    low, high = maps.amin((0, 2, 3)), maps.amax((0, 2, 3))
+    magnitude = torch.maximum(low.abs(), high.abs()).to(values.dtype)
     return values, rows, magnitude
 
 
