@@ -671,6 +671,23 @@ def _label_values(
     return rank[labels], _LabelValues(values.numel(), spans)
 
 
+def _dense_ranks(key: Tensor, space: int) -> tuple[Tensor, Tensor]:
+    """``torch.unique(key, return_inverse=True)`` of non-negative keys below ``space``.
+
+    A small key space is ranked through a presence table (no sort: torch's CPU sort of int64
+    runs a parallel section whatever torch's thread count, whose idle threads then spin for a
+    while and slow down the statistics' worker threads).
+    """
+    if space > max(1 << 16, 4 * key.numel()):
+        return torch.unique(key, return_inverse=True)
+    present = torch.zeros(space, dtype=torch.bool, device=key.device)
+    present[key] = True
+    values = present.nonzero().view(-1)
+    rank = torch.empty(space, dtype=key.dtype, device=key.device)
+    rank[values] = torch.arange(values.numel(), dtype=key.dtype, device=key.device)
+    return values, rank[key]
+
+
 def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
     """The distinct label tuples ``(L, T)`` of ``(L, P)`` labels and each pixel's tuple ``(1, P)``.
 
@@ -692,7 +709,7 @@ def _label_tuples(labels: Tensor, width: int) -> tuple[Tensor, Tensor] | None:
                 return None
         key = key * width + layer
         distinct *= width
-    unique, inverse = torch.unique(key, return_inverse=True)
+    unique, inverse = _dense_ranks(key, distinct)
     if unique.numel() >= width:
         return None
     # each tuple's labels, read at the first pixel that holds it
