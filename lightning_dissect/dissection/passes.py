@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import check_finite
 from lightning_dissect._utils.distributed import all_gather_cat
-from lightning_dissect._utils.parallel import one_thread, statistics_threads
+from lightning_dissect._utils.parallel import one_thread, release_freed_memory, statistics_threads
 from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.strips import Frame, keep_frames
@@ -141,6 +141,7 @@ def threshold_pass(
                     size = None if cfg.quantile_over == "raw" else out.segmentation_size
                     out.quantiles[name].update(a, size=size)
                     out.topk[name].update(a.amax((2, 3)).T, batch.indices)
+            release_freed_memory()  # memory flat in the number of batches (see _utils.parallel)
     return out
 
 
@@ -249,6 +250,7 @@ def count_pass(
                     else:
                         metrics[name].update(a, labels, shifted)
             keep_frames(frames, batch, keep)
+            release_freed_memory()
     if not chance:
         return CountPass({n: metrics[n].counts() for n in layers}, None, frames)
     both = {n: metrics[n].counts_and_paired_counts() for n in layers}  # one sync per layer
