@@ -164,3 +164,28 @@ def test_netdissect_preset_reproduces_netdissect_lite(tmp_path, categories):
     assert sum(u.iou > 0 for u in units) >= len(units) // 2  # the units do overlap the labels
     # the paper's cut
     assert [u.interpretable for u in units] == [bool(iou[j, label[j]] > 0.04) for j in range(len(units))]
+
+
+def test_netdissect_chance_iou_uses_the_per_category_area_of_the_paired_labels(tmp_path):
+    """The chance IoU: each image's maps against the previous image's labels, under the same area rule."""
+    root = write_example_broden(tmp_path / "broden", num_images=9, image_size=32, label_size=16, seed=7)
+    torch.manual_seed(1)
+    reader = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, stride=4, padding=1))
+    data = BrodenDataset(root)
+    # units on a fifth of the pixels: the rules' areas differ (at the top 0.5 % they rarely do here)
+    result = dissect_images(reader, ["2"], data, preset="netdissect", quantile=0.8, batch_size=4, progress=False)
+    images, labels, names, category_of = _read_folder(root)
+    with torch.no_grad():
+        acts = reader(torch.from_numpy(images).float()).double().numpy()
+    thresholds = np.array([u.level for u in result["2"].units])
+    paired = labels[-1:] + labels[:-1]  # image i against the labels of image i - 1, image 0 against the last
+    chance, _ = _reference(acts, paired, names, category_of, data.vocabulary.num_concepts, thresholds)
+    own, _ = _reference(acts, labels, names, category_of, data.vocabulary.num_concepts, thresholds)
+    assert result["2"].chance_iou is not None
+    assert np.abs(result["2"].chance_iou.double().numpy() - chance).max() <= 1e-6
+    assert np.abs(result["2"].iou.double().numpy() - own).max() <= 1e-6
+    assert np.abs(chance - own).max() > 1e-3  # the pairing does change the counts
+    # the area over all images (the rule of unit_area="all") would give another chance IoU
+    all_images = dissect_images(reader, ["2"], data, preset="netdissect", quantile=0.8, unit_area="all", batch_size=4,
+                                progress=False)["2"].chance_iou.double().numpy()
+    assert np.abs(all_images - chance).max() > 1e-3

@@ -87,7 +87,9 @@ class UnitConceptIoU(SumStateMetric):
             of ``g`` (state ``category_unit_area``, ``(U, [K,] G)``), and the IoU of a concept uses
             the area of its category (see :mod:`lightning_dissect.functional.category_area`).
             :meth:`counts` then returns a ``unit_area`` of shape ``(U, [K,] C)``: each concept's
-            own unit area. The paired counts keep the area over all images.
+            own unit area. A ``paired`` metric applies the same rule to the paired segmentation
+            (state ``paired_category_unit_area``): the chance IoU of a concept uses the unit's
+            area in the images whose paired labels of its category its active pixels overlap.
         sample_groups: With ``paired``: also keep the counts split into this many groups of
             samples, sample ``i`` (its ``sample_index`` given to ``update``) in group
             ``i mod sample_groups`` (at most 16), for the swap test of
@@ -181,6 +183,8 @@ class UnitConceptIoU(SumStateMetric):
             self.concept_categories = categories.to(torch.int64).cpu()
             groups = max(1, int(self.concept_categories.max()) + 1)
             self._add_sum_state("category_unit_area", (self.num_units, *levels, groups))
+            if paired:
+                self._add_sum_state("paired_category_unit_area", (self.num_units, *levels, groups))
         if sample_groups is not None:
             grouped = (self.num_units, *levels, sample_groups, self.num_concepts)
             self._add_sum_state("group_intersection", grouped)
@@ -209,6 +213,8 @@ class UnitConceptIoU(SumStateMetric):
         if self.concept_categories is not None:
             groups = ("concept_categories (categories)", int(self.category_unit_area.shape[-1]))
             axes["category_unit_area"] = (units, *levels, groups)
+            if self.paired:
+                axes["paired_category_unit_area"] = (units, *levels, groups)
         if self.sample_groups is not None:
             groups = ("sample_groups", self.sample_groups)
             grouped = (units, *levels, groups, concepts)
@@ -286,12 +292,17 @@ class UnitConceptIoU(SumStateMetric):
             )
             area_counts = category_counts(self.category_unit_area, num)
             also.append((area_counts, pseudo, num, 0))
+            if paired is not None:  # the same rule with the paired labels: the chance IoU's area
+                paired_pseudo, _ = category_labels(
+                    paired[1], self.concept_categories, self.category_unit_area.shape[-1], self.ignore_index
+                )
+                paired_area_counts = category_counts(self.category_unit_area, num)
+                also.append((paired_area_counts, paired_pseudo, num, 0))
         if self.sample_groups is not None or sample_index is not None:
             groups = self._groups_of(sample_index, activations.shape[0])
             assert paired is not None  # sample groups need a paired metric
             self._update_grouped(activations.detach().to(device), segmentation, paired[1], groups.to(device), also)
-            if also:
-                add_category_area(self.category_unit_area, area_counts.intersection, activations.shape[0])
+            self._add_category_areas(also, activations.shape[0])
             return
         accumulate_unit_concept_counts(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
@@ -304,8 +315,12 @@ class UnitConceptIoU(SumStateMetric):
             paired=paired,
             also=also,
         )
-        if also:
-            add_category_area(self.category_unit_area, area_counts.intersection, activations.shape[0])
+        self._add_category_areas(also, activations.shape[0])
+
+    def _add_category_areas(self, also: list[Any], batch: int) -> None:
+        """Add a batch's per-category unit areas (own, then paired) from its pseudo-label counts."""
+        for (counts, *_), state in zip(also, ("category_unit_area", "paired_category_unit_area")):
+            add_category_area(getattr(self, state), counts.intersection, batch)
 
     def _groups_of(self, sample_index: Tensor | None, batch: int) -> Tensor:
         """Each sample's group, after checking ``sample_index``."""
@@ -389,13 +404,17 @@ class UnitConceptIoU(SumStateMetric):
         """IoU, ``(U, C)`` for ``(U,)`` thresholds or ``(U, K, C)`` for ``(U, K)`` (float32)."""
         return iou_from_counts(self.intersection, self._concept_unit_area(), self.concept_area).float()
 
-    def _concept_unit_area(self) -> Tensor:
-        """The unit area each concept's IoU uses: ``unit_area``, or per category ``(U, [K,] C)``."""
+    def _concept_unit_area(self, paired: bool = False) -> Tensor:
+        """The unit area each concept's IoU uses: ``unit_area``, or per category ``(U, [K,] C)``.
+
+        ``paired``: the area of the chance IoU (per category: against the paired labels).
+        """
         if self.concept_categories is None:
             return self.unit_area
+        areas = self.paired_category_unit_area if paired else self.category_unit_area
         categories = self.concept_categories.to(self.unit_area.device)
-        index = categories.clamp(min=0).expand(*self.category_unit_area.shape[:-1], -1)
-        per_concept = torch.gather(self.category_unit_area, -1, index)
+        index = categories.clamp(min=0).expand(*areas.shape[:-1], -1)
+        per_concept = torch.gather(areas, -1, index)
         plain = self.unit_area.unsqueeze(-1).expand_as(per_concept)
         return torch.where(categories >= 0, per_concept, plain)
 
@@ -410,7 +429,8 @@ class UnitConceptIoU(SumStateMetric):
         """The synced counts against the paired segmentations (a ``paired`` metric only).
 
         ``unit_area`` and ``total`` are those of :meth:`counts` (they do not depend on the
-        labels). Synchronises like ``compute``: under DDP call it on every rank.
+        labels), except with ``concept_categories``: then ``unit_area`` is each concept's unit area
+        against the paired labels. Synchronises like ``compute``: under DDP call it on every rank.
         """
         if not self.paired:
             raise ValueError("paired_counts() needs a UnitConceptIoU built with `paired=True`")
@@ -472,7 +492,7 @@ class UnitConceptIoU(SumStateMetric):
             found = tuple(
                 ConceptCounts(
                     getattr(self, intersection).clone(),
-                    (self._concept_unit_area() if intersection == "intersection" else self.unit_area).clone(),
+                    self._concept_unit_area(paired=intersection != "intersection").clone(),
                     getattr(self, concept_area).clone(),
                     self.total.clone(),
                 )
