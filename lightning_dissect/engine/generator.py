@@ -10,13 +10,17 @@ what every runner does, it owns:
   (:meth:`~lightning_dissect.engine.latents.LatentBank.noise_seed`): a batch of the same latents
   gets the same noise in every pass, and the caller's global RNG never moves;
 * the pre-flight check on two latents before any long work (:meth:`GeneratorRunner.preflight`),
-  and the choice of a latent layout by it (:meth:`GeneratorRunner.choose_latents`).
+  and the choice of a latent layout by it (:meth:`GeneratorRunner.choose_latents`);
+* within one :meth:`~GeneratorRunner.session`, the batches it generated (images and captured
+  maps, up to :data:`BATCH_CACHE_BYTES`): a second pass over the same latents (the counting pass
+  of a dissection) takes them instead of running the generator again.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -36,7 +40,10 @@ from lightning_dissect.engine.runner import (
 )
 from lightning_dissect.segmenters.base import Segmenter
 
-__all__ = ["Generate", "GeneratorRunner"]
+__all__ = ["BATCH_CACHE_BYTES", "Generate", "GeneratorRunner"]
+
+#: Bytes of generated batches (images and maps) a :class:`GeneratorRunner` keeps within a session.
+BATCH_CACHE_BYTES = 64 << 20
 
 Generate = Callable[[nn.Module, Any], Tensor]
 """``(generator, latents) -> images``; the default calls ``generator(latents)``."""
@@ -90,6 +97,28 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         self.generate = generate or _default_generate
         #: The batch a pre-flight check read with ``keep=True``, for the next :meth:`read` of it.
         self._kept: tuple[LatentBank, tuple[str, ...], Batch] | None = None
+        #: Bytes of generated batches kept for a later pass of the same session; 0 keeps none.
+        self.cache_bytes = BATCH_CACHE_BYTES
+        self._batches: dict[tuple[Any, ...], tuple[LatentBank, Batch]] = {}
+        self._cached_bytes = 0
+        self._sessions = 0
+
+    @contextmanager
+    def session(self) -> Iterator[GeneratorRunner]:
+        """Inference and eval mode for the block; the batches kept by :meth:`read` live as long as it.
+
+        The generator may change between sessions (training), so its batches are never reused
+        across them.
+        """
+        self._sessions += 1
+        try:
+            with super().session():
+                yield self
+        finally:
+            self._sessions -= 1
+            if not self._sessions:
+                self._batches.clear()
+                self._cached_bytes = 0
 
     @property
     def generator(self) -> nn.Module:
@@ -141,14 +170,29 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         asked for (same bank, samples and layers, no edits); it is dropped at the first read either way.
         """
         kept, self._kept = self._kept, None
+        # within a session the generator is fixed: an unedited batch read before is the same batch
+        key = None
+        if edits is None and layers and self._sessions:
+            key = (id(source), tuple(int(i) for i in indices.tolist()), tuple(layers), require_maps)
+            if key in self._batches:
+                return _copy(self._batches[key][1])
+        batch = None
         if kept is not None and edits is None and require_maps:
-            bank, kept_layers, batch = kept
-            if bank is source and kept_layers == tuple(layers) and torch.equal(batch.indices, indices.cpu()):
-                return batch
-        images, acts = self.forward(
-            source[indices], layers, edits=edits, seed=source.noise_seed(int(indices[0])), require_maps=require_maps
-        )
-        return Batch(indices, images, acts, output=images)
+            bank, kept_layers, kept_batch = kept
+            if bank is source and kept_layers == tuple(layers) and torch.equal(kept_batch.indices, indices.cpu()):
+                batch = kept_batch
+        if batch is None:
+            images, acts = self.forward(
+                source[indices], layers, edits=edits, seed=source.noise_seed(int(indices[0])),
+                require_maps=require_maps,
+            )
+            batch = Batch(indices, images, acts, output=images)
+        if key is not None:
+            size = _nbytes(batch.images) + sum(_nbytes(a) for a in batch.activations.values())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._batches[key] = (source, _copy(batch))  # the bank is held: its id stays its own
+                self._cached_bytes += size
+        return batch
 
     def label(
         self, source: LatentBank, batch: Batch, segmenter: Segmenter, *, first: bool, refuse_unit_range: bool = False
@@ -372,3 +416,12 @@ def _check_images_shape(images: Any) -> Tensor:
             "say how to call it"
         )
     return images
+
+
+def _copy(batch: Batch) -> Batch:
+    """A new :class:`Batch` of the same tensors (a caller may set its labels or replace its maps)."""
+    return Batch(batch.indices, batch.images, dict(batch.activations), output=batch.output)
+
+
+def _nbytes(value: Any) -> int:
+    return value.numel() * value.element_size() if isinstance(value, Tensor) else 0
