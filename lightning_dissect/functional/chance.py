@@ -21,6 +21,8 @@ any batch size and any number of processes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -56,11 +58,16 @@ def chance_excess(iou: Tensor, chance_iou: Tensor) -> Tensor:
     return torch.where(room > 0, (iou - chance) / room.clamp(min=1e-300), torch.zeros_like(room))
 
 
+@functools.cache
+def _membership(width: int) -> Tensor:
+    """``(width, 2^width)`` float64: column ``p`` is 1 where subset ``p`` holds the group (bit ``g`` of ``p``)."""
+    subsets = torch.arange(1 << width, dtype=torch.int64)
+    return ((subsets.unsqueeze(0) >> torch.arange(width).unsqueeze(1)) & 1).to(torch.float64)
+
+
 def _subset_sums(deltas: Tensor, width: int) -> Tensor:
     """``(n, 2^width)``: for every subset ``p`` of the ``width`` columns of ``deltas``, the sum of its columns."""
-    subsets = torch.arange(1 << width, dtype=torch.int64)
-    member = ((subsets.unsqueeze(1) >> torch.arange(width)) & 1).to(deltas.dtype)  # (2^width, width)
-    return deltas @ member.T
+    return deltas @ _membership(width)
 
 
 def _ratio_into(out: Tensor, intersection: Tensor, union: Tensor, lowest_union: Tensor) -> Tensor:

@@ -96,18 +96,18 @@ def _joint(
     Small reductions and broadcasts over the ``(2, 2)`` axes are slow in torch: they are spelled out
     cell by cell (the same sums and products).
     """
-    i = intersection.to(torch.int64)
-    a = unit_area.to(torch.int64)
+    # integers (as `contingency_from_counts` truncates them), then float64: exact below 2^53, so the
+    # cells are the same numbers whether subtracted as int64 or as float64
+    i, a, s = (t.to(torch.int64).to(torch.float64) for t in (intersection, unit_area, concept_area))
     a = a.unsqueeze(-1) if a.ndim < i.ndim else a
-    s = concept_area.to(torch.int64)
-    n = torch.as_tensor(total, dtype=torch.int64, device=i.device)
+    n = torch.as_tensor(total, dtype=torch.int64, device=i.device).to(torch.float64)
     shape = torch.broadcast_shapes(i.shape, a.shape, s.shape, n.shape)
     p = torch.empty(*shape, 2, 2, dtype=torch.float64, device=i.device)
     p[..., 0, 0] = i
-    p[..., 0, 1] = a - i
-    p[..., 1, 0] = s - i
-    p[..., 1, 1] = n - a - s + i
-    divisor = n.to(torch.float64).clamp(min=1)
+    torch.sub(a, i, out=p[..., 0, 1])
+    torch.sub(s, i, out=p[..., 1, 0])
+    torch.add(n - a - s, i, out=p[..., 1, 1])
+    divisor = n.clamp(min=1)
     p.div_(divisor if divisor.ndim == 0 else divisor.unsqueeze(-1).unsqueeze(-1))
     rows = (p[..., 0, 0] + p[..., 0, 1], p[..., 1, 0] + p[..., 1, 1])
     cols = (p[..., 0, 0] + p[..., 1, 0], p[..., 0, 1] + p[..., 1, 1])
