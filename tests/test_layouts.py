@@ -351,7 +351,8 @@ def test_channels_last_generator_images_are_refused_with_the_fix():
     from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter
 
     gen = nn.Sequential(nn.Linear(4, 16 * 16 * 3), nn.Unflatten(1, (16, 16, 3)), nn.Tanh())
-    with pytest.raises(ValueError, match=r"generator's images of shape \(\d+, 16, 16, 3\) look channels-last.*generate="):
+    match = r"generator's images of shape \(\d+, 16, 16, 3\) look channels-last.*generate="
+    with pytest.raises(ValueError, match=match):
         dissect(gen, ["0"], SyntheticSceneSegmenter(SceneWorld(16)), latent_shape=(4,), num_samples=4,
                 progress=False)
 
