@@ -82,3 +82,22 @@ def test_anchored_histogram_matches_loop_on_exactly_scaled_values(gen, dtype):
     np.testing.assert_array_equal(overflow.numpy(), want_overflow)
     accumulate_anchored_histogram(values, exponents, spec, counts, overflow)
     np.testing.assert_array_equal(counts.numpy(), 2 * want_counts)
+
+
+def test_anchored_histogram_of_nonnegative_values_skips_the_sign_with_the_same_counts(gen):
+    """Non-negative rows (with +0.0, -0.0, tiny values and +inf) counted without the sign: the loop's counts."""
+    spec = anchored_spec()
+    values = (torch.rand(5, 400, generator=gen, dtype=torch.float64) * torch.tensor([[1e-20], [1e-3], [1.0],
+                                                                                        [7.0], [1e20]])).float()
+    values[values < values.median(1, keepdim=True).values] = 0.0
+    values[0, :7] = -0.0
+    values[2, 9] = float("inf")
+    values[3, ::13] *= 2.0**-50  # below the window
+    exponents = magnitude_exponents(values)
+    scaled = values.double().numpy() * np.exp2(-exponents.double().numpy())[:, None]
+    want_counts, want_overflow = loop_histogram(scaled, spec)
+    counts = torch.zeros(5, spec.num_buckets, dtype=torch.int64)
+    overflow = torch.zeros(5, dtype=torch.int64)
+    accumulate_anchored_histogram(values, exponents, spec, counts, overflow, nonnegative=True)
+    np.testing.assert_array_equal(counts.numpy(), want_counts)
+    np.testing.assert_array_equal(overflow.numpy(), want_overflow)

@@ -446,7 +446,13 @@ def _anchored_keys_exact(exponents: Tensor, spec: LogHistogramSpec) -> bool:
 
 
 def accumulate_anchored_histogram(
-    values: Tensor, exponents: Tensor, spec: LogHistogramSpec, histogram: Tensor, overflow: Tensor
+    values: Tensor,
+    exponents: Tensor,
+    spec: LogHistogramSpec,
+    histogram: Tensor,
+    overflow: Tensor,
+    *,
+    nonnegative: bool = False,
 ) -> None:
     """Add the anchored histogram of ``values * 2**-e`` (per row) to ``histogram`` and ``overflow``, in place.
 
@@ -456,7 +462,9 @@ def accumulate_anchored_histogram(
     of key ``k`` lands at ``k`` above the positive zero column, a negative one at ``k`` below
     the negative zero column. Falls back to the two-step computation where a window reaches
     into float32's subnormal numbers (anchors below ``2**-85`` at the default range), which the
-    key subtraction does not cover.
+    key subtraction does not cover. With ``nonnegative`` (the caller knows no value is negative
+    or NaN, e.g. upsampled ReLU maps whose raw minimum is ``>= 0``) only the positive half is
+    counted; ``-0.0``, whose arithmetic-shifted key is negative, still lands in the zero bucket.
 
     Args:
         values: ``(U, P)`` floating values, unit-major.
@@ -464,6 +472,7 @@ def accumulate_anchored_histogram(
         spec: An anchored layout (:func:`anchored_spec`).
         histogram: ``(U, spec.num_buckets)`` int64 counts, added to.
         overflow: ``(U,)`` int64 overflow counts, added to.
+        nonnegative: No value is negative or NaN (``-0.0`` may occur): skip the sign.
 
     Examples:
         >>> spec = anchored_spec()
@@ -480,6 +489,9 @@ def accumulate_anchored_histogram(
         counts, over = unit_histogram(scale_by_exponents(values, exponents), spec)
         histogram += counts
         overflow += over
+        return
+    if nonnegative:
+        _accumulate_nonnegative(values, exponents, spec, histogram, overflow)
         return
     units, per_unit = values.shape
     per_sign = spec.buckets_per_sign
@@ -515,3 +527,33 @@ def accumulate_anchored_histogram(
         block[:, 0] += extended[:, 0]
         block[:, -1] += extended[:, -1]
         overflow[start : start + n] += extended[:, 0] + extended[:, -1]
+
+
+def _accumulate_nonnegative(
+    values: Tensor, exponents: Tensor, spec: LogHistogramSpec, histogram: Tensor, overflow: Tensor
+) -> None:
+    """:func:`accumulate_anchored_histogram` of values that are all ``>= +0.0``: the positive half only."""
+    units, per_unit = values.shape
+    per_sign = spec.buckets_per_sign
+    # extended columns: [zero, positives, overflow]
+    width = per_sign + 2
+    base = (spec.key_low - 1 + (exponents << spec.mantissa_bits)).to(torch.int32).unsqueeze(1)
+    step = max(1, _ANCHORED_CHUNK // max(1, per_unit))
+    rows = min(step, units)
+    keys = torch.empty(rows, per_unit, dtype=torch.int32, device=values.device)
+    columns = (torch.arange(rows, dtype=torch.int32, device=values.device) * width).unsqueeze(1)
+    zero = spec.zero_bucket
+    for start in range(0, units, step):
+        chunk = values[start : start + step]
+        n = chunk.shape[0]
+        bits = chunk.to(torch.float32).contiguous().view(torch.int32)
+        # arithmetic shift: -0.0 (the only value with its sign bit set) gets a negative key -> zero
+        key = torch.bitwise_right_shift(bits, spec.shift, out=keys[:n])
+        key -= base[start : start + n]
+        key.clamp_(0, per_sign + 1)
+        key += columns[:n]
+        extended = torch.bincount(key.reshape(-1), minlength=n * width).view(n, width)
+        block = histogram[start : start + n]
+        block[:, zero:] += extended[:, :-1]
+        block[:, -1] += extended[:, -1]
+        overflow[start : start + n] += extended[:, -1]

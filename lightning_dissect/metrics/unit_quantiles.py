@@ -261,6 +261,8 @@ class UnitQuantiles(SumStateMetric):
             # the largest magnitude of the raw maps bounds that of their bilinear upsampling
             self._raise_anchor(magnitude_exponents_of_maps(activations))
             exponents = self._exponents()
+            # bilinear weights are non-negative: maps with no negative value (ReLU) upsample to none
+            nonnegative = bool(activations.amin() >= 0)
         # Upsample a few units at a time so the maps stay in cache (about 1M values per chunk);
         # the counts are the same integers as for one big pass.
         per_unit = activations.shape[0] * (
@@ -273,7 +275,8 @@ class UnitQuantiles(SumStateMetric):
             rows = slice(start, start + step)
             if self.anchored:
                 accumulate_anchored_histogram(
-                    values, exponents[rows], self.spec, self.histogram[rows], self.overflow[rows]
+                    values, exponents[rows], self.spec, self.histogram[rows], self.overflow[rows],
+                    nonnegative=nonnegative,
                 )
                 return
             counts, overflow = unit_histogram(values, self.spec)
