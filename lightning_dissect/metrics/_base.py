@@ -54,8 +54,10 @@ class SumStateMetric(Metric):
         so its stored default is one 0-d zero (following the metric's device and dtype moves) and
         :meth:`reset` rebuilds the zeros at full shape.
         """
-        self.add_state(name, torch.zeros(shape, dtype=torch.int64), dist_reduce_fx="sum")
-        self._defaults[name] = torch.zeros((), dtype=torch.int64)
+        # registered with the 0-d default (TorchMetrics copies the default it is given), then set
+        # to the full zeros: the large tensor is allocated once, not copied
+        self.add_state(name, torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        setattr(self, name, torch.zeros(shape, dtype=torch.int64))
         self._sum_state_shapes = {**getattr(self, "_sum_state_shapes", {}), name: tuple(shape)}
 
     def reset(self) -> None:
