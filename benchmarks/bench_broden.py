@@ -19,7 +19,8 @@ Reported in one run:
 2. the statistics' cost (``ours - floor``) at every count of ``--concepts``;
 3. peak resident memory of the same dissection over ``--memory-sizes`` images (each in a fresh
    process; the folders repeat the rows of the generated one), which should not grow with the
-   number of images.
+   number of images: under glibc's default allocator, and with one arena and large blocks given
+   back at once (:data:`ALLOCATOR_RETURNS_MEMORY`), where the peak is what the call holds.
 
 Run ``python benchmarks/bench_broden.py`` (a few minutes on 2 cores); ``--quick`` for a smoke run.
 """
@@ -111,7 +112,12 @@ def _load() -> str:
         return "n/a"
 
 
-def _peak_child(folder: Path, batch: int, preset: str) -> dict:
+#: glibc settings under which freed memory goes back to the system at once (one arena, large blocks
+#: mapped): the peak is then the memory the call holds, without what the allocator keeps.
+ALLOCATOR_RETURNS_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _peak_child(folder: Path, batch: int, preset: str, env: dict | None = None) -> dict:
     """Resident memory before the call and its peak during the call (Linux: the peak is reset first)."""
     code = (
         "import json, sys, torch\n"
@@ -130,7 +136,8 @@ def _peak_child(folder: Path, batch: int, preset: str) -> dict:
         f"dissect_images(net, {LAYERS!r}, data, preset={preset!r}, batch_size={batch}, progress=False)\n"
         "print(json.dumps({'before_mib': before, 'peak_mib': status('VmHWM')}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -184,11 +191,14 @@ def main() -> None:
     print(f"statistics from {first[0]} to {concepts} concepts: {first[4] - first[3]:.2f} s -> {t_ours - t_floor:.2f} s")
 
     if args.memory_sizes:
-        print(f"peak resident memory of dissect_images over {concepts} concepts, each run in a fresh process")
+        print(f"peak resident memory of dissect_images over {concepts} concepts, each run in a fresh process; "
+              f"glibc's default allocator, then with {ALLOCATOR_RETURNS_MEMORY} (the memory the call holds)")
         for n in args.memory_sizes:
-            found = _peak_child(repeated_folder(folders[concepts], root, n), args.batch_size, args.preset)
-            print(f"  {n:6d} images: peak {found['peak_mib']:7.1f} MiB during the call, {found['before_mib']:.1f} MiB "
-                  f"before it: +{found['peak_mib'] - found['before_mib']:.1f} MiB", flush=True)
+            for label, env in (("default", None), ("memory returned", ALLOCATOR_RETURNS_MEMORY)):
+                found = _peak_child(repeated_folder(folders[concepts], root, n), args.batch_size, args.preset, env)
+                print(f"  {n:6d} images, {label:15s}: peak {found['peak_mib']:7.1f} MiB during the call, "
+                      f"{found['before_mib']:.1f} MiB before it: +{found['peak_mib'] - found['before_mib']:.1f} MiB",
+                      flush=True)
     print(f"load average at the end {_load()}")
     if args.root is None:
         shutil.rmtree(root, ignore_errors=True)
