@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "benchmarks")]  # this checkout first
 
-from bench_round import thread_counts, timed, workload  # noqa: E402
+from bench_round import forward_floor, thread_counts, timed, workload  # noqa: E402
 
 from lightning_dissect.dissection import dissect  # noqa: E402
 from lightning_dissect.dissection.passes import metric_threads  # noqa: E402
@@ -78,11 +78,7 @@ def main(argv=None) -> None:
     latents = torch.randn(samples, latent_dim, generator=torch.Generator().manual_seed(1))
 
     def floor():
-        with torch.inference_mode():
-            for chunk in latents.split(batch):
-                generator(chunk)
-            for chunk in latents.split(batch):
-                segmenter(generator(chunk))
+        forward_floor(generator, segmenter, latents, batch)
 
     print(f"torch {torch.__version__} | {os.cpu_count()} cores | example round, "
           f"{len(recorded['quantile'])} count-pass updates per mode; best of {args.repeats}")

@@ -33,6 +33,7 @@ import platform
 import pstats
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -82,6 +83,15 @@ def workload(name: str, device: torch.device):
     return generator.eval().to(device), layers, segmenter, latent_dim, size, samples, batch, units
 
 
+def forward_floor(generator, segmenter, latents: torch.Tensor, batch: int) -> None:
+    """The forward floor: two generator passes over ``latents`` and one segmenter pass, in batches."""
+    with torch.inference_mode():
+        for chunk in latents.split(batch):
+            generator(chunk)
+        for chunk in latents.split(batch):
+            segmenter(generator(chunk))
+
+
 def thread_counts(spec: list[str]) -> list[tuple[int, str]]:
     """Distinct thread counts with their names: ``1``, ``default`` (torch's), ``all`` (every core)."""
     default = torch.get_num_threads()
@@ -118,12 +128,7 @@ def main(argv=None):
         print(f"\n[{name}] {units} units in {len(layers)} layers, {size}x{size} images, {samples} latents, "
               f"batch {batch}, best of {repeats}; load average {os.getloadavg()[0]:.2f} at the start")
 
-        def floor(latents=latents, generator=generator, segmenter=segmenter, batch=batch):
-            with torch.inference_mode():
-                for chunk in latents.split(batch):
-                    generator(chunk)
-                for chunk in latents.split(batch):
-                    segmenter(generator(chunk))
+        floor = partial(forward_floor, generator, segmenter, latents, batch)
 
         def run(mode, samples=samples, generator=generator, layers=layers, segmenter=segmenter,
                 latent_dim=latent_dim, batch=batch):

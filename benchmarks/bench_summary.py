@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "benchmarks")]  # this checkout first
 
-from bench_round import workload  # noqa: E402
+from bench_round import forward_floor, workload  # noqa: E402
 
 import lightning_dissect.dissection as dissection  # noqa: E402
 from lightning_dissect.dissection import dissect  # noqa: E402
@@ -83,11 +83,7 @@ def main(argv=None):
     latents = torch.randn(samples, latent_dim, generator=torch.Generator().manual_seed(1))
 
     def floor():
-        with torch.inference_mode():
-            for chunk in latents.split(batch):
-                generator(chunk)
-            for chunk in latents.split(batch):
-                segmenter(generator(chunk))
+        forward_floor(generator, segmenter, latents, batch)
 
     print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | {torch.get_num_threads()} "
           f"threads | [{args.workload}] {units} units in {len(layers)} layers, {samples} latents, batch {batch} | "

@@ -19,8 +19,7 @@ what every runner does, it owns:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -101,24 +100,10 @@ class GeneratorRunner(ModuleRunner[LatentBank]):
         self.cache_bytes = BATCH_CACHE_BYTES
         self._batches: dict[tuple[Any, ...], tuple[LatentBank, Batch]] = {}
         self._cached_bytes = 0
-        self._sessions = 0
 
-    @contextmanager
-    def session(self) -> Iterator[GeneratorRunner]:
-        """Inference and eval mode for the block; the batches kept by :meth:`read` live as long as it.
-
-        The generator may change between sessions (training), so its batches are never reused
-        across them.
-        """
-        self._sessions += 1
-        try:
-            with super().session():
-                yield self
-        finally:
-            self._sessions -= 1
-            if not self._sessions:
-                self._batches.clear()
-                self._cached_bytes = 0
+    def _end_session(self) -> None:
+        self._batches.clear()
+        self._cached_bytes = 0
 
     @property
     def generator(self) -> nn.Module:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -83,25 +82,12 @@ class ImageRunner(ModuleRunner[ImageSet]):
         #: Captured maps of unedited batches, kept for the next pass of the same session.
         self._maps: dict[tuple[Any, ...], dict[str, Tensor]] = {}
         self._maps_bytes = 0
-        self._sessions = 0
 
-    @contextmanager
-    def session(self) -> Iterator[ImageRunner]:
-        """Inference and eval mode for the block; the maps kept by :meth:`batches` live as long as it.
-
-        The network may change between sessions (training), so its maps are never reused across
-        them; the images are.
-        """
-        self._sessions += 1
-        try:
-            with super().session():
-                yield self
-        finally:
-            self._sessions -= 1
-            if not self._sessions:
-                self._maps.clear()
-                self._cached_bytes -= self._maps_bytes
-                self._maps_bytes = 0
+    def _end_session(self) -> None:
+        """The maps are never reused across sessions (the network may change); the images are."""
+        self._maps.clear()
+        self._cached_bytes -= self._maps_bytes
+        self._maps_bytes = 0
 
     def forward(
         self,

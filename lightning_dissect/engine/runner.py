@@ -221,6 +221,7 @@ class ModuleRunner(LayoutReading, abc.ABC, Generic[SourceT]):
         self.layout_problems: dict[str, str] = {}
         self._patch_size: int | None | bool = False
         self._image_size: tuple[int, int] | None = None
+        self._sessions = 0
 
     # ------------------------------------------------------------------ context
     @property
@@ -235,9 +236,23 @@ class ModuleRunner(LayoutReading, abc.ABC, Generic[SourceT]):
 
     @contextmanager
     def session(self) -> Iterator[ModuleRunner[SourceT]]:
-        """Inference mode and eval mode (every submodule's mode restored) for the block."""
-        with torch.inference_mode(), eval_mode(self.model):
-            yield self
+        """Inference mode and eval mode (every submodule's mode restored) for the block.
+
+        Sessions nest; what a runner keeps for a later pass of the same session (batches, maps)
+        is dropped when the outermost one ends (:meth:`_end_session`): the network may change
+        between sessions (training).
+        """
+        self._sessions += 1
+        try:
+            with torch.inference_mode(), eval_mode(self.model):
+                yield self
+        finally:
+            self._sessions -= 1
+            if not self._sessions:
+                self._end_session()
+
+    def _end_session(self) -> None:
+        """Forget what was kept for the session that ended (runners that keep something override it)."""
 
     @contextmanager
     def collective(self, what: str) -> Iterator[None]:
