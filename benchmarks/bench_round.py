@@ -33,7 +33,6 @@ import platform
 import pstats
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -128,7 +127,8 @@ def main(argv=None):
         print(f"\n[{name}] {units} units in {len(layers)} layers, {size}x{size} images, {samples} latents, "
               f"batch {batch}, best of {repeats}; load average {os.getloadavg()[0]:.2f} at the start")
 
-        floor = partial(forward_floor, generator, segmenter, latents, batch)
+        def floor(subset=latents, generator=generator, segmenter=segmenter, batch=batch):
+            forward_floor(generator, segmenter, subset, batch)
 
         def run(mode, samples=samples, generator=generator, layers=layers, segmenter=segmenter,
                 latent_dim=latent_dim, batch=batch):
