@@ -7,14 +7,13 @@ the dataset, so no image is counted twice.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
+
+from tests.helpers.ddp import assert_two_processes_equal_one
 
 NUM_IMAGES = 7
 
@@ -51,25 +50,6 @@ def run(distributed: bool) -> dict:
     }
 
 
-def _worker(rank: int, world_size: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
-    try:
-        found = run(True)
-        if rank == 0:
-            torch.save(found, out)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.ddp
 def test_two_processes_match_one_with_a_padded_sampler(tmp_path, monkeypatch):
-    store, out = tmp_path / "store", tmp_path / "rank0.pt"
-    if "GLOO_SOCKET_IFNAME" not in os.environ:
-        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(2, str(store), str(out)), nprocs=2, join=True)
-    distributed = torch.load(out, weights_only=True)
-    single = run(False)
-    assert int(distributed.pop("world_size")) == 2 and int(single.pop("world_size")) == 1
-    for key, value in single.items():
-        assert torch.equal(distributed[key], value), key
+    assert_two_processes_equal_one(run, tmp_path, monkeypatch, distributed_args=(True,), single_args=(False,))
