@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import math
 import os
 import threading
 import time
@@ -170,24 +169,24 @@ _trim = _malloc_trim()
 
 #: Seconds between two trims of :func:`release_freed_memory`.
 TRIM_INTERVAL = 5.0
-_last_trim = [-math.inf]
+_last_trim = [float("-inf")]
 
 
-def release_freed_memory(force: bool = False) -> None:
+def release_freed_memory() -> None:
     """Give the pages freed inside the C allocator's arenas back to the system (glibc; a no-op elsewhere).
 
     The workers' temporaries are freed in their threads' arenas, where glibc keeps them: between
     batches of different sizes the arenas fragment and the resident memory creeps up with the
     number of batches. Called after every batch, it trims at most once per
-    :data:`TRIM_INTERVAL` seconds (unless ``force``): a trim costs about a millisecond, and the
+    :data:`TRIM_INTERVAL` seconds: a trim costs about a millisecond, and the
     next batch then faults its pages in again (on the example's round, trimming after every
     batch made the round 20 % slower), while the memory stays flat in the number of batches.
 
     Examples:
-        >>> release_freed_memory(force=True)
+        >>> release_freed_memory()
     """
     now = time.monotonic()
-    if _trim is None or (not force and now - _last_trim[0] < TRIM_INTERVAL):
+    if _trim is None or now - _last_trim[0] < TRIM_INTERVAL:
         return
     _last_trim[0] = now
     _trim(0)
