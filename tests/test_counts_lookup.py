@@ -195,6 +195,7 @@ def test_single_threshold_on_pixel_path_and_full_path_match_loop(gen, multilabel
     from lightning_dissect.functional import counts as module
 
     plain = module._counts_single_level
+    monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: None)  # not the on-pixel path of few candidate rows
     monkeypatch.setattr(module, "_counts_single_level_rows", lambda values, _rows, _magnitude, *a: plain(values, *a))
     calls = []
     original = module._count_on_pixels
@@ -243,12 +244,19 @@ def row_path_case(gen, shape, size, kind):
     [((3, 5, 4, 4), (16, 16)), ((2, 4, 3, 5), (7, 13)), ((2, 3, 6, 6), (6, 17)), ((2, 3, 5, 4), (11, 4)),
      ((2, 3, 8, 8), (8, 8))],
 )
-def test_single_threshold_row_bounds_match_loop_on_the_upsampled_maps(gen, kind, shape, size):
+@pytest.mark.parametrize("on_pixels", [True, False])
+def test_single_threshold_row_bounds_match_loop_on_the_upsampled_maps(gen, kind, shape, size, on_pixels, monkeypatch):
     """Rows whose bound is below the threshold are skipped: the counts equal a loop over every value.
 
-    The thresholds are upsampled values themselves (ties), near the top of each unit.
+    The thresholds are upsampled values themselves (ties), near the top of each unit. Counted from
+    the on pixels of the candidate rows alone (whatever their number), or from the whole upsampled maps.
     """
     from lightning_dissect.functional import counts as module
+
+    if on_pixels:
+        monkeypatch.setattr(module, "_SPARSE_ROW_FRACTION", 1)
+    else:
+        monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: None)
 
     acts, up, thresholds = row_path_case(gen, shape, size, kind)
     seg = torch.randint(0, 5, (shape[0], 2, *size), generator=gen)

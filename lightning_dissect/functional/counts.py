@@ -36,7 +36,7 @@ from lightning_dissect._utils.checks import (
     check_thresholds,
 )
 from lightning_dissect._utils.parallel import run_tasks, worker_count
-from lightning_dissect.functional.upsample import _upsample_stages, upsample_units_first
+from lightning_dissect.functional.upsample import _upsample_stages, bilinear_matrix, upsample_units_first
 
 __all__ = [
     "DEFAULT_MAX_TEMPORARY_BYTES",
@@ -795,6 +795,302 @@ def _label_block(batch: int, images: int, pixels_per_image: int, layers: int, bu
     return images * steps
 
 
+# Single threshold: when at most one upsampled row in this many can hold an on value (its bound from
+# the maps is above the threshold), only those rows are upsampled and only their on pixels counted.
+_SPARSE_ROW_FRACTION = 4
+# The matrix products that upsample the candidate rows have at least this many rows and about this
+# many multiply-adds: MKL computes some tiny products with other kernels, whose roundings differ from
+# those of the products over whole maps; at this size every row gets the floats of the whole maps.
+_MIN_PRODUCT_ROWS = 256
+_MIN_PRODUCT_SIZE = 1 << 16
+
+
+class SampleGroupCounts(NamedTuple):
+    """Where the counts split by sample group go (see :func:`accumulate_unit_concept_counts`).
+
+    Attributes:
+        group: ``(B,)`` the sample group of every image, in ``[0, G)``.
+        intersection: ``(U, G, C)`` counts against the segmentation.
+        concept_area: ``(G, C)`` concept pixels of the segmentation.
+        paired_intersection: ``(U, G, C)`` counts against the paired segmentation.
+        paired_concept_area: ``(G, C)`` concept pixels of the paired segmentation.
+    """
+
+    group: Tensor
+    intersection: Tensor
+    concept_area: Tensor
+    paired_intersection: Tensor
+    paired_concept_area: Tensor
+
+
+class CategoryAreaCounts(NamedTuple):
+    """Where per-category unit areas go (NetDissect-Lite's rule: :mod:`~lightning_dissect.functional.category_area`).
+
+    Attributes:
+        concept_category: ``(C,)`` category of every concept, -1 for none.
+        unit_area: ``(U, G)`` areas against the segmentation.
+        paired_unit_area: ``(U, G)`` areas against the paired segmentation, or ``None``.
+    """
+
+    concept_category: Tensor
+    unit_area: Tensor
+    paired_unit_area: Tensor | None
+
+
+def _bilinear_sources(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
+    """The first and the last input index that each output index of a 1-D bilinear resampling mixes."""
+    weight = bilinear_matrix(in_size, out_size, dtype=torch.float64) > 0
+    index = torch.arange(in_size).expand(out_size, -1)
+    first = torch.where(weight, index, in_size).amin(1).clamp(max=in_size - 1)
+    last = torch.where(weight, index, -1).amax(1).clamp(min=0)
+    return first, last
+
+
+def _padded(a: Tensor, rows: int) -> Tensor:
+    """``a`` with zero entries appended along its first axis up to ``rows`` of them."""
+    if a.shape[0] >= rows:
+        return a
+    return torch.cat([a, a.new_zeros(rows - a.shape[0], *a.shape[1:])])
+
+
+class _OnPixelPlan(NamedTuple):
+    """The rows of a batch's upsampled maps that can hold an on value (single threshold)."""
+
+    maps: Tensor  # (U * B, h, w) the maps, unit-major, float32 or float64
+    thresholds: Tensor  # (U,) in the maps' dtype
+    rows: Tensor  # (R,) ascending candidate rows (unit * B + image) * H + y
+    starts: list[int]  # (U + 1) where each unit's rows start in ``rows``
+    batch: int
+    size: tuple[int, int]
+
+
+def _on_pixel_plan(activations: Tensor, thresholds: Tensor, size: tuple[int, int]) -> _OnPixelPlan | None:
+    """The rows of the upsampled ``(B, U, h, w)`` maps that can hold a value above ``(U,)`` thresholds.
+
+    ``None`` when more than one row in :data:`_SPARSE_ROW_FRACTION` can. Row ``y`` of an upsampled
+    map mixes the input rows ``first[y]`` and ``last[y]`` (see :func:`_bilinear_sources`), each value
+    with non-negative weights that sum to one within a few ulps (both stages): no value of the row
+    exceeds the largest value of those input rows by more than a few ulps of the map's largest
+    magnitude. The bound adds ``2**-14`` of the unit's largest magnitude and a few times the
+    smallest normal number, as :func:`_row_upper_bounds`. A row with a NaN gets a NaN bound and a
+    unit with an infinite value infinite ones: such rows stay candidates.
+    """
+    batch, units, h, w = activations.shape
+    height = size[0]
+    maps = activations.transpose(0, 1).reshape(units * batch, h, w)
+    if maps.dtype not in (torch.float32, torch.float64):
+        maps = maps.to(torch.float32)
+    levels = _thresholds_as(thresholds, maps.dtype)
+    flat = maps.view(units, -1)
+    magnitude = torch.maximum(flat.amin(1).abs(), flat.amax(1).abs())
+    slack = magnitude.mul(2.0**-14).add_(4 * torch.finfo(maps.dtype).tiny)
+    row_max = maps.amax(2)  # (U * B, h)
+    if h != height:
+        first, last = (index.to(maps.device) for index in _bilinear_sources(h, height))
+        row_max = torch.maximum(row_max[:, first], row_max[:, last])
+    bound = row_max.view(units, -1).add_(slack.unsqueeze(1))
+    candidate = torch.logical_not(bound <= levels.unsqueeze(1))  # NaN bounds compare false
+    per_unit = candidate.sum(1)
+    found = int(per_unit.sum())
+    if found * _SPARSE_ROW_FRACTION > candidate.numel():
+        return None
+    starts = [0, *per_unit.cumsum(0).tolist()]
+    return _OnPixelPlan(maps, levels, candidate.view(-1).nonzero().view(-1), starts, batch, tuple(size))
+
+
+def _on_pixels(plan: _OnPixelPlan, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The on ``(unit, pixel)`` pairs of candidate ``rows``; ``pixel = (image * H + y) * W + x``.
+
+    The rows are upsampled by the matrix products of
+    :func:`~lightning_dissect.functional.upsample._upsample_stages` applied to the maps that hold
+    them (padded so that no product is tiny): every value is the float the whole maps' upsampling gives.
+    """
+    maps, batch = plan.maps, plan.batch
+    height, width = plan.size
+    h, w = maps.shape[1:]
+    map_index = torch.div(rows, height, rounding_mode="floor")
+    y = rows - map_index * height
+    if h == height:
+        picked = maps[map_index, y]
+    else:
+        used, where = torch.unique_consecutive(map_index, return_inverse=True)
+        weights = bilinear_matrix(h, height, dtype=maps.dtype, device=maps.device)
+        least = max(_MIN_PRODUCT_ROWS, -(-_MIN_PRODUCT_SIZE // (height * h * w)))
+        picked = torch.matmul(weights, _padded(maps[used], least))[where, y]
+    if w == width:
+        values = picked
+    else:
+        weights = bilinear_matrix(w, width, dtype=maps.dtype, device=maps.device)
+        least = max(_MIN_PRODUCT_ROWS, -(-_MIN_PRODUCT_SIZE // (w * width)))
+        values = torch.matmul(_padded(picked, least), weights.T)[: rows.numel()]
+    unit = torch.div(map_index, batch, rounding_mode="floor")
+    row, column = (values > plan.thresholds.index_select(0, unit).unsqueeze(1)).nonzero(as_tuple=True)
+    on_map, on_unit = map_index.index_select(0, row), unit.index_select(0, row)
+    pixel = ((on_map - on_unit * batch) * height + y.index_select(0, row)) * width + column
+    return on_unit, pixel
+
+
+class _OnLabelSet(NamedTuple):
+    """A label set counted on the on pixels: its labels and where its counts go."""
+
+    segmentation: Tensor  # (B, L, H * W)
+    concepts: int
+    ignore_index: int | None
+    intersection: Tensor  # (U, concepts)
+    group_intersection: Tensor | None  # (U, G, concepts), split by the images' sample groups
+    category: Tensor | None  # (concepts + 1,) category of every label (-1: none, the sink included)
+    category_area: Tensor | None  # (U, categories) per-category unit areas
+
+
+def _add_on_pixel_counts(
+    sets: Sequence[_OnLabelSet],
+    unit: Tensor,
+    pixel: Tensor,
+    first: int,
+    end: int,
+    image_group: Tensor | None,
+    overlaps: Sequence[Tensor | None],
+) -> Tensor:
+    """Add the intersections of on pairs ``(unit, pixel)`` of units ``first:end`` to every label set's counts.
+
+    ``overlaps[s]`` (for a set with categories): ``(n * B * categories)`` on pixels of each (unit,
+    image, category) that carry a label of the category, added to. Returns each pair's
+    ``(unit - first) * B + image``.
+    """
+    n = end - first
+    batch, _, pixels_per_image = sets[0].segmentation.shape
+    image = torch.div(pixel, pixels_per_image, rounding_mode="floor")
+    spot = pixel - image * pixels_per_image
+    local = unit - first
+    unit_image = local * batch + image
+    group = image_group.index_select(0, image) if image_group is not None else None
+    for (labels_of, concepts, ignore, intersection, grouped, category, area), overlap in zip(sets, overlaps):
+        found = labels_of[image, :, spot]  # (m, L)
+        labels = concept_labels(found.view(*found.shape, 1, 1), concepts, ignore)  # (L, m), sink: concepts
+        if overlap is not None and category is not None and area is not None:
+            code = category.index_select(0, labels.reshape(-1)).view(labels.shape)
+            keep = code >= 0
+            cells = (unit_image * area.shape[-1]).unsqueeze(0) + code
+            overlap += torch.bincount(cells[keep], minlength=overlap.numel())
+        if grouped is None:
+            key = (local * (concepts + 1)).unsqueeze(0) + labels
+            counts = torch.bincount(key.reshape(-1), minlength=n * (concepts + 1)).view(n, concepts + 1)
+            intersection[first:end] += counts[:, :concepts]
+            continue
+        assert group is not None
+        # wide (unit, group, concept) cells: add every pair into the states themselves
+        keep = labels != concepts
+        layer_unit = unit.expand_as(labels)[keep]
+        label = labels[keep]
+        ones = torch.ones(label.shape, dtype=intersection.dtype, device=intersection.device)
+        intersection.index_put_((layer_unit, label), ones, accumulate=True)
+        grouped.index_put_((layer_unit, group.expand_as(labels)[keep], label), ones, accumulate=True)
+    return unit_image
+
+
+def _accumulate_on_pixels(
+    out: ConceptCounts,
+    activations: Tensor,
+    segmentation: Tensor,
+    thresholds: Tensor,
+    num_concepts: int,
+    *,
+    ignore_index: int | None,
+    max_temporary_bytes: int,
+    paired: tuple[ConceptCounts, Tensor] | None,
+    also: Sequence[tuple[ConceptCounts, Tensor, int, int | None]],
+    sample_groups: SampleGroupCounts | None = None,
+    category_area: CategoryAreaCounts | None = None,
+) -> bool:
+    """:func:`accumulate_unit_concept_counts` of ``(U,)`` thresholds from the on pixels of the few candidate rows.
+
+    Returns ``False``, having added nothing, when more than one upsampled row in
+    :data:`_SPARSE_ROW_FRACTION` can hold an on value (see :func:`_on_pixel_plan`); otherwise only
+    those rows are upsampled, and every label set's counts come from the labels of their on pixels.
+    """
+    if activations.shape[0] == 0 or activations.shape[1] == 0:
+        return True  # an empty batch adds nothing
+    size = tuple(segmentation.shape[-2:])
+    plan = _on_pixel_plan(activations, thresholds, size)
+    if plan is None:
+        return False
+    batch, units = activations.shape[:2]
+    pixels_per_image = size[0] * size[1]
+    groups, _ = _label_groups(out, segmentation, num_concepts, ignore_index, paired, also)
+    layers = sum(1 if seg.ndim == 3 else seg.shape[1] for _, seg, _, _ in groups)
+    budget = int(max_temporary_bytes)
+    # the concept areas, a block of images at a time
+    group = sample_groups.group.to(torch.int64) if sample_groups is not None else None
+    block = max(1, (budget // 4) // max(1, pixels_per_image * layers * 16))
+    for start in range(0, batch, block):
+        rows = slice(start, start + block)
+        for g, (counts, seg, concepts, ignore) in enumerate(groups):
+            labels = concept_labels(seg[rows], concepts, ignore)
+            if group is None or g > 1:
+                counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
+                continue
+            per_image = group[rows].repeat_interleave(pixels_per_image).unsqueeze(0)
+            cells = sample_groups.intersection.shape[1] * (concepts + 1)
+            key = (per_image * (concepts + 1) + labels).reshape(-1)
+            area = torch.bincount(key, minlength=cells).view(-1, concepts + 1)[:, :concepts]
+            (sample_groups.concept_area if g == 0 else sample_groups.paired_concept_area).add_(area)
+            counts.concept_area.add_(area.sum(0))
+    sets = []
+    for g, (counts, seg, concepts, ignore) in enumerate(groups):
+        labels = seg.reshape(batch, -1 if seg.ndim == 4 else 1, pixels_per_image)
+        grouped = None
+        if sample_groups is not None and g < 2:
+            grouped = sample_groups.intersection if g == 0 else sample_groups.paired_intersection
+        category, area = None, None
+        if category_area is not None and g < 2:
+            area = category_area.unit_area if g == 0 else category_area.paired_unit_area
+            if area is not None:
+                none = torch.full((1,), -1, dtype=torch.int64, device=area.device)
+                category = torch.cat([category_area.concept_category.to(area.device, torch.int64), none])
+        sets.append(_OnLabelSet(labels, concepts, ignore, counts.intersection, grouped, category, area))
+    image_group = group
+    # one task per run of units: each writes its own rows of the counts
+    workers = worker_count(activations.device)
+    found = plan.starts[-1]
+    chunk_rows = max(1, budget // (size[1] * _BYTES_PER_VALUE * workers))
+    per_task = max(1, min(chunk_rows, -(-found // (4 * workers))))
+    spans, first = [], 0
+    while first < units:
+        end = first + 1
+        while end < units and plan.starts[end + 1] - plan.starts[first] <= per_task:
+            end += 1
+        if plan.starts[end] > plan.starts[first]:
+            spans.append((first, end))
+        first = end
+    pairs_per_step = max(1, budget // (workers * 16 * (layers + 4)))
+
+    def task(first: int, end: int) -> None:
+        n = end - first
+        overlaps = [
+            None if s.category_area is None else
+            torch.zeros(n * batch * s.category_area.shape[-1], dtype=torch.int64, device=s.category_area.device)
+            for s in sets
+        ]
+        image_area = torch.zeros(n * batch, dtype=torch.int64, device=out.unit_area.device)
+        for start in range(plan.starts[first], plan.starts[end], chunk_rows):
+            stop = min(start + chunk_rows, plan.starts[end])
+            unit, pixel = _on_pixels(plan, plan.rows[start:stop])
+            for at in range(0, unit.numel(), pairs_per_step):
+                part = slice(at, at + pairs_per_step)
+                unit_image = _add_on_pixel_counts(sets, unit[part], pixel[part], first, end, image_group, overlaps)
+                image_area += torch.bincount(unit_image, minlength=n * batch)
+        out.unit_area[first:end] += image_area.view(n, batch).sum(1)
+        # a unit's area in an image counts toward a category where its on pixels there overlap a label of it
+        for s, overlap in zip(sets, overlaps):
+            if overlap is not None and s.category_area is not None:
+                touched = overlap.view(n, batch, -1) > 0
+                s.category_area[first:end] += (image_area.view(n, batch, 1) * touched).sum(1)
+
+    run_tasks([partial(task, first, end) for first, end in spans], workers)
+    out.total.add_(batch * pixels_per_image)
+    return True
+
+
 def accumulate_unit_concept_counts(
     out: ConceptCounts,
     activations: Tensor,
@@ -847,6 +1143,11 @@ def accumulate_unit_concept_counts(
     """
     batch, units = activations.shape[:2]
     if batch == 0 or units == 0:
+        return
+    if thresholds.ndim == 1 and _accumulate_on_pixels(
+        out, activations, segmentation, thresholds, num_concepts, ignore_index=ignore_index,
+        max_temporary_bytes=max_temporary_bytes, paired=paired, also=also,
+    ):
         return
     size = tuple(segmentation.shape[-2:])
     pixels_per_image = size[0] * size[1]

@@ -19,7 +19,10 @@ from lightning_dissect.functional.category_area import add_category_area, catego
 from lightning_dissect.functional.chance import MAX_SAMPLE_GROUPS, sample_groups_of, swap_test_p_values
 from lightning_dissect.functional.counts import (
     DEFAULT_MAX_TEMPORARY_BYTES,
+    CategoryAreaCounts,
     ConceptCounts,
+    SampleGroupCounts,
+    _accumulate_on_pixels,
     accumulate_unit_concept_counts,
 )
 from lightning_dissect.functional.scores import (
@@ -283,6 +286,13 @@ class UnitConceptIoU(SumStateMetric):
         paired = self._paired_target(segmentation, paired_segmentation)
         device = self.intersection.device
         segmentation = segmentation.to(device)
+        activations = activations.detach().to(device)
+        groups = None
+        if self.sample_groups is not None or sample_index is not None:
+            groups = self._groups_of(sample_index, activations.shape[0]).to(device)
+            assert paired is not None  # sample groups need a paired metric
+        if self.thresholds.ndim == 1 and self._update_on_pixels(activations, segmentation, paired, groups):
+            return
         also = []
         if self.concept_categories is not None:
             # the per-category areas come from pseudo-labels counted in the same call: each map is
@@ -298,15 +308,14 @@ class UnitConceptIoU(SumStateMetric):
                 )
                 paired_area_counts = category_counts(self.category_unit_area, num)
                 also.append((paired_area_counts, paired_pseudo, num, 0))
-        if self.sample_groups is not None or sample_index is not None:
-            groups = self._groups_of(sample_index, activations.shape[0])
-            assert paired is not None  # sample groups need a paired metric
-            self._update_grouped(activations.detach().to(device), segmentation, paired[1], groups.to(device), also)
+        if groups is not None:
+            assert paired is not None
+            self._update_grouped(activations, segmentation, paired[1], groups, also)
             self._add_category_areas(also, activations.shape[0])
             return
         accumulate_unit_concept_counts(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
-            activations.detach().to(device),
+            activations,
             segmentation,
             self.thresholds.to(device),
             self.num_concepts,
@@ -316,6 +325,38 @@ class UnitConceptIoU(SumStateMetric):
             also=also,
         )
         self._add_category_areas(also, activations.shape[0])
+
+    def _update_on_pixels(
+        self,
+        activations: Tensor,
+        segmentation: Tensor,
+        paired: tuple[ConceptCounts, Tensor] | None,
+        groups: Tensor | None,
+    ) -> bool:
+        """Count a batch from the on pixels of the few upsampled rows that can hold one (``(U,)`` thresholds).
+
+        Every state, the group-split and per-category ones included, is added to in place. Returns
+        ``False``, having added nothing, where many rows can hold an on pixel (see
+        :func:`~lightning_dissect.functional.counts.accumulate_unit_concept_counts`).
+        """
+        categories = None
+        if self.concept_categories is not None:
+            categories = CategoryAreaCounts(
+                self.concept_categories, self.category_unit_area,
+                self.paired_category_unit_area if paired is not None else None,
+            )
+        split = None
+        if groups is not None:
+            split = SampleGroupCounts(
+                groups, self.group_intersection, self.group_concept_area,
+                self.group_paired_intersection, self.group_paired_concept_area,
+            )
+        return _accumulate_on_pixels(
+            ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
+            activations, segmentation, self.thresholds.to(activations.device), self.num_concepts,
+            ignore_index=self.ignore_index, max_temporary_bytes=self.max_temporary_bytes, paired=paired, also=(),
+            sample_groups=split, category_area=categories,
+        )
 
     def _add_category_areas(self, also: list[Any], batch: int) -> None:
         """Add a batch's per-category unit areas (own, then paired) from its pseudo-label counts."""
