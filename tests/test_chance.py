@@ -96,6 +96,79 @@ def test_swap_test_equals_brute_force_enumeration_over_pixels(groups):
     assert got[0, 1] == 2.0**-groups  # the unit that follows its own image: only the identity is as high
 
 
+def brute_force_category_p_values(masks: np.ndarray, labels: np.ndarray, groups: int, category: np.ndarray):
+    """p[u, c] by enumerating the swapped subsets, with NetDissect-Lite's per-category unit area.
+
+    Under a pairing, the unit's area in image j counts toward concept c (of category k >= 0) only
+    when its pixels there overlap a label of category k in that pairing's labels of image j; for a
+    concept without a category all its pixels count. Label 0 is "unlabeled" (no concept).
+    """
+    n, units = masks.shape[:2]
+    concepts = category.shape[0]
+    paired = np.roll(labels, 1, axis=0)
+    group = np.arange(n) % groups
+
+    def area(j: int, u: int, mine: np.ndarray, c: int) -> int:
+        pixels = int(masks[j, u].sum())
+        if category[c] < 0:
+            return pixels
+        of_category = np.isin(mine, np.flatnonzero(category == category[c]))
+        return pixels if bool((masks[j, u] & of_category).any()) else 0
+
+    def statistic(swapped: set[int], u: int, c: int) -> float:
+        own = [0, 0, 0]  # intersection, concept pixels, unit area
+        other = [0, 0, 0]
+        for j in range(n):
+            mine, theirs = (paired[j], labels[j]) if group[j] in swapped else (labels[j], paired[j])
+            for sums, seg in ((own, mine), (other, theirs)):
+                sums[0] += int(np.sum(masks[j, u] & (seg == c)))
+                sums[1] += int(np.sum(seg == c))
+                sums[2] += area(j, u, seg, c)
+        return _np_iou(own[0], own[2], own[1]) - _np_iou(other[0], other[2], other[1])
+
+    out = np.zeros((units, concepts))
+    subsets = [set(s) for k in range(groups + 1) for s in itertools.combinations(range(groups), k)]
+    for u in range(units):
+        for c in range(1, concepts):
+            observed = statistic(set(), u, c)
+            values = np.array([statistic(s, u, c) for s in subsets])
+            out[u, c] = np.mean(values >= observed - 1e-12 * max(1.0, abs(observed)))
+    return out
+
+
+@pytest.mark.parametrize("path", ["on pixels", "whole maps"])
+def test_swap_test_with_per_category_unit_areas_equals_brute_force(path, monkeypatch):
+    """Per-category unit areas: a swapped group brings its paired area into the own IoU (exact, no shared area)."""
+    from lightning_dissect.functional import counts as module
+
+    if path == "on pixels":
+        monkeypatch.setattr(module, "_SPARSE_ROW_FRACTION", 1)
+    else:
+        monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: None)
+    rng = np.random.default_rng(7)
+    n, units, size, groups = 9, 3, 6, 3
+    category = np.array([-1, 0, 0, 1, 1, -1])
+    labels = rng.integers(0, 6, (n, size, size))
+    labels[:, :3] = np.where(rng.random((n, 1, 1)) < 0.5, 0, labels[:, :3])  # images without category 0 / 1 on top
+    acts = rng.random((n, units, size, size))
+    acts[:, 0] += 0.6 * (labels == 3)  # a unit that follows concept 3 in its own image
+    acts[:, 1] += 0.6 * np.isin(labels, [1, 2])  # one that follows category 0
+    thresholds = np.array([0.9, 0.9, 0.8])
+    metric = UnitConceptIoU(
+        units, 6, torch.tensor(thresholds), ignore_index=0, paired=True,
+        concept_categories=torch.from_numpy(category), sample_groups=groups,
+    )
+    labels_t = torch.from_numpy(labels)
+    for start in range(0, n, 4):
+        part = slice(start, start + 4)
+        metric.update(torch.from_numpy(acts[part]), labels_t[part], labels_t.roll(1, 0)[part],
+                      sample_index=torch.arange(n)[part])
+    expected = brute_force_category_p_values(acts > thresholds[None, :, None, None], labels, groups, category)
+    got = np.stack([metric.label_p_values(torch.full((units,), c)).numpy() for c in range(6)], 1)
+    np.testing.assert_array_equal(got[:, 1:], expected[:, 1:])
+    assert got[0, 3] == 2.0**-groups and got[1, 1] == 2.0**-groups  # only the identity is as high
+
+
 def brute_force_p_values_from_counts(own_i, own_s, other_i, other_s, area) -> np.ndarray:
     """p per row by enumerating all ``2^G`` subsets of swapped groups from the ``(n, G)`` counts, in Python."""
     n, groups = own_i.shape

@@ -19,7 +19,8 @@ from lightning_dissect.metrics import UnitConceptIoU
 NAMES = (
     "intersection", "unit_area", "concept_area", "total", "paired_intersection", "paired_concept_area",
     "category_unit_area", "paired_category_unit_area", "group_intersection", "group_concept_area",
-    "group_paired_intersection", "group_paired_concept_area",
+    "group_paired_intersection", "group_paired_concept_area", "group_category_unit_area",
+    "group_paired_category_unit_area",
 )
 
 
@@ -41,6 +42,7 @@ def reference_states(up, seg, other, thresholds, concepts, ignore, sample_index,
         out[prefix + "concept_area"] = np.zeros_like(out[prefix.replace("paired_", "") + "concept_area"])
     for name in ("category_unit_area", "paired_category_unit_area"):
         out[name] = np.zeros((units, categories), np.int64)
+        out["group_" + name] = np.zeros((units, groups, categories), np.int64)
     for b in range(batch):
         g = int(sample_index[b]) % groups
         for u in range(units):
@@ -60,6 +62,7 @@ def reference_states(up, seg, other, thresholds, concepts, ignore, sample_index,
                                 touched[u, category[c]] = True
             # NetDissect-Lite: the unit's area in the image counts toward the categories it overlaps
             out[prefix + "category_unit_area"] += touched * on[b].sum((1, 2))[:, None]
+            out["group_" + prefix + "category_unit_area"][:, g] += touched * on[b].sum((1, 2))[:, None]
     return out
 
 
@@ -163,3 +166,21 @@ def test_bounds_of_the_candidate_rows_hold(gen):
             outside[plan.rows] = False
             above = (up > thresholds.view(-1, 1, 1)).any(2).view(-1)
             assert not bool((above & outside).any())
+
+
+def test_candidate_levels_split_by_group_and_category_match_loop(gen):
+    """``(U, K)`` thresholds (whole maps, every level): each level's states equal the loop at that level."""
+    concepts, groups = 6, 2
+    acts, up, low, seg, other = case(gen, "randn", (5, 3, 4, 4), (8, 8), 2, concepts)
+    thresholds = torch.stack([low - 1.0, low], 1)
+    category = torch.tensor([-1, 0, 1, 1, 0, 2])
+    index = torch.arange(5) * 3
+    ours = count_with_metric(acts, seg, other, thresholds, concepts, category, index, groups)
+    for k in range(2):
+        expected = reference_states(
+            up.numpy(), seg.numpy(), other.numpy(), thresholds[:, k].numpy(), concepts, 0, index.numpy(), groups,
+            category.numpy(),
+        )
+        for name in NAMES:
+            got = ours[name] if "concept_area" in name or name == "total" else ours[name][:, k]
+            np.testing.assert_array_equal(got.numpy(), expected[name], err_msg=f"{name}, level {k}")

@@ -107,8 +107,10 @@ def _label_p_values(
         own_i, other_i = own[rows, :, label], other[rows, :, label]
     if area.ndim == 2:  # a unit area per concept (per-category unit areas): the label's
         area = area[rows, label]
+    # per-category unit areas: the label's category in each group, against the own and the paired labels
+    own_a, other_a = groups.label_unit_areas(label, level, area)
     own_s, other_s = groups.concept_area.cpu()[:, label].T, groups.paired_concept_area.cpu()[:, label].T
-    return swap_test_p_values(own_i, own_s, other_i, other_s, area)
+    return swap_test_p_values(own_i, own_s, other_i, other_s, own_a, paired_unit_area=other_a)
 
 
 def _p_floor(groups: GroupCounts, cfg: DissectionConfig) -> float:

@@ -128,10 +128,23 @@ def category_counts(out: Tensor, num: int) -> ConceptCounts:
     )
 
 
-def add_category_area(out: Tensor, intersection: Tensor, batch: int) -> None:
-    """Add the per-category areas of a batch of ``batch`` images, from its pseudo-label ``intersection``."""
+def add_category_area(
+    out: Tensor,
+    intersection: Tensor,
+    batch: int,
+    group_out: Tensor | None = None,
+    sample_group: Tensor | None = None,
+) -> None:
+    """Add the per-category areas of a batch of ``batch`` images, from its pseudo-label ``intersection``.
+
+    ``group_out`` (``(U, [K,] S, G)``): also add each image's areas to its sample group's row
+    (``sample_group``: ``(B,)`` in ``[0, S)``).
+    """
     groups = out.shape[-1]
     shape = intersection.shape[:-1]
     per_image_category = intersection[..., 1 : 1 + batch * groups].reshape(*shape, batch, groups)
     per_image = intersection[..., 1 + batch * groups : 1 + batch * groups + batch]
-    out += (per_image.unsqueeze(-1) * (per_image_category > 0)).sum(-2)
+    areas = per_image.unsqueeze(-1) * (per_image_category > 0)
+    out += areas.sum(-2)
+    if group_out is not None and sample_group is not None:
+        group_out.index_add_(group_out.ndim - 2, sample_group.to(device=areas.device, dtype=torch.int64), areas)

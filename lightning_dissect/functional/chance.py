@@ -81,14 +81,19 @@ def _ratio_into(out: Tensor, intersection: Tensor, union: Tensor, lowest_union: 
     return out.copy_(torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(union)))
 
 
-def _swap_test_chunk(own_i: Tensor, own_s: Tensor, pair_i: Tensor, pair_s: Tensor, area: Tensor) -> Tensor:
-    """How many of the ``2^G`` subsets reach the observed statistic, per unit (rows of the ``(n, G)`` inputs)."""
+def _swap_test_chunk(
+    own_i: Tensor, own_s: Tensor, pair_i: Tensor, pair_s: Tensor, own_a: Tensor, pair_a: Tensor
+) -> Tensor:
+    """How many of the ``2^G`` subsets reach the observed statistic, per unit (rows of the ``(n, G)`` inputs).
+
+    ``own_a`` and ``pair_a``: the unit's area in each group under each pairing.
+    """
     groups = own_i.shape[1]
     low = (groups - 1) // 2  # the subsets without the last group, as (2^high, 2^low) outer sums
-    d_i, d_u = pair_i - own_i, (pair_s - pair_i) - (own_s - own_i)  # what swapping a group moves
+    d_i, d_u = pair_i - own_i, (pair_a + pair_s - pair_i) - (own_a + own_s - own_i)  # what swapping a group moves
     i_total, j_total = own_i.sum(1, keepdim=True), pair_i.sum(1, keepdim=True)
-    u_total = area + own_s.sum(1, keepdim=True) - i_total  # the unions of the identity
-    v_total = area + pair_s.sum(1, keepdim=True) - j_total
+    u_total = own_a.sum(1, keepdim=True) + own_s.sum(1, keepdim=True) - i_total  # the unions of the identity
+    v_total = pair_a.sum(1, keepdim=True) + pair_s.sum(1, keepdim=True) - j_total
     mi_lo, mi_hi = _subset_sums(d_i[:, :low], low), _subset_sums(d_i[:, low : groups - 1], groups - 1 - low)
     mu_lo, mu_hi = _subset_sums(d_u[:, :low], low), _subset_sums(d_u[:, low : groups - 1], groups - 1 - low)
     lo, hi = (lambda t: t.unsqueeze(1)), (lambda t: t.unsqueeze(2))
@@ -138,6 +143,7 @@ def swap_test_p_values(
     unit_area: Tensor,
     *,
     chunk: int | None = None,
+    paired_unit_area: Tensor | None = None,
 ) -> Tensor:
     """One-sided p-values of "the label IoU is above the chance IoU", by swapping groups' pairings.
 
@@ -155,9 +161,14 @@ def swap_test_p_values(
         concept_area: ``(..., G)`` the label's pixels in the own segmentations.
         paired_intersection: ``(..., G)`` counts against the paired segmentations.
         paired_concept_area: ``(..., G)`` the label's pixels in the paired segmentations.
-        unit_area: ``(...)`` the unit's pixels over all groups (shared by both pairings).
+        unit_area: ``(...)`` the unit's pixels over all groups (shared by both pairings), or with
+            ``paired_unit_area`` ``(..., G)`` its area in each group against the own segmentations.
         chunk: Units evaluated at a time (bounds the memory to ``chunk · 2^(G-1)`` values; default:
             about ``2^17`` values).
+        paired_unit_area: ``(..., G)`` the unit's area in each group against the paired
+            segmentations, where the area depends on the labels (per-category unit areas): a
+            swapped group then brings its paired area into the own IoU, and its own area into the
+            chance IoU.
 
     Returns:
         ``(...)`` float64 p-values in ``[2^-G, 1]``, on the CPU.
@@ -181,12 +192,17 @@ def swap_test_p_values(
         t.reshape(-1, groups).to("cpu", torch.float64)
         for t in (intersection, concept_area, paired_intersection, paired_concept_area)
     )
-    area = unit_area.reshape(-1, 1).to("cpu", torch.float64)
+    if paired_unit_area is None:  # one area for both pairings: written in the first group's column
+        own_a = torch.zeros_like(own_i)
+        own_a[:, 0] = unit_area.reshape(-1).to("cpu", torch.float64)
+        pair_a = own_a
+    else:
+        own_a, pair_a = (t.reshape(-1, groups).to("cpu", torch.float64) for t in (unit_area, paired_unit_area))
     if chunk is None:  # about 2^17 statistics at a time: the working set stays in the cache
         chunk = max(1, (1 << 17) >> (groups - 1))
     out = torch.empty(own_i.shape[0], dtype=torch.float64)
     for start in range(0, own_i.shape[0], chunk):
         part = slice(start, start + chunk)
-        reached = _swap_test_chunk(own_i[part], own_s[part], pair_i[part], pair_s[part], area[part])
+        reached = _swap_test_chunk(own_i[part], own_s[part], pair_i[part], pair_s[part], own_a[part], pair_a[part])
         out[part] = reached.to(torch.float64) / (1 << groups)
     return out.reshape(lead)

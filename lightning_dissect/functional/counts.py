@@ -830,11 +830,16 @@ class CategoryAreaCounts(NamedTuple):
         concept_category: ``(C,)`` category of every concept, -1 for none.
         unit_area: ``(U, G)`` areas against the segmentation.
         paired_unit_area: ``(U, G)`` areas against the paired segmentation, or ``None``.
+        group_unit_area: ``(U, S, G)`` the areas against the segmentation split by the images'
+            sample groups (``S`` of them, see :class:`SampleGroupCounts`), or ``None``.
+        group_paired_unit_area: ``(U, S, G)`` the same against the paired segmentation, or ``None``.
     """
 
     concept_category: Tensor
     unit_area: Tensor
     paired_unit_area: Tensor | None
+    group_unit_area: Tensor | None = None
+    group_paired_unit_area: Tensor | None = None
 
 
 def _bilinear_sources(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
@@ -940,6 +945,7 @@ class _OnLabelSet(NamedTuple):
     group_intersection: Tensor | None  # (U, G, concepts), split by the images' sample groups
     category: Tensor | None  # (concepts + 1,) category of every label (-1: none, the sink included)
     category_area: Tensor | None  # (U, categories) per-category unit areas
+    group_category_area: Tensor | None  # (U, S, categories) the same split by the images' sample groups
 
 
 def _add_on_pixel_counts(
@@ -964,7 +970,7 @@ def _add_on_pixel_counts(
     local = unit - first
     unit_image = local * batch + image
     group = image_group.index_select(0, image) if image_group is not None else None
-    for (labels_of, concepts, ignore, intersection, grouped, category, area), overlap in zip(sets, overlaps):
+    for (labels_of, concepts, ignore, intersection, grouped, category, area, _), overlap in zip(sets, overlaps):
         found = labels_of[image, :, spot]  # (m, L)
         labels = concept_labels(found.view(*found.shape, 1, 1), concepts, ignore)  # (L, m), sink: concepts
         if overlap is not None and category is not None and area is not None:
@@ -1041,13 +1047,14 @@ def _accumulate_on_pixels(
         grouped = None
         if sample_groups is not None and g < 2:
             grouped = sample_groups.intersection if g == 0 else sample_groups.paired_intersection
-        category, area = None, None
+        category, area, group_area = None, None, None
         if category_area is not None and g < 2:
             area = category_area.unit_area if g == 0 else category_area.paired_unit_area
+            group_area = category_area.group_unit_area if g == 0 else category_area.group_paired_unit_area
             if area is not None:
                 none = torch.full((1,), -1, dtype=torch.int64, device=area.device)
                 category = torch.cat([category_area.concept_category.to(area.device, torch.int64), none])
-        sets.append(_OnLabelSet(labels, concepts, ignore, counts.intersection, grouped, category, area))
+        sets.append(_OnLabelSet(labels, concepts, ignore, counts.intersection, grouped, category, area, group_area))
     image_group = group
     # one task per run of units: each writes its own rows of the counts
     workers = worker_count(activations.device)
@@ -1083,8 +1090,10 @@ def _accumulate_on_pixels(
         # a unit's area in an image counts toward a category where its on pixels there overlap a label of it
         for s, overlap in zip(sets, overlaps):
             if overlap is not None and s.category_area is not None:
-                touched = overlap.view(n, batch, -1) > 0
-                s.category_area[first:end] += (image_area.view(n, batch, 1) * touched).sum(1)
+                per_image = image_area.view(n, batch, 1) * (overlap.view(n, batch, -1) > 0)
+                s.category_area[first:end] += per_image.sum(1)
+                if s.group_category_area is not None and image_group is not None:
+                    s.group_category_area[first:end].index_add_(1, image_group, per_image)
 
     run_tasks([partial(task, first, end) for first, end in spans], workers)
     out.total.add_(batch * pixels_per_image)

@@ -46,12 +46,44 @@ class GroupCounts(NamedTuple):
         concept_area: ``(G, C)`` concept pixels of the own segmentations.
         paired_intersection: ``(U, [K,] G, C)`` against the paired segmentations.
         paired_concept_area: ``(G, C)`` concept pixels of the paired segmentations.
+        category_unit_area: With ``concept_categories``: ``(U, [K,] G, N)`` each unit's area per
+            concept category ``N`` (NetDissect-Lite's rule) in each group's images, against their own
+            segmentations; else ``None``.
+        paired_category_unit_area: The same against the paired segmentations, or ``None``.
+        concept_category: ``(C,)`` the category of every concept (-1: none), or ``None``.
     """
 
     intersection: Tensor
     concept_area: Tensor
     paired_intersection: Tensor
     paired_concept_area: Tensor
+    category_unit_area: Tensor | None = None
+    paired_category_unit_area: Tensor | None = None
+    concept_category: Tensor | None = None
+
+    def label_unit_areas(self, label: Tensor, level: Tensor | None, unit_area: Tensor) -> tuple[Tensor, Tensor]:
+        """Each unit's area for its label per group, ``(U, G)`` own and paired, for the swap test.
+
+        With per-category areas, a label of a category takes the unit's area of that category in
+        each group against the own and against the paired segmentations; otherwise (and for a
+        label without a category) both pairings share ``unit_area`` (``(U,)``, over all groups),
+        written in the first group's column.
+        """
+        label = label.cpu()
+        units, groups = label.shape[0], self.intersection.shape[-2]
+        shared = torch.zeros(units, groups, dtype=torch.int64)
+        shared[:, 0] = unit_area.cpu()
+        if self.category_unit_area is None or self.concept_category is None:
+            return shared, shared
+        rows = torch.arange(units)
+        category = self.concept_category.cpu()[label]
+        own, other = self.category_unit_area.cpu(), self.paired_category_unit_area.cpu()  # type: ignore[union-attr]
+        if level is not None:
+            own, other = own[rows, level.cpu()], other[rows, level.cpu()]
+        column = category.clamp(min=0)
+        own, other = own[rows, :, column], other[rows, :, column]
+        plain = (category < 0).unsqueeze(1)
+        return torch.where(plain, shared, own), torch.where(plain, shared, other)
 
 
 class UnitConceptIoU(SumStateMetric):
@@ -194,6 +226,10 @@ class UnitConceptIoU(SumStateMetric):
             self._add_sum_state("group_concept_area", (sample_groups, self.num_concepts))
             self._add_sum_state("group_paired_intersection", grouped)
             self._add_sum_state("group_paired_concept_area", (sample_groups, self.num_concepts))
+            if self.concept_categories is not None:
+                by_category = (self.num_units, *levels, sample_groups, int(self.category_unit_area.shape[-1]))
+                self._add_sum_state("group_category_unit_area", by_category)
+                self._add_sum_state("group_paired_category_unit_area", by_category)
 
     def _settings_text(self) -> str:
         return (
@@ -225,6 +261,10 @@ class UnitConceptIoU(SumStateMetric):
                 group_intersection=grouped, group_concept_area=(groups, concepts),
                 group_paired_intersection=grouped, group_paired_concept_area=(groups, concepts),
             )
+            if self.concept_categories is not None:
+                categories = ("concept_categories (categories)", int(self.category_unit_area.shape[-1]))
+                axes["group_category_unit_area"] = (units, *levels, groups, categories)
+                axes["group_paired_category_unit_area"] = (units, *levels, groups, categories)
         return axes
 
     def _rank_mismatch(self, key: str, shape: tuple[int, ...]) -> str:
@@ -311,7 +351,7 @@ class UnitConceptIoU(SumStateMetric):
         if groups is not None:
             assert paired is not None
             self._update_grouped(activations, segmentation, paired[1], groups, also)
-            self._add_category_areas(also, activations.shape[0])
+            self._add_category_areas(also, activations.shape[0], groups)
             return
         accumulate_unit_concept_counts(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
@@ -341,9 +381,12 @@ class UnitConceptIoU(SumStateMetric):
         """
         categories = None
         if self.concept_categories is not None:
+            split_areas = groups is not None
             categories = CategoryAreaCounts(
                 self.concept_categories, self.category_unit_area,
                 self.paired_category_unit_area if paired is not None else None,
+                self.group_category_unit_area if split_areas else None,
+                self.group_paired_category_unit_area if split_areas else None,
             )
         split = None
         if groups is not None:
@@ -358,10 +401,14 @@ class UnitConceptIoU(SumStateMetric):
             sample_groups=split, category_area=categories,
         )
 
-    def _add_category_areas(self, also: list[Any], batch: int) -> None:
-        """Add a batch's per-category unit areas (own, then paired) from its pseudo-label counts."""
+    def _add_category_areas(self, also: list[Any], batch: int, groups: Tensor | None = None) -> None:
+        """Add a batch's per-category unit areas (own, then paired) from its pseudo-label counts.
+
+        ``groups``: the images' sample groups; their areas are also added to the group-split states.
+        """
         for (counts, *_), state in zip(also, ("category_unit_area", "paired_category_unit_area")):
-            add_category_area(getattr(self, state), counts.intersection, batch)
+            split = getattr(self, f"group_{state}") if groups is not None else None
+            add_category_area(getattr(self, state), counts.intersection, batch, split, groups)
 
     def _groups_of(self, sample_index: Tensor | None, batch: int) -> Tensor:
         """Each sample's group, after checking ``sample_index``."""
@@ -490,9 +537,14 @@ class UnitConceptIoU(SumStateMetric):
         """
         if self.sample_groups is None:
             raise ValueError("group_counts() needs a UnitConceptIoU built with `sample_groups`")
-        names = ("group_intersection", "group_concept_area", "group_paired_intersection", "group_paired_concept_area")
+        names = ["group_intersection", "group_concept_area", "group_paired_intersection", "group_paired_concept_area"]
+        if self.concept_categories is not None:
+            names += ["group_category_unit_area", "group_paired_category_unit_area"]
         with self.synced_states():
-            return GroupCounts(*(getattr(self, n).clone() for n in names))
+            found = [getattr(self, n).clone() for n in names]
+        if self.concept_categories is not None:
+            found.append(self.concept_categories.clone())
+        return GroupCounts(*found)
 
     def label_p_values(self, label: Tensor, level: Tensor | None = None) -> Tensor:
         """Per unit, the swap test's p-value that its IoU with concept ``label[u]`` is above chance.
@@ -524,8 +576,10 @@ class UnitConceptIoU(SumStateMetric):
             own, other, area = own[rows, level], other[rows, level], area[rows, level]
         if area.ndim == 2:  # a unit area per concept (per-category unit areas): the label's
             area = area[rows, label]
+        own_a, other_a = groups.label_unit_areas(label, level, area)
         own_s, other_s = groups.concept_area.cpu()[:, label].T, groups.paired_concept_area.cpu()[:, label].T
-        return swap_test_p_values(own[rows, :, label], own_s, other[rows, :, label], other_s, area)
+        return swap_test_p_values(own[rows, :, label], own_s, other[rows, :, label], other_s, own_a,
+                                  paired_unit_area=other_a)
 
     def _synced_counts(self, *names: str) -> Any:
         """``ConceptCounts`` of each (intersection, concept area) state pair, synced once."""
