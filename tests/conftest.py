@@ -16,6 +16,21 @@ def nprng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(params=["native", "torch"])
+def statistics_path(request):
+    """Run a test with the compiled statistics kernels, then with the torch operations alone.
+
+    A test of a torch-only code path overrides it:
+    ``@pytest.mark.parametrize("statistics_path", ["torch"], indirect=True)``.
+    """
+    from lightning_dissect._utils.native import native_library, use_native
+
+    if request.param == "native" and native_library() is None:
+        pytest.fail("the statistics' kernels could not be built here (a C compiler is needed)")
+    with use_native(request.param == "native"):
+        yield request.param
+
+
 # ------------------------------------------------------------------ required extras
 # `scripts/dev.sh test` (CI) sets LIGHTNING_DISSECT_REQUIRE_EXTRAS=1: there a test that skips because
 # one of these libraries is missing fails instead (only tests needing downloaded weights may skip).

@@ -2,6 +2,7 @@
 
 The activations have the segmentation's size, so no upsampling happens and every value (ties
 with thresholds, ``-0.0``, infinities, neighbouring floats) reaches the counting code unchanged.
+Every test runs with the compiled kernels and with the torch operations alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 
 from lightning_dissect.functional import unit_concept_counts, upsample_bilinear
 from lightning_dissect.functional.counts import _level_table, _order_keys
+
+pytestmark = pytest.mark.usefixtures("statistics_path")
 
 
 def loop_counts(acts, seg, thresholds, num_concepts, ignore_index=None):
@@ -186,6 +189,7 @@ def test_temporary_budget_steps_match_loop(gen, levels, budget):
     assert_matches_loop(acts, seg, thresholds, 6, ignore_index=1, max_temporary_bytes=budget)
 
 
+@pytest.mark.parametrize("statistics_path", ["torch"], indirect=True)
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_single_threshold_on_pixel_path_and_full_path_match_loop(gen, multilabel, monkeypatch):
     """Top-quantile thresholds (few pixels on) take the on-pixel path; low ones count every pixel.
@@ -273,6 +277,7 @@ def test_single_threshold_row_bounds_match_loop_on_the_upsampled_maps(gen, kind,
     assert not bool((per_row > bounds.unsqueeze(2)).any())
 
 
+@pytest.mark.parametrize("statistics_path", ["torch"], indirect=True)
 def test_single_threshold_row_path_dense_and_sparse_branches_match_loop(gen, monkeypatch):
     """Few candidate rows with many or few on values: both counting branches of the row path."""
     from lightning_dissect.functional import counts as module

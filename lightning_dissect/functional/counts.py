@@ -35,6 +35,7 @@ from lightning_dissect._utils.checks import (
     check_segmentation,
     check_thresholds,
 )
+from lightning_dissect._utils.native import native_library
 from lightning_dissect._utils.parallel import run_tasks, worker_count
 from lightning_dissect.functional.upsample import _upsample_stages, bilinear_matrix, upsample_units_first
 
@@ -175,6 +176,63 @@ def _counts_single_level(
             if layer == 0:  # every pixel has exactly one layer-0 entry (a concept or the sink)
                 unit_area[start : start + n] = counts.view(n, 2, width)[:, 1].sum(1)
     return histogram.view(units, 2, width)[:, 1, :num_concepts], unit_area
+
+
+def _native_counts(
+    values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int
+) -> tuple[Tensor, Tensor] | None:
+    """Counts of ``(U, P)`` values at ``(U,)`` or ``(U, K)`` thresholds in one compiled pass, or ``None``.
+
+    With ``(U,)`` thresholds: :func:`_counts_single_level`'s ``(U, C)`` intersections and ``(U,)``
+    areas. With ascending, NaN-free ``(U, K)`` thresholds: :func:`_counts_multi_level_search`'s
+    ``(U, K + 1, C + 1)`` and ``(U, K + 1)`` histograms. ``None`` where the kernels are not
+    available (:mod:`lightning_dissect._utils.native`) or the inputs do not suit them (then the
+    torch paths count, with the same integers).
+    """
+    library = native_library()
+    if (
+        library is None
+        or values.device.type != "cpu"
+        or values.dtype not in (torch.float32, torch.float64)
+        or thresholds.dtype != values.dtype
+        or values.ndim != 2
+        or labels.ndim != 2
+        or labels.shape[1] != values.shape[1]
+    ):
+        return None
+    units, pixels = values.shape
+    if thresholds.ndim == 2 and thresholds.shape[1] > 1 and (
+        bool(torch.isnan(thresholds).any()) or bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
+    ):
+        return None
+    width = num_concepts + 1
+    if values.stride(1) != 1:
+        values = values.contiguous()
+    labels = labels.to(torch.int64)
+    if labels.stride(1) != 1:
+        labels = labels.contiguous()
+    thresholds = thresholds.contiguous()
+    f64 = values.dtype == torch.float64
+    if thresholds.ndim == 1:
+        intersection = torch.zeros(units, width, dtype=torch.int64, device=values.device)
+        area = torch.zeros(units, dtype=torch.int64, device=values.device)
+        if units and pixels:
+            kernel = library.ld_count_single_level_f64 if f64 else library.ld_count_single_level_f32
+            kernel(
+                values.data_ptr(), units, pixels, values.stride(0), thresholds.data_ptr(), labels.data_ptr(),
+                labels.shape[0], labels.stride(0), width, intersection.data_ptr(), area.data_ptr(),
+            )
+        return intersection[:, :num_concepts], area
+    levels = thresholds.shape[1]
+    histogram = torch.zeros(units, levels + 1, width, dtype=torch.int64, device=values.device)
+    area_hist = torch.zeros(units, levels + 1, dtype=torch.int64, device=values.device)
+    if units and pixels:
+        kernel = library.ld_count_levels_f64 if f64 else library.ld_count_levels_f32
+        kernel(
+            values.data_ptr(), units, pixels, values.stride(0), thresholds.data_ptr(), levels, labels.data_ptr(),
+            labels.shape[0], labels.stride(0), width, histogram.data_ptr(), area_hist.data_ptr(),
+        )
+    return histogram, area_hist
 
 
 def _upsampled_with_rows(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -578,22 +636,28 @@ def _counts_multi_level(
 ) -> tuple[Tensor, Tensor]:
     """``(U, K, C)`` and ``(U, K)`` counts of ``values`` (the units ``first_unit ...`` of ``lookup``'s layer).
 
-    The table lookup serves float32 values without NaN and thresholds that have a ``lookup``
-    (or, without one, ascending NaN-free float32 ``thresholds``); everything else is binary search.
+    The compiled kernel (:func:`_native_counts`) serves ascending NaN-free thresholds on the CPU;
+    without it, the table lookup serves float32 values without NaN and thresholds that have a
+    ``lookup`` (or, without one, ascending NaN-free float32 ``thresholds``); everything else is
+    binary search.
     ``finite``: the values are known to be finite (they are not checked for NaN); ``nonnegative``:
     none is below zero (see :func:`_counts_multi_level_lookup`).
     """
-    if lookup is None and values.dtype == torch.float32:
+    counted = _native_counts(values, thresholds, labels, num_concepts)
+    if counted is None and lookup is None and values.dtype == torch.float32:
         lookup = _build_level_lookup(thresholds)
         first_unit = 0
     fast = (
-        lookup is not None
+        counted is None
+        and lookup is not None
         and values.dtype == torch.float32
         and values.numel() > 0
         # a NaN makes the sum NaN (so does +inf with -inf: then the search path, also exact)
         and (finite or not bool(torch.isnan(values.sum())))
     )
-    if fast:
+    if counted is not None:
+        histogram, area_hist = counted
+    elif fast:
         histogram, area_hist = _counts_multi_level_lookup(
             values, thresholds, labels, num_concepts, chunk_elements, lookup, first_unit, nonnegative
         )
@@ -1170,6 +1234,7 @@ def accumulate_unit_concept_counts(
     )
     counted = offsets[-1] - 1
     single = thresholds.ndim == 1
+    native = activations.device.type == "cpu" and native_library() is not None
     value_dtype = activations.dtype if activations.dtype in (torch.float32, torch.float64) else torch.float32
     all_levels = _thresholds_as(thresholds, value_dtype)
 
@@ -1180,7 +1245,15 @@ def accumulate_unit_concept_counts(
         part = slice(start, start + unit_step)
         levels = all_levels[part]
         columns = tuples.shape[1] if tuples is not None else dense.count if dense is not None else counted
-        if single:
+        counted_here = None
+        if single and native:
+            values = upsample_units_first(activations[first : first + images, part], size)
+            if values.dtype not in (torch.float32, torch.float64):
+                values = values.to(torch.float32)
+            counted_here = _native_counts(values, levels, labels, columns)
+        if counted_here is not None:
+            inter, area = counted_here
+        elif single:
             values, rows, magnitude = _upsampled_with_rows(activations[first : first + images, part], size)
             inter, area = _counts_single_level_rows(values, rows, magnitude, levels, labels, columns, chunk_elements)
             del rows

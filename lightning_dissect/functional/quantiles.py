@@ -35,6 +35,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from lightning_dissect._utils.native import native_library
+
 __all__ = [
     "LogHistogramSpec",
     "histogram_bucket_index",
@@ -490,6 +492,9 @@ def accumulate_anchored_histogram(
         histogram += counts
         overflow += over
         return
+    offsets = native_key_offsets(exponents, spec) if values.device.type == "cpu" else None
+    if offsets is not None and accumulate_native_histogram(values, offsets, spec, histogram, overflow):
+        return
     if nonnegative:
         _accumulate_nonnegative(values, exponents, spec, histogram, overflow)
         return
@@ -527,6 +532,62 @@ def accumulate_anchored_histogram(
         block[:, 0] += extended[:, 0]
         block[:, -1] += extended[:, -1]
         overflow[start : start + n] += extended[:, 0] + extended[:, -1]
+
+
+def native_key_offsets(exponents: Tensor, spec: LogHistogramSpec) -> Tensor | None:
+    """Per-row int32 key offsets of the compiled histogram kernel, or ``None`` where it cannot count.
+
+    ``None`` where the kernels are not available (:mod:`lightning_dissect._utils.native`) or a
+    window reaches into float32's subnormal numbers (the torch path then counts, in two steps).
+    Computed once per batch; :func:`accumulate_native_histogram` takes a slice per unit group.
+
+    Examples:
+        >>> spec = anchored_spec()
+        >>> offsets = native_key_offsets(torch.tensor([0, 3]), spec)
+        >>> offsets is None or offsets.dtype == torch.int32
+        True
+    """
+    if native_library() is None:
+        return None
+    exponents = exponents.to(dtype=torch.int64)
+    exponents = torch.where(exponents == ANCHOR_UNSET, torch.zeros_like(exponents), exponents)
+    if not _anchored_keys_exact(exponents, spec) or spec.zero_bucket != spec.buckets_per_sign:
+        return None
+    return (spec.key_low - 1 + (exponents << spec.mantissa_bits)).to(torch.int32).cpu().contiguous()
+
+
+def accumulate_native_histogram(
+    values: Tensor, offsets: Tensor, spec: LogHistogramSpec, histogram: Tensor, overflow: Tensor
+) -> bool:
+    """:func:`accumulate_anchored_histogram` in one compiled pass, with offsets from :func:`native_key_offsets`.
+
+    The same integer operations on the float bits as the torch path, value by value. Returns
+    ``False`` (nothing added) where the tensors do not suit the kernel (not on the CPU, not int64
+    counts with contiguous rows).
+    """
+    library = native_library()
+    units, per_unit = values.shape
+    if (
+        library is None
+        or values.device.type != "cpu"
+        or histogram.dtype != torch.int64
+        or overflow.dtype != torch.int64
+        or histogram.shape != (units, 2 * spec.buckets_per_sign + 1)
+        or histogram.stride(1) != 1
+        or overflow.stride(0) != 1
+        or offsets.shape != (units,)
+    ):
+        return False
+    if units == 0 or per_unit == 0:
+        return True
+    values = values.to(torch.float32)  # as the torch path counts them
+    if values.stride(1) != 1:
+        values = values.contiguous()
+    library.ld_anchored_histogram_f32(
+        values.data_ptr(), units, per_unit, values.stride(0), offsets.data_ptr(), spec.shift,
+        spec.buckets_per_sign, histogram.data_ptr(), histogram.stride(0), overflow.data_ptr(),
+    )
+    return True
 
 
 def _accumulate_nonnegative(

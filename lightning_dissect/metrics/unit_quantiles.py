@@ -17,14 +17,16 @@ from lightning_dissect.functional.quantiles import (
     ANCHOR_UNSET,
     LogHistogramSpec,
     accumulate_anchored_histogram,
+    accumulate_native_histogram,
     anchored_spec,
     magnitude_exponents,
     magnitude_exponents_of_maps,
+    native_key_offsets,
     quantiles_from_histogram,
     shift_histogram,
     unit_histogram,
 )
-from lightning_dissect.functional.upsample import _size2, upsample_units_first
+from lightning_dissect.functional.upsample import _size2, upsample_bilinear
 from lightning_dissect.metrics._base import SumStateMetric
 
 __all__ = ["UnitQuantiles"]
@@ -257,22 +259,31 @@ class UnitQuantiles(SumStateMetric):
             self.histogram += counts
             self.overflow += overflow
             return
+        offsets = None
         if self.anchored:
             # the largest magnitude of the raw maps bounds that of their bilinear upsampling
             self._raise_anchor(magnitude_exponents_of_maps(activations))
             exponents = self._exponents()
+            offsets = native_key_offsets(exponents, self.spec) if activations.device.type == "cpu" else None
             # bilinear weights are non-negative: maps with no negative value (ReLU) upsample to none
-            nonnegative = bool(activations.amin() >= 0)
+            nonnegative = offsets is None and bool(activations.amin() >= 0)
         # Upsample a few units at a time so the maps stay in cache (about 1M values per chunk);
         # the counts are the same integers as for one big pass.
         per_unit = activations.shape[0] * (
             activations[0, 0].numel() if size is None else math.prod(_size2(size))
         )
         step = max(1, _CHUNK_VALUES // max(1, per_unit))
+        # unit-major raw maps, made once: each group's slice is then upsampled as it is
+        maps = activations.transpose(0, 1).contiguous()
 
         def add(start: int) -> None:  # one unit group; the groups write disjoint rows
-            values = upsample_units_first(activations[:, start : start + step], size)
+            group = maps[start : start + step]
+            values = (group if size is None else upsample_bilinear(group, size)).reshape(group.shape[0], -1)
             rows = slice(start, start + step)
+            if offsets is not None and accumulate_native_histogram(
+                values, offsets[rows], self.spec, self.histogram[rows], self.overflow[rows]
+            ):
+                return
             if self.anchored:
                 accumulate_anchored_histogram(
                     values, exponents[rows], self.spec, self.histogram[rows], self.overflow[rows],

@@ -1,0 +1,151 @@
+/*
+ * The inner loops of the statistics, one pass over the values each (see native.py).
+ *
+ * Each function reproduces, integer for integer, a chain of torch operations of
+ * lightning_dissect.functional: the tests compare both paths on the same inputs. Plain C99,
+ * no Python or torch headers: it is loaded with ctypes, which releases the GIL during a call,
+ * so the statistics' worker threads run these loops in parallel.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Values handled per block: first a loop the compiler vectorizes (keys, levels), then the increments. */
+#define BLOCK 256
+
+/*
+ * Anchored log histogram of float32 values (functional.quantiles.accumulate_anchored_histogram).
+ *
+ * `bits` are the float32 values' bits. Row r (cols values, starting at bits + r * row_stride) is
+ * added to row r of `hist` (hist + r * hist_stride, 2 * per_sign + 1 buckets, zero bucket at
+ * per_sign) and its overflow count to overflow[r]. A value's key is
+ * ((bits & 0x7fffffff) >> shift) - base[r]: <= 0 lands in the zero bucket, 1 .. per_sign in bucket
+ * per_sign +/- key by the sign bit, above per_sign in the outermost bucket of its sign and in the
+ * overflow count. Zeros are counted apart (in rotating counters: no chain of increments of one
+ * memory cell).
+ */
+void ld_anchored_histogram_f32(const uint32_t *bits, int64_t rows, int64_t cols, int64_t row_stride,
+                               const int32_t *base, int32_t shift, int64_t per_sign, int64_t *hist,
+                               int64_t hist_stride, int64_t *overflow) {
+    int32_t index[BLOCK];
+    const int32_t top = (int32_t)per_sign;
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint32_t *v = bits + r * row_stride;
+        int64_t *h = hist + r * hist_stride + per_sign;
+        const int32_t b = base[r];
+        int64_t over = 0, zeros[8] = {0};
+        for (int64_t first = 0; first < cols; first += BLOCK) {
+            const int n = (int)(cols - first < BLOCK ? cols - first : BLOCK);
+            const uint32_t *x = v + first;
+            int32_t above = 0;
+            for (int j = 0; j < n; ++j) {
+                int32_t key = (int32_t)((x[j] & 0x7fffffffu) >> shift) - b;
+                key = key < 0 ? 0 : key;
+                above += key > top;
+                key = key > top ? top : key;
+                const int32_t negative = -(int32_t)(x[j] >> 31); /* 0, or -1 for a set sign bit */
+                index[j] = (key ^ negative) - negative;         /* key, or -key */
+            }
+            over += above;
+            for (int j = 0; j < n; ++j) {
+                /* branch-free choice of the cell (zeros are common and unpredictable) */
+                const intptr_t zero = -(intptr_t)(index[j] == 0);
+                const intptr_t cell = ((intptr_t)(h + index[j]) & ~zero) | ((intptr_t)(zeros + (j & 7)) & zero);
+                ++*(int64_t *)cell;
+            }
+        }
+        h[0] += zeros[0] + zeros[1] + zeros[2] + zeros[3] + zeros[4] + zeros[5] + zeros[6] + zeros[7];
+        overflow[r] += over;
+    }
+}
+
+/*
+ * Unit-concept counts at one threshold per row (functional.counts._counts_single_level).
+ *
+ * For row r of `values` (cols values) and every value above thresholds[r]: area[r] += 1 and, for
+ * every label layer l, inter[r * width + labels[l * label_stride + i]] += 1. A NaN is above
+ * nothing. Labels must lie in [0, width). A block whose largest value is not above the threshold
+ * (the common case at a top quantile) is skipped after one vectorized pass.
+ */
+#define SINGLE_LEVEL(NAME, T)                                                                           \
+    void NAME(const T *values, int64_t rows, int64_t cols, int64_t row_stride, const T *thresholds,    \
+              const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, int64_t *inter, \
+              int64_t *area) {                                                                          \
+        for (int64_t r = 0; r < rows; ++r) {                                                            \
+            const T *v = values + r * row_stride;                                                       \
+            const T t = thresholds[r];                                                                  \
+            int64_t *row = inter + r * width;                                                           \
+            int64_t on = 0;                                                                             \
+            for (int64_t first = 0; first < cols; first += BLOCK) {                                     \
+                const int n = (int)(cols - first < BLOCK ? cols - first : BLOCK);                       \
+                const T *x = v + first;                                                                 \
+                int any = 0;                                                                            \
+                for (int j = 0; j < n; ++j)                                                             \
+                    any |= x[j] > t;                                                                    \
+                if (!any)                                                                               \
+                    continue;                                                                           \
+                const int64_t *label = labels + first;                                                  \
+                for (int j = 0; j < n; ++j) {                                                           \
+                    if (!(x[j] > t))                                                                    \
+                        continue;                                                                       \
+                    ++on;                                                                               \
+                    for (int64_t l = 0; l < layers; ++l)                                                \
+                        ++row[label[l * label_stride + j]];                                             \
+                }                                                                                       \
+            }                                                                                           \
+            area[r] += on;                                                                              \
+        }                                                                                               \
+    }
+
+SINGLE_LEVEL(ld_count_single_level_f32, float)
+SINGLE_LEVEL(ld_count_single_level_f64, double)
+
+/*
+ * Unit-concept histograms over levels (functional.counts._counts_multi_level_search, before its
+ * suffix sums).
+ *
+ * `thresholds` holds `levels` ascending, NaN-free thresholds per row. A value's bin is the number
+ * of its row's thresholds strictly below it (0 for a NaN): area_hist[r * bins + bin] += 1 and,
+ * for every label layer, hist[(r * bins + bin) * width + label] += 1, with bins = levels + 1.
+ * Per block, only the thresholds below the block's largest value are compared.
+ */
+#define MULTI_LEVEL(NAME, T)                                                                            \
+    void NAME(const T *values, int64_t rows, int64_t cols, int64_t row_stride, const T *thresholds,    \
+              int64_t levels, const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, \
+              int64_t *hist, int64_t *area_hist) {                                                      \
+        const int64_t bins = levels + 1;                                                                \
+        int32_t bin[BLOCK];                                                                             \
+        for (int64_t r = 0; r < rows; ++r) {                                                            \
+            const T *v = values + r * row_stride;                                                       \
+            const T *t = thresholds + r * levels;                                                       \
+            int64_t *h = hist + r * bins * width;                                                       \
+            int64_t *a = area_hist + r * bins;                                                          \
+            for (int64_t first = 0; first < cols; first += BLOCK) {                                     \
+                const int n = (int)(cols - first < BLOCK ? cols - first : BLOCK);                       \
+                const T *x = v + first;                                                                 \
+                T top = -(T)INFINITY; /* the largest non-NaN value (a NaN is above nothing) */          \
+                for (int j = 0; j < n; ++j)                                                             \
+                    top = x[j] > top ? x[j] : top;                                                      \
+                int64_t below = 0; /* thresholds[k >= below] are >= every non-NaN value of the block */ \
+                while (below < levels && t[below] < top)                                                \
+                    ++below;                                                                            \
+                for (int j = 0; j < n; ++j)                                                             \
+                    bin[j] = 0;                                                                         \
+                for (int64_t k = 0; k < below; ++k) {                                                   \
+                    const T level = t[k];                                                               \
+                    for (int j = 0; j < n; ++j)                                                         \
+                        bin[j] += x[j] > level;                                                         \
+                }                                                                                       \
+                const int64_t *label = labels + first;                                                  \
+                for (int j = 0; j < n; ++j) {                                                           \
+                    ++a[bin[j]];                                                                        \
+                    int64_t *cell = h + bin[j] * width;                                                 \
+                    for (int64_t l = 0; l < layers; ++l)                                                \
+                        ++cell[label[l * label_stride + j]];                                            \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+MULTI_LEVEL(ld_count_levels_f32, float)
+MULTI_LEVEL(ld_count_levels_f64, double)
