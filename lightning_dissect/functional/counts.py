@@ -16,6 +16,13 @@ value's level ``#{k : t_k < value}`` comes from a per-unit lookup table keyed on
 order-preserving integer key (its float32 bits), bucketed by a right shift; a bucket stores the
 thresholds below it and the one threshold inside it, and values in the rare buckets holding two
 distinct thresholds are compared with every threshold. float64 maps use a binary search.
+
+With one threshold per unit, a row of an upsampled map mixes at most two rows of the map: their
+largest value (plus a margin for rounding) bounds the row. When at most one row in
+:data:`_SPARSE_ROW_FRACTION` can exceed the threshold (a top-quantile threshold), only those rows
+are upsampled, by the same matrix products as whole maps, and only their on pixels are counted:
+each label set's counts, the sample groups' and the per-category unit areas are added from the
+labels of those pixels, into the states themselves.
 """
 
 from __future__ import annotations
@@ -1002,9 +1009,8 @@ def _on_pixels(plan: _OnPixelPlan, rows: Tensor) -> tuple[Tensor, Tensor]:
 class _OnLabelSet(NamedTuple):
     """A label set counted on the on pixels: its labels and where its counts go."""
 
-    segmentation: Tensor  # (B, L, H * W)
+    labels: Tensor  # (L, B * H * W) from concept_labels (the sink: ``concepts``), in a small integer dtype
     concepts: int
-    ignore_index: int | None
     intersection: Tensor  # (U, concepts)
     group_intersection: Tensor | None  # (U, G, concepts), split by the images' sample groups
     category: Tensor | None  # (concepts + 1,) category of every label (-1: none, the sink included)
@@ -1020,6 +1026,8 @@ def _add_on_pixel_counts(
     end: int,
     image_group: Tensor | None,
     overlaps: Sequence[Tensor | None],
+    batch: int,
+    pixels_per_image: int,
 ) -> Tensor:
     """Add the intersections of on pairs ``(unit, pixel)`` of units ``first:end`` to every label set's counts.
 
@@ -1028,33 +1036,32 @@ def _add_on_pixel_counts(
     ``(unit - first) * B + image``.
     """
     n = end - first
-    batch, _, pixels_per_image = sets[0].segmentation.shape
     image = torch.div(pixel, pixels_per_image, rounding_mode="floor")
-    spot = pixel - image * pixels_per_image
     local = unit - first
     unit_image = local * batch + image
     group = image_group.index_select(0, image) if image_group is not None else None
-    for (labels_of, concepts, ignore, intersection, grouped, category, area, _), overlap in zip(sets, overlaps):
-        found = labels_of[image, :, spot]  # (m, L)
-        labels = concept_labels(found.view(*found.shape, 1, 1), concepts, ignore)  # (L, m), sink: concepts
+    for (labels_of, concepts, intersection, grouped, category, area, _), overlap in zip(sets, overlaps):
+        labels = labels_of.index_select(1, pixel).to(torch.int64)  # (L, m)
         if overlap is not None and category is not None and area is not None:
             code = category.index_select(0, labels.reshape(-1)).view(labels.shape)
             keep = code >= 0
             cells = (unit_image * area.shape[-1]).unsqueeze(0) + code
             overlap += torch.bincount(cells[keep], minlength=overlap.numel())
+        key = (local * (concepts + 1)).unsqueeze(0) + labels
+        counts = torch.bincount(key.reshape(-1), minlength=n * (concepts + 1)).view(n, concepts + 1)
+        intersection[first:end] += counts[:, :concepts]
         if grouped is None:
-            key = (local * (concepts + 1)).unsqueeze(0) + labels
-            counts = torch.bincount(key.reshape(-1), minlength=n * (concepts + 1)).view(n, concepts + 1)
-            intersection[first:end] += counts[:, :concepts]
             continue
         assert group is not None
-        # wide (unit, group, concept) cells: add every pair into the states themselves
+        # wide (unit, group, concept) cells: each pair is added into the state itself
         keep = labels != concepts
-        layer_unit = unit.expand_as(labels)[keep]
-        label = labels[keep]
-        ones = torch.ones(label.shape, dtype=intersection.dtype, device=intersection.device)
-        intersection.index_put_((layer_unit, label), ones, accumulate=True)
-        grouped.index_put_((layer_unit, group.expand_as(labels)[keep], label), ones, accumulate=True)
+        ones = torch.ones(int(keep.sum()), dtype=grouped.dtype, device=grouped.device)
+        if grouped.is_contiguous():
+            cell = ((unit * grouped.shape[1] + group) * concepts).unsqueeze(0) + labels
+            grouped.view(-1).index_add_(0, cell[keep], ones)
+        else:
+            index = (unit.expand_as(labels)[keep], group.expand_as(labels)[keep], labels[keep])
+            grouped.index_put_(index, ones, accumulate=True)
     return unit_image
 
 
@@ -1092,10 +1099,14 @@ def _accumulate_on_pixels(
     # the concept areas, a block of images at a time
     group = sample_groups.group.to(torch.int64) if sample_groups is not None else None
     block = max(1, (budget // 4) // max(1, pixels_per_image * layers * 16))
+    # every label set's labels as they are counted, kept in the smallest integer dtype
+    kept: list[list[Tensor]] = [[] for _ in groups]
     for start in range(0, batch, block):
         rows = slice(start, start + block)
         for g, (counts, seg, concepts, ignore) in enumerate(groups):
             labels = concept_labels(seg[rows], concepts, ignore)
+            small = torch.int16 if concepts < 1 << 15 else torch.int32 if concepts < 1 << 31 else torch.int64
+            kept[g].append(labels.to(small))
             if group is None or g > 1:
                 counts.concept_area.add_(torch.bincount(labels.reshape(-1), minlength=concepts + 1)[:concepts])
                 continue
@@ -1106,8 +1117,8 @@ def _accumulate_on_pixels(
             (sample_groups.concept_area if g == 0 else sample_groups.paired_concept_area).add_(area)
             counts.concept_area.add_(area.sum(0))
     sets = []
-    for g, (counts, seg, concepts, ignore) in enumerate(groups):
-        labels = seg.reshape(batch, -1 if seg.ndim == 4 else 1, pixels_per_image)
+    for g, (counts, _seg, concepts, _ignore) in enumerate(groups):
+        labels = torch.cat(kept[g], 1) if len(kept[g]) > 1 else kept[g][0]
         grouped = None
         if sample_groups is not None and g < 2:
             grouped = sample_groups.intersection if g == 0 else sample_groups.paired_intersection
@@ -1118,7 +1129,7 @@ def _accumulate_on_pixels(
             if area is not None:
                 none = torch.full((1,), -1, dtype=torch.int64, device=area.device)
                 category = torch.cat([category_area.concept_category.to(area.device, torch.int64), none])
-        sets.append(_OnLabelSet(labels, concepts, ignore, counts.intersection, grouped, category, area, group_area))
+        sets.append(_OnLabelSet(labels, concepts, counts.intersection, grouped, category, area, group_area))
     image_group = group
     # one task per run of units: each writes its own rows of the counts
     workers = worker_count(activations.device)
@@ -1148,7 +1159,9 @@ def _accumulate_on_pixels(
             unit, pixel = _on_pixels(plan, plan.rows[start:stop])
             for at in range(0, unit.numel(), pairs_per_step):
                 part = slice(at, at + pairs_per_step)
-                unit_image = _add_on_pixel_counts(sets, unit[part], pixel[part], first, end, image_group, overlaps)
+                unit_image = _add_on_pixel_counts(
+                    sets, unit[part], pixel[part], first, end, image_group, overlaps, batch, pixels_per_image
+                )
                 image_area += torch.bincount(unit_image, minlength=n * batch)
         out.unit_area[first:end] += image_area.view(n, batch).sum(1)
         # a unit's area in an image counts toward a category where its on pixels there overlap a label of it
@@ -1179,10 +1192,12 @@ def accumulate_unit_concept_counts(
 ) -> None:
     """Add one batch's counts into ``out`` in place, with bounded temporary memory.
 
-    The inputs are not checked (see :func:`unit_concept_counts`). The batch is processed in steps
-    of a few images and a few units, sized so that one step's temporaries stay within about
-    ``max_temporary_bytes`` whatever ``C`` and ``B`` (the floor is one image and one unit, which
-    needs about ``48 * (K + 1) * (C + 1) + 48 * H * W`` bytes). An empty batch adds nothing.
+    The inputs are not checked (see :func:`unit_concept_counts`). With ``(U,)`` thresholds that few
+    upsampled rows can exceed, only those rows are upsampled and their on pixels counted (see the
+    module docs). Otherwise the batch is processed in steps of a few images and a few units, sized
+    so that one step's temporaries stay within about ``max_temporary_bytes`` whatever ``C`` and
+    ``B`` (the floor is one image and one unit, which needs about ``48 * (K + 1) * (C + 1) + 48 *
+    H * W`` bytes). An empty batch adds nothing.
 
     Args:
         out: int64 tensors of shapes ``(U, [K,] C)``, ``(U, [K])``, ``(C,)`` and ``()`` on the

@@ -131,7 +131,10 @@ class UnitConceptIoU(SumStateMetric):
             :func:`~lightning_dissect.functional.chance.swap_test_p_values` (read them with
             :meth:`group_counts`). The groups depend on the samples' indices only, so the counts
             are the same for every batch size and number of processes. Adds
-            ``16 * G * (U * K * C + C)`` bytes of state.
+            ``16 * G * (U * K * C + C)`` bytes of state. With ``concept_categories`` the
+            per-category unit areas are split too (states ``group_category_unit_area`` and
+            ``group_paired_category_unit_area``, ``(U, [K,] G, N)`` for ``N`` categories): a group
+            swapped by the swap test brings its own unit area under each pairing.
         kwargs: Passed to :class:`torchmetrics.Metric`; ``dist_sync_fn`` defaults to
             :func:`~lightning_dissect.metrics.all_reduce_sum`.
 
