@@ -49,8 +49,7 @@ _SIGNATURES = {
     "ld_anchored_histogram_f32": [_ptr, _i64, _i64, _i64, _ptr, ctypes.c_int32, _i64, _ptr, _i64, _ptr],
     "ld_count_single_level_f32": [_ptr, _i64, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr],
     "ld_count_single_level_f64": [_ptr, _i64, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr],
-    "ld_count_levels_f32": [_ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr],
-    "ld_count_levels_f64": [_ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr],
+    "ld_count_levels_f32": [_ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr, _ptr],
 }
 
 

@@ -102,50 +102,83 @@ SINGLE_LEVEL(ld_count_single_level_f64, double)
 
 /*
  * Unit-concept histograms over levels (functional.counts._counts_multi_level_search, before its
- * suffix sums).
+ * suffix sums), float32 values.
  *
  * `thresholds` holds `levels` ascending, NaN-free thresholds per row. A value's bin is the number
  * of its row's thresholds strictly below it (0 for a NaN): area_hist[r * bins + bin] += 1 and,
  * for every label layer, hist[(r * bins + bin) * width + label] += 1, with bins = levels + 1.
- * Per block, only the thresholds below the block's largest value are compared.
+ * `hist` and `area_hist` must be zero on entry; `totals` (width) too, and it holds the label totals
+ * of all pixels on return.
+ *
+ * Per block, the thresholds are compared in ascending order until one is above every value. The
+ * values of each row's most common bin (guessed from its first block) are not counted one by one:
+ * that bin is what the row's other bins leave of the label totals.
  */
-#define MULTI_LEVEL(NAME, T)                                                                            \
-    void NAME(const T *values, int64_t rows, int64_t cols, int64_t row_stride, const T *thresholds,    \
-              int64_t levels, const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, \
-              int64_t *hist, int64_t *area_hist) {                                                      \
-        const int64_t bins = levels + 1;                                                                \
-        int32_t bin[BLOCK];                                                                             \
-        for (int64_t r = 0; r < rows; ++r) {                                                            \
-            const T *v = values + r * row_stride;                                                       \
-            const T *t = thresholds + r * levels;                                                       \
-            int64_t *h = hist + r * bins * width;                                                       \
-            int64_t *a = area_hist + r * bins;                                                          \
-            for (int64_t first = 0; first < cols; first += BLOCK) {                                     \
-                const int n = (int)(cols - first < BLOCK ? cols - first : BLOCK);                       \
-                const T *x = v + first;                                                                 \
-                T top = -(T)INFINITY; /* the largest non-NaN value (a NaN is above nothing) */          \
-                for (int j = 0; j < n; ++j)                                                             \
-                    top = x[j] > top ? x[j] : top;                                                      \
-                int64_t below = 0; /* thresholds[k >= below] are >= every non-NaN value of the block */ \
-                while (below < levels && t[below] < top)                                                \
-                    ++below;                                                                            \
-                for (int j = 0; j < n; ++j)                                                             \
-                    bin[j] = 0;                                                                         \
-                for (int64_t k = 0; k < below; ++k) {                                                   \
-                    const T level = t[k];                                                               \
-                    for (int j = 0; j < n; ++j)                                                         \
-                        bin[j] += x[j] > level;                                                         \
-                }                                                                                       \
-                const int64_t *label = labels + first;                                                  \
-                for (int j = 0; j < n; ++j) {                                                           \
-                    ++a[bin[j]];                                                                        \
-                    int64_t *cell = h + bin[j] * width;                                                 \
-                    for (int64_t l = 0; l < layers; ++l)                                                \
-                        ++cell[label[l * label_stride + j]];                                            \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
-    }
+#define MAX_SKIP_BINS 1024
 
-MULTI_LEVEL(ld_count_levels_f32, float)
-MULTI_LEVEL(ld_count_levels_f64, double)
+void ld_count_levels_f32(const float *values, int64_t rows, int64_t cols, int64_t row_stride,
+                         const float *thresholds, int64_t levels, const int64_t *labels, int64_t layers,
+                         int64_t label_stride, int64_t width, int64_t *hist, int64_t *area_hist,
+                         int64_t *totals) {
+    const int64_t bins = levels + 1, cells = bins * width;
+    int32_t bin[BLOCK];
+    int32_t seen[MAX_SKIP_BINS];
+    for (int64_t l = 0; l < layers; ++l) /* label totals over all pixels, once for all rows */
+        for (int64_t i = 0; i < cols; ++i)
+            ++totals[labels[l * label_stride + i]];
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *v = values + r * row_stride;
+        const float *t = thresholds + r * levels;
+        int64_t *h = hist + r * cells;
+        int64_t *a = area_hist + r * bins;
+        int64_t skip = -1; /* the bin not counted one by one (-1: none) */
+        for (int64_t first = 0; first < cols; first += BLOCK) {
+            const int n = (int)(cols - first < BLOCK ? cols - first : BLOCK);
+            const float *x = v + first;
+            for (int j = 0; j < n; ++j)
+                bin[j] = 0;
+            for (int64_t k = 0; k < levels; ++k) {
+                const float level = t[k];
+                int32_t any = 0;
+                for (int j = 0; j < n; ++j) {
+                    const int32_t above = x[j] > level;
+                    bin[j] += above;
+                    any |= above;
+                }
+                if (!any) /* the later thresholds are higher still: no value is above them */
+                    break;
+            }
+            if (first == 0 && bins <= MAX_SKIP_BINS) {
+                memset(seen, 0, (size_t)bins * sizeof seen[0]);
+                for (int j = 0; j < n; ++j)
+                    ++seen[bin[j]];
+                skip = 0;
+                for (int64_t b = 1; b < bins; ++b)
+                    if (seen[b] > seen[skip])
+                        skip = b;
+            }
+            const int64_t *label = labels + first;
+            for (int j = 0; j < n; ++j) {
+                if (bin[j] == skip)
+                    continue;
+                ++a[bin[j]];
+                int64_t *cell = h + bin[j] * width;
+                for (int64_t l = 0; l < layers; ++l)
+                    ++cell[label[l * label_stride + j]];
+            }
+        }
+        if (skip < 0)
+            continue;
+        int64_t *rest = h + skip * width, area = cols;
+        for (int64_t c = 0; c < width; ++c)
+            rest[c] = totals[c];
+        for (int64_t b = 0; b < bins; ++b) {
+            if (b == skip)
+                continue;
+            area -= a[b];
+            for (int64_t c = 0; c < width; ++c)
+                rest[c] -= h[b * width + c];
+        }
+        a[skip] = area;
+    }
+}

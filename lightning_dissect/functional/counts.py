@@ -208,6 +208,8 @@ def _native_counts(
     ):
         return None
     units, pixels = values.shape
+    if thresholds.ndim == 2 and values.dtype != torch.float32:
+        return None  # the multi-level kernel counts float32 values
     if thresholds.ndim == 2 and thresholds.shape[1] > 1 and (
         bool(torch.isnan(thresholds).any()) or bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
     ):
@@ -234,10 +236,11 @@ def _native_counts(
     histogram = torch.zeros(units, levels + 1, width, dtype=torch.int64, device=values.device)
     area_hist = torch.zeros(units, levels + 1, dtype=torch.int64, device=values.device)
     if units and pixels:
-        kernel = library.ld_count_levels_f64 if f64 else library.ld_count_levels_f32
+        kernel = library.ld_count_levels_f32
+        totals = torch.zeros(width, dtype=torch.int64, device=values.device)  # the kernel's label totals
         kernel(
             values.data_ptr(), units, pixels, values.stride(0), thresholds.data_ptr(), levels, labels.data_ptr(),
-            labels.shape[0], labels.stride(0), width, histogram.data_ptr(), area_hist.data_ptr(),
+            labels.shape[0], labels.stride(0), width, histogram.data_ptr(), area_hist.data_ptr(), totals.data_ptr(),
         )
     return histogram, area_hist
 
@@ -1065,6 +1068,26 @@ def _add_on_pixel_counts(
     return unit_image
 
 
+#: Widest label space (label sets x sample groups x concepts) that the compiled kernel counts pixel
+#: by pixel rather than from the on pixels: it then costs less than finding the on pixels does.
+NATIVE_LABEL_WIDTH = 2048
+
+
+def _count_every_pixel(
+    activations: Tensor,
+    num_concepts: int,
+    paired: tuple[ConceptCounts, Tensor] | None,
+    also: Sequence[tuple[ConceptCounts, Tensor, int, int | None]],
+    sample_groups: SampleGroupCounts | None,
+) -> bool:
+    """Whether the compiled kernel should count every pixel (a narrow label space on the CPU)."""
+    if activations.device.type != "cpu" or native_library() is None:
+        return False
+    split = int(sample_groups.intersection.shape[1]) if sample_groups is not None else 1
+    width = (num_concepts + 1) * split * (2 if paired is not None else 1) + sum(c + 1 for _, _, c, _ in also)
+    return width <= NATIVE_LABEL_WIDTH
+
+
 def _accumulate_on_pixels(
     out: ConceptCounts,
     activations: Tensor,
@@ -1087,6 +1110,8 @@ def _accumulate_on_pixels(
     """
     if activations.shape[0] == 0 or activations.shape[1] == 0:
         return True  # an empty batch adds nothing
+    if _count_every_pixel(activations, num_concepts, paired, also, sample_groups):
+        return False
     size = tuple(segmentation.shape[-2:])
     plan = _on_pixel_plan(activations, thresholds, size)
     if plan is None:
