@@ -15,9 +15,12 @@ counts are run once) it times:
   segmenter pass over the latents, with the same batch size; nothing else;
 * ``dissect()`` in ``"quantile"`` mode and in ``"iqr"`` mode (``num_levels=16``),
 
-and prints the times (best of the repeats, the three measurements interleaved) and the ratios
+and prints the times (best of the repeats, the measurements interleaved) and the ratios
 ``dissect / floor`` measured in this run, with the thread count in every row, and the load
 average of the machine before and after (the ratios move when other jobs share the cores).
+``--statistics native torch`` times each mode twice, with the compiled statistics kernels
+(:mod:`lightning_dissect._utils.native`, the default where a C compiler is found) and with the
+torch operations alone, in the same run.
 
 Run ``python benchmarks/bench_round.py`` (a few minutes on 2 cores) or
 ``--workloads example --threads 1`` for one part; ``--profile`` adds a cProfile top-10 per mode.
@@ -44,6 +47,7 @@ from gan_model import Generator  # noqa: E402
 from stylegan2_shaped import LAYERS as STYLEGAN2_LAYERS  # noqa: E402
 from stylegan2_shaped import Z_DIM, StyleGAN2Shaped  # noqa: E402
 
+from lightning_dissect._utils.native import native_library, use_native  # noqa: E402
 from lightning_dissect.dissection import dissect  # noqa: E402
 from lightning_dissect.segmenters import SceneWorld, SyntheticSceneSegmenter  # noqa: E402
 
@@ -113,12 +117,18 @@ def main(argv=None):
     parser.add_argument("--stylegan2-repeats", type=int, default=1, help="repeats of the StyleGAN2-shaped workload")
     parser.add_argument("--profile", action="store_true", help="print a cProfile top-10 per mode")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--statistics", nargs="+", default=["native"], choices=["native", "torch"],
+                        help="the statistics' compiled kernels, the torch operations alone, or both")
     args = parser.parse_args(argv)
+    if "native" in args.statistics and native_library() is None:
+        parser.error("the compiled statistics kernels are not available here (no C compiler, or "
+                     "LIGHTNING_DISSECT_NATIVE=0): pass --statistics torch")
     device = torch.device(args.device)
     counts = thread_counts(args.threads)
     print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
           f"{os.cpu_count()} cores | torch default threads {torch.get_num_threads()} | device {device}")
-    print(f"iqr num_levels={args.levels}; times are the best of the repeats; ratios = dissect / floor")
+    print(f"iqr num_levels={args.levels}; times are the best of the repeats; ratios = dissect / floor; "
+          f"statistics: {', '.join(args.statistics)}")
     rows = []
     for name in args.workloads:
         generator, layers, segmenter, latent_dim, size, samples, batch, units = workload(name, device)
@@ -130,47 +140,55 @@ def main(argv=None):
         def floor(subset=latents, generator=generator, segmenter=segmenter, batch=batch):
             forward_floor(generator, segmenter, subset, batch)
 
-        def run(mode, samples=samples, generator=generator, layers=layers, segmenter=segmenter,
-                latent_dim=latent_dim, batch=batch):
-            return dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=samples,
-                           batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,
-                           device=device)
+        def run(mode, statistics="native", samples=samples, generator=generator, layers=layers,
+                segmenter=segmenter, latent_dim=latent_dim, batch=batch):
+            with use_native(statistics == "native"):
+                return dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=samples,
+                               batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,
+                               device=device)
 
         for threads, label in counts:
             torch.set_num_threads(threads)
             # warm-up: one batch of each
             floor(latents[:batch])
-            for mode in ("quantile", "iqr"):
-                dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=batch,
-                        batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,
-                        device=device)
-            best = {"floor": float("inf"), "quantile": float("inf"), "iqr": float("inf")}
+            for statistics in args.statistics:
+                for mode in ("quantile", "iqr"):
+                    with use_native(statistics == "native"):
+                        dissect(generator, layers, segmenter, latent_shape=(latent_dim,), num_samples=batch,
+                                batch_size=batch, threshold_mode=mode, num_levels=args.levels, progress=False,
+                                device=device)
+            best = {"floor": float("inf")}
             for _ in range(repeats):
                 best["floor"] = min(best["floor"], timed(floor))
-                for mode in ("quantile", "iqr"):
-                    best[mode] = min(best[mode], timed(lambda mode=mode: run(mode)))
-            row = (name, threads, label, best, os.getloadavg()[0])
-            rows.append(row)
-            print_row(row)
+                for statistics in args.statistics:
+                    for mode in ("quantile", "iqr"):
+                        key = (statistics, mode)
+                        best[key] = min(best.get(key, float("inf")), timed(lambda m=mode, s=statistics: run(m, s)))
+            for statistics in args.statistics:
+                per_mode = {"floor": best["floor"], **{m: best[(statistics, m)] for m in ("quantile", "iqr")}}
+                row = (name, threads, label, statistics, per_mode, os.getloadavg()[0])
+                rows.append(row)
+                print_row(row)
             if args.profile:
                 for mode in ("quantile", "iqr"):
                     profile(lambda mode=mode: run(mode), f"{name}, {threads} threads, dissect {mode}")
     print("\nsummary (ms; ratio = dissect / floor; target in brackets)")
-    print(f"{'workload':<10} {'threads':<20} {'floor':>9} {'quantile':>9} {'ratio':>12} {'iqr':>9} {'ratio':>12} "
-          f"{'load':>5}")
+    print(f"{'workload':<10} {'threads':<20} {'stats':<7} {'floor':>9} {'quantile':>9} {'ratio':>12} {'iqr':>9} "
+          f"{'ratio':>12} {'load':>5}")
     for row in rows:
         print_row(row)
 
 
 def print_row(row) -> None:
-    name, threads, label, best, load = row
+    name, threads, label, statistics, best, load = row
     cells = []
     for mode in ("quantile", "iqr"):
         ratio = best[mode] / best["floor"]
         target = TARGETS[name][mode]
         cells.append(f"{best[mode] * 1e3:9.0f} {ratio:5.2f}x {'<=' if ratio <= target else '> '}{target:g}")
     threads_text = f"{threads}" + (f" ({label})" if label else "")
-    print(f"{name:<10} {threads_text:<20} {best['floor'] * 1e3:9.0f} {cells[0]} {cells[1]} {load:5.2f}")
+    print(f"{name:<10} {threads_text:<20} {statistics:<7} {best['floor'] * 1e3:9.0f} {cells[0]} {cells[1]} "
+          f"{load:5.2f}")
 
 
 def profile(fn, title: str) -> None:
