@@ -330,6 +330,7 @@ def test_huge_maps_upsampled_match_loop(gen):
         np.testing.assert_array_equal(ours.unit_area.numpy(), area)
 
 
+@pytest.mark.parametrize("statistics_path", ["torch"], indirect=True)  # the tuples of the torch path
 @pytest.mark.parametrize("levels", [0, 5])
 def test_few_label_tuples_of_a_wide_label_space_match_loop(gen, levels, monkeypatch):
     """Own and paired labels of a few of 300 concepts, mostly the same: counted once per pixel by

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["one_thread", "release_freed_memory", "statistics_threads", "worker_count", "run_tasks"]
+__all__ = ["one_thread", "release_freed_memory", "statistics_threads", "worker_count", "run_tasks", "run_side_by_side"]
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -153,6 +153,47 @@ def run_tasks(tasks: Sequence[Callable[[], None]], workers: int) -> None:
             raise error
     finally:
         torch.set_num_threads(before)
+
+
+def run_side_by_side(calls: Sequence[Callable[[], None]], workers: int) -> None:
+    """Run every call on a thread of its own, their :func:`run_tasks` sharing the ``workers`` threads.
+
+    For the updates of several metrics of one batch (one per layer): each call's unit groups go to
+    the same pool, so the workers move from one layer's groups to the next without waiting for the
+    slowest group of each layer, and one layer's short operations (labels, anchors) run while the
+    workers count another's. The calls must touch disjoint state. With one worker (or one call)
+    they run here, in order. The first exception of a call is raised once all calls have ended.
+
+    Examples:
+        >>> out = {}
+        >>> run_side_by_side([lambda: out.update(a=1), lambda: out.update(b=2)], 2)
+        >>> sorted(out.items())
+        [('a', 1), ('b', 2)]
+    """
+    if workers <= 1 or len(calls) <= 1 or getattr(_local, "inside", False):
+        for call in calls:
+            call()
+        return
+    inference = torch.is_inference_mode_enabled()
+    errors: list[BaseException] = []
+
+    def body(call: Callable[[], None]) -> None:
+        _local.threads = workers  # worker_count() in the call sees the caller's count
+        torch.set_num_threads(1)  # the call's own operations on this thread (OpenMP settings are per thread)
+        try:
+            with torch.inference_mode(inference):
+                call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(call,), name="lightning-dissect-layer", daemon=True)
+               for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,7 +24,13 @@ from torch import Tensor
 
 from lightning_dissect._utils.checks import check_finite
 from lightning_dissect._utils.distributed import all_gather_cat
-from lightning_dissect._utils.parallel import one_thread, release_freed_memory, statistics_threads
+from lightning_dissect._utils.parallel import (
+    one_thread,
+    release_freed_memory,
+    run_side_by_side,
+    statistics_threads,
+    worker_count,
+)
 from lightning_dissect._utils.progress import Progress
 from lightning_dissect.config import DissectionConfig
 from lightning_dissect.dissection.strips import Frame, keep_frames
@@ -127,8 +134,8 @@ def threshold_pass(
             if not out.reread_labels:
                 out.segmentations.append(labels.to("cpu", _compact_dtype(num_concepts)))
             with metric_threads(device):
-                for name in layers:
-                    a = batch.activations[name].float()
+                maps = {name: batch.activations[name].float() for name in layers}
+                for name, a in maps.items():
                     # name the layer (the metric's own check would only say "activations")
                     check_finite(a, f"activations of layer {name!r}", "check the generator for diverged weights")
                     if name not in out.quantiles:
@@ -137,10 +144,18 @@ def threshold_pass(
                             **runner.metric_options,
                         ).to(device)
                         out.topk[name] = TopK(a.shape[1], cfg.top_k, device)
-                    # NetDissect takes the quantile of the raw maps, the PNAS code of the upsampled ones
-                    size = None if cfg.quantile_over == "raw" else out.segmentation_size
+                # NetDissect takes the quantile of the raw maps, the PNAS code of the upsampled ones
+                size = None if cfg.quantile_over == "raw" else out.segmentation_size
+
+                def update(name: str, a: Tensor, size: tuple[int, int] | None, indices: Tensor) -> None:
                     out.quantiles[name].update(a, size=size)
-                    out.topk[name].update(a.amax((2, 3)).T, batch.indices)
+                    out.topk[name].update(a.amax((2, 3)).T, indices)
+
+                # the layers side by side, their unit groups on the same workers
+                run_side_by_side(
+                    [partial(update, name, maps[name], size, batch.indices) for name in layers],
+                    worker_count(torch.device(device)),
+                )
             release_freed_memory()  # memory flat in the number of batches (see _utils.parallel)
     return out
 
@@ -243,12 +258,17 @@ def count_pass(
                 shifted = torch.cat([previous, labels[:-1]])
                 previous = labels[-1:]
             with metric_threads(runner.device):
-                for name in layers:
+
+                def update(name: str, labels: Tensor = labels, shifted: Tensor | None = shifted,
+                           indices: Tensor = batch.indices, batch: Batch = batch) -> None:
                     a = batch.activations[name].float()
                     if chance and chance_groups:
-                        metrics[name].update(a, labels, shifted, sample_index=batch.indices)
+                        metrics[name].update(a, labels, shifted, sample_index=indices)
                     else:
                         metrics[name].update(a, labels, shifted)
+
+                # the layers side by side, their unit groups on the same workers
+                run_side_by_side([partial(update, name) for name in layers], worker_count(torch.device(runner.device)))
             keep_frames(frames, batch, keep)
             release_freed_memory()
     if not chance:

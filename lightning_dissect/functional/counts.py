@@ -44,7 +44,12 @@ from lightning_dissect._utils.checks import (
 )
 from lightning_dissect._utils.native import native_library
 from lightning_dissect._utils.parallel import run_tasks, worker_count
-from lightning_dissect.functional.upsample import _upsample_stages, bilinear_matrix, upsample_units_first
+from lightning_dissect.functional.upsample import (
+    _upsample_stages,
+    bilinear_matrix,
+    upsample_bilinear,
+    upsample_units_first,
+)
 
 __all__ = [
     "DEFAULT_MAX_TEMPORARY_BYTES",
@@ -1285,15 +1290,7 @@ def accumulate_unit_concept_counts(
         part = slice(start, start + unit_step)
         levels = all_levels[part]
         columns = tuples.shape[1] if tuples is not None else dense.count if dense is not None else counted
-        counted_here = None
-        if single and native:
-            values = upsample_units_first(activations[first : first + images, part], size)
-            if values.dtype not in (torch.float32, torch.float64):
-                values = values.to(torch.float32)
-            counted_here = _native_counts(values, levels, labels, columns)
-        if counted_here is not None:
-            inter, area = counted_here
-        elif single:
+        if single:
             values, rows, magnitude = _upsampled_with_rows(activations[first : first + images, part], size)
             inter, area = _counts_single_level_rows(values, rows, magnitude, levels, labels, columns, chunk_elements)
             del rows
@@ -1328,6 +1325,17 @@ def accumulate_unit_concept_counts(
         out.unit_area[part] += area
 
     block = _label_block(batch, images, pixels_per_image, layers, int(max_temporary_bytes))
+    if single and native:
+        # tasks of a few million values, two per worker where there are enough: long kernel calls
+        # between few GIL-holding operations (temporaries: 4 bytes a value and the counts)
+        per_unit = images * pixels_per_image
+        native_step = max(1, min(units, -(-units // (2 * workers)), _NATIVE_TASK_VALUES // max(1, per_unit)))
+        _accumulate_single_native(
+            out, activations, groups, offsets, all_levels, images, min(unit_step, native_step) if workers == 1
+            else native_step, block, workers, size,
+        )
+        out.total.add_(batch * pixels_per_image)
+        return
     for block_first in range(0, batch, block):
         block_labels = _block_labels(groups, offsets, slice(block_first, block_first + block))
         for first in range(block_first, min(batch, block_first + block), images):
@@ -1343,6 +1351,64 @@ def accumulate_unit_concept_counts(
                 workers,
             )
     out.total.add_(batch * pixels_per_image)
+
+
+#: Most upsampled values a task of the compiled single-threshold count holds.
+_NATIVE_TASK_VALUES = 1 << 22
+
+
+def _accumulate_single_native(
+    out: ConceptCounts,
+    activations: Tensor,
+    groups: Sequence[tuple[ConceptCounts, Tensor, int, int | None]],
+    offsets: Sequence[int],
+    thresholds: Tensor,
+    images: int,
+    unit_step: int,
+    block: int,
+    workers: int,
+    size: tuple[int, int],
+) -> None:
+    """:func:`accumulate_unit_concept_counts` at ``(U,)`` thresholds with the compiled kernel.
+
+    Every label set is counted in the same call on its shifted labels (one column range each), so
+    a task is the upsampling of its units (the same matrix products, on the same maps, as
+    :func:`upsample_units_first`), one kernel call and one addition per label set: few operations
+    to hold the GIL between the workers.
+    """
+    library = native_library()
+    assert library is not None
+    batch, units = activations.shape[:2]
+    pixels_per_image = size[0] * size[1]
+    maps = activations.transpose(0, 1).contiguous()  # unit-major raw maps, made once
+    levels = thresholds.contiguous()
+    width = offsets[-1]
+    kernel = library.ld_count_single_level_f64 if levels.dtype == torch.float64 else library.ld_count_single_level_f32
+
+    def task(first: int, labels: Tensor, start: int) -> None:
+        part = slice(start, start + unit_step)
+        chunk = maps[part, first : first + images]
+        n = chunk.shape[0]
+        values = upsample_bilinear(chunk, size).reshape(n, -1) if tuple(chunk.shape[-2:]) != size \
+            else chunk.reshape(n, -1)
+        values = values.to(levels.dtype).contiguous()
+        inter = torch.zeros(n, width, dtype=torch.int64)
+        area = torch.zeros(n, dtype=torch.int64)
+        kernel(
+            values.data_ptr(), n, values.shape[1], values.stride(0), levels[part].data_ptr(), labels.data_ptr(),
+            labels.shape[0], labels.stride(0), width, inter.data_ptr(), area.data_ptr(),
+        )
+        for g, (counts, _seg, concepts, _ignore) in enumerate(groups):
+            counts.intersection[part] += inter[:, offsets[g] : offsets[g] + concepts]
+        out.unit_area[part] += area
+
+    for block_first in range(0, batch, block):
+        block_labels = _block_labels(groups, offsets, slice(block_first, block_first + block))
+        block_labels = block_labels.to(torch.int64).contiguous()
+        for first in range(block_first, min(batch, block_first + block), images):
+            at = (first - block_first) * pixels_per_image
+            labels = block_labels[:, at : at + images * pixels_per_image]
+            run_tasks([partial(task, first, labels, start) for start in range(0, units, unit_step)], workers)
 
 
 def unit_concept_counts(
