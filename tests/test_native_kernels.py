@@ -60,6 +60,29 @@ def test_a_failing_compiler_falls_back_to_torch(fresh_loader, monkeypatch, tmp_p
     assert not list(fresh_loader.glob("*.so"))
 
 
+def test_a_compiler_without_the_avx2_variants_builds_the_baseline(fresh_loader, monkeypatch, tmp_path):
+    import shutil
+
+    real = shutil.which("cc") or shutil.which("gcc")
+    picky = tmp_path / "picky-cc"
+    calls = tmp_path / "calls"
+    picky.write_text(
+        "#!/bin/sh\n"
+        f"echo \"$*\" >> {calls}\n"
+        'case "$*" in *-DLD_NO_DISPATCH*) ;; *) echo "no target attribute here" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    picky.chmod(0o755)
+    monkeypatch.setenv("CC", str(picky))
+    library = native_library()
+    assert library is not None
+    assert len(calls.read_text().splitlines()) == 2  # the full build, then the baseline
+    values = torch.tensor([[0.5, 2.0, float("nan")]])
+    counts = ConceptCounts(*(torch.zeros(s, dtype=torch.int64) for s in [(1, 2), (1,), (2,), ()]))
+    accumulate_unit_concept_counts(counts, values.view(1, 1, 1, 3), torch.tensor([[[0, 1, 1]]]), torch.tensor([1.0]), 2)
+    assert counts.intersection.tolist() == [[0, 1]] and counts.unit_area.tolist() == [1]
+
+
 def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     assert native_library() is None
@@ -190,3 +213,20 @@ def test_metrics_native_equal_torch_at_every_thread_count(gen, threads):
         torch.set_num_threads(before)
     for a, b in zip(*states):
         assert torch.equal(a, b)
+
+
+def test_the_baseline_build_counts_as_the_torch_path(fresh_loader, monkeypatch, tmp_path, gen):
+    """The kernels built without the AVX2 variants (what a processor without AVX2 runs)."""
+    import shutil
+
+    real = shutil.which("cc") or shutil.which("gcc")
+    baseline = tmp_path / "baseline-cc"
+    baseline.write_text(f'#!/bin/sh\nexec {real} -DLD_NO_DISPATCH "$@"\n')
+    baseline.chmod(0o755)
+    monkeypatch.setenv("CC", str(baseline))
+    assert native_library() is not None
+    for relu in (False, True):
+        test_anchored_histogram_native_equals_torch(gen, relu, 1031)
+    for levels in (None, 6):
+        for case in ("signed", "special", "multilabel-paired"):
+            test_unit_concept_counts_native_equal_torch(gen, levels, case)

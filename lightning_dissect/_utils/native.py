@@ -73,10 +73,24 @@ def _compiler() -> str | None:
 
 
 def _build(compiler: str) -> Path:
-    """The compiled library in the cache folder, compiled now if it is not there yet."""
+    """The compiled library in the cache folder, compiled now if it is not there yet.
+
+    A compiler that cannot build the AVX2 variants (see the source) builds the baseline alone.
+    """
+    error: subprocess.SubprocessError | None = None
+    for extra in ([], ["-DLD_NO_DISPATCH"]):
+        try:
+            return _build_with(compiler, [*_FLAGS, *extra])
+        except subprocess.CalledProcessError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
+def _build_with(compiler: str, flags: list[str]) -> Path:
     source = SOURCE.read_bytes()
     tag = hashlib.sha256(
-        b"\0".join([source, compiler.encode(), " ".join(_FLAGS).encode(), platform.machine().encode(),
+        b"\0".join([source, compiler.encode(), " ".join(flags).encode(), platform.machine().encode(),
                     sys.platform.encode()])
     ).hexdigest()[:16]
     folder = _cache_dir()
@@ -88,9 +102,7 @@ def _build(compiler: str) -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *_FLAGS, "-o", partial, str(SOURCE)], check=True, capture_output=True, timeout=120,
-        )
+        subprocess.run([compiler, *flags, "-o", partial, str(SOURCE)], check=True, capture_output=True, timeout=120)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):

@@ -11,6 +11,11 @@
 #include <string.h>
 
 /* Values handled per block: first a loop the compiler vectorizes (keys, levels), then the increments. */
+#if defined(__GNUC__) || defined(__clang__)
+#define INLINE inline __attribute__((always_inline))
+#else
+#define INLINE inline
+#endif
 #define BLOCK 256
 
 /*
@@ -24,7 +29,7 @@
  * overflow count. Zeros are counted apart (in rotating counters: no chain of increments of one
  * memory cell).
  */
-void ld_anchored_histogram_f32(const uint32_t *bits, int64_t rows, int64_t cols, int64_t row_stride,
+static INLINE void anchored_histogram_f32(const uint32_t *bits, int64_t rows, int64_t cols, int64_t row_stride,
                                const int32_t *base, int32_t shift, int64_t per_sign, int64_t *hist,
                                int64_t hist_stride, int64_t *overflow) {
     int32_t index[BLOCK];
@@ -68,7 +73,8 @@ void ld_anchored_histogram_f32(const uint32_t *bits, int64_t rows, int64_t cols,
  * (the common case at a top quantile) is skipped after one vectorized pass.
  */
 #define SINGLE_LEVEL(NAME, T)                                                                           \
-    void NAME(const T *values, int64_t rows, int64_t cols, int64_t row_stride, const T *thresholds,    \
+    static INLINE void NAME(const T *values, int64_t rows, int64_t cols, int64_t row_stride,              \
+                            const T *thresholds,                                                        \
               const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, int64_t *inter, \
               int64_t *area) {                                                                          \
         for (int64_t r = 0; r < rows; ++r) {                                                            \
@@ -97,8 +103,8 @@ void ld_anchored_histogram_f32(const uint32_t *bits, int64_t rows, int64_t cols,
         }                                                                                               \
     }
 
-SINGLE_LEVEL(ld_count_single_level_f32, float)
-SINGLE_LEVEL(ld_count_single_level_f64, double)
+SINGLE_LEVEL(count_single_level_f32, float)
+SINGLE_LEVEL(count_single_level_f64, double)
 
 /*
  * Unit-concept histograms over levels (functional.counts._counts_multi_level_search, before its
@@ -116,7 +122,7 @@ SINGLE_LEVEL(ld_count_single_level_f64, double)
  */
 #define MAX_SKIP_BINS 1024
 
-void ld_count_levels_f32(const float *values, int64_t rows, int64_t cols, int64_t row_stride,
+static INLINE void count_levels_f32(const float *values, int64_t rows, int64_t cols, int64_t row_stride,
                          const float *thresholds, int64_t levels, const int64_t *labels, int64_t layers,
                          int64_t label_stride, int64_t width, int64_t *hist, int64_t *area_hist,
                          int64_t *totals) {
@@ -182,3 +188,58 @@ void ld_count_levels_f32(const float *values, int64_t rows, int64_t cols, int64_
         a[skip] = area;
     }
 }
+
+/*
+ * The exported functions. On x86-64 with GCC or Clang each is compiled twice, for the baseline
+ * instruction set and for AVX2 (twice the values per vector instruction in the loops above), and
+ * the second runs where the processor has AVX2. The same integer and comparison operations either
+ * way: the same counts. Built with -DLD_NO_DISPATCH, only the baseline exists.
+ */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LD_NO_DISPATCH)
+#define LD_DISPATCH 1
+static int has_avx2(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return known;
+}
+#endif
+
+#ifdef LD_DISPATCH
+#define EXPORT(NAME, BODY, PARAMS, ARGS)                                                               \
+    __attribute__((target("avx2"))) static void NAME##_avx2 PARAMS { BODY ARGS; }                      \
+    static void NAME##_base PARAMS { BODY ARGS; }                                                       \
+    void NAME PARAMS {                                                                                  \
+        if (has_avx2())                                                                                 \
+            NAME##_avx2 ARGS;                                                                           \
+        else                                                                                            \
+            NAME##_base ARGS;                                                                           \
+    }
+#else
+#define EXPORT(NAME, BODY, PARAMS, ARGS) \
+    void NAME PARAMS { BODY ARGS; }
+#endif
+
+EXPORT(ld_anchored_histogram_f32, anchored_histogram_f32,
+       (const uint32_t *bits, int64_t rows, int64_t cols, int64_t row_stride, const int32_t *base, int32_t shift,
+        int64_t per_sign, int64_t *hist, int64_t hist_stride, int64_t *overflow),
+       (bits, rows, cols, row_stride, base, shift, per_sign, hist, hist_stride, overflow))
+
+EXPORT(ld_count_single_level_f32, count_single_level_f32,
+       (const float *values, int64_t rows, int64_t cols, int64_t row_stride, const float *thresholds,
+        const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, int64_t *inter, int64_t *area),
+       (values, rows, cols, row_stride, thresholds, labels, layers, label_stride, width, inter, area))
+
+EXPORT(ld_count_single_level_f64, count_single_level_f64,
+       (const double *values, int64_t rows, int64_t cols, int64_t row_stride, const double *thresholds,
+        const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, int64_t *inter, int64_t *area),
+       (values, rows, cols, row_stride, thresholds, labels, layers, label_stride, width, inter, area))
+
+EXPORT(ld_count_levels_f32, count_levels_f32,
+       (const float *values, int64_t rows, int64_t cols, int64_t row_stride, const float *thresholds,
+        int64_t levels, const int64_t *labels, int64_t layers, int64_t label_stride, int64_t width, int64_t *hist,
+        int64_t *area_hist, int64_t *totals),
+       (values, rows, cols, row_stride, thresholds, levels, labels, layers, label_stride, width, hist, area_hist,
+        totals))
