@@ -10,12 +10,14 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Values handled per block: first a loop the compiler vectorizes (keys, levels), then the increments. */
+/* The bodies are inlined into each exported variant (see EXPORT at the end). */
 #if defined(__GNUC__) || defined(__clang__)
 #define INLINE inline __attribute__((always_inline))
 #else
 #define INLINE inline
 #endif
+
+/* Values handled per block: first a loop the compiler vectorizes (keys, levels), then the increments. */
 #define BLOCK 256
 
 /*
@@ -30,8 +32,8 @@
  * memory cell).
  */
 static INLINE void anchored_histogram_f32(const uint32_t *bits, int64_t rows, int64_t cols, int64_t row_stride,
-                               const int32_t *base, int32_t shift, int64_t per_sign, int64_t *hist,
-                               int64_t hist_stride, int64_t *overflow) {
+                                          const int32_t *base, int32_t shift, int64_t per_sign, int64_t *hist,
+                                          int64_t hist_stride, int64_t *overflow) {
     int32_t index[BLOCK];
     const int32_t top = (int32_t)per_sign;
     for (int64_t r = 0; r < rows; ++r) {
@@ -123,9 +125,9 @@ SINGLE_LEVEL(count_single_level_f64, double)
 #define MAX_SKIP_BINS 1024
 
 static INLINE void count_levels_f32(const float *values, int64_t rows, int64_t cols, int64_t row_stride,
-                         const float *thresholds, int64_t levels, const int64_t *labels, int64_t layers,
-                         int64_t label_stride, int64_t width, int64_t *hist, int64_t *area_hist,
-                         int64_t *totals) {
+                                    const float *thresholds, int64_t levels, const int64_t *labels, int64_t layers,
+                                    int64_t label_stride, int64_t width, int64_t *hist, int64_t *area_hist,
+                                    int64_t *totals) {
     const int64_t bins = levels + 1, cells = bins * width;
     int32_t bin[BLOCK];
     int32_t seen[MAX_SKIP_BINS];
