@@ -16,6 +16,12 @@ from lightning_dissect.functional import counts as module
 from lightning_dissect.functional import upsample_bilinear
 from lightning_dissect.metrics import UnitConceptIoU
 
+@pytest.fixture(autouse=True)
+def on_pixel_path_at_every_width(monkeypatch):
+    """The on-pixel path even where the compiled kernel would count every pixel (narrow label spaces)."""
+    monkeypatch.setattr(module, "NATIVE_LABEL_WIDTH", -1)
+
+
 NAMES = (
     "intersection", "unit_area", "concept_area", "total", "paired_intersection", "paired_concept_area",
     "category_unit_area", "paired_category_unit_area", "group_intersection", "group_concept_area",
