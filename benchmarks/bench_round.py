@@ -120,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--statistics", nargs="+", default=["native"], choices=["native", "torch"],
                         help="the statistics' compiled kernels, the torch operations alone, or both")
     args = parser.parse_args(argv)
-    if "native" in args.statistics and native_library() is None:
+    if "native" in args.statistics and args.device == "cpu" and native_library() is None:
         parser.error("the compiled statistics kernels are not available here (no C compiler, or "
                      "LIGHTNING_DISSECT_NATIVE=0): pass --statistics torch")
     device = torch.device(args.device)
