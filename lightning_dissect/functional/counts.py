@@ -1076,17 +1076,23 @@ def _add_on_pixel_counts(
 #: Widest label space (label sets x sample groups x concepts) that the compiled kernel counts pixel
 #: by pixel rather than from the on pixels: it then costs less than finding the on pixels does.
 NATIVE_LABEL_WIDTH = 2048
+#: Most upsampled values (images x units x pixels) of a call that the compiled kernel counts pixel by
+#: pixel; beyond, upsampling only the rows that can hold an on pixel costs less.
+NATIVE_PIXEL_VALUES = 1 << 24
 
 
 def _count_every_pixel(
     activations: Tensor,
+    size: tuple[int, int],
     num_concepts: int,
     paired: tuple[ConceptCounts, Tensor] | None,
     also: Sequence[tuple[ConceptCounts, Tensor, int, int | None]],
     sample_groups: SampleGroupCounts | None,
 ) -> bool:
-    """Whether the compiled kernel should count every pixel (a narrow label space on the CPU)."""
+    """Whether the compiled kernel should count every pixel (a narrow label space and a small batch on the CPU)."""
     if activations.device.type != "cpu" or native_library() is None:
+        return False
+    if activations.shape[0] * activations.shape[1] * size[0] * size[1] > NATIVE_PIXEL_VALUES:
         return False
     split = int(sample_groups.intersection.shape[1]) if sample_groups is not None else 1
     width = (num_concepts + 1) * split * (2 if paired is not None else 1) + sum(c + 1 for _, _, c, _ in also)
@@ -1115,9 +1121,9 @@ def _accumulate_on_pixels(
     """
     if activations.shape[0] == 0 or activations.shape[1] == 0:
         return True  # an empty batch adds nothing
-    if _count_every_pixel(activations, num_concepts, paired, also, sample_groups):
-        return False
     size = tuple(segmentation.shape[-2:])
+    if _count_every_pixel(activations, size, num_concepts, paired, also, sample_groups):
+        return False
     plan = _on_pixel_plan(activations, thresholds, size)
     if plan is None:
         return False
