@@ -16,6 +16,7 @@ from lightning_dissect.functional import counts as module
 from lightning_dissect.functional import upsample_bilinear
 from lightning_dissect.metrics import UnitConceptIoU
 
+
 @pytest.fixture(autouse=True)
 def on_pixel_path_at_every_width(monkeypatch):
     """The on-pixel path even where the compiled kernel would count every pixel (narrow label spaces)."""
