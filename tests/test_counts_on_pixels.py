@@ -139,12 +139,12 @@ def test_few_candidate_rows_take_the_on_pixel_path_and_many_the_whole_maps(gen, 
     original = module._on_pixel_plan
     monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: plans.append(original(*a)) or plans[-1])
     concepts, groups = 5, 2
-    acts = torch.zeros(6, 3, 8, 8)
+    acts = torch.zeros(6, 3, 16, 16)
     acts[:, :, 2, 5] = torch.rand(6, 3, generator=gen) + 1.0  # one bright spot per map
     acts += 1e-3 * torch.rand(acts.shape, generator=gen)
-    up = upsample_bilinear(acts, (16, 16))
-    seg = torch.randint(0, concepts, (6, 1, 16, 16), generator=gen)
-    other = torch.randint(0, concepts, (6, 1, 16, 16), generator=gen)
+    up = upsample_bilinear(acts, (32, 32))
+    seg = torch.randint(0, concepts, (6, 1, 32, 32), generator=gen)
+    other = torch.randint(0, concepts, (6, 1, 32, 32), generator=gen)
     category = torch.tensor([-1, 0, 1, 1, 0])
     index = torch.arange(6)
     for level, sparse in ((1.2, True), (1e-4, False)):
@@ -191,3 +191,33 @@ def test_candidate_levels_split_by_group_and_category_match_loop(gen):
         for name in NAMES:
             got = ours[name] if "concept_area" in name or name == "total" else ours[name][:, k]
             np.testing.assert_array_equal(got.numpy(), expected[name], err_msg=f"{name}, level {k}")
+
+
+def test_after_many_candidate_rows_the_metric_counts_whole_maps_for_a_while(gen, monkeypatch):
+    """A batch with many candidate rows sends the next 7 to the whole maps; the counts stay those of the loop."""
+    from lightning_dissect.metrics import unit_concept_iou
+
+    looks = []
+    original = module._on_pixel_plan
+    monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: looks.append(original(*a) is not None) or original(*a))
+    streak = unit_concept_iou._WHOLE_MAPS_STREAK
+    batches = streak + 3
+    acts = torch.zeros(batches, 3, 16, 16)
+    acts[:, :, 2, 5] = 2.0  # one bright spot per map: few candidate rows
+    acts[0] = 3.0  # the first batch is bright everywhere: many
+    acts += 1e-3 * torch.rand(acts.shape, generator=gen)
+    up = upsample_bilinear(acts, (32, 32))
+    seg = torch.randint(0, 5, (batches, 1, 32, 32), generator=gen)
+    other = torch.randint(0, 5, (batches, 1, 32, 32), generator=gen)
+    category = torch.tensor([-1, 0, 1, 1, 0])
+    thresholds = torch.full((3,), 1.5)
+    metric = UnitConceptIoU(3, 5, thresholds, ignore_index=0, paired=True, concept_categories=category,
+                            sample_groups=2)
+    for b in range(batches):
+        metric.update(acts[b : b + 1], seg[b : b + 1], other[b : b + 1], sample_index=torch.tensor([b]))
+    assert looks == [False, True, True]  # batch 0, then batches 8 and 9
+    expected = reference_states(
+        up.numpy(), seg.numpy(), other.numpy(), thresholds.numpy(), 5, 0, np.arange(batches), 2, category.numpy()
+    )
+    for name in NAMES:
+        np.testing.assert_array_equal(getattr(metric, name).numpy(), expected[name], err_msg=name)

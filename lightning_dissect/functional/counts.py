@@ -876,7 +876,7 @@ def _label_block(batch: int, images: int, pixels_per_image: int, layers: int, bu
 
 # Single threshold: when at most one upsampled row in this many can hold an on value (its bound from
 # the maps is above the threshold), only those rows are upsampled and only their on pixels counted.
-_SPARSE_ROW_FRACTION = 4
+_SPARSE_ROW_FRACTION = 8
 # The matrix products that upsample the candidate rows have at least this many rows and about this
 # many multiply-adds: MKL computes some tiny products with other kernels, whose roundings differ from
 # those of the products over whole maps; at this size every row gets the floats of the whole maps.
@@ -940,11 +940,10 @@ def _padded(a: Tensor, rows: int) -> Tensor:
 class _OnPixelPlan(NamedTuple):
     """The rows of a batch's upsampled maps that can hold an on value (single threshold)."""
 
-    maps: Tensor  # (U * B, h, w) the maps, unit-major, float32 or float64
+    maps: Tensor  # (B, U, h, w) the maps, float32 or float64
     thresholds: Tensor  # (U,) in the maps' dtype
     rows: Tensor  # (R,) ascending candidate rows (unit * B + image) * H + y
     starts: list[int]  # (U + 1) where each unit's rows start in ``rows``
-    batch: int
     size: tuple[int, int]
 
 
@@ -957,29 +956,34 @@ def _on_pixel_plan(activations: Tensor, thresholds: Tensor, size: tuple[int, int
     exceeds the largest value of those input rows by more than a few ulps of the map's largest
     magnitude. The bound adds ``2**-14`` of the unit's largest magnitude and a few times the
     smallest normal number, as :func:`_row_upper_bounds`. A row with a NaN gets a NaN bound and a
-    unit with an infinite value infinite ones: such rows stay candidates.
+    unit with an infinite value infinite ones: such rows stay candidates. One pass over the maps.
     """
-    batch, units, h, w = activations.shape
+    batch, units, h, _ = activations.shape
     height = size[0]
-    maps = activations.transpose(0, 1).reshape(units * batch, h, w)
+    maps = activations
     if maps.dtype not in (torch.float32, torch.float64):
         maps = maps.to(torch.float32)
     levels = _thresholds_as(thresholds, maps.dtype)
-    flat = maps.view(units, -1)
-    magnitude = torch.maximum(flat.amin(1).abs(), flat.amax(1).abs())
+    low, high = torch.aminmax(maps, dim=3)  # (B, U, h) each row's extremes (NaN where it holds one)
+    magnitude = torch.maximum(low.abs().amax((0, 2)), high.abs().amax((0, 2)))
     slack = magnitude.mul(2.0**-14).add_(4 * torch.finfo(maps.dtype).tiny)
-    row_max = maps.amax(2)  # (U * B, h)
+    # an input row is hot where its bound is not below the threshold (NaN bounds compare false); an
+    # upsampled row is a candidate where one of its two input rows is hot: rounding is monotone, so
+    # max(a, b) + slack <= t exactly when a + slack <= t and b + slack <= t
+    hot = torch.logical_not(high.add_(slack.view(1, -1, 1)) <= levels.view(1, -1, 1))
+    if int(hot.sum()) * _SPARSE_ROW_FRACTION > hot.numel():  # as many upsampled rows at least
+        return None
+    hot = hot.transpose(0, 1).reshape(units * batch, h)
     if h != height:
         first, last = (index.to(maps.device) for index in _bilinear_sources(h, height))
-        row_max = torch.maximum(row_max[:, first], row_max[:, last])
-    bound = row_max.view(units, -1).add_(slack.unsqueeze(1))
-    candidate = torch.logical_not(bound <= levels.unsqueeze(1))  # NaN bounds compare false
+        hot = hot[:, first] | hot[:, last]
+    candidate = hot.view(units, -1)
     per_unit = candidate.sum(1)
     found = int(per_unit.sum())
     if found * _SPARSE_ROW_FRACTION > candidate.numel():
         return None
     starts = [0, *per_unit.cumsum(0).tolist()]
-    return _OnPixelPlan(maps, levels, candidate.view(-1).nonzero().view(-1), starts, batch, tuple(size))
+    return _OnPixelPlan(maps, levels, candidate.view(-1).nonzero().view(-1), starts, tuple(size))
 
 
 def _on_pixels(plan: _OnPixelPlan, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -989,28 +993,30 @@ def _on_pixels(plan: _OnPixelPlan, rows: Tensor) -> tuple[Tensor, Tensor]:
     :func:`~lightning_dissect.functional.upsample._upsample_stages` applied to the maps that hold
     them (padded so that no product is tiny): every value is the float the whole maps' upsampling gives.
     """
-    maps, batch = plan.maps, plan.batch
+    maps = plan.maps
+    batch, _, h, w = maps.shape
     height, width = plan.size
-    h, w = maps.shape[1:]
     map_index = torch.div(rows, height, rounding_mode="floor")
     y = rows - map_index * height
+    unit = torch.div(map_index, batch, rounding_mode="floor")
+    image = map_index - unit * batch
     if h == height:
-        picked = maps[map_index, y]
+        picked = maps[image, unit, y]
     else:
         used, where = torch.unique_consecutive(map_index, return_inverse=True)
+        used_unit = torch.div(used, batch, rounding_mode="floor")
         weights = bilinear_matrix(h, height, dtype=maps.dtype, device=maps.device)
         least = max(_MIN_PRODUCT_ROWS, -(-_MIN_PRODUCT_SIZE // (height * h * w)))
-        picked = torch.matmul(weights, _padded(maps[used], least))[where, y]
+        picked = torch.matmul(weights, _padded(maps[used - used_unit * batch, used_unit], least))[where, y]
     if w == width:
         values = picked
     else:
         weights = bilinear_matrix(w, width, dtype=maps.dtype, device=maps.device)
         least = max(_MIN_PRODUCT_ROWS, -(-_MIN_PRODUCT_SIZE // (w * width)))
         values = torch.matmul(_padded(picked, least), weights.T)[: rows.numel()]
-    unit = torch.div(map_index, batch, rounding_mode="floor")
     row, column = (values > plan.thresholds.index_select(0, unit).unsqueeze(1)).nonzero(as_tuple=True)
-    on_map, on_unit = map_index.index_select(0, row), unit.index_select(0, row)
-    pixel = ((on_map - on_unit * batch) * height + y.index_select(0, row)) * width + column
+    on_unit = unit.index_select(0, row)
+    pixel = (image.index_select(0, row) * height + y.index_select(0, row)) * width + column
     return on_unit, pixel
 
 
@@ -1171,7 +1177,8 @@ def _accumulate_on_pixels(
     workers = worker_count(activations.device)
     found = plan.starts[-1]
     chunk_rows = max(1, budget // (size[1] * _BYTES_PER_VALUE * workers))
-    per_task = max(1, min(chunk_rows, -(-found // (4 * workers))))
+    # a few tasks per worker, none of fewer than about 2**18 values (each task costs a few dozen operations)
+    per_task = max(1, min(chunk_rows, max(-(-found // (4 * workers)), (1 << 18) // size[1])))
     spans, first = [], 0
     while first < units:
         end = first + 1
@@ -1272,6 +1279,29 @@ def accumulate_unit_concept_counts(
         out, activations, segmentation, thresholds, num_concepts, ignore_index=ignore_index,
         max_temporary_bytes=max_temporary_bytes, paired=paired, also=also,
     ):
+        return
+    _accumulate_whole_maps(
+        out, activations, segmentation, thresholds, num_concepts, ignore_index=ignore_index,
+        chunk_elements=chunk_elements, max_temporary_bytes=max_temporary_bytes, paired=paired, also=also,
+    )
+
+
+def _accumulate_whole_maps(
+    out: ConceptCounts,
+    activations: Tensor,
+    segmentation: Tensor,
+    thresholds: Tensor,
+    num_concepts: int,
+    *,
+    ignore_index: int | None = None,
+    chunk_elements: int = 1 << 20,
+    max_temporary_bytes: int = DEFAULT_MAX_TEMPORARY_BYTES,
+    paired: tuple[ConceptCounts, Tensor] | None = None,
+    also: Sequence[tuple[ConceptCounts, Tensor, int, int | None]] = (),
+) -> None:
+    """:func:`accumulate_unit_concept_counts` from every value of the upsampled maps (whatever the thresholds)."""
+    batch, units = activations.shape[:2]
+    if batch == 0 or units == 0:
         return
     size = tuple(segmentation.shape[-2:])
     pixels_per_image = size[0] * size[1]

@@ -23,7 +23,7 @@ from lightning_dissect.functional.counts import (
     ConceptCounts,
     SampleGroupCounts,
     _accumulate_on_pixels,
-    accumulate_unit_concept_counts,
+    _accumulate_whole_maps,
 )
 from lightning_dissect.functional.scores import (
     best_level_and_concept,
@@ -36,6 +36,11 @@ from lightning_dissect.metrics._base import SumStateMetric
 from lightning_dissect.visual.colours import IOU_SCALE_MAX
 
 __all__ = ["GroupCounts", "UnitConceptIoU"]
+
+# After a batch with many candidate rows (see ``accumulate_unit_concept_counts``), this many batches
+# are counted from the whole maps before the candidate rows are looked at again: the look costs a
+# pass over the maps, and a layer's share of candidate rows changes little from batch to batch.
+_WHOLE_MAPS_STREAK = 7
 
 
 class GroupCounts(NamedTuple):
@@ -195,6 +200,8 @@ class UnitConceptIoU(SumStateMetric):
             if not paired:
                 raise ValueError("`sample_groups` splits the own and the paired counts: it needs `paired=True`")
         self.sample_groups = sample_groups
+        # batches counted from the whole maps since the last look at the candidate rows
+        self._on_pixels_skipped = _WHOLE_MAPS_STREAK
         self.max_temporary_bytes = check_int(max_temporary_bytes, "max_temporary_bytes", minimum=1)
         self.num_units = check_int(num_units, "num_units", minimum=1)
         self.num_concepts = check_int(num_concepts, "num_concepts", minimum=1)
@@ -334,8 +341,13 @@ class UnitConceptIoU(SumStateMetric):
         if self.sample_groups is not None or sample_index is not None:
             groups = self._groups_of(sample_index, activations.shape[0]).to(device)
             assert paired is not None  # sample groups need a paired metric
-        if self.thresholds.ndim == 1 and self._update_on_pixels(activations, segmentation, paired, groups):
-            return
+        if self.thresholds.ndim == 1 and self._on_pixels_skipped >= _WHOLE_MAPS_STREAK:
+            if self._update_on_pixels(activations, segmentation, paired, groups):
+                self._on_pixels_skipped = _WHOLE_MAPS_STREAK
+                return
+            self._on_pixels_skipped = 0  # many candidate rows: the next batches go to the whole maps directly
+        else:
+            self._on_pixels_skipped += 1
         also = []
         if self.concept_categories is not None:
             # the per-category areas come from pseudo-labels counted in the same call: each map is
@@ -356,7 +368,7 @@ class UnitConceptIoU(SumStateMetric):
             self._update_grouped(activations, segmentation, paired[1], groups, also)
             self._add_category_areas(also, activations.shape[0], groups)
             return
-        accumulate_unit_concept_counts(
+        _accumulate_whole_maps(
             ConceptCounts(self.intersection, self.unit_area, self.concept_area, self.total),
             activations,
             segmentation,
@@ -456,7 +468,7 @@ class UnitConceptIoU(SumStateMetric):
         other = ConceptCounts(
             torch.zeros_like(own.intersection), self.unit_area, torch.zeros_like(own.concept_area), self.total,
         )
-        accumulate_unit_concept_counts(
+        _accumulate_whole_maps(
             own, activations, remap(segmentation), self.thresholds.to(dev), g * c,
             ignore_index=sink if self.ignore_index is not None else None,
             max_temporary_bytes=self.max_temporary_bytes, paired=(other, remap(paired)), also=also,
