@@ -143,6 +143,7 @@ def test_swap_test_with_per_category_unit_areas_equals_brute_force(path, monkeyp
 
     if path == "on pixels":
         monkeypatch.setattr(module, "_SPARSE_ROW_FRACTION", 1)
+        monkeypatch.setattr(module, "NATIVE_LABEL_WIDTH", -1)
     else:
         monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: None)
     rng = np.random.default_rng(7)

@@ -259,6 +259,7 @@ def test_single_threshold_row_bounds_match_loop_on_the_upsampled_maps(gen, kind,
 
     if on_pixels:
         monkeypatch.setattr(module, "_SPARSE_ROW_FRACTION", 1)
+        monkeypatch.setattr(module, "NATIVE_LABEL_WIDTH", -1)
     else:
         monkeypatch.setattr(module, "_on_pixel_plan", lambda *a: None)
 

@@ -16,6 +16,8 @@ from lightning_dissect.functional import counts as module
 from lightning_dissect.functional import upsample_bilinear
 from lightning_dissect.metrics import UnitConceptIoU
 
+pytestmark = pytest.mark.usefixtures("statistics_path")  # the whole maps counted by the kernels, then by torch
+
 
 @pytest.fixture(autouse=True)
 def on_pixel_path_at_every_width(monkeypatch):
@@ -221,3 +223,19 @@ def test_after_many_candidate_rows_the_metric_counts_whole_maps_for_a_while(gen,
     )
     for name in NAMES:
         np.testing.assert_array_equal(getattr(metric, name).numpy(), expected[name], err_msg=name)
+
+
+def test_narrow_label_spaces_counted_pixel_by_pixel_match_loop(gen, monkeypatch):
+    """Where the kernel counts narrow label spaces pixel by pixel (the default), the states are the loop's too."""
+    monkeypatch.undo()
+    concepts, groups = 7, 3
+    acts, up, thresholds, seg, other = case(gen, "relu", (6, 4, 4, 4), (12, 12), 2, concepts)
+    category = torch.tensor([-1, 0, 0, 1, 2, -1, 1])
+    index = torch.arange(6)
+    ours = count_with_metric(acts, seg, other, thresholds, concepts, category, index, groups)
+    expected = reference_states(
+        up.numpy(), seg.numpy(), other.numpy(), thresholds.numpy(), concepts, 0, index.numpy(), groups,
+        category.numpy(),
+    )
+    for name in NAMES:
+        np.testing.assert_array_equal(ours[name].numpy(), expected[name], err_msg=name)
