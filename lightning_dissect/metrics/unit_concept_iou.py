@@ -447,7 +447,9 @@ class UnitConceptIoU(SumStateMetric):
     ) -> None:
         """Count with concept ``c`` of a sample of group ``g`` as concept ``g * C + c`` of ``G * C``.
 
-        One counting call gives the group-resolved counts; the totals are their sums over groups.
+        One counting call adds the group-resolved counts into the group states themselves (their
+        ``(U, [K,] G, C)`` layout is the ``(U, [K,] G * C)`` the call counts); the totals are their
+        sums over groups, as they are after every update.
         """
         g, c = int(self.sample_groups), self.num_concepts  # type: ignore[arg-type]
         sink = g * c  # ignored pixels and (after remapping) nothing else
@@ -461,13 +463,21 @@ class UnitConceptIoU(SumStateMetric):
         levels = tuple(self.intersection.shape[1:-1])
         units = self.num_units
         dev = self.intersection.device
-        own = ConceptCounts(
-            torch.zeros(units, *levels, g * c, dtype=torch.int64, device=dev), self.unit_area,
-            torch.zeros(g * c, dtype=torch.int64, device=dev), self.total,
-        )
-        other = ConceptCounts(
-            torch.zeros_like(own.intersection), self.unit_area, torch.zeros_like(own.concept_area), self.total,
-        )
+        states = (self.group_intersection, self.group_concept_area, self.group_paired_intersection,
+                  self.group_paired_concept_area)
+        if all(state.is_contiguous() for state in states):  # as registered: counted in place
+            own = ConceptCounts(self.group_intersection.view(units, *levels, g * c), self.unit_area,
+                                self.group_concept_area.view(g * c), self.total)
+            other = ConceptCounts(self.group_paired_intersection.view(units, *levels, g * c), self.unit_area,
+                                  self.group_paired_concept_area.view(g * c), self.total)
+        else:
+            own = ConceptCounts(
+                torch.zeros(units, *levels, g * c, dtype=torch.int64, device=dev), self.unit_area,
+                torch.zeros(g * c, dtype=torch.int64, device=dev), self.total,
+            )
+            other = ConceptCounts(
+                torch.zeros_like(own.intersection), self.unit_area, torch.zeros_like(own.concept_area), self.total,
+            )
         _accumulate_whole_maps(
             own, activations, remap(segmentation), self.thresholds.to(dev), g * c,
             ignore_index=sink if self.ignore_index is not None else None,
@@ -478,11 +488,12 @@ class UnitConceptIoU(SumStateMetric):
             (other, self.group_paired_intersection, self.group_paired_concept_area,
              self.paired_intersection, self.paired_concept_area),
         ):
-            split = counts.intersection.view(units, *levels, g, c)
-            grouped += split
-            total += split.sum(-2)
-            grouped_area += counts.concept_area.view(g, c)
-            total_area += counts.concept_area.view(g, c).sum(0)
+            if counts.intersection.data_ptr() != grouped.data_ptr():  # counted apart: add the split
+                grouped += counts.intersection.view(units, *levels, g, c)
+                grouped_area += counts.concept_area.view(g, c)
+            # the totals are the sums over the groups (the counts of every earlier update included)
+            torch.sum(grouped, -2, out=total)
+            torch.sum(grouped_area, 0, out=total_area)
 
     def _paired_target(
         self, segmentation: Tensor, paired_segmentation: Tensor | None
