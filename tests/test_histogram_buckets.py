@@ -101,3 +101,29 @@ def test_anchored_histogram_of_nonnegative_values_skips_the_sign_with_the_same_c
     accumulate_anchored_histogram(values, exponents, spec, counts, overflow, nonnegative=True)
     np.testing.assert_array_equal(counts.numpy(), want_counts)
     np.testing.assert_array_equal(overflow.numpy(), want_overflow)
+
+
+def test_rank_buckets_match_a_numpy_search_over_the_whole_cumulative_histogram(gen):
+    """The two-step search (blocks, then the bucket inside one) finds the bucket a full cumulative search finds."""
+    import numpy as np
+
+    from lightning_dissect.functional.quantiles import _rank_buckets
+
+    levels = torch.tensor([0.0, 0.001, 0.5, 0.995, 0.999, 1.0], dtype=torch.float64)
+    for trial in range(60):
+        units, buckets = int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(1, 600, (1,), generator=gen))
+        sparse = torch.rand(units, buckets, generator=gen) < 0.1
+        counts = torch.randint(0, 4, (units, buckets), generator=gen) * sparse
+        if trial % 6 == 0:
+            counts[0] = 0  # a unit that saw nothing
+        if trial % 4 == 0:
+            counts[:, -1] += 2  # counts in the last bucket (the overflow column)
+        index, total = _rank_buckets(counts, levels)
+        for u in range(units):
+            cumulative = np.cumsum(counts[u].numpy())
+            n = int(cumulative[-1])
+            assert int(total[u]) == n
+            for q, level in enumerate(levels.tolist()):
+                rank = max(1, int(np.ceil(level * n * (1.0 - 1e-12))))
+                expected = min(int(np.searchsorted(cumulative, rank, side="left")), buckets - 1)
+                assert int(index[u, q]) == expected

@@ -308,16 +308,43 @@ def quantiles_from_histogram(
         [50.1, 99.2]
     """
     levels = torch.as_tensor(levels, dtype=torch.float64, device=counts.device).reshape(-1)
-    cumulative = counts.cumsum(1)
-    total = cumulative[:, -1]
-    rank = quantile_rank(total, levels)
-    index = torch.searchsorted(cumulative, rank).clamp(max=counts.shape[1] - 1)
+    index, total = _rank_buckets(counts, levels)
     values = spec.bucket_values(counts.device)[index]
     if exponents is not None:
         e = exponents.to(device=counts.device, dtype=torch.int64)
         e = torch.where(e == ANCHOR_UNSET, torch.zeros_like(e), e)
         values = values * torch.pow(2.0, e.unsqueeze(1).to(torch.float64))  # exact: a power of two
     return values.masked_fill(total.unsqueeze(1) == 0, float("nan"))
+
+
+#: Buckets summed together by :func:`_rank_buckets` before it looks inside one group.
+_RANK_BLOCK = 128
+
+
+def _rank_buckets(counts: Tensor, levels: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``(U, Q)`` bucket holding each row's :func:`quantile_rank` at ``levels``, and the ``(U,)`` totals.
+
+    The first bucket whose cumulative count reaches the rank, as ``searchsorted`` over the whole
+    cumulative histogram gives it, found in two steps: the block of :data:`_RANK_BLOCK` buckets
+    whose cumulative count reaches the rank, then the bucket inside that block (a cumulative sum
+    of a few blocks instead of every bucket: the same integers).
+    """
+    units, buckets = counts.shape
+    blocks = -(-buckets // _RANK_BLOCK)
+    padded = counts if blocks * _RANK_BLOCK == buckets else torch.nn.functional.pad(
+        counts, (0, blocks * _RANK_BLOCK - buckets)
+    )
+    grouped = padded.view(units, blocks, _RANK_BLOCK)
+    block_cumulative = grouped.sum(2).cumsum(1)
+    total = block_cumulative[:, -1]
+    rank = quantile_rank(total, levels)  # (U, Q)
+    block = torch.searchsorted(block_cumulative, rank).clamp(max=blocks - 1)
+    previous = torch.gather(block_cumulative, 1, (block - 1).clamp(min=0))
+    before = torch.where(block > 0, previous, torch.zeros_like(previous))
+    inside = torch.gather(grouped, 1, block.unsqueeze(-1).expand(-1, -1, _RANK_BLOCK)).cumsum(2)
+    inside += before.unsqueeze(-1)
+    offset = torch.searchsorted(inside, rank.unsqueeze(-1)).squeeze(-1)
+    return (block * _RANK_BLOCK + offset).clamp(max=buckets - 1), total
 
 
 def anchored_spec(relative_accuracy: float = 0.005, dynamic_range: float = 2.0**40) -> LogHistogramSpec:
