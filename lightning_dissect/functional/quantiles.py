@@ -330,19 +330,21 @@ def _rank_buckets(counts: Tensor, levels: Tensor) -> tuple[Tensor, Tensor]:
     of a few blocks instead of every bucket: the same integers).
     """
     units, buckets = counts.shape
-    blocks = -(-buckets // _RANK_BLOCK)
-    padded = counts if blocks * _RANK_BLOCK == buckets else torch.nn.functional.pad(
-        counts, (0, blocks * _RANK_BLOCK - buckets)
-    )
-    grouped = padded.view(units, blocks, _RANK_BLOCK)
-    block_cumulative = grouped.sum(2).cumsum(1)
+    full = buckets // _RANK_BLOCK
+    sums = counts[:, : full * _RANK_BLOCK].view(units, full, _RANK_BLOCK).sum(2)  # a view: no copy
+    if full * _RANK_BLOCK < buckets:  # the last, shorter block
+        sums = torch.cat([sums, counts[:, full * _RANK_BLOCK :].sum(1, keepdim=True)], 1)
+    blocks = sums.shape[1]
+    block_cumulative = sums.cumsum(1)
     total = block_cumulative[:, -1]
     rank = quantile_rank(total, levels)  # (U, Q)
     block = torch.searchsorted(block_cumulative, rank).clamp(max=blocks - 1)
     previous = torch.gather(block_cumulative, 1, (block - 1).clamp(min=0))
     before = torch.where(block > 0, previous, torch.zeros_like(previous))
-    inside = torch.gather(grouped, 1, block.unsqueeze(-1).expand(-1, -1, _RANK_BLOCK)).cumsum(2)
-    inside += before.unsqueeze(-1)
+    # the counts of each rank's block (past the last bucket: none), cumulated from the block's start
+    index = block.unsqueeze(-1) * _RANK_BLOCK + torch.arange(_RANK_BLOCK, device=counts.device)
+    inside = torch.gather(counts, 1, index.clamp(max=buckets - 1).flatten(1)).view(index.shape)
+    inside = inside.masked_fill(index >= buckets, 0).cumsum(2) + before.unsqueeze(-1)
     offset = torch.searchsorted(inside, rank.unsqueeze(-1)).squeeze(-1)
     return (block * _RANK_BLOCK + offset).clamp(max=buckets - 1), total
 
