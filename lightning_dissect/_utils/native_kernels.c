@@ -120,9 +120,12 @@ SINGLE_LEVEL(count_single_level_f64, double)
  *
  * Per block, the thresholds are compared in ascending order until one is above every value. The
  * values of each row's most common bin (guessed from its first block) are not counted one by one:
- * that bin is what the row's other bins leave of the label totals.
+ * that bin is what the row's other bins leave of the label totals. With one label layer, a bin's
+ * area is the sum of its row (every pixel has one label) and is not counted one by one either.
  */
 #define MAX_SKIP_BINS 1024
+#define LANES 8
+#define LANE_CELLS 1024
 
 static INLINE void count_levels_f32(const float *values, int64_t rows, int64_t cols, int64_t row_stride,
                                     const float *thresholds, int64_t levels, const int64_t *labels, int64_t layers,
@@ -131,6 +134,12 @@ static INLINE void count_levels_f32(const float *values, int64_t rows, int64_t c
     const int64_t bins = levels + 1, cells = bins * width;
     int32_t bin[BLOCK];
     int32_t seen[MAX_SKIP_BINS];
+    /* A small table is counted in LANES interleaved copies: neighbouring pixels (often of one cell: */
+    /* labels come in regions) then update different memory, with no chain of increments of one cell. */
+    int64_t lane[LANES * LANE_CELLS];
+    const int lanes = layers == 1 && cells <= LANE_CELLS;
+    if (lanes)
+        memset(lane, 0, (size_t)(LANES * cells) * sizeof lane[0]);
     for (int64_t l = 0; l < layers; ++l) /* label totals over all pixels, once for all rows */
         for (int64_t i = 0; i < cols; ++i)
             ++totals[labels[l * label_stride + i]];
@@ -166,6 +175,18 @@ static INLINE void count_levels_f32(const float *values, int64_t rows, int64_t c
                         skip = b;
             }
             const int64_t *label = labels + first;
+            if (layers == 1) { /* one label a pixel: the areas are the rows' sums, taken below */
+                if (lanes) {
+                    for (int j = 0; j < n; ++j)
+                        if (bin[j] != skip)
+                            ++lane[(j & (LANES - 1)) * cells + bin[j] * width + label[j]];
+                } else {
+                    for (int j = 0; j < n; ++j)
+                        if (bin[j] != skip)
+                            ++h[bin[j] * width + label[j]];
+                }
+                continue;
+            }
             for (int j = 0; j < n; ++j) {
                 if (bin[j] == skip)
                     continue;
@@ -175,6 +196,19 @@ static INLINE void count_levels_f32(const float *values, int64_t rows, int64_t c
                     ++cell[label[l * label_stride + j]];
             }
         }
+        if (lanes) { /* the copies into the row, cleared for the next one */
+            for (int64_t q = 0; q < LANES; ++q)
+                for (int64_t c = 0; c < cells; ++c)
+                    h[c] += lane[q * cells + c];
+            memset(lane, 0, (size_t)(LANES * cells) * sizeof lane[0]);
+        }
+        if (layers == 1)
+            for (int64_t b = 0; b < bins; ++b) {
+                int64_t sum = 0;
+                for (int64_t c = 0; c < width; ++c)
+                    sum += h[b * width + c];
+                a[b] += sum;
+            }
         if (skip < 0)
             continue;
         int64_t *rest = h + skip * width, area = cols;
