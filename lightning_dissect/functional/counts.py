@@ -1317,6 +1317,12 @@ def _accumulate_whole_maps(
     single = thresholds.ndim == 1
     native = activations.device.type == "cpu" and native_library() is not None
     value_dtype = activations.dtype if activations.dtype in (torch.float32, torch.float64) else torch.float32
+    if native and not single and value_dtype == torch.float32:
+        # the compiled multi-level count holds 4 bytes a value and its (bins, width) counts a few
+        # times: larger steps than the torch path's, two per worker where there are enough (long
+        # kernel calls between few operations that hold the GIL)
+        per_unit_bytes = 4 * images * pixels_per_image + 32 * bins * offsets[-1]
+        unit_step = max(1, min(-(-units // (2 * workers)), (int(max_temporary_bytes) // workers) // per_unit_bytes))
     all_levels = _thresholds_as(thresholds, value_dtype)
 
     def step(
