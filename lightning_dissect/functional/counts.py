@@ -190,14 +190,13 @@ def _counts_single_level(
     return histogram.view(units, 2, width)[:, 1, :num_concepts], unit_area
 
 
-def _native_counts(
+def _native_level_counts(
     values: Tensor, thresholds: Tensor, labels: Tensor, num_concepts: int
 ) -> tuple[Tensor, Tensor] | None:
-    """Counts of ``(U, P)`` values at ``(U,)`` or ``(U, K)`` thresholds in one compiled pass, or ``None``.
+    """:func:`_counts_multi_level_search`'s histograms from the compiled kernel, or ``None``.
 
-    With ``(U,)`` thresholds: :func:`_counts_single_level`'s ``(U, C)`` intersections and ``(U,)``
-    areas. With ascending, NaN-free ``(U, K)`` thresholds: :func:`_counts_multi_level_search`'s
-    ``(U, K + 1, C + 1)`` and ``(U, K + 1)`` histograms. ``None`` where the kernels are not
+    ``(U, K + 1, C + 1)`` and ``(U, K + 1)`` histograms of float32 ``(U, P)`` values at ascending,
+    NaN-free float32 ``(U, K)`` thresholds, in one pass. ``None`` where the kernels are not
     available (:mod:`lightning_dissect._utils.native`) or the inputs do not suit them (then the
     torch paths count, with the same integers).
     """
@@ -205,45 +204,27 @@ def _native_counts(
     if (
         library is None
         or values.device.type != "cpu"
-        or values.dtype not in (torch.float32, torch.float64)
-        or thresholds.dtype != values.dtype
+        or values.dtype != torch.float32
+        or thresholds.dtype != torch.float32
         or values.ndim != 2
+        or thresholds.ndim != 2
         or labels.ndim != 2
         or labels.shape[1] != values.shape[1]
+        or bool(torch.isnan(thresholds).any())
+        or bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
     ):
         return None
     units, pixels = values.shape
-    if thresholds.ndim == 2 and values.dtype != torch.float32:
-        return None  # the multi-level kernel counts float32 values
-    if thresholds.ndim == 2 and thresholds.shape[1] > 1 and (
-        bool(torch.isnan(thresholds).any()) or bool((thresholds[:, 1:] < thresholds[:, :-1]).any())
-    ):
-        return None
-    width = num_concepts + 1
-    if values.stride(1) != 1:
-        values = values.contiguous()
+    levels, width = thresholds.shape[1], num_concepts + 1
+    values = values if values.stride(1) == 1 else values.contiguous()
     labels = labels.to(torch.int64)
-    if labels.stride(1) != 1:
-        labels = labels.contiguous()
+    labels = labels if labels.stride(1) == 1 else labels.contiguous()
     thresholds = thresholds.contiguous()
-    f64 = values.dtype == torch.float64
-    if thresholds.ndim == 1:
-        intersection = torch.zeros(units, width, dtype=torch.int64, device=values.device)
-        area = torch.zeros(units, dtype=torch.int64, device=values.device)
-        if units and pixels:
-            kernel = library.ld_count_single_level_f64 if f64 else library.ld_count_single_level_f32
-            kernel(
-                values.data_ptr(), units, pixels, values.stride(0), thresholds.data_ptr(), labels.data_ptr(),
-                labels.shape[0], labels.stride(0), width, intersection.data_ptr(), area.data_ptr(),
-            )
-        return intersection[:, :num_concepts], area
-    levels = thresholds.shape[1]
     histogram = torch.zeros(units, levels + 1, width, dtype=torch.int64, device=values.device)
     area_hist = torch.zeros(units, levels + 1, dtype=torch.int64, device=values.device)
     if units and pixels:
-        kernel = library.ld_count_levels_f32
         totals = torch.zeros(width, dtype=torch.int64, device=values.device)  # the kernel's label totals
-        kernel(
+        library.ld_count_levels_f32(
             values.data_ptr(), units, pixels, values.stride(0), thresholds.data_ptr(), levels, labels.data_ptr(),
             labels.shape[0], labels.stride(0), width, histogram.data_ptr(), area_hist.data_ptr(), totals.data_ptr(),
         )
@@ -651,14 +632,14 @@ def _counts_multi_level(
 ) -> tuple[Tensor, Tensor]:
     """``(U, K, C)`` and ``(U, K)`` counts of ``values`` (the units ``first_unit ...`` of ``lookup``'s layer).
 
-    The compiled kernel (:func:`_native_counts`) serves ascending NaN-free thresholds on the CPU;
+    The compiled kernel (:func:`_native_level_counts`) serves ascending NaN-free thresholds on the CPU;
     without it, the table lookup serves float32 values without NaN and thresholds that have a
     ``lookup`` (or, without one, ascending NaN-free float32 ``thresholds``); everything else is
     binary search.
     ``finite``: the values are known to be finite (they are not checked for NaN); ``nonnegative``:
     none is below zero (see :func:`_counts_multi_level_lookup`).
     """
-    counted = _native_counts(values, thresholds, labels, num_concepts)
+    counted = _native_level_counts(values, thresholds, labels, num_concepts)
     if counted is None and lookup is None and values.dtype == torch.float32:
         lookup = _build_level_lookup(thresholds)
         first_unit = 0
@@ -1373,8 +1354,7 @@ def _accumulate_whole_maps(
         per_unit = images * pixels_per_image
         native_step = max(1, min(units, -(-units // (2 * workers)), _NATIVE_TASK_VALUES // max(1, per_unit)))
         _accumulate_single_native(
-            out, activations, groups, offsets, all_levels, images, min(unit_step, native_step) if workers == 1
-            else native_step, block, workers, size,
+            out, activations, groups, offsets, all_levels, images, native_step, block, workers, size
         )
         out.total.add_(batch * pixels_per_image)
         return
